@@ -1,0 +1,185 @@
+//! The one error type of strata.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::event::ExpectedVersion;
+
+/// A `Result` whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in strata.
+///
+/// Errors are cheap to clone (an I/O error is shared behind an `Arc`), because one failed
+/// group commit has to report the same cause to every append that was in it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system I/O call failed.
+    #[error("I/O error during {op} of {}: {source}", path.display())]
+    Io {
+        /// What strata was doing (`"write"`, `"fdatasync"`, `"rename"`, ...).
+        op: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// The disk (or quota) is full. Nothing of the failed append was acknowledged; appends can
+    /// go on once space is freed.
+    #[error("storage full during {op} of {}: {source}", path.display())]
+    StorageFull {
+        /// What strata was doing.
+        op: &'static str,
+        /// The file involved.
+        path: PathBuf,
+        /// The operating system's error (`ENOSPC` or `EDQUOT`).
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// A file's bytes are not what strata wrote: a checksum mismatch, an impossible length, a
+    /// broken sequence. Nothing is silently dropped; the file and byte offset are named.
+    #[error("corruption in {} at byte {offset}: {reason}", path.display())]
+    Corruption {
+        /// The damaged file.
+        path: PathBuf,
+        /// Byte offset of the damaged structure within the file.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The directory is not a strata store (no manifest, or a foreign file where the manifest
+    /// should be). Creating a store is explicit: see [`Options::create_if_missing`](crate::Options::create_if_missing).
+    #[error("{} is not a strata store: {reason}", path.display())]
+    NotAStore {
+        /// The directory or file.
+        path: PathBuf,
+        /// Why it is not a store.
+        reason: String,
+    },
+    /// [`Options::error_if_exists`](crate::Options::error_if_exists) was set and a store is
+    /// already there, or creation was asked for in a directory holding other files.
+    #[error("cannot create a store at {}: {reason}", path.display())]
+    AlreadyExists {
+        /// The directory.
+        path: PathBuf,
+        /// What is in the way.
+        reason: String,
+    },
+    /// A file was written by a newer format version than this build understands.
+    #[error("{} has format version {found}; this build of strata reads up to version {supported}", path.display())]
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version found in the file.
+        found: u32,
+        /// The newest version this build reads.
+        supported: u32,
+    },
+    /// The store is already open, in this process or another one.
+    #[error("store {} is locked by another open handle ({holder})", path.display())]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        /// What the lock file says about its holder.
+        holder: String,
+    },
+    /// Optimistic concurrency check failed; nothing was written.
+    #[error("wrong expected version for stream {stream:?}: expected {expected}, actual {}", DisplayVersion(*actual))]
+    WrongExpectedVersion {
+        /// The stream appended to.
+        stream: String,
+        /// What the caller expected.
+        expected: ExpectedVersion,
+        /// The stream's version when the append was checked (`None`: no such stream).
+        actual: Option<u64>,
+    },
+    /// The stream id is empty, too long, or contains a NUL byte.
+    #[error("invalid stream id: {reason}")]
+    InvalidStreamId {
+        /// Why.
+        reason: String,
+    },
+    /// An event type is too long.
+    #[error("invalid event type: {reason}")]
+    InvalidEventType {
+        /// Why.
+        reason: String,
+    },
+    /// One event is larger than [`Options::max_event_bytes`](crate::Options::max_event_bytes).
+    #[error("event {index} of the append is {size} bytes; the limit is {limit}")]
+    EventTooLarge {
+        /// Index of the event within the append.
+        index: usize,
+        /// Its encoded size (type + metadata + payload).
+        size: u64,
+        /// The configured limit.
+        limit: u64,
+    },
+    /// The whole append is larger than [`Options::max_append_bytes`](crate::Options::max_append_bytes).
+    #[error("append of {size} bytes exceeds the limit of {limit}")]
+    AppendTooLarge {
+        /// Encoded size of the append.
+        size: u64,
+        /// The configured limit.
+        limit: u64,
+    },
+    /// An append must carry at least one event.
+    #[error("an append needs at least one event")]
+    EmptyAppend,
+    /// A partition stopped accepting appends after a failed `fdatasync` (or a failed write it
+    /// could not undo). A failed fsync cannot be retried safely: the kernel may already have
+    /// dropped the dirty pages, so a later successful fsync would not mean the data is on disk.
+    /// Nothing after the failure is acknowledged; reads of durable data keep working; reopening
+    /// the store recovers from what is really on disk.
+    #[error("partition {partition} is poisoned: {cause}; reopen the store to recover")]
+    Poisoned {
+        /// The partition.
+        partition: u32,
+        /// The original failure.
+        cause: String,
+    },
+    /// No such partition.
+    #[error("partition {partition} does not exist (the store has {count})")]
+    NoSuchPartition {
+        /// The partition asked for.
+        partition: u32,
+        /// How many the store has.
+        count: u32,
+    },
+    /// An option value is out of range.
+    #[error("invalid option: {0}")]
+    InvalidOptions(String),
+    /// The store has been closed.
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl Error {
+    /// Wraps an I/O error, naming the operation and path; `ENOSPC`/`EDQUOT` become
+    /// [`Error::StorageFull`].
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {
+        let path = path.into();
+        let full = matches!(source.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded);
+        let source = Arc::new(source);
+        if full { Error::StorageFull { op, path, source } } else { Error::Io { op, path, source } }
+    }
+
+    pub(crate) fn corruption(path: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> Error {
+        Error::Corruption { path: path.into(), offset, reason: reason.into() }
+    }
+}
+
+struct DisplayVersion(Option<u64>);
+
+impl fmt::Display for DisplayVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            None => f.write_str("no stream"),
+            Some(v) => write!(f, "{v}"),
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! Batches: the unit of atomic append and of the checksum.
+//!
+//! Format (all little-endian, the batch starts 8-byte aligned in its segment):
+//!
+//! ```text
+//! 0   4  crc            CRC-32 of bytes [4, length)
+//! 4   4  length         whole batch in bytes, header and padding included; a multiple of 8
+//! 8   8  base_position  position of the first event; the others follow by one
+//! 16  8  first_version  stream version of the first event; the others follow by one
+//! 24  8  timestamp      append time, nanoseconds since the Unix epoch
+//! 32  8  synced_offset  byte offset in this segment below which everything was durable
+//!                       (fdatasync'd) when this batch was written
+//! 40  4  event_count    >= 1
+//! 44  2  stream_id_len  1..=MAX_STREAM_ID_LEN
+//! 46  1  kind           1 = events
+//! 47  1  flags          0
+//! 48  .. stream id (UTF-8), then event_count events, then zero padding (< 8 bytes)
+//!
+//! event:
+//! 0   2  type_len       0..=MAX_EVENT_TYPE_LEN
+//! 2   2  reserved       0
+//! 4   4  metadata_len
+//! 8   4  payload_len
+//! 12  .. type (UTF-8), metadata, payload
+//! ```
+#![deny(clippy::indexing_slicing)]
+
+use super::{align8, crc, le_u16, le_u32, le_u64, put_u16, put_u32, put_u64};
+use crate::error::{Error, Result};
+use crate::event::EventData;
+
+pub(crate) const CRC_OFFSET: usize = 0;
+pub(crate) const LENGTH_OFFSET: usize = 4;
+pub(crate) const BASE_POSITION_OFFSET: usize = 8;
+pub(crate) const FIRST_VERSION_OFFSET: usize = 16;
+pub(crate) const TIMESTAMP_OFFSET: usize = 24;
+pub(crate) const SYNCED_OFFSET_OFFSET: usize = 32;
+pub(crate) const EVENT_COUNT_OFFSET: usize = 40;
+pub(crate) const STREAM_ID_LEN_OFFSET: usize = 44;
+pub(crate) const KIND_OFFSET: usize = 46;
+pub(crate) const FLAGS_OFFSET: usize = 47;
+/// Size of the fixed batch header.
+pub(crate) const HEADER_LEN: usize = 48;
+/// Size of the fixed per-event header.
+pub(crate) const EVENT_HEADER_LEN: usize = 12;
+/// Batch kind: a batch of events of one stream.
+pub(crate) const KIND_EVENTS: u8 = 1;
+
+/// Longest stream id, in bytes.
+pub const MAX_STREAM_ID_LEN: usize = 1024;
+/// Longest event type, in bytes.
+pub const MAX_EVENT_TYPE_LEN: usize = 256;
+
+/// Size limits applied when encoding an append.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub max_event_bytes: u64,
+    pub max_append_bytes: u64,
+}
+
+/// Checks a stream id against the format's rules.
+pub(crate) fn check_stream_id(stream: &str) -> Result<()> {
+    if stream.is_empty() {
+        return Err(Error::InvalidStreamId { reason: "empty".into() });
+    }
+    if stream.len() > MAX_STREAM_ID_LEN {
+        return Err(Error::InvalidStreamId {
+            reason: format!("{} bytes long; the limit is {MAX_STREAM_ID_LEN}", stream.len()),
+        });
+    }
+    if stream.as_bytes().contains(&0) {
+        return Err(Error::InvalidStreamId { reason: "contains a NUL byte".into() });
+    }
+    Ok(())
+}
+
+/// Encodes one append into a batch whose position, version, timestamp, sync mark and CRC are
+/// left for the writer to fill with [`finish`]. Validates every limit first: on error nothing
+/// is produced.
+pub(crate) fn encode(stream: &str, events: &[EventData], limits: Limits) -> Result<Vec<u8>> {
+    check_stream_id(stream)?;
+    if events.is_empty() {
+        return Err(Error::EmptyAppend);
+    }
+    let count = u32::try_from(events.len())
+        .map_err(|_| Error::AppendTooLarge { size: events.len() as u64, limit: u64::from(u32::MAX) })?;
+    let mut total = (HEADER_LEN + stream.len()) as u64;
+    for (index, e) in events.iter().enumerate() {
+        if e.event_type.len() > MAX_EVENT_TYPE_LEN {
+            return Err(Error::InvalidEventType {
+                reason: format!(
+                    "event {index}: type is {} bytes; the limit is {MAX_EVENT_TYPE_LEN}",
+                    e.event_type.len()
+                ),
+            });
+        }
+        let size = (e.event_type.len() + e.metadata.len() + e.payload.len()) as u64;
+        if size > limits.max_event_bytes || e.metadata.len() > u32::MAX as usize || e.payload.len() > u32::MAX as usize
+        {
+            return Err(Error::EventTooLarge { index, size, limit: limits.max_event_bytes });
+        }
+        total += EVENT_HEADER_LEN as u64 + size;
+    }
+    let padded = (total + 7) & !7;
+    if padded > limits.max_append_bytes || padded > u64::from(u32::MAX) {
+        return Err(Error::AppendTooLarge { size: padded, limit: limits.max_append_bytes });
+    }
+    let padded = padded as usize;
+    let mut buf = vec![0u8; padded];
+    put_u32(&mut buf, LENGTH_OFFSET, padded as u32);
+    put_u32(&mut buf, EVENT_COUNT_OFFSET, count);
+    put_u16(&mut buf, STREAM_ID_LEN_OFFSET, stream.len() as u16);
+    if let Some(b) = buf.get_mut(KIND_OFFSET) {
+        *b = KIND_EVENTS;
+    }
+    let mut at = HEADER_LEN;
+    write_bytes(&mut buf, &mut at, stream.as_bytes());
+    for e in events {
+        put_u16(&mut buf, at, e.event_type.len() as u16);
+        put_u32(&mut buf, at + 4, e.metadata.len() as u32);
+        put_u32(&mut buf, at + 8, e.payload.len() as u32);
+        at += EVENT_HEADER_LEN;
+        write_bytes(&mut buf, &mut at, e.event_type.as_bytes());
+        write_bytes(&mut buf, &mut at, &e.metadata);
+        write_bytes(&mut buf, &mut at, &e.payload);
+    }
+    debug_assert_eq!(align8(at), padded);
+    Ok(buf)
+}
+
+fn write_bytes(buf: &mut [u8], at: &mut usize, bytes: &[u8]) {
+    if let Some(dst) = buf.get_mut(*at..*at + bytes.len()) {
+        dst.copy_from_slice(bytes);
+    }
+    *at += bytes.len();
+}
+
+/// Fills the writer's fields of an encoded batch and computes its CRC.
+pub(crate) fn finish(batch: &mut [u8], base_position: u64, first_version: u64, timestamp: u64, synced_offset: u64) {
+    put_u64(batch, BASE_POSITION_OFFSET, base_position);
+    put_u64(batch, FIRST_VERSION_OFFSET, first_version);
+    put_u64(batch, TIMESTAMP_OFFSET, timestamp);
+    put_u64(batch, SYNCED_OFFSET_OFFSET, synced_offset);
+    let sum = batch.get(LENGTH_OFFSET..).map(crc).unwrap_or(0);
+    put_u32(batch, CRC_OFFSET, sum);
+}
+
+/// Why bytes at some offset are not a valid batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Bad {
+    /// The header is all zeros: the end of written data in a zero-filled file.
+    Zero,
+    /// The batch claims more bytes than there are.
+    Truncated,
+    /// Anything else, described.
+    Invalid(String),
+}
+
+impl std::fmt::Display for Bad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bad::Zero => f.write_str("zero-filled header"),
+            Bad::Truncated => f.write_str("batch extends past the end of the data"),
+            Bad::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+/// A checked batch, borrowing its bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchView<'a> {
+    pub length: usize,
+    pub base_position: u64,
+    pub first_version: u64,
+    pub timestamp: u64,
+    pub synced_offset: u64,
+    pub event_count: u32,
+    pub stream_id: &'a str,
+    events: &'a [u8],
+}
+
+/// One event inside a checked batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EventRef<'a> {
+    pub event_type: &'a str,
+    pub metadata: &'a [u8],
+    pub payload: &'a [u8],
+}
+
+/// The length a batch header at the start of `bytes` claims, if the header is present.
+pub(crate) fn claimed_length(bytes: &[u8]) -> Option<usize> {
+    le_u32(bytes, LENGTH_OFFSET).map(|l| l as usize)
+}
+
+/// Decodes and fully checks the batch at the start of `bytes` (which may continue past it):
+/// length, CRC, header fields, and the structure of every event.
+pub(crate) fn decode(bytes: &[u8]) -> Result<BatchView<'_>, Bad> {
+    let Some(header) = bytes.get(..HEADER_LEN) else {
+        return if bytes.iter().all(|&b| b == 0) { Err(Bad::Zero) } else { Err(Bad::Truncated) };
+    };
+    if header.iter().all(|&b| b == 0) {
+        return Err(Bad::Zero);
+    }
+    let length = claimed_length(header).unwrap_or(0);
+    if length < HEADER_LEN + EVENT_HEADER_LEN + 1 || length % 8 != 0 {
+        return Err(Bad::Invalid(format!("impossible batch length {length}")));
+    }
+    let Some(batch) = bytes.get(..length) else {
+        return Err(Bad::Truncated);
+    };
+    let stored = le_u32(batch, CRC_OFFSET).unwrap_or(0);
+    let actual = batch.get(LENGTH_OFFSET..).map(crc).unwrap_or(0);
+    if stored != actual {
+        return Err(Bad::Invalid(format!("checksum mismatch (stored {stored:#010x}, computed {actual:#010x})")));
+    }
+    let field = |off| le_u64(batch, off).unwrap_or(0);
+    let base_position = field(BASE_POSITION_OFFSET);
+    let first_version = field(FIRST_VERSION_OFFSET);
+    let timestamp = field(TIMESTAMP_OFFSET);
+    let synced_offset = field(SYNCED_OFFSET_OFFSET);
+    let event_count = le_u32(batch, EVENT_COUNT_OFFSET).unwrap_or(0);
+    let stream_len = le_u16(batch, STREAM_ID_LEN_OFFSET).unwrap_or(0) as usize;
+    let kind = batch.get(KIND_OFFSET).copied().unwrap_or(0);
+    let flags = batch.get(FLAGS_OFFSET).copied().unwrap_or(0);
+    if kind != KIND_EVENTS {
+        return Err(Bad::Invalid(format!("unknown batch kind {kind}")));
+    }
+    if flags != 0 {
+        return Err(Bad::Invalid(format!("unknown batch flags {flags:#04x}")));
+    }
+    if event_count == 0 {
+        return Err(Bad::Invalid("batch with no events".into()));
+    }
+    if base_position.checked_add(u64::from(event_count)).is_none()
+        || first_version.checked_add(u64::from(event_count)).is_none()
+    {
+        return Err(Bad::Invalid("position or version overflows".into()));
+    }
+    if stream_len == 0 || stream_len > MAX_STREAM_ID_LEN {
+        return Err(Bad::Invalid(format!("impossible stream id length {stream_len}")));
+    }
+    let Some(stream_bytes) = batch.get(HEADER_LEN..HEADER_LEN + stream_len) else {
+        return Err(Bad::Invalid("stream id past the end of the batch".into()));
+    };
+    let Ok(stream_id) = std::str::from_utf8(stream_bytes) else {
+        return Err(Bad::Invalid("stream id is not UTF-8".into()));
+    };
+    let events = batch.get(HEADER_LEN + stream_len..).unwrap_or(&[]);
+    // Walk the events once; after this, iteration cannot fail.
+    let mut rest = events;
+    for i in 0..event_count {
+        match split_event(rest) {
+            Ok((_, tail)) => rest = tail,
+            Err(why) => return Err(Bad::Invalid(format!("event {i}: {why}"))),
+        }
+    }
+    if rest.len() >= 8 || rest.iter().any(|&b| b != 0) {
+        return Err(Bad::Invalid("bytes after the last event are not padding".into()));
+    }
+    let events = events.get(..events.len() - rest.len()).unwrap_or(&[]);
+    Ok(BatchView { length, base_position, first_version, timestamp, synced_offset, event_count, stream_id, events })
+}
+
+fn split_event(bytes: &[u8]) -> Result<(EventRef<'_>, &[u8]), &'static str> {
+    let type_len = le_u16(bytes, 0).ok_or("event header cut short")? as usize;
+    let reserved = le_u16(bytes, 2).ok_or("event header cut short")?;
+    let meta_len = le_u32(bytes, 4).ok_or("event header cut short")? as usize;
+    let payload_len = le_u32(bytes, 8).ok_or("event header cut short")? as usize;
+    if reserved != 0 {
+        return Err("reserved event field is not zero");
+    }
+    if type_len > MAX_EVENT_TYPE_LEN {
+        return Err("event type too long");
+    }
+    let body = bytes.get(EVENT_HEADER_LEN..).ok_or("event header cut short")?;
+    let type_bytes = body.get(..type_len).ok_or("event type past the end of the batch")?;
+    let event_type = std::str::from_utf8(type_bytes).map_err(|_| "event type is not UTF-8")?;
+    let body = body.get(type_len..).unwrap_or(&[]);
+    let metadata = body.get(..meta_len).ok_or("metadata past the end of the batch")?;
+    let body = body.get(meta_len..).unwrap_or(&[]);
+    let payload = body.get(..payload_len).ok_or("payload past the end of the batch")?;
+    let rest = body.get(payload_len..).unwrap_or(&[]);
+    Ok((EventRef { event_type, metadata, payload }, rest))
+}
+
+impl<'a> BatchView<'a> {
+    /// The batch's events, in order.
+    pub fn events(&self) -> impl Iterator<Item = EventRef<'a>> + 'a {
+        let mut rest = self.events;
+        let mut left = self.event_count;
+        std::iter::from_fn(move || {
+            if left == 0 {
+                return None;
+            }
+            left -= 1;
+            let (event, tail) = split_event(rest).ok()?;
+            rest = tail;
+            Some(event)
+        })
+    }
+
+    /// Position one past the last event.
+    pub fn end_position(&self) -> u64 {
+        self.base_position + u64::from(self.event_count)
+    }
+
+    /// Version of the last event.
+    pub fn last_version(&self) -> u64 {
+        self.first_version + u64::from(self.event_count) - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits { max_event_bytes: 1 << 20, max_append_bytes: 1 << 22 }
+    }
+
+    #[test]
+    fn round_trip() {
+        let events = vec![
+            EventData::new("A", b"one".to_vec()),
+            EventData::new("Bee", b"".to_vec()).with_metadata(b"m".to_vec()),
+        ];
+        let mut b = encode("s-1", &events, limits()).unwrap();
+        assert_eq!(b.len() % 8, 0);
+        finish(&mut b, 10, 3, 99, 64);
+        let v = decode(&b).unwrap();
+        assert_eq!((v.base_position, v.first_version, v.timestamp, v.synced_offset), (10, 3, 99, 64));
+        assert_eq!(v.stream_id, "s-1");
+        let got: Vec<_> = v.events().map(|e| (e.event_type, e.metadata, e.payload)).collect();
+        assert_eq!(got, vec![("A", &b""[..], &b"one"[..]), ("Bee", &b"m"[..], &b""[..])]);
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let big = EventData::new("x", vec![0; 100]);
+        let l = Limits { max_event_bytes: 50, max_append_bytes: 1 << 20 };
+        assert!(matches!(encode("s", &[big], l), Err(Error::EventTooLarge { index: 0, .. })));
+        assert!(matches!(encode("s", &[], l), Err(Error::EmptyAppend)));
+        assert!(matches!(encode("", &[EventData::default()], l), Err(Error::InvalidStreamId { .. })));
+        let long = "x".repeat(MAX_STREAM_ID_LEN + 1);
+        assert!(matches!(encode(&long, &[EventData::default()], l), Err(Error::InvalidStreamId { .. })));
+        let t = EventData::new("t".repeat(MAX_EVENT_TYPE_LEN + 1), vec![]);
+        assert!(matches!(encode("s", &[t], l), Err(Error::InvalidEventType { .. })));
+        let small = Limits { max_event_bytes: 1 << 20, max_append_bytes: 128 };
+        let many = vec![EventData::new("x", vec![0; 40]); 4];
+        assert!(matches!(encode("s", &many, small), Err(Error::AppendTooLarge { .. })));
+    }
+
+    #[test]
+    fn every_bit_flip_is_rejected() {
+        let mut b = encode("stream", &[EventData::new("T", b"payload".to_vec())], limits()).unwrap();
+        finish(&mut b, 0, 0, 1, 64);
+        for bit in 0..b.len() * 8 {
+            let mut c = b.clone();
+            c[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode(&c).is_err(), "flip of bit {bit} not detected");
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! The on-disk format: every structure strata writes, its encoder next to its decoder.
+//!
+//! All integers are little-endian. Every file starts with an 8-byte magic and a `u32` format
+//! version, and every structure is covered by a CRC-32 (ISO-HDLC, the `crc32fast` polynomial).
+//! FORMAT.md is the byte-level specification; the constants here are its offsets.
+//!
+//! Decoders in this module read untrusted bytes: they never index out of bounds, never panic
+//! and never allocate in proportion to a length field they have not checked against the bytes
+//! actually present.
+
+pub(crate) mod batch;
+pub(crate) mod index;
+pub(crate) mod manifest;
+pub(crate) mod segment;
+
+/// The newest format version this build writes and reads (shared by every file kind).
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Reads a little-endian `u16` at `off`, or `None` past the end.
+pub(crate) fn le_u16(bytes: &[u8], off: usize) -> Option<u16> {
+    let b = bytes.get(off..off.checked_add(2)?)?;
+    Some(u16::from_le_bytes(b.try_into().ok()?))
+}
+
+/// Reads a little-endian `u32` at `off`, or `None` past the end.
+pub(crate) fn le_u32(bytes: &[u8], off: usize) -> Option<u32> {
+    let b = bytes.get(off..off.checked_add(4)?)?;
+    Some(u32::from_le_bytes(b.try_into().ok()?))
+}
+
+/// Reads a little-endian `u64` at `off`, or `None` past the end.
+pub(crate) fn le_u64(bytes: &[u8], off: usize) -> Option<u64> {
+    let b = bytes.get(off..off.checked_add(8)?)?;
+    Some(u64::from_le_bytes(b.try_into().ok()?))
+}
+
+/// Writes `v` little-endian at `off`. The caller guarantees the range exists (encoders only).
+pub(crate) fn put_u16(buf: &mut [u8], off: usize, v: u16) {
+    if let Some(b) = buf.get_mut(off..off + 2) {
+        b.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Writes `v` little-endian at `off`. The caller guarantees the range exists (encoders only).
+pub(crate) fn put_u32(buf: &mut [u8], off: usize, v: u32) {
+    if let Some(b) = buf.get_mut(off..off + 4) {
+        b.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Writes `v` little-endian at `off`. The caller guarantees the range exists (encoders only).
+pub(crate) fn put_u64(buf: &mut [u8], off: usize, v: u64) {
+    if let Some(b) = buf.get_mut(off..off + 8) {
+        b.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// CRC-32 of `bytes`.
+pub(crate) fn crc(bytes: &[u8]) -> u32 {
+    crc32fast::hash(bytes)
+}
+
+/// Rounds `n` up to a multiple of 8.
+pub(crate) const fn align8(n: usize) -> usize {
+    (n + 7) & !7
+}

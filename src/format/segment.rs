@@ -1,0 +1,205 @@
+//! Segment files: a header, then batches back to back, then (possibly) zeros.
+//!
+//! Header (64 bytes):
+//!
+//! ```text
+//! 0   8  magic          b"STRATSEG"
+//! 8   4  version        FORMAT_VERSION
+//! 12  4  partition
+//! 16  8  base_position  position of the first event in the segment (also the file name)
+//! 24  8  created        nanoseconds since the Unix epoch
+//! 32  28 reserved       zeros
+//! 60  4  crc            CRC-32 of bytes [0, 60)
+//! ```
+//!
+//! The scanner here is the one place that decides what bytes of a segment are valid data,
+//! used by recovery on open, by index rebuilds, by `verify` and by the fuzzers.
+#![deny(clippy::indexing_slicing)]
+
+use super::batch::{self, Bad, BatchView};
+use super::{FORMAT_VERSION, crc, le_u32, le_u64, put_u32, put_u64};
+
+pub(crate) const MAGIC: &[u8; 8] = b"STRATSEG";
+pub(crate) const HEADER_LEN: usize = 64;
+const VERSION_OFFSET: usize = 8;
+const PARTITION_OFFSET: usize = 12;
+const BASE_POSITION_OFFSET: usize = 16;
+const CREATED_OFFSET: usize = 24;
+const CRC_OFFSET: usize = 60;
+
+/// File name of the segment whose first position is `base`.
+pub(crate) fn file_name(base: u64) -> String {
+    format!("{base:020}.log")
+}
+
+/// Encodes a segment header.
+pub(crate) fn encode_header(partition: u32, base_position: u64, created: u64) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    if let Some(m) = h.get_mut(..8) {
+        m.copy_from_slice(MAGIC);
+    }
+    put_u32(&mut h, VERSION_OFFSET, FORMAT_VERSION);
+    put_u32(&mut h, PARTITION_OFFSET, partition);
+    put_u64(&mut h, BASE_POSITION_OFFSET, base_position);
+    put_u64(&mut h, CREATED_OFFSET, created);
+    let sum = h.get(..CRC_OFFSET).map(crc).unwrap_or(0);
+    put_u32(&mut h, CRC_OFFSET, sum);
+    h
+}
+
+/// What is wrong with a segment header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HeaderError {
+    /// Not a segment at all.
+    Foreign(String),
+    /// A segment of a newer format.
+    Version(u32),
+    /// A damaged or mismatched segment header.
+    Corrupt(String),
+}
+
+/// A decoded segment header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub partition: u32,
+    pub base_position: u64,
+    pub created: u64,
+}
+
+/// Decodes and checks a segment header.
+pub(crate) fn decode_header(bytes: &[u8]) -> Result<Header, HeaderError> {
+    let Some(h) = bytes.get(..HEADER_LEN) else {
+        return Err(HeaderError::Foreign(format!("{} bytes is too short for a segment header", bytes.len())));
+    };
+    if h.get(..8) != Some(MAGIC.as_slice()) {
+        return Err(HeaderError::Foreign("no segment magic".into()));
+    }
+    let version = le_u32(h, VERSION_OFFSET).unwrap_or(0);
+    if version > FORMAT_VERSION {
+        return Err(HeaderError::Version(version));
+    }
+    let stored = le_u32(h, CRC_OFFSET).unwrap_or(0);
+    if h.get(..CRC_OFFSET).map(crc) != Some(stored) {
+        return Err(HeaderError::Corrupt("segment header checksum mismatch".into()));
+    }
+    if version == 0 {
+        return Err(HeaderError::Corrupt("segment format version 0".into()));
+    }
+    Ok(Header {
+        partition: le_u32(h, PARTITION_OFFSET).unwrap_or(0),
+        base_position: le_u64(h, BASE_POSITION_OFFSET).unwrap_or(0),
+        created: le_u64(h, CREATED_OFFSET).unwrap_or(0),
+    })
+}
+
+/// How strictly to treat damage after the last valid batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// The active (last) segment: an incomplete or damaged last write is a torn tail.
+    Active,
+    /// A sealed segment: it was made durable before its successor was created, so anything
+    /// but zeros after the last valid batch is corruption.
+    Sealed,
+}
+
+/// How the valid data of a segment ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum End {
+    /// Valid batches up to `data_end`, then nothing or only zeros.
+    Clean { data_end: u64 },
+    /// Valid batches up to `data_end`, then bytes of a write that never became durable.
+    TornTail { data_end: u64, reason: String },
+}
+
+impl End {
+    pub fn data_end(&self) -> u64 {
+        match self {
+            End::Clean { data_end } | End::TornTail { data_end, .. } => *data_end,
+        }
+    }
+}
+
+/// Damage the scanner will not repair: the byte offset (within the segment) and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ScanError {
+    pub offset: u64,
+    pub reason: String,
+}
+
+/// Scans the batches of a whole segment file (header included), calling `visit` with each
+/// valid batch and its offset, in order.
+///
+/// Batches must continue positions without a gap from the header's base position. At the
+/// first offset `x` that is not a valid batch:
+/// - if everything from `x` on is zero, the data simply ends there;
+/// - if a later valid batch says the data at `x` was already durable when it was written
+///   (its `synced_offset` is past `x`), the damage is in durable data: an error;
+/// - otherwise the bytes from `x` on are a torn tail in [`Mode::Active`], an error in
+///   [`Mode::Sealed`].
+pub(crate) fn scan(
+    bytes: &[u8],
+    header: &Header,
+    mode: Mode,
+    mut visit: impl FnMut(u64, &BatchView<'_>),
+) -> Result<End, ScanError> {
+    let mut off = HEADER_LEN;
+    let mut next_position = header.base_position;
+    let (stop, reason) = loop {
+        let Some(rest) = bytes.get(off..) else {
+            break (off, String::new());
+        };
+        if rest.is_empty() {
+            return Ok(End::Clean { data_end: off as u64 });
+        }
+        match batch::decode(rest) {
+            Ok(b) if b.base_position == next_position && b.synced_offset <= off as u64 => {
+                visit(off as u64, &b);
+                next_position = b.end_position();
+                off += b.length;
+            }
+            Ok(b) if b.base_position != next_position => {
+                break (
+                    off,
+                    format!("batch starts at position {} where {next_position} was expected", b.base_position),
+                );
+            }
+            Ok(b) => break (off, format!("batch claims a sync mark {} past its own offset", b.synced_offset)),
+            Err(Bad::Zero) => break (off, Bad::Zero.to_string()),
+            Err(bad) => break (off, bad.to_string()),
+        }
+    };
+    let tail = bytes.get(stop..).unwrap_or(&[]);
+    if tail.iter().all(|&b| b == 0) {
+        return Ok(End::Clean { data_end: stop as u64 });
+    }
+    if let Some(later) = later_durable_batch(bytes, stop) {
+        return Err(ScanError {
+            offset: stop as u64,
+            reason: format!(
+                "{reason}; the batch at byte {later} was written after this data was durable, so this is not a torn write"
+            ),
+        });
+    }
+    match mode {
+        Mode::Active => Ok(End::TornTail { data_end: stop as u64, reason }),
+        Mode::Sealed => Err(ScanError { offset: stop as u64, reason: format!("{reason} (in a sealed segment)") }),
+    }
+}
+
+/// Looks for a valid batch after `stop` whose sync mark is past `stop`: proof that the bytes
+/// at `stop` had been made durable before, so their damage is not a torn write.
+fn later_durable_batch(bytes: &[u8], stop: usize) -> Option<usize> {
+    let mut cand = stop + 8;
+    while cand + batch::HEADER_LEN <= bytes.len() {
+        let synced = le_u64(bytes, cand + batch::SYNCED_OFFSET_OFFSET).unwrap_or(0);
+        if synced > stop as u64 && synced <= cand as u64 {
+            if let Some(rest) = bytes.get(cand..) {
+                if batch::decode(rest).is_ok() {
+                    return Some(cand);
+                }
+            }
+        }
+        cand += 8;
+    }
+    None
+}

@@ -1,0 +1,45 @@
+//! strata: an embeddable, log-structured event store for event-sourced (CQRS/ES) systems.
+//!
+//! A [`Store`] is one directory holding a fixed number of partitions. A stream (one
+//! aggregate's history) lives in exactly one partition, chosen by a stable hash of its id and
+//! jump consistent hash. Each partition is an append-only log of segment files; appends from
+//! many threads are group-committed by the partition's writer (one write, one `fdatasync`).
+//! Sealed segments are memory-mapped with their index files for reads.
+//!
+//! ```
+//! use strata::{EventData, ExpectedVersion, Options, Store};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+//! store.append("account-42", ExpectedVersion::NoStream, &[EventData::new("Opened", b"{}".to_vec())])?;
+//! assert_eq!(store.stream_version("account-42")?, Some(0));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The on-disk format is specified in FORMAT.md.
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod error;
+mod event;
+mod format;
+mod io;
+mod lock;
+mod options;
+mod partition;
+mod router;
+mod segment;
+mod store;
+mod writer;
+
+pub use error::{Error, Result};
+pub use event::{AppendResult, EventData, ExpectedVersion, RecordedEvent};
+pub use format::FORMAT_VERSION;
+pub use format::batch::{MAX_EVENT_TYPE_LEN, MAX_STREAM_ID_LEN};
+#[cfg(feature = "fault-injection")]
+pub use io::{FaultKind, FaultOp, FaultPlan};
+pub use options::{
+    DEFAULT_MAX_APPEND_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_PARTITIONS, DEFAULT_SEGMENT_BYTES, Durability, Options,
+};
+pub use router::{jump_consistent_hash, partition_for, stream_hash};
+pub use store::{AppendFuture, RecoveryAction, Store};

@@ -1,0 +1,171 @@
+//! How to open a store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::io::FaultPlan;
+
+/// Default number of partitions of a new store.
+pub const DEFAULT_PARTITIONS: u32 = 8;
+/// Default segment roll size: 256 MiB.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 256 << 20;
+/// Default largest event (type + metadata + payload): 16 MiB.
+pub const DEFAULT_MAX_EVENT_BYTES: u64 = 16 << 20;
+/// Default largest append (one batch, encoded): 64 MiB.
+pub const DEFAULT_MAX_APPEND_BYTES: u64 = 64 << 20;
+
+/// When an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Acknowledged after the group's `fdatasync`: nothing acknowledged is lost, even on power
+    /// loss. The default.
+    Sync,
+    /// Acknowledged after the group's `write`; the partition writer `fdatasync`s at least every
+    /// `sync_interval` while there is unsynced data. A process crash loses nothing; a power loss
+    /// or kernel crash may lose up to `sync_interval` of acknowledged appends.
+    Buffered {
+        /// Longest time acknowledged data stays unsynced.
+        sync_interval: Duration,
+    },
+}
+
+/// Options for [`Store::open`](crate::Store::open). Creation-only settings (partition count,
+/// segment size) are recorded in the manifest and ignored when opening an existing store.
+///
+/// ```
+/// use strata::{Durability, Options};
+/// let opts = Options::default()
+///     .create_if_missing(true)
+///     .partitions(16)
+///     .durability(Durability::Sync);
+/// # let _ = opts;
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub(crate) create_if_missing: bool,
+    pub(crate) error_if_exists: bool,
+    pub(crate) partitions: u32,
+    pub(crate) segment_bytes: u64,
+    pub(crate) max_event_bytes: u64,
+    pub(crate) max_append_bytes: u64,
+    pub(crate) durability: Durability,
+    pub(crate) max_group_bytes: usize,
+    pub(crate) max_group_appends: usize,
+    pub(crate) faults: Option<Arc<FaultPlan>>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            create_if_missing: false,
+            error_if_exists: false,
+            partitions: DEFAULT_PARTITIONS,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            max_append_bytes: DEFAULT_MAX_APPEND_BYTES,
+            durability: Durability::Sync,
+            max_group_bytes: 4 << 20,
+            max_group_appends: 4096,
+            faults: None,
+        }
+    }
+}
+
+impl Options {
+    /// Create the store if the directory holds none (default `false`: opening a path that is
+    /// not a store is an error, so a typo never creates an empty store).
+    pub fn create_if_missing(mut self, yes: bool) -> Options {
+        self.create_if_missing = yes;
+        self
+    }
+
+    /// Fail with [`Error::AlreadyExists`] if a store is already there (default `false`).
+    pub fn error_if_exists(mut self, yes: bool) -> Options {
+        self.error_if_exists = yes;
+        self
+    }
+
+    /// Number of partitions of a new store (default 8). Fixed at creation.
+    pub fn partitions(mut self, n: u32) -> Options {
+        self.partitions = n;
+        self
+    }
+
+    /// Segment roll size of a new store, in bytes (default 256 MiB, at least 4 KiB). A segment
+    /// is sealed once it holds at least this many bytes; it may exceed it by one group commit.
+    pub fn segment_bytes(mut self, n: u64) -> Options {
+        self.segment_bytes = n;
+        self
+    }
+
+    /// Largest event accepted (type + metadata + payload bytes; default 16 MiB).
+    pub fn max_event_bytes(mut self, n: u64) -> Options {
+        self.max_event_bytes = n;
+        self
+    }
+
+    /// Largest append accepted (all its events, encoded; default 64 MiB, at most 2 GiB).
+    pub fn max_append_bytes(mut self, n: u64) -> Options {
+        self.max_append_bytes = n;
+        self
+    }
+
+    /// When appends are acknowledged (default [`Durability::Sync`]).
+    pub fn durability(mut self, d: Durability) -> Options {
+        self.durability = d;
+        self
+    }
+
+    /// Upper bounds of one group commit: bytes and appends (defaults 4 MiB and 4096). A group
+    /// never waits to fill up: the writer takes whatever is queued, up to these bounds.
+    pub fn group_limits(mut self, max_bytes: usize, max_appends: usize) -> Options {
+        self.max_group_bytes = max_bytes;
+        self.max_group_appends = max_appends;
+        self
+    }
+
+    /// Injects I/O faults into every file operation of the store, for testing how an
+    /// application copes with a failing disk.
+    #[cfg(feature = "fault-injection")]
+    pub fn fault_plan(mut self, plan: Arc<FaultPlan>) -> Options {
+        self.faults = Some(plan);
+        self
+    }
+
+    #[cfg(all(test, not(feature = "fault-injection")))]
+    pub(crate) fn fault_plan(mut self, plan: Arc<FaultPlan>) -> Options {
+        self.faults = Some(plan);
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.partitions == 0 || self.partitions > 65_536 {
+            return Err(Error::InvalidOptions(format!("partitions must be 1..=65536, not {}", self.partitions)));
+        }
+        if self.segment_bytes < 4096 {
+            return Err(Error::InvalidOptions(format!(
+                "segment_bytes must be at least 4096, not {}",
+                self.segment_bytes
+            )));
+        }
+        if self.max_append_bytes > 1 << 31 || self.max_append_bytes < 64 {
+            return Err(Error::InvalidOptions(format!(
+                "max_append_bytes must be 64..=2 GiB, not {}",
+                self.max_append_bytes
+            )));
+        }
+        if self.max_event_bytes == 0 {
+            return Err(Error::InvalidOptions("max_event_bytes must be positive".into()));
+        }
+        if self.max_group_appends == 0 {
+            return Err(Error::InvalidOptions("a group must hold at least one append".into()));
+        }
+        if let Durability::Buffered { sync_interval } = self.durability {
+            if sync_interval.is_zero() {
+                return Err(Error::InvalidOptions("Buffered sync_interval must be positive".into()));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,247 @@
+//! A partition: an append-only log of segments, opened (recovering the active segment's tail)
+//! and read here; appended to by its writer (see `writer.rs`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use memmap2::Mmap;
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{Error, Result};
+use crate::event::RecordedEvent;
+use crate::format::index;
+use crate::format::segment::{self as seg_format, End, Mode};
+use crate::io::Io;
+use crate::segment::{MemIndex, OpenSegment, Report, Segment, State, View, header_error};
+use crate::store::RecoveryAction;
+
+/// Directory name of partition `id`.
+pub(crate) fn dir_name(id: u32) -> String {
+    format!("p{id:05}")
+}
+
+/// The shared state of one partition: read by any thread, appended to by its writer only.
+#[derive(Debug)]
+pub(crate) struct Partition {
+    pub id: u32,
+    pub dir: PathBuf,
+    pub io: Io,
+    pub report: Report,
+    /// Segments in position order; the last one is the active segment.
+    pub segments: RwLock<Vec<Arc<Segment>>>,
+    /// One past the last durable (acknowledged) position; readers never go past it.
+    pub head: AtomicU64,
+    /// Why the partition stopped accepting appends, once it has.
+    pub poison: Mutex<Option<String>>,
+}
+
+/// Where the writer takes over after open.
+pub(crate) struct Tail {
+    pub segment: Arc<Segment>,
+    pub open: Arc<OpenSegment>,
+    pub data_end: u64,
+}
+
+/// Creates the directory and first (empty) segment of a new partition.
+pub(crate) fn create(dir: &Path, id: u32, io: &Io) -> Result<()> {
+    io.create_dir(dir)?;
+    write_segment_file(dir, id, 0, io)?;
+    Ok(())
+}
+
+/// Writes a new, empty segment file durably (temp name, fsync, rename, fsync the directory).
+pub(crate) fn write_segment_file(dir: &Path, id: u32, base: u64, io: &Io) -> Result<PathBuf> {
+    let header = seg_format::encode_header(id, base, crate::store::now_nanos());
+    let name = seg_format::file_name(base);
+    io.write_atomic(dir, &name, &header)?;
+    Ok(dir.join(name))
+}
+
+fn parse_name(name: &str, ext: &str) -> Option<u64> {
+    let stem = name.strip_suffix(ext)?;
+    if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) { stem.parse().ok() } else { None }
+}
+
+impl Partition {
+    /// Opens partition `id` in `dir`: lists its segments, recovers the active segment's tail
+    /// (truncating a torn last write), and leaves sealed segments to be mapped on first use.
+    pub fn open(dir: PathBuf, id: u32, io: Io, report: Report) -> Result<(Arc<Partition>, Tail)> {
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::corruption(&dir, 0, format!("partition {id} directory is missing")));
+            }
+            Err(e) => return Err(Error::io("list", &dir, e)),
+        };
+        let mut bases = Vec::new();
+        let mut indexes = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.ends_with(".tmp") {
+                io.remove_file(&entry.path())?;
+                report.lock().push(RecoveryAction::RemovedTempFile { path: entry.path() });
+            } else if let Some(base) = parse_name(name, ".log") {
+                bases.push(base);
+            } else if let Some(base) = parse_name(name, ".idx") {
+                indexes.push(base);
+            }
+        }
+        bases.sort_unstable();
+        let Some(&active_base) = bases.last() else {
+            return Err(Error::corruption(&dir, 0, format!("partition {id} has no segment files")));
+        };
+        // An index beside the active segment is stale (a crash undid the roll that followed
+        // its sealing): the active segment grows, so the index must go.
+        if indexes.contains(&active_base) {
+            io.remove_file(&dir.join(index::file_name(active_base)))?;
+            io.sync_dir(&dir)?;
+        }
+        let mut segments: Vec<Arc<Segment>> =
+            bases.iter().map(|&b| Arc::new(Segment::new(id, &dir, b, State::Unloaded))).collect();
+        let (open, data_end) = recover_active(&dir, id, active_base, &io, &report)?;
+        let head = open.index.read().end_position;
+        let open = Arc::new(open);
+        let active = Arc::new(Segment::new(id, &dir, active_base, State::Open(open.clone())));
+        if let Some(last) = segments.last_mut() {
+            *last = active.clone();
+        }
+        let part = Arc::new(Partition {
+            id,
+            dir,
+            io,
+            report,
+            segments: RwLock::new(segments),
+            head: AtomicU64::new(head),
+            poison: Mutex::new(None),
+        });
+        Ok((part, Tail { segment: active, open, data_end }))
+    }
+
+    /// The durable head: one past the last acknowledged position.
+    pub fn head(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+
+    /// Each segment with the position where it ends, oldest first.
+    fn snapshot(&self) -> Vec<(Arc<Segment>, u64)> {
+        let segs = self.segments.read().clone();
+        let head = self.head();
+        let mut out = Vec::with_capacity(segs.len());
+        for (i, s) in segs.iter().enumerate() {
+            let end = segs.get(i + 1).map_or(head, |n| n.base);
+            out.push((s.clone(), end));
+        }
+        out
+    }
+
+    fn view(&self, seg: &Segment, end: u64) -> Result<View> {
+        seg.view(end, &self.io, &self.report)
+    }
+
+    /// The stream's last version in the segments before `before_base` (newest first).
+    pub fn last_version_before(&self, stream: &str, hash: u64, before_base: u64) -> Result<Option<u64>> {
+        for (seg, end) in self.snapshot().into_iter().rev() {
+            if seg.base >= before_base {
+                continue;
+            }
+            if let Some(v) = self.view(&seg, end)?.last_version(&seg, stream, hash)? {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The stream's last durable version.
+    pub fn last_version(&self, stream: &str, hash: u64) -> Result<Option<u64>> {
+        self.last_version_before(stream, hash, u64::MAX)
+    }
+
+    pub fn read_stream(&self, stream: &str, hash: u64, from: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        let mut out = Vec::new();
+        for (seg, end) in self.snapshot() {
+            if out.len() >= limit {
+                break;
+            }
+            self.view(&seg, end)?.read_stream(&seg, stream, hash, from, limit, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    pub fn read_stream_back(&self, stream: &str, hash: u64, from: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        let mut out = Vec::new();
+        for (seg, end) in self.snapshot().into_iter().rev() {
+            if out.len() >= limit {
+                break;
+            }
+            self.view(&seg, end)?.read_stream_back(&seg, stream, hash, from, limit, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    pub fn read_from(&self, from: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        let mut out = Vec::new();
+        let snap = self.snapshot();
+        let start = snap.partition_point(|(s, _)| s.base <= from).saturating_sub(1);
+        for (seg, end) in snap.get(start..).unwrap_or(&[]) {
+            if out.len() >= limit {
+                break;
+            }
+            if *end <= from {
+                continue;
+            }
+            let from = from.max(seg.base);
+            self.view(seg, *end)?.read_positions(seg, from, *end, limit, &mut out)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Scans the active segment, truncates a torn tail, makes what remains durable, and returns
+/// its in-memory index and data end.
+fn recover_active(dir: &Path, id: u32, base: u64, io: &Io, report: &Report) -> Result<(OpenSegment, u64)> {
+    let path = dir.join(seg_format::file_name(base));
+    let file = io.open_rw(&path)?;
+    let file_len = file.len()?;
+    let mut mem = MemIndex::new(base);
+    let end = {
+        // SAFETY: the store lock is held and the writer has not started: nothing writes or
+        // truncates this file while the map exists; it is dropped before any truncation.
+        let map = unsafe { Mmap::map(file.std()) }.map_err(|e| Error::io("mmap", &path, e))?;
+        let header = seg_format::decode_header(&map).map_err(|e| header_error(&path, e))?;
+        if header.partition != id || header.base_position != base {
+            return Err(Error::corruption(
+                &path,
+                0,
+                format!("segment header says partition {} base {}", header.partition, header.base_position),
+            ));
+        }
+        seg_format::scan(&map, &header, Mode::Active, |off, b| {
+            mem.insert(b.stream_id, b.first_version, b.base_position, b.event_count, off, b.length as u32)
+        })
+        .map_err(|e| Error::corruption(&path, e.offset, e.reason))?
+    };
+    let data_end = end.data_end();
+    if data_end < file_len {
+        file.set_len(data_end)?;
+        let action = match end {
+            End::TornTail { reason, .. } => RecoveryAction::TruncatedTornTail {
+                path: path.clone(),
+                offset: data_end,
+                discarded_bytes: file_len - data_end,
+                reason,
+            },
+            End::Clean { .. } => {
+                RecoveryAction::TrimmedSegment { path: path.clone(), from_len: file_len, to_len: data_end }
+            }
+        };
+        report.lock().push(action);
+    }
+    // What survived may sit only in the page cache (a process crash in Buffered mode): make it
+    // durable before new batches claim it is.
+    file.sync_data()?;
+    Ok((OpenSegment { file: Arc::new(file), index: RwLock::new(mem) }, data_end))
+}

@@ -1,0 +1,592 @@
+//! Segments as the engine holds them: the active one (and one being sealed) indexed in memory
+//! and read with `pread`; sealed ones memory-mapped together with their index files, loaded
+//! lazily on first use and rebuilt from the segment if the index is missing or damaged.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{Error, Result};
+use crate::event::RecordedEvent;
+use crate::format::batch::{self, BatchView};
+use crate::format::index::{self, POSITION_INTERVAL, PositionEntry, StreamEntry};
+use crate::format::segment::{self as seg_format, Mode};
+use crate::io::{FileHandle, Io};
+use crate::router::stream_hash;
+use crate::store::RecoveryAction;
+
+/// One batch of one stream in the in-memory index.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MemEntry {
+    pub first_version: u64,
+    pub offset: u64,
+    pub len: u32,
+    pub count: u32,
+}
+
+/// The in-memory index of an open (active or being sealed) segment.
+#[derive(Debug, Default)]
+pub(crate) struct MemIndex {
+    pub streams: HashMap<Arc<str>, Vec<MemEntry>>,
+    pub positions: Vec<PositionEntry>,
+    pub end_position: u64,
+    pub end_offset: u64,
+}
+
+impl MemIndex {
+    pub fn new(base_position: u64) -> MemIndex {
+        MemIndex { end_position: base_position, end_offset: seg_format::HEADER_LEN as u64, ..MemIndex::default() }
+    }
+
+    /// Records a batch that was just written (or found by a scan) at `offset`.
+    pub fn insert(&mut self, stream: &str, first_version: u64, base_position: u64, count: u32, offset: u64, len: u32) {
+        let entry = MemEntry { first_version, offset, len, count };
+        match self.streams.get_mut(stream) {
+            Some(v) => v.push(entry),
+            None => {
+                self.streams.insert(Arc::from(stream), vec![entry]);
+            }
+        }
+        if self.positions.last().is_none_or(|p| offset >= p.offset + POSITION_INTERVAL) {
+            self.positions.push(PositionEntry { position: base_position, offset });
+        }
+        self.end_position = base_position + u64::from(count);
+        self.end_offset = offset + u64::from(len);
+    }
+
+    pub fn last_version(&self, stream: &str) -> Option<u64> {
+        self.streams.get(stream).and_then(|v| v.last()).map(|e| e.first_version + u64::from(e.count) - 1)
+    }
+
+    /// The index file image of this segment.
+    fn to_index_file(&self, partition: u32, base_position: u64) -> Vec<u8> {
+        let mut streams: Vec<(u64, &Arc<str>, &Vec<MemEntry>)> =
+            self.streams.iter().map(|(s, e)| (stream_hash(s), s, e)).collect();
+        streams.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let mut entries = Vec::with_capacity(streams.iter().map(|s| s.2.len()).sum());
+        let mut prev_hash = None;
+        let mut tag = 0u32;
+        for (hash, _, list) in &streams {
+            tag = if prev_hash == Some(*hash) { tag + 1 } else { 0 };
+            prev_hash = Some(*hash);
+            entries.extend(list.iter().map(|e| StreamEntry {
+                stream_hash: *hash,
+                first_version: e.first_version,
+                offset: e.offset,
+                event_count: e.count,
+                tag,
+            }));
+        }
+        let header = index::Header {
+            partition,
+            base_position,
+            end_position: self.end_position,
+            segment_len: self.end_offset,
+            stream_entries: entries.len() as u64,
+            position_entries: self.positions.len() as u64,
+        };
+        index::encode(&header, &entries, &self.positions)
+    }
+}
+
+/// An open segment: its file, written by the partition writer and read with `pread`.
+#[derive(Debug)]
+pub(crate) struct OpenSegment {
+    pub file: Arc<FileHandle>,
+    pub index: RwLock<MemIndex>,
+}
+
+/// A sealed segment: the segment and its index, both memory-mapped and validated.
+#[derive(Debug)]
+pub(crate) struct SealedSegment {
+    data: Mmap,
+    index: Mmap,
+    streams: Range<usize>,
+    positions: Range<usize>,
+    pub end_position: u64,
+}
+
+/// The state of a segment slot.
+#[derive(Debug, Clone)]
+pub(crate) enum State {
+    Open(Arc<OpenSegment>),
+    Sealed(Arc<SealedSegment>),
+    Unloaded,
+}
+
+/// A segment of a partition, whatever its state.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub partition: u32,
+    pub base: u64,
+    pub path: PathBuf,
+    pub index_path: PathBuf,
+    state: RwLock<State>,
+    load_lock: Mutex<()>,
+}
+
+/// A reference to a segment's readable form, held for the duration of a read.
+#[derive(Debug, Clone)]
+pub(crate) enum View {
+    Open(Arc<OpenSegment>),
+    Sealed(Arc<SealedSegment>),
+}
+
+/// Where reads record what they had to repair.
+pub(crate) type Report = Arc<Mutex<Vec<RecoveryAction>>>;
+
+fn mmap(file: &FileHandle) -> Result<Mmap> {
+    // SAFETY: strata maps only sealed segments and index files. It never writes to or
+    // truncates a file while it is mapped (a sealed segment is trimmed before its first
+    // mapping, and the store lock keeps other strata processes out); compaction unlinks files,
+    // which leaves existing mappings valid.
+    unsafe { Mmap::map(file.std()) }.map_err(|e| Error::io("mmap", file.path(), e))
+}
+
+impl Segment {
+    pub fn new(partition: u32, dir: &Path, base: u64, state: State) -> Segment {
+        Segment {
+            partition,
+            base,
+            path: dir.join(seg_format::file_name(base)),
+            index_path: dir.join(index::file_name(base)),
+            state: RwLock::new(state),
+            load_lock: Mutex::new(()),
+        }
+    }
+
+    pub fn set_state(&self, state: State) {
+        *self.state.write() = state;
+    }
+
+    pub fn state(&self) -> State {
+        self.state.read().clone()
+    }
+
+    /// The readable form of this segment, mapping it (and checking or rebuilding its index)
+    /// on first use. `end_position` is where the next segment starts.
+    pub fn view(&self, end_position: u64, io: &Io, report: &Report) -> Result<View> {
+        match self.state() {
+            State::Open(o) => return Ok(View::Open(o)),
+            State::Sealed(s) => return Ok(View::Sealed(s)),
+            State::Unloaded => {}
+        }
+        let _guard = self.load_lock.lock();
+        if let State::Sealed(s) = self.state() {
+            return Ok(View::Sealed(s));
+        }
+        let sealed = Arc::new(self.load(end_position, io, report)?);
+        self.set_state(State::Sealed(sealed.clone()));
+        Ok(View::Sealed(sealed))
+    }
+
+    /// Maps the sealed segment and its index; rebuilds the index if it does not check out.
+    fn load(&self, end_position: u64, io: &Io, report: &Report) -> Result<SealedSegment> {
+        let file = io.open_read(&self.path)?;
+        let len = file.len()?;
+        if len < seg_format::HEADER_LEN as u64 {
+            return Err(Error::corruption(&self.path, 0, format!("sealed segment is only {len} bytes")));
+        }
+        let data = mmap(&file)?;
+        check_header(&self.path, &data, self.partition, self.base)?;
+        match self.try_index(io, len, end_position) {
+            Ok((idx, streams, positions)) => {
+                return Ok(SealedSegment { data, index: idx, streams, positions, end_position });
+            }
+            Err(why) => {
+                drop(data);
+                self.rebuild(io, report, end_position, why)
+            }
+        }
+    }
+
+    fn try_index(
+        &self,
+        io: &Io,
+        segment_len: u64,
+        end_position: u64,
+    ) -> Result<(Mmap, Range<usize>, Range<usize>), String> {
+        let file = io.open_read(&self.index_path).map_err(|e| e.to_string())?;
+        let map = mmap(&file).map_err(|e| e.to_string())?;
+        let view = index::decode(&map)?;
+        let h = view.header;
+        if h.partition != self.partition || h.base_position != self.base {
+            return Err(format!("index belongs to partition {} base {}", h.partition, h.base_position));
+        }
+        if h.segment_len != segment_len {
+            return Err(format!("index describes {} segment bytes, the segment has {segment_len}", h.segment_len));
+        }
+        if h.end_position != end_position {
+            return Err(format!(
+                "index ends at position {}, the next segment starts at {end_position}",
+                h.end_position
+            ));
+        }
+        let split = index::HEADER_LEN + view.streams.len() * 32;
+        let (streams, positions) = (index::HEADER_LEN..split, split..map.len());
+        Ok((map, streams, positions))
+    }
+
+    /// Scans the segment, trims a zero-filled tail, writes a fresh index, and maps both.
+    fn rebuild(&self, io: &Io, report: &Report, end_position: u64, why: String) -> Result<SealedSegment> {
+        let file = io.open_rw(&self.path)?;
+        let data = mmap(&file)?;
+        let header = check_header(&self.path, &data, self.partition, self.base)?;
+        let mut mem = MemIndex::new(self.base);
+        let end = seg_format::scan(&data, &header, Mode::Sealed, |off, b| {
+            mem.insert(b.stream_id, b.first_version, b.base_position, b.event_count, off, b.length as u32)
+        })
+        .map_err(|e| Error::corruption(&self.path, e.offset, e.reason))?;
+        if mem.end_position != end_position {
+            return Err(Error::corruption(
+                &self.path,
+                end.data_end(),
+                format!("segment ends at position {} but the next segment starts at {end_position}", mem.end_position),
+            ));
+        }
+        let file_len = data.len() as u64;
+        drop(data);
+        if end.data_end() < file_len {
+            file.set_len(end.data_end())?;
+            file.sync_all()?;
+            report.lock().push(RecoveryAction::TrimmedSegment {
+                path: self.path.clone(),
+                from_len: file_len,
+                to_len: end.data_end(),
+            });
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let name = index::file_name(self.base);
+        io.write_atomic(dir, &name, &mem.to_index_file(self.partition, self.base))?;
+        report.lock().push(RecoveryAction::RebuiltIndex { path: self.index_path.clone(), reason: why });
+        let data = mmap(&io.open_read(&self.path)?)?;
+        let (idx, streams, positions) = self
+            .try_index(io, end.data_end(), end_position)
+            .map_err(|e| Error::corruption(&self.index_path, 0, format!("rebuilt index does not check out: {e}")))?;
+        Ok(SealedSegment { data, index: idx, streams, positions, end_position })
+    }
+
+    /// Seals an open segment: trims the file to its data, writes the index file (temp, fsync,
+    /// rename, fsync the directory), maps both, and switches the slot to the sealed form.
+    pub fn seal(&self, open: &OpenSegment, io: &Io) -> Result<()> {
+        let (image, data_end, end_position) = {
+            let mem = open.index.read();
+            (mem.to_index_file(self.partition, self.base), mem.end_offset, mem.end_position)
+        };
+        if open.file.len()? > data_end {
+            open.file.set_len(data_end)?;
+        }
+        open.file.sync_all()?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        io.write_atomic(dir, &index::file_name(self.base), &image)?;
+        let data = mmap(&io.open_read(&self.path)?)?;
+        let (idx, streams, positions) = self
+            .try_index(io, data_end, end_position)
+            .map_err(|e| Error::corruption(&self.index_path, 0, format!("fresh index does not check out: {e}")))?;
+        self.set_state(State::Sealed(Arc::new(SealedSegment { data, index: idx, streams, positions, end_position })));
+        Ok(())
+    }
+}
+
+fn check_header(path: &Path, bytes: &[u8], partition: u32, base: u64) -> Result<seg_format::Header> {
+    let header = seg_format::decode_header(bytes).map_err(|e| header_error(path, e))?;
+    if header.partition != partition || header.base_position != base {
+        return Err(Error::corruption(
+            path,
+            0,
+            format!(
+                "segment header says partition {} base {}, expected partition {partition} base {base}",
+                header.partition, header.base_position
+            ),
+        ));
+    }
+    Ok(header)
+}
+
+pub(crate) fn header_error(path: &Path, e: seg_format::HeaderError) -> Error {
+    match e {
+        seg_format::HeaderError::Foreign(why) => Error::corruption(path, 0, format!("not a strata segment: {why}")),
+        seg_format::HeaderError::Version(found) => {
+            Error::UnsupportedVersion { path: path.to_path_buf(), found, supported: crate::format::FORMAT_VERSION }
+        }
+        seg_format::HeaderError::Corrupt(why) => Error::corruption(path, 0, why),
+    }
+}
+
+/// Builds recorded events from a checked batch, for the events at positions in `positions`.
+fn emit(b: &BatchView<'_>, partition: u32, skip: usize, take: usize, out: &mut Vec<RecordedEvent>) {
+    for (i, e) in b.events().enumerate().skip(skip).take(take) {
+        out.push(RecordedEvent {
+            stream_id: b.stream_id.to_owned(),
+            version: b.first_version + i as u64,
+            partition,
+            position: b.base_position + i as u64,
+            timestamp_nanos: b.timestamp,
+            event_type: e.event_type.to_owned(),
+            metadata: e.metadata.to_vec(),
+            payload: e.payload.to_vec(),
+        });
+    }
+}
+
+/// Bytes of one or more batches, borrowed from a mapping or read into a buffer.
+enum Bytes<'a> {
+    Mapped(&'a [u8]),
+    Read(Vec<u8>),
+}
+
+impl Bytes<'_> {
+    fn get(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(b) => b,
+            Bytes::Read(v) => v,
+        }
+    }
+}
+
+impl View {
+    fn path<'a>(&self, seg: &'a Segment) -> &'a Path {
+        &seg.path
+    }
+
+    /// The bytes `[offset, offset + len)`; for a mapped segment `len` may run to the end.
+    fn bytes(&self, seg: &Segment, offset: u64, len: usize) -> Result<Bytes<'_>> {
+        match self {
+            View::Sealed(s) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX);
+                match s.data.get(start..) {
+                    Some(b) => Ok(Bytes::Mapped(b)),
+                    None => Err(Error::corruption(&seg.path, offset, "offset past the end of the segment")),
+                }
+            }
+            View::Open(o) => {
+                let mut buf = vec![0u8; len];
+                o.file.read_exact_at(&mut buf, offset)?;
+                Ok(Bytes::Read(buf))
+            }
+        }
+    }
+
+    /// Reads and checks the batch at `offset`, whose length is `len` if known.
+    fn with_batch<T>(&self, seg: &Segment, offset: u64, len: usize, f: impl FnOnce(&BatchView<'_>) -> T) -> Result<T> {
+        let bytes = self.bytes(seg, offset, len)?;
+        match batch::decode(bytes.get()) {
+            Ok(b) => Ok(f(&b)),
+            Err(bad) => Err(Error::corruption(self.path(seg), offset, format!("indexed batch: {bad}"))),
+        }
+    }
+
+    /// The entries of `stream` in a sealed segment's index (resolving hash collisions).
+    fn sealed_entries<'a>(
+        &self,
+        seg: &Segment,
+        s: &'a SealedSegment,
+        stream: &str,
+        hash: u64,
+    ) -> Result<&'a [StreamEntry]> {
+        let entries: &[StreamEntry] = s
+            .index
+            .get(s.streams.clone())
+            .and_then(|b| bytemuck::try_cast_slice(b).ok())
+            .ok_or_else(|| Error::corruption(&seg.index_path, 0, "stream entries unreadable"))?;
+        let lo = entries.partition_point(|e| e.get().stream_hash < hash);
+        let hi = entries.partition_point(|e| e.get().stream_hash <= hash);
+        let mut i = lo;
+        while i < hi {
+            let Some(first) = entries.get(i).map(StreamEntry::get) else { break };
+            let block = entries.get(i..hi).unwrap_or(&[]);
+            let j = i + block.partition_point(|e| e.get().tag <= first.tag);
+            let same = self.with_batch(seg, first.offset, 0, |b| b.stream_id == stream)?;
+            if same {
+                return Ok(entries.get(i..j).unwrap_or(&[]));
+            }
+            i = j;
+        }
+        Ok(&[])
+    }
+
+    /// The last version of `stream` in this segment, if it has events here.
+    pub fn last_version(&self, seg: &Segment, stream: &str, hash: u64) -> Result<Option<u64>> {
+        match self {
+            View::Open(o) => Ok(o.index.read().last_version(stream)),
+            View::Sealed(s) => {
+                let entries = self.sealed_entries(seg, s, stream, hash)?;
+                Ok(entries.last().map(|e| {
+                    let e = e.get();
+                    e.first_version + u64::from(e.event_count) - 1
+                }))
+            }
+        }
+    }
+
+    /// The batches of `stream` in this segment as (first_version, count, offset, len).
+    fn stream_batches(&self, seg: &Segment, stream: &str, hash: u64) -> Result<Vec<MemEntry>> {
+        match self {
+            View::Open(o) => Ok(o.index.read().streams.get(stream).cloned().unwrap_or_default()),
+            View::Sealed(s) => Ok(self
+                .sealed_entries(seg, s, stream, hash)?
+                .iter()
+                .map(|e| {
+                    let e = e.get();
+                    MemEntry { first_version: e.first_version, offset: e.offset, len: 0, count: e.event_count }
+                })
+                .collect()),
+        }
+    }
+
+    /// Appends to `out` the events of `stream` with version >= `from`, forward, until `out`
+    /// holds `limit` events.
+    pub fn read_stream(
+        &self,
+        seg: &Segment,
+        stream: &str,
+        hash: u64,
+        from: u64,
+        limit: usize,
+        out: &mut Vec<RecordedEvent>,
+    ) -> Result<()> {
+        let batches = self.stream_batches(seg, stream, hash)?;
+        let start = batches.partition_point(|e| e.first_version + u64::from(e.count) <= from);
+        for e in batches.get(start..).unwrap_or(&[]) {
+            if out.len() >= limit {
+                break;
+            }
+            let skip = from.saturating_sub(e.first_version) as usize;
+            self.checked_stream_batch(seg, stream, e, |b| emit(b, seg.partition, skip, limit - out.len(), out))?;
+        }
+        Ok(())
+    }
+
+    /// Appends to `out` the events of `stream` with version <= `from`, newest first, until
+    /// `out` holds `limit` events.
+    pub fn read_stream_back(
+        &self,
+        seg: &Segment,
+        stream: &str,
+        hash: u64,
+        from: u64,
+        limit: usize,
+        out: &mut Vec<RecordedEvent>,
+    ) -> Result<()> {
+        let batches = self.stream_batches(seg, stream, hash)?;
+        let end = batches.partition_point(|e| e.first_version <= from);
+        for e in batches.get(..end).unwrap_or(&[]).iter().rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let last = (from - e.first_version).min(u64::from(e.count) - 1) as usize;
+            self.checked_stream_batch(seg, stream, e, |b| {
+                let mut tmp = Vec::with_capacity(last + 1);
+                emit(b, seg.partition, 0, last + 1, &mut tmp);
+                out.extend(tmp.into_iter().rev().take(limit - out.len()));
+            })?;
+        }
+        Ok(())
+    }
+
+    fn checked_stream_batch(
+        &self,
+        seg: &Segment,
+        stream: &str,
+        e: &MemEntry,
+        f: impl FnOnce(&BatchView<'_>),
+    ) -> Result<()> {
+        let ok = self.with_batch(seg, e.offset, e.len as usize, |b| {
+            if b.stream_id != stream || b.first_version != e.first_version || b.event_count != e.count {
+                return false;
+            }
+            f(b);
+            true
+        })?;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::corruption(
+                &seg.path,
+                e.offset,
+                format!("batch does not hold what the index says of stream {stream:?}"),
+            ))
+        }
+    }
+
+    /// Appends to `out` the events at positions `from..end`, until `out` holds `limit`.
+    pub fn read_positions(
+        &self,
+        seg: &Segment,
+        from: u64,
+        end: u64,
+        limit: usize,
+        out: &mut Vec<RecordedEvent>,
+    ) -> Result<()> {
+        let (start_offset, data_end) = match self {
+            View::Sealed(s) => {
+                let positions: &[PositionEntry] = s
+                    .index
+                    .get(s.positions.clone())
+                    .and_then(|b| bytemuck::try_cast_slice(b).ok())
+                    .ok_or_else(|| Error::corruption(&seg.index_path, 0, "position entries unreadable"))?;
+                let k = positions.partition_point(|p| p.get().position <= from);
+                let off = k
+                    .checked_sub(1)
+                    .and_then(|k| positions.get(k))
+                    .map_or(seg_format::HEADER_LEN as u64, |p| p.get().offset);
+                (off, s.data.len() as u64)
+            }
+            View::Open(o) => {
+                let mem = o.index.read();
+                let k = mem.positions.partition_point(|p| p.position <= from);
+                let off = k
+                    .checked_sub(1)
+                    .and_then(|k| mem.positions.get(k))
+                    .map_or(seg_format::HEADER_LEN as u64, |p| p.offset);
+                (off, mem.end_offset)
+            }
+        };
+        let mut offset = start_offset;
+        let mut chunk = 1usize << 20;
+        while offset < data_end && out.len() < limit {
+            let want = (data_end - offset).min(chunk as u64) as usize;
+            let bytes = self.bytes(seg, offset, want)?;
+            let buf = bytes.get();
+            let buf = buf.get(..want.min(buf.len())).unwrap_or(&[]);
+            let mut at = 0usize;
+            loop {
+                let Some(rest) = buf.get(at..) else { break };
+                if rest.is_empty() || out.len() >= limit {
+                    break;
+                }
+                match batch::decode(rest) {
+                    Ok(b) => {
+                        if b.base_position >= end {
+                            return Ok(());
+                        }
+                        if b.end_position() > from {
+                            let skip = from.saturating_sub(b.base_position);
+                            let upto = u64::from(b.event_count).min(end - b.base_position);
+                            let take = (upto.saturating_sub(skip) as usize).min(limit - out.len());
+                            emit(&b, seg.partition, skip as usize, take, out);
+                        }
+                        at += b.length;
+                    }
+                    Err(batch::Bad::Truncated) if at > 0 => break,
+                    Err(batch::Bad::Truncated) => {
+                        // A batch larger than the chunk: read it whole next time round.
+                        let need = batch::claimed_length(rest).unwrap_or(0);
+                        if need <= chunk || offset + need as u64 > data_end {
+                            return Err(Error::corruption(&seg.path, offset, "batch runs past the end of the data"));
+                        }
+                        chunk = need;
+                        break;
+                    }
+                    Err(bad) => return Err(Error::corruption(&seg.path, offset + at as u64, bad.to_string())),
+                }
+            }
+            offset += at as u64;
+        }
+        Ok(())
+    }
+}

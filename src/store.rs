@@ -1,0 +1,459 @@
+//! The store: opening and creating it, routing appends to partition writers, and reads.
+
+use std::fs;
+use std::future::Future;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::Sender;
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::event::{AppendResult, EventData, ExpectedVersion, RecordedEvent};
+use crate::format::batch::{self, Limits};
+use crate::format::manifest::{self, Manifest, ManifestError};
+use crate::format::segment as seg_format;
+use crate::io::Io;
+use crate::lock::{self, DirLock};
+use crate::options::Options;
+use crate::partition::{self, Partition};
+use crate::router::{self, stream_hash};
+use crate::segment::Report;
+use crate::writer::{self, AppendRequest, Writer, WriterConfig};
+
+/// Nanoseconds since the Unix epoch, now.
+pub(crate) fn now_nanos() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Something opening (or lazily loading part of) a store had to repair, for the operator to
+/// see. Nothing here loses acknowledged data: a torn tail is a write that was never
+/// acknowledged as durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecoveryAction {
+    /// The active segment ended in an incomplete or damaged write, which was cut off.
+    TruncatedTornTail {
+        /// The segment.
+        path: PathBuf,
+        /// Where valid data ends (the new file length).
+        offset: u64,
+        /// How many bytes were cut.
+        discarded_bytes: u64,
+        /// What was wrong with the first discarded batch.
+        reason: String,
+    },
+    /// A segment ended in zeros after its data (left by a crash), which were cut.
+    TrimmedSegment {
+        /// The segment.
+        path: PathBuf,
+        /// Length before.
+        from_len: u64,
+        /// Length after.
+        to_len: u64,
+    },
+    /// A sealed segment's index was missing or damaged and was rebuilt from the segment.
+    RebuiltIndex {
+        /// The index file.
+        path: PathBuf,
+        /// What was wrong with the old one.
+        reason: String,
+    },
+    /// A temporary file of an interrupted atomic write was removed.
+    RemovedTempFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Sealing a full segment (writing its index) failed; it stays readable and is indexed
+    /// again on the next open.
+    SealFailed {
+        /// The segment.
+        path: PathBuf,
+        /// The error.
+        error: String,
+    },
+}
+
+struct Shared {
+    dir: PathBuf,
+    manifest: Manifest,
+    partitions: Vec<Arc<Partition>>,
+    limits: Limits,
+    report: Report,
+    _lock: DirLock,
+}
+
+/// An open event store: one directory, exclusively locked while open.
+///
+/// `Store` is `Send + Sync`: share it between threads with an `Arc` (or by reference), and
+/// append from as many threads as you like; appends to one partition are group-committed.
+///
+/// ```
+/// use strata::{EventData, ExpectedVersion, Options, Store};
+/// let dir = tempfile::tempdir()?;
+/// let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+/// let r = store.append("order-1", ExpectedVersion::NoStream, &[EventData::new("Placed", b"{}".to_vec())])?;
+/// store.append("order-1", r.next_expected(), &[EventData::new("Paid", b"{}".to_vec())])?;
+/// let events = store.read_stream("order-1", 0, 100)?;
+/// assert_eq!(events.len(), 2);
+/// assert_eq!(events[1].event_type, "Paid");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Store {
+    shared: Arc<Shared>,
+    senders: Vec<Sender<AppendRequest>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.shared.dir)
+            .field("partitions", &self.shared.manifest.partition_count)
+            .finish_non_exhaustive()
+    }
+}
+
+fn manifest_error(path: &Path, e: ManifestError) -> Error {
+    match e {
+        ManifestError::Foreign(why) => Error::NotAStore { path: path.to_path_buf(), reason: why },
+        ManifestError::Version(found) => {
+            Error::UnsupportedVersion { path: path.to_path_buf(), found, supported: crate::format::FORMAT_VERSION }
+        }
+        ManifestError::Corrupt(offset, why) => Error::corruption(path, offset, why),
+    }
+}
+
+/// Whether `dir` holds only what an interrupted creation can leave: the lock, temp files and
+/// partition directories with nothing but an empty first segment. Returns the first other entry.
+fn foreign_entry(dir: &Path) -> Result<Option<PathBuf>> {
+    let entries = fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if name == lock::FILE_NAME || name.ends_with(".tmp") {
+            continue;
+        }
+        let is_partition = name.len() == 6 && name.starts_with('p') && name[1..].bytes().all(|b| b.is_ascii_digit());
+        if !is_partition || !path.is_dir() {
+            return Ok(Some(path));
+        }
+        for inner in fs::read_dir(&path).map_err(|e| Error::io("list", &path, e))? {
+            let inner = inner.map_err(|e| Error::io("list", &path, e))?;
+            let iname = inner.file_name().to_string_lossy().into_owned();
+            let empty_first = iname == seg_format::file_name(0)
+                && inner.metadata().is_ok_and(|m| m.len() <= seg_format::HEADER_LEN as u64);
+            if !empty_first && !iname.ends_with(".tmp") {
+                return Ok(Some(inner.path()));
+            }
+        }
+    }
+    Ok(None)
+}
+
+impl Store {
+    /// Opens the store in `dir`, or creates it if [`Options::create_if_missing`] is set.
+    ///
+    /// Opening recovers from a crash: the tail of each partition's active segment is scanned,
+    /// an incomplete last write is cut off (see [`Store::recovery_report`]), and damage
+    /// anywhere else is an [`Error::Corruption`] naming the file and offset. Sealed segments
+    /// are not read at open; they are mapped and checked on first use.
+    ///
+    /// Errors: [`Error::NotAStore`] for a directory without a store (or a foreign manifest),
+    /// [`Error::UnsupportedVersion`] for a store of a newer format, [`Error::Locked`] if the
+    /// store is open elsewhere, [`Error::AlreadyExists`] with `error_if_exists`.
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
+        options.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        let io = Io::with_faults(options.faults.clone());
+        let manifest_path = dir.join(manifest::FILE_NAME);
+        let (manifest, lock) = match fs::read(&manifest_path) {
+            Ok(bytes) => {
+                if options.error_if_exists {
+                    return Err(Error::AlreadyExists { path: dir, reason: "a store exists there".into() });
+                }
+                let m = Manifest::decode(&bytes).map_err(|e| manifest_error(&manifest_path, e))?;
+                (m, lock::acquire(&dir)?)
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                if !options.create_if_missing {
+                    let reason = if dir.is_dir() { "no MANIFEST file" } else { "no such directory" };
+                    return Err(Error::NotAStore { path: dir, reason: reason.into() });
+                }
+                Self::create(&dir, &options, &io)?
+            }
+            Err(e) if e.kind() == ErrorKind::NotADirectory => {
+                return Err(Error::NotAStore { path: dir, reason: "not a directory".into() });
+            }
+            Err(e) if manifest_path.is_dir() => {
+                return Err(Error::NotAStore { path: manifest_path, reason: format!("MANIFEST is not a file ({e})") });
+            }
+            Err(e) => return Err(Error::io("read", &manifest_path, e)),
+        };
+        let report: Report = Arc::new(Mutex::new(Vec::new()));
+        let opened: Vec<Result<_>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..manifest.partition_count)
+                .map(|id| {
+                    let pdir = dir.join(partition::dir_name(id));
+                    let (io, report) = (io.clone(), report.clone());
+                    s.spawn(move || Partition::open(pdir, id, io, report))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(Err(Error::Closed))).collect()
+        });
+        let mut partitions = Vec::with_capacity(opened.len());
+        let mut tails = Vec::with_capacity(opened.len());
+        for r in opened {
+            let (p, t) = r?;
+            partitions.push(p);
+            tails.push(t);
+        }
+        let limits = Limits { max_event_bytes: options.max_event_bytes, max_append_bytes: options.max_append_bytes };
+        let cfg = WriterConfig {
+            durability: options.durability,
+            segment_bytes: manifest.segment_bytes,
+            max_group_bytes: options.max_group_bytes,
+            max_group_appends: options.max_group_appends,
+        };
+        let (seal_tx, seal_rx) = crossbeam_channel::unbounded();
+        let mut threads = Vec::new();
+        let mut senders = Vec::new();
+        for (part, tail) in partitions.iter().zip(tails) {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let w = Writer::new(part.clone(), tail, cfg, seal_tx.clone());
+            let t = std::thread::Builder::new()
+                .name(format!("strata-writer-{}", part.id))
+                .spawn(move || w.run(rx))
+                .map_err(|e| Error::io("spawn writer thread", &part.dir, e))?;
+            threads.push(t);
+            senders.push(tx);
+        }
+        drop(seal_tx);
+        let sealer = std::thread::Builder::new()
+            .name("strata-sealer".into())
+            .spawn(move || writer::run_sealer(seal_rx))
+            .map_err(|e| Error::io("spawn sealer thread", &dir, e))?;
+        threads.push(sealer);
+        let shared = Arc::new(Shared { dir, manifest, partitions, limits, report, _lock: lock });
+        Ok(Store { shared, senders, threads })
+    }
+
+    /// Creates a store: lock, partitions with their first segments, then the manifest, written
+    /// atomically last, so a store without a manifest is never half-made.
+    fn create(dir: &Path, options: &Options, io: &Io) -> Result<(Manifest, DirLock)> {
+        if !dir.exists() {
+            fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        } else if !dir.is_dir() {
+            return Err(Error::NotAStore { path: dir.to_path_buf(), reason: "not a directory".into() });
+        }
+        let lock = lock::acquire(dir)?;
+        if let Some(other) = foreign_entry(dir)? {
+            return Err(Error::AlreadyExists {
+                path: dir.to_path_buf(),
+                reason: format!("the directory is not empty and not a store: it holds {}", other.display()),
+            });
+        }
+        let manifest = Manifest {
+            partition_count: options.partitions,
+            hash_id: router::HASH_ID,
+            segment_bytes: options.segment_bytes,
+            created: now_nanos(),
+            partition_epoch: 0,
+        };
+        for id in 0..manifest.partition_count {
+            partition::create(&dir.join(partition::dir_name(id)), id, io)?;
+        }
+        io.sync_dir(dir)?;
+        io.write_atomic(dir, manifest::FILE_NAME, &manifest.encode())?;
+        Ok((manifest, lock))
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Number of partitions (fixed at creation).
+    pub fn partition_count(&self) -> u32 {
+        self.shared.manifest.partition_count
+    }
+
+    /// The partition that holds `stream_id`.
+    pub fn partition_of(&self, stream_id: &str) -> u32 {
+        router::partition_for(stream_id, self.partition_count())
+    }
+
+    fn partition(&self, id: u32) -> Result<&Arc<Partition>> {
+        self.shared
+            .partitions
+            .get(id as usize)
+            .ok_or(Error::NoSuchPartition { partition: id, count: self.partition_count() })
+    }
+
+    fn submit(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[EventData],
+    ) -> Result<oneshot::Receiver<Result<AppendResult>>> {
+        let batch = batch::encode(stream, events, self.shared.limits)?;
+        let hash = stream_hash(stream);
+        let p = router::jump_consistent_hash(hash, self.partition_count());
+        let sender = self.senders.get(p as usize).ok_or(Error::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        let req =
+            AppendRequest { stream: stream.into(), hash, expected, batch, event_count: events.len() as u32, reply };
+        sender.send(req).map_err(|_| Error::Closed)?;
+        Ok(rx)
+    }
+
+    /// Appends `events` to `stream` atomically (all or none), if the stream's version
+    /// satisfies `expected`; returns once the events are durable under the configured
+    /// [`Durability`](crate::Durability).
+    ///
+    /// Errors: [`Error::WrongExpectedVersion`] (nothing written), [`Error::InvalidStreamId`],
+    /// [`Error::EventTooLarge`], [`Error::AppendTooLarge`], [`Error::EmptyAppend`],
+    /// [`Error::StorageFull`], [`Error::Poisoned`] after a failed fsync.
+    pub fn append(&self, stream: &str, expected: ExpectedVersion, events: &[EventData]) -> Result<AppendResult> {
+        let rx = self.submit(stream, expected, events)?;
+        rx.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Like [`Store::append`], without blocking: the returned future completes when the append
+    /// is durable. It works with any executor (strata depends on none).
+    ///
+    /// ```
+    /// # use strata::{EventData, ExpectedVersion, Options, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+    /// let pending = store.append_async("cart-9", ExpectedVersion::Any, &[EventData::new("Added", b"x".to_vec())]);
+    /// // ... in async code: `pending.await?`; here, block on it:
+    /// let r = pending.wait()?;
+    /// assert_eq!(r.first_version, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn append_async(&self, stream: &str, expected: ExpectedVersion, events: &[EventData]) -> AppendFuture {
+        match self.submit(stream, expected, events) {
+            Ok(rx) => AppendFuture { state: FutureState::Waiting(rx) },
+            Err(e) => AppendFuture { state: FutureState::Failed(Some(e)) },
+        }
+    }
+
+    /// Up to `max_count` events of `stream` from version `from_version` on, oldest first.
+    pub fn read_stream(&self, stream: &str, from_version: u64, max_count: usize) -> Result<Vec<RecordedEvent>> {
+        batch::check_stream_id(stream)?;
+        let hash = stream_hash(stream);
+        let p = self.partition(router::jump_consistent_hash(hash, self.partition_count()))?;
+        p.read_stream(stream, hash, from_version, max_count)
+    }
+
+    /// Up to `max_count` events of `stream` from version `from_version` (`None`: the last
+    /// event) back towards version 0, newest first.
+    pub fn read_stream_backward(
+        &self,
+        stream: &str,
+        from_version: Option<u64>,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        batch::check_stream_id(stream)?;
+        let hash = stream_hash(stream);
+        let p = self.partition(router::jump_consistent_hash(hash, self.partition_count()))?;
+        p.read_stream_back(stream, hash, from_version.unwrap_or(u64::MAX), max_count)
+    }
+
+    /// The version of the last durable event of `stream`, or `None` if it has none.
+    pub fn stream_version(&self, stream: &str) -> Result<Option<u64>> {
+        batch::check_stream_id(stream)?;
+        let hash = stream_hash(stream);
+        let p = self.partition(router::jump_consistent_hash(hash, self.partition_count()))?;
+        p.last_version(stream, hash)
+    }
+
+    /// Up to `max_count` events of partition `partition` from position `from_position` on, in
+    /// position order: the basis of subscriptions and projections.
+    pub fn read_partition(&self, partition: u32, from_position: u64, max_count: usize) -> Result<Vec<RecordedEvent>> {
+        self.partition(partition)?.read_from(from_position, max_count)
+    }
+
+    /// One past the last durable position of `partition` (its number of events).
+    pub fn head(&self, partition: u32) -> Result<u64> {
+        Ok(self.partition(partition)?.head())
+    }
+
+    /// Why `partition` stopped accepting appends, if it has (see [`Error::Poisoned`]).
+    pub fn poisoned(&self, partition: u32) -> Result<Option<String>> {
+        Ok(self.partition(partition)?.poison.lock().clone())
+    }
+
+    /// What opening the store (and loading sealed segments since) had to repair.
+    pub fn recovery_report(&self) -> Vec<RecoveryAction> {
+        self.shared.report.lock().clone()
+    }
+
+    /// Stops the writers after they finish what is queued, syncs, and releases the lock.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown();
+        Ok(())
+    }
+
+    fn shutdown(&mut self) {
+        self.senders.clear();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+enum FutureState {
+    Waiting(oneshot::Receiver<Result<AppendResult>>),
+    Failed(Option<Error>),
+}
+
+/// A pending append from [`Store::append_async`]; resolves when the append is durable.
+#[must_use = "an append future does nothing visible unless awaited or waited on"]
+pub struct AppendFuture {
+    state: FutureState,
+}
+
+impl std::fmt::Debug for AppendFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendFuture").finish_non_exhaustive()
+    }
+}
+
+impl AppendFuture {
+    /// Blocks the current thread until the append completes.
+    pub fn wait(self) -> Result<AppendResult> {
+        match self.state {
+            FutureState::Waiting(rx) => rx.recv().map_err(|_| Error::Closed)?,
+            FutureState::Failed(e) => Err(e.unwrap_or(Error::Closed)),
+        }
+    }
+}
+
+impl Future for AppendFuture {
+    type Output = Result<AppendResult>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.state {
+            FutureState::Failed(e) => Poll::Ready(Err(e.take().unwrap_or(Error::Closed))),
+            FutureState::Waiting(rx) => match Pin::new(rx).poll(cx) {
+                Poll::Ready(Ok(r)) => Poll::Ready(r),
+                Poll::Ready(Err(_)) => Poll::Ready(Err(Error::Closed)),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
