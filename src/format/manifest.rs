@@ -3,7 +3,8 @@
 //! ```text
 //! 0   8  magic            b"STRATAMF"
 //! 8   4  version          FORMAT_VERSION
-//! 12  4  length           total manifest length in bytes (64 in version 1)
+//! 12  4  length           total manifest length in bytes (64 in version 1; the CRC is always
+//!                          the last 4 bytes)
 //! 16  4  partition_count  >= 1
 //! 20  4  hash_id          1 = xxh3-64 (seed 0) of the stream id, then jump consistent hash
 //! 24  8  segment_bytes    segment roll size
@@ -63,18 +64,28 @@ impl Manifest {
         if bytes.get(..8) != Some(MAGIC.as_slice()) {
             return Err(ManifestError::Foreign("the manifest has no strata magic".into()));
         }
-        let version = le_u32(bytes, 8).ok_or_else(|| ManifestError::Corrupt(8, "manifest cut short".into()))?;
+        // Every version keeps magic, version and length at the front and the CRC of all that
+        // precedes it in the last 4 bytes, so a damaged version is corruption, not "newer".
+        let length = le_u32(bytes, 12).ok_or_else(|| ManifestError::Corrupt(12, "manifest cut short".into()))?;
+        if length as usize != bytes.len() || bytes.len() < LEN {
+            return Err(ManifestError::Corrupt(
+                12,
+                format!("manifest is {} bytes, its header says {length}", bytes.len()),
+            ));
+        }
+        let body = bytes.len() - 4;
+        if bytes.get(..body).map(crc) != le_u32(bytes, body) {
+            return Err(ManifestError::Corrupt(body as u64, "manifest checksum mismatch".into()));
+        }
+        let version = le_u32(bytes, 8).unwrap_or(0);
         if version > FORMAT_VERSION {
             return Err(ManifestError::Version(version));
         }
-        if version == 0 {
-            return Err(ManifestError::Corrupt(8, "format version 0".into()));
-        }
-        if le_u32(bytes, 12) != Some(LEN as u32) || bytes.len() != LEN {
-            return Err(ManifestError::Corrupt(12, format!("manifest is {} bytes, expected {LEN}", bytes.len())));
-        }
-        if bytes.get(..60).map(crc) != le_u32(bytes, 60) {
-            return Err(ManifestError::Corrupt(60, "manifest checksum mismatch".into()));
+        if version == 0 || bytes.len() != LEN {
+            return Err(ManifestError::Corrupt(
+                8,
+                format!("format version {version} with a {}-byte manifest", bytes.len()),
+            ));
         }
         let m = Manifest {
             partition_count: le_u32(bytes, 16).unwrap_or(0),

@@ -74,13 +74,15 @@ pub(crate) fn decode_header(bytes: &[u8]) -> Result<Header, HeaderError> {
     if h.get(..8) != Some(MAGIC.as_slice()) {
         return Err(HeaderError::Foreign("no segment magic".into()));
     }
-    let version = le_u32(h, VERSION_OFFSET).unwrap_or(0);
-    if version > FORMAT_VERSION {
-        return Err(HeaderError::Version(version));
-    }
+    // Every format version keeps the magic, the version and this CRC where they are, so the
+    // checksum is checked first: a damaged version field is corruption, not a newer format.
     let stored = le_u32(h, CRC_OFFSET).unwrap_or(0);
     if h.get(..CRC_OFFSET).map(crc) != Some(stored) {
         return Err(HeaderError::Corrupt("segment header checksum mismatch".into()));
+    }
+    let version = le_u32(h, VERSION_OFFSET).unwrap_or(0);
+    if version > FORMAT_VERSION {
+        return Err(HeaderError::Version(version));
     }
     if version == 0 {
         return Err(HeaderError::Corrupt("segment format version 0".into()));

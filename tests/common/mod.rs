@@ -1,0 +1,75 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use strata::{EventData, ExpectedVersion, Options, RecordedEvent, Store};
+
+/// Options for a fresh store in a test: small segments so rolls happen.
+pub fn opts(partitions: u32, segment_bytes: u64) -> Options {
+    Options::default().create_if_missing(true).partitions(partitions).segment_bytes(segment_bytes)
+}
+
+pub fn ev(t: &str, payload: impl Into<Vec<u8>>) -> EventData {
+    EventData::new(t, payload)
+}
+
+/// Appends `n` single-event batches to `stream`, checking versions; returns the payloads.
+pub fn fill(store: &Store, stream: &str, n: usize) -> Vec<Vec<u8>> {
+    let mut expected = match store.stream_version(stream).unwrap() {
+        None => ExpectedVersion::NoStream,
+        Some(v) => ExpectedVersion::Exact(v),
+    };
+    let mut out = Vec::new();
+    for i in 0..n {
+        let payload = format!("{stream}:{i}:{}", "x".repeat(i % 7)).into_bytes();
+        let r = store.append(stream, expected, &[ev("Filled", payload.clone())]).unwrap();
+        expected = r.next_expected();
+        out.push(payload);
+    }
+    out
+}
+
+pub fn payloads(events: &[RecordedEvent]) -> Vec<Vec<u8>> {
+    events.iter().map(|e| e.payload.clone()).collect()
+}
+
+/// The segment files of a partition directory, sorted.
+pub fn segments(dir: &Path, partition: u32) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join(format!("p{partition:05}")))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Byte offsets of the batches in a segment file (walking the length fields).
+pub fn batch_offsets(bytes: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut off = 64;
+    while off + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[off + 4..off + 8].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        out.push(off);
+        off += len;
+    }
+    out
+}
+
+/// Copies a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
