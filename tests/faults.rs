@@ -1,0 +1,151 @@
+//! Injected I/O faults: a failed fsync poisons a partition, a full disk is refused without
+//! losing anything, and reopening recovers. Needs `--features fault-injection`.
+
+mod common;
+
+use common::*;
+use strata::{Durability, Error, ExpectedVersion, FaultKind, FaultOp, FaultPlan, Options, RecoveryAction, Store};
+
+fn with_plan(partitions: u32) -> (tempfile::TempDir, std::sync::Arc<FaultPlan>, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = FaultPlan::new();
+    let store = Store::open(dir.path(), opts(partitions, 1 << 20).fault_plan(plan.clone())).unwrap();
+    (dir, plan, store)
+}
+
+#[test]
+fn failed_fsync_poisons_the_partition_and_reopen_recovers() {
+    let (dir, plan, store) = with_plan(2);
+    let p = store.partition_of("victim");
+    let acked = fill(&store, "victim", 10);
+    // Find another stream in the other partition.
+    let bystander = (0..).map(|i| format!("other-{i}")).find(|s| store.partition_of(s) != p).unwrap();
+    fill(&store, &bystander, 3);
+    plan.inject(FaultOp::Sync, FaultKind::Eio, 0, Some(&format!("p{p:05}")), false);
+    let err = store.append("victim", ExpectedVersion::Exact(9), &[ev("Lost", "never acknowledged")]).unwrap_err();
+    match &err {
+        Error::Poisoned { partition, cause } => {
+            assert_eq!(*partition, p);
+            assert!(cause.contains("fdatasync"), "{cause}");
+        }
+        other => panic!("expected Poisoned, got {other:?}"),
+    }
+    // Every later append to the partition fails the same way, even though fsync works again.
+    for i in 0..3 {
+        let r = store.append("victim", ExpectedVersion::Any, &[ev("Later", format!("{i}"))]);
+        assert!(matches!(r, Err(Error::Poisoned { .. })), "{r:?}");
+    }
+    assert!(store.poisoned(p).unwrap().is_some());
+    // Reads of durable data keep working; nothing unacknowledged is visible.
+    assert_eq!(payloads(&store.read_stream("victim", 0, 100).unwrap()), acked);
+    assert_eq!(store.head(p).unwrap(), 10);
+    // The other partition is unaffected.
+    assert!(store.poisoned(1 - p).unwrap().is_none());
+    fill(&store, &bystander, 2);
+    store.close().unwrap();
+    // Reopening recovers: acknowledged data is intact and appends work again.
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    let got = store.read_stream("victim", 0, 100).unwrap();
+    assert_eq!(payloads(&got[..10]), acked);
+    assert!(got.len() <= 11, "only the write whose fsync failed may have reached the disk");
+    fill(&store, "victim", 2);
+}
+
+#[test]
+fn failed_background_sync_in_buffered_mode_poisons() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = FaultPlan::new();
+    let buffered = Durability::Buffered { sync_interval: std::time::Duration::from_millis(1) };
+    let store = Store::open(dir.path(), opts(1, 1 << 20).durability(buffered).fault_plan(plan.clone())).unwrap();
+    fill(&store, "b", 3);
+    plan.inject(FaultOp::Sync, FaultKind::Eio, 0, Some(".log"), true);
+    let _ = store.append("b", ExpectedVersion::Any, &[ev("Acked", "in the page cache only")]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while store.poisoned(0).unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the background sync never ran");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(matches!(store.append("b", ExpectedVersion::Any, &[ev("x", "y")]), Err(Error::Poisoned { .. })));
+    plan.clear();
+}
+
+#[test]
+fn full_disk_refuses_the_append_and_loses_nothing() {
+    let (dir, plan, store) = with_plan(1);
+    let acked = fill(&store, "s", 5);
+    plan.inject(FaultOp::Write, FaultKind::NoSpace, 0, Some(".log"), false);
+    let r = store.append("s", ExpectedVersion::Exact(4), &[ev("Big", vec![7u8; 5000])]);
+    assert!(matches!(r, Err(Error::StorageFull { .. })), "{r:?}");
+    assert!(store.poisoned(0).unwrap().is_none(), "a refused write that was cut back does not poison");
+    // Space is back: the same append succeeds with the same expected version.
+    let r = store.append("s", ExpectedVersion::Exact(4), &[ev("Big", vec![7u8; 5000])]).unwrap();
+    assert_eq!(r.first_version, 5);
+    store.close().unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    let got = store.read_stream("s", 0, 100).unwrap();
+    assert_eq!(payloads(&got[..5]), acked);
+    assert_eq!(got.len(), 6);
+    assert!(store.recovery_report().is_empty(), "{:?}", store.recovery_report());
+}
+
+#[test]
+fn short_write_poisons_and_the_torn_tail_is_cut_on_reopen() {
+    let (dir, plan, store) = with_plan(1);
+    let acked = fill(&store, "s", 5);
+    plan.inject(FaultOp::Write, FaultKind::ShortWrite, 0, Some(".log"), false);
+    let r = store.append("s", ExpectedVersion::Exact(4), &[ev("Torn", vec![1u8; 3000])]);
+    assert!(matches!(r, Err(Error::Poisoned { .. })), "{r:?}");
+    store.close().unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(payloads(&store.read_stream("s", 0, 100).unwrap()), acked);
+    assert!(store.recovery_report().iter().any(|a| matches!(a, RecoveryAction::TruncatedTornTail { .. })));
+    fill(&store, "s", 1);
+}
+
+#[test]
+fn failures_while_rolling_a_segment() {
+    // Fail the creation of the next segment: the append fails, the store stays usable.
+    let dir = tempfile::tempdir().unwrap();
+    let plan = FaultPlan::new();
+    let store = Store::open(dir.path(), opts(1, 4096).fault_plan(plan.clone())).unwrap();
+    let mut acked = fill(&store, "s", 40);
+    plan.inject(FaultOp::Create, FaultKind::NoSpace, 0, Some(".tmp"), true);
+    let mut refused = 0;
+    for _ in 0..40 {
+        let v = store.stream_version("s").unwrap().unwrap();
+        match store.append("s", ExpectedVersion::Exact(v), &[ev("E", vec![3u8; 200])]) {
+            Ok(_) => acked.push(vec![3u8; 200]),
+            Err(Error::StorageFull { .. }) => refused += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(refused > 0, "the roll should have been attempted");
+    plan.clear();
+    acked.extend(fill(&store, "s", 40));
+    assert_eq!(payloads(&store.read_stream("s", 0, 1000).unwrap()), acked);
+    store.close().unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(payloads(&store.read_stream("s", 0, 1000).unwrap()), acked);
+    // Fail the directory fsync after the new segment's rename: the roll cannot be undone, so
+    // the partition is poisoned; reopening recovers, rebuilding the unsealed segment's index.
+    drop(store);
+    let store = Store::open(dir.path(), Options::default().fault_plan(plan.clone())).unwrap();
+    let active_len = || std::fs::metadata(segments(dir.path(), 0).pop().unwrap()).unwrap().len();
+    while active_len() < 4096 {
+        acked.extend(fill(&store, "s", 1));
+    }
+    // The next append rolls: fsync of the temp segment (skipped), then of the directory (fails).
+    plan.inject(FaultOp::Sync, FaultKind::Eio, 1, Some("p00000"), false);
+    let r = store.append("s", ExpectedVersion::Any, &[ev("E", "x")]);
+    assert!(matches!(r, Err(Error::Poisoned { ref cause, .. }) if cause.contains("directory")), "{r:?}");
+    store.close().unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(payloads(&store.read_stream("s", 0, 1000).unwrap()), acked);
+    assert!(
+        store.recovery_report().iter().any(|a| matches!(a, RecoveryAction::RebuiltIndex { .. })),
+        "{:?}",
+        store.recovery_report()
+    );
+    acked.extend(fill(&store, "s", 3));
+    assert_eq!(payloads(&store.read_stream("s", 0, 1000).unwrap()), acked);
+}
