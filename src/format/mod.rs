@@ -64,3 +64,6 @@ pub(crate) fn crc(bytes: &[u8]) -> u32 {
 pub(crate) const fn align8(n: usize) -> usize {
     (n + 7) & !7
 }
+
+#[cfg(test)]
+mod tests;

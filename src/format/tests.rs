@@ -1,0 +1,107 @@
+//! Golden fixtures: the encoders must produce exactly the committed bytes, and the committed
+//! bytes must decode to exactly these values. A format change is never silent. Run with
+//! `STRATA_BLESS=1` to rewrite the fixtures after a deliberate, versioned format change.
+
+use std::path::PathBuf;
+
+use super::batch::{self, Limits};
+use super::index::{self, PositionEntry, StreamEntry};
+use super::manifest::Manifest;
+use super::segment;
+use crate::event::EventData;
+
+fn fixture(name: &str, bytes: &[u8]) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1").join(name);
+    if std::env::var_os("STRATA_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+    }
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn golden_batch() -> Vec<u8> {
+    let events = [
+        EventData::new("OrderPlaced", br#"{"sku":"A-1","qty":2}"#.to_vec()).with_metadata(b"corr=42".to_vec()),
+        EventData::new("OrderPaid", b"\x00\x01\xff".to_vec()),
+    ];
+    let limits = Limits { max_event_bytes: 1 << 20, max_append_bytes: 1 << 20 };
+    let mut b = batch::encode("order-7", &events, limits).unwrap();
+    batch::finish(&mut b, 1000, 5, 1_764_115_200_000_000_000, 4096);
+    b
+}
+
+#[test]
+fn batch_bytes_are_pinned() {
+    let bytes = golden_batch();
+    let pinned = fixture("batch.bin", &bytes);
+    assert_eq!(bytes, pinned, "the batch encoder's output changed");
+    let b = batch::decode(&pinned).unwrap();
+    assert_eq!((b.base_position, b.first_version, b.event_count, b.stream_id), (1000, 5, 2, "order-7"));
+    assert_eq!((b.timestamp, b.synced_offset, b.length), (1_764_115_200_000_000_000, 4096, bytes.len()));
+    let events: Vec<_> = b.events().map(|e| (e.event_type, e.metadata, e.payload)).collect();
+    assert_eq!(events[0], ("OrderPlaced", &b"corr=42"[..], &br#"{"sku":"A-1","qty":2}"#[..]));
+    assert_eq!(events[1], ("OrderPaid", &b""[..], &b"\x00\x01\xff"[..]));
+}
+
+#[test]
+fn segment_header_bytes_are_pinned() {
+    let bytes = segment::encode_header(3, 1000, 1_764_115_200_000_000_000);
+    assert_eq!(bytes.to_vec(), fixture("segment-header.bin", &bytes));
+    let h = segment::decode_header(&bytes).unwrap();
+    assert_eq!((h.partition, h.base_position, h.created), (3, 1000, 1_764_115_200_000_000_000));
+}
+
+#[test]
+fn manifest_bytes_are_pinned() {
+    let m = Manifest {
+        partition_count: 16,
+        hash_id: crate::router::HASH_ID,
+        segment_bytes: 256 << 20,
+        created: 1_764_115_200_000_000_000,
+        partition_epoch: 0,
+    };
+    let bytes = m.encode();
+    assert_eq!(bytes.to_vec(), fixture("manifest.bin", &bytes));
+    assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+}
+
+#[test]
+fn index_bytes_are_pinned() {
+    let header = index::Header {
+        partition: 3,
+        base_position: 1000,
+        end_position: 1010,
+        segment_len: 9000,
+        stream_entries: 3,
+        position_entries: 2,
+    };
+    let streams = [
+        StreamEntry { stream_hash: 7, first_version: 0, offset: 64, event_count: 2, tag: 0 },
+        StreamEntry { stream_hash: 7, first_version: 0, offset: 200, event_count: 1, tag: 1 },
+        StreamEntry { stream_hash: u64::MAX, first_version: 9, offset: 4200, event_count: 7, tag: 0 },
+    ];
+    let positions = [PositionEntry { position: 1000, offset: 64 }, PositionEntry { position: 1003, offset: 4200 }];
+    let bytes = index::encode(&header, &streams, &positions);
+    let pinned = fixture("index.bin", &bytes);
+    assert_eq!(bytes, pinned);
+    // Decode from an 8-aligned copy, as a memory map would be.
+    let mut aligned = vec![0u64; pinned.len() / 8];
+    bytemuck::cast_slice_mut::<u64, u8>(&mut aligned).copy_from_slice(&pinned);
+    let view = index::decode(bytemuck::cast_slice(&aligned)).unwrap();
+    assert_eq!(view.header, header);
+    assert_eq!(view.streams.iter().map(StreamEntry::get).collect::<Vec<_>>(), streams.to_vec());
+    assert_eq!(view.positions.iter().map(PositionEntry::get).collect::<Vec<_>>(), positions.to_vec());
+}
+
+#[test]
+fn scan_of_a_pinned_segment() {
+    let mut seg = segment::encode_header(0, 1000, 1).to_vec();
+    let mut b = golden_batch();
+    batch::finish(&mut b, 1000, 5, 1, 64);
+    seg.extend_from_slice(&b);
+    let header = segment::decode_header(&seg).unwrap();
+    let mut seen = Vec::new();
+    let end = segment::scan(&seg, &header, segment::Mode::Sealed, |off, b| seen.push((off, b.base_position))).unwrap();
+    assert_eq!(seen, vec![(64, 1000)]);
+    assert_eq!(end, segment::End::Clean { data_end: seg.len() as u64 });
+}
