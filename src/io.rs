@@ -27,6 +27,7 @@ pub enum FaultOp {
 }
 
 /// How an injected fault fails.
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultKind {
     /// The call fails with `EIO`.
@@ -55,6 +56,7 @@ pub struct FaultPlan {
     rules: Mutex<Vec<Rule>>,
 }
 
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 impl FaultPlan {
     /// An empty plan.
     pub fn new() -> Arc<FaultPlan> {

@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{Error, Result};
 
@@ -14,7 +14,6 @@ pub(crate) const FILE_NAME: &str = "LOCK";
 #[derive(Debug)]
 pub(crate) struct DirLock {
     _file: File,
-    pub path: PathBuf,
 }
 
 /// Takes the lock of the store in `dir`, without waiting.
@@ -42,5 +41,5 @@ pub(crate) fn acquire(dir: &Path) -> Result<DirLock> {
     let _ = file.set_len(0);
     let _ = file.seek(SeekFrom::Start(0));
     let _ = write!(file, "pid {}", std::process::id());
-    Ok(DirLock { _file: file, path })
+    Ok(DirLock { _file: file })
 }

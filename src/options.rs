@@ -133,12 +133,6 @@ impl Options {
         self
     }
 
-    #[cfg(all(test, not(feature = "fault-injection")))]
-    pub(crate) fn fault_plan(mut self, plan: Arc<FaultPlan>) -> Options {
-        self.faults = Some(plan);
-        self
-    }
-
     pub(crate) fn validate(&self) -> Result<()> {
         if self.partitions == 0 || self.partitions > 65_536 {
             return Err(Error::InvalidOptions(format!("partitions must be 1..=65536, not {}", self.partitions)));
@@ -161,10 +155,10 @@ impl Options {
         if self.max_group_appends == 0 {
             return Err(Error::InvalidOptions("a group must hold at least one append".into()));
         }
-        if let Durability::Buffered { sync_interval } = self.durability {
-            if sync_interval.is_zero() {
-                return Err(Error::InvalidOptions("Buffered sync_interval must be positive".into()));
-            }
+        if let Durability::Buffered { sync_interval } = self.durability
+            && sync_interval.is_zero()
+        {
+            return Err(Error::InvalidOptions("Buffered sync_interval must be positive".into()));
         }
         Ok(())
     }

@@ -107,7 +107,6 @@ pub(crate) struct SealedSegment {
     index: Mmap,
     streams: Range<usize>,
     positions: Range<usize>,
-    pub end_position: u64,
 }
 
 /// The state of a segment slot.
@@ -194,9 +193,7 @@ impl Segment {
         let data = mmap(&file)?;
         check_header(&self.path, &data, self.partition, self.base)?;
         match self.try_index(io, len, end_position) {
-            Ok((idx, streams, positions)) => {
-                return Ok(SealedSegment { data, index: idx, streams, positions, end_position });
-            }
+            Ok((idx, streams, positions)) => Ok(SealedSegment { data, index: idx, streams, positions }),
             Err(why) => {
                 drop(data);
                 self.rebuild(io, report, end_position, why)
@@ -267,7 +264,7 @@ impl Segment {
         let (idx, streams, positions) = self
             .try_index(io, end.data_end(), end_position)
             .map_err(|e| Error::corruption(&self.index_path, 0, format!("rebuilt index does not check out: {e}")))?;
-        Ok(SealedSegment { data, index: idx, streams, positions, end_position })
+        Ok(SealedSegment { data, index: idx, streams, positions })
     }
 
     /// Seals an open segment: trims the file to its data, writes the index file (temp, fsync,
@@ -287,7 +284,7 @@ impl Segment {
         let (idx, streams, positions) = self
             .try_index(io, data_end, end_position)
             .map_err(|e| Error::corruption(&self.index_path, 0, format!("fresh index does not check out: {e}")))?;
-        self.set_state(State::Sealed(Arc::new(SealedSegment { data, index: idx, streams, positions, end_position })));
+        self.set_state(State::Sealed(Arc::new(SealedSegment { data, index: idx, streams, positions })));
         Ok(())
     }
 }
@@ -554,8 +551,7 @@ impl View {
             let buf = bytes.get();
             let buf = buf.get(..want.min(buf.len())).unwrap_or(&[]);
             let mut at = 0usize;
-            loop {
-                let Some(rest) = buf.get(at..) else { break };
+            while let Some(rest) = buf.get(at..) {
                 if rest.is_empty() || out.len() >= limit {
                     break;
                 }

@@ -130,10 +130,10 @@ impl Writer {
                 }
             }
             self.commit_group(&mut group);
-            if let Durability::Buffered { sync_interval } = self.cfg.durability {
-                if self.last_sync.elapsed() >= sync_interval {
-                    self.sync_now();
-                }
+            if let Durability::Buffered { sync_interval } = self.cfg.durability
+                && self.last_sync.elapsed() >= sync_interval
+            {
+                self.sync_now();
             }
         }
         if self.poisoned.is_none() && self.synced_offset < self.write_offset {
@@ -190,13 +190,12 @@ impl Writer {
         if self.poisoned.is_none()
             && self.write_offset >= self.cfg.segment_bytes
             && self.write_offset > seg_format::HEADER_LEN as u64
+            && let Err(e) = self.roll()
         {
-            if let Err(e) = self.roll() {
-                for req in group.drain(..) {
-                    let _ = req.reply.send(Err(e.clone()));
-                }
-                return;
+            for req in group.drain(..) {
+                let _ = req.reply.send(Err(e.clone()));
             }
+            return;
         }
         if self.poisoned.is_some() {
             let err = self.poisoned_error();

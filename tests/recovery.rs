@@ -132,7 +132,8 @@ fn damaged_or_missing_index_is_rebuilt() {
     store.close().unwrap();
     let idx = segments(dir.path(), 0)[0].with_extension("idx");
     let good = std::fs::read(&idx).unwrap();
-    let damage: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+    type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+    let damage: Vec<(&str, Damage)> = vec![
         ("missing", Box::new(|_| {})),
         ("flipped entry", Box::new(|v| v[80] ^= 4)),
         ("flipped header", Box::new(|v| v[20] ^= 1)),

@@ -202,7 +202,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<BatchView<'_>, Bad> {
         return Err(Bad::Zero);
     }
     let length = claimed_length(header).unwrap_or(0);
-    if length < HEADER_LEN + EVENT_HEADER_LEN + 1 || length % 8 != 0 {
+    if length < HEADER_LEN + EVENT_HEADER_LEN + 1 || !length.is_multiple_of(8) {
         return Err(Bad::Invalid(format!("impossible batch length {length}")));
     }
     let Some(batch) = bytes.get(..length) else {
@@ -303,14 +303,10 @@ impl<'a> BatchView<'a> {
     pub fn end_position(&self) -> u64 {
         self.base_position + u64::from(self.event_count)
     }
-
-    /// Version of the last event.
-    pub fn last_version(&self) -> u64 {
-        self.first_version + u64::from(self.event_count) - 1
-    }
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -121,6 +121,7 @@ pub(crate) fn encode(header: &Header, streams: &[StreamEntry], positions: &[Posi
 pub(crate) struct IndexView<'a> {
     pub header: Header,
     pub streams: &'a [StreamEntry],
+    #[cfg_attr(not(test), allow(dead_code))]
     pub positions: &'a [PositionEntry],
 }
 
@@ -177,10 +178,10 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<IndexView<'_>, String> {
         if e.event_count == 0 || e.offset >= header.segment_len {
             return Err(format!("stream entry with offset {} and {} events", e.offset, e.event_count));
         }
-        if let Some(p) = prev {
-            if (p.stream_hash, p.tag, p.first_version) >= (e.stream_hash, e.tag, e.first_version) {
-                return Err("stream entries out of order".into());
-            }
+        if let Some(p) = prev
+            && (p.stream_hash, p.tag, p.first_version) >= (e.stream_hash, e.tag, e.first_version)
+        {
+            return Err("stream entries out of order".into());
         }
         prev = Some(e);
     }

@@ -194,12 +194,12 @@ fn later_durable_batch(bytes: &[u8], stop: usize) -> Option<usize> {
     let mut cand = stop + 8;
     while cand + batch::HEADER_LEN <= bytes.len() {
         let synced = le_u64(bytes, cand + batch::SYNCED_OFFSET_OFFSET).unwrap_or(0);
-        if synced > stop as u64 && synced <= cand as u64 {
-            if let Some(rest) = bytes.get(cand..) {
-                if batch::decode(rest).is_ok() {
-                    return Some(cand);
-                }
-            }
+        if synced > stop as u64
+            && synced <= cand as u64
+            && let Some(rest) = bytes.get(cand..)
+            && batch::decode(rest).is_ok()
+        {
+            return Some(cand);
         }
         cand += 8;
     }
