@@ -42,4 +42,4 @@ pub use options::{
     DEFAULT_MAX_APPEND_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_PARTITIONS, DEFAULT_SEGMENT_BYTES, Durability, Options,
 };
 pub use router::{jump_consistent_hash, partition_for, stream_hash};
-pub use store::{AppendFuture, RecoveryAction, Store};
+pub use store::{AppendFuture, RecoveryAction, Store, WriteStats};

@@ -134,7 +134,7 @@ impl Options {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
-        if self.partitions == 0 || self.partitions > 65_536 {
+        if self.partitions == 0 || self.partitions > crate::format::manifest::MAX_PARTITIONS {
             return Err(Error::InvalidOptions(format!("partitions must be 1..=65536, not {}", self.partitions)));
         }
         if self.segment_bytes < 4096 {

@@ -35,6 +35,18 @@ pub(crate) struct Partition {
     pub head: AtomicU64,
     /// Why the partition stopped accepting appends, once it has.
     pub poison: Mutex<Option<String>>,
+    /// Counters of the writer's work.
+    pub stats: WriteCounters,
+}
+
+/// Counters a partition writer bumps once per group commit.
+#[derive(Debug, Default)]
+pub(crate) struct WriteCounters {
+    pub appends: AtomicU64,
+    pub events: AtomicU64,
+    pub bytes: AtomicU64,
+    pub groups: AtomicU64,
+    pub syncs: AtomicU64,
 }
 
 /// Where the writer takes over after open.
@@ -42,6 +54,8 @@ pub(crate) struct Tail {
     pub segment: Arc<Segment>,
     pub open: Arc<OpenSegment>,
     pub data_end: u64,
+    /// Timestamp of the last batch recovered (0 if none), so time never goes backwards.
+    pub last_timestamp: u64,
 }
 
 /// Creates the directory and first (empty) segment of a new partition.
@@ -97,12 +111,22 @@ impl Partition {
         // An index beside the active segment is stale (a crash undid the roll that followed
         // its sealing): the active segment grows, so the index must go.
         if indexes.contains(&active_base) {
-            io.remove_file(&dir.join(index::file_name(active_base)))?;
+            let stale = dir.join(index::file_name(active_base));
+            io.remove_file(&stale)?;
             io.sync_dir(&dir)?;
+            report.lock().push(RecoveryAction::RemovedStaleIndex { path: stale });
+        }
+        if bases.first() != Some(&0) {
+            let first = bases.first().copied().unwrap_or(0);
+            return Err(Error::corruption(
+                dir.join(seg_format::file_name(first)),
+                0,
+                format!("partition {id} starts at position {first}: the segments before it are missing"),
+            ));
         }
         let mut segments: Vec<Arc<Segment>> =
             bases.iter().map(|&b| Arc::new(Segment::new(id, &dir, b, State::Unloaded))).collect();
-        let (open, data_end) = recover_active(&dir, id, active_base, &io, &report)?;
+        let (open, data_end, last_timestamp) = recover_active(&dir, id, active_base, &io, &report)?;
         let head = open.index.read().end_position;
         let open = Arc::new(open);
         let active = Arc::new(Segment::new(id, &dir, active_base, State::Open(open.clone())));
@@ -117,8 +141,9 @@ impl Partition {
             segments: RwLock::new(segments),
             head: AtomicU64::new(head),
             poison: Mutex::new(None),
+            stats: WriteCounters::default(),
         });
-        Ok((part, Tail { segment: active, open, data_end }))
+        Ok((part, Tail { segment: active, open, data_end, last_timestamp }))
     }
 
     /// The durable head: one past the last acknowledged position.
@@ -202,11 +227,12 @@ impl Partition {
 
 /// Scans the active segment, truncates a torn tail, makes what remains durable, and returns
 /// its in-memory index and data end.
-fn recover_active(dir: &Path, id: u32, base: u64, io: &Io, report: &Report) -> Result<(OpenSegment, u64)> {
+fn recover_active(dir: &Path, id: u32, base: u64, io: &Io, report: &Report) -> Result<(OpenSegment, u64, u64)> {
     let path = dir.join(seg_format::file_name(base));
     let file = io.open_rw(&path)?;
     let file_len = file.len()?;
     let mut mem = MemIndex::new(base);
+    let mut last_timestamp = 0;
     let end = {
         // SAFETY: the store lock is held and the writer has not started: nothing writes or
         // truncates this file while the map exists; it is dropped before any truncation.
@@ -220,6 +246,7 @@ fn recover_active(dir: &Path, id: u32, base: u64, io: &Io, report: &Report) -> R
             ));
         }
         seg_format::scan(&map, &header, Mode::Active, |off, b| {
+            last_timestamp = b.timestamp;
             mem.insert(b.stream_id, b.first_version, b.base_position, b.event_count, off, b.length as u32)
         })
         .map_err(|e| Error::corruption(&path, e.offset, e.reason))?
@@ -243,5 +270,5 @@ fn recover_active(dir: &Path, id: u32, base: u64, io: &Io, report: &Report) -> R
     // What survived may sit only in the page cache (a process crash in Buffered mode): make it
     // durable before new batches claim it is.
     file.sync_data()?;
-    Ok((OpenSegment { file: Arc::new(file), index: RwLock::new(mem) }, data_end))
+    Ok((OpenSegment { file: Arc::new(file), index: RwLock::new(mem) }, data_end, last_timestamp))
 }

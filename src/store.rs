@@ -6,6 +6,7 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -64,6 +65,12 @@ pub enum RecoveryAction {
         /// What was wrong with the old one.
         reason: String,
     },
+    /// An index file beside the active segment was removed: a crash undid the roll that
+    /// followed its sealing, so the segment is active again and the index stale.
+    RemovedStaleIndex {
+        /// The index file.
+        path: PathBuf,
+    },
     /// A temporary file of an interrupted atomic write was removed.
     RemovedTempFile {
         /// The file.
@@ -77,6 +84,29 @@ pub enum RecoveryAction {
         /// The error.
         error: String,
     },
+}
+
+/// Counters of the write path (see [`Store::write_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WriteStats {
+    /// Appends acknowledged.
+    pub appends: u64,
+    /// Events in them.
+    pub events: u64,
+    /// Bytes written for them (batch framing included).
+    pub bytes: u64,
+    /// Group commits: one write each.
+    pub group_commits: u64,
+    /// `fdatasync` calls made for appends (per group in `Sync` mode, per interval in `Buffered`).
+    pub syncs: u64,
+}
+
+impl WriteStats {
+    /// Average number of appends per group commit.
+    pub fn appends_per_group(&self) -> f64 {
+        if self.group_commits == 0 { 0.0 } else { self.appends as f64 / self.group_commits as f64 }
+    }
 }
 
 struct Shared {
@@ -107,7 +137,7 @@ struct Shared {
 pub struct Store {
     shared: Arc<Shared>,
     senders: Vec<Sender<AppendRequest>>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<Result<()>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -198,14 +228,30 @@ impl Store {
         };
         let report: Report = Arc::new(Mutex::new(Vec::new()));
         let opened: Vec<Result<_>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..manifest.partition_count)
-                .map(|id| {
-                    let pdir = dir.join(partition::dir_name(id));
-                    let (io, report) = (io.clone(), report.clone());
-                    s.spawn(move || Partition::open(pdir, id, io, report))
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or(Err(Error::Closed))).collect()
+            // Recover partitions in parallel, a bounded number at a time.
+            let ids: Vec<u32> = (0..manifest.partition_count).collect();
+            let mut results = Vec::with_capacity(ids.len());
+            for chunk in ids.chunks(16) {
+                let handles: Vec<_> = chunk
+                    .iter()
+                    .map(|&id| {
+                        let pdir = dir.join(partition::dir_name(id));
+                        let (io, report) = (io.clone(), report.clone());
+                        std::thread::Builder::new()
+                            .name(format!("strata-open-{id}"))
+                            .spawn_scoped(s, move || Partition::open(pdir, id, io, report))
+                            .map_err(|e| Error::io("spawn recovery thread", &dir, e))
+                    })
+                    .collect();
+                for h in handles {
+                    results.push(h.and_then(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::InvalidOptions("a partition recovery thread panicked".into()))
+                        })
+                    }));
+                }
+            }
+            results
         });
         let mut partitions = Vec::with_capacity(opened.len());
         let mut tails = Vec::with_capacity(opened.len());
@@ -237,7 +283,10 @@ impl Store {
         drop(seal_tx);
         let sealer = std::thread::Builder::new()
             .name("strata-sealer".into())
-            .spawn(move || writer::run_sealer(seal_rx))
+            .spawn(move || {
+                writer::run_sealer(seal_rx);
+                Ok(())
+            })
             .map_err(|e| Error::io("spawn sealer thread", &dir, e))?;
         threads.push(sealer);
         let shared = Arc::new(Shared { dir, manifest, partitions, limits, report, _lock: lock });
@@ -247,18 +296,29 @@ impl Store {
     /// Creates a store: lock, partitions with their first segments, then the manifest, written
     /// atomically last, so a store without a manifest is never half-made.
     fn create(dir: &Path, options: &Options, io: &Io) -> Result<(Manifest, DirLock)> {
+        let foreign = |dir: &Path| -> Result<()> {
+            match foreign_entry(dir)? {
+                Some(other) => Err(Error::AlreadyExists {
+                    path: dir.to_path_buf(),
+                    reason: format!("the directory is not empty and not a store: it holds {}", other.display()),
+                }),
+                None => Ok(()),
+            }
+        };
         if !dir.exists() {
             fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+            // Make the new directory's own entry durable.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                io.sync_dir(parent)?;
+            }
         } else if !dir.is_dir() {
             return Err(Error::NotAStore { path: dir.to_path_buf(), reason: "not a directory".into() });
+        } else {
+            // Refuse someone else's directory before leaving a LOCK file in it.
+            foreign(dir)?;
         }
         let lock = lock::acquire(dir)?;
-        if let Some(other) = foreign_entry(dir)? {
-            return Err(Error::AlreadyExists {
-                path: dir.to_path_buf(),
-                reason: format!("the directory is not empty and not a store: it holds {}", other.display()),
-            });
-        }
+        foreign(dir)?;
         let manifest = Manifest {
             partition_count: options.partitions,
             hash_id: router::HASH_ID,
@@ -391,28 +451,48 @@ impl Store {
         Ok(self.partition(partition)?.poison.lock().clone())
     }
 
+    /// Counters of the write path since open, summed over all partitions.
+    pub fn write_stats(&self) -> WriteStats {
+        let mut s = WriteStats::default();
+        for p in &self.shared.partitions {
+            let c = &p.stats;
+            s.appends += c.appends.load(Ordering::Relaxed);
+            s.events += c.events.load(Ordering::Relaxed);
+            s.bytes += c.bytes.load(Ordering::Relaxed);
+            s.group_commits += c.groups.load(Ordering::Relaxed);
+            s.syncs += c.syncs.load(Ordering::Relaxed);
+        }
+        s
+    }
+
     /// What opening the store (and loading sealed segments since) had to repair.
     pub fn recovery_report(&self) -> Vec<RecoveryAction> {
         self.shared.report.lock().clone()
     }
 
-    /// Stops the writers after they finish what is queued, syncs, and releases the lock.
+    /// Stops the writers after they finish what is queued, syncs what is unsynced (Buffered
+    /// mode), and releases the lock. Returns the first failure of that final sync.
     pub fn close(mut self) -> Result<()> {
-        self.shutdown();
-        Ok(())
+        self.shutdown()
     }
 
-    fn shutdown(&mut self) {
+    fn shutdown(&mut self) -> Result<()> {
         self.senders.clear();
+        let mut result = Ok(());
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = result.and(Err(e)),
+                Err(_) => result = result.and(Err(Error::Closed)),
+            }
         }
+        result
     }
 }
 
 impl Drop for Store {
     fn drop(&mut self) {
-        self.shutdown();
+        let _ = self.shutdown();
     }
 }
 

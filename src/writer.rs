@@ -88,7 +88,7 @@ impl Writer {
             write_offset: tail.data_end,
             synced_offset: tail.data_end,
             next_position,
-            last_timestamp: 0,
+            last_timestamp: tail.last_timestamp,
             last_sync: Instant::now(),
             lookups: HashMap::new(),
             poisoned: None,
@@ -97,8 +97,9 @@ impl Writer {
         }
     }
 
-    /// The writer thread's loop: runs until every sender is gone, then syncs what is unsynced.
-    pub fn run(mut self, rx: Receiver<AppendRequest>) {
+    /// The writer thread's loop: runs until every sender is gone, then syncs what is unsynced
+    /// and returns the failure of that last sync, if any.
+    pub fn run(mut self, rx: Receiver<AppendRequest>) -> Result<()> {
         let mut group: Vec<AppendRequest> = Vec::new();
         loop {
             let first = match self.cfg.durability {
@@ -138,7 +139,11 @@ impl Writer {
         }
         if self.poisoned.is_none() && self.synced_offset < self.write_offset {
             self.sync_now();
+            if self.poisoned.is_some() {
+                return Err(self.poisoned_error());
+            }
         }
+        Ok(())
     }
 
     /// Background sync in Buffered mode; a failure poisons the partition.
@@ -150,6 +155,7 @@ impl Writer {
             Ok(()) => {
                 self.synced_offset = self.write_offset;
                 self.last_sync = Instant::now();
+                self.part.stats.syncs.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => self.poison(&e),
         }
@@ -291,6 +297,7 @@ impl Writer {
             }
             self.synced_offset = self.write_offset;
             self.last_sync = Instant::now();
+            self.part.stats.syncs.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -305,6 +312,12 @@ impl Writer {
                 }
             }
         }
+        let stats = &self.part.stats;
+        let accepted = outcomes.iter().filter(|o| matches!(o, Outcome::Accepted { .. })).count() as u64;
+        stats.appends.fetch_add(accepted, Ordering::Relaxed);
+        stats.events.fetch_add(end_position - self.next_position, Ordering::Relaxed);
+        stats.bytes.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        stats.groups.fetch_add(1, Ordering::Relaxed);
         self.next_position = end_position;
         self.last_timestamp = timestamp;
         self.part.head.store(end_position, Ordering::Release);

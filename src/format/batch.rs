@@ -245,6 +245,9 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<BatchView<'_>, Bad> {
     let Ok(stream_id) = std::str::from_utf8(stream_bytes) else {
         return Err(Bad::Invalid("stream id is not UTF-8".into()));
     };
+    if stream_bytes.contains(&0) {
+        return Err(Bad::Invalid("stream id contains a NUL byte".into()));
+    }
     let events = batch.get(HEADER_LEN + stream_len..).unwrap_or(&[]);
     // Walk the events once; after this, iteration cannot fail.
     let mut rest = events;

@@ -175,7 +175,10 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<IndexView<'_>, String> {
     }
     let mut prev: Option<StreamEntry> = None;
     for e in streams.iter().map(StreamEntry::get) {
-        if e.event_count == 0 || e.offset >= header.segment_len {
+        if e.event_count == 0
+            || e.offset >= header.segment_len
+            || e.first_version.checked_add(u64::from(e.event_count)).is_none()
+        {
             return Err(format!("stream entry with offset {} and {} events", e.offset, e.event_count));
         }
         if let Some(p) = prev

@@ -20,6 +20,8 @@ use super::{FORMAT_VERSION, crc, le_u32, le_u64, put_u32, put_u64};
 pub(crate) const MAGIC: &[u8; 8] = b"STRATAMF";
 pub(crate) const LEN: usize = 64;
 pub(crate) const FILE_NAME: &str = "MANIFEST";
+/// Most partitions a store can have.
+pub(crate) const MAX_PARTITIONS: u32 = 65_536;
 
 /// The contents of a manifest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,8 +96,8 @@ impl Manifest {
             created: le_u64(bytes, 32).unwrap_or(0),
             partition_epoch: le_u64(bytes, 40).unwrap_or(0),
         };
-        if m.partition_count == 0 {
-            return Err(ManifestError::Corrupt(16, "partition count 0".into()));
+        if m.partition_count == 0 || m.partition_count > MAX_PARTITIONS {
+            return Err(ManifestError::Corrupt(16, format!("impossible partition count {}", m.partition_count)));
         }
         if m.hash_id != crate::router::HASH_ID {
             return Err(ManifestError::Corrupt(20, format!("unknown hash function id {}", m.hash_id)));

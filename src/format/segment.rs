@@ -174,13 +174,24 @@ pub(crate) fn scan(
     if tail.iter().all(|&b| b == 0) {
         return Ok(End::Clean { data_end: stop as u64 });
     }
-    if let Some(later) = later_durable_batch(bytes, stop) {
-        return Err(ScanError {
-            offset: stop as u64,
-            reason: format!(
-                "{reason}; the batch at byte {later} was written after this data was durable, so this is not a torn write"
-            ),
-        });
+    match later_durable_batch(bytes, stop, next_position) {
+        Ok(None) => {}
+        Ok(Some(later)) => {
+            return Err(ScanError {
+                offset: stop as u64,
+                reason: format!(
+                    "{reason}; the batch at byte {later} was written after this data was durable, so this is not a torn write"
+                ),
+            });
+        }
+        Err(gave_up) => {
+            return Err(ScanError {
+                offset: stop as u64,
+                reason: format!(
+                    "{reason}; the bytes after it (searched up to byte {gave_up}) do not look like a torn write"
+                ),
+            });
+        }
     }
     match mode {
         Mode::Active => Ok(End::TornTail { data_end: stop as u64, reason }),
@@ -190,18 +201,27 @@ pub(crate) fn scan(
 
 /// Looks for a valid batch after `stop` whose sync mark is past `stop`: proof that the bytes
 /// at `stop` had been made durable before, so their damage is not a torn write.
-fn later_durable_batch(bytes: &[u8], stop: usize) -> Option<usize> {
+///
+/// Only candidates whose sync mark lies in `(stop, candidate]` and whose positions continue
+/// after `next_position` are checksummed, and the checksumming is bounded (a crafted tail
+/// cannot make open quadratic): past the budget the damage is reported, never truncated.
+fn later_durable_batch(bytes: &[u8], stop: usize, next_position: u64) -> Result<Option<usize>, usize> {
+    let mut budget = (bytes.len() as u64).saturating_mul(4).max(1 << 20);
     let mut cand = stop + 8;
     while cand + batch::HEADER_LEN <= bytes.len() {
         let synced = le_u64(bytes, cand + batch::SYNCED_OFFSET_OFFSET).unwrap_or(0);
-        if synced > stop as u64
-            && synced <= cand as u64
-            && let Some(rest) = bytes.get(cand..)
-            && batch::decode(rest).is_ok()
-        {
-            return Some(cand);
+        let base = le_u64(bytes, cand + batch::BASE_POSITION_OFFSET).unwrap_or(0);
+        let len = batch::claimed_length(bytes.get(cand..).unwrap_or(&[])).unwrap_or(0);
+        if synced > stop as u64 && synced <= cand as u64 && base >= next_position && cand + len <= bytes.len() {
+            budget = match budget.checked_sub(len as u64) {
+                Some(b) => b,
+                None => return Err(cand),
+            };
+            if bytes.get(cand..).is_some_and(|rest| batch::decode(rest).is_ok()) {
+                return Ok(Some(cand));
+            }
         }
         cand += 8;
     }
-    None
+    Ok(None)
 }
