@@ -27,6 +27,7 @@ mod io;
 mod lock;
 mod options;
 mod partition;
+mod prealloc;
 mod router;
 mod segment;
 mod store;

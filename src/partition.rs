@@ -56,6 +56,8 @@ pub(crate) struct Tail {
     pub data_end: u64,
     /// Timestamp of the last batch recovered (0 if none), so time never goes backwards.
     pub last_timestamp: u64,
+    /// Length of the active segment file: past `data_end` it holds preallocated zeros.
+    pub file_len: u64,
 }
 
 /// Creates the directory and first (empty) segment of a new partition.
@@ -126,7 +128,7 @@ impl Partition {
         }
         let mut segments: Vec<Arc<Segment>> =
             bases.iter().map(|&b| Arc::new(Segment::new(id, &dir, b, State::Unloaded))).collect();
-        let (open, data_end, last_timestamp) = recover_active(&dir, id, active_base, &io, &report)?;
+        let (open, data_end, last_timestamp, file_len) = recover_active(&dir, id, active_base, &io, &report)?;
         let head = open.index.read().end_position;
         let open = Arc::new(open);
         let active = Arc::new(Segment::new(id, &dir, active_base, State::Open(open.clone())));
@@ -143,7 +145,7 @@ impl Partition {
             poison: Mutex::new(None),
             stats: WriteCounters::default(),
         });
-        Ok((part, Tail { segment: active, open, data_end, last_timestamp }))
+        Ok((part, Tail { segment: active, open, data_end, last_timestamp, file_len }))
     }
 
     /// The durable head: one past the last acknowledged position.
@@ -227,7 +229,7 @@ impl Partition {
 
 /// Scans the active segment, truncates a torn tail, makes what remains durable, and returns
 /// its in-memory index and data end.
-fn recover_active(dir: &Path, id: u32, base: u64, io: &Io, report: &Report) -> Result<(OpenSegment, u64, u64)> {
+fn recover_active(dir: &Path, id: u32, base: u64, io: &Io, report: &Report) -> Result<(OpenSegment, u64, u64, u64)> {
     let path = dir.join(seg_format::file_name(base));
     let file = io.open_rw(&path)?;
     let file_len = file.len()?;
@@ -252,23 +254,20 @@ fn recover_active(dir: &Path, id: u32, base: u64, io: &Io, report: &Report) -> R
         .map_err(|e| Error::corruption(&path, e.offset, e.reason))?
     };
     let data_end = end.data_end();
-    if data_end < file_len {
+    // Zeros after the data are preallocated space and stay; a torn write is cut off.
+    let mut file_len = file_len;
+    if let End::TornTail { reason, .. } = end {
         file.set_len(data_end)?;
-        let action = match end {
-            End::TornTail { reason, .. } => RecoveryAction::TruncatedTornTail {
-                path: path.clone(),
-                offset: data_end,
-                discarded_bytes: file_len - data_end,
-                reason,
-            },
-            End::Clean { .. } => {
-                RecoveryAction::TrimmedSegment { path: path.clone(), from_len: file_len, to_len: data_end }
-            }
-        };
-        report.lock().push(action);
+        report.lock().push(RecoveryAction::TruncatedTornTail {
+            path: path.clone(),
+            offset: data_end,
+            discarded_bytes: file_len - data_end,
+            reason,
+        });
+        file_len = data_end;
     }
     // What survived may sit only in the page cache (a process crash in Buffered mode): make it
     // durable before new batches claim it is.
     file.sync_data()?;
-    Ok((OpenSegment { file: Arc::new(file), index: RwLock::new(mem) }, data_end, last_timestamp))
+    Ok((OpenSegment { file: Arc::new(file), index: RwLock::new(mem) }, data_end, last_timestamp, file_len))
 }

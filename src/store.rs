@@ -263,16 +263,18 @@ impl Store {
         let limits = Limits { max_event_bytes: options.max_event_bytes, max_append_bytes: options.max_append_bytes };
         let cfg = WriterConfig {
             durability: options.durability,
+            preallocate: options.preallocate,
             segment_bytes: manifest.segment_bytes,
             max_group_bytes: options.max_group_bytes,
             max_group_appends: options.max_group_appends,
         };
         let (seal_tx, seal_rx) = crossbeam_channel::unbounded();
+        let (fill_tx, fill_rx) = crossbeam_channel::unbounded();
         let mut threads = Vec::new();
         let mut senders = Vec::new();
         for (part, tail) in partitions.iter().zip(tails) {
             let (tx, rx) = crossbeam_channel::unbounded();
-            let w = Writer::new(part.clone(), tail, cfg, seal_tx.clone());
+            let w = Writer::new(part.clone(), tail, cfg, seal_tx.clone(), fill_tx.clone());
             let t = std::thread::Builder::new()
                 .name(format!("strata-writer-{}", part.id))
                 .spawn(move || w.run(rx))
@@ -281,6 +283,15 @@ impl Store {
             senders.push(tx);
         }
         drop(seal_tx);
+        drop(fill_tx);
+        let preallocator = std::thread::Builder::new()
+            .name("strata-prealloc".into())
+            .spawn(move || {
+                crate::prealloc::run(fill_rx);
+                Ok(())
+            })
+            .map_err(|e| Error::io("spawn preallocator thread", &dir, e))?;
+        threads.push(preallocator);
         let sealer = std::thread::Builder::new()
             .name("strata-sealer".into())
             .spawn(move || {

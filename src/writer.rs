@@ -22,6 +22,7 @@ use crate::format::batch;
 use crate::format::segment as seg_format;
 use crate::options::Durability;
 use crate::partition::{Partition, Tail, write_segment_file};
+use crate::prealloc::{FillJob, Preallocator};
 use crate::segment::{MemIndex, OpenSegment, Segment, State};
 use crate::store::{RecoveryAction, now_nanos};
 
@@ -47,6 +48,7 @@ pub(crate) struct SealJob {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WriterConfig {
     pub durability: Durability,
+    pub preallocate: bool,
     pub segment_bytes: u64,
     pub max_group_bytes: usize,
     pub max_group_appends: usize,
@@ -67,6 +69,7 @@ pub(crate) struct Writer {
     lookups: HashMap<Arc<str>, Option<u64>>,
     poisoned: Option<String>,
     sealer: Sender<SealJob>,
+    prealloc: Preallocator,
     buf: Vec<u8>,
 }
 
@@ -78,8 +81,16 @@ enum Outcome {
 const MAX_LOOKUP_CACHE: usize = 1 << 20;
 
 impl Writer {
-    pub fn new(part: Arc<Partition>, tail: Tail, cfg: WriterConfig, sealer: Sender<SealJob>) -> Writer {
+    pub fn new(
+        part: Arc<Partition>,
+        tail: Tail,
+        cfg: WriterConfig,
+        sealer: Sender<SealJob>,
+        fills: Sender<FillJob>,
+    ) -> Writer {
         let next_position = part.head();
+        let fills = cfg.preallocate.then_some(fills);
+        let prealloc = Preallocator::new(fills, cfg.segment_bytes, tail.file_len);
         Writer {
             part,
             cfg,
@@ -93,6 +104,7 @@ impl Writer {
             lookups: HashMap::new(),
             poisoned: None,
             sealer,
+            prealloc,
             buf: Vec::new(),
         }
     }
@@ -137,6 +149,7 @@ impl Writer {
                 self.sync_now();
             }
         }
+        self.prealloc.finish();
         if self.poisoned.is_none() && self.synced_offset < self.write_offset {
             self.sync_now();
             if self.poisoned.is_some() {
@@ -282,6 +295,7 @@ impl Writer {
     /// poisoned, except for a full disk whose partial write could be cut off again.
     fn write_and_sync(&mut self) -> Result<()> {
         let file = self.open.file.clone();
+        self.prealloc.make_room(self.write_offset + self.buf.len() as u64);
         if let Err(e) = file.write_all_at(&self.buf, self.write_offset) {
             if matches!(e, Error::StorageFull { .. }) && file.set_len(self.write_offset).is_ok() {
                 return Err(e);
@@ -299,6 +313,7 @@ impl Writer {
             self.last_sync = Instant::now();
             self.part.stats.syncs.fetch_add(1, Ordering::Relaxed);
         }
+        self.prealloc.after_write(&file, self.write_offset);
         Ok(())
     }
 
@@ -326,6 +341,8 @@ impl Writer {
     /// Starts a new segment at the current head and hands the full one to the sealer. The
     /// full segment is made durable first, so a segment with a successor is never torn.
     fn roll(&mut self) -> Result<()> {
+        // No zero-fill may touch the old segment once the sealer trims it.
+        self.prealloc.finish();
         if self.synced_offset < self.write_offset {
             if let Err(e) = self.open.file.sync_data() {
                 self.poison(&e);
@@ -360,6 +377,8 @@ impl Writer {
         let old_open = std::mem::replace(&mut self.open, open);
         self.write_offset = seg_format::HEADER_LEN as u64;
         self.synced_offset = self.write_offset;
+        self.prealloc.reset(self.write_offset);
+        self.prealloc.after_write(&self.open.file.clone(), self.write_offset);
         self.lookups.clear();
         let job = SealJob { segment: old_segment, open: old_open, partition: part };
         if let Err(crossbeam_channel::SendError(job)) = self.sealer.send(job) {

@@ -4,6 +4,8 @@
 mod common;
 
 use common::*;
+use std::path::Path;
+
 use strata::{Error, ExpectedVersion, Options, RecoveryAction, Store};
 
 /// A one-partition store with `n` single-event appends to stream "s" in one active segment.
@@ -15,28 +17,39 @@ fn small_store(n: usize) -> (tempfile::TempDir, Vec<Vec<u8>>) {
     (dir, written)
 }
 
+/// Every torn write of the last two batches, as a growing file leaves it (cut at each byte)
+/// and as a preallocated one does (each byte from the cut on back to zero).
 #[test]
 fn truncation_at_every_byte_of_the_last_two_batches() {
     let (dir, written) = small_store(6);
     let seg = segments(dir.path(), 0).pop().unwrap();
-    let original = std::fs::read(&seg).unwrap();
+    let file = std::fs::read(&seg).unwrap();
+    assert!(file.len() > data_end(&file), "the active segment should be preallocated");
+    let original = file[..data_end(&file)].to_vec();
     let offsets = batch_offsets(&original);
     assert_eq!(offsets.len(), 6);
     let from = offsets[4];
-    for cut in from..original.len() {
+    for (cut, zeros) in (from..original.len()).flat_map(|c| [(c, false), (c, true)]) {
         let work = tempfile::tempdir().unwrap();
         copy_dir(dir.path(), work.path());
         let wseg = segments(work.path(), 0).pop().unwrap();
-        std::fs::write(&wseg, &original[..cut]).unwrap();
-        let complete = offsets.iter().filter(|&&o| o < cut).count()
-            - usize::from(
-                offsets.iter().any(|&o| o < cut && cut < o + (original.len() - o).min(next_len(&original, o))),
-            );
+        let mut torn = original[..cut].to_vec();
+        if zeros {
+            torn.resize(file.len(), 0);
+        }
+        std::fs::write(&wseg, &torn).unwrap();
+        // A batch survives if its bytes do (the zeros may restore its zero padding).
+        let intact =
+            |&&o: &&usize| torn.get(o..o + next_len(&original, o)) == Some(&original[o..o + next_len(&original, o)]);
+        let complete = offsets.iter().filter(intact).count();
         let store = Store::open(work.path(), Options::default()).unwrap();
         let got = store.read_stream("s", 0, 100).unwrap();
         assert_eq!(payloads(&got), written[..complete].to_vec(), "cut at {cut}");
-        let torn = store.recovery_report().iter().any(|a| matches!(a, RecoveryAction::TruncatedTornTail { .. }));
-        assert_eq!(torn, !offsets.contains(&cut), "cut at {cut}: {:?}", store.recovery_report());
+        let cut_off = store.recovery_report().iter().any(|a| matches!(a, RecoveryAction::TruncatedTornTail { .. }));
+        // Nothing to cut if only zeros follow the surviving batches.
+        let kept_end = complete.checked_sub(1).map_or(64, |k| offsets[k] + next_len(&original, offsets[k]));
+        let clean = torn[kept_end..].iter().all(|&b| b == 0);
+        assert_eq!(cut_off, !clean, "cut at {cut}: {:?}", store.recovery_report());
         // Appending continues where the complete batches end.
         let r = store.append("s", ExpectedVersion::Exact(complete as u64 - 1), &[ev("After", "tail")]).unwrap();
         assert_eq!(r.first_version, complete as u64);
@@ -52,18 +65,22 @@ fn next_len(bytes: &[u8], off: usize) -> usize {
     u32::from_le_bytes(bytes[off + 4..off + 8].try_into().unwrap()) as usize
 }
 
+/// Flips every bit of the data of the active segment (and bits spread over its preallocated
+/// zero tail).
 #[test]
 fn every_bit_flip_of_the_active_segment_is_detected() {
     let (dir, written) = small_store(4);
     let seg = segments(dir.path(), 0).pop().unwrap();
     let original = std::fs::read(&seg).unwrap();
+    let end = data_end(&original);
     let offsets = batch_offsets(&original);
     let last = *offsets.last().unwrap();
+    let bits: Vec<usize> = (0..end * 8).chain((end * 8..original.len() * 8).step_by(4099)).collect();
     let work = tempfile::tempdir().unwrap();
     copy_dir(dir.path(), work.path());
     let wseg = segments(work.path(), 0).pop().unwrap();
     let (mut errors, mut torn) = (0, 0);
-    for bit in 0..original.len() * 8 {
+    for &bit in &bits {
         let mut bytes = original.clone();
         bytes[bit / 8] ^= 1 << (bit % 8);
         std::fs::write(&wseg, &bytes).unwrap();
@@ -77,14 +94,15 @@ fn every_bit_flip_of_the_active_segment_is_detected() {
             Ok(store) => {
                 assert!(bit / 8 >= last, "bit {bit} (byte {}) in durable data went unnoticed", bit / 8);
                 let got = store.read_stream("s", 0, 100).unwrap();
-                assert_eq!(payloads(&got), written[..3].to_vec(), "bit {bit}");
+                let kept = if bit / 8 >= end { 4 } else { 3 };
+                assert_eq!(payloads(&got), written[..kept].to_vec(), "bit {bit}");
                 torn += 1;
             }
             Err(other) => panic!("bit {bit}: unexpected error {other:?}"),
         }
     }
-    assert_eq!(errors + torn, original.len() * 8);
-    assert_eq!(torn, (original.len() - last) * 8);
+    assert_eq!(errors + torn, bits.len());
+    assert_eq!(torn, bits.iter().filter(|&&b| b / 8 >= last).count());
 }
 
 #[test]
@@ -163,20 +181,33 @@ fn damaged_or_missing_index_is_rebuilt() {
 }
 
 #[test]
-fn garbage_and_zeros_after_the_tail_are_cut() {
+fn garbage_after_the_tail_is_cut_and_zeros_are_kept() {
     let (dir, written) = small_store(3);
     let seg = segments(dir.path(), 0).pop().unwrap();
-    let original = std::fs::read(&seg).unwrap();
-    for tail in [vec![0u8; 4096], vec![0xFF; 100], b"partial batch that never made it".to_vec()] {
+    let file = std::fs::read(&seg).unwrap();
+    let original = file[..data_end(&file)].to_vec();
+    for tail in [vec![0xFF; 100], b"partial batch that never made it".to_vec(), [vec![0; 5000], vec![1]].concat()] {
         let mut bytes = original.clone();
         bytes.extend_from_slice(&tail);
         std::fs::write(&seg, &bytes).unwrap();
-        let store = Store::open(dir.path(), Options::default()).unwrap();
+        let store = Store::open(Path::new(dir.path()), Options::default().preallocate(false)).unwrap();
         assert_eq!(payloads(&store.read_stream("s", 0, 100).unwrap()), written);
-        assert!(!store.recovery_report().is_empty());
+        assert!(matches!(store.recovery_report()[..], [RecoveryAction::TruncatedTornTail { .. }]));
         store.close().unwrap();
         assert_eq!(std::fs::read(&seg).unwrap(), original);
     }
+    // Zeros after the data are preallocated space: kept, nothing to report.
+    let mut bytes = original.clone();
+    bytes.resize(original.len() + 8192, 0);
+    std::fs::write(&seg, &bytes).unwrap();
+    let store = Store::open(dir.path(), Options::default().preallocate(false)).unwrap();
+    assert!(store.recovery_report().is_empty(), "{:?}", store.recovery_report());
+    assert_eq!(payloads(&store.read_stream("s", 0, 100).unwrap()), written);
+    fill(&store, "s", 2);
+    store.close().unwrap();
+    let after = std::fs::read(&seg).unwrap();
+    assert_eq!(after.len(), original.len() + 8192, "appends went into the zeros");
+    assert_eq!(batch_offsets(&after).len(), 5);
 }
 
 #[test]

@@ -60,6 +60,14 @@ pub fn batch_offsets(bytes: &[u8]) -> Vec<usize> {
     out
 }
 
+/// Where the batches of a segment file end (preallocated zeros may follow).
+pub fn data_end(bytes: &[u8]) -> usize {
+    match batch_offsets(bytes).last() {
+        Some(&o) => o + u32::from_le_bytes(bytes[o + 4..o + 8].try_into().unwrap()) as usize,
+        None => 64,
+    }
+}
+
 /// Copies a directory tree.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
