@@ -1,11 +1,12 @@
 //! Durable append throughput and latency, each measurement paired with a raw baseline.
 //!
 //! For every (writer threads, events per append) pair, each criterion sample of strata is
-//! followed at once by a sample of the raw baseline: plain `write()` + `fdatasync` of groups of
-//! the same size (the average group strata formed in that sample) in one file. The pairs are
-//! interleaved so both see the same state of the disk (fsync latency here flips between a fast
-//! and a slow state for minutes at a time); the summary at the end prints the medians and the
-//! median of the per-pair ratios.
+//! followed at once by two samples of the raw baseline: plain `write()` + `fdatasync` of groups
+//! of the same size (the average group strata formed in that sample) in one file, appending to
+//! a growing file ("raw") and writing into a file zero-filled beforehand ("raw-pre", the
+//! machine's ceiling, and what strata's preallocation aims at). The samples are interleaved so
+//! all see the same state of the disk (fsync latency here flips between a fast and a slow state
+//! for minutes at a time); the summary at the end prints medians.
 //!
 //! Run: `cargo bench --bench append` (add `-- strata/w64` to filter).
 
@@ -23,6 +24,7 @@ struct Pair {
     label: String,
     strata_eps: f64,
     raw_eps: f64,
+    pre_eps: f64,
     group_appends: f64,
     group_bytes: f64,
 }
@@ -60,11 +62,22 @@ fn strata_run(store: &Arc<Store>, writers: usize, events: usize, appends: u64, r
     start.elapsed()
 }
 
-/// `groups` writes of `group_bytes` bytes, each followed by `fdatasync`, in one file.
-fn raw_run(dir: &std::path::Path, group_bytes: usize, groups: u64) -> Duration {
+/// `groups` writes of `group_bytes` bytes, each followed by `fdatasync`, in one file; if
+/// `prealloc`, the file is zero-filled and synced first (not timed).
+fn raw_run(dir: &std::path::Path, group_bytes: usize, groups: u64, prealloc: bool) -> Duration {
     let path = dir.join("raw.bin");
     let f = OpenOptions::new().create(true).write(true).truncate(true).open(&path).unwrap();
     let buf = vec![7u8; group_bytes.max(1)];
+    if prealloc {
+        let zeros = vec![0u8; 1 << 20];
+        let total = group_bytes as u64 * groups;
+        let mut at = 0;
+        while at < total {
+            f.write_all_at(&zeros, at).unwrap();
+            at += zeros.len() as u64;
+        }
+        f.sync_all().unwrap();
+    }
     let start = Instant::now();
     let mut off = 0u64;
     for _ in 0..groups {
@@ -84,7 +97,7 @@ fn throughput(c: &mut Criterion, partitions: u32, writer_counts: &[usize], event
             let store = Arc::new(open_store(dir.path(), partitions));
             let raw_dir = tempfile::tempdir().unwrap();
             let mut round = 0u64;
-            let mut samples: Vec<(f64, f64, f64, f64)> = Vec::new();
+            let mut samples: Vec<[f64; 5]> = Vec::new();
             group.throughput(Throughput::Elements(events as u64));
             group.bench_with_input(BenchmarkId::new(format!("strata/w{writers}"), events), &events, |b, &events| {
                 b.iter_custom(|iters| {
@@ -95,24 +108,27 @@ fn throughput(c: &mut Criterion, partitions: u32, writer_counts: &[usize], event
                     let groups = (after.group_commits - before.group_commits).max(1);
                     let appends = after.appends - before.appends;
                     let group_bytes = (after.bytes - before.bytes) as f64 / groups as f64;
-                    let raw = raw_run(raw_dir.path(), group_bytes as usize, groups);
+                    let raw = raw_run(raw_dir.path(), group_bytes as usize, groups, false);
+                    let pre = raw_run(raw_dir.path(), group_bytes as usize, groups, true);
                     let ev = (appends * events as u64) as f64;
-                    samples.push((
+                    samples.push([
                         ev / t.as_secs_f64(),
                         ev / raw.as_secs_f64(),
+                        ev / pre.as_secs_f64(),
                         appends as f64 / groups as f64,
                         group_bytes,
-                    ));
+                    ]);
                     t
                 })
             });
             if !samples.is_empty() {
                 PAIRS.lock().unwrap().push(Pair {
                     label: format!("p{partitions} w{writers} e{events}"),
-                    strata_eps: median(samples.iter().map(|s| s.0)),
-                    raw_eps: median(samples.iter().map(|s| s.1)),
-                    group_appends: median(samples.iter().map(|s| s.2)),
-                    group_bytes: median(samples.iter().map(|s| s.3)),
+                    strata_eps: median(samples.iter().map(|s| s[0])),
+                    raw_eps: median(samples.iter().map(|s| s[1])),
+                    pre_eps: median(samples.iter().map(|s| s[2])),
+                    group_appends: median(samples.iter().map(|s| s[3])),
+                    group_bytes: median(samples.iter().map(|s| s[4])),
                 });
             }
             drop(store);
@@ -173,16 +189,18 @@ fn lone_append(c: &mut Criterion) {
 
 fn summary() {
     println!(
-        "\n{:<16} {:>14} {:>14} {:>7} {:>12} {:>12}",
-        "case", "strata ev/s", "raw ev/s", "ratio", "appends/grp", "bytes/grp"
+        "\n{:<16} {:>12} {:>12} {:>12} {:>9} {:>9} {:>11} {:>10}",
+        "case", "strata ev/s", "raw ev/s", "raw-pre ev/s", "/raw", "/raw-pre", "appends/grp", "bytes/grp"
     );
     for p in PAIRS.lock().unwrap().iter() {
         println!(
-            "{:<16} {:>14.0} {:>14.0} {:>7.2} {:>12.1} {:>12.0}",
+            "{:<16} {:>12.0} {:>12.0} {:>12.0} {:>9.2} {:>9.2} {:>11.1} {:>10.0}",
             p.label,
             p.strata_eps,
             p.raw_eps,
+            p.pre_eps,
             p.strata_eps / p.raw_eps,
+            p.strata_eps / p.pre_eps,
             p.group_appends,
             p.group_bytes
         );

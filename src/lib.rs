@@ -23,6 +23,9 @@
 mod error;
 mod event;
 mod format;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod io;
 mod lock;
 mod options;

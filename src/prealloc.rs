@@ -8,7 +8,7 @@
 //! really written, by a thread of their own, a chunk ahead of the writer.
 //!
 //! The protocol keeps the zeros away from data: the writer asks for `[from, to)` only with
-//! `from` at or past its own end of data, and writes nothing past `from` until the fill has
+//! `from` a chunk past its own end of data, and writes nothing past `from` until the fill has
 //! finished. Recovery treats zeros after the last batch as free space (see `format::segment`).
 
 use std::sync::Arc;
@@ -17,6 +17,9 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::Result;
 use crate::io::FileHandle;
+
+/// Zeros written (and synced) at a time.
+const PIECE: usize = 512 << 10;
 
 /// A request to zero-fill `[from, to)` of a segment and make it durable.
 pub(crate) struct FillJob {
@@ -28,21 +31,25 @@ pub(crate) struct FillJob {
 
 /// Runs the preallocator thread until every writer is gone.
 pub(crate) fn run(rx: Receiver<FillJob>) {
-    let zeros = vec![0u8; 1 << 20];
+    let zeros = vec![0u8; PIECE];
     while let Ok(job) = rx.recv() {
         let result = fill(&job, &zeros);
         let _ = job.done.send(result);
     }
 }
 
+/// Writes the zeros a piece at a time, syncing after each piece: the writer's own
+/// `fdatasync` of the same file then never has more than one piece of zeros to flush with its
+/// data.
 fn fill(job: &FillJob, zeros: &[u8]) -> Result<()> {
     let mut at = job.from;
     while at < job.to {
         let n = ((job.to - at) as usize).min(zeros.len());
         job.file.write_all_at(zeros.get(..n).unwrap_or(zeros), at)?;
+        job.file.sync_data()?;
         at += n as u64;
     }
-    job.file.sync_data()
+    Ok(())
 }
 
 /// The writer's side: how far its segment is zero-filled, and the fill in flight.
@@ -58,7 +65,7 @@ pub(crate) struct Preallocator {
 impl Preallocator {
     /// `jobs` is `None` when preallocation is off. Fills stop at `limit` (the roll size).
     pub fn new(jobs: Option<Sender<FillJob>>, segment_bytes: u64, capacity: u64) -> Preallocator {
-        let chunk = (segment_bytes / 8).clamp(256 << 10, 8 << 20);
+        let chunk = (segment_bytes / 16).clamp(256 << 10, 4 << 20);
         Preallocator { jobs, chunk, limit: segment_bytes, capacity, pending: None }
     }
 
@@ -78,8 +85,9 @@ impl Preallocator {
         }
     }
 
-    /// After a group ended at `write_end`: notes a finished fill and, when less than half a
-    /// chunk of zeros is left ahead, asks for the next chunk.
+    /// After a group ended at `write_end`: notes a finished fill and, when less than two
+    /// chunks of zeros are left ahead, asks for the next chunk (contiguous with the last one,
+    /// or a chunk past the writer if the fills fell behind).
     pub fn after_write(&mut self, file: &Arc<FileHandle>, write_end: u64) {
         if let Some((_, to, rx)) = &self.pending {
             match rx.try_recv() {
@@ -90,10 +98,12 @@ impl Preallocator {
             self.pending = None;
         }
         let Some(jobs) = &self.jobs else { return };
-        if self.capacity >= write_end + self.chunk / 2 || write_end >= self.limit {
+        if self.capacity >= write_end + 2 * self.chunk || write_end >= self.limit {
             return;
         }
-        let from = self.capacity.max(write_end);
+        // Leave the writer a chunk of room before the fill starts, so that it does not have to
+        // wait for the fill (it writes into not-yet-filled space meanwhile, a little slower).
+        let from = self.capacity.max(write_end + self.chunk);
         let to = (from + self.chunk).min(self.limit.max(from));
         if to <= from {
             return;

@@ -42,7 +42,7 @@ fn truncation_at_every_byte_of_the_last_two_batches() {
         let intact =
             |&&o: &&usize| torn.get(o..o + next_len(&original, o)) == Some(&original[o..o + next_len(&original, o)]);
         let complete = offsets.iter().filter(intact).count();
-        let store = Store::open(work.path(), Options::default()).unwrap();
+        let store = Store::open(work.path(), Options::default().preallocate(false)).unwrap();
         let got = store.read_stream("s", 0, 100).unwrap();
         assert_eq!(payloads(&got), written[..complete].to_vec(), "cut at {cut}");
         let cut_off = store.recovery_report().iter().any(|a| matches!(a, RecoveryAction::TruncatedTornTail { .. }));
@@ -55,7 +55,7 @@ fn truncation_at_every_byte_of_the_last_two_batches() {
         assert_eq!(r.first_version, complete as u64);
         assert_eq!(r.first_position, complete as u64);
         store.close().unwrap();
-        let store = Store::open(work.path(), Options::default()).unwrap();
+        let store = Store::open(work.path(), Options::default().preallocate(false)).unwrap();
         assert_eq!(store.read_stream("s", 0, 100).unwrap().len(), complete + 1);
         assert!(store.recovery_report().is_empty(), "second open after {cut}: {:?}", store.recovery_report());
     }
@@ -84,7 +84,7 @@ fn every_bit_flip_of_the_active_segment_is_detected() {
         let mut bytes = original.clone();
         bytes[bit / 8] ^= 1 << (bit % 8);
         std::fs::write(&wseg, &bytes).unwrap();
-        match Store::open(work.path(), Options::default()) {
+        match Store::open(work.path(), Options::default().preallocate(false)) {
             Err(Error::Corruption { path, offset, .. }) => {
                 assert_eq!(path, wseg);
                 assert!(bit / 8 < last, "bit {bit} in the last batch must be a torn tail, not an error");
@@ -124,7 +124,7 @@ fn every_bit_flip_of_a_sealed_segment_is_detected_on_read() {
         let mut bytes = original.clone();
         bytes[bit / 8] ^= 1 << (bit % 8);
         std::fs::write(&wseg, &bytes).unwrap();
-        let store = Store::open(work.path(), Options::default()).unwrap();
+        let store = Store::open(work.path(), Options::default().preallocate(false)).unwrap();
         let all = store.read_partition(0, 0, usize::MAX);
         match all {
             Err(Error::Corruption { ref path, .. }) => assert_eq!(*path, wseg, "bit {bit}"),

@@ -1,0 +1,8 @@
+//! The index file validator on arbitrary bytes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    strata::fuzzing::index_decode(data);
+});

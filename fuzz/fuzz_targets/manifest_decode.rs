@@ -1,0 +1,8 @@
+//! The manifest decoder on arbitrary bytes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    strata::fuzzing::manifest_decode(data);
+});
