@@ -47,3 +47,8 @@ pub use options::{
 };
 pub use router::{jump_consistent_hash, partition_for, stream_hash};
 pub use store::{AppendFuture, RecoveryAction, Store, WriteStats};
+
+/// The README's example is compiled as a doctest, so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

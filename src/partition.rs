@@ -54,7 +54,8 @@ pub(crate) struct Tail {
     pub segment: Arc<Segment>,
     pub open: Arc<OpenSegment>,
     pub data_end: u64,
-    /// Timestamp of the last batch recovered (0 if none), so time never goes backwards.
+    /// Timestamp of the last batch recovered (0 if none): the writer's timestamps continue from
+    /// it, so they do not go backwards across a restart (unless the active segment is empty).
     pub last_timestamp: u64,
     /// Length of the active segment file: past `data_end` it holds preallocated zeros.
     pub file_len: u64,

@@ -11,19 +11,26 @@
 //! `from` a chunk past its own end of data, and writes nothing past `from` until the fill has
 //! finished. Recovery treats zeros after the last batch as free space (see `format::segment`).
 
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::Result;
-use crate::io::FileHandle;
+use crate::io::{FileHandle, Io};
 
 /// Zeros written (and synced) at a time.
 const PIECE: usize = 512 << 10;
 
 /// A request to zero-fill `[from, to)` of a segment and make it durable.
+///
+/// The fill opens the segment with a file descriptor of its own: Linux reports a write-back
+/// error once per open file description, so a fill syncing through the writer's descriptor
+/// could swallow an error about the writer's data, and the writer's next `fdatasync` would
+/// then succeed and acknowledge data that never reached the disk. With separate descriptors
+/// the writer sees every error itself, and a failed fill only means no preallocation.
 pub(crate) struct FillJob {
-    pub file: Arc<FileHandle>,
+    pub path: PathBuf,
+    pub io: Io,
     pub from: u64,
     pub to: u64,
     pub done: oneshot::Sender<Result<()>>,
@@ -42,11 +49,12 @@ pub(crate) fn run(rx: Receiver<FillJob>) {
 /// `fdatasync` of the same file then never has more than one piece of zeros to flush with its
 /// data.
 fn fill(job: &FillJob, zeros: &[u8]) -> Result<()> {
+    let file = job.io.open_rw(&job.path)?;
     let mut at = job.from;
     while at < job.to {
         let n = ((job.to - at) as usize).min(zeros.len());
-        job.file.write_all_at(zeros.get(..n).unwrap_or(zeros), at)?;
-        job.file.sync_data()?;
+        file.write_all_at(zeros.get(..n).unwrap_or(zeros), at)?;
+        file.sync_data()?;
         at += n as u64;
     }
     Ok(())
@@ -88,7 +96,7 @@ impl Preallocator {
     /// After a group ended at `write_end`: notes a finished fill and, when less than two
     /// chunks of zeros are left ahead, asks for the next chunk (contiguous with the last one,
     /// or a chunk past the writer if the fills fell behind).
-    pub fn after_write(&mut self, file: &Arc<FileHandle>, write_end: u64) {
+    pub fn after_write(&mut self, file: &FileHandle, io: &Io, write_end: u64) {
         if let Some((_, to, rx)) = &self.pending {
             match rx.try_recv() {
                 Ok(Ok(())) => self.capacity = self.capacity.max(*to),
@@ -109,7 +117,8 @@ impl Preallocator {
             return;
         }
         let (done, rx) = oneshot::channel();
-        if jobs.send(FillJob { file: file.clone(), from, to, done }).is_ok() {
+        let job = FillJob { path: file.path().to_path_buf(), io: io.clone(), from, to, done };
+        if jobs.send(job).is_ok() {
             self.pending = Some((from, to, rx));
         }
     }

@@ -49,7 +49,8 @@ pub enum RecoveryAction {
         /// What was wrong with the first discarded batch.
         reason: String,
     },
-    /// A segment ended in zeros after its data (left by a crash), which were cut.
+    /// A sealed segment ended in zeros after its data (preallocated space left by a crash
+    /// before it was sealed), which were cut.
     TrimmedSegment {
         /// The segment.
         path: PathBuf,
@@ -246,7 +247,7 @@ impl Store {
                 for h in handles {
                     results.push(h.and_then(|h| {
                         h.join().unwrap_or_else(|_| {
-                            Err(Error::InvalidOptions("a partition recovery thread panicked".into()))
+                            Err(Error::io("recover partition", &dir, std::io::Error::other("recovery thread panicked")))
                         })
                     }));
                 }
@@ -319,8 +320,9 @@ impl Store {
         if !dir.exists() {
             fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
             // Make the new directory's own entry durable.
-            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                io.sync_dir(parent)?;
+            match dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => io.sync_dir(p)?,
+                _ => io.sync_dir(Path::new("."))?,
             }
         } else if !dir.is_dir() {
             return Err(Error::NotAStore { path: dir.to_path_buf(), reason: "not a directory".into() });

@@ -152,11 +152,13 @@ impl Writer {
         self.prealloc.finish();
         if self.poisoned.is_none() && self.synced_offset < self.write_offset {
             self.sync_now();
-            if self.poisoned.is_some() {
-                return Err(self.poisoned_error());
-            }
         }
-        Ok(())
+        // A poisoned partition may hold acknowledged appends (Buffered mode) that are not on
+        // disk: closing says so.
+        match self.poisoned {
+            Some(_) => Err(self.poisoned_error()),
+            None => Ok(()),
+        }
     }
 
     /// Background sync in Buffered mode; a failure poisons the partition.
@@ -298,6 +300,8 @@ impl Writer {
         self.prealloc.make_room(self.write_offset + self.buf.len() as u64);
         if let Err(e) = file.write_all_at(&self.buf, self.write_offset) {
             if matches!(e, Error::StorageFull { .. }) && file.set_len(self.write_offset).is_ok() {
+                // The cut also removed any zeros preallocated past the data.
+                self.prealloc.reset(self.write_offset);
                 return Err(e);
             }
             self.poison(&e);
@@ -313,7 +317,7 @@ impl Writer {
             self.last_sync = Instant::now();
             self.part.stats.syncs.fetch_add(1, Ordering::Relaxed);
         }
-        self.prealloc.after_write(&file, self.write_offset);
+        self.prealloc.after_write(&file, &self.part.io, self.write_offset);
         Ok(())
     }
 
@@ -378,7 +382,7 @@ impl Writer {
         self.write_offset = seg_format::HEADER_LEN as u64;
         self.synced_offset = self.write_offset;
         self.prealloc.reset(self.write_offset);
-        self.prealloc.after_write(&self.open.file.clone(), self.write_offset);
+        self.prealloc.after_write(&self.open.file, &self.part.io, self.write_offset);
         self.lookups.clear();
         let job = SealJob { segment: old_segment, open: old_open, partition: part };
         if let Err(crossbeam_channel::SendError(job)) = self.sealer.send(job) {

@@ -42,7 +42,7 @@ fn failed_fsync_poisons_the_partition_and_reopen_recovers() {
     // The other partition is unaffected.
     assert!(store.poisoned(1 - p).unwrap().is_none());
     fill(&store, &bystander, 2);
-    store.close().unwrap();
+    assert!(matches!(store.close(), Err(Error::Poisoned { .. })), "close reports the poisoned partition");
     // Reopening recovers: acknowledged data is intact and appends work again.
     let store = Store::open(dir.path(), Options::default()).unwrap();
     let got = store.read_stream("victim", 0, 100).unwrap();
@@ -95,7 +95,7 @@ fn short_write_poisons_and_the_torn_tail_is_cut_on_reopen() {
     plan.inject(FaultOp::Write, FaultKind::ShortWrite, 0, Some(".log"), false);
     let r = store.append("s", ExpectedVersion::Exact(4), &[ev("Torn", vec![1u8; 3000])]);
     assert!(matches!(r, Err(Error::Poisoned { .. })), "{r:?}");
-    store.close().unwrap();
+    assert!(matches!(store.close(), Err(Error::Poisoned { .. })), "close reports the poisoned partition");
     let store = Store::open(dir.path(), Options::default()).unwrap();
     assert_eq!(payloads(&store.read_stream("s", 0, 100).unwrap()), acked);
     assert!(store.recovery_report().iter().any(|a| matches!(a, RecoveryAction::TruncatedTornTail { .. })));
@@ -139,7 +139,7 @@ fn failures_while_rolling_a_segment() {
     plan.inject(FaultOp::Sync, FaultKind::Eio, 1, Some("p00000"), false);
     let r = store.append("s", ExpectedVersion::Any, &[ev("E", "x")]);
     assert!(matches!(r, Err(Error::Poisoned { ref cause, .. }) if cause.contains("directory")), "{r:?}");
-    store.close().unwrap();
+    assert!(matches!(store.close(), Err(Error::Poisoned { .. })), "close reports the poisoned partition");
     let store = Store::open(dir.path(), Options::default()).unwrap();
     assert_eq!(payloads(&store.read_stream("s", 0, 1000).unwrap()), acked);
     assert!(

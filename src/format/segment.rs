@@ -13,7 +13,7 @@
 //! ```
 //!
 //! The scanner here is the one place that decides what bytes of a segment are valid data,
-//! used by recovery on open, by index rebuilds, by `verify` and by the fuzzers.
+//! used by recovery on open, by index rebuilds and by the fuzzers.
 #![deny(clippy::indexing_slicing)]
 
 use super::batch::{self, Bad, BatchView};
