@@ -142,6 +142,13 @@ pub enum Error {
         /// The original failure.
         cause: String,
     },
+    /// The append would take the stream's version or the partition's position past `u64::MAX`
+    /// (only possible with a crafted file); nothing was written.
+    #[error("stream {stream:?}: version or position would overflow")]
+    Overflow {
+        /// The stream appended to.
+        stream: String,
+    },
     /// No such partition.
     #[error("partition {partition} does not exist (the store has {count})")]
     NoSuchPartition {

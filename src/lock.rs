@@ -30,7 +30,7 @@ pub(crate) fn acquire(dir: &Path) -> Result<DirLock> {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
             let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
+            let _ = (&mut file).take(256).read_to_string(&mut holder);
             let holder = holder.trim();
             let holder = if holder.is_empty() { "unknown holder".to_string() } else { holder.to_string() };
             return Err(Error::Locked { path, holder });

@@ -111,14 +111,6 @@ impl Partition {
         let Some(&active_base) = bases.last() else {
             return Err(Error::corruption(&dir, 0, format!("partition {id} has no segment files")));
         };
-        // An index beside the active segment is stale (a crash undid the roll that followed
-        // its sealing): the active segment grows, so the index must go.
-        if indexes.contains(&active_base) {
-            let stale = dir.join(index::file_name(active_base));
-            io.remove_file(&stale)?;
-            io.sync_dir(&dir)?;
-            report.lock().push(RecoveryAction::RemovedStaleIndex { path: stale });
-        }
         if bases.first() != Some(&0) {
             let first = bases.first().copied().unwrap_or(0);
             return Err(Error::corruption(
@@ -126,6 +118,27 @@ impl Partition {
                 0,
                 format!("partition {id} starts at position {first}: the segments before it are missing"),
             ));
+        }
+        // An index is written only after the next segment's file is durable, so a valid index
+        // beside the last segment means a newer segment was lost: refuse, rather than reuse its
+        // positions. An index that does not check out is a leftover and goes.
+        if indexes.contains(&active_base) {
+            let path = dir.join(index::file_name(active_base));
+            let mut head = Vec::with_capacity(index::HEADER_LEN);
+            let file = io.open_read(&path)?;
+            std::io::Read::read_to_end(&mut std::io::Read::take(file.std(), index::HEADER_LEN as u64), &mut head)
+                .map_err(|e| Error::io("read", &path, e))?;
+            drop(file);
+            if index::decode_header(&head).is_ok_and(|h| h.partition == id && h.base_position == active_base) {
+                return Err(Error::corruption(
+                    &path,
+                    0,
+                    format!("segment {active_base} was sealed, but the segment after it is missing"),
+                ));
+            }
+            io.remove_file(&path)?;
+            io.sync_dir(&dir)?;
+            report.lock().push(RecoveryAction::RemovedStaleIndex { path });
         }
         let mut segments: Vec<Arc<Segment>> =
             bases.iter().map(|&b| Arc::new(Segment::new(id, &dir, b, State::Unloaded))).collect();

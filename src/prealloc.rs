@@ -60,6 +60,9 @@ fn fill(job: &FillJob, zeros: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Completion of a fill.
+pub(crate) type FillDone = oneshot::Receiver<Result<()>>;
+
 /// The writer's side: how far its segment is zero-filled, and the fill in flight.
 pub(crate) struct Preallocator {
     jobs: Option<Sender<FillJob>>,
@@ -67,7 +70,7 @@ pub(crate) struct Preallocator {
     limit: u64,
     /// End of the zero-filled, durable region of the current segment.
     capacity: u64,
-    pending: Option<(u64, u64, oneshot::Receiver<Result<()>>)>,
+    pending: Option<(u64, u64, FillDone)>,
 }
 
 impl Preallocator {
@@ -121,6 +124,12 @@ impl Preallocator {
         if jobs.send(job).is_ok() {
             self.pending = Some((from, to, rx));
         }
+    }
+
+    /// Hands over the fill in flight (to whoever must wait for it before touching the file)
+    /// and forgets it.
+    pub fn detach(&mut self) -> Option<FillDone> {
+        self.pending.take().map(|(_, _, rx)| rx)
     }
 
     /// A new segment starts, zero-filled up to `capacity`.

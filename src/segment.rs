@@ -139,10 +139,11 @@ pub(crate) enum View {
 pub(crate) type Report = Arc<Mutex<Vec<RecoveryAction>>>;
 
 fn mmap(file: &FileHandle) -> Result<Mmap> {
-    // SAFETY: strata maps only sealed segments and index files. It never writes to or
-    // truncates a file while it is mapped (a sealed segment is trimmed before its first
-    // mapping, and the store lock keeps other strata processes out); compaction unlinks files,
-    // which leaves existing mappings valid.
+    // SAFETY: strata maps only sealed segments and index files, and never writes to or
+    // truncates a file while a mapping of it exists: a sealed segment is trimmed before it is
+    // mapped for reads (an index rebuild drops its scanning map before trimming), and the store
+    // lock keeps other strata processes out. Compaction unlinks files, which leaves existing
+    // mappings valid. Another program truncating the file would be outside this contract.
     unsafe { Mmap::map(file.std()) }.map_err(|e| Error::io("mmap", file.path(), e))
 }
 
@@ -544,7 +545,8 @@ impl View {
             }
         };
         let mut offset = start_offset;
-        let mut chunk = 1usize << 20;
+        // Start small (a subscriber usually wants the few newest events) and grow.
+        let mut chunk = 64usize << 10;
         while offset < data_end && out.len() < limit {
             let want = (data_end - offset).min(chunk as u64) as usize;
             let bytes = self.bytes(seg, offset, want)?;
@@ -582,6 +584,7 @@ impl View {
                 }
             }
             offset += at as u64;
+            chunk = chunk.max((chunk * 2).min(4 << 20));
         }
         Ok(())
     }

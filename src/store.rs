@@ -66,8 +66,8 @@ pub enum RecoveryAction {
         /// What was wrong with the old one.
         reason: String,
     },
-    /// An index file beside the active segment was removed: a crash undid the roll that
-    /// followed its sealing, so the segment is active again and the index stale.
+    /// A damaged index file beside the active segment (a leftover, not a valid index) was
+    /// removed.
     RemovedStaleIndex {
         /// The index file.
         path: PathBuf,
@@ -188,6 +188,16 @@ fn foreign_entry(dir: &Path) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
+/// Reads a small file whole, refusing one longer than `limit` (a foreign file must not make
+/// open allocate without bound).
+fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 impl Store {
     /// Opens the store in `dir`, or creates it if [`Options::create_if_missing`] is set.
     ///
@@ -204,7 +214,7 @@ impl Store {
         let dir = dir.as_ref().to_path_buf();
         let io = Io::with_faults(options.faults.clone());
         let manifest_path = dir.join(manifest::FILE_NAME);
-        let (manifest, lock) = match fs::read(&manifest_path) {
+        let (manifest, lock) = match read_bounded(&manifest_path, 64 << 10) {
             Ok(bytes) => {
                 if options.error_if_exists {
                     return Err(Error::AlreadyExists { path: dir, reason: "a store exists there".into() });
@@ -269,40 +279,41 @@ impl Store {
             max_group_bytes: options.max_group_bytes,
             max_group_appends: options.max_group_appends,
         };
+        // The store exists before its threads do: if spawning one fails, dropping it stops and
+        // joins those already running before the lock is released.
+        let shared = Arc::new(Shared { dir, manifest, partitions, limits, report, _lock: lock });
+        let mut store = Store { shared: shared.clone(), senders: Vec::new(), threads: Vec::new() };
         let (seal_tx, seal_rx) = crossbeam_channel::unbounded();
-        let (fill_tx, fill_rx) = crossbeam_channel::unbounded();
-        let mut threads = Vec::new();
-        let mut senders = Vec::new();
-        for (part, tail) in partitions.iter().zip(tails) {
+        let spawn = |name: String, f: Box<dyn FnOnce() -> Result<()> + Send>| {
+            std::thread::Builder::new().name(name).spawn(f).map_err(|e| Error::io("spawn thread", &shared.dir, e))
+        };
+        // Writer threads hold the only senders of the sealer's and preallocators' queues, so
+        // those threads end after the writers (joining them in any order is safe once the
+        // append senders are gone). Each partition has its own preallocator, so no writer ever
+        // waits for another partition's zero-fill.
+        for (part, tail) in shared.partitions.iter().zip(tails) {
             let (tx, rx) = crossbeam_channel::unbounded();
-            let w = Writer::new(part.clone(), tail, cfg, seal_tx.clone(), fill_tx.clone());
-            let t = std::thread::Builder::new()
-                .name(format!("strata-writer-{}", part.id))
-                .spawn(move || w.run(rx))
-                .map_err(|e| Error::io("spawn writer thread", &part.dir, e))?;
-            threads.push(t);
-            senders.push(tx);
+            let (fill_tx, fill_rx) = crossbeam_channel::unbounded();
+            let w = Writer::new(part.clone(), tail, cfg, seal_tx.clone(), fill_tx);
+            store.threads.push(spawn(format!("strata-writer-{}", part.id), Box::new(move || w.run(rx)))?);
+            store.senders.push(tx);
+            store.threads.push(spawn(
+                format!("strata-prealloc-{}", part.id),
+                Box::new(move || {
+                    crate::prealloc::run(fill_rx);
+                    Ok(())
+                }),
+            )?);
         }
         drop(seal_tx);
-        drop(fill_tx);
-        let preallocator = std::thread::Builder::new()
-            .name("strata-prealloc".into())
-            .spawn(move || {
-                crate::prealloc::run(fill_rx);
-                Ok(())
-            })
-            .map_err(|e| Error::io("spawn preallocator thread", &dir, e))?;
-        threads.push(preallocator);
-        let sealer = std::thread::Builder::new()
-            .name("strata-sealer".into())
-            .spawn(move || {
+        store.threads.push(spawn(
+            "strata-sealer".into(),
+            Box::new(move || {
                 writer::run_sealer(seal_rx);
                 Ok(())
-            })
-            .map_err(|e| Error::io("spawn sealer thread", &dir, e))?;
-        threads.push(sealer);
-        let shared = Arc::new(Shared { dir, manifest, partitions, limits, report, _lock: lock });
-        Ok(Store { shared, senders, threads })
+            }),
+        )?);
+        Ok(store)
     }
 
     /// Creates a store: lock, partitions with their first segments, then the manifest, written
@@ -393,13 +404,19 @@ impl Store {
     /// Errors: [`Error::WrongExpectedVersion`] (nothing written), [`Error::InvalidStreamId`],
     /// [`Error::EventTooLarge`], [`Error::AppendTooLarge`], [`Error::EmptyAppend`],
     /// [`Error::StorageFull`], [`Error::Poisoned`] after a failed fsync.
+    ///
+    /// The validation and concurrency errors mean nothing was written. After an I/O error
+    /// ([`Error::Io`], [`Error::StorageFull`], [`Error::Poisoned`]) the outcome is unknown in
+    /// general (the bytes may or may not be on disk): retry with an `Exact` expected version,
+    /// never with `Any`, so a retry cannot append twice.
     pub fn append(&self, stream: &str, expected: ExpectedVersion, events: &[EventData]) -> Result<AppendResult> {
         let rx = self.submit(stream, expected, events)?;
         rx.recv().map_err(|_| Error::Closed)?
     }
 
     /// Like [`Store::append`], without blocking: the returned future completes when the append
-    /// is durable. It works with any executor (strata depends on none).
+    /// is durable. It works with any executor (strata depends on none). The append is submitted
+    /// when this is called: dropping the future does not cancel it.
     ///
     /// ```
     /// # use strata::{EventData, ExpectedVersion, Options, Store};

@@ -22,7 +22,7 @@ use crate::format::batch;
 use crate::format::segment as seg_format;
 use crate::options::Durability;
 use crate::partition::{Partition, Tail, write_segment_file};
-use crate::prealloc::{FillJob, Preallocator};
+use crate::prealloc::{FillDone, FillJob, Preallocator};
 use crate::segment::{MemIndex, OpenSegment, Segment, State};
 use crate::store::{RecoveryAction, now_nanos};
 
@@ -42,6 +42,8 @@ pub(crate) struct SealJob {
     pub segment: Arc<Segment>,
     pub open: Arc<OpenSegment>,
     pub partition: Arc<Partition>,
+    /// The zero-fill still running on the segment, to be waited for before trimming it.
+    pub fill: Option<FillDone>,
 }
 
 /// Settings the writer needs.
@@ -115,7 +117,9 @@ impl Writer {
         let mut group: Vec<AppendRequest> = Vec::new();
         loop {
             let first = match self.cfg.durability {
-                Durability::Buffered { sync_interval } if self.synced_offset < self.write_offset => {
+                Durability::Buffered { sync_interval }
+                    if self.synced_offset < self.write_offset && self.poisoned.is_none() =>
+                {
                     let wait = sync_interval.saturating_sub(self.last_sync.elapsed());
                     match rx.recv_timeout(wait.max(Duration::from_micros(100))) {
                         Ok(r) => r,
@@ -176,8 +180,17 @@ impl Writer {
         }
     }
 
+    /// Stops the partition after a failure that cannot be retried, and cuts the active segment
+    /// back to what is known durable. Pages whose write-back failed may stay in the page cache,
+    /// clean and readable, while the kernel reports the error only once: without the cut, a
+    /// reopen in the same boot would read them back as valid batches, and new appends would
+    /// vouch for bytes that may never reach the disk.
     fn poison(&mut self, cause: &Error) {
-        let cause = cause.to_string();
+        let mut cause = cause.to_string();
+        self.prealloc.finish();
+        if let Err(e) = self.open.file.set_len(self.synced_offset) {
+            cause = format!("{cause} (and cutting back to the durable data failed: {e})");
+        }
         *self.part.poison.lock() = Some(cause.clone());
         self.poisoned = Some(cause);
     }
@@ -246,8 +259,17 @@ impl Writer {
                 }));
                 continue;
             }
-            let first_version = current.map_or(0, |v| v + 1);
-            let last_version = first_version + u64::from(req.event_count) - 1;
+            // Versions and positions are u64: only a crafted file can bring them near the end,
+            // and then the append is refused rather than written with a wrapped number.
+            let count = u64::from(req.event_count);
+            let numbers = current
+                .map_or(Some(0), |v| v.checked_add(1))
+                .and_then(|first| Some((first, first.checked_add(count - 1)?)))
+                .filter(|_| position.checked_add(count).is_some());
+            let Some((first_version, last_version)) = numbers else {
+                outcomes.push(Outcome::Rejected(Error::Overflow { stream: req.stream.to_string() }));
+                continue;
+            };
             let offset = self.write_offset + self.buf.len() as u64;
             let start = self.buf.len();
             self.buf.extend_from_slice(&req.batch);
@@ -345,8 +367,6 @@ impl Writer {
     /// Starts a new segment at the current head and hands the full one to the sealer. The
     /// full segment is made durable first, so a segment with a successor is never torn.
     fn roll(&mut self) -> Result<()> {
-        // No zero-fill may touch the old segment once the sealer trims it.
-        self.prealloc.finish();
         if self.synced_offset < self.write_offset {
             if let Err(e) = self.open.file.sync_data() {
                 self.poison(&e);
@@ -361,7 +381,7 @@ impl Writer {
         // file may exist on disk; writing on into the old one would break the chain.
         let path = match write_segment_file(&part.dir, part.id, base, &part.io) {
             Ok(p) => p,
-            Err(e) if !part.dir.join(seg_format::file_name(base)).exists() => return Err(e),
+            Err(e) if matches!(part.dir.join(seg_format::file_name(base)).try_exists(), Ok(false)) => return Err(e),
             Err(e) => {
                 self.poison(&e);
                 return Err(self.poisoned_error());
@@ -374,6 +394,11 @@ impl Writer {
                 return Err(self.poisoned_error());
             }
         };
+        // From here on nothing more is written to the old segment. No zero-fill may touch it
+        // once the sealer trims it: the sealer waits for the fill in flight, not the writer.
+        // (Before this point a failed roll keeps writing to the old segment, so the fill must
+        // stay known to the writer.)
+        let fill = self.prealloc.detach();
         let open = Arc::new(OpenSegment { file: Arc::new(file), index: RwLock::new(MemIndex::new(base)) });
         let segment = Arc::new(Segment::new(part.id, &part.dir, base, State::Open(open.clone())));
         part.segments.write().push(segment.clone());
@@ -383,8 +408,17 @@ impl Writer {
         self.synced_offset = self.write_offset;
         self.prealloc.reset(self.write_offset);
         self.prealloc.after_write(&self.open.file, &self.part.io, self.write_offset);
-        self.lookups.clear();
-        let job = SealJob { segment: old_segment, open: old_open, partition: part };
+        // The full segment's streams keep their versions in the lookup cache: a stream appended
+        // to just before the roll must not cost a search of the sealed segments.
+        if self.lookups.len() >= MAX_LOOKUP_CACHE {
+            self.lookups.clear();
+        }
+        for (stream, entries) in &old_open.index.read().streams {
+            if let Some(e) = entries.last() {
+                self.lookups.insert(stream.clone(), Some(e.first_version + u64::from(e.count) - 1));
+            }
+        }
+        let job = SealJob { segment: old_segment, open: old_open, partition: part, fill };
         if let Err(crossbeam_channel::SendError(job)) = self.sealer.send(job) {
             seal(job);
         }
@@ -395,6 +429,9 @@ impl Writer {
 /// Seals a segment (the sealer thread's work); a failure is reported and leaves the segment
 /// readable in its open form, to be indexed again on the next open.
 pub(crate) fn seal(job: SealJob) {
+    if let Some(fill) = job.fill {
+        let _ = fill.recv();
+    }
     if let Err(e) = job.segment.seal(&job.open, &job.partition.io) {
         job.partition
             .report

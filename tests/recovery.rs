@@ -229,6 +229,27 @@ fn leftovers_of_interrupted_writes_are_cleaned() {
 }
 
 #[test]
+fn a_lost_newest_segment_is_refused_not_papered_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), opts(1, 4096)).unwrap();
+    fill(&store, "s", 200);
+    store.close().unwrap();
+    let mut segs = segments(dir.path(), 0);
+    let last = segs.pop().unwrap();
+    std::fs::remove_file(&last).unwrap();
+    // The segment before it was sealed (its index exists): a newer one existed.
+    match Store::open(dir.path(), Options::default()) {
+        Err(Error::Corruption { path, reason, .. }) => {
+            assert_eq!(path, segs.last().unwrap().with_extension("idx"));
+            assert!(reason.contains("missing"), "{reason}");
+        }
+        other => panic!("expected Corruption, got {other:?}"),
+    }
+    // Nothing was removed by the refused open.
+    assert!(segs.last().unwrap().with_extension("idx").exists());
+}
+
+#[test]
 fn damage_in_a_middle_batch_is_corruption_not_truncation() {
     let (dir, _) = small_store(5);
     let seg = segments(dir.path(), 0).pop().unwrap();

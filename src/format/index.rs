@@ -116,6 +116,29 @@ pub(crate) fn encode(header: &Header, streams: &[StreamEntry], positions: &[Posi
     out
 }
 
+/// Checks and decodes the 64-byte header at the start of `bytes` (magic, version, CRC).
+pub(crate) fn decode_header(bytes: &[u8]) -> Result<Header, String> {
+    let h = bytes.get(..HEADER_LEN).ok_or_else(|| format!("{} bytes is too short for an index", bytes.len()))?;
+    if h.get(..8) != Some(MAGIC.as_slice()) {
+        return Err("no index magic".into());
+    }
+    if h.get(..60).map(crc) != le_u32(h, 60) {
+        return Err("index header checksum mismatch".into());
+    }
+    let version = le_u32(h, 8).unwrap_or(0);
+    if version != FORMAT_VERSION {
+        return Err(format!("index format version {version}"));
+    }
+    Ok(Header {
+        partition: le_u32(h, 12).unwrap_or(0),
+        base_position: le_u64(h, 16).unwrap_or(0),
+        end_position: le_u64(h, 24).unwrap_or(0),
+        segment_len: le_u64(h, 32).unwrap_or(0),
+        stream_entries: le_u64(h, 40).unwrap_or(0),
+        position_entries: le_u64(h, 48).unwrap_or(0),
+    })
+}
+
 /// A validated index over borrowed (usually memory-mapped) bytes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct IndexView<'a> {
@@ -128,25 +151,8 @@ pub(crate) struct IndexView<'a> {
 /// Checks an index file completely: magic, version, header CRC, length, entries CRC, sort
 /// order, and entry offsets within `segment_len`. Returns what is wrong otherwise.
 pub(crate) fn decode(bytes: &[u8]) -> Result<IndexView<'_>, String> {
-    let h = bytes.get(..HEADER_LEN).ok_or_else(|| format!("{} bytes is too short for an index", bytes.len()))?;
-    if h.get(..8) != Some(MAGIC.as_slice()) {
-        return Err("no index magic".into());
-    }
-    let version = le_u32(h, 8).unwrap_or(0);
-    if version != FORMAT_VERSION {
-        return Err(format!("index format version {version}"));
-    }
-    if h.get(..60).map(crc) != le_u32(h, 60) {
-        return Err("index header checksum mismatch".into());
-    }
-    let header = Header {
-        partition: le_u32(h, 12).unwrap_or(0),
-        base_position: le_u64(h, 16).unwrap_or(0),
-        end_position: le_u64(h, 24).unwrap_or(0),
-        segment_len: le_u64(h, 32).unwrap_or(0),
-        stream_entries: le_u64(h, 40).unwrap_or(0),
-        position_entries: le_u64(h, 48).unwrap_or(0),
-    };
+    let header = decode_header(bytes)?;
+    let h = bytes.get(..HEADER_LEN).unwrap_or(&[]);
     let stream_bytes = header.stream_entries.checked_mul(32);
     let position_bytes = header.position_entries.checked_mul(16);
     let expected = stream_bytes
