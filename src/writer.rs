@@ -264,7 +264,7 @@ impl Writer {
             let count = u64::from(req.event_count);
             let numbers = current
                 .map_or(Some(0), |v| v.checked_add(1))
-                .and_then(|first| Some((first, first.checked_add(count - 1)?)))
+                .and_then(|first| first.checked_add(count).map(|end| (first, end - 1)))
                 .filter(|_| position.checked_add(count).is_some());
             let Some((first_version, last_version)) = numbers else {
                 outcomes.push(Outcome::Rejected(Error::Overflow { stream: req.stream.to_string() }));
