@@ -63,9 +63,10 @@ impl MemIndex {
     }
 
     /// The index file image of this segment.
-    fn to_index_file(&self, partition: u32, base_position: u64) -> Vec<u8> {
+    /// `hash` is [`stream_hash`]; tests pass a colliding one.
+    fn to_index_file(&self, partition: u32, base_position: u64, hash: fn(&str) -> u64) -> Vec<u8> {
         let mut streams: Vec<(u64, &Arc<str>, &Vec<MemEntry>)> =
-            self.streams.iter().map(|(s, e)| (stream_hash(s), s, e)).collect();
+            self.streams.iter().map(|(s, e)| (hash(s), s, e)).collect();
         streams.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         let mut entries = Vec::with_capacity(streams.iter().map(|s| s.2.len()).sum());
         let mut prev_hash = None;
@@ -259,7 +260,7 @@ impl Segment {
         }
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let name = index::file_name(self.base);
-        io.write_atomic(dir, &name, &mem.to_index_file(self.partition, self.base))?;
+        io.write_atomic(dir, &name, &mem.to_index_file(self.partition, self.base, stream_hash))?;
         report.lock().push(RecoveryAction::RebuiltIndex { path: self.index_path.clone(), reason: why });
         let data = mmap(&io.open_read(&self.path)?)?;
         let (idx, streams, positions) = self
@@ -271,9 +272,13 @@ impl Segment {
     /// Seals an open segment: trims the file to its data, writes the index file (temp, fsync,
     /// rename, fsync the directory), maps both, and switches the slot to the sealed form.
     pub fn seal(&self, open: &OpenSegment, io: &Io) -> Result<()> {
+        self.seal_with(open, io, stream_hash)
+    }
+
+    fn seal_with(&self, open: &OpenSegment, io: &Io, hash: fn(&str) -> u64) -> Result<()> {
         let (image, data_end, end_position) = {
             let mem = open.index.read();
-            (mem.to_index_file(self.partition, self.base), mem.end_offset, mem.end_position)
+            (mem.to_index_file(self.partition, self.base, hash), mem.end_offset, mem.end_position)
         };
         if open.file.len()? > data_end {
             open.file.set_len(data_end)?;
@@ -587,5 +592,59 @@ impl View {
             chunk = chunk.max((chunk * 2).min(4 << 20));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EventData;
+    use crate::format::batch::{self, Limits};
+
+    /// Streams whose ids hash alike are told apart by the tag in the sealed index and by the
+    /// stream id stored in each batch: every stream reads back exactly its own events.
+    #[test]
+    fn hash_collisions_in_a_sealed_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = Io::default();
+        let path = dir.path().join(seg_format::file_name(0));
+        let file = io.create(&path).unwrap();
+        file.write_all_at(&seg_format::encode_header(0, 0, 1), 0).unwrap();
+        let mut mem = MemIndex::new(0);
+        let mut offset = seg_format::HEADER_LEN as u64;
+        let mut versions: HashMap<&str, u64> = HashMap::new();
+        let limits = Limits { max_event_bytes: 1 << 20, max_append_bytes: 1 << 20 };
+        for i in 0..30u64 {
+            let stream = ["b", "a", "c"][(i % 3) as usize];
+            let version = *versions.entry(stream).and_modify(|v| *v += 1).or_insert(0);
+            let mut b = batch::encode(stream, &[EventData::new("T", format!("{stream}{version}"))], limits).unwrap();
+            batch::finish(&mut b, i, version, 1, offset);
+            file.write_all_at(&b, offset).unwrap();
+            mem.insert(stream, version, i, 1, offset, b.len() as u32);
+            offset += b.len() as u64;
+        }
+        file.sync_all().unwrap();
+        let open = Arc::new(OpenSegment { file: Arc::new(file), index: RwLock::new(mem) });
+        let seg = Segment::new(0, dir.path(), 0, State::Open(open.clone()));
+        seg.seal_with(&open, &io, |_| 7).unwrap();
+        let report: Report = Arc::new(Mutex::new(Vec::new()));
+        let view = seg.view(30, &io, &report).unwrap();
+        assert!(matches!(view, View::Sealed(_)));
+        for stream in ["a", "b", "c"] {
+            assert_eq!(view.last_version(&seg, stream, 7).unwrap(), Some(9), "{stream}");
+            let mut out = Vec::new();
+            view.read_stream(&seg, stream, 7, 3, 100, &mut out).unwrap();
+            let got: Vec<_> = out.iter().map(|e| (e.stream_id.as_str(), e.version, e.payload.clone())).collect();
+            let want: Vec<_> = (3..10).map(|v| (stream, v, format!("{stream}{v}").into_bytes())).collect();
+            assert_eq!(got, want);
+            let mut back = Vec::new();
+            view.read_stream_back(&seg, stream, 7, 4, 2, &mut back).unwrap();
+            assert_eq!(back.iter().map(|e| e.version).collect::<Vec<_>>(), vec![4, 3]);
+        }
+        // A stream absent from the segment, with the same hash: checked against every tag.
+        assert_eq!(view.last_version(&seg, "d", 7).unwrap(), None);
+        let mut out = Vec::new();
+        view.read_stream(&seg, "d", 7, 0, 100, &mut out).unwrap();
+        assert!(out.is_empty());
     }
 }
