@@ -96,6 +96,11 @@ impl Manifest {
             created: le_u64(bytes, 32).unwrap_or(0),
             partition_epoch: le_u64(bytes, 40).unwrap_or(0),
         };
+        // Version 1 writes zeros there; anything else is damage (a later version that uses
+        // these bytes bumps the version).
+        if bytes.get(48..60).is_none_or(|r| r.iter().any(|&b| b != 0)) {
+            return Err(ManifestError::Corrupt(48, "reserved manifest bytes are not zero".into()));
+        }
         if m.partition_count == 0 || m.partition_count > MAX_PARTITIONS {
             return Err(ManifestError::Corrupt(16, format!("impossible partition count {}", m.partition_count)));
         }

@@ -87,6 +87,9 @@ pub(crate) fn decode_header(bytes: &[u8]) -> Result<Header, HeaderError> {
     if version == 0 {
         return Err(HeaderError::Corrupt("segment format version 0".into()));
     }
+    if h.get(32..CRC_OFFSET).is_none_or(|r| r.iter().any(|&b| b != 0)) {
+        return Err(HeaderError::Corrupt("reserved segment header bytes are not zero".into()));
+    }
     Ok(Header {
         partition: le_u32(h, PARTITION_OFFSET).unwrap_or(0),
         base_position: le_u64(h, BASE_POSITION_OFFSET).unwrap_or(0),
