@@ -426,18 +426,49 @@ impl View {
         }
     }
 
-    /// The batches of `stream` in this segment as (first_version, count, offset, len).
-    fn stream_batches(&self, seg: &Segment, stream: &str, hash: u64) -> Result<Vec<MemEntry>> {
+    /// The batches of `stream` a read needs, in version order: forward, those holding
+    /// versions >= `from`; backward, those holding versions <= `from`; at most `limit` of them
+    /// (a batch holds at least one event). Only these are copied out of the index, so reading
+    /// the tail of a long stream does not copy its whole history.
+    fn stream_batches(
+        &self,
+        seg: &Segment,
+        stream: &str,
+        hash: u64,
+        from: u64,
+        limit: usize,
+        forward: bool,
+    ) -> Result<Vec<MemEntry>> {
+        fn pick<T>(all: &[T], key: impl Fn(&T) -> (u64, u32), from: u64, limit: usize, forward: bool) -> &[T] {
+            if forward {
+                let start = all.partition_point(|e| {
+                    let (first, count) = key(e);
+                    first + u64::from(count) <= from
+                });
+                let rest = all.get(start..).unwrap_or(&[]);
+                rest.get(..limit.min(rest.len())).unwrap_or(&[])
+            } else {
+                let end = all.partition_point(|e| key(e).0 <= from);
+                all.get(end.saturating_sub(limit)..end).unwrap_or(&[])
+            }
+        }
         match self {
-            View::Open(o) => Ok(o.index.read().streams.get(stream).cloned().unwrap_or_default()),
-            View::Sealed(s) => Ok(self
-                .sealed_entries(seg, s, stream, hash)?
-                .iter()
-                .map(|e| {
-                    let e = e.get();
-                    MemEntry { first_version: e.first_version, offset: e.offset, len: 0, count: e.event_count }
-                })
-                .collect()),
+            View::Open(o) => {
+                let mem = o.index.read();
+                let all = mem.streams.get(stream).map_or(&[][..], Vec::as_slice);
+                Ok(pick(all, |e| (e.first_version, e.count), from, limit, forward).to_vec())
+            }
+            View::Sealed(s) => {
+                let all = self.sealed_entries(seg, s, stream, hash)?;
+                let picked = pick(all, |e| (e.get().first_version, e.get().event_count), from, limit, forward);
+                Ok(picked
+                    .iter()
+                    .map(|e| {
+                        let e = e.get();
+                        MemEntry { first_version: e.first_version, offset: e.offset, len: 0, count: e.event_count }
+                    })
+                    .collect())
+            }
         }
     }
 
@@ -452,9 +483,7 @@ impl View {
         limit: usize,
         out: &mut Vec<RecordedEvent>,
     ) -> Result<()> {
-        let batches = self.stream_batches(seg, stream, hash)?;
-        let start = batches.partition_point(|e| e.first_version + u64::from(e.count) <= from);
-        for e in batches.get(start..).unwrap_or(&[]) {
+        for e in &self.stream_batches(seg, stream, hash, from, limit - out.len().min(limit), true)? {
             if out.len() >= limit {
                 break;
             }
@@ -475,9 +504,7 @@ impl View {
         limit: usize,
         out: &mut Vec<RecordedEvent>,
     ) -> Result<()> {
-        let batches = self.stream_batches(seg, stream, hash)?;
-        let end = batches.partition_point(|e| e.first_version <= from);
-        for e in batches.get(..end).unwrap_or(&[]).iter().rev() {
+        for e in self.stream_batches(seg, stream, hash, from, limit - out.len().min(limit), false)?.iter().rev() {
             if out.len() >= limit {
                 break;
             }
