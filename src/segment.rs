@@ -116,6 +116,9 @@ pub(crate) enum State {
     Open(Arc<OpenSegment>),
     Sealed(Arc<SealedSegment>),
     Unloaded,
+    /// Loading found damage that only a reopen (after repair) can change: every read of the
+    /// segment gets the same error at once instead of scanning it again.
+    Failed(Error),
 }
 
 /// A segment of a partition, whatever its state.
@@ -171,18 +174,32 @@ impl Segment {
     /// The readable form of this segment, mapping it (and checking or rebuilding its index)
     /// on first use. `end_position` is where the next segment starts.
     pub fn view(&self, end_position: u64, io: &Io, report: &Report) -> Result<View> {
-        match self.state() {
+        let _guard = match self.state() {
             State::Open(o) => return Ok(View::Open(o)),
             State::Sealed(s) => return Ok(View::Sealed(s)),
+            State::Failed(e) => return Err(e),
+            State::Unloaded => self.load_lock.lock(),
+        };
+        match self.state() {
             State::Unloaded => {}
+            State::Open(o) => return Ok(View::Open(o)),
+            State::Sealed(s) => return Ok(View::Sealed(s)),
+            State::Failed(e) => return Err(e),
         }
-        let _guard = self.load_lock.lock();
-        if let State::Sealed(s) = self.state() {
-            return Ok(View::Sealed(s));
+        match self.load(end_position, io, report) {
+            Ok(sealed) => {
+                let sealed = Arc::new(sealed);
+                self.set_state(State::Sealed(sealed.clone()));
+                Ok(View::Sealed(sealed))
+            }
+            Err(e) => {
+                // An I/O error may pass (too many open files...); damage does not.
+                if matches!(e, Error::Corruption { .. } | Error::UnsupportedVersion { .. }) {
+                    self.set_state(State::Failed(e.clone()));
+                }
+                Err(e)
+            }
         }
-        let sealed = Arc::new(self.load(end_position, io, report)?);
-        self.set_state(State::Sealed(sealed.clone()));
-        Ok(View::Sealed(sealed))
     }
 
     /// Maps the sealed segment and its index; rebuilds the index if it does not check out.
