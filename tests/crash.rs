@@ -23,38 +23,41 @@ fn child(dir: &Path, acks: &Path) {
     let store = Arc::new(Store::open(dir, opts(2, 64 << 10)).unwrap());
     let log = Arc::new(Mutex::new(std::fs::OpenOptions::new().append(true).create(true).open(acks).unwrap()));
     let seed = std::process::id() as u64;
-    let handles: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let (store, log) = (store.clone(), log.clone());
-            std::thread::spawn(move || {
-                let mut rng = seed.wrapping_mul(6364136223846793005).wrapping_add(t as u64 + 1);
-                let streams: Vec<String> = (0..STREAMS_PER_THREAD).map(|k| format!("t{t}-s{k}")).collect();
-                let mut versions: Vec<Option<u64>> = streams.iter().map(|s| store.stream_version(s).unwrap()).collect();
-                loop {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    let k = (rng % STREAMS_PER_THREAD as u64) as usize;
-                    let count = 1 + (rng >> 8) % 3;
-                    let first = versions[k].map_or(0, |v| v + 1);
-                    let events: Vec<EventData> = (0..count)
-                        .map(|i| {
-                            EventData::new("E", payload(&streams[k], first + i, count, (rng >> 16) as usize % 300))
-                        })
-                        .collect();
-                    let expected = versions[k].map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
-                    let r = store.append(&streams[k], expected, &events).unwrap();
-                    assert_eq!(r.first_version, first);
-                    versions[k] = Some(r.last_version);
-                    // One write(2) per line: a kill leaves at most the last line torn.
-                    let line = format!("{} {} {}\n", streams[k], first, count);
-                    log.lock().unwrap().write_all(line.as_bytes()).unwrap();
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap();
+    for t in 0..THREADS {
+        let (store, log) = (store.clone(), log.clone());
+        std::thread::spawn(move || {
+            let mut rng = seed.wrapping_mul(6364136223846793005).wrapping_add(t as u64 + 1);
+            let streams: Vec<String> = (0..STREAMS_PER_THREAD).map(|k| format!("t{t}-s{k}")).collect();
+            let mut versions: Vec<Option<u64>> = streams.iter().map(|s| store.stream_version(s).unwrap()).collect();
+            loop {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let k = (rng % STREAMS_PER_THREAD as u64) as usize;
+                let count = 1 + (rng >> 8) % 3;
+                let first = versions[k].map_or(0, |v| v + 1);
+                let events: Vec<EventData> = (0..count)
+                    .map(|i| EventData::new("E", payload(&streams[k], first + i, count, (rng >> 16) as usize % 300)))
+                    .collect();
+                let expected = versions[k].map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+                let r = match store.append(&streams[k], expected, &events) {
+                    Ok(r) if r.first_version == first => r,
+                    other => {
+                        // Exit with a code the supervisor recognises: it was not our kill.
+                        eprintln!("child append failed: {other:?}");
+                        std::process::exit(3);
+                    }
+                };
+                versions[k] = Some(r.last_version);
+                // One write(2) per line: a kill leaves at most the last line torn.
+                let line = format!("{} {} {}\n", streams[k], first, count);
+                log.lock().unwrap().write_all(line.as_bytes()).unwrap();
+            }
+        });
+    }
+    // The appenders run until the supervisor's SIGKILL.
+    loop {
+        std::thread::park();
     }
 }
 
@@ -89,7 +92,12 @@ fn kill_9_loses_no_acknowledged_append() {
         rng ^= rng << 17;
         std::thread::sleep(Duration::from_millis(150 + rng % 350));
         child.kill().unwrap();
-        child.wait().unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "crash {crash}: the child stopped by itself ({status})"
+        );
 
         let store = Store::open(&dir, Options::default()).unwrap();
         // Every acknowledged append is there, byte for byte.
