@@ -36,9 +36,9 @@ fn child(dir: &Path, acks: &Path) {
                 let k = (rng % STREAMS_PER_THREAD as u64) as usize;
                 let count = 1 + (rng >> 8) % 3;
                 let first = versions[k].map_or(0, |v| v + 1);
-                let events: Vec<EventData> = (0..count)
-                    .map(|i| EventData::new("E", payload(&streams[k], first + i, count, (rng >> 16) as usize % 300)))
-                    .collect();
+                let pad = (rng >> 16) as usize % 300;
+                let events: Vec<EventData> =
+                    (0..count).map(|i| EventData::new("E", payload(&streams[k], first + i, count, pad))).collect();
                 let expected = versions[k].map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
                 let r = match store.append(&streams[k], expected, &events) {
                     Ok(r) if r.first_version == first => r,
@@ -50,7 +50,7 @@ fn child(dir: &Path, acks: &Path) {
                 };
                 versions[k] = Some(r.last_version);
                 // One write(2) per line: a kill leaves at most the last line torn.
-                let line = format!("{} {} {}\n", streams[k], first, count);
+                let line = format!("{} {} {} {}\n", streams[k], first, count, pad);
                 log.lock().unwrap().write_all(line.as_bytes()).unwrap();
             }
         });
