@@ -28,6 +28,13 @@ pub(crate) struct MemEntry {
     pub count: u32,
 }
 
+impl MemEntry {
+    /// Version of the batch's last event.
+    pub fn last_version(&self) -> u64 {
+        self.first_version + u64::from(self.count) - 1
+    }
+}
+
 /// The in-memory index of an open (active or being sealed) segment.
 #[derive(Debug, Default)]
 pub(crate) struct MemIndex {
@@ -59,7 +66,7 @@ impl MemIndex {
     }
 
     pub fn last_version(&self, stream: &str) -> Option<u64> {
-        self.streams.get(stream).and_then(|v| v.last()).map(|e| e.first_version + u64::from(e.count) - 1)
+        self.streams.get(stream).and_then(|v| v.last()).map(MemEntry::last_version)
     }
 
     /// The index file image of this segment.
@@ -369,10 +376,6 @@ impl Bytes<'_> {
 }
 
 impl View {
-    fn path<'a>(&self, seg: &'a Segment) -> &'a Path {
-        &seg.path
-    }
-
     /// The bytes `[offset, offset + len)`; for a mapped segment `len` may run to the end.
     fn bytes(&self, seg: &Segment, offset: u64, len: usize) -> Result<Bytes<'_>> {
         match self {
@@ -396,7 +399,7 @@ impl View {
         let bytes = self.bytes(seg, offset, len)?;
         match batch::decode(bytes.get()) {
             Ok(b) => Ok(f(&b)),
-            Err(bad) => Err(Error::corruption(self.path(seg), offset, format!("indexed batch: {bad}"))),
+            Err(bad) => Err(Error::corruption(&seg.path, offset, format!("indexed batch: {bad}"))),
         }
     }
 

@@ -23,7 +23,7 @@ use crate::format::segment as seg_format;
 use crate::options::Durability;
 use crate::partition::{Partition, Tail, write_segment_file};
 use crate::prealloc::{FillDone, FillJob, Preallocator};
-use crate::segment::{MemIndex, OpenSegment, Segment, State};
+use crate::segment::{MemEntry, MemIndex, OpenSegment, Segment, State};
 use crate::store::{RecoveryAction, now_nanos};
 
 /// One append on its way to the writer.
@@ -414,9 +414,7 @@ impl Writer {
             self.lookups.clear();
         }
         for (stream, entries) in &old_open.index.read().streams {
-            if let Some(e) = entries.last() {
-                self.lookups.insert(stream.clone(), Some(e.first_version + u64::from(e.count) - 1));
-            }
+            self.lookups.insert(stream.clone(), entries.last().map(MemEntry::last_version));
         }
         let job = SealJob { segment: old_segment, open: old_open, partition: part, fill };
         if let Err(crossbeam_channel::SendError(job)) = self.sealer.send(job) {
