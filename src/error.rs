@@ -160,6 +160,24 @@ pub enum Error {
     /// An option value is out of range.
     #[error("invalid option: {0}")]
     InvalidOptions(String),
+    /// An [`Aggregate::apply`](crate::Aggregate::apply) failed on a stored event.
+    #[error("applying event {version} of stream {stream:?} failed: {reason}")]
+    Apply {
+        /// The stream.
+        stream: String,
+        /// The event's version.
+        version: u64,
+        /// The aggregate's error.
+        reason: String,
+    },
+    /// An aggregate's encoded state is larger than a snapshot may be.
+    #[error("snapshot of {size} bytes is over the limit of {max}")]
+    SnapshotTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit ([`MAX_SNAPSHOT_BYTES`](crate::MAX_SNAPSHOT_BYTES)).
+        max: usize,
+    },
     /// The store has been closed.
     #[error("the store is closed")]
     Closed,

@@ -110,6 +110,9 @@ pub struct AppendResult {
     /// Version of the last appended event: pass `ExpectedVersion::Exact(last_version)` to
     /// append after it.
     pub last_version: u64,
+    /// The append's timestamp (every event of an append has the same one): nanoseconds since
+    /// the Unix epoch.
+    pub timestamp_nanos: u64,
 }
 
 impl AppendResult {

@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod aggregate;
 mod error;
 mod event;
 mod format;
@@ -33,13 +34,16 @@ mod partition;
 mod prealloc;
 mod router;
 mod segment;
+mod snapshot;
 mod store;
 mod writer;
 
+pub use aggregate::{Aggregate, ApplyError, Loaded, SnapshotIgnored, SnapshotStats, SnapshotUse};
 pub use error::{Error, Result};
 pub use event::{AppendResult, EventData, ExpectedVersion, RecordedEvent};
 pub use format::FORMAT_VERSION;
 pub use format::batch::{MAX_EVENT_TYPE_LEN, MAX_STREAM_ID_LEN};
+pub use format::snapshot::MAX_SNAPSHOT_BYTES;
 #[cfg(feature = "fault-injection")]
 pub use io::{FaultKind, FaultOp, FaultPlan};
 pub use options::{

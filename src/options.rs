@@ -53,6 +53,7 @@ pub struct Options {
     pub(crate) preallocate: bool,
     pub(crate) max_group_bytes: usize,
     pub(crate) max_group_appends: usize,
+    pub(crate) snapshot_rewrite_bytes: u64,
     pub(crate) faults: Option<Arc<FaultPlan>>,
 }
 
@@ -69,6 +70,7 @@ impl Default for Options {
             preallocate: true,
             max_group_bytes: 4 << 20,
             max_group_appends: 4096,
+            snapshot_rewrite_bytes: 4 << 20,
             faults: None,
         }
     }
@@ -133,6 +135,14 @@ impl Options {
     pub fn group_limits(mut self, max_bytes: usize, max_appends: usize) -> Options {
         self.max_group_bytes = max_bytes;
         self.max_group_appends = max_appends;
+        self
+    }
+
+    /// When a partition's snapshot sidecar is rewritten without its superseded snapshots:
+    /// once they take at least this many bytes (default 4 MiB) and at least as many as the
+    /// live ones (so a sidecar stays under about twice its live size).
+    pub fn snapshot_rewrite_bytes(mut self, bytes: u64) -> Options {
+        self.snapshot_rewrite_bytes = bytes;
         self
     }
 

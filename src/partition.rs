@@ -37,6 +37,8 @@ pub(crate) struct Partition {
     pub poison: Mutex<Option<String>>,
     /// Counters of the writer's work.
     pub stats: WriteCounters,
+    /// The snapshot sidecar.
+    pub snapshots: Arc<crate::snapshot::Sidecar>,
 }
 
 /// Counters a partition writer bumps once per group commit.
@@ -149,6 +151,7 @@ impl Partition {
         if let Some(last) = segments.last_mut() {
             *last = active.clone();
         }
+        let snapshots = Arc::new(crate::snapshot::Sidecar::new(&dir, id, io.clone(), report.clone()));
         let part = Arc::new(Partition {
             id,
             dir,
@@ -158,6 +161,7 @@ impl Partition {
             head: AtomicU64::new(head),
             poison: Mutex::new(None),
             stats: WriteCounters::default(),
+            snapshots,
         });
         Ok((part, Tail { segment: active, open, data_end, last_timestamp, file_len }))
     }

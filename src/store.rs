@@ -25,6 +25,7 @@ use crate::options::Options;
 use crate::partition::{self, Partition};
 use crate::router::{self, stream_hash};
 use crate::segment::Report;
+use crate::snapshot;
 use crate::writer::{self, AppendRequest, Writer, WriterConfig};
 
 /// Nanoseconds since the Unix epoch, now.
@@ -77,6 +78,41 @@ pub enum RecoveryAction {
         /// The file.
         path: PathBuf,
     },
+    /// A snapshot sidecar held bytes that are not valid records from `offset` on (a torn
+    /// write, or damage), or (at offset 0) an unusable header. They were cut off, or the file
+    /// replaced by an empty one. Snapshots are derived data: the streams they covered are
+    /// loaded by replaying their events, and snapshotted again.
+    SnapshotsDiscarded {
+        /// The sidecar.
+        path: PathBuf,
+        /// Where the invalid bytes start.
+        offset: u64,
+        /// How many bytes were dropped.
+        discarded_bytes: u64,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A snapshot the sidecar's index lists could not be read back (I/O error or damage):
+    /// the stream was loaded by replay.
+    SnapshotUnreadable {
+        /// The sidecar.
+        path: PathBuf,
+        /// The record's offset.
+        offset: u64,
+        /// The stream.
+        stream: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Writing to a snapshot sidecar failed. After a failed fsync, snapshots of that
+    /// partition stop until the store is reopened (loads go on, by replay past the last
+    /// good snapshot).
+    SnapshotWriteFailed {
+        /// The sidecar.
+        path: PathBuf,
+        /// The error.
+        error: String,
+    },
     /// Sealing a full segment (writing its index) failed; it stays readable and is indexed
     /// again on the next open.
     SealFailed {
@@ -116,8 +152,12 @@ struct Shared {
     partitions: Vec<Arc<Partition>>,
     limits: Limits,
     report: Report,
+    snapshots: Arc<snapshot::Counters>,
     _lock: DirLock,
 }
+
+/// How many snapshots may wait for the snapshotter.
+const SNAPSHOT_QUEUE: usize = 4096;
 
 /// An open event store: one directory, exclusively locked while open.
 ///
@@ -138,6 +178,7 @@ struct Shared {
 pub struct Store {
     shared: Arc<Shared>,
     senders: Vec<Sender<AppendRequest>>,
+    snapshot_tx: Option<Sender<snapshot::Job>>,
     threads: Vec<JoinHandle<Result<()>>>,
 }
 
@@ -281,8 +322,9 @@ impl Store {
         };
         // The store exists before its threads do: if spawning one fails, dropping it stops and
         // joins those already running before the lock is released.
-        let shared = Arc::new(Shared { dir, manifest, partitions, limits, report, _lock: lock });
-        let mut store = Store { shared: shared.clone(), senders: Vec::new(), threads: Vec::new() };
+        let snapshots = Arc::new(snapshot::Counters::default());
+        let shared = Arc::new(Shared { dir, manifest, partitions, limits, report, snapshots, _lock: lock });
+        let mut store = Store { shared: shared.clone(), senders: Vec::new(), snapshot_tx: None, threads: Vec::new() };
         let (seal_tx, seal_rx) = crossbeam_channel::unbounded();
         let spawn = |name: String, f: Box<dyn FnOnce() -> Result<()> + Send>| {
             std::thread::Builder::new().name(name).spawn(f).map_err(|e| Error::io("spawn thread", &shared.dir, e))
@@ -313,6 +355,18 @@ impl Store {
                 Ok(())
             }),
         )?);
+        let (snap_tx, snap_rx) = crossbeam_channel::bounded(SNAPSHOT_QUEUE);
+        let sidecars = shared.partitions.iter().map(|p| p.snapshots.clone()).collect();
+        let counters = shared.snapshots.clone();
+        let min_rewrite = options.snapshot_rewrite_bytes;
+        store.threads.push(spawn(
+            "strata-snapshotter".into(),
+            Box::new(move || {
+                snapshot::run(snap_rx, sidecars, counters, min_rewrite);
+                Ok(())
+            }),
+        )?);
+        store.snapshot_tx = Some(snap_tx);
         Ok(store)
     }
 
@@ -495,6 +549,60 @@ impl Store {
         s
     }
 
+    /// Waits until every snapshot queued before this call is written and durable. Returns
+    /// the first snapshot write failure since the previous flush, if any (snapshots are
+    /// derived data: a failure costs replays, never events).
+    pub fn flush_snapshots(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.snapshot_tx.as_ref().ok_or(Error::Closed)?.send(snapshot::Job::Flush(tx)).map_err(|_| Error::Closed)?;
+        rx.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Counters of snapshot work since open, and the size of the sidecars loaded so far.
+    pub fn snapshot_stats(&self) -> crate::SnapshotStats {
+        let c = &self.shared.snapshots;
+        let mut s = crate::SnapshotStats {
+            written: c.written.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            rewrites: c.rewrites.load(Ordering::Relaxed),
+            used: c.used.load(Ordering::Relaxed),
+            ignored: c.ignored.load(Ordering::Relaxed),
+            ..Default::default()
+        };
+        for p in &self.shared.partitions {
+            let (bytes, streams) = p.snapshots.sizes();
+            s.sidecar_bytes += bytes;
+            s.streams += streams;
+        }
+        s
+    }
+
+    pub(crate) fn sidecar_of(&self, stream: &str) -> Result<&Arc<snapshot::Sidecar>> {
+        Ok(&self.partition(self.partition_of(stream))?.snapshots)
+    }
+
+    pub(crate) fn snapshot_counters(&self) -> &snapshot::Counters {
+        &self.shared.snapshots
+    }
+
+    /// Queues a job for the snapshotter; `wait`: block while the queue is full, otherwise
+    /// count the snapshot as dropped. Returns whether it was queued.
+    pub(crate) fn send_snapshot_job(&self, job: snapshot::Job, wait: bool) -> Result<bool> {
+        let tx = self.snapshot_tx.as_ref().ok_or(Error::Closed)?;
+        if wait {
+            return tx.send(job).map(|()| true).map_err(|_| Error::Closed);
+        }
+        match tx.try_send(job) {
+            Ok(()) => Ok(true),
+            Err(crossbeam_channel::TrySendError::Full(_)) => {
+                self.shared.snapshots.dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(false)
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(Error::Closed),
+        }
+    }
+
     /// What opening the store (and loading sealed segments since) had to repair.
     pub fn recovery_report(&self) -> Vec<RecoveryAction> {
         self.shared.report.lock().clone()
@@ -508,6 +616,7 @@ impl Store {
 
     fn shutdown(&mut self) -> Result<()> {
         self.senders.clear();
+        self.snapshot_tx = None;
         let mut result = Ok(());
         for t in self.threads.drain(..) {
             match t.join() {

@@ -295,9 +295,13 @@ impl Writer {
                 }
                 for (req, outcome) in group.drain(..).zip(outcomes) {
                     let reply = match outcome {
-                        Outcome::Accepted { first_position, first_version, last_version, .. } => {
-                            Ok(AppendResult { partition: self.part.id, first_position, first_version, last_version })
-                        }
+                        Outcome::Accepted { first_position, first_version, last_version, .. } => Ok(AppendResult {
+                            partition: self.part.id,
+                            first_position,
+                            first_version,
+                            last_version,
+                            timestamp_nanos: timestamp,
+                        }),
                         Outcome::Rejected(e) => Err(e),
                     };
                     let _ = req.reply.send(reply);

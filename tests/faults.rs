@@ -4,7 +4,9 @@
 mod common;
 
 use common::*;
-use strata::{Durability, Error, ExpectedVersion, FaultKind, FaultOp, FaultPlan, Options, RecoveryAction, Store};
+use strata::{
+    Durability, Error, ExpectedVersion, FaultKind, FaultOp, FaultPlan, Options, RecoveryAction, SnapshotUse, Store,
+};
 
 fn with_plan(partitions: u32) -> (tempfile::TempDir, std::sync::Arc<FaultPlan>, Store) {
     let dir = tempfile::tempdir().unwrap();
@@ -153,4 +155,60 @@ fn failures_while_rolling_a_segment() {
     );
     acked.extend(fill(&store, "s", 3));
     assert_eq!(payloads(&store.read_stream("s", 0, 1000).unwrap()), acked);
+}
+
+/// Every step of a snapshot write and of a sidecar rewrite, failed in turn: the failure is
+/// reported by `flush_snapshots`, loads stay correct throughout (snapshots are derived data),
+/// appends never notice, and a reopen recovers. After a failed fsync (of the sidecar or of the
+/// directory after a rename) snapshots of the partition stop until reopen.
+#[test]
+fn every_failing_step_of_a_snapshot_write_is_survived() {
+    type Agg = Tally<1, 1>;
+    let steps: [(FaultOp, FaultKind, u64, &str, bool); 9] = [
+        (FaultOp::Write, FaultKind::Eio, 0, "snapshots.snap", false),
+        (FaultOp::Write, FaultKind::NoSpace, 0, "snapshots.snap", false),
+        (FaultOp::Sync, FaultKind::Eio, 0, "snapshots.snap", true),
+        (FaultOp::Create, FaultKind::Eio, 0, "snapshots.snap.tmp", false),
+        (FaultOp::Write, FaultKind::Eio, 0, "snapshots.snap.tmp", false),
+        (FaultOp::Write, FaultKind::ShortWrite, 0, "snapshots.snap.tmp", false),
+        (FaultOp::Sync, FaultKind::Eio, 0, "snapshots.snap.tmp", false),
+        (FaultOp::Rename, FaultKind::Eio, 0, "snapshots.snap", false),
+        // The syncs in the partition after the fault is planted: the commit's, then the
+        // snapshotter's of the sidecar, of the temp file, and of the directory.
+        (FaultOp::Sync, FaultKind::Eio, 3, "p00000", true),
+    ];
+    for (op, kind, skip, path, stops) in steps {
+        let step = format!("{op:?} {kind:?} #{} of {path}", skip + 1);
+        let dir = tempfile::tempdir().unwrap();
+        let plan = FaultPlan::new();
+        let options = opts(1, 1 << 20).preallocate(false).snapshot_rewrite_bytes(0).fault_plan(plan.clone());
+        let store = Store::open(dir.path(), options).unwrap();
+        let mut agg = store.load::<Agg>("s").unwrap();
+        store.commit(&mut agg, &[ev("E", "0")]).unwrap();
+        store.flush_snapshots().unwrap();
+        plan.inject(op, kind, skip, Some(path), false);
+        // The second snapshot is appended, then superseded bytes equal live ones: a rewrite.
+        store.commit(&mut agg, &[ev("E", "1")]).unwrap();
+        let err = store.flush_snapshots().unwrap_err();
+        assert!(matches!(err, Error::Io { .. } | Error::StorageFull { .. }), "{step}: {err:?}");
+        let loaded = store.load::<Agg>("s").unwrap();
+        assert_eq!(loaded.state, Tally::replayed(&store, "s"), "{step}");
+        assert!(!dir.path().join("p00000/snapshots.snap.tmp").exists(), "{step}: temp file left behind");
+        store.commit(&mut agg, &[ev("E", "2")]).unwrap();
+        assert_eq!(store.flush_snapshots().is_err(), stops, "{step}");
+        assert_eq!(agg.state, Tally::replayed(&store, "s"), "{step}");
+        assert!(
+            store.recovery_report().iter().any(|a| matches!(a, RecoveryAction::SnapshotWriteFailed { .. })),
+            "{step}: {:?}",
+            store.recovery_report()
+        );
+        drop(store);
+        let store = Store::open(dir.path(), Options::default()).unwrap();
+        let loaded = store.load::<Agg>("s").unwrap();
+        assert_eq!(loaded.state, Tally::replayed(&store, "s"), "{step}");
+        assert_eq!(loaded.version, Some(2), "{step}");
+        assert!(matches!(loaded.snapshot, SnapshotUse::Used { .. }), "{step}: {:?}", loaded.snapshot);
+        let report = store.recovery_report();
+        assert!(report.iter().all(|a| matches!(a, RecoveryAction::RemovedTempFile { .. })), "{step}: {report:?}");
+    }
 }

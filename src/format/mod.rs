@@ -12,6 +12,7 @@ pub(crate) mod batch;
 pub(crate) mod index;
 pub(crate) mod manifest;
 pub(crate) mod segment;
+pub(crate) mod snapshot;
 
 /// The newest format version this build writes and reads (shared by every file kind).
 pub const FORMAT_VERSION: u32 = 1;

@@ -81,3 +81,62 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A test aggregate: the number of events seen and a digest of their versions, types and
+/// payloads, so any missing, repeated or reordered event changes it. `EVERY` is its snapshot
+/// interval and `SCHEMA` the only schema tag it accepts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally<const EVERY: u64 = 3, const SCHEMA: u32 = 1> {
+    pub events: u64,
+    pub digest: u64,
+}
+
+impl<const EVERY: u64, const SCHEMA: u32> Tally<EVERY, SCHEMA> {
+    /// The state a full replay of `stream` gives, computed here, not by `Store::load`.
+    pub fn replayed(store: &Store, stream: &str) -> Self {
+        let mut t = Self::default();
+        for e in store.read_stream(stream, 0, usize::MAX).unwrap() {
+            strata::Aggregate::apply(&mut t, &e).unwrap();
+        }
+        t
+    }
+}
+
+impl<const EVERY: u64, const SCHEMA: u32> strata::Aggregate for Tally<EVERY, SCHEMA> {
+    const SCHEMA: u32 = SCHEMA;
+    const SNAPSHOT_EVERY: u64 = EVERY;
+
+    fn apply(&mut self, e: &RecordedEvent) -> Result<(), strata::ApplyError> {
+        if e.version != self.events {
+            return Err(format!("event {} applied after {} events", e.version, self.events).into());
+        }
+        let mut h = 0xcbf2_9ce4_8422_2325u64 ^ e.version;
+        for b in e.event_type.bytes().chain(e.payload.iter().copied()) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+        self.digest = self.digest.rotate_left(7) ^ h;
+        self.events += 1;
+        Ok(())
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut v = self.events.to_le_bytes().to_vec();
+        v.extend_from_slice(&self.digest.to_le_bytes());
+        v
+    }
+
+    fn decode(schema: u32, state: &[u8]) -> Option<Self> {
+        if schema != SCHEMA || state.len() != 16 {
+            return None;
+        }
+        Some(Tally {
+            events: u64::from_le_bytes(state[..8].try_into().ok()?),
+            digest: u64::from_le_bytes(state[8..].try_into().ok()?),
+        })
+    }
+}
+
+/// The snapshot sidecar of a partition.
+pub fn sidecar(dir: &Path, partition: u32) -> PathBuf {
+    dir.join(format!("p{partition:05}")).join("snapshots.snap")
+}

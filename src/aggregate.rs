@@ -1,0 +1,356 @@
+//! Aggregates: loading one from its latest snapshot plus the events after it, committing new
+//! events to it, and the snapshot policy (every N events, and on demand).
+
+use std::sync::atomic::Ordering;
+
+use crate::error::{Error, Result};
+use crate::event::{AppendResult, EventData, ExpectedVersion, RecordedEvent};
+use crate::format::snapshot::{MAX_SNAPSHOT_BYTES, Meta};
+use crate::snapshot::{Job, Pending};
+use crate::store::{Store, now_nanos};
+
+/// The error an [`Aggregate::apply`] may return.
+pub type ApplyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An event-sourced aggregate: state rebuilt by applying a stream's events in order, and
+/// snapshotted as bytes under a schema tag.
+///
+/// ```
+/// use strata::{Aggregate, ApplyError, EventData, Options, RecordedEvent, Store};
+///
+/// #[derive(Default)]
+/// struct Account { balance: i64 }
+///
+/// impl Aggregate for Account {
+///     const SCHEMA: u32 = 1;
+///     const SNAPSHOT_EVERY: u64 = 50;
+///     fn apply(&mut self, e: &RecordedEvent) -> Result<(), ApplyError> {
+///         let amount: i64 = std::str::from_utf8(&e.payload)?.parse()?;
+///         match e.event_type.as_str() {
+///             "Deposited" => self.balance += amount,
+///             "Withdrawn" => self.balance -= amount,
+///             other => return Err(format!("unknown event {other}").into()),
+///         }
+///         Ok(())
+///     }
+///     fn encode(&self) -> Vec<u8> { self.balance.to_le_bytes().to_vec() }
+///     fn decode(schema: u32, state: &[u8]) -> Option<Self> {
+///         if schema != 1 { return None; }
+///         Some(Account { balance: i64::from_le_bytes(state.try_into().ok()?) })
+///     }
+/// }
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+/// let mut acct = store.load::<Account>("account-1")?;
+/// store.commit(&mut acct, &[EventData::new("Deposited", "100"), EventData::new("Withdrawn", "30")])?;
+/// assert_eq!(acct.state.balance, 70);
+/// assert_eq!(store.load::<Account>("account-1")?.state.balance, 70);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait Aggregate: Default + Sized {
+    /// The schema tag of [`Aggregate::encode`]'s output. Change it whenever the encoding
+    /// changes: snapshots under other tags are then offered to [`Aggregate::decode`], which
+    /// may refuse them, and the aggregate is rebuilt from its events and snapshotted again.
+    const SCHEMA: u32;
+
+    /// Take a snapshot automatically after this many events since the last one (0: only on
+    /// demand, with [`Store::snapshot`]).
+    const SNAPSHOT_EVERY: u64 = 100;
+
+    /// Applies one event of the stream (in version order) to the state.
+    fn apply(&mut self, event: &RecordedEvent) -> std::result::Result<(), ApplyError>;
+
+    /// The state as bytes, for a snapshot (at most [`MAX_SNAPSHOT_BYTES`]).
+    fn encode(&self) -> Vec<u8>;
+
+    /// The state from a snapshot's bytes, or `None` if `schema` (or the bytes) are not
+    /// accepted: the snapshot is then ignored and the state rebuilt from the events.
+    fn decode(schema: u32, state: &[u8]) -> Option<Self>;
+}
+
+/// Why [`Store::load`] did not use the stream's latest snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SnapshotIgnored {
+    /// [`Aggregate::decode`] refused the snapshot (its schema tag, or its bytes).
+    Rejected {
+        /// The snapshot's schema tag.
+        schema: u32,
+    },
+    /// The snapshot covers events the log does not hold (lost in a crash under
+    /// [`Durability::Buffered`](crate::Durability::Buffered), or a log restored from an
+    /// older copy).
+    Stale,
+    /// The snapshot could not be read (I/O error or damage; also in
+    /// [`Store::recovery_report`]).
+    Unreadable {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Where a loaded aggregate's state came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SnapshotUse {
+    /// The stream has no snapshot: the state is a full replay.
+    None,
+    /// The snapshot at this version, plus the events after it.
+    Used {
+        /// The version the snapshot covers.
+        version: u64,
+    },
+    /// The latest snapshot was not usable; the state is a full replay.
+    Ignored {
+        /// The version the snapshot claimed to cover, if it could be read.
+        version: Option<u64>,
+        /// Why.
+        reason: SnapshotIgnored,
+    },
+}
+
+/// An aggregate loaded by [`Store::load`]: its state and the version it reflects.
+#[derive(Debug, Clone)]
+pub struct Loaded<A> {
+    /// The stream.
+    pub stream: String,
+    /// The state after every event up to `version`.
+    pub state: A,
+    /// The last event applied (`None`: the stream has no events).
+    pub version: Option<u64>,
+    /// Where the state came from.
+    pub snapshot: SnapshotUse,
+    /// Events applied by this load (after the snapshot, or all of them).
+    pub replayed: u64,
+    /// Position and timestamp of the event at `version`: a snapshot records them.
+    last_position: u64,
+    last_time: u64,
+    /// Events applied since the last snapshot was taken (or found).
+    since_snapshot: u64,
+}
+
+impl<A> Loaded<A> {
+    /// The expected version for appending after this state.
+    pub fn expected(&self) -> ExpectedVersion {
+        self.version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact)
+    }
+}
+
+/// Counters of snapshot work (see [`Store::snapshot_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SnapshotStats {
+    /// Snapshots written to sidecars.
+    pub written: u64,
+    /// Automatic snapshots dropped because the snapshotter's queue was full.
+    pub dropped: u64,
+    /// Snapshots whose write failed.
+    pub failed: u64,
+    /// Sidecar rewrites (dropping superseded snapshots).
+    pub rewrites: u64,
+    /// Loads that started from a snapshot.
+    pub used: u64,
+    /// Loads that ignored a snapshot (see [`SnapshotIgnored`]).
+    pub ignored: u64,
+    /// Bytes in sidecar files.
+    pub sidecar_bytes: u64,
+    /// Streams with a snapshot.
+    pub streams: u64,
+}
+
+/// How many events a replay reads at a time (bounds its memory).
+const REPLAY_CHUNK: usize = 1024;
+
+fn apply<A: Aggregate>(state: &mut A, e: &RecordedEvent) -> Result<()> {
+    state.apply(e).map_err(|err| Error::Apply {
+        stream: e.stream_id.clone(),
+        version: e.version,
+        reason: err.to_string(),
+    })
+}
+
+impl Store {
+    /// Loads the aggregate of `stream`: its latest snapshot (if [`Aggregate::decode`] accepts
+    /// it) plus the events after it, or a full replay. A snapshot is never trusted blindly: one
+    /// that is unreadable, refused, or covers events the log does not hold is ignored (see
+    /// [`Loaded::snapshot`]), and the aggregate is snapshotted again.
+    ///
+    /// When [`Aggregate::SNAPSHOT_EVERY`] or more events were replayed, a snapshot of the
+    /// loaded state is queued for the background snapshotter (encoding it on this thread).
+    ///
+    /// Errors: [`Error::InvalidStreamId`], read errors of the log, [`Error::Apply`].
+    pub fn load<A: Aggregate>(&self, stream: &str) -> Result<Loaded<A>> {
+        crate::format::batch::check_stream_id(stream)?;
+        let sidecar = self.sidecar_of(stream)?;
+        let counters = self.snapshot_counters();
+        let mut use_ = SnapshotUse::None;
+        match sidecar.read(stream) {
+            Ok(None) => {}
+            Err(reason) => {
+                use_ = SnapshotUse::Ignored { version: None, reason: SnapshotIgnored::Unreadable { reason } };
+            }
+            Ok(Some(snap)) => {
+                let version = snap.meta.version;
+                match A::decode(snap.meta.schema, &snap.state) {
+                    None => {
+                        use_ = SnapshotUse::Ignored {
+                            version: Some(version),
+                            reason: SnapshotIgnored::Rejected { schema: snap.meta.schema },
+                        };
+                    }
+                    Some(state) => {
+                        // Read from the snapshot's own event, to check it is the one the
+                        // snapshot was taken after.
+                        let chunk = self.read_stream(stream, version, REPLAY_CHUNK)?;
+                        let anchor_chunk_full = chunk.len() >= REPLAY_CHUNK;
+                        let mut events = chunk.into_iter();
+                        let anchor = events.next();
+                        if anchor.as_ref().is_some_and(|e| {
+                            e.version == version
+                                && e.position == snap.meta.position
+                                && e.timestamp_nanos == snap.meta.event_time
+                        }) {
+                            counters.used.fetch_add(1, Ordering::Relaxed);
+                            let mut loaded = Loaded {
+                                stream: stream.to_owned(),
+                                state,
+                                version: Some(version),
+                                snapshot: SnapshotUse::Used { version },
+                                replayed: 0,
+                                last_position: snap.meta.position,
+                                last_time: snap.meta.event_time,
+                                since_snapshot: 0,
+                            };
+                            self.replay(&mut loaded, events.collect(), anchor_chunk_full)?;
+                            self.snapshot_by_policy(&mut loaded);
+                            return Ok(loaded);
+                        }
+                        use_ = SnapshotUse::Ignored { version: Some(version), reason: SnapshotIgnored::Stale };
+                    }
+                }
+            }
+        }
+        let ignored = matches!(use_, SnapshotUse::Ignored { .. });
+        if ignored {
+            counters.ignored.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut loaded = Loaded {
+            stream: stream.to_owned(),
+            state: A::default(),
+            version: None,
+            snapshot: use_,
+            replayed: 0,
+            last_position: 0,
+            last_time: 0,
+            since_snapshot: 0,
+        };
+        let first = self.read_stream(stream, 0, REPLAY_CHUNK)?;
+        let more = first.len() >= REPLAY_CHUNK;
+        self.replay(&mut loaded, first, more)?;
+        if ignored && loaded.version.is_some() {
+            // Replace the unusable snapshot whatever the policy says.
+            let _ = self.queue_snapshot(&loaded, false);
+        } else {
+            self.snapshot_by_policy(&mut loaded);
+        }
+        Ok(loaded)
+    }
+
+    /// Applies `events` and then, if `more` (the read that returned them was cut at
+    /// [`REPLAY_CHUNK`]), the rest of the stream after them, chunk by chunk.
+    fn replay<A: Aggregate>(&self, loaded: &mut Loaded<A>, mut events: Vec<RecordedEvent>, more: bool) -> Result<()> {
+        let mut more = more;
+        loop {
+            for e in &events {
+                apply(&mut loaded.state, e)?;
+                loaded.version = Some(e.version);
+                loaded.last_position = e.position;
+                loaded.last_time = e.timestamp_nanos;
+                loaded.replayed += 1;
+                loaded.since_snapshot += 1;
+            }
+            // A read returns fewer than it was asked for only at the end of the stream.
+            if !more {
+                return Ok(());
+            }
+            let from = loaded.version.map_or(0, |v| v + 1);
+            events = self.read_stream(&loaded.stream, from, REPLAY_CHUNK)?;
+            more = events.len() >= REPLAY_CHUNK;
+        }
+    }
+
+    /// Appends `events` to the aggregate's stream, expecting the version it was loaded at,
+    /// then applies them to its state; takes a snapshot when the policy says so.
+    ///
+    /// On [`Error::WrongExpectedVersion`] nothing was written: load again and retry the
+    /// command. On [`Error::Apply`] the events were appended but the state could not follow:
+    /// load again.
+    pub fn commit<A: Aggregate>(&self, loaded: &mut Loaded<A>, events: &[EventData]) -> Result<AppendResult> {
+        let r = self.append(&loaded.stream, loaded.expected(), events)?;
+        for (i, data) in events.iter().enumerate() {
+            let e = RecordedEvent {
+                stream_id: loaded.stream.clone(),
+                version: r.first_version + i as u64,
+                partition: r.partition,
+                position: r.first_position + i as u64,
+                timestamp_nanos: r.timestamp_nanos,
+                event_type: data.event_type.clone(),
+                metadata: data.metadata.clone(),
+                payload: data.payload.clone(),
+            };
+            apply(&mut loaded.state, &e)?;
+            loaded.version = Some(e.version);
+            loaded.last_position = e.position;
+            loaded.last_time = e.timestamp_nanos;
+            loaded.since_snapshot += 1;
+        }
+        self.snapshot_by_policy(loaded);
+        Ok(r)
+    }
+
+    /// Takes a snapshot of `loaded` now (a significant state transition, say): encodes it on
+    /// this thread and queues it for the snapshotter, waiting only if its queue is full. Use
+    /// [`Store::flush_snapshots`] to wait until it is durable.
+    ///
+    /// Errors: [`Error::SnapshotTooLarge`]; [`Error::Closed`].
+    pub fn snapshot<A: Aggregate>(&self, loaded: &mut Loaded<A>) -> Result<()> {
+        if self.queue_snapshot(loaded, true)? {
+            loaded.since_snapshot = 0;
+        }
+        Ok(())
+    }
+
+    fn snapshot_by_policy<A: Aggregate>(&self, loaded: &mut Loaded<A>) {
+        if A::SNAPSHOT_EVERY > 0 && loaded.since_snapshot >= A::SNAPSHOT_EVERY && loaded.version.is_some() {
+            // An automatic snapshot is an optimisation: if it cannot be queued, it is counted
+            // as dropped and the next one due is tried.
+            if let Ok(true) = self.queue_snapshot(loaded, false) {
+                loaded.since_snapshot = 0;
+            }
+        }
+    }
+
+    /// Encodes and queues a snapshot of `loaded`; `wait`: block while the queue is full
+    /// (otherwise drop the snapshot and count it). Returns whether it was queued.
+    fn queue_snapshot<A: Aggregate>(&self, loaded: &Loaded<A>, wait: bool) -> Result<bool> {
+        let Some(version) = loaded.version else { return Ok(false) };
+        let state = loaded.state.encode();
+        if state.len() > MAX_SNAPSHOT_BYTES {
+            return Err(Error::SnapshotTooLarge { size: state.len(), max: MAX_SNAPSHOT_BYTES });
+        }
+        let job = Job::Write(Pending {
+            partition: self.partition_of(&loaded.stream),
+            stream: loaded.stream.clone(),
+            meta: Meta {
+                version,
+                position: loaded.last_position,
+                event_time: loaded.last_time,
+                written: now_nanos(),
+                schema: A::SCHEMA,
+            },
+            state,
+        });
+        self.send_snapshot_job(job, wait)
+    }
+}

@@ -1,0 +1,468 @@
+//! Snapshot sidecars: one per partition, beside its segments. The index of each sidecar (the
+//! latest record of every stream) is rebuilt by scanning the file on first use. One background
+//! thread, the snapshotter, writes every snapshot, so taking one never blocks an append.
+//!
+//! Snapshots are derived data: losing one costs a replay, never an event. So damage to a
+//! sidecar is reported and cut away rather than refused, and a failed sidecar write stops
+//! snapshots of that partition (until reopen) without touching its log.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry as MapEntry;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_channel::Receiver;
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::format::snapshot::{self as format, HeaderError, Meta, ScanEnd};
+use crate::io::{FileHandle, Io};
+use crate::segment::Report;
+use crate::store::{RecoveryAction, now_nanos};
+
+/// Where the latest snapshot of a stream is.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    offset: u64,
+    len: u32,
+    version: u64,
+    schema: u32,
+}
+
+impl Entry {
+    /// Whether a record for (`version`, `schema`) replaces this one: a newer version does, and
+    /// so does the same version under another schema (a re-snapshot after a schema change).
+    fn superseded_by(&self, version: u64, schema: u32) -> bool {
+        version > self.version || (version == self.version && schema != self.schema)
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    /// `None` until the first snapshot is written (the file is created then).
+    file: Option<Arc<FileHandle>>,
+    /// Where the next record goes.
+    end: u64,
+    index: HashMap<Box<str>, Entry>,
+    /// Bytes of the records in `index`.
+    live: u64,
+    rewrites: u64,
+    /// Why writing stopped, once it has.
+    failed: Option<String>,
+}
+
+impl State {
+    fn dead_bytes(&self) -> u64 {
+        self.end.saturating_sub(format::HEADER_LEN as u64 + self.live)
+    }
+}
+
+/// A snapshot as read back from a sidecar.
+#[derive(Debug, Clone)]
+pub(crate) struct Stored {
+    pub meta: Meta,
+    pub state: Vec<u8>,
+}
+
+/// One partition's snapshot sidecar.
+#[derive(Debug)]
+pub(crate) struct Sidecar {
+    partition: u32,
+    dir: PathBuf,
+    path: PathBuf,
+    io: Io,
+    report: Report,
+    state: Mutex<Option<State>>,
+}
+
+/// Counters of the snapshot machinery, shared by the store and its snapshotter.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub written: AtomicU64,
+    pub dropped: AtomicU64,
+    pub failed: AtomicU64,
+    pub rewrites: AtomicU64,
+    pub used: AtomicU64,
+    pub ignored: AtomicU64,
+}
+
+impl Sidecar {
+    pub fn new(dir: &Path, partition: u32, io: Io, report: Report) -> Sidecar {
+        Sidecar {
+            partition,
+            dir: dir.to_path_buf(),
+            path: dir.join(format::FILE_NAME),
+            io,
+            report,
+            state: Mutex::new(None),
+        }
+    }
+
+    fn note(&self, action: RecoveryAction) {
+        self.report.lock().push(action);
+    }
+
+    /// Runs `f` on the loaded state, scanning the file first if this is the first use.
+    fn with_state<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        let mut guard = self.state.lock();
+        let state = match &mut *guard {
+            Some(s) => s,
+            empty => empty.insert(self.load()?),
+        };
+        f(state)
+    }
+
+    /// Opens and scans the sidecar. Damage is cut away (and reported); only an I/O error
+    /// fails, and then the next use tries again.
+    fn load(&self) -> Result<State> {
+        let mut state = State {
+            file: None,
+            end: format::HEADER_LEN as u64,
+            index: HashMap::new(),
+            live: 0,
+            rewrites: 0,
+            failed: None,
+        };
+        let file = match self.io.open_rw(&self.path) {
+            Ok(f) => f,
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(state),
+            Err(e) => return Err(e),
+        };
+        let file_len = file.len()?;
+        let mut reader = BufReader::with_capacity(1 << 20, file.std());
+        let mut head = vec![0u8; format::HEADER_LEN.min(file_len as usize)];
+        reader.read_exact(&mut head).map_err(|e| Error::io("read", &self.path, e))?;
+        let header = match format::decode_header(&head) {
+            Ok(h) if h.partition == self.partition => Ok(h),
+            Ok(h) => Err(format!("sidecar of partition {} found in partition {}", h.partition, self.partition)),
+            Err(HeaderError::Foreign(why) | HeaderError::Corrupt(why)) => Err(why),
+            Err(HeaderError::Version(v)) => Err(format!("sidecar format version {v} is newer than this build's")),
+        };
+        let header = match header {
+            Ok(h) => h,
+            Err(reason) => {
+                // The whole file is untrusted: start a new, empty one in its place.
+                drop(reader);
+                drop(file);
+                self.create_file(&mut state, 0)?;
+                self.note(RecoveryAction::SnapshotsDiscarded {
+                    path: self.path.clone(),
+                    offset: 0,
+                    discarded_bytes: file_len,
+                    reason,
+                });
+                return Ok(state);
+            }
+        };
+        state.rewrites = header.rewrites;
+        let mut index: HashMap<Box<str>, Entry> = HashMap::new();
+        let end = format::scan(&mut reader, file_len, |offset, rec| {
+            let entry = Entry { offset, len: rec.len as u32, version: rec.meta.version, schema: rec.meta.schema };
+            match index.get_mut(rec.stream) {
+                Some(old) if old.superseded_by(entry.version, entry.schema) => *old = entry,
+                Some(_) => {}
+                None => {
+                    index.insert(rec.stream.into(), entry);
+                }
+            }
+        })
+        .map_err(|e| Error::io("read", &self.path, e))?;
+        drop(reader);
+        state.live = index.values().map(|e| u64::from(e.len)).sum();
+        state.index = index;
+        match end {
+            ScanEnd::Clean { data_end } => state.end = data_end,
+            ScanEnd::Damaged { data_end, reason } => {
+                // Records past the damage cannot be trusted; appending after it would hide
+                // every later record from the next scan. Cut it off.
+                file.set_len(data_end)?;
+                file.sync_data()?;
+                state.end = data_end;
+                self.note(RecoveryAction::SnapshotsDiscarded {
+                    path: self.path.clone(),
+                    offset: data_end,
+                    discarded_bytes: file_len - data_end,
+                    reason,
+                });
+            }
+        }
+        state.file = Some(Arc::new(file));
+        Ok(state)
+    }
+
+    /// Replaces the sidecar with an empty one (header only), durably.
+    fn create_file(&self, state: &mut State, rewrites: u64) -> Result<()> {
+        let header = format::Header { partition: self.partition, created: now_nanos(), rewrites };
+        self.io.write_atomic(&self.dir, format::FILE_NAME, &format::encode_header(&header))?;
+        state.file = Some(Arc::new(self.io.open_rw(&self.path)?));
+        state.end = format::HEADER_LEN as u64;
+        state.rewrites = rewrites;
+        Ok(())
+    }
+
+    /// The latest snapshot of `stream`, if any. `Err` carries why a snapshot that the index
+    /// lists could not be used (an I/O error or damage); the caller falls back to a replay.
+    pub fn read(&self, stream: &str) -> Result<Option<Stored>, String> {
+        let found =
+            self.with_state(|s| Ok(s.index.get(stream).copied().zip(s.file.clone()))).map_err(|e| e.to_string())?;
+        let Some((entry, file)) = found else { return Ok(None) };
+        let mut buf = vec![0u8; entry.len as usize];
+        let checked = file.read_exact_at(&mut buf, entry.offset).map_err(|e| e.to_string()).and_then(|()| {
+            let rec = format::decode_record(&buf)?;
+            if rec.stream != stream || rec.meta.version != entry.version {
+                return Err(format!("record is not the snapshot of {stream:?} the index expects"));
+            }
+            Ok(Stored { meta: rec.meta, state: rec.state.to_vec() })
+        });
+        if let Err(reason) = &checked {
+            self.note(RecoveryAction::SnapshotUnreadable {
+                path: self.path.clone(),
+                offset: entry.offset,
+                stream: stream.to_owned(),
+                reason: reason.clone(),
+            });
+        }
+        checked.map(Some)
+    }
+
+    /// Appends `records` (one write, one `fdatasync`), skipping any that an existing snapshot
+    /// of the same stream supersedes. Returns how many were written.
+    fn append(&self, records: &[Pending]) -> Result<u64> {
+        self.with_state(|s| {
+            if let Some(why) = &s.failed {
+                return Err(Error::io(
+                    "write snapshot",
+                    &self.path,
+                    std::io::Error::other(format!("snapshots of this partition stopped after: {why}")),
+                ));
+            }
+            let mut buf = Vec::new();
+            let mut placed = Vec::new();
+            for r in records {
+                if s.index.get(r.stream.as_str()).is_some_and(|e| !e.superseded_by(r.meta.version, r.meta.schema)) {
+                    continue;
+                }
+                let offset = s.end + buf.len() as u64;
+                let rec = format::encode_record(&r.stream, &r.meta, &r.state);
+                placed.push((r, offset, rec.len()));
+                buf.extend_from_slice(&rec);
+            }
+            if placed.is_empty() {
+                return Ok(0);
+            }
+            if s.file.is_none() {
+                self.create_file(s, 0)?;
+            }
+            let file = s.file.clone().ok_or(Error::Closed)?;
+            // A failed write leaves `end` where it was: the next append overwrites the bytes.
+            file.write_all_at(&buf, s.end)?;
+            if let Err(e) = file.sync_data() {
+                s.failed = Some(e.to_string());
+                return Err(e);
+            }
+            s.end += buf.len() as u64;
+            for (r, offset, len) in &placed {
+                let entry = Entry { offset: *offset, len: *len as u32, version: r.meta.version, schema: r.meta.schema };
+                match s.index.entry(r.stream.as_str().into()) {
+                    MapEntry::Occupied(mut o) => {
+                        if o.get().superseded_by(entry.version, entry.schema) {
+                            s.live -= u64::from(o.get().len);
+                            s.live += *len as u64;
+                            o.insert(entry);
+                        }
+                    }
+                    MapEntry::Vacant(v) => {
+                        s.live += *len as u64;
+                        v.insert(entry);
+                    }
+                }
+            }
+            Ok(placed.len() as u64)
+        })
+    }
+
+    /// Whether superseded records take at least `min_dead` bytes and at least as much as the
+    /// live ones.
+    fn wants_rewrite(&self, min_dead: u64) -> bool {
+        self.state
+            .lock()
+            .as_ref()
+            .is_some_and(|s| s.failed.is_none() && s.file.is_some() && s.dead_bytes() >= min_dead.max(s.live))
+    }
+
+    /// Rewrites the sidecar with only the latest record of each stream: a temporary file,
+    /// fsync, rename over the sidecar, fsync the directory. Only the snapshotter changes the
+    /// state, so the copy runs without the lock and readers keep reading the old file.
+    fn rewrite(&self) -> Result<()> {
+        let (file, mut entries, rewrites) = {
+            let guard = self.state.lock();
+            let Some(s) = guard.as_ref() else { return Ok(()) };
+            let Some(file) = s.file.clone() else { return Ok(()) };
+            let entries: Vec<(Box<str>, Entry)> = s.index.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            (file, entries, s.rewrites + 1)
+        };
+        entries.sort_unstable_by_key(|(_, e)| e.offset);
+        let tmp_name = format!("{}.tmp", format::FILE_NAME);
+        let tmp_path = self.dir.join(&tmp_name);
+        let result = (|| -> Result<(FileHandle, HashMap<Box<str>, Entry>, u64)> {
+            let tmp = self.io.create(&tmp_path)?;
+            let header = format::Header { partition: self.partition, created: now_nanos(), rewrites };
+            let mut out = format::encode_header(&header).to_vec();
+            let mut at = 0u64;
+            let mut index = HashMap::with_capacity(entries.len());
+            let mut buf = Vec::new();
+            for (stream, e) in entries {
+                buf.resize(e.len as usize, 0);
+                file.read_exact_at(&mut buf, e.offset)?;
+                if let Err(reason) = format::decode_record(&buf) {
+                    // Damaged since it was indexed: do not carry it over.
+                    self.note(RecoveryAction::SnapshotUnreadable {
+                        path: self.path.clone(),
+                        offset: e.offset,
+                        stream: stream.to_string(),
+                        reason,
+                    });
+                    continue;
+                }
+                let offset = at + out.len() as u64;
+                out.extend_from_slice(&buf);
+                index.insert(stream, Entry { offset, ..e });
+                if out.len() >= 1 << 20 {
+                    tmp.write_all_at(&out, at)?;
+                    at += out.len() as u64;
+                    out.clear();
+                }
+            }
+            tmp.write_all_at(&out, at)?;
+            at += out.len() as u64;
+            tmp.sync_all()?;
+            Ok((tmp, index, at))
+        })();
+        let (_tmp, index, end) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp_path);
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.io.rename(&tmp_path, &self.path) {
+            let _ = std::fs::remove_file(&tmp_path);
+            return Err(e);
+        }
+        let new_file = self.io.open_rw(&self.path);
+        let mut guard = self.state.lock();
+        let Some(s) = guard.as_mut() else { return Ok(()) };
+        match new_file {
+            Ok(f) => {
+                s.live = index.values().map(|e| u64::from(e.len)).sum();
+                s.file = Some(Arc::new(f));
+                s.index = index;
+                s.end = end;
+                s.rewrites = rewrites;
+            }
+            Err(e) => {
+                s.failed = Some(e.to_string());
+                return Err(e);
+            }
+        }
+        if let Err(e) = self.io.sync_dir(&self.dir) {
+            // Which file the directory holds after a crash is unknown: stop writing.
+            s.failed = Some(e.to_string());
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Size of the sidecar file (0 if there is none yet) and how many streams it covers.
+    pub fn sizes(&self) -> (u64, u64) {
+        self.state.lock().as_ref().map_or((0, 0), |s| (if s.file.is_some() { s.end } else { 0 }, s.index.len() as u64))
+    }
+}
+
+/// A snapshot waiting for the snapshotter.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub partition: u32,
+    pub stream: String,
+    pub meta: Meta,
+    pub state: Vec<u8>,
+}
+
+/// Work for the snapshotter.
+#[derive(Debug)]
+pub(crate) enum Job {
+    Write(Pending),
+    /// Reply once everything queued before this is written (or failed).
+    Flush(oneshot::Sender<Result<()>>),
+}
+
+/// How many jobs the snapshotter takes in one round.
+const ROUND: usize = 4096;
+
+/// The snapshotter: drains the queue, writes each partition's snapshots with one write and
+/// one `fdatasync`, and rewrites sidecars whose superseded records pile up. Ends when every
+/// sender is gone.
+pub(crate) fn run(rx: Receiver<Job>, sidecars: Vec<Arc<Sidecar>>, counters: Arc<Counters>, min_rewrite: u64) {
+    let mut first_error: Option<Error> = None;
+    while let Ok(job) = rx.recv() {
+        let mut writes: Vec<Vec<Pending>> = (0..sidecars.len()).map(|_| Vec::new()).collect();
+        let mut flushes = Vec::new();
+        let mut take = |job: Job| match job {
+            Job::Write(p) => {
+                if let Some(w) = writes.get_mut(p.partition as usize) {
+                    w.push(p);
+                }
+            }
+            Job::Flush(reply) => flushes.push(reply),
+        };
+        take(job);
+        for job in rx.try_iter().take(ROUND) {
+            take(job);
+        }
+        for (sidecar, mut pending) in sidecars.iter().zip(writes) {
+            if pending.is_empty() {
+                continue;
+            }
+            // Newest first per stream, so one round writes one record per stream.
+            pending.sort_by(|a, b| a.stream.cmp(&b.stream).then(b.meta.version.cmp(&a.meta.version)));
+            pending.dedup_by(|later, first| later.stream == first.stream);
+            let n = pending.len() as u64;
+            match sidecar.append(&pending) {
+                Ok(written) => {
+                    counters.written.fetch_add(written, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    counters.failed.fetch_add(n, Ordering::Relaxed);
+                    sidecar
+                        .note(RecoveryAction::SnapshotWriteFailed { path: sidecar.path.clone(), error: e.to_string() });
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            }
+            if sidecar.wants_rewrite(min_rewrite) {
+                match sidecar.rewrite() {
+                    Ok(()) => {
+                        counters.rewrites.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        sidecar.note(RecoveryAction::SnapshotWriteFailed {
+                            path: sidecar.path.clone(),
+                            error: e.to_string(),
+                        });
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        // A flush reports the failures since the previous flush.
+        let replied = !flushes.is_empty();
+        for reply in flushes {
+            let _ = reply.send(first_error.clone().map_or(Ok(()), Err));
+        }
+        if replied {
+            first_error = None;
+        }
+    }
+}
