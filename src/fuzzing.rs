@@ -158,3 +158,37 @@ pub fn store_open(data: &[u8]) {
     assert_eq!(r.first_position, all.len() as u64);
     store.close().expect("close");
 }
+
+/// Scans bytes as a snapshot sidecar: a header, then records. Every accepted record must
+/// re-encode to exactly its bytes, records must be contiguous, and the scan must end inside
+/// the input.
+pub fn snapshot_scan(data: &[u8]) {
+    use crate::format::snapshot::{self as snap, ScanEnd};
+    let data = &*fixed_up(data, |v| {
+        put_crc(v, 60, 0..60);
+        let mut off = snap::HEADER_LEN;
+        while let Some(len) = v.get(off..).and_then(snap::claimed_len) {
+            if len < 8 || off + len > v.len() {
+                break;
+            }
+            put_crc(v, off, off + 4..off + len);
+            off += len;
+        }
+    });
+    if snap::decode_header(data).is_err() {
+        return;
+    }
+    let Some(mut body) = data.get(snap::HEADER_LEN..) else { return };
+    let mut prev_end = snap::HEADER_LEN as u64;
+    let end = snap::scan(&mut body, data.len() as u64, |off, rec| {
+        assert_eq!(off, prev_end, "records are contiguous");
+        let again = snap::encode_record(rec.stream, &rec.meta, rec.state);
+        assert_eq!(Some(&again[..]), data.get(off as usize..off as usize + rec.len), "decode and encode disagree");
+        prev_end = off + rec.len as u64;
+    })
+    .expect("reading from memory cannot fail");
+    match end {
+        ScanEnd::Clean { data_end } => assert_eq!(data_end, data.len() as u64),
+        ScanEnd::Damaged { data_end, .. } => assert!(data_end == prev_end && data_end < data.len() as u64),
+    }
+}

@@ -122,3 +122,59 @@ fn reserved_bytes_must_be_zero() {
     h[60..].copy_from_slice(&sum.to_le_bytes());
     assert!(matches!(segment::decode_header(&h), Err(segment::HeaderError::Corrupt(_))));
 }
+
+fn golden_sidecar() -> Vec<u8> {
+    use super::snapshot::{self, Header, Meta};
+    let mut bytes = snapshot::encode_header(&Header { partition: 3, created: 1_764_115_200_000_000_000, rewrites: 2 }).to_vec();
+    let first = Meta { version: 99, position: 5000, event_time: 1_764_115_100_000_000_000, written: 1_764_115_150_000_000_000, schema: 1 };
+    bytes.extend_from_slice(&snapshot::encode_record("account-42", &first, b"{\"balance\":1200}"));
+    let second = Meta { version: 199, position: 9000, event_time: 1_764_115_190_000_000_000, written: 1_764_115_195_000_000_000, schema: 2 };
+    bytes.extend_from_slice(&snapshot::encode_record("account-42", &second, &[0, 1, 2, 0xff]));
+    bytes
+}
+
+#[test]
+fn snapshot_sidecar_bytes_are_pinned() {
+    use super::snapshot::{self, ScanEnd};
+    let bytes = golden_sidecar();
+    let pinned = fixture("snapshot.bin", &bytes);
+    assert_eq!(bytes, pinned, "the snapshot sidecar encoder's output changed");
+    let h = snapshot::decode_header(&pinned).unwrap();
+    assert_eq!((h.partition, h.created, h.rewrites), (3, 1_764_115_200_000_000_000, 2));
+    let mut seen = Vec::new();
+    let mut r = &pinned[snapshot::HEADER_LEN..];
+    let end = snapshot::scan(&mut r, pinned.len() as u64, |off, rec| {
+        seen.push((off, rec.stream.to_owned(), rec.meta, rec.state.to_vec()));
+    })
+    .unwrap();
+    assert_eq!(end, ScanEnd::Clean { data_end: pinned.len() as u64 });
+    assert_eq!(seen.len(), 2);
+    assert_eq!((seen[0].0, seen[0].1.as_str(), seen[0].3.as_slice()), (64, "account-42", &b"{\"balance\":1200}"[..]));
+    assert_eq!((seen[0].2.version, seen[0].2.position, seen[0].2.schema), (99, 5000, 1));
+    assert_eq!(seen[0].2.event_time, 1_764_115_100_000_000_000);
+    assert_eq!(seen[0].2.written, 1_764_115_150_000_000_000);
+    // 56-byte header + 10-byte id + 16-byte state = 82, padded to 88.
+    assert_eq!(seen[1].0, 64 + 88);
+    assert_eq!((seen[1].2.version, seen[1].2.schema, seen[1].3.as_slice()), (199, 2, &[0, 1, 2, 0xff][..]));
+}
+
+#[test]
+fn a_torn_or_flipped_sidecar_record_ends_the_scan_there() {
+    use super::snapshot::{self, ScanEnd};
+    let bytes = golden_sidecar();
+    let second = 64 + 88;
+    for cut in [bytes.len() - 1, second + 7, second + 60] {
+        let mut r = &bytes[snapshot::HEADER_LEN..cut];
+        let mut n = 0;
+        let end = snapshot::scan(&mut r, cut as u64, |_, _| n += 1).unwrap();
+        assert!(matches!(end, ScanEnd::Damaged { data_end, .. } if data_end == second as u64), "{cut}: {end:?}");
+        assert_eq!(n, 1);
+    }
+    for flip in [second, second + 5, second + 30, second + 47, second + 52, bytes.len() - 1] {
+        let mut b = bytes.clone();
+        b[flip] ^= 0x40;
+        let mut r = &b[snapshot::HEADER_LEN..];
+        let end = snapshot::scan(&mut r, b.len() as u64, |_, _| {}).unwrap();
+        assert!(matches!(end, ScanEnd::Damaged { data_end, .. } if data_end == second as u64), "{flip}: {end:?}");
+    }
+}
