@@ -53,15 +53,11 @@ impl<const EVERY: u64> Aggregate for Account<EVERY> {
     }
 
     fn decode(schema: u32, state: &[u8]) -> Option<Self> {
-        if schema != 1 || state.len() < 16 || state.len() % 8 != 0 {
+        if schema != 1 || state.len() < 16 || !state.len().is_multiple_of(8) {
             return None;
         }
         let word = |i: usize| i64::from_le_bytes(state[i * 8..i * 8 + 8].try_into().unwrap());
-        Some(Account {
-            balance: word(0),
-            operations: word(1) as u64,
-            recent: (2..state.len() / 8).map(word).collect(),
-        })
+        Some(Account { balance: word(0), operations: word(1) as u64, recent: (2..state.len() / 8).map(word).collect() })
     }
 }
 

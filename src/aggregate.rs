@@ -159,9 +159,6 @@ pub struct SnapshotStats {
     pub streams: u64,
 }
 
-/// How many events a replay reads at a time (bounds its memory).
-const REPLAY_CHUNK: usize = 1024;
-
 fn apply<A: Aggregate>(state: &mut A, e: &RecordedEvent) -> Result<()> {
     state.apply(e).map_err(|err| Error::Apply {
         stream: e.stream_id.clone(),
@@ -184,53 +181,39 @@ impl Store {
         crate::format::batch::check_stream_id(stream)?;
         let sidecar = self.sidecar_of(stream)?;
         let counters = self.snapshot_counters();
-        let mut use_ = SnapshotUse::None;
-        match sidecar.read(stream) {
-            Ok(None) => {}
-            Err(reason) => {
-                use_ = SnapshotUse::Ignored { version: None, reason: SnapshotIgnored::Unreadable { reason } };
-            }
+        let use_ = match sidecar.read(stream) {
+            Ok(None) => SnapshotUse::None,
+            Err(reason) => SnapshotUse::Ignored { version: None, reason: SnapshotIgnored::Unreadable { reason } },
             Ok(Some(snap)) => {
                 let version = snap.meta.version;
                 match A::decode(snap.meta.schema, &snap.state) {
-                    None => {
-                        use_ = SnapshotUse::Ignored {
-                            version: Some(version),
-                            reason: SnapshotIgnored::Rejected { schema: snap.meta.schema },
-                        };
-                    }
+                    None => SnapshotUse::Ignored {
+                        version: Some(version),
+                        reason: SnapshotIgnored::Rejected { schema: snap.meta.schema },
+                    },
                     Some(state) => {
-                        // Read from the snapshot's own event, to check it is the one the
-                        // snapshot was taken after.
-                        let chunk = self.read_stream(stream, version, REPLAY_CHUNK)?;
-                        let anchor_chunk_full = chunk.len() >= REPLAY_CHUNK;
-                        let mut events = chunk.into_iter();
-                        let anchor = events.next();
-                        if anchor.as_ref().is_some_and(|e| {
-                            e.version == version
-                                && e.position == snap.meta.position
-                                && e.timestamp_nanos == snap.meta.event_time
-                        }) {
+                        let mut loaded = Loaded {
+                            stream: stream.to_owned(),
+                            state,
+                            version: Some(version),
+                            snapshot: SnapshotUse::Used { version },
+                            replayed: 0,
+                            last_position: snap.meta.position,
+                            last_time: snap.meta.event_time,
+                            since_snapshot: 0,
+                        };
+                        // Read from the snapshot's own event: it must be the one the snapshot
+                        // was taken after (the anchor), or the snapshot is stale.
+                        if self.replay(&mut loaded, Some((snap.meta.position, snap.meta.event_time)))? {
                             counters.used.fetch_add(1, Ordering::Relaxed);
-                            let mut loaded = Loaded {
-                                stream: stream.to_owned(),
-                                state,
-                                version: Some(version),
-                                snapshot: SnapshotUse::Used { version },
-                                replayed: 0,
-                                last_position: snap.meta.position,
-                                last_time: snap.meta.event_time,
-                                since_snapshot: 0,
-                            };
-                            self.replay(&mut loaded, events.collect(), anchor_chunk_full)?;
                             self.snapshot_by_policy(&mut loaded);
                             return Ok(loaded);
                         }
-                        use_ = SnapshotUse::Ignored { version: Some(version), reason: SnapshotIgnored::Stale };
+                        SnapshotUse::Ignored { version: Some(version), reason: SnapshotIgnored::Stale }
                     }
                 }
             }
-        }
+        };
         let ignored = matches!(use_, SnapshotUse::Ignored { .. });
         if ignored {
             counters.ignored.fetch_add(1, Ordering::Relaxed);
@@ -245,38 +228,79 @@ impl Store {
             last_time: 0,
             since_snapshot: 0,
         };
-        let first = self.read_stream(stream, 0, REPLAY_CHUNK)?;
-        let more = first.len() >= REPLAY_CHUNK;
-        self.replay(&mut loaded, first, more)?;
+        self.replay(&mut loaded, None)?;
         if ignored && loaded.version.is_some() {
-            // Replace the unusable snapshot whatever the policy says.
-            let _ = self.queue_snapshot(&loaded, false);
+            // Replace the unusable snapshot, whatever the policy says and whatever its version.
+            if let Ok(true) = self.queue_snapshot(&loaded, false, true) {
+                loaded.since_snapshot = 0;
+            }
         } else {
             self.snapshot_by_policy(&mut loaded);
         }
         Ok(loaded)
     }
 
-    /// Applies `events` and then, if `more` (the read that returned them was cut at
-    /// [`REPLAY_CHUNK`]), the rest of the stream after them, chunk by chunk.
-    fn replay<A: Aggregate>(&self, loaded: &mut Loaded<A>, mut events: Vec<RecordedEvent>, more: bool) -> Result<()> {
-        let mut more = more;
-        loop {
-            for e in &events {
-                apply(&mut loaded.state, e)?;
-                loaded.version = Some(e.version);
-                loaded.last_position = e.position;
-                loaded.last_time = e.timestamp_nanos;
+    /// Applies the stream's events after `loaded.version` (all of them if `None`), straight
+    /// from the log through one reused event (no allocation per event). With an `anchor`
+    /// (position, timestamp), the read starts at `loaded.version` itself, whose event must
+    /// have that position and timestamp: returns `false`, having applied nothing, if it does
+    /// not.
+    fn replay<A: Aggregate>(&self, loaded: &mut Loaded<A>, anchor: Option<(u64, u64)>) -> Result<bool> {
+        let hash = crate::router::stream_hash(&loaded.stream);
+        let partition = self.partition_of(&loaded.stream);
+        let from = match (anchor, loaded.version) {
+            (Some(_), Some(v)) => v,
+            (_, v) => v.map_or(0, |v| v + 1),
+        };
+        let mut event = RecordedEvent {
+            stream_id: loaded.stream.clone(),
+            version: 0,
+            partition,
+            position: 0,
+            timestamp_nanos: 0,
+            event_type: String::new(),
+            metadata: Vec::new(),
+            payload: Vec::new(),
+        };
+        let mut anchored = anchor.is_none();
+        let mut failed: Option<Error> = None;
+        let mut stop = false;
+        self.partition_ref(partition)?.visit_stream(&loaded.stream, hash, from, usize::MAX, &mut |b, skip, take| {
+            for (i, e) in b.events().enumerate().skip(skip).take(take) {
+                if stop {
+                    return;
+                }
+                let (version, position) = (b.first_version + i as u64, b.base_position + i as u64);
+                if !anchored {
+                    // The first event read is the anchor: checked, not applied.
+                    anchored = anchor == Some((position, b.timestamp)) && version == from;
+                    stop = !anchored;
+                    continue;
+                }
+                event.version = version;
+                event.position = position;
+                event.timestamp_nanos = b.timestamp;
+                event.event_type.clear();
+                event.event_type.push_str(e.event_type);
+                event.metadata.clear();
+                event.metadata.extend_from_slice(e.metadata);
+                event.payload.clear();
+                event.payload.extend_from_slice(e.payload);
+                if let Err(err) = apply(&mut loaded.state, &event) {
+                    failed = Some(err);
+                    stop = true;
+                    return;
+                }
+                loaded.version = Some(version);
+                loaded.last_position = position;
+                loaded.last_time = b.timestamp;
                 loaded.replayed += 1;
                 loaded.since_snapshot += 1;
             }
-            // A read returns fewer than it was asked for only at the end of the stream.
-            if !more {
-                return Ok(());
-            }
-            let from = loaded.version.map_or(0, |v| v + 1);
-            events = self.read_stream(&loaded.stream, from, REPLAY_CHUNK)?;
-            more = events.len() >= REPLAY_CHUNK;
+        })?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(anchored),
         }
     }
 
@@ -315,7 +339,7 @@ impl Store {
     ///
     /// Errors: [`Error::SnapshotTooLarge`]; [`Error::Closed`].
     pub fn snapshot<A: Aggregate>(&self, loaded: &mut Loaded<A>) -> Result<()> {
-        if self.queue_snapshot(loaded, true)? {
+        if self.queue_snapshot(loaded, true, false)? {
             loaded.since_snapshot = 0;
         }
         Ok(())
@@ -325,15 +349,17 @@ impl Store {
         if A::SNAPSHOT_EVERY > 0 && loaded.since_snapshot >= A::SNAPSHOT_EVERY && loaded.version.is_some() {
             // An automatic snapshot is an optimisation: if it cannot be queued, it is counted
             // as dropped and the next one due is tried.
-            if let Ok(true) = self.queue_snapshot(loaded, false) {
+            if let Ok(true) = self.queue_snapshot(loaded, false, false) {
                 loaded.since_snapshot = 0;
             }
         }
     }
 
     /// Encodes and queues a snapshot of `loaded`; `wait`: block while the queue is full
-    /// (otherwise drop the snapshot and count it). Returns whether it was queued.
-    fn queue_snapshot<A: Aggregate>(&self, loaded: &Loaded<A>, wait: bool) -> Result<bool> {
+    /// (otherwise drop the snapshot and count it); `replaces`: supersede the stream's
+    /// snapshots whatever their versions (after a load found the latest unusable). Returns
+    /// whether it was queued.
+    fn queue_snapshot<A: Aggregate>(&self, loaded: &Loaded<A>, wait: bool, replaces: bool) -> Result<bool> {
         let Some(version) = loaded.version else { return Ok(false) };
         let state = loaded.state.encode();
         if state.len() > MAX_SNAPSHOT_BYTES {
@@ -348,6 +374,7 @@ impl Store {
                 event_time: loaded.last_time,
                 written: now_nanos(),
                 schema: A::SCHEMA,
+                replaces,
             },
             state,
         });

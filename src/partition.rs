@@ -216,6 +216,26 @@ impl Partition {
         Ok(out)
     }
 
+    /// Calls `f(batch, skip, take)` for the batches holding the stream's events from version
+    /// `from` on (see [`View::visit_stream`]), oldest first, up to `limit` events.
+    pub fn visit_stream(
+        &self,
+        stream: &str,
+        hash: u64,
+        from: u64,
+        limit: usize,
+        f: &mut dyn FnMut(&crate::format::batch::BatchView<'_>, usize, usize),
+    ) -> Result<usize> {
+        let mut taken = 0;
+        for (seg, end) in self.snapshot() {
+            if taken >= limit {
+                break;
+            }
+            taken += self.view(&seg, end)?.visit_stream(&seg, stream, hash, from, limit - taken, f)?;
+        }
+        Ok(taken)
+    }
+
     pub fn read_stream_back(&self, stream: &str, hash: u64, from: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
         let mut out = Vec::new();
         for (seg, end) in self.snapshot().into_iter().rev() {

@@ -423,7 +423,9 @@ impl View {
             let Some(first) = entries.get(i).map(StreamEntry::get) else { break };
             let block = entries.get(i..hi).unwrap_or(&[]);
             let j = i + block.partition_point(|e| e.get().tag <= first.tag);
-            let same = self.with_batch(seg, first.offset, 0, |b| b.stream_id == stream)?;
+            // Only the stream id is needed here: the batches are checked when they are read.
+            let start = usize::try_from(first.offset).unwrap_or(usize::MAX);
+            let same = s.data.get(start..).and_then(batch::peek_stream_id) == Some(stream);
             if same {
                 return Ok(entries.get(i..j).unwrap_or(&[]));
             }
@@ -492,6 +494,31 @@ impl View {
         }
     }
 
+    /// Calls `f(batch, skip, take)` for each checked batch of `stream` holding versions >=
+    /// `from`, in version order, where the batch's events `skip..skip + take` are the ones
+    /// wanted, until `limit` events are taken. Returns how many were.
+    pub fn visit_stream(
+        &self,
+        seg: &Segment,
+        stream: &str,
+        hash: u64,
+        from: u64,
+        limit: usize,
+        f: &mut dyn FnMut(&BatchView<'_>, usize, usize),
+    ) -> Result<usize> {
+        let mut taken = 0;
+        for e in &self.stream_batches(seg, stream, hash, from, limit, true)? {
+            if taken >= limit {
+                break;
+            }
+            let skip = from.saturating_sub(e.first_version) as usize;
+            let take = (e.count as usize).saturating_sub(skip).min(limit - taken);
+            self.checked_stream_batch(seg, stream, e, |b| f(b, skip, take))?;
+            taken += take;
+        }
+        Ok(taken)
+    }
+
     /// Appends to `out` the events of `stream` with version >= `from`, forward, until `out`
     /// holds `limit` events.
     pub fn read_stream(
@@ -503,13 +530,8 @@ impl View {
         limit: usize,
         out: &mut Vec<RecordedEvent>,
     ) -> Result<()> {
-        for e in &self.stream_batches(seg, stream, hash, from, limit - out.len().min(limit), true)? {
-            if out.len() >= limit {
-                break;
-            }
-            let skip = from.saturating_sub(e.first_version) as usize;
-            self.checked_stream_batch(seg, stream, e, |b| emit(b, seg.partition, skip, limit - out.len(), out))?;
-        }
+        let left = limit - out.len().min(limit);
+        self.visit_stream(seg, stream, hash, from, left, &mut |b, skip, take| emit(b, seg.partition, skip, take, out))?;
         Ok(())
     }
 

@@ -32,10 +32,11 @@ struct Entry {
 }
 
 impl Entry {
-    /// Whether a record for (`version`, `schema`) replaces this one: a newer version does, and
-    /// so does the same version under another schema (a re-snapshot after a schema change).
-    fn superseded_by(&self, version: u64, schema: u32) -> bool {
-        version > self.version || (version == self.version && schema != self.schema)
+    /// Whether a later record (`meta`) supersedes this one: a newer version does, so does the
+    /// same version under another schema (a re-snapshot after a schema change), and so does a
+    /// record flagged as replacing an unusable snapshot (whatever its version).
+    fn superseded_by(&self, meta: &Meta) -> bool {
+        meta.replaces || meta.version > self.version || (meta.version == self.version && meta.schema != self.schema)
     }
 }
 
@@ -161,7 +162,7 @@ impl Sidecar {
         let end = format::scan(&mut reader, file_len, |offset, rec| {
             let entry = Entry { offset, len: rec.len as u32, version: rec.meta.version, schema: rec.meta.schema };
             match index.get_mut(rec.stream) {
-                Some(old) if old.superseded_by(entry.version, entry.schema) => *old = entry,
+                Some(old) if old.superseded_by(&rec.meta) => *old = entry,
                 Some(_) => {}
                 None => {
                     index.insert(rec.stream.into(), entry);
@@ -241,7 +242,7 @@ impl Sidecar {
             let mut buf = Vec::new();
             let mut placed = Vec::new();
             for r in records {
-                if s.index.get(r.stream.as_str()).is_some_and(|e| !e.superseded_by(r.meta.version, r.meta.schema)) {
+                if s.index.get(r.stream.as_str()).is_some_and(|e| !e.superseded_by(&r.meta)) {
                     continue;
                 }
                 let offset = s.end + buf.len() as u64;
@@ -267,7 +268,7 @@ impl Sidecar {
                 let entry = Entry { offset: *offset, len: *len as u32, version: r.meta.version, schema: r.meta.schema };
                 match s.index.entry(r.stream.as_str().into()) {
                     MapEntry::Occupied(mut o) => {
-                        if o.get().superseded_by(entry.version, entry.schema) {
+                        if o.get().superseded_by(&r.meta) {
                             s.live -= u64::from(o.get().len);
                             s.live += *len as u64;
                             o.insert(entry);
@@ -425,9 +426,24 @@ pub(crate) fn run(rx: Receiver<Job>, sidecars: Vec<Arc<Sidecar>>, counters: Arc<
             if pending.is_empty() {
                 continue;
             }
-            // Newest first per stream, so one round writes one record per stream.
-            pending.sort_by(|a, b| a.stream.cmp(&b.stream).then(b.meta.version.cmp(&a.meta.version)));
-            pending.dedup_by(|later, first| later.stream == first.stream);
+            // One record per stream and round: the last queued if it replaces, else the newest.
+            // (A stable sort keeps the queue order within a stream.)
+            pending.sort_by(|a, b| a.stream.cmp(&b.stream));
+            let mut one: Vec<Pending> = Vec::with_capacity(pending.len());
+            for p in pending {
+                match one.last_mut() {
+                    Some(last) if last.stream == p.stream => {
+                        if p.meta.replaces || (!last.meta.replaces && p.meta.version >= last.meta.version) {
+                            *last = p;
+                        } else if last.meta.replaces && p.meta.version > last.meta.version {
+                            // A newer snapshot after a replacing one still replaces.
+                            *last = Pending { meta: Meta { replaces: true, ..p.meta }, ..p };
+                        }
+                    }
+                    _ => one.push(p),
+                }
+            }
+            let pending = one;
             let n = pending.len() as u64;
             match sidecar.append(&pending) {
                 Ok(written) => {

@@ -582,6 +582,10 @@ impl Store {
         Ok(&self.partition(self.partition_of(stream))?.snapshots)
     }
 
+    pub(crate) fn partition_ref(&self, id: u32) -> Result<&Arc<Partition>> {
+        self.partition(id)
+    }
+
     pub(crate) fn snapshot_counters(&self) -> &snapshot::Counters {
         &self.shared.snapshots
     }

@@ -253,6 +253,13 @@ fn a_snapshot_of_events_the_log_does_not_hold_is_stale() {
         let l = store.load::<T10>("s").unwrap();
         assert_eq!(l.snapshot, SnapshotUse::Ignored { version: Some(29), reason: SnapshotIgnored::Stale }, "{n}");
         assert_eq!((l.replayed, l.state), (n as u64, Tally::replayed(&store, "s")));
+        // The load replaced the stale snapshot, even with one of a lower version (in `b`).
+        store.flush_snapshots().unwrap();
+        let again = store.load::<T10>("s").unwrap();
+        assert_eq!(again.snapshot, SnapshotUse::Used { version: n as u64 - 1 }, "{n}");
+        store.close().unwrap();
+        let store = Store::open(dir, Options::default()).unwrap();
+        assert_eq!(store.load::<T10>("s").unwrap().snapshot, SnapshotUse::Used { version: n as u64 - 1 }, "{n}");
     }
 }
 

@@ -264,6 +264,14 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<BatchView<'_>, Bad> {
     Ok(BatchView { length, base_position, first_version, timestamp, synced_offset, event_count, stream_id, events })
 }
 
+/// The stream id a batch's header names, without checking the batch (`None` if the bytes are
+/// too short or not UTF-8). For telling hash-colliding streams apart in an index; the batch
+/// itself is checked when it is read.
+pub(crate) fn peek_stream_id(bytes: &[u8]) -> Option<&str> {
+    let len = le_u16(bytes, STREAM_ID_LEN_OFFSET)? as usize;
+    std::str::from_utf8(bytes.get(HEADER_LEN..HEADER_LEN.checked_add(len)?)?).ok()
+}
+
 fn split_event(bytes: &[u8]) -> Result<(EventRef<'_>, &[u8]), &'static str> {
     let type_len = le_u16(bytes, 0).ok_or("event header cut short")? as usize;
     let reserved = le_u16(bytes, 2).ok_or("event header cut short")?;

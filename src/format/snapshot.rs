@@ -26,11 +26,16 @@
 //! 40  4  schema          the aggregate's schema tag for `state`
 //! 44  2  stream_id_len   1..=MAX_STREAM_ID_LEN
 //! 46  1  kind            1 = snapshot
-//! 47  1  flags           0
+//! 47  1  flags           bit 0 = REPLACES; the other bits are zero
 //! 48  4  state_len       <= MAX_SNAPSHOT_BYTES
 //! 52  4  reserved        zeros
 //! 56  .. stream id (UTF-8), state, zero padding (< 8 bytes)
 //! ```
+//!
+//! Of a stream's records, the latest is the one with the highest version (a later record
+//! wins a tie only under another schema tag), except that a record flagged REPLACES supersedes
+//! every earlier record of its stream, whatever their versions: it is written when a load
+//! found the latest snapshot unusable (stale, unreadable) and rebuilt the state by replay.
 //!
 //! `position` and `event_time` pin the exact event the snapshot was taken after, so a snapshot
 //! that outlived its events (lost in a crash under buffered durability, or a log restored
@@ -49,6 +54,7 @@ const CRC_OFFSET: usize = 60;
 /// Length of a record's fixed header.
 pub(crate) const RECORD_HEADER_LEN: usize = 56;
 const KIND_SNAPSHOT: u8 = 1;
+const FLAG_REPLACES: u8 = 1;
 /// Largest snapshot state, in bytes.
 pub const MAX_SNAPSHOT_BYTES: usize = 64 << 20;
 /// Longest possible record.
@@ -123,6 +129,8 @@ pub(crate) struct Meta {
     pub event_time: u64,
     pub written: u64,
     pub schema: u32,
+    /// Supersedes every earlier record of the stream, whatever its version.
+    pub replaces: bool,
 }
 
 /// Encodes one record. The caller has checked the stream id and the state's size.
@@ -138,6 +146,9 @@ pub(crate) fn encode_record(stream: &str, meta: &Meta, state: &[u8]) -> Vec<u8> 
     put_u16(&mut r, 44, stream.len() as u16);
     if let Some(k) = r.get_mut(46) {
         *k = KIND_SNAPSHOT;
+    }
+    if let Some(f) = r.get_mut(47) {
+        *f = if meta.replaces { FLAG_REPLACES } else { 0 };
     }
     put_u32(&mut r, 48, state.len() as u32);
     let id_end = RECORD_HEADER_LEN + stream.len();
@@ -189,7 +200,8 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<RecordView<'_>, String> {
     if bytes.get(46) != Some(&KIND_SNAPSHOT) {
         return Err(format!("unknown snapshot record kind {:?}", bytes.get(46)));
     }
-    if bytes.get(47) != Some(&0) || le_u32(bytes, 52) != Some(0) {
+    let flags = bytes.get(47).copied().unwrap_or(u8::MAX);
+    if flags & !FLAG_REPLACES != 0 || le_u32(bytes, 52) != Some(0) {
         return Err("reserved snapshot record bytes are not zero".into());
     }
     let id_len = le_u16(bytes, 44).unwrap_or(0) as usize;
@@ -223,6 +235,7 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<RecordView<'_>, String> {
             event_time: le_u64(bytes, 24).unwrap_or(0),
             written: le_u64(bytes, 32).unwrap_or(0),
             schema: le_u32(bytes, 40).unwrap_or(0),
+            replaces: flags & FLAG_REPLACES != 0,
         },
         state: bytes.get(id_end..state_end).unwrap_or(&[]),
         len,

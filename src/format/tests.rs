@@ -125,10 +125,25 @@ fn reserved_bytes_must_be_zero() {
 
 fn golden_sidecar() -> Vec<u8> {
     use super::snapshot::{self, Header, Meta};
-    let mut bytes = snapshot::encode_header(&Header { partition: 3, created: 1_764_115_200_000_000_000, rewrites: 2 }).to_vec();
-    let first = Meta { version: 99, position: 5000, event_time: 1_764_115_100_000_000_000, written: 1_764_115_150_000_000_000, schema: 1 };
+    let mut bytes =
+        snapshot::encode_header(&Header { partition: 3, created: 1_764_115_200_000_000_000, rewrites: 2 }).to_vec();
+    let first = Meta {
+        version: 99,
+        position: 5000,
+        event_time: 1_764_115_100_000_000_000,
+        written: 1_764_115_150_000_000_000,
+        schema: 1,
+        replaces: false,
+    };
     bytes.extend_from_slice(&snapshot::encode_record("account-42", &first, b"{\"balance\":1200}"));
-    let second = Meta { version: 199, position: 9000, event_time: 1_764_115_190_000_000_000, written: 1_764_115_195_000_000_000, schema: 2 };
+    let second = Meta {
+        version: 199,
+        position: 9000,
+        event_time: 1_764_115_190_000_000_000,
+        written: 1_764_115_195_000_000_000,
+        schema: 2,
+        replaces: true,
+    };
     bytes.extend_from_slice(&snapshot::encode_record("account-42", &second, &[0, 1, 2, 0xff]));
     bytes
 }
@@ -156,6 +171,7 @@ fn snapshot_sidecar_bytes_are_pinned() {
     // 56-byte header + 10-byte id + 16-byte state = 82, padded to 88.
     assert_eq!(seen[1].0, 64 + 88);
     assert_eq!((seen[1].2.version, seen[1].2.schema, seen[1].3.as_slice()), (199, 2, &[0, 1, 2, 0xff][..]));
+    assert!(!seen[0].2.replaces && seen[1].2.replaces);
 }
 
 #[test]
