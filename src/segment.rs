@@ -423,9 +423,12 @@ impl View {
             let Some(first) = entries.get(i).map(StreamEntry::get) else { break };
             let block = entries.get(i..hi).unwrap_or(&[]);
             let j = i + block.partition_point(|e| e.get().tag <= first.tag);
-            // Only the stream id is needed here: the batches are checked when they are read.
+            // A match needs no checksum here: the batches are checked when they are read. A
+            // mismatch must be a checked one, or damage to the id would hide the stream's
+            // events instead of being reported.
             let start = usize::try_from(first.offset).unwrap_or(usize::MAX);
-            let same = s.data.get(start..).and_then(batch::peek_stream_id) == Some(stream);
+            let same = s.data.get(start..).and_then(batch::peek_stream_id) == Some(stream)
+                || self.with_batch(seg, first.offset, 0, |b| b.stream_id == stream)?;
             if same {
                 return Ok(entries.get(i..j).unwrap_or(&[]));
             }
