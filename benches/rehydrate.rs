@@ -96,10 +96,10 @@ fn bench(c: &mut Criterion) {
     store.flush_snapshots().unwrap();
 
     let loaded = store.load::<Account<100>>("snap").unwrap();
-    assert_eq!(loaded.snapshot, strata::SnapshotUse::Used { version: HISTORY - BATCH - 1 });
-    assert_eq!((loaded.replayed, loaded.version), (BATCH - 1, Some(HISTORY - 2)));
+    assert_eq!(*loaded.snapshot(), strata::SnapshotUse::Used { version: HISTORY - BATCH - 1 });
+    assert_eq!((loaded.replayed(), loaded.version()), (BATCH - 1, Some(HISTORY - 2)));
     let full = store.load::<Account<0>>("replay").unwrap();
-    assert_eq!((full.replayed, full.version), (HISTORY, Some(HISTORY - 1)));
+    assert_eq!((full.replayed(), full.version()), (HISTORY, Some(HISTORY - 1)));
     eprintln!("sidecar: {:?}", store.snapshot_stats());
 
     let mut g = c.benchmark_group("rehydrate");
@@ -107,7 +107,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("snapshot+99", |b| {
         b.iter(|| {
             let a = store.load::<Account<100>>("snap").unwrap();
-            debug_assert_eq!(a.replayed, BATCH - 1);
+            debug_assert_eq!(a.replayed(), BATCH - 1);
             a
         })
     });

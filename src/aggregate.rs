@@ -44,8 +44,8 @@ pub type ApplyError = Box<dyn std::error::Error + Send + Sync>;
 /// let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
 /// let mut acct = store.load::<Account>("account-1")?;
 /// store.commit(&mut acct, &[EventData::new("Deposited", "100"), EventData::new("Withdrawn", "30")])?;
-/// assert_eq!(acct.state.balance, 70);
-/// assert_eq!(store.load::<Account>("account-1")?.state.balance, 70);
+/// assert_eq!(acct.state().balance, 70);
+/// assert_eq!(store.load::<Account>("account-1")?.state().balance, 70);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub trait Aggregate: Default + Sized {
@@ -55,8 +55,16 @@ pub trait Aggregate: Default + Sized {
     const SCHEMA: u32;
 
     /// Take a snapshot automatically after this many events since the last one (0: only on
-    /// demand, with [`Store::snapshot`]).
+    /// demand, with [`Store::snapshot`], and to replace a snapshot a load found unusable).
     const SNAPSHOT_EVERY: u64 = 100;
+
+    /// The aggregate type's name, recorded (as a CRC-32) with its snapshots: a snapshot is
+    /// only offered to [`Aggregate::decode`] of the type with the same name. Defaults to the
+    /// Rust type name; override it to keep snapshots valid across a rename (or a change of
+    /// generic parameters).
+    fn name() -> &'static str {
+        std::any::type_name::<Self>()
+    }
 
     /// Applies one event of the stream (in version order) to the state.
     fn apply(&mut self, event: &RecordedEvent) -> std::result::Result<(), ApplyError>;
@@ -78,6 +86,9 @@ pub enum SnapshotIgnored {
         /// The snapshot's schema tag.
         schema: u32,
     },
+    /// Another aggregate type (by [`Aggregate::name`]) took the snapshot. A stream should have
+    /// one aggregate type; renaming it also ends here (once: the load snapshots again).
+    OtherAggregate,
     /// The snapshot covers events the log does not hold (lost in a crash under
     /// [`Durability::Buffered`](crate::Durability::Buffered), or a log restored from an
     /// older copy).
@@ -111,30 +122,82 @@ pub enum SnapshotUse {
 }
 
 /// An aggregate loaded by [`Store::load`]: its state and the version it reflects.
+///
+/// The state changes only through [`Store::commit`], so what is snapshotted is always what
+/// the stream's events produce.
 #[derive(Debug, Clone)]
 pub struct Loaded<A> {
-    /// The stream.
-    pub stream: String,
-    /// The state after every event up to `version`.
-    pub state: A,
-    /// The last event applied (`None`: the stream has no events).
-    pub version: Option<u64>,
-    /// Where the state came from.
-    pub snapshot: SnapshotUse,
-    /// Events applied by this load (after the snapshot, or all of them).
-    pub replayed: u64,
+    stream: String,
+    state: A,
+    version: Option<u64>,
+    snapshot: SnapshotUse,
+    replayed: u64,
     /// Position and timestamp of the event at `version`: a snapshot records them.
     last_position: u64,
     last_time: u64,
     /// Events applied since the last snapshot was taken (or found).
     since_snapshot: u64,
+    /// The load ignored an unusable snapshot, and no replacement is queued yet.
+    replace_pending: bool,
+    /// A commit's events were appended but could not be applied: the state is behind.
+    broken: Option<Error>,
 }
 
 impl<A> Loaded<A> {
+    /// The stream.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The state after every event up to [`Loaded::version`].
+    pub fn state(&self) -> &A {
+        &self.state
+    }
+
+    /// The state, taken out.
+    pub fn into_state(self) -> A {
+        self.state
+    }
+
+    /// The last event applied (`None`: the stream has no events).
+    pub fn version(&self) -> Option<u64> {
+        self.version
+    }
+
+    /// Where the state came from.
+    pub fn snapshot(&self) -> &SnapshotUse {
+        &self.snapshot
+    }
+
+    /// Events applied by the load (after the snapshot, or all of them).
+    pub fn replayed(&self) -> u64 {
+        self.replayed
+    }
+
     /// The expected version for appending after this state.
     pub fn expected(&self) -> ExpectedVersion {
         self.version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact)
     }
+
+    fn new(stream: &str, state: A, snapshot: SnapshotUse) -> Loaded<A> {
+        Loaded {
+            stream: stream.to_owned(),
+            state,
+            version: None,
+            snapshot,
+            replayed: 0,
+            last_position: 0,
+            last_time: 0,
+            since_snapshot: 0,
+            replace_pending: false,
+            broken: None,
+        }
+    }
+}
+
+/// The tag a snapshot records of the aggregate type that took it: CRC-32 of its name.
+fn type_tag<A: Aggregate>() -> u32 {
+    crc32fast::hash(A::name().as_bytes())
 }
 
 /// Counters of snapshot work (see [`Store::snapshot_stats`]).
@@ -184,6 +247,9 @@ impl Store {
         let use_ = match sidecar.read(stream) {
             Ok(None) => SnapshotUse::None,
             Err(reason) => SnapshotUse::Ignored { version: None, reason: SnapshotIgnored::Unreadable { reason } },
+            Ok(Some(snap)) if snap.meta.aggregate != type_tag::<A>() => {
+                SnapshotUse::Ignored { version: Some(snap.meta.version), reason: SnapshotIgnored::OtherAggregate }
+            }
             Ok(Some(snap)) => {
                 let version = snap.meta.version;
                 match A::decode(snap.meta.schema, &snap.state) {
@@ -192,16 +258,10 @@ impl Store {
                         reason: SnapshotIgnored::Rejected { schema: snap.meta.schema },
                     },
                     Some(state) => {
-                        let mut loaded = Loaded {
-                            stream: stream.to_owned(),
-                            state,
-                            version: Some(version),
-                            snapshot: SnapshotUse::Used { version },
-                            replayed: 0,
-                            last_position: snap.meta.position,
-                            last_time: snap.meta.event_time,
-                            since_snapshot: 0,
-                        };
+                        let mut loaded = Loaded::new(stream, state, SnapshotUse::Used { version });
+                        loaded.version = Some(version);
+                        loaded.last_position = snap.meta.position;
+                        loaded.last_time = snap.meta.event_time;
                         // Read from the snapshot's own event: it must be the one the snapshot
                         // was taken after (the anchor), or the snapshot is stale.
                         if self.replay(&mut loaded, Some((snap.meta.position, snap.meta.event_time)))? {
@@ -218,22 +278,13 @@ impl Store {
         if ignored {
             counters.ignored.fetch_add(1, Ordering::Relaxed);
         }
-        let mut loaded = Loaded {
-            stream: stream.to_owned(),
-            state: A::default(),
-            version: None,
-            snapshot: use_,
-            replayed: 0,
-            last_position: 0,
-            last_time: 0,
-            since_snapshot: 0,
-        };
+        let mut loaded = Loaded::new(stream, A::default(), use_);
         self.replay(&mut loaded, None)?;
         if ignored && loaded.version.is_some() {
-            // Replace the unusable snapshot, whatever the policy says and whatever its version.
-            if let Ok(true) = self.queue_snapshot(&loaded, false, true) {
-                loaded.since_snapshot = 0;
-            }
+            // Replace the unusable snapshot, whatever the policy says and whatever its version
+            // (if the queue is full, the next snapshot of this `Loaded` replaces it).
+            loaded.replace_pending = true;
+            let _ = self.queue_snapshot(&mut loaded, false);
         } else {
             self.snapshot_by_policy(&mut loaded);
         }
@@ -311,6 +362,9 @@ impl Store {
     /// command. On [`Error::Apply`] the events were appended but the state could not follow:
     /// load again.
     pub fn commit<A: Aggregate>(&self, loaded: &mut Loaded<A>, events: &[EventData]) -> Result<AppendResult> {
+        if let Some(e) = &loaded.broken {
+            return Err(e.clone());
+        }
         let r = self.append(&loaded.stream, loaded.expected(), events)?;
         for (i, data) in events.iter().enumerate() {
             let e = RecordedEvent {
@@ -323,7 +377,10 @@ impl Store {
                 metadata: data.metadata.clone(),
                 payload: data.payload.clone(),
             };
-            apply(&mut loaded.state, &e)?;
+            if let Err(err) = apply(&mut loaded.state, &e) {
+                loaded.broken = Some(err.clone());
+                return Err(err);
+            }
             loaded.version = Some(e.version);
             loaded.last_position = e.position;
             loaded.last_time = e.timestamp_nanos;
@@ -337,29 +394,30 @@ impl Store {
     /// this thread and queues it for the snapshotter, waiting only if its queue is full. Use
     /// [`Store::flush_snapshots`] to wait until it is durable.
     ///
-    /// Errors: [`Error::SnapshotTooLarge`]; [`Error::Closed`].
+    /// Errors: [`Error::SnapshotTooLarge`]; [`Error::Apply`] if a commit of this `Loaded`
+    /// failed to apply (its state is behind its stream: load again); [`Error::Closed`].
     pub fn snapshot<A: Aggregate>(&self, loaded: &mut Loaded<A>) -> Result<()> {
-        if self.queue_snapshot(loaded, true, false)? {
-            loaded.since_snapshot = 0;
-        }
-        Ok(())
+        self.queue_snapshot(loaded, true).map(|_| ())
     }
 
     fn snapshot_by_policy<A: Aggregate>(&self, loaded: &mut Loaded<A>) {
         if A::SNAPSHOT_EVERY > 0 && loaded.since_snapshot >= A::SNAPSHOT_EVERY && loaded.version.is_some() {
-            // An automatic snapshot is an optimisation: if it cannot be queued, it is counted
-            // as dropped and the next one due is tried.
-            if let Ok(true) = self.queue_snapshot(loaded, false, false) {
+            // An automatic snapshot is an optimisation: if the queue is full it is counted as
+            // dropped and the next commit tries again; one too large is counted as failed.
+            if let Err(Error::SnapshotTooLarge { .. }) = self.queue_snapshot(loaded, false) {
+                self.snapshot_counters().failed.fetch_add(1, Ordering::Relaxed);
                 loaded.since_snapshot = 0;
             }
         }
     }
 
     /// Encodes and queues a snapshot of `loaded`; `wait`: block while the queue is full
-    /// (otherwise drop the snapshot and count it); `replaces`: supersede the stream's
-    /// snapshots whatever their versions (after a load found the latest unusable). Returns
-    /// whether it was queued.
-    fn queue_snapshot<A: Aggregate>(&self, loaded: &Loaded<A>, wait: bool, replaces: bool) -> Result<bool> {
+    /// (otherwise drop the snapshot and count it). A snapshot replacing an unusable one is
+    /// flagged to supersede it whatever its version. Returns whether it was queued.
+    fn queue_snapshot<A: Aggregate>(&self, loaded: &mut Loaded<A>, wait: bool) -> Result<bool> {
+        if let Some(e) = &loaded.broken {
+            return Err(e.clone());
+        }
         let Some(version) = loaded.version else { return Ok(false) };
         let state = loaded.state.encode();
         if state.len() > MAX_SNAPSHOT_BYTES {
@@ -374,10 +432,16 @@ impl Store {
                 event_time: loaded.last_time,
                 written: now_nanos(),
                 schema: A::SCHEMA,
-                replaces,
+                replaces: loaded.replace_pending,
+                aggregate: type_tag::<A>(),
             },
             state,
         });
-        self.send_snapshot_job(job, wait)
+        let queued = self.send_snapshot_job(job, wait)?;
+        if queued {
+            loaded.since_snapshot = 0;
+            loaded.replace_pending = false;
+        }
+        Ok(queued)
     }
 }

@@ -3,7 +3,7 @@
 //! thread, the snapshotter, writes every snapshot, so taking one never blocks an append.
 //!
 //! Snapshots are derived data: losing one costs a replay, never an event. So damage to a
-//! sidecar is reported and cut away rather than refused, and a failed sidecar write stops
+//! sidecar is reported and cut away rather than refused, and a failed sidecar fsync stops
 //! snapshots of that partition (until reopen) without touching its log.
 
 use std::collections::HashMap;
@@ -231,13 +231,11 @@ impl Sidecar {
     /// Appends `records` (one write, one `fdatasync`), skipping any that an existing snapshot
     /// of the same stream supersedes. Returns how many were written.
     fn append(&self, records: &[Pending]) -> Result<u64> {
-        self.with_state(|s| {
+        // Only the snapshotter changes the state, so the write and the fdatasync run without
+        // the lock (loads keep reading meanwhile) and the index is updated after them.
+        let (file, end, buf, placed) = self.with_state(|s| {
             if let Some(why) = &s.failed {
-                return Err(Error::io(
-                    "write snapshot",
-                    &self.path,
-                    std::io::Error::other(format!("snapshots of this partition stopped after: {why}")),
-                ));
+                return Err(stopped(&self.path, why));
             }
             let mut buf = Vec::new();
             let mut placed = Vec::new();
@@ -250,38 +248,49 @@ impl Sidecar {
                 placed.push((r, offset, rec.len()));
                 buf.extend_from_slice(&rec);
             }
-            if placed.is_empty() {
-                return Ok(0);
-            }
-            if s.file.is_none() {
+            if !placed.is_empty() && s.file.is_none() {
                 self.create_file(s, 0)?;
             }
-            let file = s.file.clone().ok_or(Error::Closed)?;
-            // A failed write leaves `end` where it was: the next append overwrites the bytes.
-            file.write_all_at(&buf, s.end)?;
-            if let Err(e) = file.sync_data() {
+            Ok((s.file.clone(), s.end, buf, placed))
+        })?;
+        let Some(file) = file.filter(|_| !placed.is_empty()) else { return Ok(0) };
+        let written = file.write_all_at(&buf, end).and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            // Cut what the failed round may have left, so no stray bytes follow the data; if
+            // even that fails, or the fdatasync failed, stop: what the file holds is unknown.
+            let cut = file.set_len(end).and_then(|()| file.sync_data());
+            let sync_failed = matches!(&e, Error::Io { op, .. } | Error::StorageFull { op, .. } if *op == "fdatasync");
+            if (cut.is_err() || sync_failed)
+                && let Some(s) = self.state.lock().as_mut()
+            {
                 s.failed = Some(e.to_string());
-                return Err(e);
             }
-            s.end += buf.len() as u64;
-            for (r, offset, len) in &placed {
-                let entry = Entry { offset: *offset, len: *len as u32, version: r.meta.version, schema: r.meta.schema };
-                match s.index.entry(r.stream.as_str().into()) {
-                    MapEntry::Occupied(mut o) => {
-                        if o.get().superseded_by(&r.meta) {
-                            s.live -= u64::from(o.get().len);
-                            s.live += *len as u64;
-                            o.insert(entry);
-                        }
-                    }
-                    MapEntry::Vacant(v) => {
-                        s.live += *len as u64;
-                        v.insert(entry);
+            return Err(e);
+        }
+        let mut guard = self.state.lock();
+        let Some(s) = guard.as_mut() else { return Ok(0) };
+        s.end = end + buf.len() as u64;
+        for (r, offset, len) in &placed {
+            let entry = Entry { offset: *offset, len: *len as u32, version: r.meta.version, schema: r.meta.schema };
+            match s.index.entry(r.stream.as_str().into()) {
+                MapEntry::Occupied(mut o) => {
+                    if o.get().superseded_by(&r.meta) {
+                        s.live = s.live.saturating_sub(u64::from(o.get().len)) + *len as u64;
+                        o.insert(entry);
                     }
                 }
+                MapEntry::Vacant(v) => {
+                    s.live += *len as u64;
+                    v.insert(entry);
+                }
             }
-            Ok(placed.len() as u64)
-        })
+        }
+        Ok(placed.len() as u64)
+    }
+
+    /// Whether writing stopped (after a failed fsync), until the store is reopened.
+    fn stopped(&self) -> Option<Error> {
+        self.state.lock().as_ref().and_then(|s| s.failed.as_ref().map(|why| stopped(&self.path, why)))
     }
 
     /// Whether superseded records take at least `min_dead` bytes and at least as much as the
@@ -317,7 +326,13 @@ impl Sidecar {
             for (stream, e) in entries {
                 buf.resize(e.len as usize, 0);
                 file.read_exact_at(&mut buf, e.offset)?;
-                if let Err(reason) = format::decode_record(&buf) {
+                let checked = format::decode_record(&buf).and_then(|rec| {
+                    if rec.stream != &*stream || rec.meta.version != e.version {
+                        return Err(format!("record is not the snapshot of {stream:?} the index expects"));
+                    }
+                    Ok(())
+                });
+                if let Err(reason) = checked {
                     // Damaged since it was indexed: do not carry it over.
                     self.note(RecoveryAction::SnapshotUnreadable {
                         path: self.path.clone(),
@@ -344,12 +359,12 @@ impl Sidecar {
         let (_tmp, index, end) = match result {
             Ok(r) => r,
             Err(e) => {
-                let _ = std::fs::remove_file(&tmp_path);
+                let _ = self.io.remove_file(&tmp_path);
                 return Err(e);
             }
         };
         if let Err(e) = self.io.rename(&tmp_path, &self.path) {
-            let _ = std::fs::remove_file(&tmp_path);
+            let _ = self.io.remove_file(&tmp_path);
             return Err(e);
         }
         let new_file = self.io.open_rw(&self.path);
@@ -380,6 +395,14 @@ impl Sidecar {
     pub fn sizes(&self) -> (u64, u64) {
         self.state.lock().as_ref().map_or((0, 0), |s| (if s.file.is_some() { s.end } else { 0 }, s.index.len() as u64))
     }
+}
+
+fn stopped(path: &Path, why: &str) -> Error {
+    Error::io(
+        "write snapshot",
+        path,
+        std::io::Error::other(format!("snapshots of this partition stopped until reopen after: {why}")),
+    )
 }
 
 /// A snapshot waiting for the snapshotter.
@@ -445,6 +468,12 @@ pub(crate) fn run(rx: Receiver<Job>, sidecars: Vec<Arc<Sidecar>>, counters: Arc<
             }
             let pending = one;
             let n = pending.len() as u64;
+            if let Some(e) = sidecar.stopped() {
+                // Reported once, when it stopped; counted from then on.
+                counters.failed.fetch_add(n, Ordering::Relaxed);
+                first_error.get_or_insert(e);
+                continue;
+            }
             match sidecar.append(&pending) {
                 Ok(written) => {
                     counters.written.fetch_add(written, Ordering::Relaxed);

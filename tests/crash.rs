@@ -206,9 +206,14 @@ fn kill_9_during_snapshot_rewrites_leaves_loadable_aggregates() {
             for k in 0..STREAMS_PER_THREAD {
                 let stream = format!("t{t}-s{k}");
                 let a = store.load::<Tally<2, 1>>(&stream).unwrap();
-                assert_eq!(a.state, Tally::replayed(&store, &stream), "crash {crash}: {stream} {:?}", a.snapshot);
-                assert_eq!(a.version, store.stream_version(&stream).unwrap(), "crash {crash}: {stream}");
-                used += usize::from(matches!(a.snapshot, strata::SnapshotUse::Used { .. }));
+                assert_eq!(
+                    *a.state(),
+                    Tally::replayed(&store, &stream),
+                    "crash {crash}: {stream} {:?}",
+                    a.snapshot().clone()
+                );
+                assert_eq!(a.version(), store.stream_version(&stream).unwrap(), "crash {crash}: {stream}");
+                used += usize::from(matches!(a.snapshot().clone(), strata::SnapshotUse::Used { .. }));
             }
         }
         for action in store.recovery_report() {

@@ -192,11 +192,11 @@ fn every_failing_step_of_a_snapshot_write_is_survived() {
         let err = store.flush_snapshots().unwrap_err();
         assert!(matches!(err, Error::Io { .. } | Error::StorageFull { .. }), "{step}: {err:?}");
         let loaded = store.load::<Agg>("s").unwrap();
-        assert_eq!(loaded.state, Tally::replayed(&store, "s"), "{step}");
+        assert_eq!(*loaded.state(), Tally::replayed(&store, "s"), "{step}");
         assert!(!dir.path().join("p00000/snapshots.snap.tmp").exists(), "{step}: temp file left behind");
         store.commit(&mut agg, &[ev("E", "2")]).unwrap();
         assert_eq!(store.flush_snapshots().is_err(), stops, "{step}");
-        assert_eq!(agg.state, Tally::replayed(&store, "s"), "{step}");
+        assert_eq!(*agg.state(), Tally::replayed(&store, "s"), "{step}");
         assert!(
             store.recovery_report().iter().any(|a| matches!(a, RecoveryAction::SnapshotWriteFailed { .. })),
             "{step}: {:?}",
@@ -205,9 +205,13 @@ fn every_failing_step_of_a_snapshot_write_is_survived() {
         drop(store);
         let store = Store::open(dir.path(), Options::default()).unwrap();
         let loaded = store.load::<Agg>("s").unwrap();
-        assert_eq!(loaded.state, Tally::replayed(&store, "s"), "{step}");
-        assert_eq!(loaded.version, Some(2), "{step}");
-        assert!(matches!(loaded.snapshot, SnapshotUse::Used { .. }), "{step}: {:?}", loaded.snapshot);
+        assert_eq!(*loaded.state(), Tally::replayed(&store, "s"), "{step}");
+        assert_eq!(loaded.version(), Some(2), "{step}");
+        assert!(
+            matches!(loaded.snapshot().clone(), SnapshotUse::Used { .. }),
+            "{step}: {:?}",
+            loaded.snapshot().clone()
+        );
         let report = store.recovery_report();
         assert!(report.iter().all(|a| matches!(a, RecoveryAction::RemovedTempFile { .. })), "{step}: {report:?}");
     }

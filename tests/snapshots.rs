@@ -19,14 +19,14 @@ fn commit_n<const E: u64, const S: u32>(store: &Store, stream: &str, n: usize) {
     for i in 0..n {
         store.commit(&mut agg, &[ev("Tallied", format!("{stream}/{i}"))]).unwrap();
     }
-    assert_eq!(agg.state, Tally::replayed(store, stream));
+    assert_eq!(*agg.state(), Tally::replayed(store, stream));
 }
 
 fn check_loads<const E: u64, const S: u32>(store: &Store, streams: &[&str]) {
     for s in streams {
         let a = store.load::<Tally<E, S>>(s).unwrap();
-        assert_eq!(a.state, Tally::replayed(store, s), "{s}: {:?}", a.snapshot);
-        assert_eq!(a.version, store.stream_version(s).unwrap(), "{s}");
+        assert_eq!(*a.state(), Tally::replayed(store, s), "{s}: {:?}", a.snapshot().clone());
+        assert_eq!(a.version(), store.stream_version(s).unwrap(), "{s}");
     }
 }
 
@@ -63,19 +63,20 @@ fn load_starts_from_the_latest_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), opts(2, 1 << 20)).unwrap();
     let fresh = store.load::<T10>("acct").unwrap();
-    assert_eq!((fresh.version, fresh.replayed, &fresh.snapshot), (None, 0, &SnapshotUse::None));
+    assert_eq!((fresh.version(), fresh.replayed(), &fresh.snapshot().clone()), (None, 0, &SnapshotUse::None));
     assert_eq!(fresh.expected(), ExpectedVersion::NoStream);
     commit_n::<10, 1>(&store, "acct", 25);
     store.flush_snapshots().unwrap();
     let check = |store: &Store| {
         let a = store.load::<T10>("acct").unwrap();
-        assert_eq!(a.snapshot, SnapshotUse::Used { version: 19 });
-        assert_eq!((a.version, a.replayed), (Some(24), 5));
-        assert_eq!(a.state, Tally::replayed(store, "acct"));
+        assert_eq!(a.snapshot().clone(), SnapshotUse::Used { version: 19 });
+        assert_eq!((a.version(), a.replayed()), (Some(24), 5));
+        assert_eq!(*a.state(), Tally::replayed(store, "acct"));
     };
     check(&store);
     let stats = store.snapshot_stats();
-    assert_eq!((stats.written, stats.streams), (2, 1), "{stats:?}");
+    // One or two records: the snapshots at 9 and 19 may share a round of the snapshotter.
+    assert!((1..=2).contains(&stats.written) && stats.streams == 1, "{stats:?}");
     store.close().unwrap();
     let store = Store::open(dir.path(), Options::default()).unwrap();
     check(&store);
@@ -89,17 +90,17 @@ fn a_load_that_replays_many_events_snapshots_them() {
     // Appended without the aggregate API: no snapshot yet.
     fill(&store, "bulk", 35);
     let a = store.load::<T10>("bulk").unwrap();
-    assert_eq!((a.snapshot.clone(), a.replayed), (SnapshotUse::None, 35));
+    assert_eq!((a.snapshot().clone(), a.replayed()), (SnapshotUse::None, 35));
     store.flush_snapshots().unwrap();
     let b = store.load::<T10>("bulk").unwrap();
-    assert_eq!((b.snapshot, b.replayed), (SnapshotUse::Used { version: 34 }, 0));
-    assert_eq!(b.state, a.state);
+    assert_eq!((b.snapshot().clone(), b.replayed()), (SnapshotUse::Used { version: 34 }, 0));
+    assert_eq!(*b.state(), *a.state());
     // An explicit snapshot is taken whatever the policy.
     let mut c = store.load::<Tally<0, 1>>("bulk").unwrap();
     store.commit(&mut c, &[ev("Closed", "!")]).unwrap();
     store.snapshot(&mut c).unwrap();
     store.flush_snapshots().unwrap();
-    assert_eq!(store.load::<T10>("bulk").unwrap().snapshot, SnapshotUse::Used { version: 35 });
+    assert_eq!(store.load::<T10>("bulk").unwrap().snapshot().clone(), SnapshotUse::Used { version: 35 });
 }
 
 #[test]
@@ -109,11 +110,14 @@ fn a_schema_change_rebuilds_and_resnapshots() {
     commit_n::<5, 1>(&store, "order", 12);
     store.flush_snapshots().unwrap();
     let v2 = store.load::<Tally<5, 2>>("order").unwrap();
-    assert_eq!(v2.snapshot, SnapshotUse::Ignored { version: Some(9), reason: SnapshotIgnored::Rejected { schema: 1 } });
-    assert_eq!((v2.replayed, v2.state), (12, Tally::replayed(&store, "order")));
+    assert_eq!(
+        v2.snapshot().clone(),
+        SnapshotUse::Ignored { version: Some(9), reason: SnapshotIgnored::Rejected { schema: 1 } }
+    );
+    assert_eq!((v2.replayed(), *v2.state()), (12, Tally::replayed(&store, "order")));
     store.flush_snapshots().unwrap();
     let again = store.load::<Tally<5, 2>>("order").unwrap();
-    assert_eq!((again.snapshot, again.replayed), (SnapshotUse::Used { version: 11 }, 0));
+    assert_eq!((again.snapshot().clone(), again.replayed()), (SnapshotUse::Used { version: 11 }, 0));
     assert_eq!(store.snapshot_stats().ignored, 1);
 }
 
@@ -147,7 +151,7 @@ fn a_damaged_record_is_cut_off_and_loading_replays() {
     std::fs::write(&path, &bytes).unwrap();
     let store = Store::open(dir.path(), Options::default()).unwrap();
     // The snapshots before the damage are still used (and this load queues no new one).
-    assert_eq!(store.load::<Tally<4, 1>>("s0").unwrap().snapshot, SnapshotUse::Used { version: 7 });
+    assert_eq!(store.load::<Tally<4, 1>>("s0").unwrap().snapshot().clone(), SnapshotUse::Used { version: 7 });
     assert_eq!(std::fs::metadata(&path).unwrap().len(), victim as u64, "cut at the damage");
     let d = discarded(&store);
     assert_eq!(d.len(), 1, "{d:?}");
@@ -167,7 +171,7 @@ fn a_truncated_sidecar_loses_only_its_torn_record() {
     std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 5).unwrap();
     let store = Store::open(dir.path(), Options::default()).unwrap();
     // The stream whose latest snapshot was torn falls back to the one before.
-    assert_eq!(store.load::<Tally<4, 1>>("s2").unwrap().snapshot, SnapshotUse::Used { version: 3 });
+    assert_eq!(store.load::<Tally<4, 1>>("s2").unwrap().snapshot().clone(), SnapshotUse::Used { version: 3 });
     let d = discarded(&store);
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(d[0].0, last);
@@ -187,8 +191,8 @@ fn a_damaged_header_replaces_the_sidecar() {
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     for s in &names {
         let a = store.load::<Tally<4, 1>>(s).unwrap();
-        assert_eq!(a.snapshot, SnapshotUse::None);
-        assert_eq!(a.state, Tally::replayed(&store, s));
+        assert_eq!(a.snapshot().clone(), SnapshotUse::None);
+        assert_eq!(*a.state(), Tally::replayed(&store, s));
     }
     let d = discarded(&store);
     assert_eq!((d.len(), d[0].0, d[0].1), (1, 0, bytes.len() as u64), "{d:?}");
@@ -197,7 +201,7 @@ fn a_damaged_header_replaces_the_sidecar() {
     store.close().unwrap();
     let store = Store::open(dir.path(), Options::default()).unwrap();
     for s in &names {
-        assert_eq!(store.load::<Tally<4, 1>>(s).unwrap().snapshot, SnapshotUse::Used { version: 8 });
+        assert_eq!(store.load::<Tally<4, 1>>(s).unwrap().snapshot().clone(), SnapshotUse::Used { version: 8 });
     }
     assert!(store.recovery_report().is_empty(), "{:?}", store.recovery_report());
 }
@@ -207,19 +211,22 @@ fn damage_after_open_is_caught_when_the_snapshot_is_read() {
     let dir = tempfile::tempdir().unwrap();
     snapshotted_store(dir.path(), 2);
     let store = Store::open(dir.path(), Options::default()).unwrap();
-    assert_eq!(store.load::<Tally<4, 1>>("s1").unwrap().snapshot, SnapshotUse::Used { version: 7 });
+    assert_eq!(store.load::<Tally<4, 1>>("s1").unwrap().snapshot().clone(), SnapshotUse::Used { version: 7 });
     let path = sidecar(dir.path(), 0);
     let mut bytes = std::fs::read(&path).unwrap();
     let last = *record_offsets(&bytes).last().unwrap();
-    bytes[last + 58] ^= 0x10; // inside the stream id
+    bytes[last + 58] ^= 0x10; // inside the state (after the 2-byte stream id)
     std::fs::write(&path, &bytes).unwrap();
     let a = store.load::<Tally<4, 1>>("s1").unwrap();
     assert!(
-        matches!(&a.snapshot, SnapshotUse::Ignored { version: None, reason: SnapshotIgnored::Unreadable { .. } }),
+        matches!(
+            &a.snapshot().clone(),
+            SnapshotUse::Ignored { version: None, reason: SnapshotIgnored::Unreadable { .. } }
+        ),
         "{:?}",
-        a.snapshot
+        a.snapshot().clone()
     );
-    assert_eq!(a.state, Tally::replayed(&store, "s1"));
+    assert_eq!(*a.state(), Tally::replayed(&store, "s1"));
     assert!(
         store.recovery_report().iter().any(
             |r| matches!(r, RecoveryAction::SnapshotUnreadable { offset, stream, .. } if *offset == last as u64 && stream == "s1")
@@ -229,7 +236,7 @@ fn damage_after_open_is_caught_when_the_snapshot_is_read() {
     );
     // The load queued a new snapshot, which supersedes the damaged one.
     store.flush_snapshots().unwrap();
-    assert_eq!(store.load::<Tally<4, 1>>("s1").unwrap().snapshot, SnapshotUse::Used { version: 8 });
+    assert_eq!(store.load::<Tally<4, 1>>("s1").unwrap().snapshot().clone(), SnapshotUse::Used { version: 8 });
 }
 
 #[test]
@@ -251,15 +258,23 @@ fn a_snapshot_of_events_the_log_does_not_hold_is_stale() {
         std::fs::copy(sidecar(&a, 0), sidecar(dir, 0)).unwrap();
         let store = Store::open(dir, Options::default()).unwrap();
         let l = store.load::<T10>("s").unwrap();
-        assert_eq!(l.snapshot, SnapshotUse::Ignored { version: Some(29), reason: SnapshotIgnored::Stale }, "{n}");
-        assert_eq!((l.replayed, l.state), (n as u64, Tally::replayed(&store, "s")));
+        assert_eq!(
+            l.snapshot().clone(),
+            SnapshotUse::Ignored { version: Some(29), reason: SnapshotIgnored::Stale },
+            "{n}"
+        );
+        assert_eq!((l.replayed(), *l.state()), (n as u64, Tally::replayed(&store, "s")));
         // The load replaced the stale snapshot, even with one of a lower version (in `b`).
         store.flush_snapshots().unwrap();
         let again = store.load::<T10>("s").unwrap();
-        assert_eq!(again.snapshot, SnapshotUse::Used { version: n as u64 - 1 }, "{n}");
+        assert_eq!(again.snapshot().clone(), SnapshotUse::Used { version: n as u64 - 1 }, "{n}");
         store.close().unwrap();
         let store = Store::open(dir, Options::default()).unwrap();
-        assert_eq!(store.load::<T10>("s").unwrap().snapshot, SnapshotUse::Used { version: n as u64 - 1 }, "{n}");
+        assert_eq!(
+            store.load::<T10>("s").unwrap().snapshot().clone(),
+            SnapshotUse::Used { version: n as u64 - 1 },
+            "{n}"
+        );
     }
 }
 
@@ -280,13 +295,13 @@ fn the_sidecar_is_rewritten_without_superseded_snapshots() {
     let stats = store.snapshot_stats();
     assert!(stats.rewrites >= 10, "{stats:?}");
     assert_eq!(stats.written, 600, "{stats:?}");
-    // Live: 4 records of 88 bytes. Dead: under 2048 plus one round before a rewrite.
-    assert!(max_len < 64 + 2048 + 2 * 4 * 88, "{max_len}");
+    // Live: 4 records of 80 bytes. Dead: under 2048 plus one round before a rewrite.
+    assert!(max_len < 64 + 2048 + 2 * 4 * 80, "{max_len}");
     check_loads::<1, 1>(&store, &names);
     store.close().unwrap();
     let store = Store::open(dir.path(), Options::default()).unwrap();
     for s in names {
-        assert_eq!(store.load::<Tally<1, 1>>(s).unwrap().snapshot, SnapshotUse::Used { version: 149 });
+        assert_eq!(store.load::<Tally<1, 1>>(s).unwrap().snapshot().clone(), SnapshotUse::Used { version: 149 });
     }
     assert!(store.recovery_report().is_empty(), "{:?}", store.recovery_report());
 }
@@ -325,8 +340,8 @@ fn a_crash_at_any_step_of_a_rewrite_leaves_a_loadable_store() {
         let store = Store::open(work.path(), Options::default()).unwrap();
         for s in &names {
             let a = store.load::<Tally<4, 1>>(s).unwrap();
-            assert_eq!(a.snapshot, SnapshotUse::Used { version: 7 }, "{step}: {s}");
-            assert_eq!(a.state, Tally::replayed(&store, s), "{step}: {s}");
+            assert_eq!(a.snapshot().clone(), SnapshotUse::Used { version: 7 }, "{step}: {s}");
+            assert_eq!(*a.state(), Tally::replayed(&store, s), "{step}: {s}");
         }
         let report = store.recovery_report();
         assert_eq!(
@@ -337,6 +352,33 @@ fn a_crash_at_any_step_of_a_rewrite_leaves_a_loadable_store() {
         assert!(discarded(&store).is_empty(), "{step}: {report:?}");
         assert!(!work.path().join("p00000/snapshots.snap.tmp").exists());
     }
+}
+
+#[test]
+fn a_snapshot_is_offered_only_to_the_aggregate_type_that_took_it() {
+    /// Same schema tag and same encoding as `Tally`, but another type.
+    #[derive(Debug, Default, Clone, Copy, PartialEq)]
+    struct Impostor(Tally<5, 1>);
+    impl strata::Aggregate for Impostor {
+        const SCHEMA: u32 = 1;
+        const SNAPSHOT_EVERY: u64 = 0;
+        fn apply(&mut self, e: &strata::RecordedEvent) -> Result<(), strata::ApplyError> {
+            strata::Aggregate::apply(&mut self.0, e)
+        }
+        fn encode(&self) -> Vec<u8> {
+            strata::Aggregate::encode(&self.0)
+        }
+        fn decode(schema: u32, state: &[u8]) -> Option<Self> {
+            <Tally<5, 1> as strata::Aggregate>::decode(schema, state).map(Impostor)
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), opts(1, 1 << 20)).unwrap();
+    commit_n::<5, 1>(&store, "shared", 7);
+    store.flush_snapshots().unwrap();
+    let other = store.load::<Impostor>("shared").unwrap();
+    assert_eq!(*other.snapshot(), SnapshotUse::Ignored { version: Some(4), reason: SnapshotIgnored::OtherAggregate });
+    assert_eq!((other.replayed(), other.state().0), (7, Tally::replayed(&store, "shared")));
 }
 
 #[derive(Debug, Clone)]
@@ -379,7 +421,7 @@ proptest! {
                     let evs: Vec<_> = (0..events).map(|i| ev("C", format!("{stream}:{i}"))).collect();
                     s.commit(&mut a, &evs).unwrap();
                     *counts.entry(stream).or_default() += u64::from(events);
-                    prop_assert_eq!(a.state, Tally::replayed(s, &name));
+                    prop_assert_eq!(*a.state(), Tally::replayed(s, &name));
                 }
                 Op::Raw { stream, events } => {
                     let name = format!("agg-{stream}");
@@ -399,9 +441,9 @@ proptest! {
                     let name = format!("agg-{stream}");
                     let a = s.load::<Tally<3, 1>>(&name).unwrap();
                     let n = counts.get(&stream).copied().unwrap_or(0);
-                    prop_assert_eq!(a.state, Tally::replayed(s, &name));
-                    prop_assert_eq!(a.state.events, n);
-                    prop_assert_eq!(a.version, n.checked_sub(1));
+                    prop_assert_eq!(*a.state(), Tally::replayed(s, &name));
+                    prop_assert_eq!(a.state().events, n);
+                    prop_assert_eq!(a.version(), n.checked_sub(1));
                 }
             }
         }

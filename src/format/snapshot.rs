@@ -28,7 +28,8 @@
 //! 46  1  kind            1 = snapshot
 //! 47  1  flags           bit 0 = REPLACES; the other bits are zero
 //! 48  4  state_len       <= MAX_SNAPSHOT_BYTES
-//! 52  4  reserved        zeros
+//! 52  4  aggregate       CRC-32 of the aggregate type's name (`Aggregate::name`): a
+//!                          snapshot is only offered to the type that took it
 //! 56  .. stream id (UTF-8), state, zero padding (< 8 bytes)
 //! ```
 //!
@@ -131,6 +132,8 @@ pub(crate) struct Meta {
     pub schema: u32,
     /// Supersedes every earlier record of the stream, whatever its version.
     pub replaces: bool,
+    /// Which aggregate type took the snapshot (CRC-32 of its type name).
+    pub aggregate: u32,
 }
 
 /// Encodes one record. The caller has checked the stream id and the state's size.
@@ -151,6 +154,7 @@ pub(crate) fn encode_record(stream: &str, meta: &Meta, state: &[u8]) -> Vec<u8> 
         *f = if meta.replaces { FLAG_REPLACES } else { 0 };
     }
     put_u32(&mut r, 48, state.len() as u32);
+    put_u32(&mut r, 52, meta.aggregate);
     let id_end = RECORD_HEADER_LEN + stream.len();
     if let Some(b) = r.get_mut(RECORD_HEADER_LEN..id_end) {
         b.copy_from_slice(stream.as_bytes());
@@ -201,8 +205,8 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<RecordView<'_>, String> {
         return Err(format!("unknown snapshot record kind {:?}", bytes.get(46)));
     }
     let flags = bytes.get(47).copied().unwrap_or(u8::MAX);
-    if flags & !FLAG_REPLACES != 0 || le_u32(bytes, 52) != Some(0) {
-        return Err("reserved snapshot record bytes are not zero".into());
+    if flags & !FLAG_REPLACES != 0 {
+        return Err("reserved snapshot record flags are not zero".into());
     }
     let id_len = le_u16(bytes, 44).unwrap_or(0) as usize;
     if id_len == 0 || id_len > MAX_STREAM_ID_LEN {
@@ -236,6 +240,7 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<RecordView<'_>, String> {
             written: le_u64(bytes, 32).unwrap_or(0),
             schema: le_u32(bytes, 40).unwrap_or(0),
             replaces: flags & FLAG_REPLACES != 0,
+            aggregate: le_u32(bytes, 52).unwrap_or(0),
         },
         state: bytes.get(id_end..state_end).unwrap_or(&[]),
         len,

@@ -134,6 +134,7 @@ fn golden_sidecar() -> Vec<u8> {
         written: 1_764_115_150_000_000_000,
         schema: 1,
         replaces: false,
+        aggregate: 0x1234_5678,
     };
     bytes.extend_from_slice(&snapshot::encode_record("account-42", &first, b"{\"balance\":1200}"));
     let second = Meta {
@@ -143,6 +144,7 @@ fn golden_sidecar() -> Vec<u8> {
         written: 1_764_115_195_000_000_000,
         schema: 2,
         replaces: true,
+        aggregate: 0x1234_5678,
     };
     bytes.extend_from_slice(&snapshot::encode_record("account-42", &second, &[0, 1, 2, 0xff]));
     bytes
@@ -172,6 +174,7 @@ fn snapshot_sidecar_bytes_are_pinned() {
     assert_eq!(seen[1].0, 64 + 88);
     assert_eq!((seen[1].2.version, seen[1].2.schema, seen[1].3.as_slice()), (199, 2, &[0, 1, 2, 0xff][..]));
     assert!(!seen[0].2.replaces && seen[1].2.replaces);
+    assert_eq!((seen[0].2.aggregate, seen[1].2.aggregate), (0x1234_5678, 0x1234_5678));
 }
 
 #[test]

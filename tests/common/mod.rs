@@ -106,6 +106,11 @@ impl<const EVERY: u64, const SCHEMA: u32> strata::Aggregate for Tally<EVERY, SCH
     const SCHEMA: u32 = SCHEMA;
     const SNAPSHOT_EVERY: u64 = EVERY;
 
+    /// One name for every interval and schema: they model one aggregate's versions.
+    fn name() -> &'static str {
+        "Tally"
+    }
+
     fn apply(&mut self, e: &RecordedEvent) -> Result<(), strata::ApplyError> {
         if e.version != self.events {
             return Err(format!("event {} applied after {} events", e.version, self.events).into());
