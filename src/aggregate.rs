@@ -1,6 +1,7 @@
 //! Aggregates: loading one from its latest snapshot plus the events after it, committing new
 //! events to it, and the snapshot policy (every N events, and on demand).
 
+use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Result};
@@ -216,9 +217,9 @@ pub struct SnapshotStats {
     pub used: u64,
     /// Loads that ignored a snapshot (see [`SnapshotIgnored`]).
     pub ignored: u64,
-    /// Bytes in sidecar files.
+    /// Bytes in the sidecar files read so far (a sidecar is read on first use).
     pub sidecar_bytes: u64,
-    /// Streams with a snapshot.
+    /// Streams with a snapshot, in the sidecars read so far.
     pub streams: u64,
 }
 
@@ -315,40 +316,45 @@ impl Store {
         };
         let mut anchored = anchor.is_none();
         let mut failed: Option<Error> = None;
-        let mut stop = false;
-        self.partition_ref(partition)?.visit_stream(&loaded.stream, hash, from, usize::MAX, &mut |b, skip, take| {
-            for (i, e) in b.events().enumerate().skip(skip).take(take) {
-                if stop {
-                    return;
+        let min_position = anchor.map_or(0, |(position, _)| position);
+        self.partition_ref(partition)?.visit_stream(
+            &loaded.stream,
+            hash,
+            from,
+            min_position,
+            &mut |b, skip, take| {
+                for (i, e) in b.events().enumerate().skip(skip).take(take) {
+                    let (version, position) = (b.first_version + i as u64, b.base_position + i as u64);
+                    if !anchored {
+                        // The first event read is the anchor: checked, not applied.
+                        anchored = anchor == Some((position, b.timestamp)) && version == from;
+                        if !anchored {
+                            return ControlFlow::Break(());
+                        }
+                        continue;
+                    }
+                    event.version = version;
+                    event.position = position;
+                    event.timestamp_nanos = b.timestamp;
+                    event.event_type.clear();
+                    event.event_type.push_str(e.event_type);
+                    event.metadata.clear();
+                    event.metadata.extend_from_slice(e.metadata);
+                    event.payload.clear();
+                    event.payload.extend_from_slice(e.payload);
+                    if let Err(err) = apply(&mut loaded.state, &event) {
+                        failed = Some(err);
+                        return ControlFlow::Break(());
+                    }
+                    loaded.version = Some(version);
+                    loaded.last_position = position;
+                    loaded.last_time = b.timestamp;
+                    loaded.replayed += 1;
+                    loaded.since_snapshot += 1;
                 }
-                let (version, position) = (b.first_version + i as u64, b.base_position + i as u64);
-                if !anchored {
-                    // The first event read is the anchor: checked, not applied.
-                    anchored = anchor == Some((position, b.timestamp)) && version == from;
-                    stop = !anchored;
-                    continue;
-                }
-                event.version = version;
-                event.position = position;
-                event.timestamp_nanos = b.timestamp;
-                event.event_type.clear();
-                event.event_type.push_str(e.event_type);
-                event.metadata.clear();
-                event.metadata.extend_from_slice(e.metadata);
-                event.payload.clear();
-                event.payload.extend_from_slice(e.payload);
-                if let Err(err) = apply(&mut loaded.state, &event) {
-                    failed = Some(err);
-                    stop = true;
-                    return;
-                }
-                loaded.version = Some(version);
-                loaded.last_position = position;
-                loaded.last_time = b.timestamp;
-                loaded.replayed += 1;
-                loaded.since_snapshot += 1;
-            }
-        })?;
+                ControlFlow::Continue(())
+            },
+        )?;
         match failed {
             Some(e) => Err(e),
             None => Ok(anchored),

@@ -100,6 +100,7 @@ impl fmt::Display for ExpectedVersion {
 
 /// Where an acknowledged append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AppendResult {
     /// The stream's partition.
     pub partition: u32,

@@ -217,23 +217,26 @@ impl Partition {
     }
 
     /// Calls `f(batch, skip, take)` for the batches holding the stream's events from version
-    /// `from` on (see [`View::visit_stream`]), oldest first, up to `limit` events.
+    /// `from` on (see [`View::visit_stream`]), oldest first, until `f` breaks. The caller may
+    /// know that version `from` is at or after position `min_position`: segments that end
+    /// before it are not looked at.
     pub fn visit_stream(
         &self,
         stream: &str,
         hash: u64,
         from: u64,
-        limit: usize,
-        f: &mut dyn FnMut(&crate::format::batch::BatchView<'_>, usize, usize),
-    ) -> Result<usize> {
-        let mut taken = 0;
+        min_position: u64,
+        f: &mut dyn FnMut(&crate::format::batch::BatchView<'_>, usize, usize) -> std::ops::ControlFlow<()>,
+    ) -> Result<()> {
         for (seg, end) in self.snapshot() {
-            if taken >= limit {
+            if end <= min_position {
+                continue;
+            }
+            if self.view(&seg, end)?.visit_stream(&seg, stream, hash, from, usize::MAX, f)?.1.is_break() {
                 break;
             }
-            taken += self.view(&seg, end)?.visit_stream(&seg, stream, hash, from, limit - taken, f)?;
         }
-        Ok(taken)
+        Ok(())
     }
 
     pub fn read_stream_back(&self, stream: &str, hash: u64, from: u64, limit: usize) -> Result<Vec<RecordedEvent>> {

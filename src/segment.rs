@@ -3,7 +3,7 @@
 //! lazily on first use and rebuilt from the segment if the index is missing or damaged.
 
 use std::collections::HashMap;
-use std::ops::Range;
+use std::ops::{ControlFlow, Range};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -499,7 +499,8 @@ impl View {
 
     /// Calls `f(batch, skip, take)` for each checked batch of `stream` holding versions >=
     /// `from`, in version order, where the batch's events `skip..skip + take` are the ones
-    /// wanted, until `limit` events are taken. Returns how many were.
+    /// wanted, until `limit` events are taken or `f` breaks. Returns how many were taken, and
+    /// whether `f` broke.
     pub fn visit_stream(
         &self,
         seg: &Segment,
@@ -507,8 +508,8 @@ impl View {
         hash: u64,
         from: u64,
         limit: usize,
-        f: &mut dyn FnMut(&BatchView<'_>, usize, usize),
-    ) -> Result<usize> {
+        f: &mut dyn FnMut(&BatchView<'_>, usize, usize) -> ControlFlow<()>,
+    ) -> Result<(usize, ControlFlow<()>)> {
         let mut taken = 0;
         for e in &self.stream_batches(seg, stream, hash, from, limit, true)? {
             if taken >= limit {
@@ -516,10 +517,14 @@ impl View {
             }
             let skip = from.saturating_sub(e.first_version) as usize;
             let take = (e.count as usize).saturating_sub(skip).min(limit - taken);
-            self.checked_stream_batch(seg, stream, e, |b| f(b, skip, take))?;
+            let mut flow = ControlFlow::Continue(());
+            self.checked_stream_batch(seg, stream, e, |b| flow = f(b, skip, take))?;
             taken += take;
+            if flow.is_break() {
+                return Ok((taken, flow));
+            }
         }
-        Ok(taken)
+        Ok((taken, ControlFlow::Continue(())))
     }
 
     /// Appends to `out` the events of `stream` with version >= `from`, forward, until `out`
@@ -534,7 +539,10 @@ impl View {
         out: &mut Vec<RecordedEvent>,
     ) -> Result<()> {
         let left = limit - out.len().min(limit);
-        self.visit_stream(seg, stream, hash, from, left, &mut |b, skip, take| emit(b, seg.partition, skip, take, out))?;
+        let _ = self.visit_stream(seg, stream, hash, from, left, &mut |b, skip, take| {
+            emit(b, seg.partition, skip, take, out);
+            ControlFlow::Continue(())
+        })?;
         Ok(())
     }
 

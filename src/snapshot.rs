@@ -87,6 +87,8 @@ pub(crate) struct Counters {
     pub rewrites: AtomicU64,
     pub used: AtomicU64,
     pub ignored: AtomicU64,
+    /// State bytes of the snapshots waiting in the queue.
+    pub queued_bytes: AtomicU64,
 }
 
 impl Sidecar {
@@ -105,12 +107,27 @@ impl Sidecar {
         self.report.lock().push(action);
     }
 
-    /// Runs `f` on the loaded state, scanning the file first if this is the first use.
+    /// Runs `f` on the loaded state, scanning the file first if this is the first use. If
+    /// the scan fails (an I/O error), the sidecar is set aside until reopen: no snapshot of
+    /// the partition is used or taken, and the failure is reported once.
     fn with_state<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
         let mut guard = self.state.lock();
         let state = match &mut *guard {
             Some(s) => s,
-            empty => empty.insert(self.load()?),
+            empty => {
+                let loaded = self.load().unwrap_or_else(|e| {
+                    self.note(RecoveryAction::SnapshotsUnavailable { path: self.path.clone(), error: e.to_string() });
+                    State {
+                        file: None,
+                        end: format::HEADER_LEN as u64,
+                        index: HashMap::new(),
+                        live: 0,
+                        rewrites: 0,
+                        failed: Some(format!("reading the sidecar failed: {e}")),
+                    }
+                });
+                empty.insert(loaded)
+            }
         };
         f(state)
     }
@@ -435,6 +452,7 @@ pub(crate) fn run(rx: Receiver<Job>, sidecars: Vec<Arc<Sidecar>>, counters: Arc<
         let mut flushes = Vec::new();
         let mut take = |job: Job| match job {
             Job::Write(p) => {
+                counters.queued_bytes.fetch_sub(p.state.len() as u64, Ordering::Relaxed);
                 if let Some(w) = writes.get_mut(p.partition as usize) {
                     w.push(p);
                 }

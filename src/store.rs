@@ -113,6 +113,14 @@ pub enum RecoveryAction {
         /// The error.
         error: String,
     },
+    /// Reading a snapshot sidecar failed (an I/O error, not damage): until the store is
+    /// reopened, none of the partition's snapshots is used and none is taken.
+    SnapshotsUnavailable {
+        /// The sidecar.
+        path: PathBuf,
+        /// The error.
+        error: String,
+    },
     /// Sealing a full segment (writing its index) failed; it stays readable and is indexed
     /// again on the next open.
     SealFailed {
@@ -158,6 +166,9 @@ struct Shared {
 
 /// How many snapshots may wait for the snapshotter.
 const SNAPSHOT_QUEUE: usize = 4096;
+/// How many bytes of snapshot state may wait for it, beyond which automatic snapshots are
+/// dropped (an explicit one still waits for room in the queue).
+const SNAPSHOT_QUEUE_BYTES: u64 = 64 << 20;
 
 /// An open event store: one directory, exclusively locked while open.
 ///
@@ -594,20 +605,37 @@ impl Store {
     /// count the snapshot as dropped. Returns whether it was queued.
     pub(crate) fn send_snapshot_job(&self, job: snapshot::Job, wait: bool) -> Result<bool> {
         let tx = self.snapshot_tx.as_ref().ok_or(Error::Closed)?;
-        if wait {
-            return tx.send(job).map(|()| true).map_err(|_| Error::Closed);
+        let counters = &self.shared.snapshots;
+        let bytes = match &job {
+            snapshot::Job::Write(p) => p.state.len() as u64,
+            snapshot::Job::Flush(_) => 0,
+        };
+        if !wait && counters.queued_bytes.load(Ordering::Relaxed) + bytes > SNAPSHOT_QUEUE_BYTES {
+            counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(false);
         }
-        match tx.try_send(job) {
-            Ok(()) => Ok(true),
-            Err(crossbeam_channel::TrySendError::Full(_)) => {
-                self.shared.snapshots.dropped.fetch_add(1, Ordering::Relaxed);
-                Ok(false)
+        counters.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let sent = if wait {
+            tx.send(job).map_err(|_| Error::Closed)
+        } else {
+            match tx.try_send(job) {
+                Ok(()) => Ok(()),
+                Err(crossbeam_channel::TrySendError::Full(_)) => {
+                    counters.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                    counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    return Ok(false);
+                }
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(Error::Closed),
             }
-            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(Error::Closed),
+        };
+        if sent.is_err() {
+            counters.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         }
+        sent.map(|()| true)
     }
 
-    /// What opening the store (and loading sealed segments since) had to repair.
+    /// What opening the store had to repair, and what went wrong since in the background
+    /// (loading sealed segments and snapshot sidecars, sealing, snapshot writes).
     pub fn recovery_report(&self) -> Vec<RecoveryAction> {
         self.shared.report.lock().clone()
     }

@@ -381,6 +381,33 @@ fn a_snapshot_is_offered_only_to_the_aggregate_type_that_took_it() {
     assert_eq!((other.replayed(), other.state().0), (7, Tally::replayed(&store, "shared")));
 }
 
+#[test]
+fn an_unreadable_sidecar_sets_snapshots_aside_until_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = snapshotted_store(dir.path(), 2);
+    // A directory where the sidecar should be: reading it fails (not damage, an I/O error).
+    let path = sidecar(dir.path(), 0);
+    std::fs::rename(&path, dir.path().join("saved")).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    for s in &names {
+        let a = store.load::<Tally<4, 1>>(s).unwrap();
+        assert_eq!(*a.snapshot(), SnapshotUse::None);
+        assert_eq!(*a.state(), Tally::replayed(&store, s));
+    }
+    commit_n::<4, 1>(&store, "s0", 5);
+    assert!(store.flush_snapshots().is_err(), "snapshots are stopped, and say so");
+    let unavailable =
+        store.recovery_report().iter().filter(|a| matches!(a, RecoveryAction::SnapshotsUnavailable { .. })).count();
+    assert_eq!(unavailable, 1, "reported once: {:?}", store.recovery_report());
+    store.close().unwrap();
+    std::fs::remove_dir(&path).unwrap();
+    std::fs::rename(dir.path().join("saved"), &path).unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    let a = store.load::<Tally<4, 1>>("s1").unwrap();
+    assert_eq!((a.snapshot().clone(), *a.state()), (SnapshotUse::Used { version: 7 }, Tally::replayed(&store, "s1")));
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Commit { stream: u8, events: u8 },
