@@ -32,6 +32,7 @@ mod lock;
 mod options;
 mod partition;
 mod prealloc;
+mod projection;
 mod router;
 mod segment;
 mod snapshot;
@@ -48,6 +49,10 @@ pub use format::snapshot::MAX_SNAPSHOT_BYTES;
 pub use io::{FaultKind, FaultOp, FaultPlan};
 pub use options::{
     DEFAULT_MAX_APPEND_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_PARTITIONS, DEFAULT_SEGMENT_BYTES, Durability, Options,
+};
+pub use projection::{
+    Batch, BatchError, Checkpoints, HandlerError, PartitionStatus, Projection, ProjectionEngine, ProjectionOptions,
+    ProjectionStatus,
 };
 pub use router::{jump_consistent_hash, partition_for, stream_hash};
 pub use store::{AppendFuture, RecoveryAction, Store, WriteStats};

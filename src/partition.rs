@@ -33,12 +33,56 @@ pub(crate) struct Partition {
     pub segments: RwLock<Vec<Arc<Segment>>>,
     /// One past the last durable (acknowledged) position; readers never go past it.
     pub head: AtomicU64,
+    /// Timestamp of the batch that ends at `head` (0 if the partition is empty).
+    pub head_time: AtomicU64,
+    /// Bumped after each head change, waking whoever follows the store's heads.
+    pub signal: Arc<HeadSignal>,
     /// Why the partition stopped accepting appends, once it has.
     pub poison: Mutex<Option<String>>,
     /// Counters of the writer's work.
     pub stats: WriteCounters,
     /// The snapshot sidecar.
     pub snapshots: Arc<crate::snapshot::Sidecar>,
+}
+
+/// A store-wide signal of head changes: writers bump it after publishing a new head, and
+/// followers (projection workers) wait on it instead of polling. Bumping costs an atomic
+/// increment and a load when nobody waits.
+#[derive(Debug, Default)]
+pub(crate) struct HeadSignal {
+    seq: AtomicU64,
+    waiters: std::sync::atomic::AtomicUsize,
+    lock: Mutex<()>,
+    cv: parking_lot::Condvar,
+}
+
+impl HeadSignal {
+    /// The current sequence number: pass it to [`HeadSignal::wait`].
+    pub fn seq(&self) -> u64 {
+        self.seq.load(Ordering::Acquire)
+    }
+
+    pub fn bump(&self) {
+        self.seq.fetch_add(1, Ordering::AcqRel);
+        if self.waiters.load(Ordering::Acquire) > 0 {
+            // Taking the lock orders this wake-up after a waiter's check of `seq`.
+            let _guard = self.lock.lock();
+            self.cv.notify_all();
+        }
+    }
+
+    /// Waits until the sequence number differs from `seen`, or `timeout` passes.
+    pub fn wait(&self, seen: u64, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut guard = self.lock.lock();
+        self.waiters.fetch_add(1, Ordering::AcqRel);
+        while self.seq.load(Ordering::Acquire) == seen {
+            if self.cv.wait_until(&mut guard, deadline).timed_out() {
+                break;
+            }
+        }
+        self.waiters.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Counters a partition writer bumps once per group commit.
@@ -86,7 +130,13 @@ fn parse_name(name: &str, ext: &str) -> Option<u64> {
 impl Partition {
     /// Opens partition `id` in `dir`: lists its segments, recovers the active segment's tail
     /// (truncating a torn last write), and leaves sealed segments to be mapped on first use.
-    pub fn open(dir: PathBuf, id: u32, io: Io, report: Report) -> Result<(Arc<Partition>, Tail)> {
+    pub fn open(
+        dir: PathBuf,
+        id: u32,
+        io: Io,
+        report: Report,
+        signal: Arc<HeadSignal>,
+    ) -> Result<(Arc<Partition>, Tail)> {
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -159,6 +209,8 @@ impl Partition {
             report,
             segments: RwLock::new(segments),
             head: AtomicU64::new(head),
+            head_time: AtomicU64::new(last_timestamp),
+            signal,
             poison: Mutex::new(None),
             stats: WriteCounters::default(),
             snapshots,
@@ -248,6 +300,34 @@ impl Partition {
             self.view(&seg, end)?.read_stream_back(&seg, stream, hash, from, limit, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// Calls `f(batch, skip, take)` for the batches holding positions from `from` on, in
+    /// order, until `limit` events are taken or `f` breaks; returns how many were taken.
+    pub fn visit_from(
+        &self,
+        from: u64,
+        limit: usize,
+        f: &mut dyn FnMut(&crate::format::batch::BatchView<'_>, usize, usize) -> std::ops::ControlFlow<()>,
+    ) -> Result<usize> {
+        let snap = self.snapshot();
+        let start = snap.partition_point(|(s, _)| s.base <= from).saturating_sub(1);
+        let mut taken = 0;
+        for (seg, end) in snap.get(start..).unwrap_or(&[]) {
+            if taken >= limit {
+                break;
+            }
+            if *end <= from {
+                continue;
+            }
+            let from = from.max(seg.base);
+            let (n, flow) = self.view(seg, *end)?.visit_positions(seg, from, *end, limit - taken, f)?;
+            taken += n;
+            if flow.is_break() {
+                break;
+            }
+        }
+        Ok(taken)
     }
 
     pub fn read_from(&self, from: u64, limit: usize) -> Result<Vec<RecordedEvent>> {

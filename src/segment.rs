@@ -605,6 +605,26 @@ impl View {
         limit: usize,
         out: &mut Vec<RecordedEvent>,
     ) -> Result<()> {
+        let left = limit - out.len().min(limit);
+        let _ = self.visit_positions(seg, from, end, left, &mut |b, skip, take| {
+            emit(b, seg.partition, skip, take, out);
+            ControlFlow::Continue(())
+        })?;
+        Ok(())
+    }
+
+    /// Calls `f(batch, skip, take)` for each batch holding positions `from..end`, in order,
+    /// where the batch's events `skip..skip + take` are the ones wanted, until `limit` events
+    /// are taken or `f` breaks. Returns how many were taken, and whether `f` broke.
+    pub fn visit_positions(
+        &self,
+        seg: &Segment,
+        from: u64,
+        end: u64,
+        limit: usize,
+        f: &mut dyn FnMut(&BatchView<'_>, usize, usize) -> ControlFlow<()>,
+    ) -> Result<(usize, ControlFlow<()>)> {
+        let mut taken = 0usize;
         let (start_offset, data_end) = match self {
             View::Sealed(s) => {
                 let positions: &[PositionEntry] = s
@@ -632,26 +652,29 @@ impl View {
         let mut offset = start_offset;
         // Start small (a subscriber usually wants the few newest events) and grow.
         let mut chunk = 64usize << 10;
-        while offset < data_end && out.len() < limit {
+        while offset < data_end && taken < limit {
             let want = (data_end - offset).min(chunk as u64) as usize;
             let bytes = self.bytes(seg, offset, want)?;
             let buf = bytes.get();
             let buf = buf.get(..want.min(buf.len())).unwrap_or(&[]);
             let mut at = 0usize;
             while let Some(rest) = buf.get(at..) {
-                if rest.is_empty() || out.len() >= limit {
+                if rest.is_empty() || taken >= limit {
                     break;
                 }
                 match batch::decode(rest) {
                     Ok(b) => {
                         if b.base_position >= end {
-                            return Ok(());
+                            return Ok((taken, ControlFlow::Continue(())));
                         }
                         if b.end_position() > from {
                             let skip = from.saturating_sub(b.base_position);
                             let upto = u64::from(b.event_count).min(end - b.base_position);
-                            let take = (upto.saturating_sub(skip) as usize).min(limit - out.len());
-                            emit(&b, seg.partition, skip as usize, take, out);
+                            let take = (upto.saturating_sub(skip) as usize).min(limit - taken);
+                            taken += take;
+                            if f(&b, skip as usize, take).is_break() {
+                                return Ok((taken, ControlFlow::Break(())));
+                            }
                         }
                         at += b.length;
                     }
@@ -671,7 +694,7 @@ impl View {
             offset += at as u64;
             chunk = chunk.max((chunk * 2).min(4 << 20));
         }
-        Ok(())
+        Ok((taken, ControlFlow::Continue(())))
     }
 }
 

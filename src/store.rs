@@ -290,6 +290,7 @@ impl Store {
             Err(e) => return Err(Error::io("read", &manifest_path, e)),
         };
         let report: Report = Arc::new(Mutex::new(Vec::new()));
+        let signal = Arc::new(partition::HeadSignal::default());
         let opened: Vec<Result<_>> = std::thread::scope(|s| {
             // Recover partitions in parallel, a bounded number at a time.
             let ids: Vec<u32> = (0..manifest.partition_count).collect();
@@ -299,10 +300,10 @@ impl Store {
                     .iter()
                     .map(|&id| {
                         let pdir = dir.join(partition::dir_name(id));
-                        let (io, report) = (io.clone(), report.clone());
+                        let (io, report, signal) = (io.clone(), report.clone(), signal.clone());
                         std::thread::Builder::new()
                             .name(format!("strata-open-{id}"))
-                            .spawn_scoped(s, move || Partition::open(pdir, id, io, report))
+                            .spawn_scoped(s, move || Partition::open(pdir, id, io, report, signal))
                             .map_err(|e| Error::io("spawn recovery thread", &dir, e))
                     })
                     .collect();
@@ -591,6 +592,16 @@ impl Store {
 
     pub(crate) fn sidecar_of(&self, stream: &str) -> Result<&Arc<snapshot::Sidecar>> {
         Ok(&self.partition(self.partition_of(stream))?.snapshots)
+    }
+
+    /// The signal the writers bump after each head change.
+    pub(crate) fn head_signal(&self) -> Arc<partition::HeadSignal> {
+        self.shared.partitions.first().map(|p| p.signal.clone()).unwrap_or_default()
+    }
+
+    /// The store's I/O context (with its fault plan, if any).
+    pub(crate) fn io(&self) -> crate::io::Io {
+        self.shared.partitions.first().map(|p| p.io.clone()).unwrap_or_default()
     }
 
     pub(crate) fn partition_ref(&self, id: u32) -> Result<&Arc<Partition>> {

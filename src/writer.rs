@@ -365,7 +365,9 @@ impl Writer {
         stats.groups.fetch_add(1, Ordering::Relaxed);
         self.next_position = end_position;
         self.last_timestamp = timestamp;
+        self.part.head_time.store(timestamp, Ordering::Release);
         self.part.head.store(end_position, Ordering::Release);
+        self.part.signal.bump();
     }
 
     /// Starts a new segment at the current head and hands the full one to the sealer. The

@@ -9,6 +9,7 @@
 //! actually present.
 
 pub(crate) mod batch;
+pub(crate) mod checkpoint;
 pub(crate) mod index;
 pub(crate) mod manifest;
 pub(crate) mod segment;

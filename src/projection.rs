@@ -1,0 +1,637 @@
+//! The projection engine: registered projections run on a pool of worker threads that
+//! follow the partitions' logs, one worker at a time per (projection, partition), in
+//! position order, with durable checkpoints. Appends never wait for it: workers read what
+//! is durable and are woken by the writers' head signal.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{Error, Result};
+use crate::event::RecordedEvent;
+use crate::format::checkpoint::{self as ckp, Checkpoint};
+use crate::io::{FileHandle, Io};
+use crate::partition::HeadSignal;
+use crate::store::{Store, now_nanos};
+
+/// The error a projection handler returns.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Events of one partition handed to a projection: contiguous positions, in order.
+#[derive(Debug)]
+pub struct Batch<'a> {
+    /// The partition.
+    pub partition: u32,
+    /// The events, in position order.
+    pub events: &'a [RecordedEvent],
+}
+
+impl Batch<'_> {
+    /// The position after the batch's last event: what a projection that keeps its own
+    /// checkpoints ([`Checkpoints::Projection`]) stores with the effects of this batch, in
+    /// the same transaction.
+    pub fn next_position(&self) -> u64 {
+        self.events.last().map_or(0, |e| e.position + 1)
+    }
+}
+
+/// A batch failed at one of its events: the ones before it count as handled.
+#[derive(Debug)]
+pub struct BatchError {
+    /// Index in [`Batch::events`] of the event that failed.
+    pub index: usize,
+    /// Why.
+    pub error: HandlerError,
+}
+
+/// A read model (or any consumer) fed by the engine.
+///
+/// The engine calls a projection from several worker threads, but never concurrently for the
+/// same partition, and always in position order within a partition (so in version order
+/// within a stream). Delivery is **at least once** with [`Checkpoints::Engine`]: after a
+/// crash, the events of the last batch whose checkpoint was not yet durable are delivered
+/// again; make handling idempotent, or keep your own checkpoints
+/// ([`Checkpoints::Projection`]) in the same transaction as your effects for exactly-once
+/// effects.
+pub trait Projection: Send + Sync + 'static {
+    /// Handles one event.
+    fn handle(&self, event: &RecordedEvent) -> std::result::Result<(), HandlerError>;
+
+    /// Handles a batch of one partition's events (by default, one by one with
+    /// [`Projection::handle`]). Override it to apply a batch in one transaction.
+    fn handle_batch(&self, batch: &Batch<'_>) -> std::result::Result<(), BatchError> {
+        for (index, e) in batch.events.iter().enumerate() {
+            self.handle(e).map_err(|error| BatchError { index, error })?;
+        }
+        Ok(())
+    }
+
+    /// With [`Checkpoints::Projection`]: the next position to handle in `partition`, as
+    /// stored with the projection's own state (0 if it has none). Not called otherwise.
+    fn checkpoint(&self, partition: u32) -> u64 {
+        let _ = partition;
+        0
+    }
+}
+
+/// Who keeps a projection's checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Checkpoints {
+    /// The engine, in `projections/<name>/checkpoints`, after each batch (at-least-once).
+    #[default]
+    Engine,
+    /// The projection, with its effects, in one transaction of its own (exactly-once
+    /// effects): it stores [`Batch::next_position`] and returns it from
+    /// [`Projection::checkpoint`].
+    Projection,
+}
+
+/// How a projection is run.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ProjectionOptions {
+    /// Most events per batch (default 4096).
+    pub batch: usize,
+    /// Attempts per event before the partition stops (default 3).
+    pub attempts: u32,
+    /// Wait before the first retry, doubled for each next one (default 10 ms).
+    pub backoff: Duration,
+    /// Lag (head time minus last handled time) above which the projection is unhealthy
+    /// (default 5 s).
+    pub sla: Duration,
+    /// Who keeps checkpoints.
+    pub checkpoints: Checkpoints,
+}
+
+impl Default for ProjectionOptions {
+    fn default() -> Self {
+        ProjectionOptions {
+            batch: 4096,
+            attempts: 3,
+            backoff: Duration::from_millis(10),
+            sla: Duration::from_secs(5),
+            checkpoints: Checkpoints::Engine,
+        }
+    }
+}
+
+impl ProjectionOptions {
+    /// Sets the batch size.
+    pub fn batch(mut self, events: usize) -> Self {
+        self.batch = events.max(1);
+        self
+    }
+    /// Sets the retry policy.
+    pub fn retry(mut self, attempts: u32, backoff: Duration) -> Self {
+        self.attempts = attempts.max(1);
+        self.backoff = backoff;
+        self
+    }
+    /// Sets the lag SLA.
+    pub fn sla(mut self, sla: Duration) -> Self {
+        self.sla = sla;
+        self
+    }
+    /// Sets who keeps checkpoints.
+    pub fn checkpoints(mut self, who: Checkpoints) -> Self {
+        self.checkpoints = who;
+        self
+    }
+}
+
+/// Where a projection stands in one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PartitionStatus {
+    /// The partition.
+    pub partition: u32,
+    /// The next position to handle (everything before it is handled).
+    pub next_position: u64,
+    /// The partition's head (one past its last durable position).
+    pub head: u64,
+    /// Events appended but not handled yet.
+    pub lag_events: u64,
+    /// How far behind in time: the head's timestamp minus the last handled event's (zero
+    /// when caught up).
+    pub lag: Duration,
+    /// Timestamp of the last handled event (`None` before the first).
+    pub last_handled: Option<SystemTime>,
+    /// Why the partition stopped, if it did (a handler that kept failing).
+    pub error: Option<String>,
+}
+
+/// Where a projection stands: per partition, and summed up against its SLA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProjectionStatus {
+    /// The projection.
+    pub name: String,
+    /// Per partition.
+    pub partitions: Vec<PartitionStatus>,
+    /// Events handled since registration.
+    pub handled: u64,
+    /// The largest lag in events.
+    pub max_lag_events: u64,
+    /// The largest lag in time.
+    pub max_lag: Duration,
+    /// Within its SLA, and no partition stopped.
+    pub healthy: bool,
+}
+
+impl ProjectionStatus {
+    /// Whether every partition has handled everything up to its head as of this status.
+    pub fn caught_up(&self) -> bool {
+        self.partitions.iter().all(|p| p.lag_events == 0)
+    }
+}
+
+/// One (projection, partition): the unit a worker claims.
+struct Task {
+    projection: Arc<Registered>,
+    partition: u32,
+    claimed: AtomicBool,
+    next: AtomicU64,
+    last_time: AtomicU64,
+    seq: AtomicU64,
+    error: Mutex<Option<String>>,
+    /// Reused from batch to batch, so reading allocates nothing once warm.
+    buffer: Mutex<Vec<RecordedEvent>>,
+}
+
+impl Task {
+    fn claim(&self) -> bool {
+        self.claimed.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
+    }
+    fn release(&self) {
+        self.claimed.store(false, Ordering::Release);
+    }
+}
+
+struct Registered {
+    name: String,
+    handler: Arc<dyn Projection>,
+    options: ProjectionOptions,
+    /// The engine's checkpoint file (with [`Checkpoints::Engine`]).
+    checkpoints: Option<FileHandle>,
+    handled: AtomicU64,
+}
+
+struct Inner {
+    store: Arc<Store>,
+    signal: Arc<HeadSignal>,
+    /// Bumped whenever a task advances (for [`ProjectionEngine::wait_caught_up`]).
+    progress: HeadSignal,
+    io: Io,
+    tasks: RwLock<Arc<Vec<Arc<Task>>>>,
+    /// Workers with an id at or above this exit after their current batch.
+    desired: AtomicUsize,
+    stop: AtomicBool,
+}
+
+/// Runs projections over a store's partitions on a pool of worker threads.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use strata::{EventData, ExpectedVersion, HandlerError, Options, Projection, ProjectionEngine, RecordedEvent, Store};
+///
+/// #[derive(Default)]
+/// struct Count(AtomicU64);
+/// impl Projection for Count {
+///     fn handle(&self, _: &RecordedEvent) -> Result<(), HandlerError> {
+///         self.0.fetch_add(1, Ordering::Relaxed);
+///         Ok(())
+///     }
+/// }
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = Arc::new(Store::open(dir.path(), Options::default().create_if_missing(true))?);
+/// let engine = ProjectionEngine::new(store.clone(), 2);
+/// let count = Arc::new(Count::default());
+/// engine.register("count", count.clone(), Default::default())?;
+/// store.append("a", ExpectedVersion::Any, &[EventData::new("E", "x")])?;
+/// assert!(engine.wait_caught_up("count", std::time::Duration::from_secs(5))?);
+/// assert_eq!(count.0.load(Ordering::Relaxed), 1);
+/// engine.stop()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct ProjectionEngine {
+    inner: Arc<Inner>,
+    workers: Mutex<Vec<(usize, JoinHandle<()>)>>,
+}
+
+impl std::fmt::Debug for ProjectionEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectionEngine").field("workers", &self.workers()).finish_non_exhaustive()
+    }
+}
+
+impl ProjectionEngine {
+    /// An engine over `store` with `workers` worker threads (at least one).
+    pub fn new(store: Arc<Store>, workers: usize) -> ProjectionEngine {
+        let signal = store.head_signal();
+        let io = store.io();
+        let inner = Arc::new(Inner {
+            store,
+            signal,
+            progress: HeadSignal::default(),
+            io,
+            tasks: RwLock::new(Arc::new(Vec::new())),
+            desired: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let engine = ProjectionEngine { inner, workers: Mutex::new(Vec::new()) };
+        engine.set_workers(workers.max(1));
+        engine
+    }
+
+    /// Changes the number of worker threads, live. Partitions are not assigned to workers:
+    /// a worker claims any (projection, partition) with events to handle, one worker at a
+    /// time, so adding or removing workers rebalances at once, without a pause, and never
+    /// puts two workers on one partition.
+    pub fn set_workers(&self, n: usize) {
+        let n = n.max(1);
+        let mut workers = self.workers.lock();
+        self.inner.desired.store(n, Ordering::Release);
+        // Those with ids >= n exit after their current batch.
+        self.inner.signal.bump();
+        let (keep, gone): (Vec<_>, Vec<_>) = workers.drain(..).partition(|(id, _)| *id < n);
+        *workers = keep;
+        for (_, h) in gone {
+            let _ = h.join();
+        }
+        let running: Vec<usize> = workers.iter().map(|(id, _)| *id).collect();
+        for id in (0..n).filter(|id| !running.contains(id)) {
+            let inner = self.inner.clone();
+            match std::thread::Builder::new().name(format!("strata-projection-{id}")).spawn(move || run(inner, id)) {
+                Ok(h) => workers.push((id, h)),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// The number of worker threads.
+    pub fn workers(&self) -> usize {
+        self.workers.lock().len()
+    }
+
+    /// Registers a projection under `name` (1 to 64 of `A-Z a-z 0-9 _ - .`) and starts
+    /// running it from its checkpoints (position 0 in each partition the first time).
+    ///
+    /// Errors: [`Error::InvalidOptions`] for a bad or taken name; [`Error::Corruption`] for a
+    /// damaged checkpoint file (the projection is not started: fix or remove the file, which
+    /// means a rebuild from position 0).
+    pub fn register<P: Projection>(&self, name: &str, projection: Arc<P>, options: ProjectionOptions) -> Result<()> {
+        if !ckp::valid_name(name) {
+            return Err(Error::InvalidOptions(format!("{name:?} is not a valid projection name")));
+        }
+        if self.inner.tasks.read().iter().any(|t| t.projection.name == name) {
+            return Err(Error::InvalidOptions(format!("a projection named {name:?} is registered already")));
+        }
+        let partitions = self.inner.store.partition_count();
+        let (checkpoints, start) = match options.checkpoints {
+            Checkpoints::Engine => {
+                let (file, start) = self.open_checkpoints(name, partitions)?;
+                (Some(file), start)
+            }
+            Checkpoints::Projection => (
+                None,
+                (0..partitions)
+                    .map(|p| Checkpoint { position: projection.checkpoint(p), ..Default::default() })
+                    .collect(),
+            ),
+        };
+        let registered = Arc::new(Registered {
+            name: name.to_owned(),
+            handler: projection,
+            options,
+            checkpoints,
+            handled: AtomicU64::new(0),
+        });
+        let mut tasks = self.inner.tasks.write();
+        let mut all: Vec<Arc<Task>> = tasks.iter().cloned().collect();
+        for (p, c) in start.into_iter().enumerate() {
+            all.push(Arc::new(Task {
+                projection: registered.clone(),
+                partition: p as u32,
+                claimed: AtomicBool::new(false),
+                next: AtomicU64::new(c.position),
+                last_time: AtomicU64::new(c.time),
+                seq: AtomicU64::new(c.seq),
+                error: Mutex::new(None),
+                buffer: Mutex::new(Vec::new()),
+            }));
+        }
+        *tasks = Arc::new(all);
+        drop(tasks);
+        self.inner.signal.bump();
+        Ok(())
+    }
+
+    fn open_checkpoints(&self, name: &str, partitions: u32) -> Result<(FileHandle, Vec<Checkpoint>)> {
+        let io = &self.inner.io;
+        let dir: PathBuf = self.inner.store.path().join("projections").join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        let path = dir.join(ckp::FILE_NAME);
+        let mut start = match std::fs::read(&path) {
+            Ok(bytes) => ckp::decode(&bytes).map_err(|(offset, why)| Error::corruption(&path, offset, why))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io("read", &path, e)),
+        };
+        if start.len() != partitions as usize {
+            // New, or made for another partition count: (re)write it, keeping what it had.
+            start.resize(partitions as usize, Checkpoint::default());
+            io.write_atomic(&dir, ckp::FILE_NAME, &ckp::encode_file(partitions, now_nanos(), &start))?;
+            if let Some(parent) = dir.parent() {
+                io.sync_dir(parent)?;
+            }
+        }
+        Ok((io.open_rw(&path)?, start))
+    }
+
+    /// Where the projection stands: per partition, its position, lag (in events and in time)
+    /// and any error; overall, against its SLA. Works whether the projection is running,
+    /// stopped or failing, so readers of its view can say how stale it is.
+    pub fn status(&self, name: &str) -> Result<ProjectionStatus> {
+        let tasks = self.inner.tasks.read().clone();
+        let mine: Vec<&Arc<Task>> = tasks.iter().filter(|t| t.projection.name == name).collect();
+        let first = mine.first().ok_or_else(|| Error::InvalidOptions(format!("no projection named {name:?}")))?;
+        let sla = first.projection.options.sla;
+        let mut status = ProjectionStatus {
+            name: name.to_owned(),
+            partitions: Vec::with_capacity(mine.len()),
+            handled: first.projection.handled.load(Ordering::Relaxed),
+            max_lag_events: 0,
+            max_lag: Duration::ZERO,
+            healthy: true,
+        };
+        for t in mine {
+            let part = self.inner.store.partition_ref(t.partition)?;
+            let head = part.head();
+            let head_time = part.head_time.load(Ordering::Acquire);
+            let next = t.next.load(Ordering::Acquire).min(head);
+            let last = t.last_time.load(Ordering::Acquire);
+            let lag_events = head - next;
+            let lag =
+                if lag_events == 0 { Duration::ZERO } else { Duration::from_nanos(head_time.saturating_sub(last)) };
+            let error = t.error.lock().clone();
+            status.healthy &= error.is_none() && lag <= sla;
+            status.max_lag_events = status.max_lag_events.max(lag_events);
+            status.max_lag = status.max_lag.max(lag);
+            status.partitions.push(PartitionStatus {
+                partition: t.partition,
+                next_position: next,
+                head,
+                lag_events,
+                lag,
+                last_handled: (last > 0).then(|| UNIX_EPOCH + Duration::from_nanos(last)),
+                error,
+            });
+        }
+        Ok(status)
+    }
+
+    /// Waits until the projection has handled everything durable when this is called, or
+    /// `timeout` passes (returns `false`), or a partition stops (returns the error).
+    pub fn wait_caught_up(&self, name: &str, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        let heads: Vec<u64> = self.status(name)?.partitions.iter().map(|p| p.head).collect();
+        loop {
+            let seen = self.inner.progress.seq();
+            let s = self.status(name)?;
+            if let Some(e) = s.partitions.iter().find_map(|p| p.error.clone()) {
+                return Err(Error::InvalidOptions(format!("projection {name:?} stopped: {e}")));
+            }
+            if s.partitions.iter().zip(&heads).all(|(p, h)| p.next_position >= *h) {
+                return Ok(true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            self.inner.progress.wait(seen, deadline - now);
+        }
+    }
+
+    /// Stops the workers after their current batches (whose checkpoints are then durable).
+    pub fn stop(self) -> Result<()> {
+        self.shutdown();
+        Ok(())
+    }
+
+    fn shutdown(&self) {
+        self.inner.stop.store(true, Ordering::Release);
+        self.inner.signal.bump();
+        for (_, h) in self.workers.lock().drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for ProjectionEngine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A worker: claims (projection, partition) tasks with work, handles a batch of each, and
+/// sleeps on the head signal when there is nothing to do.
+fn run(inner: Arc<Inner>, id: usize) {
+    let mut turn = id;
+    loop {
+        if inner.stop.load(Ordering::Acquire) || id >= inner.desired.load(Ordering::Acquire) {
+            return;
+        }
+        let seen = inner.signal.seq();
+        let tasks = inner.tasks.read().clone();
+        let mut worked = false;
+        let n = tasks.len();
+        for k in 0..n {
+            let Some(t) = tasks.get((turn + k) % n) else { continue };
+            if !has_work(&inner, t) || !t.claim() {
+                continue;
+            }
+            // Check again under the claim: another worker may have just handled it.
+            if has_work(&inner, t) {
+                handle(&inner, t);
+                worked = true;
+            }
+            t.release();
+            if inner.stop.load(Ordering::Acquire) {
+                return;
+            }
+        }
+        turn = turn.wrapping_add(1);
+        if !worked {
+            inner.signal.wait(seen, Duration::from_millis(100));
+        }
+    }
+}
+
+fn has_work(inner: &Inner, t: &Task) -> bool {
+    let Ok(part) = inner.store.partition_ref(t.partition) else { return false };
+    t.next.load(Ordering::Acquire) < part.head() && t.error.lock().is_none()
+}
+
+/// Overwrites `slot` with an event of `b` (reusing its buffers).
+fn fill(
+    slot: &mut RecordedEvent,
+    b: &crate::format::batch::BatchView<'_>,
+    i: usize,
+    e: &crate::format::batch::EventRef<'_>,
+) {
+    slot.stream_id.clear();
+    slot.stream_id.push_str(b.stream_id);
+    slot.version = b.first_version + i as u64;
+    slot.position = b.base_position + i as u64;
+    slot.timestamp_nanos = b.timestamp;
+    slot.event_type.clear();
+    slot.event_type.push_str(e.event_type);
+    slot.metadata.clear();
+    slot.metadata.extend_from_slice(e.metadata);
+    slot.payload.clear();
+    slot.payload.extend_from_slice(e.payload);
+}
+
+/// Handles one batch of a claimed task: read, hand to the projection (retrying failures),
+/// advance, checkpoint.
+fn handle(inner: &Inner, t: &Task) {
+    let reg = &t.projection;
+    let mut buffer = t.buffer.lock();
+    let from = t.next.load(Ordering::Acquire);
+    let mut n = 0usize;
+    let read = inner.store.partition_ref(t.partition).and_then(|part| {
+        part.visit_from(from, reg.options.batch, &mut |b, skip, take| {
+            for (i, e) in b.events().enumerate().skip(skip).take(take) {
+                match buffer.get_mut(n) {
+                    Some(slot) => fill(slot, b, i, &e),
+                    None => {
+                        let mut slot = RecordedEvent {
+                            stream_id: String::new(),
+                            version: 0,
+                            partition: t.partition,
+                            position: 0,
+                            timestamp_nanos: 0,
+                            event_type: String::new(),
+                            metadata: Vec::new(),
+                            payload: Vec::new(),
+                        };
+                        fill(&mut slot, b, i, &e);
+                        buffer.push(slot);
+                    }
+                }
+                n += 1;
+            }
+            ControlFlow::Continue(())
+        })
+    });
+    if let Err(e) = read {
+        stop_task(inner, t, format!("reading partition {}: {e}", t.partition));
+        return;
+    }
+    let events = buffer.get(..n).unwrap_or(&[]);
+    let mut start = 0usize;
+    let mut attempts = 0u32;
+    while start < events.len() {
+        let batch = Batch { partition: t.partition, events: events.get(start..).unwrap_or(&[]) };
+        match reg.handler.handle_batch(&batch) {
+            Ok(()) => break,
+            Err(BatchError { index, error }) => {
+                let failed = start + index.min(batch.events.len().saturating_sub(1));
+                if failed > start {
+                    // Progress before the failure counts; the failing event gets fresh attempts.
+                    advance(inner, t, events.get(start..failed).unwrap_or(&[]));
+                    start = failed;
+                    attempts = 0;
+                }
+                attempts += 1;
+                if attempts >= reg.options.attempts || inner.stop.load(Ordering::Acquire) {
+                    let e = events.get(failed);
+                    let why = format!(
+                        "event at position {} ({:?} v{}) failed {attempts} times: {error}",
+                        e.map_or(0, |e| e.position),
+                        e.map_or("", |e| e.stream_id.as_str()),
+                        e.map_or(0, |e| e.version),
+                    );
+                    stop_task(inner, t, why);
+                    return;
+                }
+                std::thread::sleep(reg.options.backoff * 2u32.saturating_pow(attempts - 1).min(1 << 10));
+            }
+        }
+    }
+    advance(inner, t, events.get(start..).unwrap_or(&[]));
+}
+
+/// Stops a task (until the projection is registered again) and wakes whoever waits on it.
+fn stop_task(inner: &Inner, t: &Task, why: String) {
+    *t.error.lock() = Some(why);
+    inner.progress.bump();
+}
+
+/// Records `done` as handled: the task's position, then its durable checkpoint.
+fn advance(inner: &Inner, t: &Task, done: &[RecordedEvent]) {
+    let Some(last) = done.last() else { return };
+    let reg = &t.projection;
+    reg.handled.fetch_add(done.len() as u64, Ordering::Relaxed);
+    let next = last.position + 1;
+    if let Some(file) = &reg.checkpoints {
+        let seq = t.seq.load(Ordering::Relaxed) + 1;
+        let c = Checkpoint { seq, position: next, time: last.timestamp_nanos };
+        let slot = ckp::encode_slot(t.partition, &c);
+        let written = file.write_all_at(&slot, ckp::slot_offset(t.partition, seq)).and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            // The position is not durable: stop here rather than run ahead of it.
+            stop_task(inner, t, format!("checkpoint write failed: {e}"));
+        }
+        t.seq.store(seq, Ordering::Relaxed);
+    }
+    t.last_time.store(last.timestamp_nanos, Ordering::Release);
+    t.next.store(next, Ordering::Release);
+    inner.progress.bump();
+}

@@ -1,0 +1,309 @@
+//! The projection engine: per-stream (and per-partition) order under many workers, resume
+//! from durable checkpoints, live rebalancing while appending, a failing handler that stops
+//! only its partition, exactly-once with projection-kept checkpoints, lag, and appends that
+//! never wait for a projection.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use strata::{
+    Batch, BatchError, Checkpoints, ExpectedVersion, HandlerError, Options, Projection, ProjectionEngine,
+    ProjectionOptions, RecordedEvent, Store,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Records every event it sees, and every order violation: a stream's versions must come
+/// 0, 1, 2, ... and a partition's positions one after the other.
+#[derive(Default)]
+struct Recorder {
+    seen: Mutex<HashMap<(u32, u64), u32>>,
+    next_version: Mutex<HashMap<String, u64>>,
+    next_position: Mutex<HashMap<u32, u64>>,
+    violations: Mutex<Vec<String>>,
+    count: AtomicU64,
+    /// Positions whose handling fails (every attempt).
+    poison: Mutex<Vec<(u32, u64)>>,
+    /// While set, `handle` blocks.
+    gate: AtomicBool,
+}
+
+impl Recorder {
+    fn duplicates(&self) -> usize {
+        self.seen.lock().unwrap().values().filter(|&&n| n > 1).count()
+    }
+}
+
+impl Projection for Recorder {
+    fn handle(&self, e: &RecordedEvent) -> Result<(), HandlerError> {
+        while self.gate.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if self.poison.lock().unwrap().contains(&(e.partition, e.position)) {
+            return Err(format!("poison at {}", e.position).into());
+        }
+        {
+            let mut nv = self.next_version.lock().unwrap();
+            let want = nv.entry(e.stream_id.clone()).or_insert(0);
+            if e.version != *want {
+                self.violations.lock().unwrap().push(format!("{} v{} after v{}", e.stream_id, e.version, *want));
+            }
+            *want = e.version + 1;
+        }
+        {
+            let mut np = self.next_position.lock().unwrap();
+            let want = np.entry(e.partition).or_insert(e.position);
+            if e.position != *want {
+                self.violations
+                    .lock()
+                    .unwrap()
+                    .push(format!("p{} position {} after {}", e.partition, e.position, *want));
+            }
+            *want = e.position + 1;
+        }
+        *self.seen.lock().unwrap().entry((e.partition, e.position)).or_insert(0) += 1;
+        self.count.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Appends `per_thread` events from each of `threads` threads, over `streams` streams each,
+/// in batches of 1 to 3; returns the number of events per stream.
+fn append_load(store: &Store, threads: usize, streams: usize, per_thread: usize, tag: &str) -> HashMap<String, u64> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut counts: HashMap<String, u64> = HashMap::new();
+                    let mut i = 0;
+                    while i < per_thread {
+                        let stream = format!("{tag}-t{t}-s{}", i % streams);
+                        let n = (1 + i % 3).min(per_thread - i);
+                        let evs: Vec<_> = (0..n).map(|k| ev("E", format!("{stream}/{}", i + k))).collect();
+                        store.append(&stream, ExpectedVersion::Any, &evs).unwrap();
+                        *counts.entry(stream).or_default() += n as u64;
+                        i += n;
+                    }
+                    counts
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn check(rec: &Recorder, counts: &HashMap<String, u64>) {
+    assert!(
+        rec.violations.lock().unwrap().is_empty(),
+        "{:?}",
+        &rec.violations.lock().unwrap()[..5.min(rec.violations.lock().unwrap().len())]
+    );
+    let nv = rec.next_version.lock().unwrap();
+    for (s, n) in counts {
+        assert_eq!(nv.get(s), Some(n), "{s}");
+    }
+}
+
+#[test]
+fn per_stream_order_holds_under_many_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), opts(8, 64 << 10)).unwrap());
+    let engine = ProjectionEngine::new(store.clone(), 6);
+    let rec = Arc::new(Recorder::default());
+    engine.register("order", rec.clone(), ProjectionOptions::default().batch(7)).unwrap();
+    let counts = append_load(&store, 4, 10, 1500, "a");
+    assert!(engine.wait_caught_up("order", WAIT).unwrap());
+    check(&rec, &counts);
+    assert_eq!(rec.count.load(Ordering::Relaxed), 6000);
+    assert_eq!(rec.duplicates(), 0);
+    let status = engine.status("order").unwrap();
+    assert!(status.healthy && status.caught_up() && status.handled == 6000, "{status:?}");
+}
+
+#[test]
+fn a_restart_resumes_from_the_durable_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = Arc::new(Recorder::default());
+    let mut counts = HashMap::new();
+    for round in 0..3 {
+        let store = Arc::new(Store::open(dir.path(), opts(4, 32 << 10)).unwrap());
+        let engine = ProjectionEngine::new(store.clone(), 2);
+        engine.register("resume", rec.clone(), ProjectionOptions::default().batch(50)).unwrap();
+        for (s, n) in append_load(&store, 2, 5, 400, &format!("r{round}")) {
+            *counts.entry(s).or_insert(0) += n;
+        }
+        assert!(engine.wait_caught_up("resume", WAIT).unwrap());
+        engine.stop().unwrap();
+        drop(store);
+    }
+    check(&rec, &counts);
+    // Every stop was clean, so every checkpoint was durable: nothing twice, nothing lost.
+    assert_eq!((rec.count.load(Ordering::Relaxed), rec.duplicates()), (2400, 0));
+    // The checkpoints survive on disk: a new engine has nothing to do.
+    let store = Arc::new(Store::open(dir.path(), Options::default()).unwrap());
+    let engine = ProjectionEngine::new(store.clone(), 1);
+    engine.register("resume", rec.clone(), ProjectionOptions::default()).unwrap();
+    assert!(engine.status("resume").unwrap().caught_up());
+}
+
+#[test]
+fn workers_rebalance_live_while_appending() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), opts(8, 64 << 10)).unwrap());
+    let engine = ProjectionEngine::new(store.clone(), 1);
+    let rec = Arc::new(Recorder::default());
+    engine.register("live", rec.clone(), ProjectionOptions::default().batch(16)).unwrap();
+    let done = AtomicBool::new(false);
+    let counts = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            let c = append_load(&store, 4, 8, 1000, "l");
+            done.store(true, Ordering::Release);
+            c
+        });
+        for n in [4, 2, 3, 1, 5].iter().cycle() {
+            if done.load(Ordering::Acquire) {
+                break;
+            }
+            engine.set_workers(*n);
+            assert_eq!(engine.workers(), *n);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        load.join().unwrap()
+    });
+    assert!(engine.wait_caught_up("live", WAIT).unwrap());
+    check(&rec, &counts);
+    assert_eq!((rec.count.load(Ordering::Relaxed), rec.duplicates()), (4000, 0));
+}
+
+#[test]
+fn a_failing_event_stops_only_its_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), opts(4, 1 << 20)).unwrap());
+    fill(&store, "victim", 5);
+    let p = store.partition_of("victim");
+    let poison = store.read_stream("victim", 2, 1).unwrap()[0].position;
+    let rec = Arc::new(Recorder::default());
+    rec.poison.lock().unwrap().push((p, poison));
+    let engine = ProjectionEngine::new(store.clone(), 2);
+    let options = ProjectionOptions::default().retry(3, Duration::from_millis(1));
+    engine.register("fragile", rec.clone(), options).unwrap();
+    let others: Vec<String> = (0..40).map(|i| format!("other-{i}")).collect();
+    for s in &others {
+        fill(&store, s, 3);
+    }
+    let r = engine.wait_caught_up("fragile", WAIT);
+    assert!(r.is_err(), "{r:?}");
+    // Wait for the other partitions to finish.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let st = engine.status("fragile").unwrap();
+        if st.partitions.iter().filter(|x| x.partition != p).all(|x| x.lag_events == 0) {
+            assert!(!st.healthy);
+            let mine = &st.partitions[p as usize];
+            assert_eq!(mine.next_position, poison, "stopped at the failing event");
+            assert!(mine.error.as_deref().is_some_and(|e| e.contains("failed 3 times")), "{mine:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{st:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let nv = rec.next_version.lock().unwrap();
+    assert_eq!(nv.get("victim"), Some(&2), "events before the failing one were handled");
+    for s in others.iter().filter(|s| store.partition_of(s) != p) {
+        assert_eq!(nv.get(s.as_str()), Some(&3), "{s}");
+    }
+}
+
+/// Keeps its state and its checkpoints together, as a database transaction would.
+#[derive(Default)]
+struct Transactional {
+    /// (state: events per stream, checkpoints: next position per partition)
+    db: Mutex<(HashMap<String, u64>, HashMap<u32, u64>)>,
+    /// Fail every batch after this many (simulating a crash mid-way); 0: never.
+    fail_after: AtomicU64,
+    batches: AtomicU64,
+}
+
+impl Projection for Transactional {
+    fn handle(&self, _: &RecordedEvent) -> Result<(), HandlerError> {
+        unreachable!("handle_batch is overridden")
+    }
+
+    fn handle_batch(&self, batch: &Batch<'_>) -> Result<(), BatchError> {
+        let limit = self.fail_after.load(Ordering::Relaxed);
+        if limit > 0 && self.batches.fetch_add(1, Ordering::Relaxed) >= limit {
+            return Err(BatchError { index: 0, error: "crashed".into() });
+        }
+        let mut db = self.db.lock().unwrap();
+        for e in batch.events {
+            *db.0.entry(e.stream_id.clone()).or_insert(0) += 1;
+        }
+        db.1.insert(batch.partition, batch.next_position());
+        Ok(())
+    }
+
+    fn checkpoint(&self, partition: u32) -> u64 {
+        self.db.lock().unwrap().1.get(&partition).copied().unwrap_or(0)
+    }
+}
+
+#[test]
+fn projection_kept_checkpoints_give_exactly_once_effects() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), opts(4, 1 << 20)).unwrap());
+    let counts = append_load(&store, 2, 6, 600, "x");
+    let proj = Arc::new(Transactional::default());
+    proj.fail_after.store(5, Ordering::Relaxed);
+    let options = ProjectionOptions::default().batch(20).retry(1, Duration::ZERO).checkpoints(Checkpoints::Projection);
+    let engine = ProjectionEngine::new(store.clone(), 2);
+    engine.register("tx", proj.clone(), options.clone()).unwrap();
+    // Some batches go through, then every batch fails: the "crash".
+    assert!(engine.wait_caught_up("tx", WAIT).is_err());
+    engine.stop().unwrap();
+    assert!(!dir.path().join("projections/tx").exists(), "the engine keeps no checkpoints for it");
+    proj.fail_after.store(0, Ordering::Relaxed);
+    let engine = ProjectionEngine::new(store.clone(), 2);
+    engine.register("tx", proj.clone(), options).unwrap();
+    assert!(engine.wait_caught_up("tx", WAIT).unwrap());
+    assert_eq!(proj.db.lock().unwrap().0, counts, "each event's effect exactly once");
+}
+
+#[test]
+fn lag_is_measured_and_appends_never_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), opts(2, 1 << 20)).unwrap());
+    let rec = Arc::new(Recorder::default());
+    rec.gate.store(true, Ordering::Release);
+    let engine = ProjectionEngine::new(store.clone(), 2);
+    engine.register("slow", rec.clone(), ProjectionOptions::default().sla(Duration::from_millis(5))).unwrap();
+    // The projection is stuck; appends go on regardless.
+    fill(&store, "a", 1);
+    std::thread::sleep(Duration::from_millis(20));
+    let acked = fill(&store, "a", 200).len() + fill(&store, "b", 200).len();
+    assert_eq!(acked, 400);
+    let st = engine.status("slow").unwrap();
+    assert!(!st.healthy, "{st:?}");
+    assert!(st.max_lag_events >= 200 && st.max_lag >= Duration::from_millis(5), "{st:?}");
+    rec.gate.store(false, Ordering::Release);
+    assert!(engine.wait_caught_up("slow", WAIT).unwrap());
+    let st = engine.status("slow").unwrap();
+    assert!(st.healthy && st.max_lag_events == 0 && st.max_lag == Duration::ZERO, "{st:?}");
+    assert!(st.partitions.iter().all(|p| p.last_handled.is_some() || p.head == 0));
+}
+
+#[test]
+fn names_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), opts(1, 1 << 20)).unwrap());
+    let engine = ProjectionEngine::new(store, 1);
+    for bad in ["", ".hidden", "a/b", &"x".repeat(65)] {
+        assert!(engine.register(bad, Arc::new(Recorder::default()), Default::default()).is_err(), "{bad:?}");
+    }
+    engine.register("ok", Arc::new(Recorder::default()), Default::default()).unwrap();
+    assert!(engine.register("ok", Arc::new(Recorder::default()), Default::default()).is_err());
+}
