@@ -82,7 +82,9 @@ pub trait Projection: Send + Sync + 'static {
 /// Who keeps a projection's checkpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Checkpoints {
-    /// The engine, in `projections/<name>/checkpoints`, after each batch (at-least-once).
+    /// The engine, in `projections/<name>/checkpoints`, written by a background checkpointer
+    /// right after batches are handled (at-least-once: after a crash, the events handled
+    /// since the last durable checkpoint, a round's batches at most, are delivered again).
     #[default]
     Engine,
     /// The projection, with its effects, in one transaction of its own (exactly-once
@@ -152,6 +154,8 @@ pub struct PartitionStatus {
     pub partition: u32,
     /// The next position to handle (everything before it is handled).
     pub next_position: u64,
+    /// The position the durable checkpoint holds (where a restart resumes).
+    pub checkpointed: u64,
     /// The partition's head (one past its last durable position).
     pub head: u64,
     /// Events appended but not handled yet.
@@ -197,7 +201,10 @@ struct Task {
     claimed: AtomicBool,
     next: AtomicU64,
     last_time: AtomicU64,
+    /// Times this partition's checkpoint was written (the checkpointer's alone).
     seq: AtomicU64,
+    /// The position the durable checkpoint holds.
+    durable: AtomicU64,
     error: Mutex<Option<String>>,
     /// Reused from batch to batch, so reading allocates nothing once warm.
     buffer: Mutex<Vec<RecordedEvent>>,
@@ -226,6 +233,9 @@ struct Inner {
     signal: Arc<HeadSignal>,
     /// Bumped whenever a task advances (for [`ProjectionEngine::wait_caught_up`]).
     progress: HeadSignal,
+    /// Bumped when a task with engine-kept checkpoints advances (wakes the checkpointer).
+    dirty: HeadSignal,
+    checkpointer_stop: AtomicBool,
     io: Io,
     tasks: RwLock<Arc<Vec<Arc<Task>>>>,
     /// Workers with an id at or above this exit after their current batch.
@@ -263,6 +273,7 @@ struct Inner {
 pub struct ProjectionEngine {
     inner: Arc<Inner>,
     workers: Mutex<Vec<(usize, JoinHandle<()>)>>,
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for ProjectionEngine {
@@ -280,12 +291,19 @@ impl ProjectionEngine {
             store,
             signal,
             progress: HeadSignal::default(),
+            dirty: HeadSignal::default(),
+            checkpointer_stop: AtomicBool::new(false),
             io,
             tasks: RwLock::new(Arc::new(Vec::new())),
             desired: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
         });
-        let engine = ProjectionEngine { inner, workers: Mutex::new(Vec::new()) };
+        let checkpointer = {
+            let inner = inner.clone();
+            std::thread::Builder::new().name("strata-checkpointer".into()).spawn(move || run_checkpointer(inner)).ok()
+        };
+        let engine =
+            ProjectionEngine { inner, workers: Mutex::new(Vec::new()), checkpointer: Mutex::new(checkpointer) };
         engine.set_workers(workers.max(1));
         engine
     }
@@ -363,6 +381,7 @@ impl ProjectionEngine {
                 next: AtomicU64::new(c.position),
                 last_time: AtomicU64::new(c.time),
                 seq: AtomicU64::new(c.seq),
+                durable: AtomicU64::new(c.position),
                 error: Mutex::new(None),
                 buffer: Mutex::new(Vec::new()),
             }));
@@ -426,6 +445,7 @@ impl ProjectionEngine {
             status.partitions.push(PartitionStatus {
                 partition: t.partition,
                 next_position: next,
+                checkpointed: t.durable.load(Ordering::Acquire),
                 head,
                 lag_events,
                 lag,
@@ -458,7 +478,7 @@ impl ProjectionEngine {
         }
     }
 
-    /// Stops the workers after their current batches (whose checkpoints are then durable).
+    /// Stops the workers after their current batches, then makes their checkpoints durable.
     pub fn stop(self) -> Result<()> {
         self.shutdown();
         Ok(())
@@ -468,6 +488,11 @@ impl ProjectionEngine {
         self.inner.stop.store(true, Ordering::Release);
         self.inner.signal.bump();
         for (_, h) in self.workers.lock().drain(..) {
+            let _ = h.join();
+        }
+        self.inner.checkpointer_stop.store(true, Ordering::Release);
+        self.inner.dirty.bump();
+        if let Some(h) = self.checkpointer.lock().take() {
             let _ = h.join();
         }
     }
@@ -619,19 +644,74 @@ fn advance(inner: &Inner, t: &Task, done: &[RecordedEvent]) {
     let Some(last) = done.last() else { return };
     let reg = &t.projection;
     reg.handled.fetch_add(done.len() as u64, Ordering::Relaxed);
-    let next = last.position + 1;
-    if let Some(file) = &reg.checkpoints {
-        let seq = t.seq.load(Ordering::Relaxed) + 1;
-        let c = Checkpoint { seq, position: next, time: last.timestamp_nanos };
-        let slot = ckp::encode_slot(t.partition, &c);
-        let written = file.write_all_at(&slot, ckp::slot_offset(t.partition, seq)).and_then(|()| file.sync_data());
-        if let Err(e) = written {
-            // The position is not durable: stop here rather than run ahead of it.
-            stop_task(inner, t, format!("checkpoint write failed: {e}"));
-        }
-        t.seq.store(seq, Ordering::Relaxed);
-    }
     t.last_time.store(last.timestamp_nanos, Ordering::Release);
-    t.next.store(next, Ordering::Release);
+    t.next.store(last.position + 1, Ordering::Release);
     inner.progress.bump();
+    if reg.checkpoints.is_some() {
+        inner.dirty.bump();
+    }
+}
+
+/// The checkpointer: makes the tasks' positions durable, one `fdatasync` per projection per
+/// round however many partitions moved, so handling never waits for a checkpoint's disk
+/// write. After a crash, a projection resumes at its last durable checkpoint: the events
+/// handled since (at most the batches of one round) are delivered again.
+fn run_checkpointer(inner: Arc<Inner>) {
+    loop {
+        let seen = inner.dirty.seq();
+        checkpoint_round(&inner);
+        if inner.checkpointer_stop.load(Ordering::Acquire) {
+            // The workers are gone: one last round for what they did last.
+            checkpoint_round(&inner);
+            return;
+        }
+        inner.dirty.wait(seen, Duration::from_secs(1));
+    }
+}
+
+fn checkpoint_round(inner: &Inner) {
+    let tasks = inner.tasks.read().clone();
+    let mut projections: Vec<&Arc<Registered>> = Vec::new();
+    for t in tasks.iter() {
+        if t.projection.checkpoints.is_some() && !projections.iter().any(|p| Arc::ptr_eq(p, &t.projection)) {
+            projections.push(&t.projection);
+        }
+    }
+    for reg in projections {
+        let Some(file) = &reg.checkpoints else { continue };
+        let mine: Vec<&Arc<Task>> = tasks.iter().filter(|t| Arc::ptr_eq(&t.projection, reg)).collect();
+        let mut written = Vec::new();
+        let mut result = Ok(());
+        for t in &mine {
+            let next = t.next.load(Ordering::Acquire);
+            if next == t.durable.load(Ordering::Acquire) {
+                continue;
+            }
+            // One write per partition between two syncs: the other slot stays intact.
+            let seq = t.seq.load(Ordering::Relaxed) + 1;
+            let c = Checkpoint { seq, position: next, time: t.last_time.load(Ordering::Acquire) };
+            result = file.write_all_at(&ckp::encode_slot(t.partition, &c), ckp::slot_offset(t.partition, seq));
+            if result.is_err() {
+                break;
+            }
+            t.seq.store(seq, Ordering::Relaxed);
+            written.push((t, next));
+        }
+        if result.is_ok() && !written.is_empty() {
+            result = file.sync_data();
+        }
+        match result {
+            Ok(()) => {
+                for (t, next) in written {
+                    t.durable.store(next, Ordering::Release);
+                }
+            }
+            Err(e) => {
+                // What is durable is unknown: stop the projection rather than run ahead.
+                for t in &mine {
+                    stop_task(inner, t, format!("checkpoint write failed: {e}"));
+                }
+            }
+        }
+    }
 }

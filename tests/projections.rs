@@ -123,6 +123,12 @@ fn per_stream_order_holds_under_many_workers() {
     assert_eq!(rec.duplicates(), 0);
     let status = engine.status("order").unwrap();
     assert!(status.healthy && status.caught_up() && status.handled == 6000, "{status:?}");
+    // The checkpointer follows, in the background.
+    let deadline = std::time::Instant::now() + WAIT;
+    while engine.status("order").unwrap().partitions.iter().any(|p| p.checkpointed != p.head) {
+        assert!(std::time::Instant::now() < deadline, "{:?}", engine.status("order"));
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 #[test]
