@@ -21,6 +21,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod aggregate;
+mod dlq;
 mod error;
 mod event;
 mod format;
@@ -51,8 +52,8 @@ pub use options::{
     DEFAULT_MAX_APPEND_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_PARTITIONS, DEFAULT_SEGMENT_BYTES, Durability, Options,
 };
 pub use projection::{
-    Batch, BatchError, Checkpoints, HandlerError, PartitionStatus, Projection, ProjectionEngine, ProjectionOptions,
-    ProjectionStatus,
+    Batch, BatchError, Checkpoints, DeadLetter, HandlerError, OnFailure, PartitionStatus, Projection, ProjectionEngine,
+    ProjectionOptions, ProjectionStatus, ReplayReport,
 };
 pub use router::{jump_consistent_hash, partition_for, stream_hash};
 pub use store::{AppendFuture, RecoveryAction, Store, WriteStats};

@@ -12,9 +12,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::dlq::DeadLetters;
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
 use crate::format::checkpoint::{self as ckp, Checkpoint};
+use crate::format::dlq::Outcome;
 use crate::io::{FileHandle, Io};
 use crate::partition::HeadSignal;
 use crate::store::{Store, now_nanos};
@@ -93,6 +95,21 @@ pub enum Checkpoints {
     Projection,
 }
 
+/// What happens to an event the projection keeps failing on (after the retries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnFailure {
+    /// It goes to the projection's durable dead-letter queue and the projection goes on.
+    #[default]
+    DeadLetter,
+    /// As `DeadLetter`, and its stream is parked: the stream's later events go to the
+    /// dead-letter queue too, in order, unhandled, until its dead letters are replayed or
+    /// discarded. Per-stream order is never broken.
+    Park,
+    /// The partition stops at the event (the others go on) until the projection is
+    /// registered again.
+    Stop,
+}
+
 /// How a projection is run.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -108,6 +125,8 @@ pub struct ProjectionOptions {
     pub sla: Duration,
     /// Who keeps checkpoints.
     pub checkpoints: Checkpoints,
+    /// What happens to an event that keeps failing.
+    pub on_failure: OnFailure,
 }
 
 impl Default for ProjectionOptions {
@@ -118,6 +137,7 @@ impl Default for ProjectionOptions {
             backoff: Duration::from_millis(10),
             sla: Duration::from_secs(5),
             checkpoints: Checkpoints::Engine,
+            on_failure: OnFailure::DeadLetter,
         }
     }
 }
@@ -142,6 +162,11 @@ impl ProjectionOptions {
     /// Sets who keeps checkpoints.
     pub fn checkpoints(mut self, who: Checkpoints) -> Self {
         self.checkpoints = who;
+        self
+    }
+    /// Sets what happens to an event that keeps failing.
+    pub fn on_failure(mut self, what: OnFailure) -> Self {
+        self.on_failure = what;
         self
     }
 }
@@ -183,6 +208,8 @@ pub struct ProjectionStatus {
     pub max_lag_events: u64,
     /// The largest lag in time.
     pub max_lag: Duration,
+    /// Events waiting in the dead-letter queue.
+    pub dead_letters: u64,
     /// Within its SLA, and no partition stopped.
     pub healthy: bool,
 }
@@ -192,6 +219,53 @@ impl ProjectionStatus {
     pub fn caught_up(&self) -> bool {
         self.partitions.iter().all(|p| p.lag_events == 0)
     }
+}
+
+/// An event a projection could not handle, waiting in its dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// Its id in the queue (for [`ProjectionEngine::discard_dead_letters`]).
+    pub id: u64,
+    /// Where the event is.
+    pub partition: u32,
+    /// Its position.
+    pub position: u64,
+    /// Its stream.
+    pub stream: String,
+    /// Its version.
+    pub version: u64,
+    /// How many times the handler failed on it (0: its stream was parked).
+    pub attempts: u32,
+    /// The handler's last error (or why it was not handled).
+    pub error: String,
+    /// When it was added.
+    pub time: SystemTime,
+}
+
+impl From<crate::format::dlq::Letter> for DeadLetter {
+    fn from(l: crate::format::dlq::Letter) -> Self {
+        DeadLetter {
+            id: l.id,
+            partition: l.partition,
+            position: l.position,
+            stream: l.stream,
+            version: l.version,
+            attempts: l.attempts,
+            error: l.error,
+            time: UNIX_EPOCH + Duration::from_nanos(l.time),
+        }
+    }
+}
+
+/// What [`ProjectionEngine::replay_dead_letters`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplayReport {
+    /// Dead letters handled and removed from the queue.
+    pub replayed: usize,
+    /// Those that failed again: id and error (they stay in the queue).
+    pub failed: Vec<(u64, String)>,
 }
 
 /// One (projection, partition): the unit a worker claims.
@@ -225,6 +299,8 @@ struct Registered {
     options: ProjectionOptions,
     /// The engine's checkpoint file (with [`Checkpoints::Engine`]).
     checkpoints: Option<FileHandle>,
+    /// The dead-letter queue (unless [`OnFailure::Stop`]).
+    dlq: Option<DeadLetters>,
     handled: AtomicU64,
 }
 
@@ -352,6 +428,12 @@ impl ProjectionEngine {
             return Err(Error::InvalidOptions(format!("a projection named {name:?} is registered already")));
         }
         let partitions = self.inner.store.partition_count();
+        let dir: PathBuf = self.inner.store.path().join("projections").join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        let dlq = match options.on_failure {
+            OnFailure::Stop => None,
+            other => Some(DeadLetters::open(&dir, &self.inner.io, other == OnFailure::Park)?),
+        };
         let (checkpoints, start) = match options.checkpoints {
             Checkpoints::Engine => {
                 let (file, start) = self.open_checkpoints(name, partitions)?;
@@ -369,6 +451,7 @@ impl ProjectionEngine {
             handler: projection,
             options,
             checkpoints,
+            dlq,
             handled: AtomicU64::new(0),
         });
         let mut tasks = self.inner.tasks.write();
@@ -427,6 +510,7 @@ impl ProjectionEngine {
             handled: first.projection.handled.load(Ordering::Relaxed),
             max_lag_events: 0,
             max_lag: Duration::ZERO,
+            dead_letters: first.projection.dlq.as_ref().map_or(0, |d| d.len() as u64),
             healthy: true,
         };
         for t in mine {
@@ -476,6 +560,77 @@ impl ProjectionEngine {
             }
             self.inner.progress.wait(seen, deadline - now);
         }
+    }
+
+    fn registered(&self, name: &str) -> Result<(Arc<Registered>, Vec<Arc<Task>>)> {
+        let tasks: Vec<Arc<Task>> =
+            self.inner.tasks.read().iter().filter(|t| t.projection.name == name).cloned().collect();
+        let reg = tasks.first().map(|t| t.projection.clone());
+        reg.map(|r| (r, tasks)).ok_or_else(|| Error::InvalidOptions(format!("no projection named {name:?}")))
+    }
+
+    /// The events waiting in the projection's dead-letter queue, oldest first.
+    pub fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>> {
+        let (reg, _) = self.registered(name)?;
+        Ok(reg.dlq.as_ref().map_or_else(Vec::new, |d| d.pending().into_iter().map(DeadLetter::from).collect()))
+    }
+
+    /// Hands the dead letters (of `stream` only, if given) to the projection again, oldest
+    /// first, each while holding its partition (no worker runs the partition meanwhile). One
+    /// that succeeds leaves the queue; once a stream fails, its later letters are not tried
+    /// (order is kept). A parked stream with no letters left is unparked, and its next events
+    /// go to the projection again.
+    pub fn replay_dead_letters(&self, name: &str, stream: Option<&str>) -> Result<ReplayReport> {
+        let (reg, tasks) = self.registered(name)?;
+        let Some(dlq) = &reg.dlq else { return Ok(ReplayReport::default()) };
+        let mut report = ReplayReport::default();
+        for t in &tasks {
+            // Hold the partition, as a worker would.
+            while !t.claim() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let result = (|| -> Result<()> {
+                let mut failed_streams: Vec<String> = Vec::new();
+                for l in dlq.pending().into_iter().filter(|l| l.partition == t.partition) {
+                    if stream.is_some_and(|s| s != l.stream) || failed_streams.contains(&l.stream) {
+                        continue;
+                    }
+                    let event = self.inner.store.read_partition(l.partition, l.position, 1)?.pop();
+                    let outcome = match event {
+                        Some(e) if e.stream_id == l.stream && e.version == l.version => reg.handler.handle(&e),
+                        _ => Err(format!("event at position {} is not in the log", l.position).into()),
+                    };
+                    match outcome {
+                        Ok(()) => {
+                            dlq.resolve(l.id, Outcome::Replayed)?;
+                            report.replayed += 1;
+                        }
+                        Err(e) => {
+                            report.failed.push((l.id, e.to_string()));
+                            failed_streams.push(l.stream);
+                        }
+                    }
+                }
+                Ok(())
+            })();
+            t.release();
+            result?;
+        }
+        self.inner.signal.bump();
+        Ok(report)
+    }
+
+    /// Removes the dead letters with these ids from the queue without handling them;
+    /// returns how many were there. A parked stream with none left is unparked.
+    pub fn discard_dead_letters(&self, name: &str, ids: &[u64]) -> Result<usize> {
+        let (reg, _) = self.registered(name)?;
+        let Some(dlq) = &reg.dlq else { return Ok(0) };
+        let mut n = 0;
+        for &id in ids {
+            n += usize::from(dlq.resolve(id, Outcome::Discarded)?);
+        }
+        self.inner.signal.bump();
+        Ok(n)
     }
 
     /// Stops the workers after their current batches, then makes their checkpoints durable.
@@ -601,36 +756,90 @@ fn handle(inner: &Inner, t: &Task) {
     }
     let events = buffer.get(..n).unwrap_or(&[]);
     let mut start = 0usize;
-    let mut attempts = 0u32;
     while start < events.len() {
-        let batch = Batch { partition: t.partition, events: events.get(start..).unwrap_or(&[]) };
+        // Events of parked streams go to the dead-letter queue, in order, unhandled.
+        let parked = |e: &RecordedEvent| reg.dlq.as_ref().is_some_and(|d| d.is_parked(&e.stream_id));
+        if let Some(e) = events.get(start).filter(|e| parked(e)) {
+            if let Err(why) = dead_letter(reg, e, 0, "its stream is parked") {
+                stop_task(inner, t, why);
+                return;
+            }
+            advance(inner, t, std::slice::from_ref(e));
+            start += 1;
+            continue;
+        }
+        let end = events.iter().skip(start).position(parked).map_or(events.len(), |k| start + k);
+        let run = events.get(start..end).unwrap_or(&[]);
+        match handle_run(inner, t, run) {
+            Ok(()) => start = end,
+            Err(None) => return, // stopping: the rest is handled after a restart
+            Err(Some((failed, attempts, error))) => {
+                let Some(e) = run.get(failed) else { return };
+                let why = format!(
+                    "event at position {} ({:?} v{}) failed {attempts} times: {error}",
+                    e.position, e.stream_id, e.version
+                );
+                if reg.dlq.is_none() {
+                    stop_task(inner, t, why);
+                    return;
+                }
+                if let Err(why) = dead_letter(reg, e, attempts, &error.to_string()) {
+                    stop_task(inner, t, why);
+                    return;
+                }
+                // The dead letter is durable: the projection goes on past the event.
+                advance(inner, t, std::slice::from_ref(e));
+                start += failed + 1;
+            }
+        }
+    }
+}
+
+/// Hands `run` to the projection, retrying a failing event per the policy. On success every
+/// event is advanced past. On failure, the events before the failing one are advanced past
+/// and the error says which one failed (its index in `run`), after how many attempts, and
+/// why; `Err(None)` if the engine is stopping.
+fn handle_run(
+    inner: &Inner,
+    t: &Task,
+    run: &[RecordedEvent],
+) -> std::result::Result<(), Option<(usize, u32, HandlerError)>> {
+    let reg = &t.projection;
+    let mut start = 0usize;
+    let mut attempts = 0u32;
+    while start < run.len() {
+        let batch = Batch { partition: t.partition, events: run.get(start..).unwrap_or(&[]) };
         match reg.handler.handle_batch(&batch) {
             Ok(()) => break,
             Err(BatchError { index, error }) => {
                 let failed = start + index.min(batch.events.len().saturating_sub(1));
                 if failed > start {
                     // Progress before the failure counts; the failing event gets fresh attempts.
-                    advance(inner, t, events.get(start..failed).unwrap_or(&[]));
+                    advance(inner, t, run.get(start..failed).unwrap_or(&[]));
                     start = failed;
                     attempts = 0;
                 }
                 attempts += 1;
-                if attempts >= reg.options.attempts || inner.stop.load(Ordering::Acquire) {
-                    let e = events.get(failed);
-                    let why = format!(
-                        "event at position {} ({:?} v{}) failed {attempts} times: {error}",
-                        e.map_or(0, |e| e.position),
-                        e.map_or("", |e| e.stream_id.as_str()),
-                        e.map_or(0, |e| e.version),
-                    );
-                    stop_task(inner, t, why);
-                    return;
+                if inner.stop.load(Ordering::Acquire) {
+                    return Err(None);
+                }
+                if attempts >= reg.options.attempts {
+                    return Err(Some((failed, attempts, error)));
                 }
                 std::thread::sleep(reg.options.backoff * 2u32.saturating_pow(attempts - 1).min(1 << 10));
             }
         }
     }
-    advance(inner, t, events.get(start..).unwrap_or(&[]));
+    advance(inner, t, run.get(start..).unwrap_or(&[]));
+    Ok(())
+}
+
+/// Adds `e` to the projection's dead-letter queue (durably), parking its stream if the
+/// projection parks failing streams. Returns why it could not.
+fn dead_letter(reg: &Registered, e: &RecordedEvent, attempts: u32, error: &str) -> std::result::Result<(), String> {
+    let Some(dlq) = &reg.dlq else { return Err(format!("no dead-letter queue for: {error}")) };
+    dlq.add(e, attempts, error, reg.options.on_failure == OnFailure::Park)
+        .map_err(|err| format!("writing the dead letter for position {} failed: {err}", e.position))
 }
 
 /// Stops a task (until the projection is registered again) and wakes whoever waits on it.

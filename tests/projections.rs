@@ -12,14 +12,15 @@ use std::time::Duration;
 
 use common::*;
 use strata::{
-    Batch, BatchError, Checkpoints, ExpectedVersion, HandlerError, Options, Projection, ProjectionEngine,
+    Batch, BatchError, Checkpoints, ExpectedVersion, HandlerError, OnFailure, Options, Projection, ProjectionEngine,
     ProjectionOptions, RecordedEvent, Store,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Records every event it sees, and every order violation: a stream's versions must come
-/// 0, 1, 2, ... and a partition's positions one after the other.
+/// 0, 1, 2, ... and a partition's positions in increasing order (with gaps only where events
+/// went to the dead-letter queue).
 #[derive(Default)]
 struct Recorder {
     seen: Mutex<HashMap<(u32, u64), u32>>,
@@ -31,6 +32,8 @@ struct Recorder {
     poison: Mutex<Vec<(u32, u64)>>,
     /// While set, `handle` blocks.
     gate: AtomicBool,
+    /// While set (a dead-letter replay), positions may go back.
+    replaying: AtomicBool,
 }
 
 impl Recorder {
@@ -58,13 +61,13 @@ impl Projection for Recorder {
         {
             let mut np = self.next_position.lock().unwrap();
             let want = np.entry(e.partition).or_insert(e.position);
-            if e.position != *want {
+            if e.position < *want && !self.replaying.load(Ordering::Acquire) {
                 self.violations
                     .lock()
                     .unwrap()
                     .push(format!("p{} position {} after {}", e.partition, e.position, *want));
             }
-            *want = e.position + 1;
+            *want = (*want).max(e.position + 1);
         }
         *self.seen.lock().unwrap().entry((e.partition, e.position)).or_insert(0) += 1;
         self.count.fetch_add(1, Ordering::Relaxed);
@@ -196,7 +199,7 @@ fn a_failing_event_stops_only_its_partition() {
     let rec = Arc::new(Recorder::default());
     rec.poison.lock().unwrap().push((p, poison));
     let engine = ProjectionEngine::new(store.clone(), 2);
-    let options = ProjectionOptions::default().retry(3, Duration::from_millis(1));
+    let options = ProjectionOptions::default().retry(3, Duration::from_millis(1)).on_failure(OnFailure::Stop);
     engine.register("fragile", rec.clone(), options).unwrap();
     let others: Vec<String> = (0..40).map(|i| format!("other-{i}")).collect();
     for s in &others {
@@ -265,13 +268,17 @@ fn projection_kept_checkpoints_give_exactly_once_effects() {
     let counts = append_load(&store, 2, 6, 600, "x");
     let proj = Arc::new(Transactional::default());
     proj.fail_after.store(5, Ordering::Relaxed);
-    let options = ProjectionOptions::default().batch(20).retry(1, Duration::ZERO).checkpoints(Checkpoints::Projection);
+    let options = ProjectionOptions::default()
+        .batch(20)
+        .retry(1, Duration::ZERO)
+        .checkpoints(Checkpoints::Projection)
+        .on_failure(OnFailure::Stop);
     let engine = ProjectionEngine::new(store.clone(), 2);
     engine.register("tx", proj.clone(), options.clone()).unwrap();
     // Some batches go through, then every batch fails: the "crash".
     assert!(engine.wait_caught_up("tx", WAIT).is_err());
     engine.stop().unwrap();
-    assert!(!dir.path().join("projections/tx").exists(), "the engine keeps no checkpoints for it");
+    assert!(!dir.path().join("projections/tx/checkpoints").exists(), "the engine keeps no checkpoints for it");
     proj.fail_after.store(0, Ordering::Relaxed);
     let engine = ProjectionEngine::new(store.clone(), 2);
     engine.register("tx", proj.clone(), options).unwrap();
@@ -312,4 +319,96 @@ fn names_are_checked() {
     }
     engine.register("ok", Arc::new(Recorder::default()), Default::default()).unwrap();
     assert!(engine.register("ok", Arc::new(Recorder::default()), Default::default()).is_err());
+}
+
+/// Waits until every partition has handled up to its head (dead letters count as handled).
+fn settle(engine: &ProjectionEngine, name: &str) {
+    assert!(engine.wait_caught_up(name, WAIT).unwrap(), "{:?}", engine.status(name));
+}
+
+#[test]
+fn a_poison_event_goes_to_the_dead_letter_queue_and_the_rest_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), opts(4, 1 << 20)).unwrap());
+    fill(&store, "victim", 5);
+    let p = store.partition_of("victim");
+    let at = |v: u64| store.read_stream("victim", v, 1).unwrap()[0].position;
+    let rec = Arc::new(Recorder::default());
+    rec.poison.lock().unwrap().extend([(p, at(2)), (p, at(4))]);
+    let engine = ProjectionEngine::new(store.clone(), 2);
+    let options = ProjectionOptions::default().retry(3, Duration::from_millis(1));
+    engine.register("dlq", rec.clone(), options.clone()).unwrap();
+    for i in 0..20 {
+        fill(&store, &format!("other-{i}"), 3);
+    }
+    settle(&engine, "dlq");
+    let st = engine.status("dlq").unwrap();
+    assert!(st.healthy && st.dead_letters == 2, "{st:?}");
+    let letters = engine.dead_letters("dlq").unwrap();
+    assert_eq!(
+        letters.iter().map(|l| (l.stream.as_str(), l.version, l.attempts)).collect::<Vec<_>>(),
+        [("victim", 2, 3), ("victim", 4, 3)]
+    );
+    assert!(letters[0].error.contains("poison") && letters[0].position == at(2), "{letters:?}");
+    // Without parking, the stream went on past its dead letters.
+    assert_eq!(*rec.violations.lock().unwrap(), ["victim v3 after v2".to_string()]);
+    assert_eq!(rec.count.load(Ordering::Relaxed), 3 + 60);
+    // Fixed: replay one, discard the other; both leave the queue, durably.
+    rec.poison.lock().unwrap().clear();
+    rec.replaying.store(true, Ordering::Release);
+    let r = engine.replay_dead_letters("dlq", Some("victim")).unwrap();
+    rec.replaying.store(false, Ordering::Release);
+    assert_eq!((r.replayed, r.failed.len()), (2, 0));
+    assert_eq!(engine.discard_dead_letters("dlq", &[letters[1].id]).unwrap(), 0, "already replayed");
+    assert_eq!(rec.count.load(Ordering::Relaxed), 5 + 60);
+    engine.stop().unwrap();
+    let engine = ProjectionEngine::new(store.clone(), 1);
+    engine.register("dlq", rec.clone(), options).unwrap();
+    assert!(engine.dead_letters("dlq").unwrap().is_empty());
+    assert_eq!(engine.status("dlq").unwrap().dead_letters, 0);
+}
+
+#[test]
+fn a_parked_stream_keeps_its_order_through_the_dead_letter_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), opts(4, 1 << 20)).unwrap());
+    fill(&store, "victim", 6);
+    let p = store.partition_of("victim");
+    let poison = store.read_stream("victim", 2, 1).unwrap()[0].position;
+    let rec = Arc::new(Recorder::default());
+    rec.poison.lock().unwrap().push((p, poison));
+    let options = ProjectionOptions::default().retry(2, Duration::from_millis(1)).on_failure(OnFailure::Park);
+    let engine = ProjectionEngine::new(store.clone(), 2);
+    engine.register("park", rec.clone(), options.clone()).unwrap();
+    for i in 0..20 {
+        fill(&store, &format!("other-{i}"), 3);
+    }
+    settle(&engine, "park");
+    let versions = |engine: &ProjectionEngine| -> Vec<(u64, u32)> {
+        engine.dead_letters("park").unwrap().iter().map(|l| (l.version, l.attempts)).collect()
+    };
+    assert_eq!(versions(&engine), [(2, 2), (3, 0), (4, 0), (5, 0)]);
+    // A restart keeps the queue and the parking.
+    engine.stop().unwrap();
+    let engine = ProjectionEngine::new(store.clone(), 2);
+    engine.register("park", rec.clone(), options).unwrap();
+    fill(&store, "victim", 2);
+    settle(&engine, "park");
+    assert_eq!(versions(&engine), [(2, 2), (3, 0), (4, 0), (5, 0), (6, 0), (7, 0)]);
+    assert_eq!(rec.next_version.lock().unwrap().get("victim"), Some(&2));
+    // Still failing: the replay stops at the first letter and keeps them all.
+    let r = engine.replay_dead_letters("park", None).unwrap();
+    assert_eq!((r.replayed, r.failed.len()), (0, 1));
+    rec.poison.lock().unwrap().clear();
+    rec.replaying.store(true, Ordering::Release);
+    let r = engine.replay_dead_letters("park", None).unwrap();
+    rec.replaying.store(false, Ordering::Release);
+    assert_eq!((r.replayed, r.failed.len()), (6, 0));
+    // Unparked: the next event goes straight to the projection, after the replayed ones.
+    fill(&store, "victim", 1);
+    settle(&engine, "park");
+    assert!(engine.dead_letters("park").unwrap().is_empty());
+    assert_eq!(rec.next_version.lock().unwrap().get("victim"), Some(&9));
+    assert!(rec.violations.lock().unwrap().is_empty(), "{:?}", rec.violations.lock().unwrap());
+    assert_eq!(rec.duplicates(), 0);
 }

@@ -10,6 +10,7 @@
 
 pub(crate) mod batch;
 pub(crate) mod checkpoint;
+pub(crate) mod dlq;
 pub(crate) mod index;
 pub(crate) mod manifest;
 pub(crate) mod segment;
