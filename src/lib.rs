@@ -53,7 +53,7 @@ pub use options::{
 };
 pub use projection::{
     Batch, BatchError, Checkpoints, DeadLetter, HandlerError, OnFailure, PartitionStatus, Projection, ProjectionEngine,
-    ProjectionOptions, ProjectionStatus, ReplayReport,
+    ProjectionOptions, ProjectionStatus, RebuildReport, ReplayReport, View,
 };
 pub use router::{jump_consistent_hash, partition_for, stream_hash};
 pub use store::{AppendFuture, RecoveryAction, Store, WriteStats};

@@ -210,6 +210,8 @@ pub struct ProjectionStatus {
     pub max_lag: Duration,
     /// Events waiting in the dead-letter queue.
     pub dead_letters: u64,
+    /// How long the rebuild that produced the live instance took (`None`: not rebuilt).
+    pub last_rebuild: Option<Duration>,
     /// Within its SLA, and no partition stopped.
     pub healthy: bool,
 }
@@ -268,10 +270,37 @@ pub struct ReplayReport {
     pub failed: Vec<(u64, String)>,
 }
 
+/// What [`ProjectionEngine::rebuild`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RebuildReport {
+    /// From the start of the rebuild to the swap.
+    pub duration: Duration,
+    /// Events the rebuilt instance handled before the swap.
+    pub events: u64,
+}
+
+/// A projection's live instance and how stale it is (see [`ProjectionEngine::view`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct View<P> {
+    /// The instance serving reads.
+    pub projection: Arc<P>,
+    /// Where it stands: per partition, the last handled position and time, the lag, errors.
+    pub status: ProjectionStatus,
+}
+
+/// The directory of projection `name`, and those a rebuild uses beside it.
+fn dirs(root: &std::path::Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    (root.join(name), root.join(format!("{name}.old")), root.join(format!("{name}.rebuild")))
+}
+
 /// One (projection, partition): the unit a worker claims.
 struct Task {
     projection: Arc<Registered>,
     partition: u32,
+    /// A rebuild not swapped in yet: run, but invisible to the name-based API.
+    shadow: AtomicBool,
     claimed: AtomicBool,
     next: AtomicU64,
     last_time: AtomicU64,
@@ -291,17 +320,24 @@ impl Task {
     fn release(&self) {
         self.claimed.store(false, Ordering::Release);
     }
+    fn is_shadow(&self) -> bool {
+        self.shadow.load(Ordering::Acquire)
+    }
 }
 
 struct Registered {
     name: String,
     handler: Arc<dyn Projection>,
+    /// The same instance, for [`ProjectionEngine::view`].
+    any: Arc<dyn std::any::Any + Send + Sync>,
     options: ProjectionOptions,
     /// The engine's checkpoint file (with [`Checkpoints::Engine`]).
     checkpoints: Option<FileHandle>,
     /// The dead-letter queue (unless [`OnFailure::Stop`]).
     dlq: Option<DeadLetters>,
     handled: AtomicU64,
+    /// How long the rebuild that produced this instance took.
+    rebuilt: Mutex<Option<Duration>>,
 }
 
 struct Inner {
@@ -414,7 +450,7 @@ impl ProjectionEngine {
         self.workers.lock().len()
     }
 
-    /// Registers a projection under `name` (1 to 64 of `A-Z a-z 0-9 _ - .`) and starts
+    /// Registers a projection under `name` (1 to 64 of `A-Z a-z 0-9 _ -`) and starts
     /// running it from its checkpoints (position 0 in each partition the first time).
     ///
     /// Errors: [`Error::InvalidOptions`] for a bad or taken name; [`Error::Corruption`] for a
@@ -424,19 +460,47 @@ impl ProjectionEngine {
         if !ckp::valid_name(name) {
             return Err(Error::InvalidOptions(format!("{name:?} is not a valid projection name")));
         }
-        if self.inner.tasks.read().iter().any(|t| t.projection.name == name) {
+        if self.inner.tasks.read().iter().any(|t| t.projection.name == name && !t.is_shadow()) {
             return Err(Error::InvalidOptions(format!("a projection named {name:?} is registered already")));
         }
+        let root = self.inner.store.path().join("projections");
+        let (dir, old, shadow) = dirs(&root, name);
+        // Finish or clean up a rebuild that a crash interrupted (see `rebuild`).
+        if !dir.exists() && old.exists() && shadow.exists() {
+            self.inner.io.rename(&shadow, &dir)?;
+            self.inner.io.sync_dir(&root)?;
+        }
+        for leftover in [&old, &shadow] {
+            if leftover.exists() {
+                std::fs::remove_dir_all(leftover).map_err(|e| Error::io("remove", leftover, e))?;
+            }
+        }
+        self.register_in(name, &dir, projection, options, false)?;
+        Ok(())
+    }
+
+    /// Registers `projection` with its files in `dir`; a `shadow` one (a rebuild) is run but
+    /// not seen by the name-based API until it is swapped in.
+    fn register_in<P: Projection>(
+        &self,
+        name: &str,
+        dir: &std::path::Path,
+        projection: Arc<P>,
+        options: ProjectionOptions,
+        shadow: bool,
+    ) -> Result<Arc<Registered>> {
         let partitions = self.inner.store.partition_count();
-        let dir: PathBuf = self.inner.store.path().join("projections").join(name);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        if let Some(parent) = dir.parent() {
+            self.inner.io.sync_dir(parent)?;
+        }
         let dlq = match options.on_failure {
             OnFailure::Stop => None,
-            other => Some(DeadLetters::open(&dir, &self.inner.io, other == OnFailure::Park)?),
+            other => Some(DeadLetters::open(dir, &self.inner.io, other == OnFailure::Park)?),
         };
         let (checkpoints, start) = match options.checkpoints {
             Checkpoints::Engine => {
-                let (file, start) = self.open_checkpoints(name, partitions)?;
+                let (file, start) = self.open_checkpoints(dir, partitions)?;
                 (Some(file), start)
             }
             Checkpoints::Projection => (
@@ -446,13 +510,16 @@ impl ProjectionEngine {
                     .collect(),
             ),
         };
+        let any: Arc<dyn std::any::Any + Send + Sync> = projection.clone();
         let registered = Arc::new(Registered {
             name: name.to_owned(),
             handler: projection,
+            any,
             options,
             checkpoints,
             dlq,
             handled: AtomicU64::new(0),
+            rebuilt: Mutex::new(None),
         });
         let mut tasks = self.inner.tasks.write();
         let mut all: Vec<Arc<Task>> = tasks.iter().cloned().collect();
@@ -460,6 +527,7 @@ impl ProjectionEngine {
             all.push(Arc::new(Task {
                 projection: registered.clone(),
                 partition: p as u32,
+                shadow: AtomicBool::new(shadow),
                 claimed: AtomicBool::new(false),
                 next: AtomicU64::new(c.position),
                 last_time: AtomicU64::new(c.time),
@@ -472,13 +540,110 @@ impl ProjectionEngine {
         *tasks = Arc::new(all);
         drop(tasks);
         self.inner.signal.bump();
-        Ok(())
+        Ok(registered)
     }
 
-    fn open_checkpoints(&self, name: &str, partitions: u32) -> Result<(FileHandle, Vec<Checkpoint>)> {
+    /// Rebuilds the projection from position 0 of every partition, in parallel on the worker
+    /// pool, into `fresh` (a new, empty instance), while the live instance keeps handling new
+    /// events and serving reads. Once the rebuild has caught up with the heads, it replaces
+    /// the live instance atomically: its checkpoints and dead-letter queue replace the live
+    /// ones on disk (one directory rename), and [`ProjectionEngine::view`] returns `fresh` from
+    /// then on. Blocks until then; returns how long it took (also in the status).
+    ///
+    /// A crash during a rebuild leaves the live projection as it was (the half-built one is
+    /// removed at the next registration), or, if it came after the swap began, the rebuilt
+    /// one.
+    pub fn rebuild<P: Projection>(&self, name: &str, fresh: Arc<P>) -> Result<RebuildReport> {
+        let (live, live_tasks) = self.registered(name)?;
+        let started = Instant::now();
+        let root = self.inner.store.path().join("projections");
+        let (dir, old, shadow_dir) = dirs(&root, name);
+        if shadow_dir.exists() {
+            std::fs::remove_dir_all(&shadow_dir).map_err(|e| Error::io("remove", &shadow_dir, e))?;
+        }
+        let shadow = self.register_in(name, &shadow_dir, fresh, live.options.clone(), true)?;
+        let shadow_tasks: Vec<Arc<Task>> =
+            self.inner.tasks.read().iter().filter(|t| Arc::ptr_eq(&t.projection, &shadow)).cloned().collect();
+        // Catch up with the heads as they are now (the live one goes on meanwhile).
+        let heads: Vec<u64> = shadow_tasks
+            .iter()
+            .map(|t| self.inner.store.partition_ref(t.partition).map(|p| p.head()))
+            .collect::<Result<_>>()?;
+        loop {
+            let seen = self.inner.progress.seq();
+            if let Some(e) = shadow_tasks.iter().find_map(|t| t.error.lock().clone()) {
+                self.drop_tasks(&shadow);
+                return Err(Error::InvalidOptions(format!("rebuild of {name:?} stopped: {e}")));
+            }
+            if shadow_tasks.iter().zip(&heads).all(|(t, h)| t.next.load(Ordering::Acquire) >= *h) {
+                break;
+            }
+            if self.inner.stop.load(Ordering::Acquire) {
+                self.drop_tasks(&shadow);
+                return Err(Error::Closed);
+            }
+            self.inner.progress.wait(seen, Duration::from_millis(100));
+        }
+        // Swap: hold every task of both, so no batch runs; let the checkpointer make the
+        // rebuilt positions durable; then one rename puts the rebuilt files in place.
+        let all: Vec<&Arc<Task>> = live_tasks.iter().chain(&shadow_tasks).collect();
+        for t in &all {
+            while !t.claim() {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        let swapped = (|| -> Result<()> {
+            while shadow.checkpoints.is_some()
+                && shadow_tasks.iter().any(|t| t.durable.load(Ordering::Acquire) != t.next.load(Ordering::Acquire))
+            {
+                self.inner.dirty.bump();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            self.inner.io.rename(&dir, &old)?;
+            self.inner.io.rename(&shadow_dir, &dir)?;
+            self.inner.io.sync_dir(&root)?;
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io("remove", &old, e))
+        })();
+        if swapped.is_ok() {
+            let mut tasks = self.inner.tasks.write();
+            let kept: Vec<Arc<Task>> = tasks.iter().filter(|t| !Arc::ptr_eq(&t.projection, &live)).cloned().collect();
+            for t in &shadow_tasks {
+                t.shadow.store(false, Ordering::Release);
+            }
+            *tasks = Arc::new(kept);
+        } else {
+            self.drop_tasks(&shadow);
+        }
+        for t in &all {
+            t.release();
+        }
+        swapped?;
+        let report = RebuildReport { duration: started.elapsed(), events: shadow.handled.load(Ordering::Relaxed) };
+        *shadow.rebuilt.lock() = Some(report.duration);
+        self.inner.signal.bump();
+        Ok(report)
+    }
+
+    fn drop_tasks(&self, reg: &Arc<Registered>) {
+        let mut tasks = self.inner.tasks.write();
+        let kept: Vec<Arc<Task>> = tasks.iter().filter(|t| !Arc::ptr_eq(&t.projection, reg)).cloned().collect();
+        *tasks = Arc::new(kept);
+    }
+
+    /// The projection's live instance, with how stale it is: read it whatever state the
+    /// projection is in (running, failing, stopped, rebuilding), and use the status to say
+    /// how far behind the answer may be.
+    ///
+    /// Errors: [`Error::InvalidOptions`] if no projection of type `P` is registered as `name`.
+    pub fn view<P: Projection>(&self, name: &str) -> Result<View<P>> {
+        let (reg, _) = self.registered(name)?;
+        let projection = Arc::downcast::<P>(reg.any.clone())
+            .map_err(|_| Error::InvalidOptions(format!("projection {name:?} is not of the type asked for")))?;
+        Ok(View { projection, status: self.status(name)? })
+    }
+
+    fn open_checkpoints(&self, dir: &std::path::Path, partitions: u32) -> Result<(FileHandle, Vec<Checkpoint>)> {
         let io = &self.inner.io;
-        let dir: PathBuf = self.inner.store.path().join("projections").join(name);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
         let path = dir.join(ckp::FILE_NAME);
         let mut start = match std::fs::read(&path) {
             Ok(bytes) => ckp::decode(&bytes).map_err(|(offset, why)| Error::corruption(&path, offset, why))?,
@@ -488,10 +653,7 @@ impl ProjectionEngine {
         if start.len() != partitions as usize {
             // New, or made for another partition count: (re)write it, keeping what it had.
             start.resize(partitions as usize, Checkpoint::default());
-            io.write_atomic(&dir, ckp::FILE_NAME, &ckp::encode_file(partitions, now_nanos(), &start))?;
-            if let Some(parent) = dir.parent() {
-                io.sync_dir(parent)?;
-            }
+            io.write_atomic(dir, ckp::FILE_NAME, &ckp::encode_file(partitions, now_nanos(), &start))?;
         }
         Ok((io.open_rw(&path)?, start))
     }
@@ -501,7 +663,7 @@ impl ProjectionEngine {
     /// stopped or failing, so readers of its view can say how stale it is.
     pub fn status(&self, name: &str) -> Result<ProjectionStatus> {
         let tasks = self.inner.tasks.read().clone();
-        let mine: Vec<&Arc<Task>> = tasks.iter().filter(|t| t.projection.name == name).collect();
+        let mine: Vec<&Arc<Task>> = tasks.iter().filter(|t| t.projection.name == name && !t.is_shadow()).collect();
         let first = mine.first().ok_or_else(|| Error::InvalidOptions(format!("no projection named {name:?}")))?;
         let sla = first.projection.options.sla;
         let mut status = ProjectionStatus {
@@ -511,6 +673,7 @@ impl ProjectionEngine {
             max_lag_events: 0,
             max_lag: Duration::ZERO,
             dead_letters: first.projection.dlq.as_ref().map_or(0, |d| d.len() as u64),
+            last_rebuild: *first.projection.rebuilt.lock(),
             healthy: true,
         };
         for t in mine {
@@ -564,7 +727,7 @@ impl ProjectionEngine {
 
     fn registered(&self, name: &str) -> Result<(Arc<Registered>, Vec<Arc<Task>>)> {
         let tasks: Vec<Arc<Task>> =
-            self.inner.tasks.read().iter().filter(|t| t.projection.name == name).cloned().collect();
+            self.inner.tasks.read().iter().filter(|t| t.projection.name == name && !t.is_shadow()).cloned().collect();
         let reg = tasks.first().map(|t| t.projection.clone());
         reg.map(|r| (r, tasks)).ok_or_else(|| Error::InvalidOptions(format!("no projection named {name:?}")))
     }

@@ -314,7 +314,7 @@ fn names_are_checked() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path(), opts(1, 1 << 20)).unwrap());
     let engine = ProjectionEngine::new(store, 1);
-    for bad in ["", ".hidden", "a/b", &"x".repeat(65)] {
+    for bad in ["", ".hidden", "a/b", "a.rebuild", &"x".repeat(65)] {
         assert!(engine.register(bad, Arc::new(Recorder::default()), Default::default()).is_err(), "{bad:?}");
     }
     engine.register("ok", Arc::new(Recorder::default()), Default::default()).unwrap();
@@ -411,4 +411,77 @@ fn a_parked_stream_keeps_its_order_through_the_dead_letter_queue() {
     assert_eq!(rec.next_version.lock().unwrap().get("victim"), Some(&9));
     assert!(rec.violations.lock().unwrap().is_empty(), "{:?}", rec.violations.lock().unwrap());
     assert_eq!(rec.duplicates(), 0);
+}
+
+#[test]
+fn a_rebuild_runs_in_parallel_and_swaps_in_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), opts(8, 64 << 10)).unwrap());
+    let engine = ProjectionEngine::new(store.clone(), 2);
+    let live = Arc::new(Recorder::default());
+    engine.register("model", live.clone(), ProjectionOptions::default().batch(64)).unwrap();
+    let mut counts = append_load(&store, 2, 8, 1000, "before");
+    settle(&engine, "model");
+    let fresh = Arc::new(Recorder::default());
+    let during = std::thread::scope(|s| {
+        let load = s.spawn(|| append_load(&store, 2, 8, 500, "during"));
+        // Readers keep the old instance until the swap.
+        assert!(Arc::ptr_eq(&engine.view::<Recorder>("model").unwrap().projection, &live));
+        let report = engine.rebuild("model", fresh.clone()).unwrap();
+        assert!(report.events >= 2000 && report.duration > Duration::ZERO, "{report:?}");
+        load.join().unwrap()
+    });
+    counts.extend(during);
+    let view = engine.view::<Recorder>("model").unwrap();
+    assert!(Arc::ptr_eq(&view.projection, &fresh), "the rebuilt instance serves reads");
+    assert!(view.status.last_rebuild.is_some());
+    settle(&engine, "model");
+    check(&fresh, &counts);
+    assert_eq!((fresh.count.load(Ordering::Relaxed), fresh.duplicates()), (3000, 0));
+    // The old instance gets nothing after the swap.
+    let old_count = live.count.load(Ordering::Relaxed);
+    fill(&store, "after", 10);
+    settle(&engine, "model");
+    assert_eq!(live.count.load(Ordering::Relaxed), old_count);
+    assert_eq!(fresh.count.load(Ordering::Relaxed), 3010);
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("projections"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["model"]);
+    // Its checkpoints are the live ones now.
+    engine.stop().unwrap();
+    let engine = ProjectionEngine::new(store.clone(), 1);
+    engine.register("model", fresh.clone(), ProjectionOptions::default()).unwrap();
+    assert!(engine.status("model").unwrap().caught_up());
+    assert!(engine.view::<Transactional>("model").is_err(), "asking for the wrong type is an error");
+}
+
+#[test]
+fn a_rebuild_interrupted_by_a_crash_is_finished_or_dropped_at_registration() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), opts(2, 1 << 20)).unwrap());
+    fill(&store, "s", 30);
+    let root = dir.path().join("projections");
+    {
+        let engine = ProjectionEngine::new(store.clone(), 1);
+        engine.register("m", Arc::new(Recorder::default()), Default::default()).unwrap();
+        settle(&engine, "m");
+    }
+    // Crashed mid-rebuild: a half-built directory beside the live one is dropped.
+    std::fs::create_dir(root.join("m.rebuild")).unwrap();
+    std::fs::write(root.join("m.rebuild/checkpoints"), b"half").unwrap();
+    {
+        let engine = ProjectionEngine::new(store.clone(), 1);
+        engine.register("m", Arc::new(Recorder::default()), Default::default()).unwrap();
+        assert!(engine.status("m").unwrap().caught_up());
+        assert!(!root.join("m.rebuild").exists());
+    }
+    // Crashed between the swap's two renames: the rebuilt one (complete) is put in place.
+    std::fs::rename(root.join("m"), root.join("m.rebuild")).unwrap();
+    std::fs::create_dir(root.join("m.old")).unwrap();
+    let engine = ProjectionEngine::new(store.clone(), 1);
+    engine.register("m", Arc::new(Recorder::default()), Default::default()).unwrap();
+    assert!(engine.status("m").unwrap().caught_up());
+    assert!(root.join("m").exists() && !root.join("m.old").exists() && !root.join("m.rebuild").exists());
 }

@@ -150,10 +150,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<Checkpoint>, Bad> {
     Ok(out)
 }
 
-/// Whether `name` can name a projection (and its directory): 1 to 64 of `A-Z a-z 0-9 _ - .`,
-/// not starting with a dot.
+/// Whether `name` can name a projection (and its directory): 1 to 64 of `A-Z a-z 0-9 _ -`
+/// (no dot: a rebuild uses `<name>.rebuild` and `<name>.old` beside it).
 pub(crate) fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
