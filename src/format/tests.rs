@@ -197,3 +197,75 @@ fn a_torn_or_flipped_sidecar_record_ends_the_scan_there() {
         assert!(matches!(end, ScanEnd::Damaged { data_end, .. } if data_end == second as u64), "{flip}: {end:?}");
     }
 }
+
+fn golden_checkpoints() -> Vec<u8> {
+    use super::checkpoint::{self, Checkpoint};
+    let start = [
+        Checkpoint { seq: 3, position: 1200, time: 1_764_115_200_000_000_000 },
+        Checkpoint::default(),
+        Checkpoint { seq: 8, position: 77, time: 1_764_115_100_000_000_000 },
+    ];
+    let mut bytes = checkpoint::encode_file(3, 1_764_115_000_000_000_000, &start);
+    // A later write of partition 0 goes to the other slot.
+    let next = Checkpoint { seq: 4, position: 1500, time: 1_764_115_300_000_000_000 };
+    let at = checkpoint::slot_offset(0, next.seq) as usize;
+    bytes[at..at + checkpoint::SLOT_LEN].copy_from_slice(&checkpoint::encode_slot(0, &next));
+    bytes
+}
+
+#[test]
+fn checkpoint_bytes_are_pinned() {
+    use super::checkpoint::{self, Checkpoint};
+    let bytes = golden_checkpoints();
+    let pinned = fixture("checkpoint.bin", &bytes);
+    assert_eq!(bytes, pinned, "the checkpoint encoder's output changed");
+    let c = checkpoint::decode(&pinned).unwrap();
+    assert_eq!(c[0], Checkpoint { seq: 4, position: 1500, time: 1_764_115_300_000_000_000 }, "the newer slot wins");
+    assert_eq!((c[1], c[2].position), (Checkpoint::default(), 77));
+    // A torn newer slot falls back to the older one; damage to both is an error.
+    let mut torn = pinned.clone();
+    torn[checkpoint::slot_offset(0, 4) as usize + 20] ^= 1;
+    assert_eq!(checkpoint::decode(&torn).unwrap()[0].position, 1200);
+    torn[checkpoint::slot_offset(0, 3) as usize + 20] ^= 1;
+    assert!(checkpoint::decode(&torn).is_err());
+}
+
+fn golden_dlq() -> Vec<u8> {
+    use super::dlq::{self, Letter, Outcome};
+    let mut bytes = dlq::encode_header().to_vec();
+    let letter = |id, version, attempts, error: &str| Letter {
+        id,
+        time: 1_764_115_200_000_000_000 + id,
+        partition: 2,
+        attempts,
+        position: 900 + version,
+        version,
+        stream: "order-7".into(),
+        error: error.into(),
+    };
+    bytes.extend(dlq::encode_letter(&letter(1, 4, 3, "unknown sku A-9")));
+    bytes.extend(dlq::encode_letter(&letter(2, 5, 0, "its stream is parked")));
+    bytes.extend(dlq::encode_resolution(1, 1_764_115_300_000_000_000, Outcome::Replayed));
+    bytes
+}
+
+#[test]
+fn dead_letter_queue_bytes_are_pinned() {
+    use super::dlq::{self, Outcome, Record};
+    let bytes = golden_dlq();
+    let pinned = fixture("dlq.bin", &bytes);
+    assert_eq!(bytes, pinned, "the dead-letter encoder's output changed");
+    let (records, end, damage) = dlq::scan(&pinned).unwrap();
+    assert_eq!((records.len(), end, damage), (3, pinned.len(), None));
+    match (&records[0], &records[2]) {
+        (Record::Letter(l), Record::Resolution { id: 1, outcome: Outcome::Replayed, .. }) => {
+            assert_eq!((l.id, l.partition, l.position, l.version, l.attempts), (1, 2, 904, 4, 3));
+            assert_eq!((l.stream.as_str(), l.error.as_str()), ("order-7", "unknown sku A-9"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A torn last record ends the scan before it.
+    let (records, end, damage) = dlq::scan(&pinned[..pinned.len() - 3]).unwrap();
+    assert_eq!((records.len(), end), (2, pinned.len() - 40));
+    assert!(damage.is_some());
+}
