@@ -236,3 +236,142 @@ fn kill_9_during_snapshot_rewrites_leaves_loadable_aggregates() {
     assert!(used > 0, "no load ever used a snapshot");
     assert!(rewrites > 0, "the sidecar was never rewritten");
 }
+
+/// Logs each handled event's (partition, position), one `write` per batch.
+struct Logging(Mutex<std::fs::File>);
+
+impl strata::Projection for Logging {
+    fn handle(&self, _: &strata::RecordedEvent) -> Result<(), strata::HandlerError> {
+        unreachable!("handle_batch is overridden")
+    }
+
+    fn handle_batch(&self, batch: &strata::Batch<'_>) -> Result<(), strata::BatchError> {
+        let text: String = batch.events.iter().map(|e| format!("{} {}\n", e.partition, e.position)).collect();
+        self.0.lock().unwrap().write_all(text.as_bytes()).unwrap();
+        Ok(())
+    }
+}
+
+/// The child of the projection crash test: appends from two threads while a projection with
+/// engine-kept checkpoints logs what it handles, until killed.
+fn projection_child(dir: &Path, log: &Path) {
+    let store = Arc::new(Store::open(dir, opts(4, 64 << 10)).unwrap());
+    let engine = strata::ProjectionEngine::new(store.clone(), 2);
+    let file = std::fs::OpenOptions::new().append(true).create(true).open(log).unwrap();
+    engine
+        .register("logged", Arc::new(Logging(Mutex::new(file))), strata::ProjectionOptions::default().batch(100))
+        .unwrap();
+    for t in 0..2 {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for i in 0u64.. {
+                let events = vec![EventData::new("E", format!("{i}")); 1 + (i % 4) as usize];
+                store.append(&format!("c{t}-{}", i % 50), ExpectedVersion::Any, &events).unwrap();
+            }
+        });
+    }
+    loop {
+        std::thread::park();
+    }
+}
+
+/// The next position of each partition in a checkpoint file (format in FORMAT.md).
+fn read_checkpoints(path: &Path) -> Vec<u64> {
+    let Ok(bytes) = std::fs::read(path) else { return vec![0; 4] };
+    let partitions = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+    (0..partitions)
+        .map(|p| {
+            let slot = |s: usize| {
+                let at = 64 + 64 * p + 32 * s;
+                let seq = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap());
+                (seq, u64::from_le_bytes(bytes[at + 16..at + 24].try_into().unwrap()))
+            };
+            let (a, b) = (slot(0), slot(1));
+            if a.0 > b.0 { a.1 } else { b.1 }
+        })
+        .collect()
+}
+
+#[test]
+fn kill_9_of_a_projection_redelivers_only_what_followed_its_checkpoint() {
+    if let (Ok(dir), Ok(log)) = (std::env::var("STRATA_PROJ_CRASH_DIR"), std::env::var("STRATA_PROJ_CRASH_LOG")) {
+        projection_child(Path::new(&dir), Path::new(&log));
+        return;
+    }
+    let crashes: usize = std::env::var("STRATA_CRASHES").ok().and_then(|s| s.parse().ok()).unwrap_or(20) / 4;
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("store");
+    let mut rng = 0x1234_5678_9ABC_DEF1u64;
+    let mut redelivered = 0usize;
+    for crash in 0..crashes.max(1) {
+        let log = work.path().join(format!("handled-{crash}.log"));
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["kill_9_of_a_projection_redelivers_only_what_followed_its_checkpoint", "--exact", "--nocapture"])
+            .env("STRATA_PROJ_CRASH_DIR", &dir)
+            .env("STRATA_PROJ_CRASH_LOG", &log)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(300 + rng % 500));
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "crash {crash}: {status}");
+        // What the killed process handled, per partition, in order.
+        let mut before: HashMap<u32, Vec<u64>> = HashMap::new();
+        for line in std::fs::read_to_string(&log).unwrap_or_default().lines() {
+            let mut it = line.split(' ');
+            if let (Some(Ok(p)), Some(Ok(pos)), None) =
+                (it.next().map(str::parse::<u32>), it.next().map(str::parse::<u64>), it.next())
+            {
+                before.entry(p).or_default().push(pos);
+            }
+        }
+        let resume = read_checkpoints(&dir.join("projections/logged/checkpoints"));
+        // Restart here, logging to another file, and let it catch up.
+        let after_log = work.path().join(format!("after-{crash}.log"));
+        let store = Arc::new(Store::open(&dir, Options::default()).unwrap());
+        let engine = strata::ProjectionEngine::new(store.clone(), 2);
+        let file = std::fs::OpenOptions::new().append(true).create(true).open(&after_log).unwrap();
+        engine.register("logged", Arc::new(Logging(Mutex::new(file))), Default::default()).unwrap();
+        assert!(engine.wait_caught_up("logged", Duration::from_secs(60)).unwrap());
+        engine.stop().unwrap();
+        let mut after: HashMap<u32, Vec<u64>> = HashMap::new();
+        for line in std::fs::read_to_string(&after_log).unwrap().lines() {
+            let (p, pos) = line.split_once(' ').unwrap();
+            after.entry(p.parse().unwrap()).or_default().push(pos.parse().unwrap());
+        }
+        for p in 0..store.partition_count() {
+            let head = store.head(p).unwrap();
+            let b = before.remove(&p).unwrap_or_default();
+            let a = after.remove(&p).unwrap_or_default();
+            let c = resume[p as usize];
+            // Before the kill: 0, 1, 2, ... in order, each once (earlier rounds' logs aside:
+            // each round starts where the previous one's checkpoint left it).
+            if let Some(&first) = b.first() {
+                assert!(
+                    b.iter().copied().eq(first..first + b.len() as u64),
+                    "crash {crash} p{p}: gaps or repeats before"
+                );
+            }
+            let handled_before = b.last().map_or(0, |&x| x + 1);
+            // After: exactly from the durable checkpoint to the head.
+            assert!(
+                a.iter().copied().eq(c..head),
+                "crash {crash} p{p}: resumed {:?}.. instead of {c}..{head}",
+                a.first()
+            );
+            // So what is delivered twice is what was handled after the last durable checkpoint.
+            assert!(
+                c <= handled_before || b.is_empty(),
+                "crash {crash} p{p}: checkpoint {c} ahead of handled {handled_before}"
+            );
+            redelivered += handled_before.saturating_sub(c) as usize;
+        }
+        drop(store);
+    }
+    eprintln!("{crashes} crashes: {redelivered} events delivered twice in all");
+}
