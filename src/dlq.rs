@@ -52,7 +52,12 @@ impl DeadLetters {
             // else after the last valid record is damage to durable data.
             let rest = bytes.get(valid_end..).unwrap_or(&[]);
             let claimed = rest.get(4..8).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
-            let torn = valid_end + claimed.max(8) >= bytes.len() || rest.iter().all(|&b| b == 0);
+            // Torn: the invalid record is the last thing in the file (cut short, or whole but
+            // with a block that never reached the disk), or only zeros follow. A length no
+            // record can have, or valid-looking bytes after the bad record, is damage.
+            let torn = rest.len() < 8
+                || (claimed <= format::MAX_RECORD && claimed >= rest.len())
+                || rest.iter().all(|&b| b == 0);
             if !torn {
                 return Err(Error::corruption(&path, valid_end as u64, why));
             }
@@ -64,7 +69,7 @@ impl DeadLetters {
         for r in records {
             match r {
                 Record::Letter(l) => {
-                    next_id = next_id.max(l.id + 1);
+                    next_id = next_id.max(l.id.saturating_add(1));
                     pending.push(l);
                 }
                 Record::Resolution { id, .. } => pending.retain(|l| l.id != id),
@@ -97,6 +102,11 @@ impl DeadLetters {
     /// Adds `e` durably; with `park`, parks its stream.
     pub fn add(&self, e: &RecordedEvent, attempts: u32, error: &str, park: bool) -> Result<()> {
         let mut s = self.state.lock();
+        // Handled again after a crash (the position had not moved past it yet): one letter.
+        let known = s.pending.iter().any(|l| l.partition == e.partition && l.position == e.position);
+        if known {
+            return Ok(());
+        }
         let letter = Letter {
             id: s.next_id,
             time: now_nanos(),

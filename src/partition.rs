@@ -35,6 +35,9 @@ pub(crate) struct Partition {
     pub head: AtomicU64,
     /// Timestamp of the batch that ends at `head` (0 if the partition is empty).
     pub head_time: AtomicU64,
+    /// One past the last position known to be on disk (behind `head` between the syncs of
+    /// `Durability::Buffered`): projection checkpoints never go past it.
+    pub durable_head: AtomicU64,
     /// Bumped after each head change, waking whoever follows the store's heads.
     pub signal: Arc<HeadSignal>,
     /// Why the partition stopped accepting appends, once it has.
@@ -209,6 +212,7 @@ impl Partition {
             report,
             segments: RwLock::new(segments),
             head: AtomicU64::new(head),
+            durable_head: AtomicU64::new(head),
             head_time: AtomicU64::new(last_timestamp),
             signal,
             poison: Mutex::new(None),

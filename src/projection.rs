@@ -24,13 +24,19 @@ use crate::store::{Store, now_nanos};
 /// The error a projection handler returns.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Events of one partition handed to a projection: contiguous positions, in order.
+/// Events of one partition handed to a projection, in position order (the positions of
+/// events sent to the dead-letter queue are skipped).
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Batch<'a> {
     /// The partition.
     pub partition: u32,
     /// The events, in position order.
     pub events: &'a [RecordedEvent],
+    /// A dead letter handed back by [`ProjectionEngine::replay_dead_letters`]: its position
+    /// is behind the projection's, so a projection keeping its own checkpoints must not store
+    /// [`Batch::next_position`] for it.
+    pub replay: bool,
 }
 
 impl Batch<'_> {
@@ -60,6 +66,15 @@ pub struct BatchError {
 /// again; make handling idempotent, or keep your own checkpoints
 /// ([`Checkpoints::Projection`]) in the same transaction as your effects for exactly-once
 /// effects.
+///
+/// A handler that panics is treated as failing on the event; after a panic in a batch of
+/// several events, the batch is handed over again one event at a time (so the events before
+/// the panicking one are delivered twice).
+///
+/// Keep the state of a projection with engine-kept checkpoints durable (a database, a
+/// file): the checkpoints say what was handled, and an in-memory state would be empty after
+/// a restart. An in-memory read model should be rebuilt at start ([`ProjectionEngine::rebuild`],
+/// or a fresh name) or keep its own checkpoints.
 pub trait Projection: Send + Sync + 'static {
     /// Handles one event.
     fn handle(&self, event: &RecordedEvent) -> std::result::Result<(), HandlerError>;
@@ -70,6 +85,12 @@ pub trait Projection: Send + Sync + 'static {
         for (index, e) in batch.events.iter().enumerate() {
             self.handle(e).map_err(|error| BatchError { index, error })?;
         }
+        Ok(())
+    }
+
+    /// Clears the projection's state, before a [`ProjectionEngine::rebuild`] replays every
+    /// event into it (by default, nothing to clear).
+    fn reset(&self) -> std::result::Result<(), HandlerError> {
         Ok(())
     }
 
@@ -301,6 +322,8 @@ struct Task {
     partition: u32,
     /// A rebuild not swapped in yet: run, but invisible to the name-based API.
     shadow: AtomicBool,
+    /// Replaced by a rebuild (or a failed one dropped): never run again. Set while claimed.
+    retired: AtomicBool,
     claimed: AtomicBool,
     next: AtomicU64,
     last_time: AtomicU64,
@@ -338,6 +361,8 @@ struct Registered {
     handled: AtomicU64,
     /// How long the rebuild that produced this instance took.
     rebuilt: Mutex<Option<Duration>>,
+    /// A checkpoint write or sync failed: the file is not written again.
+    checkpoint_failed: AtomicBool,
 }
 
 struct Inner {
@@ -385,6 +410,10 @@ struct Inner {
 pub struct ProjectionEngine {
     inner: Arc<Inner>,
     workers: Mutex<Vec<(usize, JoinHandle<()>)>>,
+    /// Serializes `set_workers`, `register` and `rebuild` (one change of the set at a time).
+    resizing: Mutex<()>,
+    /// Names being rebuilt.
+    rebuilding: Mutex<Vec<String>>,
     checkpointer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -414,8 +443,13 @@ impl ProjectionEngine {
             let inner = inner.clone();
             std::thread::Builder::new().name("strata-checkpointer".into()).spawn(move || run_checkpointer(inner)).ok()
         };
-        let engine =
-            ProjectionEngine { inner, workers: Mutex::new(Vec::new()), checkpointer: Mutex::new(checkpointer) };
+        let engine = ProjectionEngine {
+            inner,
+            workers: Mutex::new(Vec::new()),
+            resizing: Mutex::new(()),
+            rebuilding: Mutex::new(Vec::new()),
+            checkpointer: Mutex::new(checkpointer),
+        };
         engine.set_workers(workers.max(1));
         engine
     }
@@ -426,15 +460,21 @@ impl ProjectionEngine {
     /// puts two workers on one partition.
     pub fn set_workers(&self, n: usize) {
         let n = n.max(1);
-        let mut workers = self.workers.lock();
+        let _one_at_a_time = self.resizing.lock();
         self.inner.desired.store(n, Ordering::Release);
-        // Those with ids >= n exit after their current batch.
+        // Those with ids >= n exit after their current batch; joined without holding the
+        // list, so a handler asking for `workers()` meanwhile does not deadlock.
         self.inner.signal.bump();
-        let (keep, gone): (Vec<_>, Vec<_>) = workers.drain(..).partition(|(id, _)| *id < n);
-        *workers = keep;
+        let gone: Vec<_> = {
+            let mut workers = self.workers.lock();
+            let (keep, gone): (Vec<_>, Vec<_>) = workers.drain(..).partition(|(id, _)| *id < n);
+            *workers = keep;
+            gone
+        };
         for (_, h) in gone {
             let _ = h.join();
         }
+        let mut workers = self.workers.lock();
         let running: Vec<usize> = workers.iter().map(|(id, _)| *id).collect();
         for id in (0..n).filter(|id| !running.contains(id)) {
             let inner = self.inner.clone();
@@ -457,6 +497,7 @@ impl ProjectionEngine {
     /// damaged checkpoint file (the projection is not started: fix or remove the file, which
     /// means a rebuild from position 0).
     pub fn register<P: Projection>(&self, name: &str, projection: Arc<P>, options: ProjectionOptions) -> Result<()> {
+        let _one_at_a_time = self.resizing.lock();
         if !ckp::valid_name(name) {
             return Err(Error::InvalidOptions(format!("{name:?} is not a valid projection name")));
         }
@@ -464,6 +505,10 @@ impl ProjectionEngine {
             return Err(Error::InvalidOptions(format!("a projection named {name:?} is registered already")));
         }
         let root = self.inner.store.path().join("projections");
+        if !root.exists() {
+            std::fs::create_dir_all(&root).map_err(|e| Error::io("create directory", &root, e))?;
+            self.inner.io.sync_dir(self.inner.store.path())?;
+        }
         let (dir, old, shadow) = dirs(&root, name);
         // Finish or clean up a rebuild that a crash interrupted (see `rebuild`).
         if !dir.exists() && old.exists() && shadow.exists() {
@@ -489,6 +534,9 @@ impl ProjectionEngine {
         options: ProjectionOptions,
         shadow: bool,
     ) -> Result<Arc<Registered>> {
+        let mut options = options;
+        options.batch = options.batch.max(1);
+        options.attempts = options.attempts.max(1);
         let partitions = self.inner.store.partition_count();
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
         if let Some(parent) = dir.parent() {
@@ -520,14 +568,24 @@ impl ProjectionEngine {
             dlq,
             handled: AtomicU64::new(0),
             rebuilt: Mutex::new(None),
+            checkpoint_failed: AtomicBool::new(false),
         });
         let mut tasks = self.inner.tasks.write();
+        if !shadow && tasks.iter().any(|t| t.projection.name == name && !t.is_shadow()) {
+            return Err(Error::InvalidOptions(format!("a projection named {name:?} is registered already")));
+        }
         let mut all: Vec<Arc<Task>> = tasks.iter().cloned().collect();
         for (p, c) in start.into_iter().enumerate() {
+            // A checkpoint past the head: the log lost a tail the projection had handled (a
+            // crash under Buffered durability). Its positions will be reused by new events,
+            // which must not be skipped.
+            let head = self.inner.store.partition_ref(p as u32)?.head();
+            let c = Checkpoint { position: c.position.min(head), ..c };
             all.push(Arc::new(Task {
                 projection: registered.clone(),
                 partition: p as u32,
                 shadow: AtomicBool::new(shadow),
+                retired: AtomicBool::new(false),
                 claimed: AtomicBool::new(false),
                 next: AtomicU64::new(c.position),
                 last_time: AtomicU64::new(c.time),
@@ -555,6 +613,26 @@ impl ProjectionEngine {
     /// one.
     pub fn rebuild<P: Projection>(&self, name: &str, fresh: Arc<P>) -> Result<RebuildReport> {
         let (live, live_tasks) = self.registered(name)?;
+        {
+            let mut rebuilding = self.rebuilding.lock();
+            if rebuilding.iter().any(|n| n == name) {
+                return Err(Error::InvalidOptions(format!("{name:?} is being rebuilt already")));
+            }
+            rebuilding.push(name.to_owned());
+        }
+        let result = self.rebuild_from_scratch(name, live, live_tasks, fresh);
+        self.rebuilding.lock().retain(|n| n != name);
+        result
+    }
+
+    fn rebuild_from_scratch<P: Projection>(
+        &self,
+        name: &str,
+        live: Arc<Registered>,
+        live_tasks: Vec<Arc<Task>>,
+        fresh: Arc<P>,
+    ) -> Result<RebuildReport> {
+        fresh.reset().map_err(|e| Error::InvalidOptions(format!("reset of the rebuilt {name:?} failed: {e}")))?;
         let started = Instant::now();
         let root = self.inner.store.path().join("projections");
         let (dir, old, shadow_dir) = dirs(&root, name);
@@ -572,14 +650,14 @@ impl ProjectionEngine {
         loop {
             let seen = self.inner.progress.seq();
             if let Some(e) = shadow_tasks.iter().find_map(|t| t.error.lock().clone()) {
-                self.drop_tasks(&shadow);
+                self.retire(&shadow, &shadow_tasks);
                 return Err(Error::InvalidOptions(format!("rebuild of {name:?} stopped: {e}")));
             }
             if shadow_tasks.iter().zip(&heads).all(|(t, h)| t.next.load(Ordering::Acquire) >= *h) {
                 break;
             }
             if self.inner.stop.load(Ordering::Acquire) {
-                self.drop_tasks(&shadow);
+                self.retire(&shadow, &shadow_tasks);
                 return Err(Error::Closed);
             }
             self.inner.progress.wait(seen, Duration::from_millis(100));
@@ -592,36 +670,69 @@ impl ProjectionEngine {
                 std::thread::sleep(Duration::from_micros(200));
             }
         }
-        let swapped = (|| -> Result<()> {
-            while shadow.checkpoints.is_some()
-                && shadow_tasks.iter().any(|t| t.durable.load(Ordering::Acquire) != t.next.load(Ordering::Acquire))
-            {
+        let renamed = (|| -> Result<()> {
+            // The rebuilt positions durable (as far as the log is), within a bounded wait.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let durable = |t: &Arc<Task>| {
+                let on_disk =
+                    self.inner.store.partition_ref(t.partition).map_or(0, |p| p.durable_head.load(Ordering::Acquire));
+                t.durable.load(Ordering::Acquire) >= t.next.load(Ordering::Acquire).min(on_disk)
+            };
+            while shadow.checkpoints.is_some() && !shadow_tasks.iter().all(durable) {
+                if shadow.checkpoint_failed.load(Ordering::Acquire) || Instant::now() >= deadline {
+                    return Err(Error::InvalidOptions(format!("the rebuilt {name:?} could not checkpoint")));
+                }
                 self.inner.dirty.bump();
                 std::thread::sleep(Duration::from_millis(1));
             }
             self.inner.io.rename(&dir, &old)?;
-            self.inner.io.rename(&shadow_dir, &dir)?;
-            self.inner.io.sync_dir(&root)?;
-            std::fs::remove_dir_all(&old).map_err(|e| Error::io("remove", &old, e))
+            if let Err(e) = self.inner.io.rename(&shadow_dir, &dir) {
+                // Put the live files back; the rebuild is dropped.
+                let _ = self.inner.io.rename(&old, &dir);
+                return Err(e);
+            }
+            Ok(())
         })();
-        if swapped.is_ok() {
+        if renamed.is_ok() {
+            // From here the rebuilt files are the projection's: commit in memory whatever the
+            // cleanup below does (registration finishes it after a crash).
             let mut tasks = self.inner.tasks.write();
             let kept: Vec<Arc<Task>> = tasks.iter().filter(|t| !Arc::ptr_eq(&t.projection, &live)).cloned().collect();
+            for t in &live_tasks {
+                t.retired.store(true, Ordering::Release);
+            }
             for t in &shadow_tasks {
                 t.shadow.store(false, Ordering::Release);
             }
             *tasks = Arc::new(kept);
         } else {
+            for t in &shadow_tasks {
+                t.retired.store(true, Ordering::Release);
+            }
             self.drop_tasks(&shadow);
         }
         for t in &all {
             t.release();
         }
-        swapped?;
+        renamed?;
+        self.inner.io.sync_dir(&root)?;
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io("remove", &old, e))?;
         let report = RebuildReport { duration: started.elapsed(), events: shadow.handled.load(Ordering::Relaxed) };
         *shadow.rebuilt.lock() = Some(report.duration);
         self.inner.signal.bump();
         Ok(report)
+    }
+
+    /// Takes a projection's tasks out of the pool for good (waiting for any batch in flight).
+    fn retire(&self, reg: &Arc<Registered>, tasks: &[Arc<Task>]) {
+        for t in tasks {
+            while !t.claim() {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            t.retired.store(true, Ordering::Release);
+            t.release();
+        }
+        self.drop_tasks(reg);
     }
 
     fn drop_tasks(&self, reg: &Arc<Registered>) {
@@ -683,8 +794,19 @@ impl ProjectionEngine {
             let next = t.next.load(Ordering::Acquire).min(head);
             let last = t.last_time.load(Ordering::Acquire);
             let lag_events = head - next;
-            let lag =
-                if lag_events == 0 { Duration::ZERO } else { Duration::from_nanos(head_time.saturating_sub(last)) };
+            // How old the oldest unhandled event is (so a stuck projection's lag keeps growing).
+            let lag = if lag_events == 0 {
+                Duration::ZERO
+            } else {
+                let oldest = self
+                    .inner
+                    .store
+                    .read_partition(t.partition, next, 1)
+                    .ok()
+                    .and_then(|v| v.first().map(|e| e.timestamp_nanos))
+                    .unwrap_or(head_time);
+                Duration::from_nanos(now_nanos().saturating_sub(oldest))
+            };
             let error = t.error.lock().clone();
             status.healthy &= error.is_none() && lag <= sla;
             status.max_lag_events = status.max_lag_events.max(lag_events);
@@ -753,6 +875,9 @@ impl ProjectionEngine {
                 std::thread::sleep(Duration::from_millis(1));
             }
             let result = (|| -> Result<()> {
+                if t.retired.load(Ordering::Acquire) {
+                    return Ok(()); // replaced by a rebuild meanwhile
+                }
                 let mut failed_streams: Vec<String> = Vec::new();
                 for l in dlq.pending().into_iter().filter(|l| l.partition == t.partition) {
                     if stream.is_some_and(|s| s != l.stream) || failed_streams.contains(&l.stream) {
@@ -760,7 +885,12 @@ impl ProjectionEngine {
                     }
                     let event = self.inner.store.read_partition(l.partition, l.position, 1)?.pop();
                     let outcome = match event {
-                        Some(e) if e.stream_id == l.stream && e.version == l.version => reg.handler.handle(&e),
+                        Some(e) if e.stream_id == l.stream && e.version == l.version => {
+                            let batch =
+                                Batch { partition: e.partition, events: std::slice::from_ref(&e), replay: true };
+                            guarded(|| reg.handler.handle_batch(&batch), 1)
+                                .map_err(|b| b.map_or_else(|| "the handler panicked".into(), |b| b.error))
+                        }
                         _ => Err(format!("event at position {} is not in the log", l.position).into()),
                     };
                     match outcome {
@@ -858,7 +988,7 @@ fn run(inner: Arc<Inner>, id: usize) {
 
 fn has_work(inner: &Inner, t: &Task) -> bool {
     let Ok(part) = inner.store.partition_ref(t.partition) else { return false };
-    t.next.load(Ordering::Acquire) < part.head() && t.error.lock().is_none()
+    !t.retired.load(Ordering::Acquire) && t.next.load(Ordering::Acquire) < part.head() && t.error.lock().is_none()
 }
 
 /// Overwrites `slot` with an event of `b` (reusing its buffers).
@@ -970,11 +1100,26 @@ fn handle_run(
     let reg = &t.projection;
     let mut start = 0usize;
     let mut attempts = 0u32;
+    // After a panic, which event caused it is unknown: go on one event per call.
+    let mut one_by_one = false;
     while start < run.len() {
-        let batch = Batch { partition: t.partition, events: run.get(start..).unwrap_or(&[]) };
-        match reg.handler.handle_batch(&batch) {
+        let events = run.get(start..).unwrap_or(&[]);
+        let events = if one_by_one { events.get(..1).unwrap_or(&[]) } else { events };
+        let batch = Batch { partition: t.partition, events, replay: false };
+        match guarded(|| reg.handler.handle_batch(&batch), events.len()) {
+            Ok(()) if one_by_one => {
+                advance(inner, t, events);
+                start += events.len();
+                attempts = 0;
+            }
             Ok(()) => break,
-            Err(BatchError { index, error }) => {
+            Err(None) if !one_by_one && events.len() > 1 => {
+                // The batch's events before the panic may have had effects: they are
+                // delivered again, one by one (at least once).
+                one_by_one = true;
+            }
+            Err(e) => {
+                let BatchError { index, error } = e.unwrap_or_else(|| BatchError { index: 0, error: "panic".into() });
                 let failed = start + index.min(batch.events.len().saturating_sub(1));
                 if failed > start {
                     // Progress before the failure counts; the failing event gets fresh attempts.
@@ -989,12 +1134,34 @@ fn handle_run(
                 if attempts >= reg.options.attempts {
                     return Err(Some((failed, attempts, error)));
                 }
-                std::thread::sleep(reg.options.backoff * 2u32.saturating_pow(attempts - 1).min(1 << 10));
+                let wait = reg.options.backoff.saturating_mul(2u32.saturating_pow(attempts - 1).min(1 << 10));
+                std::thread::sleep(wait.min(Duration::from_secs(60)));
             }
         }
     }
     advance(inner, t, run.get(start..).unwrap_or(&[]));
     Ok(())
+}
+
+/// Runs a handler call, so a panicking projection neither kills its worker nor leaves its
+/// partition claimed: `Err(None)` for a panic in a batch of several events (which one is
+/// unknown), a handler error at index 0 for a panic on a single event.
+fn guarded(
+    f: impl FnOnce() -> std::result::Result<(), BatchError>,
+    events: usize,
+) -> std::result::Result<(), Option<BatchError>> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(Some),
+        Err(_) if events > 1 => Err(None),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Err(Some(BatchError { index: 0, error: format!("the handler panicked: {what}").into() }))
+        }
+    }
 }
 
 /// Adds `e` to the projection's dead-letter queue (durably), parking its stream if the
@@ -1038,8 +1205,16 @@ fn run_checkpointer(inner: Arc<Inner>) {
             return;
         }
         inner.dirty.wait(seen, Duration::from_secs(1));
+        // Group what moved in the next few milliseconds into the next round: a sync per
+        // batch would make the file system's journal compete with the workers for CPU.
+        if !inner.checkpointer_stop.load(Ordering::Acquire) {
+            std::thread::sleep(CHECKPOINT_GATHER);
+        }
     }
 }
+
+/// How long the checkpointer gathers moves before a round.
+const CHECKPOINT_GATHER: Duration = Duration::from_millis(5);
 
 fn checkpoint_round(inner: &Inner) {
     let tasks = inner.tasks.read().clone();
@@ -1051,35 +1226,45 @@ fn checkpoint_round(inner: &Inner) {
     }
     for reg in projections {
         let Some(file) = &reg.checkpoints else { continue };
+        if reg.checkpoint_failed.load(Ordering::Acquire) {
+            continue;
+        }
         let mine: Vec<&Arc<Task>> = tasks.iter().filter(|t| Arc::ptr_eq(&t.projection, reg)).collect();
         let mut written = Vec::new();
         let mut result = Ok(());
         for t in &mine {
-            let next = t.next.load(Ordering::Acquire);
-            if next == t.durable.load(Ordering::Acquire) {
+            let Ok(part) = inner.store.partition_ref(t.partition) else { continue };
+            let time = t.last_time.load(Ordering::Acquire);
+            // Never past what is on disk: under Buffered durability the log may still lose
+            // its unsynced tail, and a checkpoint beyond it would skip the positions reused.
+            let next = t.next.load(Ordering::Acquire).min(part.durable_head.load(Ordering::Acquire));
+            if next <= t.durable.load(Ordering::Acquire) {
                 continue;
             }
             // One write per partition between two syncs: the other slot stays intact.
             let seq = t.seq.load(Ordering::Relaxed) + 1;
-            let c = Checkpoint { seq, position: next, time: t.last_time.load(Ordering::Acquire) };
+            let c = Checkpoint { seq, position: next, time };
             result = file.write_all_at(&ckp::encode_slot(t.partition, &c), ckp::slot_offset(t.partition, seq));
             if result.is_err() {
                 break;
             }
-            t.seq.store(seq, Ordering::Relaxed);
-            written.push((t, next));
+            written.push((t, next, seq));
         }
         if result.is_ok() && !written.is_empty() {
             result = file.sync_data();
         }
         match result {
             Ok(()) => {
-                for (t, next) in written {
+                for (t, next, seq) in written {
+                    t.seq.store(seq, Ordering::Relaxed);
                     t.durable.store(next, Ordering::Release);
                 }
             }
             Err(e) => {
-                // What is durable is unknown: stop the projection rather than run ahead.
+                // What the file holds is unknown: never write it again (a second write could
+                // hit the slot holding the last durable checkpoint), and stop the projection
+                // rather than run ahead of its checkpoints.
+                reg.checkpoint_failed.store(true, Ordering::Release);
                 for t in &mine {
                     stop_task(inner, t, format!("checkpoint write failed: {e}"));
                 }

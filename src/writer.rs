@@ -173,6 +173,7 @@ impl Writer {
         match self.open.file.sync_data() {
             Ok(()) => {
                 self.synced_offset = self.write_offset;
+                self.part.durable_head.store(self.next_position, Ordering::Release);
                 self.last_sync = Instant::now();
                 self.part.stats.syncs.fetch_add(1, Ordering::Relaxed);
             }
@@ -366,6 +367,9 @@ impl Writer {
         self.next_position = end_position;
         self.last_timestamp = timestamp;
         self.part.head_time.store(timestamp, Ordering::Release);
+        if self.cfg.durability == Durability::Sync {
+            self.part.durable_head.store(end_position, Ordering::Release);
+        }
         self.part.head.store(end_position, Ordering::Release);
         self.part.signal.bump();
     }
@@ -379,6 +383,7 @@ impl Writer {
                 return Err(self.poisoned_error());
             }
             self.synced_offset = self.write_offset;
+            self.part.durable_head.store(self.next_position, Ordering::Release);
         }
         let part = self.part.clone();
         let base = self.next_position;

@@ -252,7 +252,9 @@ impl Projection for Transactional {
         for e in batch.events {
             *db.0.entry(e.stream_id.clone()).or_insert(0) += 1;
         }
-        db.1.insert(batch.partition, batch.next_position());
+        if !batch.replay {
+            db.1.insert(batch.partition, batch.next_position());
+        }
         Ok(())
     }
 
@@ -484,4 +486,41 @@ fn a_rebuild_interrupted_by_a_crash_is_finished_or_dropped_at_registration() {
     engine.register("m", Arc::new(Recorder::default()), Default::default()).unwrap();
     assert!(engine.status("m").unwrap().caught_up());
     assert!(root.join("m").exists() && !root.join("m.old").exists() && !root.join("m.rebuild").exists());
+}
+
+/// Panics on one event.
+struct Panicky {
+    inner: Recorder,
+    at: (u32, u64),
+}
+
+impl Projection for Panicky {
+    fn handle(&self, e: &RecordedEvent) -> Result<(), HandlerError> {
+        if (e.partition, e.position) == self.at {
+            panic!("boom at {}", e.position);
+        }
+        self.inner.handle(e)
+    }
+}
+
+#[test]
+fn a_panicking_handler_is_a_failing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), opts(2, 1 << 20)).unwrap());
+    fill(&store, "s", 10);
+    let at = store.read_stream("s", 4, 1).unwrap()[0].position;
+    let p = Arc::new(Panicky { inner: Recorder::default(), at: (store.partition_of("s"), at) });
+    let engine = ProjectionEngine::new(store.clone(), 1);
+    engine.register("panicky", p.clone(), ProjectionOptions::default().retry(2, Duration::ZERO)).unwrap();
+    settle(&engine, "panicky");
+    let letters = engine.dead_letters("panicky").unwrap();
+    assert_eq!(letters.len(), 1);
+    assert!(letters[0].error.contains("panicked: boom"), "{letters:?}");
+    // The worker survived and the partition is not stuck.
+    fill(&store, "s", 3);
+    settle(&engine, "panicky");
+    // 13 events, one dead-lettered; the four before it in its batch were delivered again
+    // (one by one, to find the panicking event): at least once.
+    assert_eq!((p.inner.count.load(Ordering::Relaxed), p.inner.duplicates()), (16, 4));
+    assert_eq!(engine.workers(), 1);
 }

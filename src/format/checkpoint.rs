@@ -143,6 +143,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<Checkpoint>, Bad> {
         match (best, bad) {
             (Some(c), _) => out.push(c),
             (None, None) if zero == 2 => out.push(Checkpoint::default()),
+            // The first write (seq 1) torn: it was never durable, so nothing was checkpointed.
+            (None, Some(_)) if zero == 1 => out.push(Checkpoint::default()),
             (None, Some(b)) => return Err(b),
             (None, None) => return Err((slot_offset(p, 0), format!("no valid checkpoint for partition {p}"))),
         }

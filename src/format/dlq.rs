@@ -44,7 +44,7 @@ const LETTER_HEADER: usize = 64;
 const RESOLUTION_LEN: usize = 40;
 const KIND_LETTER: u8 = 1;
 const KIND_RESOLUTION: u8 = 2;
-const MAX_RECORD: usize = align8(LETTER_HEADER + MAX_STREAM_ID_LEN + MAX_ERROR_LEN);
+pub(crate) const MAX_RECORD: usize = align8(LETTER_HEADER + MAX_STREAM_ID_LEN + MAX_ERROR_LEN);
 
 /// A dead letter as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
