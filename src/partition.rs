@@ -62,12 +62,14 @@ pub(crate) struct HeadSignal {
 impl HeadSignal {
     /// The current sequence number: pass it to [`HeadSignal::wait`].
     pub fn seq(&self) -> u64 {
-        self.seq.load(Ordering::Acquire)
+        self.seq.load(Ordering::SeqCst)
     }
 
+    // SeqCst: a bump's store to `seq` then load of `waiters`, against a waiter's store to
+    // `waiters` then load of `seq`, must not both miss the other.
     pub fn bump(&self) {
-        self.seq.fetch_add(1, Ordering::AcqRel);
-        if self.waiters.load(Ordering::Acquire) > 0 {
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) > 0 {
             // Taking the lock orders this wake-up after a waiter's check of `seq`.
             let _guard = self.lock.lock();
             self.cv.notify_all();
@@ -76,10 +78,10 @@ impl HeadSignal {
 
     /// Waits until the sequence number differs from `seen`, or `timeout` passes.
     pub fn wait(&self, seen: u64, timeout: std::time::Duration) {
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = std::time::Instant::now() + timeout.min(std::time::Duration::from_secs(3600));
         let mut guard = self.lock.lock();
-        self.waiters.fetch_add(1, Ordering::AcqRel);
-        while self.seq.load(Ordering::Acquire) == seen {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        while self.seq.load(Ordering::SeqCst) == seen {
             if self.cv.wait_until(&mut guard, deadline).timed_out() {
                 break;
             }

@@ -774,7 +774,13 @@ impl ProjectionEngine {
     /// stopped or failing, so readers of its view can say how stale it is.
     pub fn status(&self, name: &str) -> Result<ProjectionStatus> {
         let tasks = self.inner.tasks.read().clone();
-        let mine: Vec<&Arc<Task>> = tasks.iter().filter(|t| t.projection.name == name && !t.is_shadow()).collect();
+        // One instance's tasks (during a rebuild's swap a snapshot could hold both).
+        let reg = tasks
+            .iter()
+            .find(|t| t.projection.name == name && !t.is_shadow())
+            .map(|t| t.projection.clone())
+            .ok_or_else(|| Error::InvalidOptions(format!("no projection named {name:?}")))?;
+        let mine: Vec<&Arc<Task>> = tasks.iter().filter(|t| Arc::ptr_eq(&t.projection, &reg)).collect();
         let first = mine.first().ok_or_else(|| Error::InvalidOptions(format!("no projection named {name:?}")))?;
         let sla = first.projection.options.sla;
         let mut status = ProjectionStatus {
@@ -828,7 +834,8 @@ impl ProjectionEngine {
     /// Waits until the projection has handled everything durable when this is called, or
     /// `timeout` passes (returns `false`), or a partition stops (returns the error).
     pub fn wait_caught_up(&self, name: &str, timeout: Duration) -> Result<bool> {
-        let deadline = Instant::now() + timeout;
+        let deadline =
+            Instant::now().checked_add(timeout).unwrap_or_else(|| Instant::now() + Duration::from_secs(1 << 30));
         let heads: Vec<u64> = self.status(name)?.partitions.iter().map(|p| p.head).collect();
         loop {
             let seen = self.inner.progress.seq();
@@ -848,10 +855,14 @@ impl ProjectionEngine {
     }
 
     fn registered(&self, name: &str) -> Result<(Arc<Registered>, Vec<Arc<Task>>)> {
-        let tasks: Vec<Arc<Task>> =
-            self.inner.tasks.read().iter().filter(|t| t.projection.name == name && !t.is_shadow()).cloned().collect();
-        let reg = tasks.first().map(|t| t.projection.clone());
-        reg.map(|r| (r, tasks)).ok_or_else(|| Error::InvalidOptions(format!("no projection named {name:?}")))
+        let all = self.inner.tasks.read().clone();
+        let reg = all
+            .iter()
+            .find(|t| t.projection.name == name && !t.is_shadow())
+            .map(|t| t.projection.clone())
+            .ok_or_else(|| Error::InvalidOptions(format!("no projection named {name:?}")))?;
+        let tasks = all.iter().filter(|t| Arc::ptr_eq(&t.projection, &reg)).cloned().collect();
+        Ok((reg, tasks))
     }
 
     /// The events waiting in the projection's dead-letter queue, oldest first.
