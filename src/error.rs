@@ -178,6 +178,35 @@ pub enum Error {
         /// The limit ([`MAX_SNAPSHOT_BYTES`](crate::MAX_SNAPSHOT_BYTES)).
         max: usize,
     },
+    /// The command bus refused a command: too many are in flight. Nothing was done; retry
+    /// later.
+    #[error("overloaded: {in_flight} commands in flight, the limit is {limit}")]
+    Overloaded {
+        /// Commands in flight when this one arrived.
+        in_flight: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The command bus refused a command: over its rate limit. Nothing was done.
+    #[error("rate limited: retry after {retry_after:?}")]
+    RateLimited {
+        /// When a token will be available.
+        retry_after: std::time::Duration,
+    },
+    /// The command bus refused a command: a critical projection lags past its SLA. Nothing
+    /// was done.
+    #[error("projection {projection:?} lags {lag:?} (over its SLA): retry after {retry_after:?}")]
+    Lagging {
+        /// The projection.
+        projection: String,
+        /// Its lag.
+        lag: std::time::Duration,
+        /// An estimate of when it will be back within its SLA, from its lag and drain rate.
+        retry_after: std::time::Duration,
+    },
+    /// A command handler decided against the command (a business rule). Nothing was written.
+    #[error("command rejected: {0}")]
+    Rejected(String),
     /// The store has been closed.
     #[error("the store is closed")]
     Closed,

@@ -21,6 +21,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod aggregate;
+mod bus;
+mod cache;
 mod dlq;
 mod error;
 mod event;
@@ -30,6 +32,7 @@ mod format;
 pub mod fuzzing;
 mod io;
 mod lock;
+mod metrics;
 mod options;
 mod partition;
 mod prealloc;
@@ -41,6 +44,8 @@ mod store;
 mod writer;
 
 pub use aggregate::{Aggregate, ApplyError, Loaded, SnapshotIgnored, SnapshotStats, SnapshotUse};
+pub use bus::{BusOptions, BusStats, Command, CommandBus};
+pub use cache::{CacheStats, ViewCache};
 pub use error::{Error, Result};
 pub use event::{AppendResult, EventData, ExpectedVersion, RecordedEvent};
 pub use format::FORMAT_VERSION;
@@ -48,6 +53,7 @@ pub use format::batch::{MAX_EVENT_TYPE_LEN, MAX_STREAM_ID_LEN};
 pub use format::snapshot::MAX_SNAPSHOT_BYTES;
 #[cfg(feature = "fault-injection")]
 pub use io::{FaultKind, FaultOp, FaultPlan};
+pub use metrics::{Histogram, LATENCY_BOUNDS_MICROS, Metrics, PartitionMetrics};
 pub use options::{
     DEFAULT_MAX_APPEND_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_PARTITIONS, DEFAULT_SEGMENT_BYTES, Durability, Options,
 };

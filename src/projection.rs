@@ -865,6 +865,20 @@ impl ProjectionEngine {
         Ok((reg, tasks))
     }
 
+    /// The names of the registered projections.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> =
+            self.inner.tasks.read().iter().filter(|t| !t.is_shadow()).map(|t| t.projection.name.clone()).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The projection's lag SLA.
+    pub(crate) fn sla(&self, name: &str) -> Result<Duration> {
+        Ok(self.registered(name)?.0.options.sla)
+    }
+
     /// The events waiting in the projection's dead-letter queue, oldest first.
     pub fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>> {
         let (reg, _) = self.registered(name)?;

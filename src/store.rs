@@ -161,6 +161,7 @@ struct Shared {
     limits: Limits,
     report: Report,
     snapshots: Arc<snapshot::Counters>,
+    append_latency: crate::metrics::LatencyHistogram,
     _lock: DirLock,
 }
 
@@ -335,7 +336,16 @@ impl Store {
         // The store exists before its threads do: if spawning one fails, dropping it stops and
         // joins those already running before the lock is released.
         let snapshots = Arc::new(snapshot::Counters::default());
-        let shared = Arc::new(Shared { dir, manifest, partitions, limits, report, snapshots, _lock: lock });
+        let shared = Arc::new(Shared {
+            dir,
+            manifest,
+            partitions,
+            limits,
+            report,
+            snapshots,
+            append_latency: Default::default(),
+            _lock: lock,
+        });
         let mut store = Store { shared: shared.clone(), senders: Vec::new(), snapshot_tx: None, threads: Vec::new() };
         let (seal_tx, seal_rx) = crossbeam_channel::unbounded();
         let spawn = |name: String, f: Box<dyn FnOnce() -> Result<()> + Send>| {
@@ -476,8 +486,32 @@ impl Store {
     /// general (the bytes may or may not be on disk): retry with an `Exact` expected version,
     /// never with `Any`, so a retry cannot append twice.
     pub fn append(&self, stream: &str, expected: ExpectedVersion, events: &[EventData]) -> Result<AppendResult> {
+        let started = std::time::Instant::now();
         let rx = self.submit(stream, expected, events)?;
-        rx.recv().map_err(|_| Error::Closed)?
+        let r = rx.recv().map_err(|_| Error::Closed)?;
+        if r.is_ok() {
+            self.shared.append_latency.record(started.elapsed());
+        }
+        r
+    }
+
+    /// Latency of acknowledged [`Store::append`] calls since open.
+    pub(crate) fn append_latency(&self) -> crate::metrics::Histogram {
+        self.shared.append_latency.snapshot()
+    }
+
+    /// Per-partition counts: events held, appended and bytes written since open.
+    pub(crate) fn partition_metrics(&self) -> Vec<crate::metrics::PartitionMetrics> {
+        self.shared
+            .partitions
+            .iter()
+            .map(|p| crate::metrics::PartitionMetrics {
+                partition: p.id,
+                events: p.head(),
+                appended: p.stats.events.load(Ordering::Relaxed),
+                bytes_written: p.stats.bytes.load(Ordering::Relaxed),
+            })
+            .collect()
     }
 
     /// Like [`Store::append`], without blocking: the returned future completes when the append
