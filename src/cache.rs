@@ -29,6 +29,20 @@ impl CacheStats {
 
 const SHARDS: usize = 64;
 
+/// The counter stripe of this thread (threads take stripes in turn).
+fn stripe() -> usize {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static STRIPE: usize = (NEXT.fetch_add(1, Ordering::Relaxed) as usize) % SHARDS;
+    }
+    STRIPE.with(|s| *s)
+}
+
+/// A counter alone on its cache lines, so readers on different stripes do not share one.
+#[derive(Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
 /// A bounded, concurrent read-through cache of views keyed by `K`.
 ///
 /// The guarantee: once [`ViewCache::invalidate`] for a key has returned, no read that starts
@@ -52,8 +66,9 @@ pub struct ViewCache<K, V> {
     /// if its shard saw no invalidation meanwhile (checked and inserted under the lock).
     generations: Vec<Mutex<u64>>,
     hasher: std::collections::hash_map::RandomState,
-    hits: AtomicU64,
-    misses: AtomicU64,
+    /// Striped by thread: one shared counter would be a contended cache line on every hit.
+    hits: Vec<Padded>,
+    misses: Vec<Padded>,
 }
 
 impl<K, V> std::fmt::Debug for ViewCache<K, V> {
@@ -69,23 +84,32 @@ impl<K: Eq + Hash + Clone, V: Clone> ViewCache<K, V> {
             cache: quick_cache::sync::Cache::new(capacity.max(1)),
             generations: (0..SHARDS).map(|_| Mutex::new(0)).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
+            hits: (0..SHARDS).map(|_| Padded::default()).collect(),
+            misses: (0..SHARDS).map(|_| Padded::default()).collect(),
+        }
+    }
+
+    fn index(&self, key: &K) -> usize {
+        (self.hasher.hash_one(key) as usize) % SHARDS
+    }
+
+    fn count(counters: &[Padded]) {
+        if let Some(c) = counters.get(stripe()) {
+            c.0.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     fn shard(&self, key: &K) -> &Mutex<u64> {
-        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
-        &self.generations[i]
+        &self.generations[self.index(key)]
     }
 
     /// The view of `key`: from memory, or from `load` (which reads the projection's store).
     pub fn get_or_load(&self, key: &K, load: impl FnOnce(&K) -> V) -> V {
         if let Some(v) = self.cache.get(key) {
-            self.hits.fetch_add(1, Ordering::Relaxed);
+            Self::count(&self.hits);
             return v;
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
+        Self::count(&self.misses);
         let shard = self.shard(key);
         let seen = *shard.lock();
         let v = load(key);
@@ -99,10 +123,10 @@ impl<K: Eq + Hash + Clone, V: Clone> ViewCache<K, V> {
     /// Like [`ViewCache::get_or_load`] with a loader that can fail (nothing is cached then).
     pub fn try_get_or_load<E>(&self, key: &K, load: impl FnOnce(&K) -> Result<V, E>) -> Result<V, E> {
         if let Some(v) = self.cache.get(key) {
-            self.hits.fetch_add(1, Ordering::Relaxed);
+            Self::count(&self.hits);
             return Ok(v);
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
+        Self::count(&self.misses);
         let shard = self.shard(key);
         let seen = *shard.lock();
         let v = load(key)?;
@@ -131,8 +155,8 @@ impl<K: Eq + Hash + Clone, V: Clone> ViewCache<K, V> {
     /// Hits, misses and size.
     pub fn stats(&self) -> CacheStats {
         CacheStats {
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
+            hits: self.hits.iter().map(|c| c.0.load(Ordering::Relaxed)).sum(),
+            misses: self.misses.iter().map(|c| c.0.load(Ordering::Relaxed)).sum(),
             len: self.cache.len() as u64,
         }
     }
