@@ -93,7 +93,7 @@ fn main() {
         .partitions(4)
         .durability(Durability::Buffered { sync_interval: Duration::from_millis(50) });
     let store = Arc::new(Store::open(dir.path(), options).unwrap());
-    let bus = CommandBus::new(store.clone(), None, BusOptions::default().rate_limit(1e9, 1e9));
+    let bus = CommandBus::new(store.clone(), None, BusOptions::default().rate_limit(1e9, 1e9)).unwrap();
     let n = 20_000;
     let (mut direct, mut via_bus) = (Vec::new(), Vec::new());
     for round in 0..5 {
@@ -113,7 +113,7 @@ fn main() {
     }
     let (d, b) = (median(direct), median(via_bus));
     println!(
-        "\ncommand, by hand: {d:.2} us; through the bus (in-flight, rate and gate checks): {b:.2} us; overhead {:.2} us",
+        "\ncommand, by hand: {d:.2} us; through the bus (in-flight and rate checks, no gate): {b:.2} us; overhead {:.2} us",
         b - d
     );
 }

@@ -38,7 +38,8 @@ pub struct BusOptions {
     pub rate: Option<(f64, f64)>,
     /// Times a command is run again after a version conflict (default 3).
     pub conflict_retries: u32,
-    /// Critical projections: while one lags more than its SLA, [`Error::Lagging`].
+    /// Critical projections: while one is unhealthy (lags past its SLA, or has a stopped
+    /// partition), [`Error::Lagging`].
     pub gates: Vec<String>,
     /// How often the gates' lag is looked at (default 10 ms).
     pub gate_refresh: Duration,
@@ -62,9 +63,10 @@ impl BusOptions {
         self.max_in_flight = n.max(1);
         self
     }
-    /// Sets a token-bucket rate limit: `per_second` commands, bursts of up to `burst`.
+    /// Sets a token-bucket rate limit: `per_second` commands (a positive number), bursts of
+    /// up to `burst` (at least 1).
     pub fn rate_limit(mut self, per_second: f64, burst: f64) -> Self {
-        self.rate = Some((per_second.max(f64::MIN_POSITIVE), burst.max(1.0)));
+        self.rate = Some((per_second, burst));
         self
     }
     /// Sets the retries on a version conflict.
@@ -119,8 +121,6 @@ struct Bucket {
 }
 
 struct GateState {
-    checked: Option<Instant>,
-    verdict: Option<Error>,
     /// Per gate: (when, events handled then), to measure the drain rate.
     samples: Vec<Option<(Instant, u64)>>,
 }
@@ -152,7 +152,7 @@ struct GateState {
 ///
 /// let dir = tempfile::tempdir()?;
 /// let store = Arc::new(Store::open(dir.path(), Options::default().create_if_missing(true))?);
-/// let bus = CommandBus::new(store, None, BusOptions::default().max_in_flight(64));
+/// let bus = CommandBus::new(store, None, BusOptions::default().max_in_flight(64))?;
 /// let cmd = Increment { id: "counter-1".into(), max: 1 };
 /// bus.execute(&cmd)?;
 /// assert!(matches!(bus.execute(&cmd), Err(strata::Error::Rejected(_))));
@@ -164,7 +164,10 @@ pub struct CommandBus {
     options: BusOptions,
     in_flight: AtomicUsize,
     bucket: Mutex<Bucket>,
+    /// Held by the command looking at the gates.
     gate: Mutex<GateState>,
+    /// The gates' last verdict and when it was reached.
+    verdict: parking_lot::RwLock<(Option<Instant>, Option<Error>)>,
     counters: Counters,
 }
 
@@ -185,18 +188,42 @@ impl Drop for InFlight<'_> {
 
 impl CommandBus {
     /// A bus over `store`; `engine` runs the projections named in [`BusOptions::gate_on`].
-    pub fn new(store: Arc<Store>, engine: Option<Arc<ProjectionEngine>>, options: BusOptions) -> CommandBus {
+    ///
+    /// Errors: [`Error::InvalidOptions`] for no room in flight, a rate that is not a positive
+    /// number or a burst under 1, gates without an engine, or a gate naming no projection of
+    /// the engine.
+    pub fn new(store: Arc<Store>, engine: Option<Arc<ProjectionEngine>>, options: BusOptions) -> Result<CommandBus> {
+        let bad = |why: String| Err(Error::InvalidOptions(why));
+        if options.max_in_flight == 0 {
+            return bad("max_in_flight must be at least 1".into());
+        }
+        if let Some((rate, burst)) = options.rate
+            && (!rate.is_finite() || rate <= 0.0 || !burst.is_finite() || burst < 1.0)
+        {
+            return bad(format!("rate limit {rate}/s with bursts of {burst}: need a positive rate and a burst >= 1"));
+        }
+        match &engine {
+            None if !options.gates.is_empty() => return bad("gates need the projection engine".into()),
+            Some(e) => {
+                let names = e.names();
+                if let Some(g) = options.gates.iter().find(|g| !names.contains(g)) {
+                    return bad(format!("gate {g:?} names no registered projection"));
+                }
+            }
+            None => {}
+        }
         let burst = options.rate.map_or(0.0, |(_, b)| b);
         let gates = options.gates.len();
-        CommandBus {
+        Ok(CommandBus {
             store,
             engine,
             options,
             in_flight: AtomicUsize::new(0),
             bucket: Mutex::new(Bucket { tokens: burst, last: Instant::now() }),
-            gate: Mutex::new(GateState { checked: None, verdict: None, samples: vec![None; gates] }),
+            gate: Mutex::new(GateState { samples: vec![None; gates] }),
+            verdict: parking_lot::RwLock::new((None, None)),
             counters: Counters::default(),
-        }
+        })
     }
 
     /// Runs `command`: admission (in flight, rate, lag), then load, decide and append with
@@ -207,18 +234,29 @@ impl CommandBus {
     /// done; retry later), [`Error::Rejected`] (the decision), [`Error::WrongExpectedVersion`]
     /// after the retries, and the store's errors.
     pub fn execute<C: Command>(&self, command: &C) -> Result<Option<AppendResult>> {
-        let previous = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let _guard = InFlight(&self.in_flight);
-        if previous >= self.options.max_in_flight {
+        let max = self.options.max_in_flight;
+        // Only admitted commands count as in flight.
+        if let Err(now) =
+            self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+        {
             self.counters.overloaded.fetch_add(1, Ordering::Relaxed);
-            return Err(Error::Overloaded { in_flight: previous, limit: self.options.max_in_flight });
+            return Err(Error::Overloaded { in_flight: now, limit: max });
+        }
+        let _guard = InFlight(&self.in_flight);
+        // Gates first: a command refused for lag does not spend a token.
+        match self.check_gates() {
+            Ok(()) => {}
+            Err(e @ Error::Lagging { .. }) => {
+                self.counters.lagging.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+            Err(e) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
         }
         if let Err(e) = self.take_token() {
             self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-            return Err(e);
-        }
-        if let Err(e) = self.check_gates() {
-            self.counters.lagging.fetch_add(1, Ordering::Relaxed);
             return Err(e);
         }
         let mut attempt = 0;
@@ -266,52 +304,62 @@ impl CommandBus {
             b.tokens -= 1.0;
             return Ok(());
         }
-        Err(Error::RateLimited { retry_after: Duration::from_secs_f64((1.0 - b.tokens) / rate) })
+        let wait = Duration::try_from_secs_f64((1.0 - b.tokens) / rate).unwrap_or(Duration::MAX);
+        Err(Error::RateLimited { retry_after: wait })
     }
 
-    /// The gates' verdict, looked at again at most every `gate_refresh`.
+    /// The gates' verdict, looked at again at most every `gate_refresh`, by one command at
+    /// a time: the others use the last verdict meanwhile (no command waits for the look).
     fn check_gates(&self) -> Result<()> {
         let Some(engine) = &self.engine else { return Ok(()) };
         if self.options.gates.is_empty() {
             return Ok(());
         }
-        let mut g = self.gate.lock();
         let now = Instant::now();
-        if g.checked.is_some_and(|t| now.duration_since(t) < self.options.gate_refresh) {
-            return g.verdict.clone().map_or(Ok(()), Err);
+        {
+            let v = self.verdict.read();
+            if v.0.is_some_and(|t| now.duration_since(t) < self.options.gate_refresh) {
+                return v.1.clone().map_or(Ok(()), Err);
+            }
         }
-        g.checked = Some(now);
-        g.verdict = None;
+        let Some(mut g) = self.gate.try_lock() else {
+            return self.verdict.read().1.clone().map_or(Ok(()), Err);
+        };
+        let mut verdict = None;
         for (i, name) in self.options.gates.iter().enumerate() {
             let status = engine.status(name)?;
             let sla = engine.sla(name)?;
-            let previous = g.samples.get(i).copied().flatten();
-            if let Some(s) = g.samples.get_mut(i) {
+            let lag_events: u64 = status.partitions.iter().map(|p| p.lag_events).sum();
+            // Drain rate over at least 100 ms (handled grows a batch at a time), from a
+            // sample at most 5 s old.
+            let sample =
+                g.samples.get(i).copied().flatten().filter(|(t, _)| now.duration_since(*t) < Duration::from_secs(5));
+            let rate = sample.and_then(|(t, handled)| {
+                let secs = now.duration_since(t).as_secs_f64();
+                (secs >= 0.1).then(|| status.handled.saturating_sub(handled) as f64 / secs)
+            });
+            if (sample.is_none() || rate.is_some())
+                && let Some(s) = g.samples.get_mut(i)
+            {
                 *s = Some((now, status.handled));
             }
-            if status.healthy {
+            if status.healthy || verdict.is_some() {
                 continue;
             }
-            // Drain rate: events handled per second since the previous look.
-            let rate = previous
-                .map(|(t, handled)| {
-                    let secs = now.duration_since(t).as_secs_f64();
-                    if secs > 0.0 { status.handled.saturating_sub(handled) as f64 / secs } else { 0.0 }
-                })
-                .unwrap_or(0.0);
-            let retry_after = if rate > 0.0 {
-                Duration::from_secs_f64(status.max_lag_events as f64 / rate).max(self.options.gate_refresh)
-            } else {
-                status.max_lag.saturating_sub(sla).max(Duration::from_millis(100))
+            // Time to drain what lags at the measured rate; without a rate yet, the time by
+            // which the lag exceeds the SLA (at least 100 ms). Capped at 60 s.
+            let retry_after = match rate {
+                Some(r) if r > 0.0 => Duration::try_from_secs_f64(lag_events as f64 / r).unwrap_or(Duration::MAX),
+                _ => status.max_lag.saturating_sub(sla),
             };
-            g.verdict = Some(Error::Lagging {
+            verdict = Some(Error::Lagging {
                 projection: name.clone(),
                 lag: status.max_lag,
-                retry_after: retry_after.min(Duration::from_secs(60)),
+                retry_after: retry_after.clamp(Duration::from_millis(100), Duration::from_secs(60)),
             });
-            break;
         }
-        g.verdict.clone().map_or(Ok(()), Err)
+        *self.verdict.write() = (Some(now), verdict.clone());
+        verdict.map_or(Ok(()), Err)
     }
 
     /// The bus's counters.

@@ -145,11 +145,23 @@ impl<K: Eq + Hash + Clone, V: Clone> ViewCache<K, V> {
         self.cache.remove(key);
     }
 
-    /// Replaces the view of `key` (when the projection has the new view at hand).
+    /// Replaces the view of `key` (when the projection has the new view at hand). As with
+    /// [`ViewCache::invalidate`], write the projection's store first: a load that starts
+    /// after this call must find the new view there.
     pub fn update(&self, key: &K, view: V) {
         let mut generation = self.shard(key).lock();
         *generation += 1;
         self.cache.insert(key.clone(), view);
+    }
+
+    /// Drops every view (after a projection's rebuild is swapped in, say: its views come
+    /// from another store). Loads in flight are not cached.
+    pub fn clear(&self) {
+        let guards: Vec<_> = self.generations.iter().map(|g| g.lock()).collect();
+        for mut g in guards {
+            *g += 1;
+        }
+        self.cache.clear();
     }
 
     /// Hits, misses and size.

@@ -24,7 +24,8 @@ pub(crate) struct LatencyHistogram {
 
 impl LatencyHistogram {
     pub fn record(&self, d: Duration) {
-        let micros = d.as_micros().min(u128::from(u64::MAX)) as u64;
+        // Rounded up, so a value never lands in a bucket whose bound is below it.
+        let micros = d.as_nanos().div_ceil(1000).min(u128::from(u64::MAX)) as u64;
         let i = LATENCY_BOUNDS_MICROS.partition_point(|&b| b < micros);
         if let Some(b) = self.buckets.get(i) {
             b.fetch_add(1, Ordering::Relaxed);
@@ -88,6 +89,11 @@ pub struct PartitionMetrics {
     pub appended: u64,
     /// Bytes written to it since open.
     pub bytes_written: u64,
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// Everything measured, at one moment.
@@ -238,8 +244,27 @@ impl Metrics {
             "# HELP strata_cache_reads_total Cache reads by result.\n# TYPE strata_cache_reads_total counter"
         );
         for (name, c) in &self.caches {
+            let name = label(name);
             let _ = writeln!(o, "strata_cache_reads_total{{cache=\"{name}\",result=\"hit\"}} {}", c.hits);
             let _ = writeln!(o, "strata_cache_reads_total{{cache=\"{name}\",result=\"miss\"}} {}", c.misses);
+        }
+        let _ = writeln!(o, "# HELP strata_cache_entries Views cached.\n# TYPE strata_cache_entries gauge");
+        for (name, c) in &self.caches {
+            let _ = writeln!(o, "strata_cache_entries{{cache=\"{}\"}} {}", label(name), c.len);
+        }
+        let _ = writeln!(
+            o,
+            "# HELP strata_projection_handled_total Events handled since registration.\n# TYPE strata_projection_handled_total counter"
+        );
+        for p in &self.projections {
+            let _ = writeln!(o, "strata_projection_handled_total{{projection=\"{}\"}} {}", p.name, p.handled);
+        }
+        if let Some(b) = &self.bus {
+            let _ = writeln!(
+                o,
+                "# HELP strata_commands_in_flight Commands running now.\n# TYPE strata_commands_in_flight gauge\nstrata_commands_in_flight {}",
+                b.in_flight
+            );
         }
         o
     }

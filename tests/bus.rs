@@ -34,7 +34,8 @@ impl Command for Tick {
 fn an_overload_is_refused_and_nothing_accepted_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path(), opts(4, 1 << 20)).unwrap());
-    let bus = CommandBus::new(store.clone(), None, BusOptions::default().max_in_flight(4).conflict_retries(10));
+    let bus =
+        CommandBus::new(store.clone(), None, BusOptions::default().max_in_flight(4).conflict_retries(100)).unwrap();
     let (ok, overloaded) = (AtomicU64::new(0), AtomicU64::new(0));
     std::thread::scope(|s| {
         for t in 0..24 {
@@ -64,8 +65,14 @@ fn an_overload_is_refused_and_nothing_accepted_is_lost() {
 #[test]
 fn the_rate_limit_refuses_with_a_retry_hint() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path(), opts(1, 1 << 20)).unwrap());
-    let bus = CommandBus::new(store, None, BusOptions::default().rate_limit(20.0, 3.0));
+    // Buffered: appends far faster than the refill, so the bucket empties.
+    let buffered = strata::Durability::Buffered { sync_interval: Duration::from_millis(50) };
+    let store = Arc::new(Store::open(dir.path(), opts(1, 1 << 20).durability(buffered)).unwrap());
+    // Options no bus can work with are refused up front.
+    for bad in [BusOptions::default().rate_limit(f64::NAN, 3.0), BusOptions::default().gate_on("nothing")] {
+        assert!(matches!(CommandBus::new(store.clone(), None, bad), Err(Error::InvalidOptions(_))));
+    }
+    let bus = CommandBus::new(store, None, BusOptions::default().rate_limit(20.0, 3.0)).unwrap();
     let cmd = Tick { stream: "r".into(), think: Duration::ZERO };
     for _ in 0..3 {
         bus.execute(&cmd).unwrap();
@@ -106,7 +113,7 @@ fn commands_wait_while_a_critical_projection_lags_past_its_sla() {
     held.hold.store(true, Ordering::Release);
     engine.register("critical", held.clone(), ProjectionOptions::default().sla(Duration::from_millis(30))).unwrap();
     let options = BusOptions::default().gate_on("critical");
-    let bus = CommandBus::new(store.clone(), Some(engine.clone()), options);
+    let bus = CommandBus::new(store.clone(), Some(engine.clone()), options).unwrap();
     let cmd = Tick { stream: "g".into(), think: Duration::ZERO };
     bus.execute(&cmd).unwrap();
     std::thread::sleep(Duration::from_millis(60));
@@ -203,7 +210,7 @@ fn metrics_in_one_place_and_in_prometheus_text() {
     let store = Arc::new(Store::open(dir.path(), opts(2, 1 << 20)).unwrap());
     let engine = ProjectionEngine::new(store.clone(), 1);
     engine.register("count", Arc::new(Held::default()), Default::default()).unwrap();
-    let bus = CommandBus::new(store.clone(), None, BusOptions::default());
+    let bus = CommandBus::new(store.clone(), None, BusOptions::default()).unwrap();
     for i in 0..10 {
         bus.execute(&Tick { stream: format!("m{i}"), think: Duration::ZERO }).unwrap();
     }
@@ -232,4 +239,40 @@ fn metrics_in_one_place_and_in_prometheus_text() {
         let value = l.rsplit(' ').next().unwrap();
         assert!(value.parse::<f64>().is_ok(), "{l}");
     }
+}
+
+#[test]
+fn label_values_are_escaped_in_prometheus_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), opts(1, 1 << 20)).unwrap();
+    let m = Metrics::collect(&store, None, None, &[("we\"ird\\name\nx", CacheStats::default())]);
+    let text = m.prometheus();
+    assert!(text.contains(r#"strata_cache_entries{cache="we\"ird\\name\nx"} 0"#), "{text}");
+    // Every sample line: a metric name, optional labels, a number.
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = l.rsplit_once(' ').unwrap();
+        assert!(value.parse::<f64>().is_ok(), "{l}");
+        let name = series.split('{').next().unwrap();
+        assert!(name.starts_with("strata_") && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "{l}");
+    }
+}
+
+#[test]
+fn an_update_or_clear_is_never_undone_by_a_racing_load() {
+    let cache: ViewCache<u32, u32> = ViewCache::new(10);
+    // A load that read 1 from the store while the projection wrote 2 and updated the cache.
+    let v = cache.get_or_load(&7, |_| {
+        cache.update(&7, 2);
+        1
+    });
+    assert_eq!(v, 1, "the racing read returns what it read...");
+    assert_eq!(cache.get_or_load(&7, |_| 3), 2, "...but does not replace the update");
+    let v = cache.get_or_load(&8, |_| {
+        cache.clear();
+        1
+    });
+    assert_eq!((v, cache.get_or_load(&8, |_| 5)), (1, 5), "not cached across a clear");
+    let r: Result<u32, &str> = cache.try_get_or_load(&9, |_| Err("down"));
+    assert!(r.is_err());
+    assert_eq!(cache.try_get_or_load(&9, |_| Ok::<_, &str>(4)), Ok(4));
 }
