@@ -18,7 +18,7 @@ fn load_runs_end_to_end_and_reports() {
     let field = |name: &str| -> f64 {
         let at = line.find(&format!("\"{name}\":")).unwrap_or_else(|| panic!("no {name} in {line}"));
         let rest = &line[at + name.len() + 3..];
-        let end = rest.find(|c: char| c == ',' || c == '}').unwrap();
+        let end = rest.find([',', '}']).unwrap();
         rest[..end].parse().unwrap_or_else(|_| panic!("{name}: {}", &rest[..end]))
     };
     let events = field("events");
