@@ -104,6 +104,9 @@ pub struct Metrics {
     pub write: WriteStats,
     /// Latency of [`Store::append`] calls (submit to acknowledgement).
     pub append_latency: Histogram,
+    /// Group commits by appends per group: element `i` counts groups of at most `2^i`
+    /// appends (the last element, more than `2^(len - 2)`).
+    pub group_sizes: Vec<u64>,
     /// Per partition.
     pub partitions: Vec<PartitionMetrics>,
     /// Snapshots.
@@ -128,6 +131,7 @@ impl Metrics {
         Metrics {
             write: store.write_stats(),
             append_latency: store.append_latency(),
+            group_sizes: store.group_sizes(),
             partitions: store.partition_metrics(),
             snapshots: store.snapshot_stats(),
             projections: engine.map_or_else(Vec::new, |e| e.names().iter().filter_map(|n| e.status(n).ok()).collect()),
@@ -160,6 +164,18 @@ impl Metrics {
         }
         let _ = writeln!(o, "strata_append_seconds_sum {}", self.append_latency.sum_micros as f64 / 1e6);
         let _ = writeln!(o, "strata_append_seconds_count {cumulative}");
+        let _ = writeln!(
+            o,
+            "# HELP strata_group_commit_appends Appends per group commit.\n# TYPE strata_group_commit_appends histogram"
+        );
+        let mut cumulative = 0;
+        for (i, c) in self.group_sizes.iter().enumerate() {
+            cumulative += c;
+            let le = if i + 1 == self.group_sizes.len() { "+Inf".to_owned() } else { (1u64 << i).to_string() };
+            let _ = writeln!(o, "strata_group_commit_appends_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(o, "strata_group_commit_appends_sum {}", self.write.appends);
+        let _ = writeln!(o, "strata_group_commit_appends_count {cumulative}");
         let _ = writeln!(
             o,
             "# HELP strata_partition_events Events in each partition.\n# TYPE strata_partition_events gauge"

@@ -98,7 +98,13 @@ pub(crate) struct WriteCounters {
     pub bytes: AtomicU64,
     pub groups: AtomicU64,
     pub syncs: AtomicU64,
+    /// Group commits by appends per group: bucket `i` counts groups of at most `2^i`
+    /// appends (the last bucket, more).
+    pub group_sizes: [AtomicU64; GROUP_SIZE_BUCKETS],
 }
+
+/// Buckets of the group-size histogram: 1, 2, 4, ..., 4096 appends, and more.
+pub(crate) const GROUP_SIZE_BUCKETS: usize = 14;
 
 /// Where the writer takes over after open.
 pub(crate) struct Tail {

@@ -500,6 +500,18 @@ impl Store {
         self.shared.append_latency.snapshot()
     }
 
+    /// Group commits by size, summed over partitions: element `i` counts groups of at most
+    /// `2^i` appends (the last, more).
+    pub(crate) fn group_sizes(&self) -> Vec<u64> {
+        let mut out = vec![0; partition::GROUP_SIZE_BUCKETS];
+        for p in &self.shared.partitions {
+            for (o, b) in out.iter_mut().zip(&p.stats.group_sizes) {
+                *o += b.load(Ordering::Relaxed);
+            }
+        }
+        out
+    }
+
     /// Per-partition counts: events held, appended and bytes written since open.
     pub(crate) fn partition_metrics(&self) -> Vec<crate::metrics::PartitionMetrics> {
         self.shared

@@ -364,6 +364,10 @@ impl Writer {
         stats.events.fetch_add(end_position - self.next_position, Ordering::Relaxed);
         stats.bytes.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
         stats.groups.fetch_add(1, Ordering::Relaxed);
+        let bucket = (accepted.max(1) as usize).next_power_of_two().trailing_zeros() as usize;
+        if let Some(b) = stats.group_sizes.get(bucket.min(crate::partition::GROUP_SIZE_BUCKETS - 1)) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
         self.next_position = end_position;
         self.last_timestamp = timestamp;
         self.part.head_time.store(timestamp, Ordering::Release);

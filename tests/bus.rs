@@ -220,6 +220,8 @@ fn metrics_in_one_place_and_in_prometheus_text() {
     cache.get_or_load(&1, |_| 1);
     let m = Metrics::collect(&store, Some(&engine), Some(&bus), &[("hot", cache.stats())]);
     assert_eq!((m.write.appends, m.append_latency.count()), (10, 10));
+    // One command at a time: every group commit held one append.
+    assert_eq!((m.group_sizes[0], m.group_sizes.iter().sum::<u64>()), (10, 10));
     assert_eq!(m.partitions.iter().map(|p| p.events).sum::<u64>(), 10);
     assert_eq!(m.projections.len(), 1);
     let text = m.prometheus();
@@ -231,6 +233,8 @@ fn metrics_in_one_place_and_in_prometheus_text() {
         "strata_projection_healthy{projection=\"count\"} 1",
         "strata_cache_reads_total{cache=\"hot\",result=\"hit\"} 1",
         "strata_append_seconds_bucket{le=\"+Inf\"} 10",
+        "strata_group_commit_appends_sum 10",
+        "strata_group_commit_appends_bucket{le=\"+Inf\"} 10",
     ] {
         assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
     }
