@@ -16,6 +16,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! On top of the log:
+//! - [`Aggregate`], [`Store::load`] and [`Store::commit`]: aggregates loaded from their latest
+//!   snapshot (kept in a sidecar file per partition) plus the events after it;
+//! - [`ProjectionEngine`]: read models fed by a pool of workers, one per partition at a time,
+//!   with durable checkpoints, a dead-letter queue, lag against an SLA and parallel rebuilds;
+//! - [`CommandBus`]: commands with back-pressure (overload, rate and lag gates);
+//! - [`ViewCache`]: a read-through cache for hot views; [`Metrics`]: everything measured, in
+//!   one snapshot and as Prometheus text.
+//!
 //! The on-disk format is specified in FORMAT.md.
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
