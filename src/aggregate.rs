@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use crate::error::{Error, Result};
 use crate::event::{AppendResult, EventData, ExpectedVersion, RecordedEvent};
 use crate::format::snapshot::{MAX_SNAPSHOT_BYTES, Meta};
+use crate::segment::{blank_event, fill_event};
 use crate::snapshot::{Job, Pending};
 use crate::store::{Store, now_nanos};
 
@@ -304,16 +305,7 @@ impl Store {
             (Some(_), Some(v)) => v,
             (_, v) => v.map_or(0, |v| v + 1),
         };
-        let mut event = RecordedEvent {
-            stream_id: loaded.stream.clone(),
-            version: 0,
-            partition,
-            position: 0,
-            timestamp_nanos: 0,
-            event_type: String::new(),
-            metadata: Vec::new(),
-            payload: Vec::new(),
-        };
+        let mut event = blank_event(partition);
         let mut anchored = anchor.is_none();
         let mut failed: Option<Error> = None;
         let min_position = anchor.map_or(0, |(position, _)| position);
@@ -333,15 +325,7 @@ impl Store {
                         }
                         continue;
                     }
-                    event.version = version;
-                    event.position = position;
-                    event.timestamp_nanos = b.timestamp;
-                    event.event_type.clear();
-                    event.event_type.push_str(e.event_type);
-                    event.metadata.clear();
-                    event.metadata.extend_from_slice(e.metadata);
-                    event.payload.clear();
-                    event.payload.extend_from_slice(e.payload);
+                    fill_event(&mut event, b, i, &e);
                     if let Err(err) = apply(&mut loaded.state, &event) {
                         failed = Some(err);
                         return ControlFlow::Break(());

@@ -19,6 +19,7 @@ use crate::format::checkpoint::{self as ckp, Checkpoint};
 use crate::format::dlq::Outcome;
 use crate::io::{FileHandle, Io};
 use crate::partition::HeadSignal;
+use crate::segment::{blank_event, fill_event};
 use crate::store::{Store, now_nanos};
 
 /// The error a projection handler returns.
@@ -1016,26 +1017,6 @@ fn has_work(inner: &Inner, t: &Task) -> bool {
     !t.retired.load(Ordering::Acquire) && t.next.load(Ordering::Acquire) < part.head() && t.error.lock().is_none()
 }
 
-/// Overwrites `slot` with an event of `b` (reusing its buffers).
-fn fill(
-    slot: &mut RecordedEvent,
-    b: &crate::format::batch::BatchView<'_>,
-    i: usize,
-    e: &crate::format::batch::EventRef<'_>,
-) {
-    slot.stream_id.clear();
-    slot.stream_id.push_str(b.stream_id);
-    slot.version = b.first_version + i as u64;
-    slot.position = b.base_position + i as u64;
-    slot.timestamp_nanos = b.timestamp;
-    slot.event_type.clear();
-    slot.event_type.push_str(e.event_type);
-    slot.metadata.clear();
-    slot.metadata.extend_from_slice(e.metadata);
-    slot.payload.clear();
-    slot.payload.extend_from_slice(e.payload);
-}
-
 /// Handles one batch of a claimed task: read, hand to the projection (retrying failures),
 /// advance, checkpoint.
 fn handle(inner: &Inner, t: &Task) {
@@ -1047,19 +1028,10 @@ fn handle(inner: &Inner, t: &Task) {
         part.visit_from(from, reg.options.batch, &mut |b, skip, take| {
             for (i, e) in b.events().enumerate().skip(skip).take(take) {
                 match buffer.get_mut(n) {
-                    Some(slot) => fill(slot, b, i, &e),
+                    Some(slot) => fill_event(slot, b, i, &e),
                     None => {
-                        let mut slot = RecordedEvent {
-                            stream_id: String::new(),
-                            version: 0,
-                            partition: t.partition,
-                            position: 0,
-                            timestamp_nanos: 0,
-                            event_type: String::new(),
-                            metadata: Vec::new(),
-                            payload: Vec::new(),
-                        };
-                        fill(&mut slot, b, i, &e);
+                        let mut slot = blank_event(t.partition);
+                        fill_event(&mut slot, b, i, &e);
                         buffer.push(slot);
                     }
                 }

@@ -345,6 +345,36 @@ pub(crate) fn header_error(path: &Path, e: seg_format::HeaderError) -> Error {
 }
 
 /// Builds recorded events from a checked batch, for the events at positions in `positions`.
+/// An event with empty fields, to be overwritten by [`fill_event`] again and again.
+pub(crate) fn blank_event(partition: u32) -> RecordedEvent {
+    RecordedEvent {
+        stream_id: String::new(),
+        version: 0,
+        partition,
+        position: 0,
+        timestamp_nanos: 0,
+        event_type: String::new(),
+        metadata: Vec::new(),
+        payload: Vec::new(),
+    }
+}
+
+/// Overwrites `slot` with event `i` (`e`) of batch `b`, reusing its buffers: reads that hand
+/// events to user code one batch at a time allocate nothing once warm.
+pub(crate) fn fill_event(slot: &mut RecordedEvent, b: &BatchView<'_>, i: usize, e: &batch::EventRef<'_>) {
+    slot.stream_id.clear();
+    slot.stream_id.push_str(b.stream_id);
+    slot.version = b.first_version + i as u64;
+    slot.position = b.base_position + i as u64;
+    slot.timestamp_nanos = b.timestamp;
+    slot.event_type.clear();
+    slot.event_type.push_str(e.event_type);
+    slot.metadata.clear();
+    slot.metadata.extend_from_slice(e.metadata);
+    slot.payload.clear();
+    slot.payload.extend_from_slice(e.payload);
+}
+
 fn emit(b: &BatchView<'_>, partition: u32, skip: usize, take: usize, out: &mut Vec<RecordedEvent>) {
     for (i, e) in b.events().enumerate().skip(skip).take(take) {
         out.push(RecordedEvent {

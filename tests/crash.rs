@@ -66,6 +66,28 @@ fn payload(stream: &str, v: u64, count: u64, pad: usize) -> Vec<u8> {
     format!("{stream}|{v}|{count}|{}", "#".repeat(pad)).into_bytes()
 }
 
+/// Runs this test binary's test `name` as a child with `env` set, lets it work for a random
+/// `min_ms..min_ms + spread_ms`, and kills it with SIGKILL (checking it did not stop by itself).
+fn run_and_kill(name: &str, env: &[(&str, &Path)], min_ms: u64, spread_ms: u64, rng: &mut u64, crash: usize) {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([name, "--exact", "--nocapture"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    std::thread::sleep(Duration::from_millis(min_ms + *rng % spread_ms));
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "crash {crash}: the child stopped by itself ({status})"
+    );
+}
+
 #[test]
 fn kill_9_loses_no_acknowledged_append() {
     if let (Ok(dir), Ok(acks)) = (std::env::var("STRATA_CRASH_DIR"), std::env::var("STRATA_CRASH_ACKS")) {
@@ -79,25 +101,8 @@ fn kill_9_loses_no_acknowledged_append() {
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut total_acked = 0usize;
     for crash in 0..crashes {
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["kill_9_loses_no_acknowledged_append", "--exact", "--nocapture"])
-            .env("STRATA_CRASH_DIR", &dir)
-            .env("STRATA_CRASH_ACKS", &acks)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        std::thread::sleep(Duration::from_millis(150 + rng % 350));
-        child.kill().unwrap();
-        let status = child.wait().unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9),
-            "crash {crash}: the child stopped by itself ({status})"
-        );
+        let env = [("STRATA_CRASH_DIR", dir.as_path()), ("STRATA_CRASH_ACKS", acks.as_path())];
+        run_and_kill("kill_9_loses_no_acknowledged_append", &env, 150, 350, &mut rng, crash);
 
         let store = Store::open(&dir, Options::default()).unwrap();
         // Read every stream once: versions gapless, no batch partially visible.
@@ -183,24 +188,8 @@ fn kill_9_during_snapshot_rewrites_leaves_loadable_aggregates() {
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     let (mut used, mut discarded) = (0, 0);
     for crash in 0..crashes.max(1) {
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["kill_9_during_snapshot_rewrites_leaves_loadable_aggregates", "--exact", "--nocapture"])
-            .env("STRATA_SNAP_CRASH_DIR", &dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        std::thread::sleep(Duration::from_millis(200 + rng % 400));
-        child.kill().unwrap();
-        let status = child.wait().unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(9),
-            "crash {crash}: the child stopped by itself ({status})"
-        );
+        let name = "kill_9_during_snapshot_rewrites_leaves_loadable_aggregates";
+        run_and_kill(name, &[("STRATA_SNAP_CRASH_DIR", dir.as_path())], 200, 400, &mut rng, crash);
         let store = Store::open(&dir, Options::default()).unwrap();
         for t in 0..THREADS {
             for k in 0..STREAMS_PER_THREAD {
@@ -308,21 +297,9 @@ fn kill_9_of_a_projection_redelivers_only_what_followed_its_checkpoint() {
     let mut redelivered = 0usize;
     for crash in 0..crashes.max(1) {
         let log = work.path().join(format!("handled-{crash}.log"));
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["kill_9_of_a_projection_redelivers_only_what_followed_its_checkpoint", "--exact", "--nocapture"])
-            .env("STRATA_PROJ_CRASH_DIR", &dir)
-            .env("STRATA_PROJ_CRASH_LOG", &log)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        std::thread::sleep(Duration::from_millis(300 + rng % 500));
-        child.kill().unwrap();
-        let status = child.wait().unwrap();
-        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "crash {crash}: {status}");
+        let name = "kill_9_of_a_projection_redelivers_only_what_followed_its_checkpoint";
+        let env = [("STRATA_PROJ_CRASH_DIR", dir.as_path()), ("STRATA_PROJ_CRASH_LOG", log.as_path())];
+        run_and_kill(name, &env, 300, 500, &mut rng, crash);
         // What the killed process handled, per partition, in order.
         let mut before: HashMap<u32, Vec<u64>> = HashMap::new();
         for line in std::fs::read_to_string(&log).unwrap_or_default().lines() {
