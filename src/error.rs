@@ -130,6 +130,13 @@ pub enum Error {
     /// An append must carry at least one event.
     #[error("an append needs at least one event")]
     EmptyAppend,
+    /// The stream was deleted ([`Store::delete_stream`](crate::Store::delete_stream)): it
+    /// takes no appends and its events are no longer read by stream.
+    #[error("stream {stream:?} was deleted")]
+    StreamDeleted {
+        /// The stream.
+        stream: String,
+    },
     /// A partition stopped accepting appends after a failed `fdatasync` (or a failed write it
     /// could not undo). A failed fsync cannot be retried safely: the kernel may already have
     /// dropped the dirty pages, so a later successful fsync would not mean the data is on disk.

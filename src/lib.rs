@@ -30,8 +30,10 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod aggregate;
+mod archive;
 mod bus;
 mod cache;
+mod compaction;
 mod dlq;
 mod error;
 mod event;
@@ -50,14 +52,17 @@ mod router;
 mod segment;
 mod snapshot;
 mod store;
+mod tombstones;
 mod writer;
 
 pub use aggregate::{Aggregate, ApplyError, Loaded, SnapshotIgnored, SnapshotStats, SnapshotUse};
 pub use bus::{BusOptions, BusStats, Command, CommandBus};
 pub use cache::{CacheStats, ViewCache};
+pub use compaction::{CompactionOptions, CompactionProgress, CompactionReport, PartitionStorage};
 pub use error::{Error, Result};
 pub use event::{AppendResult, EventData, ExpectedVersion, RecordedEvent};
 pub use format::FORMAT_VERSION;
+pub use format::archive::{AuditRecord, Reason as ArchiveReason};
 pub use format::batch::{MAX_EVENT_TYPE_LEN, MAX_STREAM_ID_LEN};
 pub use format::snapshot::MAX_SNAPSHOT_BYTES;
 #[cfg(feature = "fault-injection")]

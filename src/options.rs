@@ -54,6 +54,7 @@ pub struct Options {
     pub(crate) max_group_bytes: usize,
     pub(crate) max_group_appends: usize,
     pub(crate) snapshot_rewrite_bytes: u64,
+    pub(crate) compaction: crate::CompactionOptions,
     pub(crate) faults: Option<Arc<FaultPlan>>,
 }
 
@@ -71,6 +72,7 @@ impl Default for Options {
             max_group_bytes: 4 << 20,
             max_group_appends: 4096,
             snapshot_rewrite_bytes: 4 << 20,
+            compaction: crate::CompactionOptions::default(),
             faults: None,
         }
     }
@@ -146,6 +148,13 @@ impl Options {
         self
     }
 
+    /// When and how sealed segments are compacted into archives (default: see
+    /// [`CompactionOptions`](crate::CompactionOptions)).
+    pub fn compaction(mut self, c: crate::CompactionOptions) -> Options {
+        self.compaction = c;
+        self
+    }
+
     /// Injects I/O faults into every file operation of the store, for testing how an
     /// application copes with a failing disk.
     #[cfg(feature = "fault-injection")]
@@ -170,6 +179,7 @@ impl Options {
                 self.max_append_bytes
             )));
         }
+        self.compaction.validate()?;
         if self.max_event_bytes == 0 {
             return Err(Error::InvalidOptions("max_event_bytes must be positive".into()));
         }

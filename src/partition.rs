@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use memmap2::Mmap;
 use parking_lot::{Mutex, RwLock};
 
+use crate::archive::Archive;
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
 use crate::format::index;
@@ -16,6 +17,7 @@ use crate::format::segment::{self as seg_format, End, Mode};
 use crate::io::Io;
 use crate::segment::{MemIndex, OpenSegment, Report, Segment, State, View, header_error};
 use crate::store::RecoveryAction;
+use crate::tombstones::Tombstones;
 
 /// Directory name of partition `id`.
 pub(crate) fn dir_name(id: u32) -> String {
@@ -46,6 +48,13 @@ pub(crate) struct Partition {
     pub stats: WriteCounters,
     /// The snapshot sidecar.
     pub snapshots: Arc<crate::snapshot::Sidecar>,
+    /// The partition's deleted streams.
+    pub tombstones: Tombstones,
+    /// The archive slot whose decompressed data the last partition read kept (one per
+    /// partition, so that reads stepping through archives hold at most one in memory).
+    scan_pin: Mutex<Option<Arc<Segment>>>,
+    /// Held by a compaction of this partition.
+    pub compaction: Mutex<()>,
 }
 
 /// A store-wide signal of head changes: writers bump it after publishing a new head, and
@@ -157,6 +166,7 @@ impl Partition {
         };
         let mut bases = Vec::new();
         let mut indexes = Vec::new();
+        let mut archive_bases = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
             let name = entry.file_name();
@@ -168,14 +178,18 @@ impl Partition {
                 bases.push(base);
             } else if let Some(base) = parse_name(name, ".idx") {
                 indexes.push(base);
+            } else if let Some(base) = parse_name(name, ".arc") {
+                archive_bases.push(base);
             }
         }
         bases.sort_unstable();
         let Some(&active_base) = bases.last() else {
             return Err(Error::corruption(&dir, 0, format!("partition {id} has no segment files")));
         };
-        if bases.first() != Some(&0) {
-            let first = bases.first().copied().unwrap_or(0);
+        let archives = reconcile_archives(&dir, id, &io, &report, &mut bases, archive_bases)?;
+        let first = bases.iter().chain(archives.iter().map(|a| &a.0)).min().copied();
+        if first != Some(0) {
+            let first = first.unwrap_or(0);
             return Err(Error::corruption(
                 dir.join(seg_format::file_name(first)),
                 0,
@@ -205,6 +219,30 @@ impl Partition {
         }
         let mut segments: Vec<Arc<Segment>> =
             bases.iter().map(|&b| Arc::new(Segment::new(id, &dir, b, State::Unloaded))).collect();
+        for (base, archive) in archives {
+            let state = match archive {
+                Ok(a) => State::Archived(a),
+                Err(e) => State::Failed(e),
+            };
+            segments.push(Arc::new(Segment::archived(id, &dir, base, state)));
+        }
+        segments.sort_by_key(|s| s.base);
+        // An archive stands for its whole range: the next file must start where it ends.
+        for pair in segments.windows(2) {
+            if let [a, next] = pair
+                && let State::Archived(arc) = a.state()
+                && arc.header.end_position != next.base
+            {
+                return Err(Error::corruption(
+                    &a.path,
+                    24,
+                    format!(
+                        "archive ends at position {}, the next file starts at {}",
+                        arc.header.end_position, next.base
+                    ),
+                ));
+            }
+        }
         let (open, data_end, last_timestamp, file_len) = recover_active(&dir, id, active_base, &io, &report)?;
         let head = open.index.read().end_position;
         let open = Arc::new(open);
@@ -213,6 +251,7 @@ impl Partition {
             *last = active.clone();
         }
         let snapshots = Arc::new(crate::snapshot::Sidecar::new(&dir, id, io.clone(), report.clone()));
+        let tombstones = Tombstones::open(&dir, id, io.clone(), &report)?;
         let part = Arc::new(Partition {
             id,
             dir,
@@ -226,6 +265,9 @@ impl Partition {
             poison: Mutex::new(None),
             stats: WriteCounters::default(),
             snapshots,
+            tombstones,
+            scan_pin: Mutex::new(None),
+            compaction: Mutex::new(()),
         });
         Ok((part, Tail { segment: active, open, data_end, last_timestamp, file_len }))
     }
@@ -236,7 +278,7 @@ impl Partition {
     }
 
     /// Each segment with the position where it ends, oldest first.
-    fn snapshot(&self) -> Vec<(Arc<Segment>, u64)> {
+    pub fn snapshot(&self) -> Vec<(Arc<Segment>, u64)> {
         let segs = self.segments.read().clone();
         let head = self.head();
         let mut out = Vec::with_capacity(segs.len());
@@ -266,10 +308,20 @@ impl Partition {
 
     /// The stream's last durable version.
     pub fn last_version(&self, stream: &str, hash: u64) -> Result<Option<u64>> {
+        self.live(stream)?;
         self.last_version_before(stream, hash, u64::MAX)
     }
 
+    /// Refuses stream reads of a deleted stream.
+    fn live(&self, stream: &str) -> Result<()> {
+        match self.tombstones.deleted_at(stream) {
+            Some(_) => Err(Error::StreamDeleted { stream: stream.to_owned() }),
+            None => Ok(()),
+        }
+    }
+
     pub fn read_stream(&self, stream: &str, hash: u64, from: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        self.live(stream)?;
         let mut out = Vec::new();
         for (seg, end) in self.snapshot() {
             if out.len() >= limit {
@@ -292,6 +344,7 @@ impl Partition {
         min_position: u64,
         f: &mut dyn FnMut(&crate::format::batch::BatchView<'_>, usize, usize) -> std::ops::ControlFlow<()>,
     ) -> Result<()> {
+        self.live(stream)?;
         for (seg, end) in self.snapshot() {
             if end <= min_position {
                 continue;
@@ -304,6 +357,7 @@ impl Partition {
     }
 
     pub fn read_stream_back(&self, stream: &str, hash: u64, from: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        self.live(stream)?;
         let mut out = Vec::new();
         for (seg, end) in self.snapshot().into_iter().rev() {
             if out.len() >= limit {
@@ -325,6 +379,7 @@ impl Partition {
         let snap = self.snapshot();
         let start = snap.partition_point(|(s, _)| s.base <= from).saturating_sub(1);
         let mut taken = 0;
+        let mut archived = false;
         for (seg, end) in snap.get(start..).unwrap_or(&[]) {
             if taken >= limit {
                 break;
@@ -333,29 +388,81 @@ impl Partition {
                 continue;
             }
             let from = from.max(seg.base);
-            let (n, flow) = self.view(seg, *end)?.visit_positions(seg, from, *end, limit - taken, f)?;
+            let view = self.view(seg, *end)?;
+            archived = matches!(view, View::Archived(_));
+            if archived {
+                self.pin_scan(seg);
+            }
+            let (n, flow) = view.visit_positions(seg, from, *end, limit - taken, f)?;
             taken += n;
             if flow.is_break() {
                 break;
             }
         }
+        if !archived {
+            self.unpin_scan();
+        }
         Ok(taken)
+    }
+
+    /// Reads back every file of the partition: every batch of every segment (CRC), every
+    /// sealed segment's index, every archive's blocks and index entries. Returns the problems.
+    pub fn verify(&self) -> Vec<Error> {
+        let mut problems = Vec::new();
+        for (seg, end) in self.snapshot() {
+            match self.view(&seg, end) {
+                Err(e) => problems.push(e),
+                Ok(View::Archived(a)) => problems.extend(a.verify()),
+                Ok(View::Sealed(s)) => {
+                    if let Err(e) = s.walk(&seg, &mut |_, _| {}) {
+                        problems.push(e);
+                    }
+                }
+                Ok(view @ View::Open(_)) => {
+                    if let Err(e) = view.visit_positions(&seg, seg.base, end, usize::MAX, &mut |_, _, _| {
+                        std::ops::ControlFlow::Continue(())
+                    }) {
+                        problems.push(e);
+                    }
+                }
+            }
+        }
+        problems
+    }
+
+    /// Keeps `seg`'s decompressed archive data for the next read, releasing the one kept
+    /// before.
+    fn pin_scan(&self, seg: &Arc<Segment>) {
+        let mut pin = self.scan_pin.lock();
+        if let Some(old) = pin.as_ref()
+            && !Arc::ptr_eq(old, seg)
+            && let State::Archived(a) = old.state()
+        {
+            a.release_scan();
+        }
+        *pin = Some(seg.clone());
+    }
+
+    /// Releases the decompressed archive data kept for partition reads, if any.
+    pub fn unpin_scan(&self) {
+        if let Some(old) = self.scan_pin.lock().take()
+            && let State::Archived(a) = old.state()
+        {
+            a.release_scan();
+        }
     }
 
     pub fn read_from(&self, from: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
         let mut out = Vec::new();
-        let snap = self.snapshot();
-        let start = snap.partition_point(|(s, _)| s.base <= from).saturating_sub(1);
-        for (seg, end) in snap.get(start..).unwrap_or(&[]) {
-            if out.len() >= limit {
-                break;
+        let id = self.id;
+        self.visit_from(from, limit, &mut |b, skip, take| {
+            for (i, e) in b.events().enumerate().skip(skip).take(take) {
+                let mut slot = crate::segment::blank_event(id);
+                crate::segment::fill_event(&mut slot, b, i, &e);
+                out.push(slot);
             }
-            if *end <= from {
-                continue;
-            }
-            let from = from.max(seg.base);
-            self.view(seg, *end)?.read_positions(seg, from, *end, limit, &mut out)?;
-        }
+            std::ops::ControlFlow::Continue(())
+        })?;
         Ok(out)
     }
 }
@@ -403,4 +510,102 @@ fn recover_active(dir: &Path, id: u32, base: u64, io: &Io, report: &Report) -> R
     // durable before new batches claim it is.
     file.sync_data()?;
     Ok((OpenSegment { file: Arc::new(file), index: RwLock::new(mem) }, data_end, last_timestamp, file_len))
+}
+
+/// An archive file, opened, or the error that kept it from opening.
+type OpenedArchive = (u64, Result<Arc<Archive>>);
+
+/// Finishes or rolls back compactions interrupted by a crash, leaving every position in
+/// exactly one place. A compaction writes all its archives (each durably, under a temporary
+/// name, then renamed) before it removes a segment. Each archive names the segments it was
+/// made from (its sources) and where the whole compaction's range ends, so the archives of one
+/// compaction are known; while any of their sources is still there, the compaction was
+/// interrupted: if its archives tile its range it is finished (the sources go), otherwise it
+/// is rolled back (the archives go). An archive that cannot be read is never removed here:
+/// reads of its range fail, typed, until someone looks at it.
+fn reconcile_archives(
+    dir: &Path,
+    id: u32,
+    io: &Io,
+    report: &Report,
+    bases: &mut Vec<u64>,
+    archive_bases: Vec<u64>,
+) -> Result<Vec<OpenedArchive>> {
+    let mut archives: Vec<OpenedArchive> = archive_bases
+        .into_iter()
+        .map(|b| {
+            let path = dir.join(crate::format::archive::file_name(b));
+            (b, Archive::open(&path, io, id, b).map(Arc::new))
+        })
+        .collect();
+    archives.sort_by_key(|a| a.0);
+    // The compactions with a source segment still present, by (first source, job end).
+    let mut jobs: std::collections::BTreeMap<(u64, u64), (Vec<u64>, Vec<usize>)> = Default::default();
+    for (k, (_, a)) in archives.iter().enumerate() {
+        let Ok(a) = a else { continue };
+        let sources: Vec<u64> = a.sources().iter().map(|s| s.base_position).collect();
+        let Some(&first) = sources.first() else { continue };
+        if sources.iter().any(|s| bases.contains(s)) {
+            let job = jobs.entry((first, a.header.job_end)).or_insert_with(|| (sources.clone(), Vec::new()));
+            job.1.push(k);
+        }
+    }
+    let mut finished = Vec::new();
+    let mut rolled_back = Vec::new();
+    let mut drop_archives = Vec::new();
+    for ((start, end), (sources, pieces)) in jobs {
+        let mut at = start;
+        for &k in &pieces {
+            if let (b, Ok(a)) = &archives[k]
+                && *b == at
+            {
+                at = a.header.end_position;
+            }
+        }
+        if at == end {
+            for s in sources.iter().filter(|s| bases.contains(s)) {
+                for path in [dir.join(seg_format::file_name(*s)), dir.join(index::file_name(*s))] {
+                    if path.exists() {
+                        io.remove_file(&path)?;
+                        finished.push(path);
+                    }
+                }
+            }
+            bases.retain(|b| !sources.contains(b));
+        } else {
+            for &k in &pieces {
+                let path = dir.join(crate::format::archive::file_name(archives[k].0));
+                io.remove_file(&path)?;
+                rolled_back.push(path);
+                drop_archives.push(k);
+            }
+        }
+    }
+    drop_archives.sort_unstable();
+    for k in drop_archives.into_iter().rev() {
+        let _ = archives.remove(k);
+    }
+    if !rolled_back.is_empty() || !finished.is_empty() {
+        io.sync_dir(dir)?;
+    }
+    if !rolled_back.is_empty() {
+        let reason = "a compaction was interrupted before all its archives were written".to_owned();
+        report.lock().push(RecoveryAction::CompactionRolledBack { removed: rolled_back, reason });
+    }
+    if !finished.is_empty() {
+        report.lock().push(RecoveryAction::CompactionFinished { removed: finished });
+    }
+    // What remains must not overlap: archives among themselves, or a segment.
+    let ranges: Vec<(u64, u64, PathBuf)> = archives
+        .iter()
+        .filter_map(|(b, a)| a.as_ref().ok().map(|a| (*b, a.header.end_position, a.path.clone())))
+        .collect();
+    for (lo, hi, path) in &ranges {
+        let clash = ranges.iter().any(|(l, h, _)| (l, h) != (lo, hi) && l < hi && h > lo)
+            || bases.iter().any(|b| b >= lo && b < hi);
+        if clash {
+            return Err(Error::corruption(path, 16, format!("archive range {lo}..{hi} overlaps another file's")));
+        }
+    }
+    Ok(archives)
 }

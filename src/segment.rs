@@ -10,6 +10,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 use parking_lot::{Mutex, RwLock};
 
+use crate::archive::Archive;
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
 use crate::format::batch::{self, BatchView};
@@ -122,6 +123,8 @@ pub(crate) struct SealedSegment {
 pub(crate) enum State {
     Open(Arc<OpenSegment>),
     Sealed(Arc<SealedSegment>),
+    /// A range compacted into an archive (the slot's files are `{base}.arc`).
+    Archived(Arc<Archive>),
     Unloaded,
     /// Loading found damage that only a reopen (after repair) can change: every read of the
     /// segment gets the same error at once instead of scanning it again.
@@ -144,6 +147,7 @@ pub(crate) struct Segment {
 pub(crate) enum View {
     Open(Arc<OpenSegment>),
     Sealed(Arc<SealedSegment>),
+    Archived(Arc<Archive>),
 }
 
 /// Where reads record what they had to repair.
@@ -170,6 +174,24 @@ impl Segment {
         }
     }
 
+    /// The slot of an archive (or of an archive file that could not be opened: `Failed`).
+    pub fn archived(partition: u32, dir: &Path, base: u64, state: State) -> Segment {
+        let path = dir.join(crate::format::archive::file_name(base));
+        Segment {
+            partition,
+            base,
+            index_path: path.clone(),
+            path,
+            state: RwLock::new(state),
+            load_lock: Mutex::new(()),
+        }
+    }
+
+    /// Whether this slot holds an archive.
+    pub fn is_archive(&self) -> bool {
+        self.path.extension().is_some_and(|e| e == "arc")
+    }
+
     pub fn set_state(&self, state: State) {
         *self.state.write() = state;
     }
@@ -184,6 +206,7 @@ impl Segment {
         let _guard = match self.state() {
             State::Open(o) => return Ok(View::Open(o)),
             State::Sealed(s) => return Ok(View::Sealed(s)),
+            State::Archived(a) => return Ok(View::Archived(a)),
             State::Failed(e) => return Err(e),
             State::Unloaded => self.load_lock.lock(),
         };
@@ -191,6 +214,7 @@ impl Segment {
             State::Unloaded => {}
             State::Open(o) => return Ok(View::Open(o)),
             State::Sealed(s) => return Ok(View::Sealed(s)),
+            State::Archived(a) => return Ok(View::Archived(a)),
             State::Failed(e) => return Err(e),
         }
         match self.load(end_position, io, report) {
@@ -319,6 +343,25 @@ impl Segment {
     }
 }
 
+impl SealedSegment {
+    /// Calls `f(batch, bytes)` for each batch of the segment, in position order, checking
+    /// each (`bytes` are the batch's own bytes).
+    pub fn walk<'a>(&'a self, seg: &Segment, f: &mut dyn FnMut(&BatchView<'a>, &'a [u8])) -> Result<()> {
+        let mut at = seg_format::HEADER_LEN;
+        while let Some(rest) = self.data.get(at..).filter(|r| !r.is_empty()) {
+            let b = batch::decode(rest).map_err(|bad| Error::corruption(&seg.path, at as u64, bad.to_string()))?;
+            f(&b, rest.get(..b.length).unwrap_or(rest));
+            at += b.length;
+        }
+        Ok(())
+    }
+
+    /// Bytes of the segment file.
+    pub fn len(&self) -> u64 {
+        self.data.len() as u64
+    }
+}
+
 fn check_header(path: &Path, bytes: &[u8], partition: u32, base: u64) -> Result<seg_format::Header> {
     let header = seg_format::decode_header(bytes).map_err(|e| header_error(path, e))?;
     if header.partition != partition || header.base_position != base {
@@ -394,6 +437,8 @@ fn emit(b: &BatchView<'_>, partition: u32, skip: usize, take: usize, out: &mut V
 enum Bytes<'a> {
     Mapped(&'a [u8]),
     Read(Vec<u8>),
+    /// A decompressed archive block, from an offset.
+    Block(Arc<Vec<u8>>, usize),
 }
 
 impl Bytes<'_> {
@@ -401,6 +446,7 @@ impl Bytes<'_> {
         match self {
             Bytes::Mapped(b) => b,
             Bytes::Read(v) => v,
+            Bytes::Block(v, at) => v.get(*at..).unwrap_or(&[]),
         }
     }
 }
@@ -420,6 +466,10 @@ impl View {
                 let mut buf = vec![0u8; len];
                 o.file.read_exact_at(&mut buf, offset)?;
                 Ok(Bytes::Read(buf))
+            }
+            View::Archived(a) => {
+                let (block, at) = a.at(offset)?;
+                Ok(Bytes::Block(block, at))
             }
         }
     }
@@ -446,6 +496,19 @@ impl View {
             .get(s.streams.clone())
             .and_then(|b| bytemuck::try_cast_slice(b).ok())
             .ok_or_else(|| Error::corruption(&seg.index_path, 0, "stream entries unreadable"))?;
+        self.find_stream(seg, entries, Some(&s.data), stream, hash)
+    }
+
+    /// The entries of `stream` among an index's sorted `entries`, telling apart streams whose
+    /// ids hash alike by the stream id in their first batch (peeked from `data` if mapped).
+    fn find_stream<'a>(
+        &self,
+        seg: &Segment,
+        entries: &'a [StreamEntry],
+        data: Option<&[u8]>,
+        stream: &str,
+        hash: u64,
+    ) -> Result<&'a [StreamEntry]> {
         let lo = entries.partition_point(|e| e.get().stream_hash < hash);
         let hi = entries.partition_point(|e| e.get().stream_hash <= hash);
         let mut i = lo;
@@ -457,7 +520,7 @@ impl View {
             // mismatch must be a checked one, or damage to the id would hide the stream's
             // events instead of being reported.
             let start = usize::try_from(first.offset).unwrap_or(usize::MAX);
-            let same = s.data.get(start..).and_then(batch::peek_stream_id) == Some(stream)
+            let same = data.and_then(|d| d.get(start..)).and_then(batch::peek_stream_id) == Some(stream)
                 || self.with_batch(seg, first.offset, 0, |b| b.stream_id == stream)?;
             if same {
                 return Ok(entries.get(i..j).unwrap_or(&[]));
@@ -473,6 +536,13 @@ impl View {
             View::Open(o) => Ok(o.index.read().last_version(stream)),
             View::Sealed(s) => {
                 let entries = self.sealed_entries(seg, s, stream, hash)?;
+                Ok(entries.last().map(|e| {
+                    let e = e.get();
+                    e.first_version + u64::from(e.event_count) - 1
+                }))
+            }
+            View::Archived(a) => {
+                let entries = self.find_stream(seg, a.streams(), None, stream, hash)?;
                 Ok(entries.last().map(|e| {
                     let e = e.get();
                     e.first_version + u64::from(e.event_count) - 1
@@ -513,8 +583,12 @@ impl View {
                 let all = mem.streams.get(stream).map_or(&[][..], Vec::as_slice);
                 Ok(pick(all, |e| (e.first_version, e.count), from, limit, forward).to_vec())
             }
-            View::Sealed(s) => {
-                let all = self.sealed_entries(seg, s, stream, hash)?;
+            View::Sealed(_) | View::Archived(_) => {
+                let all = match self {
+                    View::Sealed(s) => self.sealed_entries(seg, s, stream, hash)?,
+                    View::Archived(a) => self.find_stream(seg, a.streams(), None, stream, hash)?,
+                    View::Open(_) => &[],
+                };
                 let picked = pick(all, |e| (e.get().first_version, e.get().event_count), from, limit, forward);
                 Ok(picked
                     .iter()
@@ -626,23 +700,6 @@ impl View {
         }
     }
 
-    /// Appends to `out` the events at positions `from..end`, until `out` holds `limit`.
-    pub fn read_positions(
-        &self,
-        seg: &Segment,
-        from: u64,
-        end: u64,
-        limit: usize,
-        out: &mut Vec<RecordedEvent>,
-    ) -> Result<()> {
-        let left = limit - out.len().min(limit);
-        let _ = self.visit_positions(seg, from, end, left, &mut |b, skip, take| {
-            emit(b, seg.partition, skip, take, out);
-            ControlFlow::Continue(())
-        })?;
-        Ok(())
-    }
-
     /// Calls `f(batch, skip, take)` for each batch holding positions `from..end`, in order,
     /// where the batch's events `skip..skip + take` are the ones wanted, until `limit` events
     /// are taken or `f` breaks. Returns how many were taken, and whether `f` broke.
@@ -656,6 +713,7 @@ impl View {
     ) -> Result<(usize, ControlFlow<()>)> {
         let mut taken = 0usize;
         let (start_offset, data_end) = match self {
+            View::Archived(a) => return a.visit_positions(from, end, limit, f),
             View::Sealed(s) => {
                 let positions: &[PositionEntry] = s
                     .index

@@ -220,6 +220,11 @@ impl Sidecar {
         Ok(())
     }
 
+    /// The version the latest snapshot of `stream` covers, if it has one.
+    pub fn latest_version(&self, stream: &str) -> Result<Option<u64>, String> {
+        self.with_state(|s| Ok(s.index.get(stream).map(|e| e.version))).map_err(|e| e.to_string())
+    }
+
     /// The latest snapshot of `stream`, if any. `Err` carries why a snapshot that the index
     /// lists could not be used (an I/O error or damage); the caller falls back to a replay.
     pub fn read(&self, stream: &str) -> Result<Option<Stored>, String> {

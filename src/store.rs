@@ -14,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 
+use crate::compaction::CompactionReport;
 use crate::error::{Error, Result};
 use crate::event::{AppendResult, EventData, ExpectedVersion, RecordedEvent};
 use crate::format::batch::{self, Limits};
@@ -129,6 +130,21 @@ pub enum RecoveryAction {
         /// The error.
         error: String,
     },
+    /// A compaction had written all its archives when it was interrupted: the segments they
+    /// replace were removed, finishing it.
+    CompactionFinished {
+        /// The segment files (and indexes) removed.
+        removed: Vec<PathBuf>,
+    },
+    /// A compaction was interrupted before all its archives were written (or an archive
+    /// beside the segments it replaces could not be read): the archives were removed and the
+    /// segments kept, rolling it back.
+    CompactionRolledBack {
+        /// The archive files removed.
+        removed: Vec<PathBuf>,
+        /// Why they could not stand.
+        reason: String,
+    },
 }
 
 /// Counters of the write path (see [`Store::write_stats`]).
@@ -162,6 +178,8 @@ struct Shared {
     report: Report,
     snapshots: Arc<snapshot::Counters>,
     append_latency: crate::metrics::LatencyHistogram,
+    compaction: crate::CompactionOptions,
+    compactions: crate::compaction::Counters,
     _lock: DirLock,
 }
 
@@ -191,6 +209,8 @@ pub struct Store {
     shared: Arc<Shared>,
     senders: Vec<Sender<AppendRequest>>,
     snapshot_tx: Option<Sender<snapshot::Job>>,
+    /// Dropped to stop the background compactor.
+    compactor_stop: Option<Sender<()>>,
     threads: Vec<JoinHandle<Result<()>>>,
 }
 
@@ -344,9 +364,17 @@ impl Store {
             report,
             snapshots,
             append_latency: Default::default(),
+            compaction: options.compaction.clone(),
+            compactions: Default::default(),
             _lock: lock,
         });
-        let mut store = Store { shared: shared.clone(), senders: Vec::new(), snapshot_tx: None, threads: Vec::new() };
+        let mut store = Store {
+            shared: shared.clone(),
+            senders: Vec::new(),
+            snapshot_tx: None,
+            compactor_stop: None,
+            threads: Vec::new(),
+        };
         let (seal_tx, seal_rx) = crossbeam_channel::unbounded();
         let spawn = |name: String, f: Box<dyn FnOnce() -> Result<()> + Send>| {
             std::thread::Builder::new().name(name).spawn(f).map_err(|e| Error::io("spawn thread", &shared.dir, e))
@@ -389,6 +417,26 @@ impl Store {
             }),
         )?);
         store.snapshot_tx = Some(snap_tx);
+        if let Some(every) = options.compaction.interval {
+            let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+            let shared = shared.clone();
+            store.threads.push(spawn(
+                "strata-compactor".into(),
+                Box::new(move || {
+                    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(every) {
+                        let r = crate::compaction::compact_store(
+                            &shared.partitions,
+                            &shared.compaction,
+                            false,
+                            &mut |_| {},
+                        );
+                        shared.compactions.record(&r);
+                    }
+                    Ok(())
+                }),
+            )?);
+            store.compactor_stop = Some(stop_tx);
+        }
         Ok(store)
     }
 
@@ -691,6 +739,61 @@ impl Store {
         sent.map(|()| true)
     }
 
+    /// Deletes `stream` for good: the deletion is durable when this returns; from then on the
+    /// stream takes no appends and stream reads (and aggregate loads) fail with
+    /// [`Error::StreamDeleted`]. Its events stay in partition reads (projections see them,
+    /// like any event) until compaction erases them from the sealed segments and archives
+    /// that hold them, leaving an [`AuditRecord`](crate::AuditRecord) in the archive. Events
+    /// still in the active segment are erased once it is sealed and compacted. Returns
+    /// `false` if the stream was already deleted.
+    ///
+    /// ```
+    /// # use strata::{Error, EventData, ExpectedVersion, Options, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+    /// store.append("customer-7", ExpectedVersion::Any, &[EventData::new("Registered", b"{}".to_vec())])?;
+    /// assert!(store.delete_stream("customer-7")?);
+    /// assert!(matches!(store.read_stream("customer-7", 0, 10), Err(Error::StreamDeleted { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn delete_stream(&self, stream: &str) -> Result<bool> {
+        batch::check_stream_id(stream)?;
+        let hash = stream_hash(stream);
+        let p = self.partition(router::jump_consistent_hash(hash, self.partition_count()))?;
+        p.tombstones.delete(stream, now_nanos())
+    }
+
+    /// Applies the compaction policy now, on the calling thread (the background compactor, if
+    /// any, waits meanwhile): sealed segments that qualify become archives, and archives
+    /// holding deleted streams are rewritten without them. Appends and reads go on throughout.
+    pub fn compact(&self) -> Result<CompactionReport> {
+        self.compact_with(false, &mut |_| {})
+    }
+
+    /// Like [`Store::compact`], telling `progress` as it goes; with `force`, every sealed
+    /// segment is archived whatever the policy says.
+    pub fn compact_with(
+        &self,
+        force: bool,
+        progress: &mut dyn FnMut(crate::CompactionProgress),
+    ) -> Result<CompactionReport> {
+        let r = crate::compaction::compact_store(&self.shared.partitions, &self.shared.compaction, force, progress);
+        self.shared.compactions.record(&r);
+        r
+    }
+
+    /// Reads back everything the store holds and checks it: every batch's CRC in every
+    /// segment, every sealed segment's index, every archive's blocks and index entries.
+    /// Returns the problems found, each naming its file and offset (empty: all is well).
+    pub fn verify(&self) -> Vec<Error> {
+        self.shared.partitions.iter().flat_map(|p| p.verify()).collect()
+    }
+
+    /// What each partition keeps on disk: segments, archives, their sizes, erased events.
+    pub fn storage(&self) -> Result<Vec<crate::PartitionStorage>> {
+        self.shared.partitions.iter().map(|p| crate::compaction::storage(p)).collect()
+    }
+
     /// What opening the store had to repair, and what went wrong since in the background
     /// (loading sealed segments and snapshot sidecars, sealing, snapshot writes).
     pub fn recovery_report(&self) -> Vec<RecoveryAction> {
@@ -706,6 +809,7 @@ impl Store {
     fn shutdown(&mut self) -> Result<()> {
         self.senders.clear();
         self.snapshot_tx = None;
+        self.compactor_stop = None;
         let mut result = Ok(());
         for t in self.threads.drain(..) {
             match t.join() {

@@ -245,6 +245,10 @@ impl Writer {
         let mut position = self.next_position;
         self.buf.clear();
         for req in group.iter() {
+            if self.part.tombstones.deleted_at(&req.stream).is_some() {
+                outcomes.push(Outcome::Rejected(Error::StreamDeleted { stream: req.stream.to_string() }));
+                continue;
+            }
             let current = match self.current_version(&pending, req) {
                 Ok(v) => v,
                 Err(e) => {

@@ -59,7 +59,7 @@ impl StreamEntry {
         }
     }
 
-    fn to_le(self) -> StreamEntry {
+    pub(crate) fn to_le(self) -> StreamEntry {
         StreamEntry {
             stream_hash: self.stream_hash.to_le(),
             first_version: self.first_version.to_le(),

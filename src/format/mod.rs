@@ -8,6 +8,7 @@
 //! and never allocate in proportion to a length field they have not checked against the bytes
 //! actually present.
 
+pub(crate) mod archive;
 pub(crate) mod batch;
 pub(crate) mod checkpoint;
 pub(crate) mod dlq;
@@ -15,6 +16,7 @@ pub(crate) mod index;
 pub(crate) mod manifest;
 pub(crate) mod segment;
 pub(crate) mod snapshot;
+pub(crate) mod tombstone;
 
 /// The newest format version this build writes and reads (shared by every file kind).
 pub const FORMAT_VERSION: u32 = 1;
