@@ -27,7 +27,8 @@ pub(crate) struct Archive {
     map: Mmap,
     layout: Layout,
     cache: Mutex<Vec<(usize, Arc<Vec<u8>>)>>,
-    scan: Mutex<Option<Arc<Vec<u8>>>>,
+    /// The whole data, while some reader (or a partition's pin) holds it.
+    scan: Mutex<std::sync::Weak<Vec<u8>>>,
 }
 
 /// The error for bytes that are not a valid archive.
@@ -69,7 +70,7 @@ impl Archive {
             map,
             layout,
             cache: Mutex::new(Vec::new()),
-            scan: Mutex::new(None),
+            scan: Mutex::new(std::sync::Weak::new()),
         })
     }
 
@@ -118,39 +119,10 @@ impl Archive {
         self.streams().iter().map(|e| u64::from(e.get().event_count)).sum()
     }
 
-    fn dictionary(&self) -> &[u8] {
-        self.map.get(self.layout.dictionary.clone()).unwrap_or(&[])
-    }
-
     /// Decompresses block `i`, checking its CRC and length. Memory grows only as far as the
     /// frame really decompresses, and never past the block's recorded length.
     fn decompress(&self, i: usize) -> Result<Vec<u8>> {
-        let Some(b) = self.blocks().get(i).map(BlockEntry::get) else {
-            return Err(Error::corruption(&self.path, 0, format!("no block {i}")));
-        };
-        let start = b.file_offset as usize;
-        let frame = self
-            .map
-            .get(start..start + b.compressed_len as usize)
-            .ok_or_else(|| Error::corruption(&self.path, b.file_offset, "block outside the file"))?;
-        if crate::format::crc(frame) != b.crc {
-            return Err(Error::corruption(&self.path, b.file_offset, format!("block {i} checksum mismatch")));
-        }
-        let corrupt = |why: String| Error::corruption(&self.path, b.file_offset, format!("block {i}: {why}"));
-        let mut out = Vec::with_capacity((b.data_len as usize).min(4 << 20));
-        let dict = self.dictionary();
-        let read = if dict.is_empty() {
-            zstd::stream::read::Decoder::with_buffer(frame)
-                .and_then(|d| d.take(u64::from(b.data_len) + 1).read_to_end(&mut out))
-        } else {
-            zstd::stream::read::Decoder::with_dictionary(frame, dict)
-                .and_then(|d| d.take(u64::from(b.data_len) + 1).read_to_end(&mut out))
-        };
-        read.map_err(|e| corrupt(format!("does not decompress: {e}")))?;
-        if out.len() != b.data_len as usize {
-            return Err(corrupt(format!("decompresses to {} bytes, not {}", out.len(), b.data_len)));
-        }
-        Ok(out)
+        decompress_block(&self.map, &self.layout, i).map_err(|(offset, why)| Error::corruption(&self.path, offset, why))
     }
 
     /// Block `i`, decompressed (from the cache of recent blocks if it is there).
@@ -187,24 +159,21 @@ impl Archive {
         }
     }
 
-    /// All of the archive's batches, decompressed (kept until [`Archive::release_scan`], so
-    /// that a partition read going through the archive in steps decompresses it once).
+    /// All of the archive's batches, decompressed; shared with every reader that holds it
+    /// (a partition keeps the last one its reads went through, see `Partition::visit_from`,
+    /// so that a read going through the archive in steps decompresses it once).
     pub fn data(&self) -> Result<Arc<Vec<u8>>> {
         let mut scan = self.scan.lock();
-        if let Some(d) = scan.as_ref() {
-            return Ok(d.clone());
+        if let Some(d) = scan.upgrade() {
+            return Ok(d);
         }
         let mut all = Vec::new();
         for i in 0..self.blocks().len() {
             all.extend_from_slice(&self.decompress(i)?);
         }
         let all = Arc::new(all);
-        *scan = Some(all.clone());
+        *scan = Arc::downgrade(&all);
         Ok(all)
-    }
-
-    pub fn release_scan(&self) {
-        *self.scan.lock() = None;
     }
 
     /// Calls `f(batch, skip, take)` for each batch holding positions `from..end`, in position
@@ -268,7 +237,6 @@ impl Archive {
             Ok(d) => d,
             Err(e) => return vec![e],
         };
-        self.release_scan();
         // Every block must hold whole batches.
         for (i, b) in self.blocks().iter().enumerate() {
             let b = b.get();
@@ -302,6 +270,34 @@ impl Archive {
         }
         problems
     }
+}
+
+/// Decompresses block `i` of a checked archive image, checking its CRC and length. Memory
+/// grows only as far as the frame really decompresses, and never past the block's recorded
+/// length. An error names the block's file offset.
+pub(crate) fn decompress_block(bytes: &[u8], layout: &Layout, i: usize) -> Result<Vec<u8>, (u64, String)> {
+    let blocks: &[BlockEntry] = format::cast(bytes, &layout.blocks).unwrap_or(&[]);
+    let Some(b) = blocks.get(i).map(BlockEntry::get) else { return Err((0, format!("no block {i}"))) };
+    let start = b.file_offset as usize;
+    let frame = bytes
+        .get(start..start.saturating_add(b.compressed_len as usize))
+        .ok_or((b.file_offset, format!("block {i} lies outside the file")))?;
+    if crate::format::crc(frame) != b.crc {
+        return Err((b.file_offset, format!("block {i} checksum mismatch")));
+    }
+    let mut out = Vec::with_capacity((b.data_len as usize).min(4 << 20));
+    let dict = bytes.get(layout.dictionary.clone()).unwrap_or(&[]);
+    let limit = u64::from(b.data_len) + 1;
+    let read = if dict.is_empty() {
+        zstd::stream::read::Decoder::with_buffer(frame).and_then(|d| d.take(limit).read_to_end(&mut out))
+    } else {
+        zstd::stream::read::Decoder::with_dictionary(frame, dict).and_then(|d| d.take(limit).read_to_end(&mut out))
+    };
+    read.map_err(|e| (b.file_offset, format!("block {i} does not decompress: {e}")))?;
+    if out.len() != b.data_len as usize {
+        return Err((b.file_offset, format!("block {i} decompresses to {} bytes, not {}", out.len(), b.data_len)));
+    }
+    Ok(out)
 }
 
 /// One batch to be archived, borrowed from a segment's mapping or an archive's data.

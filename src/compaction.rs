@@ -451,7 +451,16 @@ fn archive_run(
     let write_piece = |base: u64, end: u64, piece: Vec<BatchRef<'_>>, audit: Vec<AuditRecord>, pace: &mut Pace<'_>| {
         let plan = Plan { partition: part.id, base, end, job_end: run_end, reason, sources: &sources, audit: &audit };
         let image = archive::build(&plan, piece, build_opts(opts), &mut |n| pace.done(n))?;
-        part.io.write_atomic(&part.dir, &crate::format::archive::file_name(base), &image)?;
+        let name = crate::format::archive::file_name(base);
+        if let Err(e) = part.io.write_atomic(&part.dir, &name, &image) {
+            // The rename may have happened before the failure: leave neither file behind.
+            for leftover in [part.dir.join(&name), part.dir.join(format!("{name}.tmp"))] {
+                if leftover.exists() {
+                    let _ = part.io.remove_file(&leftover);
+                }
+            }
+            return Err(e);
+        }
         Ok::<(u64, usize), Error>((base, image.len()))
     };
     for c in &run {
@@ -558,7 +567,6 @@ fn rewrite_archive(
     report: &mut CompactionReport,
 ) -> Result<()> {
     let data = a.data()?;
-    a.release_scan();
     pace.plan(data.len() as u64);
     let mut keep = Vec::new();
     let mut erased = Erased::default();
@@ -667,12 +675,19 @@ pub(crate) fn storage(part: &Partition) -> Result<PartitionStorage> {
                 s.archive_bytes += a.file_len();
                 s.archived_bytes += a.data_len();
                 s.archived_events += a.events();
-                s.erased_events += a.audit().iter().map(|r| r.events).sum::<u64>();
+                s.erased_events = a.audit().iter().fold(s.erased_events, |sum, r| sum.saturating_add(r.events));
             }
             State::Failed(_) if slot.is_archive() => s.unreadable_archives += 1,
             _ => {
-                s.segments += 1;
-                s.segment_bytes += std::fs::metadata(&slot.path).map_err(|e| Error::io("stat", &slot.path, e))?.len();
+                // A segment compacted away since the list was taken is simply gone.
+                match std::fs::metadata(&slot.path) {
+                    Ok(m) => {
+                        s.segments += 1;
+                        s.segment_bytes += m.len();
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("stat", &slot.path, e)),
+                }
             }
         }
     }

@@ -250,3 +250,73 @@ pub fn dlq_scan(data: &[u8]) {
     }
     assert_eq!(at, end);
 }
+
+/// Decodes bytes as an archive; what it accepts must decompress block by block (or fail
+/// typed), and every index entry must point at a batch or be reported.
+pub fn archive_decode(data: &[u8]) {
+    use crate::format::archive as arc;
+    let data = &*fixed_up(data, |v| {
+        put_crc(v, 60, 0..60);
+        let len = v.len();
+        if len >= arc::HEADER_LEN + arc::FOOTER_LEN {
+            let f = len - arc::FOOTER_LEN;
+            let meta = v.get(f..f + 8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize);
+            if meta <= f {
+                put_crc(v, f + 44, meta..f);
+            }
+            put_crc(v, f + 52, f..f + 52);
+        }
+    });
+    // A mapped archive is page-aligned; give the decoder the same 8-byte alignment.
+    let mut aligned = vec![0u64; data.len().div_ceil(8)];
+    let copy: &mut [u8] = bytemuck::cast_slice_mut(&mut aligned);
+    let data = match copy.get_mut(..data.len()) {
+        Some(c) => {
+            c.copy_from_slice(data);
+            &*c
+        }
+        None => return,
+    };
+    let Ok(layout) = arc::decode(data) else { return };
+    let mut all = Vec::new();
+    let blocks = data.get(layout.blocks.clone()).map_or(0, |b| b.len() / 32);
+    for i in 0..blocks {
+        match crate::archive::decompress_block(data, &layout, i) {
+            Ok(block) => all.extend_from_slice(&block),
+            Err(_) => return,
+        }
+    }
+    assert_eq!(all.len() as u64, layout.data_len);
+    let positions: &[index::PositionEntry] = arc::cast(data, &layout.positions).expect("checked by decode");
+    for p in positions {
+        if let Ok(b) = batch::decode(all.get(p.get().offset as usize..).unwrap_or(&[])) {
+            assert!(b.length <= all.len());
+        }
+    }
+}
+
+/// Scans a tombstone file; every record it accepts re-encodes to its exact bytes.
+pub fn tombstone_scan(data: &[u8]) {
+    use crate::format::tombstone as tmb;
+    let data = &*fixed_up(data, |v| {
+        put_crc(v, 60, 0..60);
+        let mut off = tmb::HEADER_LEN;
+        while let Some(len) = v.get(off + 4..off + 8).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize) {
+            if len < 8 || off + len > v.len() {
+                break;
+            }
+            put_crc(v, off, off + 4..off + len);
+            off += len;
+        }
+    });
+    let Ok((records, end, damage)) = tmb::scan(data) else { return };
+    assert!(end <= data.len());
+    assert_eq!(damage.is_none(), end == data.len());
+    let mut at = tmb::HEADER_LEN;
+    for r in &records {
+        let bytes = tmb::encode(r);
+        assert_eq!(Some(&bytes[..]), data.get(at..at + bytes.len()), "decode and encode disagree");
+        at += bytes.len();
+    }
+    assert_eq!(at, end);
+}

@@ -52,7 +52,7 @@ pub(crate) struct Partition {
     pub tombstones: Tombstones,
     /// The archive slot whose decompressed data the last partition read kept (one per
     /// partition, so that reads stepping through archives hold at most one in memory).
-    scan_pin: Mutex<Option<Arc<Segment>>>,
+    scan_pin: Mutex<Option<Arc<Vec<u8>>>>,
     /// Held by a compaction of this partition.
     pub compaction: Mutex<()>,
 }
@@ -389,10 +389,17 @@ impl Partition {
             }
             let from = from.max(seg.base);
             let view = self.view(seg, *end)?;
-            archived = matches!(view, View::Archived(_));
-            if archived {
-                self.pin_scan(seg);
-            }
+            // An archive is read from its decompressed data: hold it for this read, and keep
+            // it for the next step of the reader (releasing the one kept before).
+            let _hold = match &view {
+                View::Archived(a) => {
+                    let data = a.data()?;
+                    *self.scan_pin.lock() = Some(data.clone());
+                    Some(data)
+                }
+                _ => None,
+            };
+            archived = _hold.is_some();
             let (n, flow) = view.visit_positions(seg, from, *end, limit - taken, f)?;
             taken += n;
             if flow.is_break() {
@@ -430,26 +437,9 @@ impl Partition {
         problems
     }
 
-    /// Keeps `seg`'s decompressed archive data for the next read, releasing the one kept
-    /// before.
-    fn pin_scan(&self, seg: &Arc<Segment>) {
-        let mut pin = self.scan_pin.lock();
-        if let Some(old) = pin.as_ref()
-            && !Arc::ptr_eq(old, seg)
-            && let State::Archived(a) = old.state()
-        {
-            a.release_scan();
-        }
-        *pin = Some(seg.clone());
-    }
-
     /// Releases the decompressed archive data kept for partition reads, if any.
     pub fn unpin_scan(&self) {
-        if let Some(old) = self.scan_pin.lock().take()
-            && let State::Archived(a) = old.state()
-        {
-            a.release_scan();
-        }
+        self.scan_pin.lock().take();
     }
 
     pub fn read_from(&self, from: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
@@ -539,6 +529,13 @@ fn reconcile_archives(
         })
         .collect();
     archives.sort_by_key(|a| a.0);
+    // An I/O error (too many open files, no memory for a mapping) says nothing about the
+    // archive: fail the open rather than decide on partial knowledge.
+    if let Some((_, Err(e))) =
+        archives.iter().find(|(_, a)| matches!(a, Err(Error::Io { .. } | Error::StorageFull { .. })))
+    {
+        return Err(e.clone());
+    }
     // The compactions with a source segment still present, by (first source, job end).
     let mut jobs: std::collections::BTreeMap<(u64, u64), (Vec<u64>, Vec<usize>)> = Default::default();
     for (k, (_, a)) in archives.iter().enumerate() {
@@ -562,9 +559,22 @@ fn reconcile_archives(
                 at = a.header.end_position;
             }
         }
+        let all_sources_there = sources.iter().all(|s| bases.contains(s));
+        if at != end && !all_sources_there {
+            // Segments were already removed, so the archives hold the only copy of their
+            // range, but one of them is missing or unreadable: touch nothing, say so.
+            return Err(Error::corruption(
+                dir.join(crate::format::archive::file_name(start)),
+                0,
+                format!(
+                    "a compaction of positions {start}..{end} was interrupted after removing segments, \
+                     and its archives do not cover that range (one is missing or unreadable)"
+                ),
+            ));
+        }
         if at == end {
             for s in sources.iter().filter(|s| bases.contains(s)) {
-                for path in [dir.join(seg_format::file_name(*s)), dir.join(index::file_name(*s))] {
+                for path in [dir.join(index::file_name(*s)), dir.join(seg_format::file_name(*s))] {
                     if path.exists() {
                         io.remove_file(&path)?;
                         finished.push(path);

@@ -1023,6 +1023,7 @@ fn handle(inner: &Inner, t: &Task) {
     let reg = &t.projection;
     let mut buffer = t.buffer.lock();
     let from = t.next.load(Ordering::Acquire);
+    let head_before = inner.store.partition_ref(t.partition).map_or(from, |p| p.head());
     let mut n = 0usize;
     let read = inner.store.partition_ref(t.partition).and_then(|part| {
         part.visit_from(from, reg.options.batch, &mut |b, skip, take| {
@@ -1042,6 +1043,16 @@ fn handle(inner: &Inner, t: &Task) {
     });
     if let Err(e) = read {
         stop_task(inner, t, format!("reading partition {}: {e}", t.partition));
+        return;
+    }
+    if n == 0 && head_before > from {
+        // Nothing at [from, head): compaction erased those positions (a deleted stream's
+        // events). Move past the gap, or the task would look busy forever.
+        t.next.store(head_before, Ordering::Release);
+        inner.progress.bump();
+        if reg.checkpoints.is_some() {
+            inner.dirty.bump();
+        }
         return;
     }
     let events = buffer.get(..n).unwrap_or(&[]);

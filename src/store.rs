@@ -136,9 +136,9 @@ pub enum RecoveryAction {
         /// The segment files (and indexes) removed.
         removed: Vec<PathBuf>,
     },
-    /// A compaction was interrupted before all its archives were written (or an archive
-    /// beside the segments it replaces could not be read): the archives were removed and the
-    /// segments kept, rolling it back.
+    /// A compaction was interrupted before all its archives were written: while all the
+    /// segments it was replacing were still there, its archives were removed, rolling it back.
+    /// (An archive that cannot be read is never removed.)
     CompactionRolledBack {
         /// The archive files removed.
         removed: Vec<PathBuf>,

@@ -46,12 +46,12 @@ impl Tombstones {
                 }
                 let file = io.open_rw(&path)?;
                 if let Some(why) = damage {
+                    // Each delete is synced before the next is written, so only the last record
+                    // can be torn: a valid record anywhere after the bad one means damage.
                     let rest = bytes.get(valid_end..).unwrap_or(&[]);
-                    let claimed = rest.get(4..8).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
-                    let torn = rest.len() < 8
-                        || (claimed <= format::MAX_RECORD && claimed >= rest.len())
-                        || rest.iter().all(|&b| b == 0);
-                    if !torn {
+                    let later_valid =
+                        (8..rest.len()).step_by(8).any(|at| rest.get(at..).is_some_and(|r| format::decode(r).is_ok()));
+                    if later_valid {
                         return Err(Error::corruption(&path, valid_end as u64, why));
                     }
                     file.set_len(valid_end as u64)?;

@@ -15,9 +15,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use strata::{
-    Aggregate, ApplyError, Batch, BatchError, BusOptions, Command as BusCommand, CommandBus, Durability, Error,
-    EventData, HandlerError, Metrics, Options, Projection, ProjectionEngine, ProjectionOptions, RecordedEvent, Store,
-    ViewCache,
+    Aggregate, ApplyError, Batch, BatchError, BusOptions, Command as BusCommand, CommandBus, CompactionOptions,
+    Durability, Error, EventData, HandlerError, Metrics, Options, Projection, ProjectionEngine, ProjectionOptions,
+    RecordedEvent, Store, ViewCache,
 };
 
 /// strata: an embeddable, log-structured event store.
@@ -77,6 +77,14 @@ struct LoadArgs {
     /// Do not zero-fill segments ahead of the writer (see `Options::preallocate`).
     #[arg(long)]
     no_preallocate: bool,
+    /// Segment size of the new store, in MiB: smaller segments seal (and so get archived)
+    /// sooner.
+    #[arg(long, default_value_t = 16)]
+    segment_mib: u64,
+    /// Seconds between background compactions (sealed segments whose accounts are all
+    /// snapshotted past them become archives); 0 turns compaction off.
+    #[arg(long, default_value_t = 2.0)]
+    compact_every: f64,
     /// Print the report as one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -247,7 +255,13 @@ fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         .error_if_exists(true)
         .partitions(args.partitions)
         .durability(durability)
-        .preallocate(!args.no_preallocate);
+        .preallocate(!args.no_preallocate)
+        .segment_bytes(args.segment_mib.max(1) << 20)
+        .compaction(
+            CompactionOptions::default()
+                .retention(Duration::ZERO)
+                .interval((args.compact_every > 0.0).then(|| Duration::from_secs_f64(args.compact_every))),
+        );
     let store = Arc::new(Store::open(&dir, opts)?);
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     // Two projections on a worker pool: the balances read model (critical: commands wait
@@ -375,6 +389,15 @@ fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("the rebuilt activity projection counted {counted} of {heads} events").into());
     }
     store.flush_snapshots()?;
+    if args.compact_every > 0.0 {
+        store.compact()?;
+    }
+    let storage = store.storage()?;
+    let archive_bytes: u64 = storage.iter().map(|p| p.archive_bytes).sum();
+    let archived_bytes: u64 = storage.iter().map(|p| p.archived_bytes).sum();
+    let archived_events: u64 = storage.iter().map(|p| p.archived_events).sum();
+    let archives: u64 = storage.iter().map(|p| p.archives).sum();
+    let ratio = if archive_bytes > 0 { archived_bytes as f64 / archive_bytes as f64 } else { f64::NAN };
     let metrics = Metrics::collect(&store, Some(&engine), Some(&bus), &[("balances", cache.stats())]);
     let stats = metrics.write;
     let bus_stats = bus.stats();
@@ -396,7 +419,7 @@ fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
 \"command_latency_ms\":{{\"p50\":{:.3},\"p99\":{:.3},\"p999\":{:.3},\"max\":{:.3}}},\"append_p99_bucket_ms\":{append_p99:.3},\
 \"appends_per_group\":{:.2},\"fsyncs\":{},\"max_projection_lag_ms\":{:.1},\"max_projection_lag_events\":{max_lag_events},\
 \"rebuild_seconds\":{:.3},\"rebuild_events\":{},\"cache_hit_ratio\":{:.4},\"rejected\":{{\"overloaded\":{},\"rate_limited\":{},\
-\"lagging\":{},\"business\":{}}},\"snapshots_written\":{},\"snapshot_loads\":{},\"bytes_on_disk\":{bytes},\"archive_ratio\":null,\
+\"lagging\":{},\"business\":{}}},\"snapshots_written\":{},\"snapshot_loads\":{},\"bytes_on_disk\":{bytes},\"archive_ratio\":{},\"archives\":{archives},\"archived_events\":{archived_events},\
 \"writers\":{},\"partitions\":{},\"payload\":{},\"batch\":{}}}",
             dir.display().to_string(),
             bus_stats.accepted,
@@ -417,6 +440,7 @@ fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
             bus_stats.rejected,
             snapshots.written,
             snapshots.used,
+            if ratio.is_nan() { "null".to_string() } else { format!("{ratio:.2}") },
             args.writers,
             args.partitions,
             args.payload,
@@ -465,10 +489,19 @@ fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
             bus_stats.overloaded, bus_stats.rate_limited, bus_stats.lagging, bus_stats.rejected
         );
         println!(
-            "  bytes on disk        {:.1} MiB ({:.0} bytes per event); archive ratio n/a (compaction is not built yet)",
+            "  bytes on disk        {:.1} MiB ({:.0} bytes per event)",
             bytes as f64 / (1 << 20) as f64,
             bytes as f64 / events.max(1) as f64
         );
+        if archives > 0 {
+            println!(
+                "  archives             {archives} holding {archived_events} events: {:.1} MiB of batches in {:.1} MiB, ratio {ratio:.2}",
+                archived_bytes as f64 / (1 << 20) as f64,
+                archive_bytes as f64 / (1 << 20) as f64
+            );
+        } else {
+            println!("  archives             none (no sealed segment was snapshotted past yet)");
+        }
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Archive files: sealed segments rewritten into zstd-compressed blocks (FORMAT.md §15).
+//! Archive files: sealed segments rewritten into zstd-compressed blocks (FORMAT.md §13).
 //!
 //! ```text
 //! header (64 bytes)
@@ -145,7 +145,8 @@ impl BlockEntry {
     }
 }
 
-/// A file the archive was made from: a segment, or an older archive that it replaces.
+/// A segment the archive was made from (an archive rewritten to erase streams keeps the
+/// sources of the original).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Pod, Zeroable)]
 pub(crate) struct Source {
@@ -439,11 +440,12 @@ fn check_blocks(bytes: &[u8], l: &Layout, dict_end: u64, meta_offset: usize) -> 
                 format!("block {i} holds data {}+{}, expected to start at {data_at}", b.data_start, b.data_len),
             );
         }
-        if b.file_offset < file_at || b.file_offset + u64::from(b.compressed_len) > meta_offset as u64 {
+        let frame_end = b.file_offset.checked_add(u64::from(b.compressed_len));
+        let Some(frame_end) = frame_end.filter(|&e| b.file_offset >= file_at && e <= meta_offset as u64) else {
             return corrupt(at, format!("block {i} lies outside the archive's block section"));
-        }
+        };
         data_at += u64::from(b.data_len);
-        file_at = b.file_offset + u64::from(b.compressed_len);
+        file_at = frame_end;
     }
     if data_at != l.data_len {
         return corrupt(l.blocks.start, format!("blocks hold {data_at} bytes, the footer says {}", l.data_len));

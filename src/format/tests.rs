@@ -269,3 +269,133 @@ fn dead_letter_queue_bytes_are_pinned() {
     assert_eq!((records.len(), end), (2, pinned.len() - 40));
     assert!(damage.is_some());
 }
+
+/// Two streams' batches, in two blocks (the golden batch, then two more), with an audit
+/// record and a source. The compressed frames are zstd's: their bytes may change with the
+/// zstd version, so the fixture pins the layout around them (re-encoding the fixture's own
+/// frames must give the fixture) and their content (they must decompress to these batches).
+fn golden_archive_blocks() -> (Vec<u8>, Vec<u8>) {
+    let limits = Limits { max_event_bytes: 1 << 20, max_append_bytes: 1 << 20 };
+    let mut second =
+        batch::encode("order-7", &[EventData::new("OrderShipped", br#"{"via":"post"}"#.to_vec())], limits).unwrap();
+    batch::finish(&mut second, 1004, 7, 1_764_115_200_000_000_001, 4096);
+    let mut other =
+        batch::encode("cart-1", &[EventData::new("ItemAdded", br#"{"sku":"B-2"}"#.to_vec())], limits).unwrap();
+    batch::finish(&mut other, 1002, 0, 1_764_115_200_000_000_002, 4096);
+    let mut first_block = golden_batch();
+    first_block.extend_from_slice(&second);
+    (first_block, other)
+}
+
+fn golden_archive(frames: Option<[Vec<u8>; 2]>) -> Vec<u8> {
+    use super::archive::{self, AuditRecord, Header, Parts, Reason, Source};
+    let (a, b) = golden_archive_blocks();
+    let frames = frames.unwrap_or_else(|| [zstd::bulk::compress(&a, 3).unwrap(), zstd::bulk::compress(&b, 3).unwrap()]);
+    let hash = crate::router::stream_hash;
+    let blocks = [(frames[0].clone(), 0u64, a.len() as u32), (frames[1].clone(), a.len() as u64, b.len() as u32)];
+    let mut streams = vec![
+        StreamEntry { stream_hash: hash("order-7"), first_version: 5, offset: 0, event_count: 2, tag: 0 },
+        StreamEntry { stream_hash: hash("order-7"), first_version: 7, offset: 0, event_count: 1, tag: 0 },
+        StreamEntry { stream_hash: hash("cart-1"), first_version: 0, offset: a.len() as u64, event_count: 1, tag: 0 },
+    ];
+    // The second order-7 batch follows the golden one inside the first block.
+    streams[1].offset = golden_batch().len() as u64;
+    streams.sort_by_key(|e| (e.stream_hash, e.tag, e.first_version));
+    let positions = [
+        PositionEntry { position: 1000, offset: 0 },
+        PositionEntry { position: 1002, offset: a.len() as u64 },
+        PositionEntry { position: 1004, offset: golden_batch().len() as u64 },
+    ];
+    let header = Header {
+        partition: 2,
+        base_position: 1000,
+        end_position: 1010,
+        created: 1_764_200_000_000_000_000,
+        job_end: 1010,
+        reason: Reason::RetainedAndSnapshotted,
+        dict_len: 0,
+        block_bytes: 4096,
+    };
+    let audit = [AuditRecord {
+        stream: "customer-3".into(),
+        events: 3,
+        first_position: 1005,
+        last_position: 1009,
+        deleted_at: 1_764_150_000_000_000_000,
+        erased_at: 1_764_200_000_000_000_000,
+    }];
+    let parts = Parts {
+        dictionary: &[],
+        blocks: &blocks,
+        streams: &streams,
+        positions: &positions,
+        sources: &[Source { base_position: 1000, bytes: 4096 }],
+        audit: &audit,
+    };
+    archive::encode(&header, &parts)
+}
+
+#[test]
+fn archive_bytes_are_pinned() {
+    use super::archive::{self, BlockEntry};
+    let pinned = fixture("archive.bin", &golden_archive(None));
+    let mut aligned = vec![0u64; pinned.len().div_ceil(8)];
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut aligned);
+    let bytes = &mut bytes[..pinned.len()];
+    bytes.copy_from_slice(&pinned);
+    let layout = archive::decode(bytes).unwrap();
+    assert_eq!((layout.header.partition, layout.header.base_position, layout.header.end_position), (2, 1000, 1010));
+    let blocks: &[BlockEntry] = archive::cast(bytes, &layout.blocks).unwrap();
+    let frame = |i: usize| {
+        let b = blocks[i].get();
+        bytes[b.file_offset as usize..(b.file_offset + u64::from(b.compressed_len)) as usize].to_vec()
+    };
+    assert_eq!(golden_archive(Some([frame(0), frame(1)])), pinned, "the archive encoder's layout changed");
+    let (a, b) = golden_archive_blocks();
+    assert_eq!(crate::archive::decompress_block(bytes, &layout, 0).unwrap(), a);
+    assert_eq!(crate::archive::decompress_block(bytes, &layout, 1).unwrap(), b);
+    let audit = archive::audit_records(bytes, &layout).unwrap();
+    assert_eq!((audit[0].stream.as_str(), audit[0].events), ("customer-3", 3));
+    // A flipped bit in a frame is caught by the block CRC, in the index by the meta CRC.
+    let at = blocks[1].get().file_offset as usize + 3;
+    bytes[at] ^= 1;
+    assert!(crate::archive::decompress_block(bytes, &layout, 1).unwrap_err().1.contains("checksum"));
+    bytes[at] ^= 1;
+    bytes[layout.streams.start + 3] ^= 1;
+    assert!(archive::decode(bytes).is_err());
+}
+
+#[test]
+fn tombstone_bytes_are_pinned() {
+    use super::tombstone::{self, Tombstone};
+    let mut bytes = tombstone::encode_header(3).to_vec();
+    bytes.extend(tombstone::encode(&Tombstone { stream: "customer-3".into(), deleted_at: 1_764_150_000_000_000_000 }));
+    bytes.extend(tombstone::encode(&Tombstone { stream: "cart-1".into(), deleted_at: 1_764_150_000_000_000_001 }));
+    let pinned = fixture("tombstones.bin", &bytes);
+    assert_eq!(bytes, pinned, "the tombstone encoder's output changed");
+    let (records, end, damage) = tombstone::scan(&pinned).unwrap();
+    assert_eq!((records.len(), end, damage), (2, pinned.len(), None));
+    assert_eq!(records[1].stream, "cart-1");
+    let (records, _, damage) = tombstone::scan(&pinned[..pinned.len() - 2]).unwrap();
+    assert_eq!(records.len(), 1);
+    assert!(damage.is_some());
+}
+
+/// Found by the `archive_decode` fuzz target: a block entry whose offset plus length
+/// overflows must be refused, not panic.
+#[test]
+fn an_archive_block_at_an_overflowing_offset_is_refused() {
+    use super::archive;
+    let mut bytes = golden_archive(None);
+    let len = bytes.len();
+    let meta = u64::from_le_bytes(bytes[len - 64..len - 56].try_into().unwrap()) as usize;
+    bytes[meta..meta + 8].copy_from_slice(&(u64::MAX - 2).to_le_bytes());
+    let meta_crc = super::crc(&bytes[meta..len - 64]);
+    bytes[len - 20..len - 16].copy_from_slice(&meta_crc.to_le_bytes());
+    let footer_crc = super::crc(&bytes[len - 64..len - 12]);
+    bytes[len - 12..len - 8].copy_from_slice(&footer_crc.to_le_bytes());
+    let mut aligned = vec![0u64; len.div_ceil(8)];
+    let buf: &mut [u8] = bytemuck::cast_slice_mut(&mut aligned);
+    buf[..len].copy_from_slice(&bytes);
+    assert!(matches!(archive::decode(&buf[..len]), Err(archive::Bad::Corrupt(..))));
+}

@@ -1,0 +1,8 @@
+//! The archive reader on arbitrary bytes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    strata::fuzzing::archive_decode(data);
+});
