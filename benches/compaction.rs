@@ -105,6 +105,8 @@ fn bench(c: &mut Criterion) {
         configs.push(("zstd3-256k", CompactionOptions::default().block_bytes(256 << 10)));
         configs.push(("zstd3-16k", CompactionOptions::default().block_bytes(16 << 10)));
         configs.push(("zstd3-16k-dict", CompactionOptions::default().block_bytes(16 << 10).dictionary(true)));
+        configs.push(("zstd9-64k", CompactionOptions::default().level(9)));
+        configs.push(("zstd19-64k", CompactionOptions::default().level(19)));
     }
     // Compaction throughput, per configuration: a fresh copy of the store each time.
     let mut group = c.benchmark_group("compaction");

@@ -85,6 +85,11 @@ struct LoadArgs {
     /// snapshotted past them become archives); 0 turns compaction off.
     #[arg(long, default_value_t = 2.0)]
     compact_every: f64,
+    /// Keep at most this many MiB of sealed segments per partition hot: older ones are
+    /// archived even if some account in them was never snapshotted (a rarely used account
+    /// may never reach its 100th event).
+    #[arg(long, default_value_t = 16)]
+    hot_mib: u64,
     /// Print the report as one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -260,6 +265,7 @@ fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         .compaction(
             CompactionOptions::default()
                 .retention(Duration::ZERO)
+                .max_hot_bytes(Some(args.hot_mib << 20))
                 .interval((args.compact_every > 0.0).then(|| Duration::from_secs_f64(args.compact_every))),
         );
     let store = Arc::new(Store::open(&dir, opts)?);
