@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::archive::{self, Archive, BatchRef, BuildOptions, Plan};
@@ -168,12 +168,17 @@ pub struct CompactionReport {
     pub events_archived: u64,
     /// Events of deleted streams erased.
     pub events_erased: u64,
+    /// Snapshots of deleted streams erased.
+    pub snapshots_erased: u64,
     /// Bytes of the segments read.
     pub bytes_in: u64,
     /// Bytes of the archives written.
     pub bytes_out: u64,
     /// Time taken.
     pub elapsed: Duration,
+    /// Files left as they were because they could not be read (each with why); the rest of
+    /// the store was compacted.
+    pub skipped: Vec<String>,
 }
 
 impl CompactionReport {
@@ -188,8 +193,10 @@ impl CompactionReport {
         self.archives_rewritten += o.archives_rewritten;
         self.events_archived += o.events_archived;
         self.events_erased += o.events_erased;
+        self.snapshots_erased += o.snapshots_erased;
         self.bytes_in += o.bytes_in;
         self.bytes_out += o.bytes_out;
+        self.skipped.extend(o.skipped.iter().cloned());
     }
 }
 
@@ -238,13 +245,15 @@ pub struct CompactionProgress {
 pub(crate) struct Pace<'a> {
     started: Instant,
     limit: Option<u64>,
+    /// Set when the store closes: the throttle stops sleeping, so the job ends soon.
+    stop: &'a AtomicBool,
     pub progress: CompactionProgress,
     pub report: &'a mut dyn FnMut(CompactionProgress),
 }
 
 impl<'a> Pace<'a> {
-    pub fn new(limit: Option<u64>, report: &'a mut dyn FnMut(CompactionProgress)) -> Pace<'a> {
-        Pace { started: Instant::now(), limit, progress: CompactionProgress::default(), report }
+    pub fn new(limit: Option<u64>, stop: &'a AtomicBool, report: &'a mut dyn FnMut(CompactionProgress)) -> Pace<'a> {
+        Pace { started: Instant::now(), limit, stop, progress: CompactionProgress::default(), report }
     }
 
     fn plan(&mut self, bytes: u64) {
@@ -255,7 +264,7 @@ impl<'a> Pace<'a> {
     fn done(&mut self, bytes: u64) {
         self.progress.done += bytes;
         (self.report)(self.progress);
-        if let Some(limit) = self.limit {
+        if let Some(limit) = self.limit.filter(|_| !self.stop.load(Ordering::Acquire)) {
             let due = Duration::from_secs_f64(self.progress.done as f64 / limit as f64);
             if let Some(wait) = due.checked_sub(self.started.elapsed()) {
                 std::thread::sleep(wait);
@@ -284,13 +293,19 @@ pub(crate) fn compact_partition(
     let deleted: HashMap<String, u64> = part.tombstones.all().into_iter().collect();
     let units = part.snapshot();
     let Some((_, sealed_units)) = units.split_last() else { return Ok(report) };
-    // Archives holding deleted streams are rewritten without them.
+    // Deleted streams' snapshots go from the sidecar, and archives holding their events are
+    // rewritten without them.
     if !deleted.is_empty() {
+        match part.snapshots.erase(&|s| deleted.contains_key(s)) {
+            Ok(n) => report.snapshots_erased += n,
+            Err(e) => report.skipped.push(format!("erasing snapshots of deleted streams: {e}")),
+        }
         for (slot, _) in sealed_units {
-            if let State::Archived(a) = slot.state()
-                && holds_deleted(slot, &a, &deleted)?
-            {
-                rewrite_archive(part, slot, &a, &deleted, opts, pace, &mut report)?;
+            if let State::Archived(a) = slot.state() {
+                let done = holds_deleted(slot, &a, &deleted).and_then(|holds| {
+                    if holds { rewrite_archive(part, slot, &a, &deleted, opts, pace, &mut report) } else { Ok(()) }
+                });
+                skip_damaged(done, &mut report)?;
             }
         }
     }
@@ -301,28 +316,23 @@ pub(crate) fn compact_partition(
         if slot.is_archive() || matches!(slot.state(), State::Open(_)) {
             continue;
         }
-        match slot.view(*end, &part.io, &part.report)? {
-            View::Sealed(s) => candidates.push((slot.clone(), *end, s)),
-            _ => continue,
+        match slot.view(*end, &part.io, &part.report) {
+            Ok(View::Sealed(s)) => candidates.push((slot.clone(), *end, s)),
+            Ok(_) => continue,
+            Err(e) => skip_damaged(Err(e), &mut report)?,
         }
     }
     let mut hot: u64 = candidates.iter().map(|c| c.2.len()).sum();
     let mut chosen = Vec::new();
     for (slot, end, sealed) in candidates {
-        let survey = survey(&slot, &sealed, &deleted)?;
-        let old = now.saturating_sub(survey.newest) >= opts.retention.as_nanos() as u64;
-        let reason = if force {
-            Some(Reason::Forced)
-        } else if survey.holds_deleted {
-            Some(Reason::Erasure)
-        } else if old && !opts.require_snapshots {
-            Some(Reason::Retained)
-        } else if old && snapshotted(part, &survey.last_versions, &deleted)? {
-            Some(Reason::RetainedAndSnapshotted)
-        } else if opts.max_hot_bytes.is_some_and(|m| hot > m) {
-            Some(Reason::HotBytes)
-        } else {
-            None
+        let reason = match choose(part, &slot, &sealed, &deleted, opts, force, now, hot) {
+            Ok(r) => r,
+            Err(e) => {
+                // A damaged segment is left where it is; the rest goes on (it breaks the run,
+                // so no archive spans it).
+                skip_damaged(Err(e), &mut report)?;
+                continue;
+            }
         };
         if let Some(reason) = reason {
             hot -= sealed.len();
@@ -334,40 +344,65 @@ pub(crate) fn compact_partition(
     let mut run: Vec<Chosen> = Vec::new();
     for c in chosen {
         if run.last().is_some_and(|l| l.end != c.slot.base || l.reason != c.reason) {
-            archive_run(part, std::mem::take(&mut run), &deleted, opts, pace, &mut report)?;
+            let done = archive_run(part, std::mem::take(&mut run), &deleted, opts, pace, &mut report);
+            skip_damaged(done, &mut report)?;
         }
         run.push(c);
     }
     if !run.is_empty() {
-        archive_run(part, run, &deleted, opts, pace, &mut report)?;
+        let done = archive_run(part, run, &deleted, opts, pace, &mut report);
+        skip_damaged(done, &mut report)?;
     }
     Ok(report)
 }
 
-/// What a segment holds, as far as the policy cares.
-struct Survey<'a> {
-    newest: u64,
-    holds_deleted: bool,
-    last_versions: HashMap<&'a str, u64>,
+/// Damage to one file is recorded in the report and compaction goes on with the others;
+/// any other error (I/O, a full disk) stops it.
+fn skip_damaged(done: Result<()>, report: &mut CompactionReport) -> Result<()> {
+    match done {
+        Err(e @ (Error::Corruption { .. } | Error::UnsupportedVersion { .. })) => {
+            report.skipped.push(e.to_string());
+            Ok(())
+        }
+        other => other,
+    }
 }
 
-fn survey<'a>(
+/// Why a sealed segment is to be archived now, if it is. Cheap first: the age comes from
+/// the segment's last batch, deleted streams from index lookups, and only an old enough
+/// segment has its streams' snapshots looked up. No segment is read whole here.
+#[allow(clippy::too_many_arguments)]
+fn choose(
+    part: &Partition,
     slot: &Segment,
-    sealed: &'a crate::segment::SealedSegment,
+    sealed: &Arc<crate::segment::SealedSegment>,
     deleted: &HashMap<String, u64>,
-) -> Result<Survey<'a>> {
-    let mut s = Survey { newest: 0, holds_deleted: false, last_versions: HashMap::new() };
-    // The walk checks every batch's CRC: a damaged segment is reported, not archived.
-    sealed.walk(slot, &mut |b, _| {
-        s.newest = s.newest.max(b.timestamp);
-        s.holds_deleted |= deleted.contains_key(b.stream_id);
-        s.last_versions.insert(b.stream_id, b.first_version + u64::from(b.event_count) - 1);
-    })?;
-    Ok(s)
+    opts: &CompactionOptions,
+    force: bool,
+    now: u64,
+    hot: u64,
+) -> Result<Option<Reason>> {
+    if force {
+        return Ok(Some(Reason::Forced));
+    }
+    let view = View::Sealed(sealed.clone());
+    for stream in deleted.keys() {
+        if view.last_version(slot, stream, stream_hash(stream))?.is_some() {
+            return Ok(Some(Reason::Erasure));
+        }
+    }
+    let old = now.saturating_sub(sealed.last_timestamp(slot)?) >= opts.retention.as_nanos() as u64;
+    if old && !opts.require_snapshots {
+        return Ok(Some(Reason::Retained));
+    }
+    if old && snapshotted(part, &sealed.stream_last_versions(slot)?, deleted)? {
+        return Ok(Some(Reason::RetainedAndSnapshotted));
+    }
+    Ok(opts.max_hot_bytes.is_some_and(|m| hot > m).then_some(Reason::HotBytes))
 }
 
 /// Whether every stream has a snapshot at or past `last_versions` (deleted ones need none).
-fn snapshotted(part: &Partition, last_versions: &HashMap<&str, u64>, deleted: &HashMap<String, u64>) -> Result<bool> {
+fn snapshotted(part: &Partition, last_versions: &[(&str, u64)], deleted: &HashMap<String, u64>) -> Result<bool> {
     for (stream, last) in last_versions {
         if deleted.contains_key(*stream) {
             continue;
@@ -616,12 +651,16 @@ pub(crate) fn compact_store(
     partitions: &[Arc<Partition>],
     opts: &CompactionOptions,
     force: bool,
+    stop: &AtomicBool,
     progress: &mut dyn FnMut(CompactionProgress),
 ) -> Result<CompactionReport> {
     let started = Instant::now();
     let mut total = CompactionReport::default();
-    let mut pace = Pace::new(opts.throttle, progress);
+    let mut pace = Pace::new(opts.throttle, stop, progress);
     for part in partitions {
+        if stop.load(Ordering::Acquire) {
+            break;
+        }
         let r = compact_partition(part, opts, force, &mut pace)?;
         total.add(&r);
     }

@@ -360,6 +360,48 @@ impl SealedSegment {
     pub fn len(&self) -> u64 {
         self.data.len() as u64
     }
+
+    /// The timestamp of the segment's last batch (timestamps never decrease within a
+    /// partition, so this is its newest event), found from the index's last position entry
+    /// without reading the whole segment.
+    pub fn last_timestamp(&self, seg: &Segment) -> Result<u64> {
+        let positions: &[PositionEntry] =
+            self.index.get(self.positions.clone()).and_then(|b| bytemuck::try_cast_slice(b).ok()).unwrap_or(&[]);
+        let mut at = positions.last().map_or(seg_format::HEADER_LEN, |p| p.get().offset as usize);
+        let mut newest = 0;
+        while let Some(rest) = self.data.get(at..).filter(|r| !r.is_empty()) {
+            let b = batch::decode(rest).map_err(|bad| Error::corruption(&seg.path, at as u64, bad.to_string()))?;
+            newest = newest.max(b.timestamp);
+            at += b.length;
+        }
+        Ok(newest)
+    }
+
+    /// Each stream with events in the segment, with its last version here, from the index
+    /// (each stream's id peeked from its first batch; batches are checked when archived).
+    pub fn stream_last_versions<'a>(&'a self, seg: &Segment) -> Result<Vec<(&'a str, u64)>> {
+        let entries: &[StreamEntry] = self
+            .index
+            .get(self.streams.clone())
+            .and_then(|b| bytemuck::try_cast_slice(b).ok())
+            .ok_or_else(|| Error::corruption(&seg.index_path, 0, "stream entries unreadable"))?;
+        let mut out = Vec::new();
+        let mut i = 0;
+        while let Some(first) = entries.get(i).map(StreamEntry::get) {
+            let n = entries
+                .get(i..)
+                .unwrap_or(&[])
+                .partition_point(|e| (e.get().stream_hash, e.get().tag) == (first.stream_hash, first.tag));
+            let Some(last) = entries.get(i + n - 1).map(StreamEntry::get) else { break };
+            let stream =
+                self.data.get(first.offset as usize..).and_then(batch::peek_stream_id).ok_or_else(|| {
+                    Error::corruption(&seg.path, first.offset, "indexed batch has no readable stream id")
+                })?;
+            out.push((stream, last.first_version + u64::from(last.event_count) - 1));
+            i += n.max(1);
+        }
+        Ok(out)
+    }
 }
 
 fn check_header(path: &Path, bytes: &[u8], partition: u32, base: u64) -> Result<seg_format::Header> {

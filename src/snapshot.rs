@@ -76,6 +76,10 @@ pub(crate) struct Sidecar {
     io: Io,
     report: Report,
     state: Mutex<Option<State>>,
+    /// Held while the file is written (appends and rewrites by the snapshotter, erasure by
+    /// compaction): writes run without the state lock, so readers keep reading, and only
+    /// the holder of this lock changes the file.
+    writer: Mutex<()>,
 }
 
 /// Counters of the snapshot machinery, shared by the store and its snapshotter.
@@ -100,6 +104,7 @@ impl Sidecar {
             io,
             report,
             state: Mutex::new(None),
+            writer: Mutex::new(()),
         }
     }
 
@@ -253,8 +258,10 @@ impl Sidecar {
     /// Appends `records` (one write, one `fdatasync`), skipping any that an existing snapshot
     /// of the same stream supersedes. Returns how many were written.
     fn append(&self, records: &[Pending]) -> Result<u64> {
-        // Only the snapshotter changes the state, so the write and the fdatasync run without
-        // the lock (loads keep reading meanwhile) and the index is updated after them.
+        // Only the holder of the writer lock changes the state, so the write and the fdatasync
+        // run without the state lock (loads keep reading meanwhile) and the index is updated
+        // after them.
+        let _writer = self.writer.lock();
         let (file, end, buf, placed) = self.with_state(|s| {
             if let Some(why) = &s.failed {
                 return Err(stopped(&self.path, why));
@@ -328,6 +335,28 @@ impl Sidecar {
     /// fsync, rename over the sidecar, fsync the directory. Only the snapshotter changes the
     /// state, so the copy runs without the lock and readers keep reading the old file.
     fn rewrite(&self) -> Result<()> {
+        let _writer = self.writer.lock();
+        self.rewrite_locked(&|_| false)
+    }
+
+    /// Erases the snapshots of the streams `deleted` says are deleted, by rewriting the
+    /// sidecar without them (durably, as any rewrite). Returns how many were erased.
+    pub fn erase(&self, deleted: &dyn Fn(&str) -> bool) -> Result<u64> {
+        let _writer = self.writer.lock();
+        let n = self.with_state(|s| {
+            if let Some(why) = &s.failed {
+                return Err(stopped(&self.path, why));
+            }
+            Ok(s.index.keys().filter(|k| deleted(k)).count() as u64)
+        })?;
+        if n > 0 {
+            self.rewrite_locked(deleted)?;
+        }
+        Ok(n)
+    }
+
+    /// [`Sidecar::rewrite`], leaving out the streams `drop` names; the writer lock is held.
+    fn rewrite_locked(&self, drop: &dyn Fn(&str) -> bool) -> Result<()> {
         let (file, mut entries, rewrites) = {
             let guard = self.state.lock();
             let Some(s) = guard.as_ref() else { return Ok(()) };
@@ -335,6 +364,7 @@ impl Sidecar {
             let entries: Vec<(Box<str>, Entry)> = s.index.iter().map(|(k, v)| (k.clone(), *v)).collect();
             (file, entries, s.rewrites + 1)
         };
+        entries.retain(|(stream, _)| !drop(stream));
         entries.sort_unstable_by_key(|(_, e)| e.offset);
         let tmp_name = format!("{}.tmp", format::FILE_NAME);
         let tmp_path = self.dir.join(&tmp_name);

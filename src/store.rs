@@ -180,6 +180,8 @@ struct Shared {
     append_latency: crate::metrics::LatencyHistogram,
     compaction: crate::CompactionOptions,
     compactions: crate::compaction::Counters,
+    /// Set by `close`: a running compaction stops throttling and starts no new partition.
+    closing: std::sync::atomic::AtomicBool,
     _lock: DirLock,
 }
 
@@ -366,6 +368,7 @@ impl Store {
             append_latency: Default::default(),
             compaction: options.compaction.clone(),
             compactions: Default::default(),
+            closing: Default::default(),
             _lock: lock,
         });
         let mut store = Store {
@@ -428,6 +431,7 @@ impl Store {
                             &shared.partitions,
                             &shared.compaction,
                             false,
+                            &shared.closing,
                             &mut |_| {},
                         );
                         shared.compactions.record(&r);
@@ -744,8 +748,11 @@ impl Store {
     /// [`Error::StreamDeleted`]. Its events stay in partition reads (projections see them,
     /// like any event) until compaction erases them from the sealed segments and archives
     /// that hold them, leaving an [`AuditRecord`](crate::AuditRecord) in the archive. Events
-    /// still in the active segment are erased once it is sealed and compacted. Returns
-    /// `false` if the stream was already deleted.
+    /// still in the active segment are erased once it is sealed and compacted. An append
+    /// being committed at the moment of the delete may still be acknowledged; its events
+    /// are deleted with the rest. The stream's snapshots are erased from the partition's
+    /// snapshot sidecar by the next compaction. Returns `false` if the stream was already
+    /// deleted.
     ///
     /// ```
     /// # use strata::{Error, EventData, ExpectedVersion, Options, Store};
@@ -763,8 +770,8 @@ impl Store {
         p.tombstones.delete(stream, now_nanos())
     }
 
-    /// Applies the compaction policy now, on the calling thread (the background compactor, if
-    /// any, waits meanwhile): sealed segments that qualify become archives, and archives
+    /// Applies the compaction policy now, on the calling thread (one compaction at a time per
+    /// partition: this waits for a background run in progress there): sealed segments that qualify become archives, and archives
     /// holding deleted streams are rewritten without them. Appends and reads go on throughout.
     pub fn compact(&self) -> Result<CompactionReport> {
         self.compact_with(false, &mut |_| {})
@@ -777,7 +784,13 @@ impl Store {
         force: bool,
         progress: &mut dyn FnMut(crate::CompactionProgress),
     ) -> Result<CompactionReport> {
-        let r = crate::compaction::compact_store(&self.shared.partitions, &self.shared.compaction, force, progress);
+        let r = crate::compaction::compact_store(
+            &self.shared.partitions,
+            &self.shared.compaction,
+            force,
+            &self.shared.closing,
+            progress,
+        );
         self.shared.compactions.record(&r);
         r
     }
@@ -809,6 +822,7 @@ impl Store {
     fn shutdown(&mut self) -> Result<()> {
         self.senders.clear();
         self.snapshot_tx = None;
+        self.shared.closing.store(true, Ordering::Release);
         self.compactor_stop = None;
         let mut result = Ok(());
         for t in self.threads.drain(..) {

@@ -215,6 +215,13 @@ fn deleted_streams_are_refused_then_erased_with_an_audit_record() {
     let gone = "acct-7";
     let before = store.read_stream(gone, 0, usize::MAX).unwrap();
     assert_eq!(before.len(), 80);
+    // Its snapshot goes too.
+    let mut t = store.load::<Tally>(gone).unwrap();
+    store.snapshot(&mut t).unwrap();
+    store.flush_snapshots().unwrap();
+    let sidecar = dir.path().join(format!("p{:05}", store.partition_of(gone))).join("snapshots.snap");
+    let holds = |needle: &[u8]| std::fs::read(&sidecar).unwrap().windows(needle.len()).any(|w| w == needle);
+    assert!(holds(gone.as_bytes()));
     assert!(store.delete_stream(gone).unwrap());
     assert!(!store.delete_stream(gone).unwrap(), "deleting twice is a no-op");
     assert!(matches!(store.read_stream(gone, 0, 10), Err(Error::StreamDeleted { .. })));
@@ -231,6 +238,9 @@ fn deleted_streams_are_refused_then_erased_with_an_audit_record() {
     let r = store.compact().unwrap();
     let sealed_erased = r.events_erased;
     assert!(sealed_erased > 0, "{r:?}");
+    assert_eq!(r.snapshots_erased, 1, "{r:?}");
+    assert!(!holds(gone.as_bytes()), "the sidecar still names the deleted stream");
+    assert!(r.skipped.is_empty(), "{r:?}");
     assert_eq!(in_log(&store) as u64, 80 - sealed_erased, "events left only in the active segment");
     let gone2 = "acct-8";
     assert!(store.delete_stream(gone2).unwrap());
@@ -468,4 +478,63 @@ fn verify_reads_back_everything_and_names_damage() {
     let store = Store::open(&damaged, store_opts(eager())).unwrap();
     let problems = store.verify();
     assert!(problems.iter().any(|e| matches!(e, Error::Corruption { path, .. } if path == &arc)), "{problems:?}");
+}
+
+/// A deleted stream's events at the very end of the log, erased: a projection reading from
+/// the start reaches the head (the positions are a gap, not work it waits on forever).
+#[test]
+fn a_projection_passes_positions_erased_at_the_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), opts(1, 64 << 10).compaction(eager())).unwrap());
+    for i in 0..100u64 {
+        store.append("kept", ExpectedVersion::Any, &[ev("Moved", json("kept", i))]).unwrap();
+    }
+    // The deleted stream's events end the first segment. The writer rolls at the start of
+    // the group after the segment is full: an append refused because the stream is deleted
+    // rolls it, so the next segment starts empty.
+    let mut n = 0;
+    while store.write_stats().bytes < 64 << 10 {
+        store.append("gone", ExpectedVersion::Any, &[ev("Moved", vec![b'x'; 1000])]).unwrap();
+        n += 1;
+        assert!(n < 200);
+    }
+    assert!(store.delete_stream("gone").unwrap());
+    let refused = store.append("gone", ExpectedVersion::Any, &[ev("Moved", b"late".to_vec())]).unwrap_err();
+    assert!(matches!(refused, Error::StreamDeleted { .. }), "{refused}");
+    assert_eq!(segments(dir.path(), 0).len(), 2, "the refused append rolled the segment");
+    let mut erased = 0;
+    for _ in 0..500 {
+        erased += store.compact().unwrap().events_erased;
+        if erased > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10)); // until the sealer has sealed it
+    }
+    assert_eq!(erased, n);
+    let engine = ProjectionEngine::new(store.clone(), 1);
+    let counter = Arc::new(Counter::default());
+    engine.register("fresh", counter.clone(), ProjectionOptions::default()).unwrap();
+    assert!(engine.wait_caught_up("fresh", Duration::from_secs(20)).unwrap(), "stuck before the erased tail");
+    assert_eq!(counter.next.lock().unwrap().get("kept"), Some(&100));
+    engine.stop().unwrap();
+}
+
+/// A damaged sealed segment is reported in the compaction report and left alone; the other
+/// partitions (and the rest of its own) are still compacted.
+#[test]
+fn a_damaged_segment_does_not_stop_compaction_elsewhere() {
+    let (root, before, _after, _expected) = before_and_after();
+    let damaged = root.path().join("damaged-segment");
+    copy_dir(&before, &damaged);
+    let seg = segments(&damaged, 0)[0].clone();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = batch_offsets(&bytes)[3] + 60;
+    bytes[at] ^= 0x20;
+    std::fs::write(&seg, &bytes).unwrap();
+    let store = Store::open(&damaged, store_opts(eager())).unwrap();
+    let r = store.compact().unwrap();
+    assert!(r.skipped.iter().any(|s| s.contains("00000000000000000000.log")), "{r:?}");
+    let storage = store.storage().unwrap();
+    assert!(storage[1].archives > 0, "{storage:?}");
+    assert!(seg.exists());
 }
