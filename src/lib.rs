@@ -41,6 +41,7 @@ mod format;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod inspect;
 mod io;
 mod lock;
 mod metrics;

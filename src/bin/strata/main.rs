@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod tools;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -34,6 +36,18 @@ enum Command {
     /// bus, snapshots, two projections, a cached read model) and report throughput, latency,
     /// projection lag, rebuild time, cache hit ratio and rejections.
     Load(LoadArgs),
+    /// Print a file's (or every file of a store or partition directory's) headers, batches
+    /// and records: positions, streams, versions, types, sizes, payloads as text or hex. On
+    /// archives, what they were made from, why, and what was erased from them.
+    Dump(tools::DumpArgs),
+    /// Check every CRC, index, snapshot sidecar and archive of a store; print "all ok" and
+    /// exit 0, or list each problem with its file and offset and exit 1.
+    Verify(tools::DirArgs),
+    /// Partitions, segments, archives, sizes, events and streams per partition, projection
+    /// checkpoints and lag.
+    Stats(tools::DirArgs),
+    /// Run the compaction policy now, with progress.
+    Compact(tools::CompactArgs),
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -99,6 +113,14 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Load(args) => load(args),
+        Command::Dump(args) => tools::dump(args),
+        Command::Verify(args) => match tools::verify(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => Err(e),
+        },
+        Command::Stats(args) => tools::stats(args),
+        Command::Compact(args) => tools::compact(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

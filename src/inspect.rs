@@ -1,0 +1,452 @@
+//! Reading strata's files directly, without opening a store: what `strata dump` prints and
+//! `strata stats` summarises. Nothing here writes, takes the store's lock or repairs
+//! anything, so it is safe on a store another process has open (it may then see a write in
+//! progress as a torn tail). Damage is described, not raised: a dump shows everything up to
+//! it and says where and why it stopped.
+//!
+//! ```
+//! # use strata::{EventData, ExpectedVersion, Options, Store};
+//! # let dir = tempfile::tempdir()?;
+//! # let store = Store::open(dir.path(), Options::default().create_if_missing(true).partitions(1))?;
+//! store.append("order-1", ExpectedVersion::Any, &[EventData::new("Placed", b"{}".to_vec())])?;
+//! let segment = dir.path().join("p00000").join("00000000000000000000.log");
+//! match strata::inspect::dump(&segment, &strata::inspect::Filter::default())? {
+//!     strata::inspect::Dump::Segment { batches, .. } => assert_eq!(batches[0].stream, "order-1"),
+//!     other => panic!("{other:?}"),
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::format::archive::{self as arc, AuditRecord, Reason};
+use crate::format::batch::{self, BatchView};
+use crate::format::index::PositionEntry;
+use crate::format::{checkpoint, index, segment, snapshot, tombstone};
+
+/// What a file is, by its magic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FileKind {
+    /// A segment (`.log`).
+    Segment,
+    /// A sealed segment's index (`.idx`).
+    Index,
+    /// An archive (`.arc`).
+    Archive,
+    /// A snapshot sidecar (`snapshots.snap`).
+    Snapshots,
+    /// A partition's deleted streams (`tombstones`).
+    Tombstones,
+    /// The store's manifest.
+    Manifest,
+    /// A projection's checkpoints.
+    Checkpoints,
+    /// A projection's dead-letter queue.
+    DeadLetters,
+    /// Not a strata file.
+    Unknown,
+}
+
+/// The kind of file whose first bytes are `bytes`.
+pub fn kind_of(bytes: &[u8]) -> FileKind {
+    match bytes.get(..8) {
+        Some(b"STRATSEG") => FileKind::Segment,
+        Some(b"STRATIDX") => FileKind::Index,
+        Some(b"STRATARC") => FileKind::Archive,
+        Some(b"STRATSNP") => FileKind::Snapshots,
+        Some(b"STRATTMB") => FileKind::Tombstones,
+        Some(b"STRATAMF") => FileKind::Manifest,
+        Some(b"STRATCKP") => FileKind::Checkpoints,
+        Some(b"STRATDLQ") => FileKind::DeadLetters,
+        _ => FileKind::Unknown,
+    }
+}
+
+/// Which batches a dump keeps (all by default).
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this stream's batches.
+    pub stream: Option<String>,
+    /// Only batches with events at or after this position.
+    pub from: Option<u64>,
+    /// Only batches with events before this position.
+    pub to: Option<u64>,
+}
+
+impl Filter {
+    fn keeps(&self, b: &BatchView<'_>) -> bool {
+        self.stream.as_deref().is_none_or(|s| s == b.stream_id)
+            && self.from.is_none_or(|f| b.end_position() > f)
+            && self.to.is_none_or(|t| b.base_position < t)
+    }
+}
+
+/// One event of a [`BatchInfo`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EventInfo {
+    /// Its type.
+    pub event_type: String,
+    /// Its metadata bytes.
+    pub metadata: Vec<u8>,
+    /// Its payload bytes.
+    pub payload: Vec<u8>,
+}
+
+/// A batch found in a segment or an archive; its CRC checked out (a batch that does not
+/// check out ends the dump, with the reason).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchInfo {
+    /// Byte offset in the segment file; in an archive, in the archive's uncompressed data.
+    pub offset: u64,
+    /// Its length in bytes, header and padding included.
+    pub length: u64,
+    /// Position of its first event.
+    pub position: u64,
+    /// The stream.
+    pub stream: String,
+    /// Version of its first event.
+    pub first_version: u64,
+    /// Append time (nanoseconds since the Unix epoch).
+    pub timestamp: u64,
+    /// Its events.
+    pub events: Vec<EventInfo>,
+}
+
+fn batch_info(offset: u64, b: &BatchView<'_>) -> BatchInfo {
+    BatchInfo {
+        offset,
+        length: b.length as u64,
+        position: b.base_position,
+        stream: b.stream_id.to_owned(),
+        first_version: b.first_version,
+        timestamp: b.timestamp,
+        events: b
+            .events()
+            .map(|e| EventInfo {
+                event_type: e.event_type.to_owned(),
+                metadata: e.metadata.to_vec(),
+                payload: e.payload.to_vec(),
+            })
+            .collect(),
+    }
+}
+
+/// A snapshot record of a sidecar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SnapshotInfo {
+    /// Byte offset in the sidecar.
+    pub offset: u64,
+    /// Record length.
+    pub length: u64,
+    /// The stream.
+    pub stream: String,
+    /// The version it covers.
+    pub version: u64,
+    /// The aggregate's schema tag.
+    pub schema: u32,
+    /// Bytes of state.
+    pub state_len: u64,
+    /// Position of the event it was taken after.
+    pub position: u64,
+    /// Whether a later record of the same stream supersedes it.
+    pub superseded: bool,
+}
+
+/// What a file holds.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Dump {
+    /// A segment: its header, the batches the filter keeps, and how its data ends.
+    Segment {
+        /// The partition.
+        partition: u32,
+        /// Its first position.
+        base_position: u64,
+        /// Creation time.
+        created: u64,
+        /// Batches kept by the filter.
+        batches: Vec<BatchInfo>,
+        /// How the valid data ends: `None` when cleanly (then only zeros, if anything,
+        /// follow); otherwise the byte offset and why the bytes there are not a batch.
+        damage: Option<(u64, String)>,
+    },
+    /// A sealed segment's index.
+    Index {
+        /// The partition.
+        partition: u32,
+        /// The segment's first position.
+        base_position: u64,
+        /// One past its last.
+        end_position: u64,
+        /// The segment's length it describes.
+        segment_len: u64,
+        /// Stream entries (one per batch).
+        stream_entries: u64,
+        /// Position entries (one per 4 KiB of segment).
+        position_entries: u64,
+    },
+    /// An archive.
+    Archive {
+        /// The partition.
+        partition: u32,
+        /// The range it stands for.
+        base_position: u64,
+        /// One past its last position.
+        end_position: u64,
+        /// Why it was archived.
+        reason: Reason,
+        /// When.
+        created: u64,
+        /// Compressed blocks.
+        blocks: u64,
+        /// Uncompressed bytes of its batches.
+        data_len: u64,
+        /// Bytes of the file.
+        file_len: u64,
+        /// The segments it was made from: `(first position, bytes)`.
+        sources: Vec<(u64, u64)>,
+        /// What was erased from it.
+        audit: Vec<AuditRecord>,
+        /// Batches kept by the filter, in position order.
+        batches: Vec<BatchInfo>,
+        /// Problems found reading it (a block that does not decompress or check out...).
+        problems: Vec<String>,
+    },
+    /// A snapshot sidecar.
+    Snapshots {
+        /// The partition.
+        partition: u32,
+        /// Rewrites since creation.
+        rewrites: u64,
+        /// Its records (those of the filter's stream only, if it names one).
+        records: Vec<SnapshotInfo>,
+        /// Where valid records end, if before the end of the file, and why.
+        damage: Option<(u64, String)>,
+    },
+    /// A partition's deleted streams.
+    Tombstones {
+        /// The partition.
+        partition: u32,
+        /// `(stream, deleted at)`.
+        deleted: Vec<(String, u64)>,
+        /// Where valid records end, if before the end of the file, and why.
+        damage: Option<(u64, String)>,
+    },
+    /// A projection's checkpoints: the next position to handle, per partition.
+    Checkpoints {
+        /// Per partition.
+        positions: Vec<u64>,
+    },
+    /// Another kind of file (the manifest, a dead-letter queue, a foreign file): its kind only.
+    Other(FileKind),
+}
+
+fn corrupt(path: &Path, (offset, why): (u64, String)) -> Error {
+    Error::corruption(path, offset, why)
+}
+
+/// Reads `path` whole and describes it. A file whose header does not check out is an
+/// [`Error::Corruption`]; damage after a valid header is part of the dump.
+pub fn dump(path: &Path, filter: &Filter) -> Result<Dump> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    match kind_of(&bytes) {
+        FileKind::Segment => dump_segment(path, &bytes, filter),
+        FileKind::Index => {
+            let h = index::decode_header(&bytes).map_err(|why| Error::corruption(path, 0, why))?;
+            index::decode(&bytes).map_err(|why| Error::corruption(path, index::HEADER_LEN as u64, why))?;
+            Ok(Dump::Index {
+                partition: h.partition,
+                base_position: h.base_position,
+                end_position: h.end_position,
+                segment_len: h.segment_len,
+                stream_entries: h.stream_entries,
+                position_entries: h.position_entries,
+            })
+        }
+        FileKind::Archive => dump_archive(path, &bytes, filter),
+        FileKind::Snapshots => dump_snapshots(path, &bytes, filter),
+        FileKind::Tombstones => {
+            let partition = tombstone::check_header(&bytes).map_err(|why| Error::corruption(path, 0, why))?;
+            let (records, end, damage) = tombstone::scan(&bytes).map_err(|why| Error::corruption(path, 0, why))?;
+            Ok(Dump::Tombstones {
+                partition,
+                deleted: records.into_iter().map(|t| (t.stream, t.deleted_at)).collect(),
+                damage: damage.map(|why| (end as u64, why)),
+            })
+        }
+        FileKind::Checkpoints => {
+            let all = checkpoint::decode(&bytes).map_err(|bad| corrupt(path, bad))?;
+            Ok(Dump::Checkpoints { positions: all.iter().map(|c| c.position).collect() })
+        }
+        other => Ok(Dump::Other(other)),
+    }
+}
+
+fn dump_segment(path: &Path, bytes: &[u8], filter: &Filter) -> Result<Dump> {
+    let header = segment::decode_header(bytes).map_err(|e| crate::segment::header_error(path, e))?;
+    let mut batches = Vec::new();
+    let mut at = segment::HEADER_LEN;
+    let mut damage = None;
+    while let Some(rest) = bytes.get(at..).filter(|r| !r.is_empty()) {
+        match batch::decode(rest) {
+            Ok(b) => {
+                if filter.keeps(&b) {
+                    batches.push(batch_info(at as u64, &b));
+                }
+                at += b.length;
+            }
+            Err(_) if rest.iter().all(|&b| b == 0) => break,
+            Err(bad) => {
+                damage = Some((at as u64, bad.to_string()));
+                break;
+            }
+        }
+    }
+    Ok(Dump::Segment {
+        partition: header.partition,
+        base_position: header.base_position,
+        created: header.created,
+        batches,
+        damage,
+    })
+}
+
+fn dump_archive(path: &Path, bytes: &[u8], filter: &Filter) -> Result<Dump> {
+    // The decoder casts sections in place: give it the alignment a mapping would have.
+    let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
+    let copy: &mut [u8] = bytemuck::cast_slice_mut(&mut aligned);
+    let data = copy.get_mut(..bytes.len()).unwrap_or(&mut []);
+    data.copy_from_slice(bytes);
+    let data = &*data;
+    let layout = arc::decode(data).map_err(|b| crate::archive::bad_archive(path, b))?;
+    let h = layout.header;
+    let mut problems = Vec::new();
+    let mut all = Vec::new();
+    let blocks = arc::cast::<arc::BlockEntry>(data, &layout.blocks).map_or(0, <[_]>::len);
+    for i in 0..blocks {
+        match crate::archive::decompress_block(data, &layout, i) {
+            Ok(b) => all.extend_from_slice(&b),
+            Err((offset, why)) => {
+                problems.push(format!("at byte {offset}: {why}"));
+                break;
+            }
+        }
+    }
+    let mut batches = Vec::new();
+    if problems.is_empty() {
+        let positions: &[PositionEntry] = arc::cast(data, &layout.positions).unwrap_or(&[]);
+        for p in positions {
+            let p = p.get();
+            match batch::decode(all.get(p.offset as usize..).unwrap_or(&[])) {
+                Ok(b) if b.base_position == p.position => {
+                    if filter.keeps(&b) {
+                        batches.push(batch_info(p.offset, &b));
+                    }
+                }
+                Ok(_) => problems.push(format!("position entry {} points at another batch", p.position)),
+                Err(bad) => problems.push(format!("batch at uncompressed offset {}: {bad}", p.offset)),
+            }
+        }
+    }
+    let sources = arc::cast::<arc::Source>(data, &layout.sources)
+        .unwrap_or(&[])
+        .iter()
+        .map(|s| (u64::from_le(s.base_position), u64::from_le(s.bytes)))
+        .collect();
+    Ok(Dump::Archive {
+        partition: h.partition,
+        base_position: h.base_position,
+        end_position: h.end_position,
+        reason: h.reason,
+        created: h.created,
+        blocks: blocks as u64,
+        data_len: layout.data_len,
+        file_len: bytes.len() as u64,
+        sources,
+        audit: arc::audit_records(data, &layout).unwrap_or_default(),
+        batches,
+        problems,
+    })
+}
+
+fn dump_snapshots(path: &Path, bytes: &[u8], filter: &Filter) -> Result<Dump> {
+    let header = snapshot::decode_header(bytes)
+        .map_err(|e| Error::corruption(path, 0, format!("snapshot sidecar header: {e:?}")))?;
+    let mut records: Vec<SnapshotInfo> = Vec::new();
+    let mut body = bytes.get(snapshot::HEADER_LEN..).unwrap_or(&[]);
+    let end = snapshot::scan(&mut body, bytes.len() as u64, |offset, r| {
+        if filter.stream.as_deref().is_none_or(|s| s == r.stream) {
+            records.push(SnapshotInfo {
+                offset,
+                length: r.len as u64,
+                stream: r.stream.to_owned(),
+                version: r.meta.version,
+                schema: r.meta.schema,
+                state_len: r.state.len() as u64,
+                position: r.meta.position,
+                superseded: false,
+            });
+        }
+    })
+    .map_err(|e| Error::io("read", path, e))?;
+    // A record is superseded by a later one of its stream.
+    let mut seen = std::collections::HashSet::new();
+    for r in records.iter_mut().rev() {
+        r.superseded = !seen.insert(r.stream.clone());
+    }
+    let damage = match end {
+        snapshot::ScanEnd::Clean { .. } => None,
+        snapshot::ScanEnd::Damaged { data_end, reason } => Some((data_end, reason)),
+    };
+    Ok(Dump::Snapshots { partition: header.partition, rewrites: header.rewrites, records, damage })
+}
+
+/// The files of a store or partition directory that [`dump`] describes, in the order a
+/// reader of the log meets them: per partition, segments and archives by first position,
+/// then the snapshot sidecar and tombstones; then the projections' checkpoints.
+pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let list = |d: &Path| -> Result<Vec<PathBuf>> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(d)
+            .map_err(|e| Error::io("list", d, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    let mut out = Vec::new();
+    let partition_files = |p: &Path, out: &mut Vec<PathBuf>| -> Result<()> {
+        let all = list(p)?;
+        let mut log: Vec<&PathBuf> =
+            all.iter().filter(|f| f.extension().is_some_and(|e| e == "log" || e == "arc" || e == "idx")).collect();
+        log.sort_by_key(|f| f.file_name().map(|n| n.to_owned()));
+        out.extend(log.into_iter().cloned());
+        out.extend(all.iter().filter(|f| f.ends_with("snapshots.snap") || f.ends_with("tombstones")).cloned());
+        Ok(())
+    };
+    let is_partition =
+        |p: &Path| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.len() == 6 && n.starts_with('p'));
+    if is_partition(dir) {
+        partition_files(dir, &mut out)?;
+        return Ok(out);
+    }
+    for entry in list(dir)? {
+        if entry.is_dir() && is_partition(&entry) {
+            partition_files(&entry, &mut out)?;
+        }
+    }
+    let projections = dir.join("projections");
+    if projections.is_dir() {
+        for p in list(&projections)? {
+            let c = p.join("checkpoints");
+            if c.is_file() {
+                out.push(c);
+            }
+        }
+    }
+    Ok(out)
+}
