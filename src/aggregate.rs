@@ -409,6 +409,9 @@ impl Store {
             return Err(e.clone());
         }
         let Some(version) = loaded.version else { return Ok(false) };
+        if self.partition_ref(self.partition_of(&loaded.stream))?.tombstones.deleted_at(&loaded.stream).is_some() {
+            return Err(Error::StreamDeleted { stream: loaded.stream.clone() });
+        }
         let state = loaded.state.encode();
         if state.len() > MAX_SNAPSHOT_BYTES {
             return Err(Error::SnapshotTooLarge { size: state.len(), max: MAX_SNAPSHOT_BYTES });

@@ -209,6 +209,8 @@ pub(crate) struct Counters {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub events_erased: AtomicU64,
+    /// Files left unarchived because they were damaged.
+    pub skipped: AtomicU64,
     pub last_error: parking_lot::Mutex<Option<String>>,
 }
 
@@ -217,6 +219,10 @@ impl Counters {
         self.runs.fetch_add(1, Ordering::Relaxed);
         match r {
             Ok(r) => {
+                if let Some(last) = r.skipped.last() {
+                    self.skipped.fetch_add(r.skipped.len() as u64, Ordering::Relaxed);
+                    *self.last_error.lock() = Some(last.clone());
+                }
                 self.segments_archived.fetch_add(r.segments_archived, Ordering::Relaxed);
                 self.bytes_in.fetch_add(r.bytes_in, Ordering::Relaxed);
                 self.bytes_out.fetch_add(r.bytes_out, Ordering::Relaxed);
@@ -274,6 +280,7 @@ impl<'a> Pace<'a> {
 }
 
 /// A sealed segment chosen for archiving.
+#[derive(Clone)]
 struct Chosen {
     slot: Arc<Segment>,
     end: u64,
@@ -344,16 +351,46 @@ pub(crate) fn compact_partition(
     let mut run: Vec<Chosen> = Vec::new();
     for c in chosen {
         if run.last().is_some_and(|l| l.end != c.slot.base || l.reason != c.reason) {
-            let done = archive_run(part, std::mem::take(&mut run), &deleted, opts, pace, &mut report);
-            skip_damaged(done, &mut report)?;
+            archive_around_damage(part, std::mem::take(&mut run), &deleted, opts, pace, &mut report)?;
         }
         run.push(c);
     }
     if !run.is_empty() {
-        let done = archive_run(part, run, &deleted, opts, pace, &mut report);
-        skip_damaged(done, &mut report)?;
+        archive_around_damage(part, run, &deleted, opts, pace, &mut report)?;
     }
     Ok(report)
+}
+
+/// Archives a run; if a segment of it turns out damaged (its batches are checked only
+/// here), the segments before and after it are archived without it.
+fn archive_around_damage(
+    part: &Partition,
+    mut run: Vec<Chosen>,
+    deleted: &HashMap<String, u64>,
+    opts: &CompactionOptions,
+    pace: &mut Pace<'_>,
+    report: &mut CompactionReport,
+) -> Result<()> {
+    loop {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let keep = run.clone();
+        match archive_run(part, run, deleted, opts, pace, report) {
+            Err(Error::Corruption { path, offset, reason }) => {
+                let Some(k) = keep.iter().position(|c| c.slot.path == path) else {
+                    return skip_damaged(Err(Error::Corruption { path, offset, reason }), report);
+                };
+                report.skipped.push(Error::Corruption { path, offset, reason }.to_string());
+                let mut before = keep;
+                let after = before.split_off(k + 1);
+                before.pop();
+                archive_around_damage(part, before, deleted, opts, pace, report)?;
+                run = after;
+            }
+            other => return skip_damaged(other, report),
+        }
+    }
 }
 
 /// Damage to one file is recorded in the report and compaction goes on with the others;
@@ -391,7 +428,8 @@ fn choose(
             return Ok(Some(Reason::Erasure));
         }
     }
-    let old = now.saturating_sub(sealed.last_timestamp(slot)?) >= opts.retention.as_nanos() as u64;
+    let retention = u64::try_from(opts.retention.as_nanos()).unwrap_or(u64::MAX);
+    let old = now.saturating_sub(sealed.last_timestamp(slot)?) >= retention;
     if old && !opts.require_snapshots {
         return Ok(Some(Reason::Retained));
     }

@@ -320,3 +320,172 @@ pub fn tombstone_scan(data: &[u8]) {
     }
     assert_eq!(at, end);
 }
+
+/// One event of the model: its stream, version and payload, at its position.
+type ModelEvent = (String, u64, Vec<u8>);
+
+/// Model-based: runs the operations `data` spells (appends with right and wrong expected
+/// versions, stream and partition reads, reopening, tearing the last write of a partition
+/// as a crash would, compaction, deletion) against a store and against plain vectors, and
+/// checks after each that the store says what the model says.
+pub fn model_ops(data: &[u8]) {
+    use std::collections::{HashMap, HashSet};
+    use std::time::Duration;
+
+    use crate::{CompactionOptions, Durability};
+    let base = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
+    let dir = tempfile::Builder::new().prefix("strata-model").tempdir_in(base).expect("temp dir");
+    let opts = || {
+        Options::default()
+            .create_if_missing(true)
+            .partitions(2)
+            .segment_bytes(4096)
+            .preallocate(false)
+            .durability(Durability::Buffered { sync_interval: Duration::from_millis(2) })
+            .compaction(
+                CompactionOptions::default()
+                    .interval(None)
+                    .retention(Duration::ZERO)
+                    .require_snapshots(false)
+                    .max_archive_bytes(64 << 10),
+            )
+    };
+    let mut store = Some(Store::open(dir.path(), opts()).expect("open a new store"));
+    // Per stream, its payloads by version; per partition, its events by position, and the
+    // batches' (stream, first version, count) in order.
+    let mut streams: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+    let mut logs: [Vec<ModelEvent>; 2] = [Vec::new(), Vec::new()];
+    let mut batches: [Vec<(String, u64, usize)>; 2] = [Vec::new(), Vec::new()];
+    let mut deleted: HashSet<String> = HashSet::new();
+    let mut n = 0u64;
+    let mut bytes = data.iter().copied();
+    while let Some(op) = bytes.next() {
+        let arg = bytes.next().unwrap_or(0);
+        let Some(s) = store.as_ref() else { return };
+        let stream = format!("s{}", arg % 5);
+        match op % 8 {
+            0..=2 => {
+                let have = streams.get(&stream).map_or(0, Vec::len) as u64;
+                let right = op & 0x80 == 0;
+                let expected = match (right, have.checked_sub(1)) {
+                    (true, None) => ExpectedVersion::NoStream,
+                    (true, Some(v)) => ExpectedVersion::Exact(v),
+                    (false, None) => ExpectedVersion::StreamExists,
+                    (false, Some(v)) => ExpectedVersion::Exact(v + 1),
+                };
+                let count = 1 + usize::from(arg >> 3) % 3;
+                let events: Vec<EventData> = (0..count)
+                    .map(|_| {
+                        n += 1;
+                        EventData::new("E", format!("{stream}:{n}:{}", "x".repeat(usize::from(op >> 3) * 7)))
+                    })
+                    .collect();
+                match s.append(&stream, expected, &events) {
+                    Ok(r) => {
+                        assert!(right && !deleted.contains(&stream), "append to {stream} should have failed");
+                        assert_eq!(r.first_version, have);
+                        let p = r.partition as usize;
+                        assert_eq!(r.first_position, logs[p].len() as u64);
+                        for (i, e) in events.iter().enumerate() {
+                            streams.entry(stream.clone()).or_default().push(e.payload.clone());
+                            logs[p].push((stream.clone(), have + i as u64, e.payload.clone()));
+                        }
+                        batches[p].push((stream.clone(), have, count));
+                    }
+                    Err(Error::StreamDeleted { .. }) => assert!(deleted.contains(&stream)),
+                    Err(Error::WrongExpectedVersion { actual, .. }) => {
+                        assert!(!right, "a right expected version was refused");
+                        assert_eq!(actual, have.checked_sub(1));
+                    }
+                    Err(e) => panic!("append failed: {e}"),
+                }
+            }
+            3 => {
+                let from = u64::from(arg >> 3);
+                match s.read_stream(&stream, from, 10) {
+                    Err(Error::StreamDeleted { .. }) => assert!(deleted.contains(&stream)),
+                    Err(e) => panic!("stream read failed: {e}"),
+                    Ok(got) => {
+                        assert!(!deleted.contains(&stream));
+                        let want: Vec<&Vec<u8>> =
+                            streams.get(&stream).map_or(vec![], |l| l.iter().skip(from as usize).take(10).collect());
+                        assert_eq!(got.iter().map(|e| &e.payload).collect::<Vec<_>>(), want);
+                    }
+                }
+            }
+            4 => {
+                let p = usize::from(arg % 2);
+                let from = u64::from(arg >> 1);
+                let limit = 1 + usize::from(op >> 3);
+                let got = s.read_partition(p as u32, from, limit).expect("partition read");
+                let log = &logs[p];
+                let mut next = from;
+                for e in &got {
+                    assert!(e.position >= next, "positions go forward");
+                    // Every live event skipped over must be one of a deleted stream.
+                    for skipped in log.get(next as usize..e.position as usize).unwrap_or(&[]) {
+                        assert!(deleted.contains(&skipped.0), "{} v{} missing from a scan", skipped.0, skipped.1);
+                    }
+                    let want = log.get(e.position as usize).expect("no event past the head");
+                    assert_eq!((&e.stream_id, e.version, &e.payload), (&want.0, want.1, &want.2));
+                    next = e.position + 1;
+                }
+                if got.len() < limit {
+                    for skipped in log.get(next as usize..).unwrap_or(&[]) {
+                        assert!(deleted.contains(&skipped.0), "{} v{} missing at the end", skipped.0, skipped.1);
+                    }
+                }
+                assert_eq!(s.head(p as u32).expect("head"), log.len() as u64);
+            }
+            5 => {
+                store.take().map(Store::close).transpose().expect("close");
+                store = Some(Store::open(dir.path(), opts()).expect("reopen"));
+            }
+            6 => {
+                // A crash in the middle of the last write: the batch is torn, and recovery
+                // must drop exactly it.
+                store.take().map(Store::close).transpose().expect("close");
+                let p = usize::from(arg % 2);
+                let pdir = dir.path().join(format!("p{p:05}"));
+                let mut logs_files: Vec<PathBuf> = std::fs::read_dir(&pdir)
+                    .expect("list")
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|f| f.extension().is_some_and(|e| e == "log"))
+                    .collect();
+                logs_files.sort();
+                let active = logs_files.last().expect("an active segment").clone();
+                let file = std::fs::read(&active).expect("read segment");
+                let mut at = segment::HEADER_LEN;
+                let mut last = None;
+                while let Some(len) = file.get(at..).and_then(batch::claimed_length).filter(|&l| l >= 8) {
+                    last = Some((at, len));
+                    at += len;
+                }
+                if let Some((off, len)) = last
+                    && let Some(batch) = batches[p].pop()
+                {
+                    let cut = off + 1 + usize::from(op >> 3) % (len - 1);
+                    std::fs::write(&active, &file[..cut]).expect("tear");
+                    let (stream, first, count) = batch;
+                    logs[p].truncate(logs[p].len() - count);
+                    if let Some(l) = streams.get_mut(&stream) {
+                        l.truncate(first as usize);
+                    }
+                }
+                store = Some(Store::open(dir.path(), opts()).expect("reopen after a torn write"));
+            }
+            _ if op & 0x40 == 0 => {
+                let r = s.compact_with(op & 0x20 != 0, &mut |_| {}).expect("compact");
+                assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+            }
+            _ => {
+                let newly = s.delete_stream(&stream).expect("delete");
+                assert_eq!(newly, deleted.insert(stream.clone()));
+            }
+        }
+    }
+    if let Some(s) = store.take() {
+        assert!(s.verify().is_empty(), "{:?}", s.verify());
+        s.close().expect("close");
+    }
+}

@@ -428,9 +428,12 @@ pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
         out.extend(all.iter().filter(|f| f.ends_with("snapshots.snap") || f.ends_with("tombstones")).cloned());
         Ok(())
     };
-    let is_partition =
-        |p: &Path| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.len() == 6 && n.starts_with('p'));
-    if is_partition(dir) {
+    let is_partition = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.len() == 6 && n.starts_with('p') && n.bytes().skip(1).all(|b| b.is_ascii_digit()))
+    };
+    if is_partition(dir) && !dir.join("MANIFEST").exists() {
         partition_files(dir, &mut out)?;
         return Ok(out);
     }

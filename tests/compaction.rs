@@ -134,6 +134,9 @@ fn archived_reads_equal_the_reads_before() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), store_opts(eager())).unwrap();
     load(&store, 60, 100);
+    // Reopened, every full segment is sealed (the sealer works in the background).
+    drop(store);
+    let store = Store::open(dir.path(), store_opts(eager())).unwrap();
     let before = seen(&store, 60);
     let r = store.compact().unwrap();
     assert!(r.segments_archived >= 4, "{r:?}");
@@ -177,6 +180,8 @@ fn age_and_snapshot_policy() {
         store.append(lone, ExpectedVersion::Any, &[ev("Moved", json(lone, i))]).unwrap();
     }
     store.flush_snapshots().unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), store_opts(policy.clone())).unwrap();
     // The segments holding the lone stream's events stay hot; the others are archived.
     let lp = store.partition_of(lone) as usize;
     let r = store.compact().unwrap();
@@ -199,8 +204,19 @@ fn age_and_snapshot_policy() {
     // The hot-bytes bound archives the oldest whatever their age.
     let store = Store::open(dir.path(), store_opts(policy.retention(Duration::from_secs(3600)).max_hot_bytes(Some(1))))
         .unwrap();
-    let r = store.compact().unwrap();
-    assert!(r.segments_archived > 0, "{r:?}");
+    // Fresh, unsnapshotted segments (the earlier rounds may have archived all there were).
+    for i in 0..1500u64 {
+        store.append("acct-more", ExpectedVersion::Any, &[ev("Moved", json("acct-more", i))]).unwrap();
+    }
+    let mut archived = 0;
+    for _ in 0..500 {
+        archived += store.compact().unwrap().segments_archived;
+        if archived > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10)); // until the sealer has sealed one
+    }
+    assert!(archived > 0, "the hot-bytes bound archived nothing");
     for s in 0..30 {
         let stream = format!("acct-{s}");
         assert_eq!(store.load::<T>(&stream).unwrap().state(), &T::replayed(&store, &stream));
@@ -536,5 +552,6 @@ fn a_damaged_segment_does_not_stop_compaction_elsewhere() {
     assert!(r.skipped.iter().any(|s| s.contains("00000000000000000000.log")), "{r:?}");
     let storage = store.storage().unwrap();
     assert!(storage[1].archives > 0, "{storage:?}");
+    assert!(storage[0].archives > 0, "the segments after the damaged one are archived: {storage:?}");
     assert!(seg.exists());
 }

@@ -8,11 +8,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use strata::inspect::{self, BatchInfo, Dump, Filter};
 use strata::{CompactionOptions, Options, Store};
 
-/// `println!` that ends the program quietly when stdout is closed (`strata dump | head`).
+/// `println!` that ends the program when stdout is closed (`strata dump | head`) instead of
+/// panicking, with the status a shell gives a process killed by SIGPIPE.
 macro_rules! out {
     ($($t:tt)*) => {
         if writeln!(std::io::stdout(), $($t)*).is_err() {
-            std::process::exit(0)
+            std::process::exit(141)
         }
     };
 }
@@ -272,8 +273,10 @@ fn problems(dir: &Path) -> Vec<String> {
                 }
             }
             Ok(Dump::Archive { problems, .. }) => out.extend(problems.into_iter().map(|p| format!("{name}: {p}"))),
+            // A sidecar's or tombstone file's last record may be a write a crash cut short:
+            // the engine cuts it (and refuses to open if valid records follow a bad one).
             Ok(Dump::Snapshots { damage: Some((at, why)), .. } | Dump::Tombstones { damage: Some((at, why)), .. }) => {
-                out.push(format!("corruption in {name} at byte {at}: {why}"));
+                out!("note: {name} ends in invalid bytes at byte {at} ({why}): a torn last write is cut off");
             }
             Ok(_) => {}
         }
@@ -287,8 +290,19 @@ fn problems(dir: &Path) -> Vec<String> {
                     out.push(e);
                 }
             }
+            // Open repairs what a crash leaves (a torn tail, a half-done compaction, temp
+            // files): noted. An index that had to be rebuilt, or a snapshot that could not be
+            // read, was damage: a problem.
             for r in store.recovery_report() {
-                out!("repaired on open: {r:?}");
+                match &r {
+                    strata::RecoveryAction::RebuiltIndex { path, reason } => {
+                        out.push(format!("corruption in {}: index rebuilt on open: {reason}", path.display()));
+                    }
+                    strata::RecoveryAction::SnapshotUnreadable { path, offset, reason, .. } => {
+                        out.push(format!("corruption in {} at byte {offset}: {reason}", path.display()));
+                    }
+                    other => out!("note: repaired on open: {other:?}"),
+                }
             }
         }
         Err(e) => out.push(format!("the store does not open: {e}")),
@@ -318,50 +332,71 @@ pub fn stats(args: DirArgs) -> Result<(), Box<dyn std::error::Error>> {
     let store = Store::open(&args.dir, Options::default().compaction(CompactionOptions::default().interval(None)))?;
     let storage = store.storage()?;
     out!("store {}: {} partitions", args.dir.display(), store.partition_count());
-    out!(
-        "{:>9} {:>8} {:>12} {:>8} {:>12} {:>12} {:>9} {:>8} {:>8}",
+    let row = |cells: [String; 11]| {
+        out!(
+            "{:>9} {:>8} {:>12} {:>8} {:>12} {:>8} {:>11} {:>11} {:>8} {:>6} {:>7}",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            cells[5],
+            cells[6],
+            cells[7],
+            cells[8],
+            cells[9],
+            cells[10]
+        );
+    };
+    row([
         "partition",
         "segments",
         "seg bytes",
         "archives",
         "arc bytes",
+        "ratio",
+        "positions",
         "events",
         "streams",
-        "ratio",
-        "deleted"
-    );
-    let mut events = Vec::new();
-    let mut streams = Vec::new();
+        "erased",
+        "deleted",
+    ]
+    .map(String::from));
+    let (mut heads, mut events, mut streams) = (Vec::new(), Vec::new(), Vec::new());
     for s in &storage {
         let head = store.head(s.partition)?;
-        // Count the partition's streams by reading it (the index has no count across files).
+        // Count the partition's events and streams by reading it (no file holds the counts).
         let mut seen = std::collections::HashSet::new();
-        let mut from = 0;
+        let (mut from, mut live) = (0, 0u64);
         loop {
             let batch = store.read_partition(s.partition, from, 65_536)?;
             let Some(last) = batch.last() else { break };
             from = last.position + 1;
-            for e in batch {
-                seen.insert(e.stream_id);
-            }
+            live += batch.len() as u64;
+            seen.extend(batch.into_iter().map(|e| e.stream_id));
         }
-        events.push(head);
-        streams.push(seen.len() as u64);
-        out!(
-            "{:>9} {:>8} {:>12} {:>8} {:>12} {:>12} {:>9} {:>8} {:>8}",
-            s.partition,
-            s.segments,
-            s.segment_bytes,
-            s.archives,
-            s.archive_bytes,
-            head,
-            seen.len(),
+        row([
+            s.partition.to_string(),
+            s.segments.to_string(),
+            s.segment_bytes.to_string(),
+            s.archives.to_string(),
+            s.archive_bytes.to_string(),
             if s.archives > 0 { format!("{:.2}", s.archive_ratio()) } else { "-".into() },
-            s.deleted_streams
-        );
+            head.to_string(),
+            live.to_string(),
+            seen.len().to_string(),
+            s.erased_events.to_string(),
+            s.deleted_streams.to_string(),
+        ]);
+        if s.unreadable_archives > 0 {
+            out!("  partition {}: {} unreadable archive(s)", s.partition, s.unreadable_archives);
+        }
+        heads.push(head);
+        events.push(live);
+        streams.push(seen.len() as u64);
     }
     let (max_e, max_s) = (events.iter().copied().max().unwrap_or(0), streams.iter().copied().max().unwrap_or(0));
-    out!("\nevents per partition (positions, erased included)");
+    out!("\nevents per partition");
     for (p, n) in events.iter().enumerate() {
         out!("  p{p:<5} {n:>12} {}", bar(*n, max_e, 40));
     }
@@ -371,7 +406,7 @@ pub fn stats(args: DirArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let projections = args.dir.join("projections");
     if projections.is_dir() {
-        out!("projections (checkpoint = next position to handle; lag = head - checkpoint)");
+        out!("projections (checkpoint = next position to handle; lag = head - checkpoint, in positions)");
         let mut names: Vec<PathBuf> =
             std::fs::read_dir(&projections)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
         names.sort();
@@ -381,7 +416,7 @@ pub fn stats(args: DirArgs) -> Result<(), Box<dyn std::error::Error>> {
             match inspect::dump(&file, &Filter::default()) {
                 Ok(Dump::Checkpoints { positions }) => {
                     let lag: Vec<String> =
-                        positions.iter().zip(&events).map(|(c, h)| format!("{}", h.saturating_sub(*c))).collect();
+                        positions.iter().zip(&heads).map(|(c, h)| format!("{}", h.saturating_sub(*c))).collect();
                     out!("  {name}: checkpoints {positions:?}, lag {}", lag.join(" "));
                 }
                 Ok(_) => out!("  {name}: no checkpoint file"),
