@@ -1,8 +1,8 @@
 //! kill -9 crash test: a child process appends durably from several threads and logs every
 //! acknowledged append (stream, first version, count, payload padding); the supervisor kills it with SIGKILL at a random moment, reopens the
 //! store and checks that every acknowledged event is there with its exact bytes, that no
-//! partial batch is visible, and that versions are gapless. `STRATA_CRASHES` sets the number of
-//! crashes (default 20).
+//! partial batch is visible, and that versions are gapless. The child compacts as it goes, so
+//! kills also interrupt compactions. `STRATA_CRASHES` sets the number of crashes (default 20).
 
 mod common;
 
@@ -18,9 +18,16 @@ use strata::{EventData, ExpectedVersion, Options, Store};
 const THREADS: usize = 4;
 const STREAMS_PER_THREAD: usize = 5;
 
-/// The child: appends until killed, logging "stream first_version count" after each ack.
+/// The child: appends until killed, logging "stream first_version count" after each ack,
+/// while the background compactor archives every sealed segment within 20 ms (so kills land
+/// in the middle of compactions too).
 fn child(dir: &Path, acks: &Path) {
-    let store = Arc::new(Store::open(dir, opts(2, 64 << 10)).unwrap());
+    let compaction = strata::CompactionOptions::default()
+        .interval(Some(Duration::from_millis(20)))
+        .retention(Duration::ZERO)
+        .require_snapshots(false)
+        .max_archive_bytes(64 << 10);
+    let store = Arc::new(Store::open(dir, opts(2, 64 << 10).compaction(compaction)).unwrap());
     let log = Arc::new(Mutex::new(std::fs::OpenOptions::new().append(true).create(true).open(acks).unwrap()));
     let seed = std::process::id() as u64;
     for t in 0..THREADS {
@@ -100,11 +107,19 @@ fn kill_9_loses_no_acknowledged_append() {
     let acks = work.path().join("acks.log");
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut total_acked = 0usize;
+    let (mut finished, mut rolled_back) = (0, 0);
     for crash in 0..crashes {
         let env = [("STRATA_CRASH_DIR", dir.as_path()), ("STRATA_CRASH_ACKS", acks.as_path())];
         run_and_kill("kill_9_loses_no_acknowledged_append", &env, 150, 350, &mut rng, crash);
 
         let store = Store::open(&dir, Options::default()).unwrap();
+        for r in store.recovery_report() {
+            match r {
+                strata::RecoveryAction::CompactionFinished { .. } => finished += 1,
+                strata::RecoveryAction::CompactionRolledBack { .. } => rolled_back += 1,
+                _ => {}
+            }
+        }
         // Read every stream once: versions gapless, no batch partially visible.
         let mut stored: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
         for t in 0..THREADS {
@@ -143,9 +158,23 @@ fn kill_9_loses_no_acknowledged_append() {
             }
         }
         total_acked = lines;
+        if crash % 100 == 99 {
+            eprintln!(
+                "{} crashes: {lines} acknowledged appends checked; compactions finished {finished}, rolled back {rolled_back}",
+                crash + 1
+            );
+        }
+        if crash + 1 == crashes {
+            let archives: u64 = store.storage().unwrap().iter().map(|p| p.archives).sum();
+            eprintln!(
+                "{crashes} crashes, {total_acked} acknowledged appends checked after the last; {archives} archives; \
+                 open finished {finished} interrupted compactions and rolled back {rolled_back}"
+            );
+            assert!(archives > 0, "the child never compacted");
+            assert!(store.verify().is_empty());
+        }
         store.close().unwrap();
     }
-    eprintln!("{crashes} crashes, {total_acked} acknowledged appends checked after the last");
     assert!(total_acked > 0, "the child never got to append");
 }
 
