@@ -65,7 +65,7 @@ fn appenders_loads_projections_and_compaction_at_once() {
             while !stop.load(Ordering::Relaxed) {
                 let stream = format!("w{w}-{}", i % 16);
                 let mut t = store.load::<T>(&stream).unwrap();
-                if i % 29 == 0 {
+                if i.is_multiple_of(29) {
                     assert_eq!(t.state(), &T::replayed(&store, &stream), "load of {stream} differs from replay");
                 }
                 store
