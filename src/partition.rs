@@ -424,6 +424,7 @@ impl Partition {
                     if let Err(e) = s.walk(&seg, &mut |_, _| {}) {
                         problems.push(e);
                     }
+                    problems.extend(s.verify_index(&seg));
                 }
                 Ok(view @ View::Open(_)) => {
                     if let Err(e) = view.visit_positions(&seg, seg.base, end, usize::MAX, &mut |_, _, _| {

@@ -356,6 +356,45 @@ impl SealedSegment {
         Ok(())
     }
 
+    /// Checks every index entry against the batch it points at: a stream entry must name a
+    /// batch with its hash, first version and count; a position entry a batch at its
+    /// position. Returns the entries that do not (the batches themselves are checked by
+    /// [`SealedSegment::walk`]).
+    pub fn verify_index(&self, seg: &Segment) -> Vec<Error> {
+        let mut problems = Vec::new();
+        let batch_at = |offset: u64| self.data.get(offset as usize..).and_then(|b| batch::decode(b).ok());
+        let streams: &[StreamEntry] =
+            self.index.get(self.streams.clone()).and_then(|b| bytemuck::try_cast_slice(b).ok()).unwrap_or(&[]);
+        for (i, e) in streams.iter().enumerate() {
+            let e = e.get();
+            let ok = batch_at(e.offset).is_some_and(|b| {
+                stream_hash(b.stream_id) == e.stream_hash
+                    && b.first_version == e.first_version
+                    && b.event_count == e.event_count
+            });
+            if !ok {
+                problems.push(Error::corruption(
+                    &seg.index_path,
+                    (index::HEADER_LEN + i * 32) as u64,
+                    format!("stream entry {i} does not describe the batch at segment offset {}", e.offset),
+                ));
+            }
+        }
+        let positions: &[PositionEntry] =
+            self.index.get(self.positions.clone()).and_then(|b| bytemuck::try_cast_slice(b).ok()).unwrap_or(&[]);
+        for (i, p) in positions.iter().enumerate() {
+            let p = p.get();
+            if batch_at(p.offset).is_none_or(|b| b.base_position != p.position) {
+                problems.push(Error::corruption(
+                    &seg.index_path,
+                    (self.positions.start + i * 16) as u64,
+                    format!("position entry {i} does not point at the batch of position {}", p.position),
+                ));
+            }
+        }
+        problems
+    }
+
     /// Bytes of the segment file.
     pub fn len(&self) -> u64 {
         self.data.len() as u64

@@ -254,3 +254,31 @@ fn symlinks() {
     });
     assert!(e.is_empty(), "{e:?}");
 }
+
+/// An index whose entries check out (CRCs right, offsets in range) but point at the wrong
+/// batches: reads that trust it fail typed, and `verify` names the index and the entry.
+#[test]
+fn an_index_pointing_at_the_wrong_batches_is_named_by_verify() {
+    let (_root, dir) = store();
+    let idx = first(&p(&dir, 0), "idx");
+    let mut b = std::fs::read(&idx).unwrap();
+    let streams = u64::from_le_bytes(b[40..48].try_into().unwrap()) as usize;
+    assert!(streams >= 2);
+    // Swap the offsets of the first two stream entries.
+    let (a, c) = (64 + 16, 64 + 32 + 16);
+    let first_offset: [u8; 8] = b[a..a + 8].try_into().unwrap();
+    let second_offset: [u8; 8] = b[c..c + 8].try_into().unwrap();
+    b[a..a + 8].copy_from_slice(&second_offset);
+    b[c..c + 8].copy_from_slice(&first_offset);
+    let crc = crc32fast::hash(&b[64..]);
+    b[56..60].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32fast::hash(&b[..60]);
+    b[60..64].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&idx, b).unwrap();
+    let store = Store::open(&dir, options()).unwrap();
+    let problems = store.verify();
+    assert!(
+        problems.iter().any(|e| matches!(e, Error::Corruption { path, offset, .. } if path == &idx && *offset == 64)),
+        "{problems:?}"
+    );
+}
