@@ -200,6 +200,29 @@ impl CompactionReport {
     }
 }
 
+/// Running totals of a store's compactions since it was opened (see
+/// [`Store::compaction_stats`](crate::Store::compaction_stats)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CompactionStats {
+    /// Compaction runs, background and explicit.
+    pub runs: u64,
+    /// Runs that stopped on an error (I/O, a full disk).
+    pub failures: u64,
+    /// Files left unarchived because they were damaged.
+    pub skipped: u64,
+    /// Segments replaced by archives.
+    pub segments_archived: u64,
+    /// Bytes of segments read.
+    pub bytes_in: u64,
+    /// Bytes of archives written.
+    pub bytes_out: u64,
+    /// Events of deleted streams erased.
+    pub events_erased: u64,
+    /// The last error or skipped file, if any.
+    pub last_error: Option<String>,
+}
+
 /// Running totals of the store's compactions.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -215,6 +238,20 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
+    pub fn stats(&self) -> CompactionStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CompactionStats {
+            runs: get(&self.runs),
+            failures: get(&self.failures),
+            skipped: get(&self.skipped),
+            segments_archived: get(&self.segments_archived),
+            bytes_in: get(&self.bytes_in),
+            bytes_out: get(&self.bytes_out),
+            events_erased: get(&self.events_erased),
+            last_error: self.last_error.lock().clone(),
+        }
+    }
+
     pub fn record(&self, r: &Result<CompactionReport>) {
         self.runs.fetch_add(1, Ordering::Relaxed);
         match r {

@@ -59,7 +59,7 @@ mod writer;
 pub use aggregate::{Aggregate, ApplyError, Loaded, SnapshotIgnored, SnapshotStats, SnapshotUse};
 pub use bus::{BusOptions, BusStats, Command, CommandBus};
 pub use cache::{CacheStats, ViewCache};
-pub use compaction::{CompactionOptions, CompactionProgress, CompactionReport, PartitionStorage};
+pub use compaction::{CompactionOptions, CompactionProgress, CompactionReport, CompactionStats, PartitionStorage};
 pub use error::{Error, Result};
 pub use event::{AppendResult, EventData, ExpectedVersion, RecordedEvent};
 pub use format::FORMAT_VERSION;

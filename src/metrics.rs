@@ -111,6 +111,8 @@ pub struct Metrics {
     pub partitions: Vec<PartitionMetrics>,
     /// Snapshots.
     pub snapshots: SnapshotStats,
+    /// Compactions since the store was opened.
+    pub compaction: crate::CompactionStats,
     /// Projections (lag, dead letters, health).
     pub projections: Vec<ProjectionStatus>,
     /// The command bus.
@@ -134,6 +136,7 @@ impl Metrics {
             group_sizes: store.group_sizes(),
             partitions: store.partition_metrics(),
             snapshots: store.snapshot_stats(),
+            compaction: store.compaction_stats(),
             projections: engine.map_or_else(Vec::new, |e| e.names().iter().filter_map(|n| e.status(n).ok()).collect()),
             bus: bus.map(CommandBus::stats),
             caches: caches.iter().map(|(n, s)| ((*n).to_owned(), *s)).collect(),
@@ -198,6 +201,14 @@ impl Metrics {
         counter(&mut o, "snapshots_written_total", "Snapshots written.", s.written);
         counter(&mut o, "snapshots_dropped_total", "Automatic snapshots dropped (queue full).", s.dropped);
         counter(&mut o, "snapshots_failed_total", "Snapshot writes that failed.", s.failed);
+        let c = &self.compaction;
+        counter(&mut o, "compaction_runs_total", "Compaction runs.", c.runs);
+        counter(&mut o, "compaction_failures_total", "Compaction runs stopped by an error.", c.failures);
+        counter(&mut o, "compaction_skipped_total", "Damaged files left unarchived.", c.skipped);
+        counter(&mut o, "compaction_segments_archived_total", "Segments replaced by archives.", c.segments_archived);
+        counter(&mut o, "compaction_bytes_in_total", "Segment bytes compacted.", c.bytes_in);
+        counter(&mut o, "compaction_bytes_out_total", "Archive bytes written.", c.bytes_out);
+        counter(&mut o, "compaction_events_erased_total", "Events of deleted streams erased.", c.events_erased);
         let _ = writeln!(
             o,
             "# HELP strata_projection_lag_events Events appended but not handled.\n# TYPE strata_projection_lag_events gauge"

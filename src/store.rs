@@ -802,6 +802,12 @@ impl Store {
         self.shared.partitions.iter().flat_map(|p| p.verify()).collect()
     }
 
+    /// Totals of the compactions run since the store was opened, background ones included
+    /// (whose errors surface only here and in [`Metrics`](crate::Metrics)).
+    pub fn compaction_stats(&self) -> crate::CompactionStats {
+        self.shared.compactions.stats()
+    }
+
     /// What each partition keeps on disk: segments, archives, their sizes, erased events.
     pub fn storage(&self) -> Result<Vec<crate::PartitionStorage>> {
         self.shared.partitions.iter().map(|p| crate::compaction::storage(p)).collect()

@@ -158,6 +158,11 @@ fn archived_reads_equal_the_reads_before() {
     assert!(archived > 1000, "{storage:?}");
     // Compacting again finds nothing new to do.
     assert_eq!(store.compact().unwrap().segments_archived, 0);
+    // The totals since this open, in the metrics too.
+    let stats = store.compaction_stats();
+    assert_eq!((stats.runs, stats.segments_archived, stats.failures), (1, 0, 0), "{stats:?}");
+    let text = strata::Metrics::collect(&store, None, None, &[]).prometheus();
+    assert!(text.contains("strata_compaction_runs_total 1"), "{text}");
 }
 
 #[test]
