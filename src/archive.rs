@@ -201,14 +201,7 @@ impl Archive {
             if b.base_position != p.position {
                 return Err(self.mismatch(p.offset, "position"));
             }
-            if b.end_position() <= from {
-                continue;
-            }
-            let skip = from.saturating_sub(b.base_position);
-            let upto = u64::from(b.event_count).min(end - b.base_position);
-            let take = (upto.saturating_sub(skip) as usize).min(limit - taken);
-            taken += take;
-            if f(&b, skip as usize, take).is_break() {
+            if crate::segment::offer(&b, from, end, limit, &mut taken, f).is_break() {
                 return Ok((taken, ControlFlow::Break(())));
             }
         }

@@ -51,6 +51,19 @@ pub fn batch_decode(data: &[u8]) {
     assert_eq!(Some(&again[..]), data.get(..b.length), "decode and encode disagree");
 }
 
+/// Fixes the CRC of every record (a `u32` CRC of the rest at 0, its `u32` length at 4) that
+/// the length fields chain together, from `start`: dead-letter and tombstone files.
+fn fix_record_crcs(v: &mut [u8], start: usize) {
+    let mut off = start;
+    while let Some(len) = v.get(off + 4..off + 8).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize) {
+        if len < 8 || off + len > v.len() {
+            break;
+        }
+        put_crc(v, off, off + 4..off + len);
+        off += len;
+    }
+}
+
 /// Fixes the CRC of every batch that the length fields chain together, from `start`.
 fn fix_batch_crcs(v: &mut [u8], start: usize) {
     let mut off = start;
@@ -94,17 +107,15 @@ pub fn index_decode(data: &[u8]) {
         put_crc(v, 56, index::HEADER_LEN..len);
         put_crc(v, 60, 0..60);
     });
-    let mut aligned = vec![0u64; data.len().div_ceil(8)];
-    let buf = bytemuck::cast_slice_mut::<u64, u8>(&mut aligned);
-    let Some(buf) = buf.get_mut(..data.len()) else { return };
-    buf.copy_from_slice(data);
+    let aligned = crate::format::Aligned::new(data);
+    let buf = aligned.bytes();
     if let Ok(view) = index::decode(buf) {
         let again = index::encode(
             &view.header,
             &view.streams.iter().map(index::StreamEntry::get).collect::<Vec<_>>(),
             &view.positions.iter().map(index::PositionEntry::get).collect::<Vec<_>>(),
         );
-        assert_eq!(&again[..], &buf[..], "decode and encode disagree");
+        assert_eq!(&again[..], buf, "decode and encode disagree");
     }
 }
 
@@ -227,14 +238,7 @@ pub fn dlq_scan(data: &[u8]) {
     use crate::format::dlq::{self, Record};
     let data = &*fixed_up(data, |v| {
         put_crc(v, 60, 0..60);
-        let mut off = dlq::HEADER_LEN;
-        while let Some(len) = v.get(off + 4..off + 8).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize) {
-            if len < 8 || off + len > v.len() {
-                break;
-            }
-            put_crc(v, off, off + 4..off + len);
-            off += len;
-        }
+        fix_record_crcs(v, dlq::HEADER_LEN);
     });
     let Ok((records, end, damage)) = dlq::scan(data) else { return };
     assert!(end <= data.len());
@@ -268,15 +272,8 @@ pub fn archive_decode(data: &[u8]) {
         }
     });
     // A mapped archive is page-aligned; give the decoder the same 8-byte alignment.
-    let mut aligned = vec![0u64; data.len().div_ceil(8)];
-    let copy: &mut [u8] = bytemuck::cast_slice_mut(&mut aligned);
-    let data = match copy.get_mut(..data.len()) {
-        Some(c) => {
-            c.copy_from_slice(data);
-            &*c
-        }
-        None => return,
-    };
+    let aligned = crate::format::Aligned::new(data);
+    let data = aligned.bytes();
     let Ok(layout) = arc::decode(data) else { return };
     let mut all = Vec::new();
     let blocks = data.get(layout.blocks.clone()).map_or(0, |b| b.len() / 32);
@@ -300,14 +297,7 @@ pub fn tombstone_scan(data: &[u8]) {
     use crate::format::tombstone as tmb;
     let data = &*fixed_up(data, |v| {
         put_crc(v, 60, 0..60);
-        let mut off = tmb::HEADER_LEN;
-        while let Some(len) = v.get(off + 4..off + 8).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize) {
-            if len < 8 || off + len > v.len() {
-                break;
-            }
-            put_crc(v, off, off + 4..off + len);
-            off += len;
-        }
+        fix_record_crcs(v, tmb::HEADER_LEN);
     });
     let Ok((records, end, damage)) = tmb::scan(data) else { return };
     assert!(end <= data.len());

@@ -318,11 +318,8 @@ fn dump_segment(path: &Path, bytes: &[u8], filter: &Filter) -> Result<Dump> {
 
 fn dump_archive(path: &Path, bytes: &[u8], filter: &Filter) -> Result<Dump> {
     // The decoder casts sections in place: give it the alignment a mapping would have.
-    let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
-    let copy: &mut [u8] = bytemuck::cast_slice_mut(&mut aligned);
-    let data = copy.get_mut(..bytes.len()).unwrap_or(&mut []);
-    data.copy_from_slice(bytes);
-    let data = &*data;
+    let aligned = crate::format::Aligned::new(bytes);
+    let data = aligned.bytes();
     let layout = arc::decode(data).map_err(|b| crate::archive::bad_archive(path, b))?;
     let h = layout.header;
     let mut problems = Vec::new();

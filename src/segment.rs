@@ -468,7 +468,27 @@ pub(crate) fn header_error(path: &Path, e: seg_format::HeaderError) -> Error {
     }
 }
 
-/// Builds recorded events from a checked batch, for the events at positions in `positions`.
+/// Hands `f` the events of batch `b` (which starts before `end`) at positions `from..end`,
+/// at most `limit - *taken` of them, adding how many to `taken`; nothing if `b` ends before
+/// `from`. The one place partition reads (of segments and of archives) cut batches.
+pub(crate) fn offer(
+    b: &BatchView<'_>,
+    from: u64,
+    end: u64,
+    limit: usize,
+    taken: &mut usize,
+    f: &mut dyn FnMut(&BatchView<'_>, usize, usize) -> ControlFlow<()>,
+) -> ControlFlow<()> {
+    if b.end_position() <= from {
+        return ControlFlow::Continue(());
+    }
+    let skip = from.saturating_sub(b.base_position);
+    let upto = u64::from(b.event_count).min(end - b.base_position);
+    let take = (upto.saturating_sub(skip) as usize).min(limit - *taken);
+    *taken += take;
+    f(b, skip as usize, take)
+}
+
 /// An event with empty fields, to be overwritten by [`fill_event`] again and again.
 pub(crate) fn blank_event(partition: u32) -> RecordedEvent {
     RecordedEvent {
@@ -836,14 +856,8 @@ impl View {
                         if b.base_position >= end {
                             return Ok((taken, ControlFlow::Continue(())));
                         }
-                        if b.end_position() > from {
-                            let skip = from.saturating_sub(b.base_position);
-                            let upto = u64::from(b.event_count).min(end - b.base_position);
-                            let take = (upto.saturating_sub(skip) as usize).min(limit - taken);
-                            taken += take;
-                            if f(&b, skip as usize, take).is_break() {
-                                return Ok((taken, ControlFlow::Break(())));
-                            }
+                        if offer(&b, from, end, limit, &mut taken, f).is_break() {
+                            return Ok((taken, ControlFlow::Break(())));
                         }
                         at += b.length;
                     }

@@ -4,16 +4,15 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
 use strata::{
-    CompactionOptions, Error, EventData, ExpectedVersion, Options, Projection, ProjectionEngine, ProjectionOptions,
-    RecordedEvent, RecoveryAction, Store,
+    CompactionOptions, Error, EventData, ExpectedVersion, Options, ProjectionEngine, ProjectionOptions, RecordedEvent,
+    RecoveryAction, Store,
 };
 
 /// Archive every sealed segment, in pieces of at most 64 KiB, and nothing in the background.
@@ -414,31 +413,12 @@ fn a_damaged_archive_gives_typed_errors_never_a_panic() {
     }
 }
 
-/// Counts each stream's events, checking that they come in version order.
-#[derive(Default)]
-struct Counter {
-    next: Mutex<HashMap<String, u64>>,
-    violations: AtomicU64,
-}
-
-impl Projection for Counter {
-    fn handle(&self, e: &RecordedEvent) -> Result<(), strata::HandlerError> {
-        let mut next = self.next.lock().unwrap();
-        let want = next.entry(e.stream_id.clone()).or_insert(0);
-        if e.version != *want {
-            self.violations.fetch_add(1, Ordering::Relaxed);
-        }
-        *want = e.version + 1;
-        Ok(())
-    }
-}
-
 #[test]
 fn compaction_while_appending_and_projecting() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path(), store_opts(eager())).unwrap());
     let engine = ProjectionEngine::new(store.clone(), 2);
-    let counter = Arc::new(Counter::default());
+    let counter = Arc::new(StreamOrder::default());
     engine.register("counter", counter.clone(), ProjectionOptions::default()).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..2)
@@ -478,7 +458,7 @@ fn compaction_while_appending_and_projecting() {
         assert_eq!(store.read_stream(&stream, 0, usize::MAX).unwrap().len() as u64, n);
     }
     // A rebuild from position 0 reads the archives.
-    engine.rebuild("counter", Arc::new(Counter::default())).unwrap();
+    engine.rebuild("counter", Arc::new(StreamOrder::default())).unwrap();
     engine.stop().unwrap();
 }
 
@@ -533,7 +513,7 @@ fn a_projection_passes_positions_erased_at_the_head() {
     }
     assert_eq!(erased, n);
     let engine = ProjectionEngine::new(store.clone(), 1);
-    let counter = Arc::new(Counter::default());
+    let counter = Arc::new(StreamOrder::default());
     engine.register("fresh", counter.clone(), ProjectionOptions::default()).unwrap();
     assert!(engine.wait_caught_up("fresh", Duration::from_secs(20)).unwrap(), "stuck before the erased tail");
     assert_eq!(counter.next.lock().unwrap().get("kept"), Some(&100));

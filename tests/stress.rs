@@ -5,36 +5,14 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use strata::{
-    CompactionOptions, Durability, Error, Projection, ProjectionEngine, ProjectionOptions, RecordedEvent, Store,
-};
+use strata::{CompactionOptions, Durability, Error, ProjectionEngine, ProjectionOptions, Store};
 
 type T = Tally<4>;
-
-/// Checks per-stream order and counts what it sees.
-#[derive(Default)]
-struct Order {
-    next: Mutex<HashMap<String, u64>>,
-    violations: AtomicU64,
-}
-
-impl Projection for Order {
-    fn handle(&self, e: &RecordedEvent) -> Result<(), strata::HandlerError> {
-        let mut next = self.next.lock().unwrap();
-        let want = next.entry(e.stream_id.clone()).or_insert(0);
-        if e.version != *want {
-            self.violations.fetch_add(1, Ordering::Relaxed);
-        }
-        *want = e.version + 1;
-        Ok(())
-    }
-}
 
 #[test]
 fn appenders_loads_projections_and_compaction_at_once() {
@@ -50,7 +28,7 @@ fn appenders_loads_projections_and_compaction_at_once() {
         .durability(Durability::Buffered { sync_interval: Duration::from_millis(2) });
     let store = Arc::new(Store::open(dir.path(), options).unwrap());
     let engine = ProjectionEngine::new(store.clone(), 2);
-    let order = Arc::new(Order::default());
+    let order = Arc::new(StreamOrder::default());
     engine.register("order", order.clone(), ProjectionOptions::default()).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let deadline = Instant::now() + Duration::from_secs(secs);

@@ -65,6 +65,27 @@ pub(crate) fn crc(bytes: &[u8]) -> u32 {
     crc32fast::hash(bytes)
 }
 
+/// A copy of some bytes that starts 8-byte aligned, as a mapping does: decoders cast
+/// sections of it to entries in place.
+pub(crate) struct Aligned {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl Aligned {
+    pub fn new(bytes: &[u8]) -> Aligned {
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        if let Some(b) = bytemuck::cast_slice_mut::<u64, u8>(&mut words).get_mut(..bytes.len()) {
+            b.copy_from_slice(bytes);
+        }
+        Aligned { words, len: bytes.len() }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        bytemuck::cast_slice::<u64, u8>(&self.words).get(..self.len).unwrap_or(&[])
+    }
+}
+
 /// Rounds `n` up to a multiple of 8.
 pub(crate) const fn align8(n: usize) -> usize {
     (n + 7) & !7

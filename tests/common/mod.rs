@@ -145,3 +145,23 @@ impl<const EVERY: u64, const SCHEMA: u32> strata::Aggregate for Tally<EVERY, SCH
 pub fn sidecar(dir: &Path, partition: u32) -> PathBuf {
     dir.join(format!("p{partition:05}")).join("snapshots.snap")
 }
+
+/// A projection that counts each stream's events and the times one came out of version
+/// order.
+#[derive(Default)]
+pub struct StreamOrder {
+    pub next: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    pub violations: std::sync::atomic::AtomicU64,
+}
+
+impl strata::Projection for StreamOrder {
+    fn handle(&self, e: &RecordedEvent) -> Result<(), strata::HandlerError> {
+        let mut next = self.next.lock().unwrap();
+        let want = next.entry(e.stream_id.clone()).or_insert(0);
+        if e.version != *want {
+            self.violations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        *want = e.version + 1;
+        Ok(())
+    }
+}
