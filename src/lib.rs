@@ -1,6 +1,7 @@
 //! strata: an embeddable, log-structured event store for event-sourced (CQRS/ES) systems.
 //!
-//! A [`Store`] is one directory holding a fixed number of partitions. A stream (one
+//! A [`Store`] is one directory holding a number of partitions, set at creation and raised
+//! online by [`Store::grow_partitions`]. A stream (one
 //! aggregate's history) lives in exactly one partition, chosen by a stable hash of its id and
 //! jump consistent hash. Each partition is an append-only log of segment files; appends from
 //! many threads are group-committed by the partition's writer (one write, one `fdatasync`).
@@ -41,6 +42,7 @@ mod format;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod grow;
 pub mod inspect;
 mod io;
 mod lock;
@@ -66,6 +68,7 @@ pub use format::FORMAT_VERSION;
 pub use format::archive::{AuditRecord, Reason as ArchiveReason};
 pub use format::batch::{MAX_EVENT_TYPE_LEN, MAX_STREAM_ID_LEN};
 pub use format::snapshot::MAX_SNAPSHOT_BYTES;
+pub use grow::GrowReport;
 #[cfg(feature = "fault-injection")]
 pub use io::{FaultKind, FaultOp, FaultPlan};
 pub use metrics::{Histogram, LATENCY_BOUNDS_MICROS, Metrics, PartitionMetrics};

@@ -335,6 +335,12 @@ struct Task {
     error: Mutex<Option<String>>,
     /// Reused from batch to batch, so reading allocates nothing once warm.
     buffer: Mutex<Vec<RecordedEvent>>,
+    /// For a partition a grow added: the heads the partitions before it had at the cutover.
+    /// Its events wait until the projection has passed all of them, so that a moved stream's
+    /// events after the cutover never overtake its events before.
+    gate: Option<Vec<u64>>,
+    /// Set once the gate has been passed (it never closes again).
+    gate_open: AtomicBool,
 }
 
 impl Task {
@@ -379,6 +385,9 @@ struct Inner {
     /// Workers with an id at or above this exit after their current batch.
     desired: AtomicUsize,
     stop: AtomicBool,
+    /// The partition count the tasks cover; below the store's after a grow, until the
+    /// workers add the new partitions' tasks.
+    covered: std::sync::atomic::AtomicU32,
 }
 
 /// Runs projections over a store's partitions on a pool of worker threads.
@@ -439,6 +448,7 @@ impl ProjectionEngine {
             tasks: RwLock::new(Arc::new(Vec::new())),
             desired: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            covered: std::sync::atomic::AtomicU32::new(0),
         });
         let checkpointer = {
             let inner = inner.clone();
@@ -577,26 +587,21 @@ impl ProjectionEngine {
         }
         let mut all: Vec<Arc<Task>> = tasks.iter().cloned().collect();
         for (p, c) in start.into_iter().enumerate() {
-            // A checkpoint past the head: the log lost a tail the projection had handled (a
-            // crash under Buffered durability). Its positions will be reused by new events,
-            // which must not be skipped.
-            let head = self.inner.store.partition_ref(p as u32)?.head();
-            let c = Checkpoint { position: c.position.min(head), ..c };
-            all.push(Arc::new(Task {
-                projection: registered.clone(),
-                partition: p as u32,
-                shadow: AtomicBool::new(shadow),
-                retired: AtomicBool::new(false),
-                claimed: AtomicBool::new(false),
-                next: AtomicU64::new(c.position),
-                last_time: AtomicU64::new(c.time),
-                seq: AtomicU64::new(c.seq),
-                durable: AtomicU64::new(c.position),
-                error: Mutex::new(None),
-                buffer: Mutex::new(Vec::new()),
-            }));
+            all.push(new_task(&self.inner.store, &registered, p as u32, c, shadow)?);
+        }
+        // A grow may have completed since `partitions` was read, after the workers covered
+        // the projections registered then.
+        for p in partitions..self.inner.store.partition_count() {
+            let c = match registered.options.checkpoints {
+                Checkpoints::Engine => Checkpoint::default(),
+                Checkpoints::Projection => {
+                    Checkpoint { position: registered.handler.checkpoint(p), ..Default::default() }
+                }
+            };
+            all.push(new_task(&self.inner.store, &registered, p, c, shadow)?);
         }
         *tasks = Arc::new(all);
+        self.inner.covered.fetch_max(partitions, Ordering::AcqRel);
         drop(tasks);
         self.inner.signal.bump();
         Ok(registered)
@@ -980,11 +985,97 @@ impl Drop for ProjectionEngine {
 
 /// A worker: claims (projection, partition) tasks with work, handles a batch of each, and
 /// sleeps on the head signal when there is nothing to do.
+/// A task for `partition`, starting at checkpoint `c`.
+fn new_task(store: &Store, reg: &Arc<Registered>, partition: u32, c: Checkpoint, shadow: bool) -> Result<Arc<Task>> {
+    // A checkpoint past the head: the log lost a tail the projection had handled (a crash
+    // under Buffered durability). Its positions will be reused by new events, which must not
+    // be skipped.
+    let head = store.partition_ref(partition)?.head();
+    let mut c = Checkpoint { position: c.position.min(head), ..c };
+    // A partition a grow added begins with copies of moved streams' history, which the
+    // projection has seen in their old partitions: never deliver them again.
+    let origin = store.partition_origin(partition);
+    let gate = origin.map(|(live_from, cut)| {
+        c.position = c.position.max(live_from);
+        cut
+    });
+    Ok(Arc::new(Task {
+        projection: reg.clone(),
+        partition,
+        shadow: AtomicBool::new(shadow),
+        retired: AtomicBool::new(false),
+        claimed: AtomicBool::new(false),
+        next: AtomicU64::new(c.position),
+        last_time: AtomicU64::new(c.time),
+        seq: AtomicU64::new(c.seq),
+        durable: AtomicU64::new(c.position),
+        error: Mutex::new(None),
+        buffer: Mutex::new(Vec::new()),
+        gate_open: AtomicBool::new(gate.is_none()),
+        gate,
+    }))
+}
+
+/// After a grow: adds the new partitions' tasks for every projection (live or rebuilding),
+/// starting where their own events begin.
+fn cover_new_partitions(inner: &Inner) {
+    let count = inner.store.partition_count();
+    let mut tasks = inner.tasks.write();
+    let covered = inner.covered.load(Ordering::Acquire);
+    if covered >= count {
+        return;
+    }
+    let mut all: Vec<Arc<Task>> = tasks.iter().cloned().collect();
+    let mut regs: Vec<(Arc<Registered>, bool)> = Vec::new();
+    for t in tasks.iter() {
+        if !t.retired.load(Ordering::Acquire) && !regs.iter().any(|(r, _)| Arc::ptr_eq(r, &t.projection)) {
+            regs.push((t.projection.clone(), t.is_shadow()));
+        }
+    }
+    for (reg, shadow) in regs {
+        for p in covered..count {
+            let c = match reg.options.checkpoints {
+                Checkpoints::Engine => Checkpoint::default(),
+                Checkpoints::Projection => Checkpoint { position: reg.handler.checkpoint(p), ..Default::default() },
+            };
+            match new_task(&inner.store, &reg, p, c, shadow) {
+                Ok(t) => all.push(t),
+                // Not routed to yet (cannot happen: the count is read first); retried later.
+                Err(_) => return,
+            }
+        }
+    }
+    *tasks = Arc::new(all);
+    inner.covered.store(count, Ordering::Release);
+}
+
+/// Whether `t` may run: always, unless a grow added its partition and the projection has not
+/// yet passed every older partition's cutover point.
+fn gate_open(inner: &Inner, t: &Task) -> bool {
+    if t.gate_open.load(Ordering::Acquire) {
+        return true;
+    }
+    let Some(cut) = &t.gate else { return true };
+    let tasks = inner.tasks.read().clone();
+    let passed = cut.iter().enumerate().all(|(a, &c)| {
+        tasks.iter().any(|o| {
+            Arc::ptr_eq(&o.projection, &t.projection) && o.partition == a as u32 && o.next.load(Ordering::Acquire) >= c
+        })
+    });
+    if passed {
+        t.gate_open.store(true, Ordering::Release);
+    }
+    passed
+}
+
 fn run(inner: Arc<Inner>, id: usize) {
     let mut turn = id;
     loop {
         if inner.stop.load(Ordering::Acquire) || id >= inner.desired.load(Ordering::Acquire) {
             return;
+        }
+        if inner.store.partition_count() > inner.covered.load(Ordering::Acquire) {
+            cover_new_partitions(&inner);
         }
         let seen = inner.signal.seq();
         let tasks = inner.tasks.read().clone();
@@ -1014,7 +1105,10 @@ fn run(inner: Arc<Inner>, id: usize) {
 
 fn has_work(inner: &Inner, t: &Task) -> bool {
     let Ok(part) = inner.store.partition_ref(t.partition) else { return false };
-    !t.retired.load(Ordering::Acquire) && t.next.load(Ordering::Acquire) < part.head() && t.error.lock().is_none()
+    !t.retired.load(Ordering::Acquire)
+        && t.next.load(Ordering::Acquire) < part.head()
+        && t.error.lock().is_none()
+        && gate_open(inner, t)
 }
 
 /// Handles one batch of a claimed task: read, hand to the projection (retrying failures),

@@ -480,9 +480,17 @@ const ROUND: usize = 4096;
 /// The snapshotter: drains the queue, writes each partition's snapshots with one write and
 /// one `fdatasync`, and rewrites sidecars whose superseded records pile up. Ends when every
 /// sender is gone.
-pub(crate) fn run(rx: Receiver<Job>, sidecars: Vec<Arc<Sidecar>>, counters: Arc<Counters>, min_rewrite: u64) {
+/// `sidecars` gives the partitions' sidecars at the start of each round (the partition count
+/// may grow while the store is open).
+pub(crate) fn run(
+    rx: Receiver<Job>,
+    sidecars: impl Fn() -> Vec<Arc<Sidecar>>,
+    counters: Arc<Counters>,
+    min_rewrite: u64,
+) {
     let mut first_error: Option<Error> = None;
     while let Ok(job) = rx.recv() {
+        let sidecars = sidecars();
         let mut writes: Vec<Vec<Pending>> = (0..sidecars.len()).map(|_| Vec::new()).collect();
         let mut flushes = Vec::new();
         let mut take = |job: Job| match job {

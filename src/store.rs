@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Sender;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::compaction::CompactionReport;
 use crate::error::{Error, Result};
@@ -27,7 +27,7 @@ use crate::partition::{self, Partition};
 use crate::router::{self, stream_hash};
 use crate::segment::Report;
 use crate::snapshot;
-use crate::writer::{self, AppendRequest, Writer, WriterConfig};
+use crate::writer::{self, AppendRequest, SealJob, Writer, WriterConfig};
 
 /// Nanoseconds since the Unix epoch, now.
 pub(crate) fn now_nanos() -> u64 {
@@ -170,19 +170,34 @@ impl WriteStats {
     }
 }
 
-struct Shared {
-    dir: PathBuf,
-    manifest: Manifest,
-    partitions: Vec<Arc<Partition>>,
-    limits: Limits,
-    report: Report,
+pub(crate) struct Shared {
+    pub(crate) dir: PathBuf,
+    /// The manifest as it is on disk.
+    pub(crate) manifest: Mutex<Manifest>,
+    /// Every open partition: those streams are routed to, then (while a grow is copying)
+    /// the new ones they are not routed to yet. Only ever grows.
+    partitions: RwLock<Arc<Vec<Arc<Partition>>>>,
+    /// How many partitions streams are routed to (the manifest's partition count).
+    routed: std::sync::atomic::AtomicU32,
+    pub(crate) limits: Limits,
+    pub(crate) report: Report,
     snapshots: Arc<snapshot::Counters>,
     append_latency: crate::metrics::LatencyHistogram,
     compaction: crate::CompactionOptions,
     compactions: crate::compaction::Counters,
     /// Set by `close`: a running compaction stops throttling and starts no new partition.
     closing: std::sync::atomic::AtomicBool,
+    pub(crate) io: Io,
+    pub(crate) signal: Arc<partition::HeadSignal>,
+    pub(crate) writer_cfg: WriterConfig,
     _lock: DirLock,
+}
+
+impl Shared {
+    /// Every open partition (see `partitions`).
+    pub(crate) fn parts(&self) -> Arc<Vec<Arc<Partition>>> {
+        self.partitions.read().clone()
+    }
 }
 
 /// How many snapshots may wait for the snapshotter.
@@ -208,19 +223,26 @@ const SNAPSHOT_QUEUE_BYTES: u64 = 64 << 20;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Store {
-    shared: Arc<Shared>,
-    senders: Vec<Sender<AppendRequest>>,
+    pub(crate) shared: Arc<Shared>,
+    /// The partition writers' queues, one per open partition. An append holds this for
+    /// reading while it routes and queues; a grow's cutover holds it for writing, so that no
+    /// append is routed by the old partition map once the cutover has begun.
+    pub(crate) senders: RwLock<Vec<Sender<AppendRequest>>>,
+    /// The sealer's queue, for the writers of partitions a grow adds.
+    seal_tx: Mutex<Option<Sender<SealJob>>>,
     snapshot_tx: Option<Sender<snapshot::Job>>,
     /// Dropped to stop the background compactor.
     compactor_stop: Option<Sender<()>>,
-    threads: Vec<JoinHandle<Result<()>>>,
+    threads: Mutex<Vec<JoinHandle<Result<()>>>>,
+    /// Held by a grow: one at a time.
+    pub(crate) growing: Mutex<()>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("dir", &self.shared.dir)
-            .field("partitions", &self.shared.manifest.partition_count)
+            .field("partitions", &self.partition_count())
             .finish_non_exhaustive()
     }
 }
@@ -289,7 +311,7 @@ impl Store {
         let dir = dir.as_ref().to_path_buf();
         let io = Io::with_faults(options.faults.clone());
         let manifest_path = dir.join(manifest::FILE_NAME);
-        let (manifest, lock) = match read_bounded(&manifest_path, 64 << 10) {
+        let (manifest, lock) = match read_bounded(&manifest_path, manifest::MAX_LEN) {
             Ok(bytes) => {
                 if options.error_if_exists {
                     return Err(Error::AlreadyExists { path: dir, reason: "a store exists there".into() });
@@ -315,8 +337,9 @@ impl Store {
         let report: Report = Arc::new(Mutex::new(Vec::new()));
         let signal = Arc::new(partition::HeadSignal::default());
         let opened: Vec<Result<_>> = std::thread::scope(|s| {
-            // Recover partitions in parallel, a bounded number at a time.
-            let ids: Vec<u32> = (0..manifest.partition_count).collect();
+            // Recover partitions in parallel, a bounded number at a time; with a grow in
+            // progress, its new partitions too (not routed to until it completes).
+            let ids: Vec<u32> = (0..manifest.partition_count.max(manifest.growing_to)).collect();
             let mut results = Vec::with_capacity(ids.len());
             for chunk in ids.chunks(16) {
                 let handles: Vec<_> = chunk
@@ -358,10 +381,12 @@ impl Store {
         // The store exists before its threads do: if spawning one fails, dropping it stops and
         // joins those already running before the lock is released.
         let snapshots = Arc::new(snapshot::Counters::default());
+        let routed = manifest.partition_count;
         let shared = Arc::new(Shared {
             dir,
-            manifest,
-            partitions,
+            manifest: Mutex::new(manifest),
+            partitions: RwLock::new(Arc::new(partitions)),
+            routed: routed.into(),
             limits,
             report,
             snapshots,
@@ -369,39 +394,28 @@ impl Store {
             compaction: options.compaction.clone(),
             compactions: Default::default(),
             closing: Default::default(),
+            io,
+            signal,
+            writer_cfg: cfg,
             _lock: lock,
         });
+        let (seal_tx, seal_rx) = crossbeam_channel::unbounded();
         let mut store = Store {
             shared: shared.clone(),
-            senders: Vec::new(),
+            senders: RwLock::new(Vec::new()),
+            seal_tx: Mutex::new(Some(seal_tx)),
             snapshot_tx: None,
             compactor_stop: None,
-            threads: Vec::new(),
+            threads: Mutex::new(Vec::new()),
+            growing: Mutex::new(()),
         };
-        let (seal_tx, seal_rx) = crossbeam_channel::unbounded();
         let spawn = |name: String, f: Box<dyn FnOnce() -> Result<()> + Send>| {
             std::thread::Builder::new().name(name).spawn(f).map_err(|e| Error::io("spawn thread", &shared.dir, e))
         };
-        // Writer threads hold the only senders of the sealer's and preallocators' queues, so
-        // those threads end after the writers (joining them in any order is safe once the
-        // append senders are gone). Each partition has its own preallocator, so no writer ever
-        // waits for another partition's zero-fill.
-        for (part, tail) in shared.partitions.iter().zip(tails) {
-            let (tx, rx) = crossbeam_channel::unbounded();
-            let (fill_tx, fill_rx) = crossbeam_channel::unbounded();
-            let w = Writer::new(part.clone(), tail, cfg, seal_tx.clone(), fill_tx);
-            store.threads.push(spawn(format!("strata-writer-{}", part.id), Box::new(move || w.run(rx)))?);
-            store.senders.push(tx);
-            store.threads.push(spawn(
-                format!("strata-prealloc-{}", part.id),
-                Box::new(move || {
-                    crate::prealloc::run(fill_rx);
-                    Ok(())
-                }),
-            )?);
+        for (part, tail) in shared.parts().iter().zip(tails) {
+            store.start_writer(part, tail)?;
         }
-        drop(seal_tx);
-        store.threads.push(spawn(
+        store.threads.get_mut().push(spawn(
             "strata-sealer".into(),
             Box::new(move || {
                 writer::run_sealer(seal_rx);
@@ -409,12 +423,13 @@ impl Store {
             }),
         )?);
         let (snap_tx, snap_rx) = crossbeam_channel::bounded(SNAPSHOT_QUEUE);
-        let sidecars = shared.partitions.iter().map(|p| p.snapshots.clone()).collect();
         let counters = shared.snapshots.clone();
         let min_rewrite = options.snapshot_rewrite_bytes;
-        store.threads.push(spawn(
+        let of = shared.clone();
+        store.threads.get_mut().push(spawn(
             "strata-snapshotter".into(),
             Box::new(move || {
+                let sidecars = || of.parts().iter().map(|p| p.snapshots.clone()).collect();
                 snapshot::run(snap_rx, sidecars, counters, min_rewrite);
                 Ok(())
             }),
@@ -423,12 +438,12 @@ impl Store {
         if let Some(every) = options.compaction.interval {
             let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
             let shared = shared.clone();
-            store.threads.push(spawn(
+            store.threads.get_mut().push(spawn(
                 "strata-compactor".into(),
                 Box::new(move || {
                     while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(every) {
                         let r = crate::compaction::compact_store(
-                            &shared.partitions,
+                            &shared.parts(),
                             &shared.compaction,
                             false,
                             &shared.closing,
@@ -442,6 +457,50 @@ impl Store {
             store.compactor_stop = Some(stop_tx);
         }
         Ok(store)
+    }
+
+    /// Starts the writer (and its preallocator) of an open partition, and appends its queue
+    /// to `senders`. Writer threads hold the only senders of the sealer's and preallocators'
+    /// queues, so those threads end after the writers (joining them in any order is safe once
+    /// the append senders are gone). Each partition has its own preallocator, so no writer
+    /// ever waits for another partition's zero-fill.
+    pub(crate) fn start_writer(&self, part: &Arc<Partition>, tail: partition::Tail) -> Result<()> {
+        let seal_tx = self.seal_tx.lock().clone().ok_or(Error::Closed)?;
+        let spawn = |name: String, f: Box<dyn FnOnce() -> Result<()> + Send>| {
+            std::thread::Builder::new().name(name).spawn(f).map_err(|e| Error::io("spawn thread", &self.shared.dir, e))
+        };
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (fill_tx, fill_rx) = crossbeam_channel::unbounded();
+        let w = Writer::new(part.clone(), tail, self.shared.writer_cfg, seal_tx, fill_tx);
+        let mut threads = self.threads.lock();
+        threads.push(spawn(format!("strata-writer-{}", part.id), Box::new(move || w.run(rx)))?);
+        self.senders.write().push(tx);
+        threads.push(spawn(
+            format!("strata-prealloc-{}", part.id),
+            Box::new(move || {
+                crate::prealloc::run(fill_rx);
+                Ok(())
+            }),
+        )?);
+        Ok(())
+    }
+
+    /// Adds an opened partition (one a grow creates) to the store's partitions, not routed to
+    /// yet, and starts its writer. Its id must be the next one.
+    pub(crate) fn add_partition(&self, part: Arc<Partition>, tail: partition::Tail) -> Result<()> {
+        {
+            let mut parts = self.shared.partitions.write();
+            debug_assert_eq!(parts.len(), part.id as usize);
+            let mut grown: Vec<Arc<Partition>> = parts.iter().cloned().collect();
+            grown.push(part.clone());
+            *parts = Arc::new(grown);
+        }
+        self.start_writer(&part, tail)
+    }
+
+    /// Routes streams to `count` partitions from now on (a grow's cutover).
+    pub(crate) fn set_routed(&self, count: u32) {
+        self.shared.routed.store(count, Ordering::Release);
     }
 
     /// Creates a store: lock, partitions with their first segments, then the manifest, written
@@ -477,6 +536,8 @@ impl Store {
             segment_bytes: options.segment_bytes,
             created: now_nanos(),
             partition_epoch: 0,
+            growing_to: 0,
+            epochs: Vec::new(),
         };
         for id in 0..manifest.partition_count {
             partition::create(&dir.join(partition::dir_name(id)), id, io)?;
@@ -491,9 +552,10 @@ impl Store {
         &self.shared.dir
     }
 
-    /// Number of partitions (fixed at creation).
+    /// Number of partitions streams are routed to: set at creation, raised by
+    /// [`Store::grow_partitions`].
     pub fn partition_count(&self) -> u32 {
-        self.shared.manifest.partition_count
+        self.shared.routed.load(Ordering::Acquire)
     }
 
     /// The partition that holds `stream_id`.
@@ -501,11 +563,10 @@ impl Store {
         router::partition_for(stream_id, self.partition_count())
     }
 
-    fn partition(&self, id: u32) -> Result<&Arc<Partition>> {
-        self.shared
-            .partitions
-            .get(id as usize)
-            .ok_or(Error::NoSuchPartition { partition: id, count: self.partition_count() })
+    fn partition(&self, id: u32) -> Result<Arc<Partition>> {
+        let count = self.partition_count();
+        let parts = self.shared.parts();
+        parts.get(id as usize).filter(|_| id < count).cloned().ok_or(Error::NoSuchPartition { partition: id, count })
     }
 
     fn submit(
@@ -516,11 +577,21 @@ impl Store {
     ) -> Result<oneshot::Receiver<Result<AppendResult>>> {
         let batch = batch::encode(stream, events, self.shared.limits)?;
         let hash = stream_hash(stream);
-        let p = router::jump_consistent_hash(hash, self.partition_count());
-        let sender = self.senders.get(p as usize).ok_or(Error::Closed)?;
         let (reply, rx) = oneshot::channel();
-        let req =
-            AppendRequest { stream: stream.into(), hash, expected, batch, event_count: events.len() as u32, reply };
+        let req = AppendRequest {
+            stream: stream.into(),
+            hash,
+            expected,
+            batch,
+            event_count: events.len() as u32,
+            reply,
+            copied_at: None,
+            barrier: false,
+        };
+        // Route and queue under the senders' read lock: a grow's cutover waits for it.
+        let senders = self.senders.read();
+        let p = router::jump_consistent_hash(hash, self.partition_count());
+        let sender = senders.get(p as usize).ok_or(Error::Closed)?;
         sender.send(req).map_err(|_| Error::Closed)?;
         Ok(rx)
     }
@@ -556,7 +627,7 @@ impl Store {
     /// `2^i` appends (the last, more).
     pub(crate) fn group_sizes(&self) -> Vec<u64> {
         let mut out = vec![0; partition::GROUP_SIZE_BUCKETS];
-        for p in &self.shared.partitions {
+        for p in self.shared.parts().iter() {
             for (o, b) in out.iter_mut().zip(&p.stats.group_sizes) {
                 *o += b.load(Ordering::Relaxed);
             }
@@ -567,7 +638,7 @@ impl Store {
     /// Per-partition counts: events held, appended and bytes written since open.
     pub(crate) fn partition_metrics(&self) -> Vec<crate::metrics::PartitionMetrics> {
         self.shared
-            .partitions
+            .parts()
             .iter()
             .map(|p| crate::metrics::PartitionMetrics {
                 partition: p.id,
@@ -648,7 +719,7 @@ impl Store {
     /// Counters of the write path since open, summed over all partitions.
     pub fn write_stats(&self) -> WriteStats {
         let mut s = WriteStats::default();
-        for p in &self.shared.partitions {
+        for p in self.shared.parts().iter() {
             let c = &p.stats;
             s.appends += c.appends.load(Ordering::Relaxed);
             s.events += c.events.load(Ordering::Relaxed);
@@ -680,7 +751,7 @@ impl Store {
             ignored: c.ignored.load(Ordering::Relaxed),
             ..Default::default()
         };
-        for p in &self.shared.partitions {
+        for p in self.shared.parts().iter() {
             let (bytes, streams) = p.snapshots.sizes();
             s.sidecar_bytes += bytes;
             s.streams += streams;
@@ -688,22 +759,32 @@ impl Store {
         s
     }
 
-    pub(crate) fn sidecar_of(&self, stream: &str) -> Result<&Arc<snapshot::Sidecar>> {
-        Ok(&self.partition(self.partition_of(stream))?.snapshots)
+    pub(crate) fn sidecar_of(&self, stream: &str) -> Result<Arc<snapshot::Sidecar>> {
+        Ok(self.partition(self.partition_of(stream))?.snapshots.clone())
     }
 
     /// The signal the writers bump after each head change.
     pub(crate) fn head_signal(&self) -> Arc<partition::HeadSignal> {
-        self.shared.partitions.first().map(|p| p.signal.clone()).unwrap_or_default()
+        self.shared.signal.clone()
     }
 
     /// The store's I/O context (with its fault plan, if any).
     pub(crate) fn io(&self) -> crate::io::Io {
-        self.shared.partitions.first().map(|p| p.io.clone()).unwrap_or_default()
+        self.shared.io.clone()
     }
 
-    pub(crate) fn partition_ref(&self, id: u32) -> Result<&Arc<Partition>> {
+    /// A partition streams are routed to.
+    pub(crate) fn partition_ref(&self, id: u32) -> Result<Arc<Partition>> {
         self.partition(id)
+    }
+
+    /// Where partition `id` came from, if a grow added it: the first position of its own
+    /// events (those before are copies of moved streams' history) and the heads of the
+    /// partitions that existed before, at the cutover.
+    pub(crate) fn partition_origin(&self, id: u32) -> Option<(u64, Vec<u64>)> {
+        let m = self.shared.manifest.lock();
+        let e = m.epochs.iter().find(|e| (e.from..e.to).contains(&id))?;
+        Some((*e.live_from.get((id - e.from) as usize)?, e.cut.clone()))
     }
 
     pub(crate) fn snapshot_counters(&self) -> &snapshot::Counters {
@@ -766,6 +847,9 @@ impl Store {
     pub fn delete_stream(&self, stream: &str) -> Result<bool> {
         batch::check_stream_id(stream)?;
         let hash = stream_hash(stream);
+        // Under the senders' read lock, like an append: a grow moves the stream's tombstone
+        // with it, and a delete must not slip between that and the cutover.
+        let _routing = self.senders.read();
         let p = self.partition(router::jump_consistent_hash(hash, self.partition_count()))?;
         p.tombstones.delete(stream, now_nanos())
     }
@@ -785,7 +869,7 @@ impl Store {
         progress: &mut dyn FnMut(crate::CompactionProgress),
     ) -> Result<CompactionReport> {
         let r = crate::compaction::compact_store(
-            &self.shared.partitions,
+            &self.shared.parts(),
             &self.shared.compaction,
             force,
             &self.shared.closing,
@@ -799,7 +883,7 @@ impl Store {
     /// segment, every sealed segment's index, every archive's blocks and index entries.
     /// Returns the problems found, each naming its file and offset (empty: all is well).
     pub fn verify(&self) -> Vec<Error> {
-        self.shared.partitions.iter().flat_map(|p| p.verify()).collect()
+        self.shared.parts().iter().flat_map(|p| p.verify()).collect()
     }
 
     /// Totals of the compactions run since the store was opened, background ones included
@@ -810,7 +894,7 @@ impl Store {
 
     /// What each partition keeps on disk: segments, archives, their sizes, erased events.
     pub fn storage(&self) -> Result<Vec<crate::PartitionStorage>> {
-        self.shared.partitions.iter().map(|p| crate::compaction::storage(p)).collect()
+        self.shared.parts().iter().map(|p| crate::compaction::storage(p)).collect()
     }
 
     /// What opening the store had to repair, and what went wrong since in the background
@@ -826,12 +910,13 @@ impl Store {
     }
 
     fn shutdown(&mut self) -> Result<()> {
-        self.senders.clear();
+        self.senders.get_mut().clear();
+        *self.seal_tx.get_mut() = None;
         self.snapshot_tx = None;
         self.shared.closing.store(true, Ordering::Release);
         self.compactor_stop = None;
         let mut result = Ok(());
-        for t in self.threads.drain(..) {
+        for t in self.threads.get_mut().drain(..) {
             match t.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => result = result.and(Err(e)),

@@ -35,6 +35,11 @@ pub(crate) struct AppendRequest {
     pub batch: Vec<u8>,
     pub event_count: u32,
     pub reply: oneshot::Sender<Result<AppendResult>>,
+    /// A copy of a moved stream's batch (see `grow`): keeps its original time.
+    pub copied_at: Option<u64>,
+    /// Not an append: answered once every request queued before it is committed and on disk
+    /// (the writer syncs first, in Buffered mode too).
+    pub barrier: bool,
 }
 
 /// A segment that was rolled away from and must be sealed.
@@ -146,7 +151,24 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let barriers: Vec<AppendRequest> = group.extract_if(.., |r| r.barrier).collect();
             self.commit_group(&mut group);
+            if !barriers.is_empty() {
+                self.sync_now();
+                for b in barriers {
+                    let reply = match self.poisoned {
+                        Some(_) => Err(self.poisoned_error()),
+                        None => Ok(AppendResult {
+                            partition: self.part.id,
+                            first_position: self.next_position,
+                            first_version: 0,
+                            last_version: 0,
+                            timestamp_nanos: self.last_timestamp,
+                        }),
+                    };
+                    let _ = b.reply.send(reply);
+                }
+            }
             if let Durability::Buffered { sync_interval } = self.cfg.durability
                 && self.last_sync.elapsed() >= sync_interval
             {
@@ -279,7 +301,7 @@ impl Writer {
             let start = self.buf.len();
             self.buf.extend_from_slice(&req.batch);
             if let Some(b) = self.buf.get_mut(start..) {
-                batch::finish(b, position, first_version, timestamp, self.synced_offset);
+                batch::finish(b, position, first_version, req.copied_at.unwrap_or(timestamp), self.synced_offset);
             }
             pending.insert(&req.stream, last_version);
             outcomes.push(Outcome::Accepted {

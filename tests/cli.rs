@@ -73,6 +73,15 @@ fn dump_verify_stats_and_compact() {
     assert!(text.lines().filter(|l| l.trim_start().starts_with(['0', '1'])).all(|l| !l.contains(" - ")), "{text}");
     let (ok, text) = strata(&["verify"], &dir);
     assert!(ok && text.contains("all ok"), "{text}");
+    // Grow: the moved streams read as before; growing to fewer partitions is refused.
+    let (ok, text) = strata(&["grow", "--partitions", "3"], &dir);
+    assert!(ok && text.contains("from 2 to 3 partitions (epoch 1)"), "{text}");
+    let (ok, text) = strata(&["grow", "--partitions", "2"], &dir);
+    assert!(!ok && text.contains("cannot grow from 3 to 2"), "{text}");
+    let (ok, text) = strata(&["stats"], &dir);
+    assert!(ok && text.contains("3 partitions"), "{text}");
+    let (ok, text) = strata(&["verify"], &dir);
+    assert!(ok && text.contains("all ok"), "{text}");
     let (ok, text) = strata(&["dump", "--stream", "order-3"], &dir);
     assert!(ok, "{text}");
     assert!(text.contains("\"order-3\"") && text.contains(r#""sku":"SKU-"#), "payloads as text: {text:.2000}");

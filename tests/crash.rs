@@ -20,8 +20,9 @@ const STREAMS_PER_THREAD: usize = 5;
 
 /// The child: appends until killed, logging "stream first_version count" after each ack,
 /// while the background compactor archives every sealed segment within 20 ms (so kills land
-/// in the middle of compactions too).
-fn child(dir: &Path, acks: &Path) {
+/// in the middle of compactions too). With `grow`, a thread also grows the store one
+/// partition at a time (up to 32), so kills land in the middle of grows.
+fn child(dir: &Path, acks: &Path, grow: bool) {
     let compaction = strata::CompactionOptions::default()
         .interval(Some(Duration::from_millis(20)))
         .retention(Duration::ZERO)
@@ -62,10 +63,66 @@ fn child(dir: &Path, acks: &Path) {
             }
         });
     }
+    let mut rng = seed | 1;
+    while grow && store.partition_count() < 32 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(rng % 60));
+        let count = store.partition_count();
+        // After a kill in the middle of a grow, this resumes it (its target is count + 1).
+        if let Err(e) = store.grow_partitions(count + 1) {
+            eprintln!("child grow failed: {e}");
+            std::process::exit(3);
+        }
+    }
     // The appenders run until the supervisor's SIGKILL.
     loop {
         std::thread::park();
     }
+}
+
+/// Checks the reopened store against the child's log of acknowledged appends: every one is
+/// there byte for byte, versions are gapless and no batch is partly visible. Returns the
+/// number of acknowledged appends checked.
+fn check_acknowledged(store: &Store, acks: &Path, crash: usize) -> usize {
+    // Read every stream once: versions gapless, no batch partially visible.
+    let mut stored: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+    for t in 0..THREADS {
+        for k in 0..STREAMS_PER_THREAD {
+            let stream = format!("t{t}-s{k}");
+            let all = store.read_stream(&stream, 0, usize::MAX).unwrap();
+            let mut i = 0;
+            while i < all.len() {
+                assert_eq!(all[i].version, i as u64, "crash {crash}: {stream} has a gap");
+                let text = String::from_utf8_lossy(&all[i].payload).into_owned();
+                let count: usize = text.split('|').nth(2).unwrap().parse().unwrap();
+                assert!(i + count <= all.len(), "crash {crash}: partial batch of {stream} at v{i}");
+                i += count;
+            }
+            stored.insert(stream, all.into_iter().map(|e| e.payload).collect());
+        }
+    }
+    // Every acknowledged append is there, byte for byte (the last line may be torn).
+    let log = std::fs::read_to_string(acks).unwrap_or_default();
+    let mut lines = 0;
+    for line in log.lines() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        let [stream, first, count, pad] = parts[..] else { continue };
+        let (Ok(first), Ok(count), Ok(pad)) = (first.parse::<u64>(), count.parse::<u64>(), pad.parse::<usize>()) else {
+            continue;
+        };
+        lines += 1;
+        let have = stored.get(stream).map_or(&[][..], Vec::as_slice);
+        for v in first..first + count {
+            assert_eq!(
+                have.get(v as usize),
+                Some(&payload(stream, v, count, pad)),
+                "crash {crash}: acknowledged {stream} v{v} missing or altered"
+            );
+        }
+    }
+    lines
 }
 
 /// The payload of version `v` of `stream` in a batch of `count`: checkable from its position.
@@ -98,7 +155,7 @@ fn run_and_kill(name: &str, env: &[(&str, &Path)], min_ms: u64, spread_ms: u64, 
 #[test]
 fn kill_9_loses_no_acknowledged_append() {
     if let (Ok(dir), Ok(acks)) = (std::env::var("STRATA_CRASH_DIR"), std::env::var("STRATA_CRASH_ACKS")) {
-        child(Path::new(&dir), Path::new(&acks));
+        child(Path::new(&dir), Path::new(&acks), false);
         return;
     }
     let crashes: usize = std::env::var("STRATA_CRASHES").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
@@ -120,43 +177,7 @@ fn kill_9_loses_no_acknowledged_append() {
                 _ => {}
             }
         }
-        // Read every stream once: versions gapless, no batch partially visible.
-        let mut stored: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
-        for t in 0..THREADS {
-            for k in 0..STREAMS_PER_THREAD {
-                let stream = format!("t{t}-s{k}");
-                let all = store.read_stream(&stream, 0, usize::MAX).unwrap();
-                let mut i = 0;
-                while i < all.len() {
-                    assert_eq!(all[i].version, i as u64, "crash {crash}: {stream} has a gap");
-                    let text = String::from_utf8_lossy(&all[i].payload).into_owned();
-                    let count: usize = text.split('|').nth(2).unwrap().parse().unwrap();
-                    assert!(i + count <= all.len(), "crash {crash}: partial batch of {stream} at v{i}");
-                    i += count;
-                }
-                stored.insert(stream, all.into_iter().map(|e| e.payload).collect());
-            }
-        }
-        // Every acknowledged append is there, byte for byte (the last line may be torn).
-        let log = std::fs::read_to_string(&acks).unwrap_or_default();
-        let mut lines = 0;
-        for line in log.lines() {
-            let parts: Vec<&str> = line.split(' ').collect();
-            let [stream, first, count, pad] = parts[..] else { continue };
-            let (Ok(first), Ok(count), Ok(pad)) = (first.parse::<u64>(), count.parse::<u64>(), pad.parse::<usize>())
-            else {
-                continue;
-            };
-            lines += 1;
-            let have = stored.get(stream).map_or(&[][..], Vec::as_slice);
-            for v in first..first + count {
-                assert_eq!(
-                    have.get(v as usize),
-                    Some(&payload(stream, v, count, pad)),
-                    "crash {crash}: acknowledged {stream} v{v} missing or altered"
-                );
-            }
-        }
+        let lines = check_acknowledged(&store, &acks, crash);
         total_acked = lines;
         if crash % 100 == 99 {
             eprintln!(
@@ -176,6 +197,44 @@ fn kill_9_loses_no_acknowledged_append() {
         store.close().unwrap();
     }
     assert!(total_acked > 0, "the child never got to append");
+}
+
+/// kill -9 while the store grows its partition count: every acknowledged append survives,
+/// whether the kill left the old layout with a grow in progress (resumed by the next child) or
+/// the new one.
+#[test]
+fn kill_9_during_grows_loses_no_acknowledged_append() {
+    if let (Ok(dir), Ok(acks)) = (std::env::var("STRATA_GROW_CRASH_DIR"), std::env::var("STRATA_GROW_CRASH_ACKS")) {
+        child(Path::new(&dir), Path::new(&acks), true);
+        return;
+    }
+    let crashes: usize = std::env::var("STRATA_CRASHES").ok().and_then(|s| s.parse().ok()).unwrap_or(20) / 2;
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("store");
+    let acks = work.path().join("acks.log");
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut in_progress = 0;
+    for crash in 0..crashes {
+        let env = [("STRATA_GROW_CRASH_DIR", dir.as_path()), ("STRATA_GROW_CRASH_ACKS", acks.as_path())];
+        run_and_kill("kill_9_during_grows_loses_no_acknowledged_append", &env, 100, 300, &mut rng, crash);
+        // A grow in progress: `growing_to` (manifest bytes 48..52) is not zero.
+        let manifest = std::fs::read(dir.join("MANIFEST")).unwrap();
+        if manifest[48..52] != [0; 4] {
+            in_progress += 1;
+        }
+        let store = Store::open(&dir, Options::default()).unwrap();
+        let checked = check_acknowledged(&store, &acks, crash);
+        if crash + 1 == crashes {
+            eprintln!(
+                "{crashes} crashes: {checked} acknowledged appends checked after the last; {} partitions; \
+                 {in_progress} kills left a grow in progress",
+                store.partition_count()
+            );
+            assert!(store.partition_count() > 2, "the child never grew the store");
+            assert!(store.verify().is_empty());
+        }
+        store.close().unwrap();
+    }
 }
 
 /// The child of the snapshot crash test: commits through the aggregate API from several

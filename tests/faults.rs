@@ -279,3 +279,85 @@ fn every_failing_step_of_a_compaction_is_survived() {
     // Each of the 5 steps failed at least for its first occurrence; most for several.
     assert!(failed_steps >= 10, "only {failed_steps} injected faults hit a compaction step");
 }
+
+/// Each step of a grow fails in turn (creating the new partitions, the manifest writes, the
+/// copies into the new partitions, moving a tombstone): the grow returns the error, the store
+/// goes on in the old layout with nothing lost, reopens in the old layout (or the new one),
+/// and growing again resumes and completes.
+#[test]
+fn every_failing_step_of_a_grow_is_survived() {
+    let names: Vec<String> = (0..300).map(|i| format!("s-{i}")).collect();
+    let read_all = |store: &Store| -> Vec<Result<Vec<Vec<u8>>, String>> {
+        names
+            .iter()
+            .map(|s| store.read_stream(s, 0, usize::MAX).map(|e| payloads(&e)).map_err(|e| e.to_string()))
+            .collect()
+    };
+    // A deleted stream that moves, so its tombstone moves.
+    let deleted = names.iter().find(|s| strata::partition_for(s, 2) != strata::partition_for(s, 4)).unwrap().clone();
+    let mut failed_steps = 0;
+    for (op, path) in [
+        (FaultOp::Create, "p00003"),
+        (FaultOp::Rename, "p00002"),
+        (FaultOp::Write, "MANIFEST"),
+        (FaultOp::Sync, "MANIFEST"),
+        (FaultOp::Rename, "MANIFEST"),
+        (FaultOp::Write, "p00003/"),
+        (FaultOp::Sync, "p00002/"),
+        (FaultOp::Write, "tombstones"),
+    ] {
+        for skip in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let plan = FaultPlan::new();
+            let store = Store::open(dir.path(), opts(2, 64 << 10).fault_plan(plan.clone())).unwrap();
+            // Concurrent appends, so they are group-committed: the test stays fast.
+            std::thread::scope(|scope| {
+                for chunk in names.chunks(38) {
+                    let store = &store;
+                    scope.spawn(move || {
+                        for round in 0..4 {
+                            for s in chunk {
+                                store.append(s, ExpectedVersion::Any, &[ev("E", format!("{s} {round}"))]).unwrap();
+                            }
+                        }
+                    });
+                }
+            });
+            store.delete_stream(&deleted).unwrap();
+            let mut before = read_all(&store);
+            plan.inject(op, FaultKind::Eio, skip, Some(path), false);
+            let what = format!("{op:?} {path} skip {skip}");
+            match store.grow_partitions(4) {
+                Ok(_) => {
+                    assert_eq!(read_all(&store), before, "{what}: the fault did not fire");
+                    continue;
+                }
+                Err(e) => assert!(matches!(e, Error::Io { .. } | Error::Poisoned { .. }), "{what}: {e}"),
+            }
+            failed_steps += 1;
+            // The store goes on in the old layout.
+            assert_eq!(store.partition_count(), 2, "{what}");
+            assert_eq!(read_all(&store), before, "{what}: reads after the failure");
+            for (s, b) in names.iter().zip(before.iter_mut()).skip(1).step_by(7) {
+                if let Ok(list) = b {
+                    store.append(s, ExpectedVersion::Exact(list.len() as u64 - 1), &[ev("E", "after")]).unwrap();
+                    list.push(b"after".to_vec());
+                }
+            }
+            drop(store);
+            let store = Store::open(dir.path(), opts(1, 64 << 10)).unwrap();
+            assert_eq!(store.partition_count(), 2, "{what}");
+            assert_eq!(read_all(&store), before, "{what}: after reopening");
+            // Growing again resumes what was recorded, or starts over.
+            let r = store.grow_partitions(4).unwrap();
+            assert_eq!((store.partition_count(), r.epoch), (4, 1), "{what}");
+            assert_eq!(read_all(&store), before, "{what}: after the resumed grow");
+            assert!(store.verify().is_empty(), "{what}");
+            drop(store);
+            let store = Store::open(dir.path(), opts(1, 64 << 10)).unwrap();
+            assert_eq!((store.partition_count(), read_all(&store)), (4, before), "{what}: reopened grown");
+        }
+    }
+    eprintln!("{failed_steps} injected faults hit a grow step");
+    assert!(failed_steps >= 12, "only {failed_steps} injected faults hit a grow step");
+}

@@ -177,6 +177,8 @@ pub(crate) struct BatchView<'a> {
     pub event_count: u32,
     pub stream_id: &'a str,
     events: &'a [u8],
+    /// The whole batch, header to padding.
+    raw: &'a [u8],
 }
 
 /// One event inside a checked batch.
@@ -261,7 +263,18 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<BatchView<'_>, Bad> {
         return Err(Bad::Invalid("bytes after the last event are not padding".into()));
     }
     let events = events.get(..events.len() - rest.len()).unwrap_or(&[]);
-    Ok(BatchView { length, base_position, first_version, timestamp, synced_offset, event_count, stream_id, events })
+    let raw = bytes.get(..length).unwrap_or(&[]);
+    Ok(BatchView {
+        length,
+        base_position,
+        first_version,
+        timestamp,
+        synced_offset,
+        event_count,
+        stream_id,
+        events,
+        raw,
+    })
 }
 
 /// The stream id a batch's header names, without checking the batch (`None` if the bytes are
@@ -308,6 +321,11 @@ impl<'a> BatchView<'a> {
             rest = tail;
             Some(event)
         })
+    }
+
+    /// The whole encoded batch (for copying it elsewhere; the writer refills its header).
+    pub fn raw(&self) -> &'a [u8] {
+        self.raw
     }
 
     /// Position one past the last event.

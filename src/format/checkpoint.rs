@@ -25,6 +25,11 @@
 //! A write goes to slot `seq % 2` and is made durable (`fdatasync`) before the next one, so a
 //! torn write damages only the slot being written: reading takes the valid slot with the higher
 //! `seq`. Two all-zero slots mean "never written": position 0.
+//!
+//! The file may run past the header's `partition_count`: after the store's partition count
+//! grew, the checkpointer writes the new partitions' slots past the old end. Every slot pair
+//! the file reaches is read (bytes missing at the very end read as zeros, so a torn first
+//! write of a new partition is "never written"); the next registration rewrites the header.
 #![deny(clippy::indexing_slicing)]
 
 use super::{FORMAT_VERSION, crc, le_u32, le_u64, put_u32, put_u64};
@@ -110,10 +115,15 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<Checkpoint>, Bad> {
     if h.get(24..60).is_none_or(|r| r.iter().any(|&b| b != 0)) {
         return Err((24, "reserved checkpoint header bytes are not zero".into()));
     }
-    let partitions = le_u32(h, 12).unwrap_or(0);
-    if bytes.len() != file_len(partitions) {
-        return Err((0, format!("{} bytes, but {partitions} partitions need {}", bytes.len(), file_len(partitions))));
+    let header_partitions = le_u32(h, 12).unwrap_or(0);
+    if bytes.len() < file_len(header_partitions) {
+        return Err((
+            0,
+            format!("{} bytes, but {header_partitions} partitions need {}", bytes.len(), file_len(header_partitions)),
+        ));
     }
+    // Partitions a grow added, past the header's count (see the module doc).
+    let partitions = ((bytes.len() - HEADER_LEN).div_ceil(2 * SLOT_LEN)) as u32;
     let mut out = Vec::with_capacity(partitions as usize);
     for p in 0..partitions {
         let mut best: Option<Checkpoint> = None;
@@ -121,7 +131,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<Checkpoint>, Bad> {
         let mut bad = None;
         for slot in 0..2 {
             let at = slot_offset(p, slot);
-            let s = bytes.get(at as usize..at as usize + SLOT_LEN).unwrap_or(&[]);
+            let s = bytes.get(at as usize..).unwrap_or(&[]);
+            let s = s.get(..SLOT_LEN).unwrap_or(s);
             if s.iter().all(|&b| b == 0) {
                 zero += 1;
                 continue;

@@ -59,10 +59,51 @@ fn manifest_bytes_are_pinned() {
         segment_bytes: 256 << 20,
         created: 1_764_115_200_000_000_000,
         partition_epoch: 0,
+        growing_to: 0,
+        epochs: Vec::new(),
     };
     let bytes = m.encode();
     assert_eq!(bytes.to_vec(), fixture("manifest.bin", &bytes));
     assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+}
+
+#[test]
+fn manifest_with_partition_epochs_round_trips_and_checks_its_chain() {
+    use super::manifest::Epoch;
+    let m = Manifest {
+        partition_count: 5,
+        hash_id: crate::router::HASH_ID,
+        segment_bytes: 1 << 20,
+        created: 7,
+        partition_epoch: 2,
+        growing_to: 9,
+        epochs: vec![
+            Epoch { from: 2, to: 3, cut: vec![10, 20], live_from: vec![4] },
+            Epoch { from: 3, to: 5, cut: vec![11, 21, 30], live_from: vec![6, 0] },
+        ],
+    };
+    let bytes = m.encode();
+    assert_eq!(bytes.len(), 64 + (8 + 24) + (8 + 40));
+    assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+    let reencode = |m: &Manifest| Manifest::decode(&m.encode());
+    // Epochs that do not chain, do not end at the count, or a grow that does not grow.
+    let mut broken = m.clone();
+    broken.epochs[1].from = 2;
+    broken.epochs[1].cut.pop();
+    assert!(reencode(&broken).is_err());
+    let mut broken = m.clone();
+    broken.partition_count = 6;
+    broken.growing_to = 0;
+    assert!(reencode(&broken).is_err());
+    let mut broken = m.clone();
+    broken.growing_to = 5;
+    assert!(reencode(&broken).is_err());
+    // More epochs claimed than present, or fewer.
+    let mut broken = m.clone();
+    broken.partition_epoch = 3;
+    assert!(reencode(&broken).is_err());
+    broken.partition_epoch = 1;
+    assert!(reencode(&broken).is_err());
 }
 
 #[test]
@@ -110,12 +151,20 @@ fn scan_of_a_pinned_segment() {
 /// manifest that re-encodes differently was accepted. Reserved bytes must be zero.
 #[test]
 fn reserved_bytes_must_be_zero() {
-    let m = Manifest { partition_count: 16, hash_id: 1, segment_bytes: 1 << 28, created: 1, partition_epoch: 0 };
+    let m = Manifest {
+        partition_count: 16,
+        hash_id: 1,
+        segment_bytes: 1 << 28,
+        created: 1,
+        partition_epoch: 0,
+        growing_to: 0,
+        epochs: Vec::new(),
+    };
     let mut bytes = m.encode();
     bytes[56] = 4;
     let sum = crate::format::crc(&bytes[..60]);
     bytes[60..].copy_from_slice(&sum.to_le_bytes());
-    assert!(matches!(Manifest::decode(&bytes), Err(super::manifest::ManifestError::Corrupt(48, _))));
+    assert!(matches!(Manifest::decode(&bytes), Err(super::manifest::ManifestError::Corrupt(52, _))));
     let mut h = segment::encode_header(0, 0, 1);
     h[40] = 1;
     let sum = crate::format::crc(&h[..60]);

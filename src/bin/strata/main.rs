@@ -48,6 +48,10 @@ enum Command {
     Stats(tools::DirArgs),
     /// Run the compaction policy now, with progress.
     Compact(tools::CompactArgs),
+    /// Raise the partition count: move the streams whose partition changes (jump consistent
+    /// hash moves about 1 - old/new of them), keeping their versions; resumes a grow that was
+    /// interrupted.
+    Grow(tools::GrowArgs),
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -121,6 +125,7 @@ fn main() {
         },
         Command::Stats(args) => tools::stats(args),
         Command::Compact(args) => tools::compact(args),
+        Command::Grow(args) => tools::grow(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

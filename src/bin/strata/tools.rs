@@ -65,6 +65,16 @@ pub struct CompactArgs {
     throttle_mib: Option<u64>,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct GrowArgs {
+    /// The store's directory.
+    dir: PathBuf,
+    /// The new partition count (at least the current one; the same count resumes an
+    /// interrupted grow).
+    #[arg(long)]
+    partitions: u32,
+}
+
 /// A UTC date and time from nanoseconds since the Unix epoch.
 fn time(nanos: u64) -> String {
     let secs = nanos / 1_000_000_000;
@@ -463,6 +473,34 @@ pub fn compact(args: CompactArgs) -> Result<(), Box<dyn std::error::Error>> {
     );
     for s in &r.skipped {
         out!("  SKIPPED (damaged): {s}");
+    }
+    store.close()?;
+    Ok(())
+}
+
+pub fn grow(args: GrowArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let store = Store::open(&args.dir, Options::default())?;
+    let r = store.grow_partitions(args.partitions)?;
+    if r.from == r.to && !r.resumed {
+        out!("{}: already {} partitions; nothing to do", args.dir.display(), r.to);
+    } else {
+        out!(
+            "grew {} from {} to {} partitions (epoch {}){}: {} streams moved, {} events copied in {} rounds",
+            args.dir.display(),
+            r.from,
+            r.to,
+            r.epoch,
+            if r.resumed { ", resuming an interrupted grow" } else { "" },
+            r.moved_streams,
+            r.copied_events,
+            r.rounds
+        );
+        out!(
+            "  cutover: appends paused {:.1} ms for {} events; {} batches were copied before",
+            r.cutover.as_secs_f64() * 1e3,
+            r.cutover_events,
+            r.already_copied
+        );
     }
     store.close()?;
     Ok(())

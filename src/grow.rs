@@ -1,0 +1,357 @@
+//! Growing the partition count of an open store, online, without breaking per-stream order.
+//!
+//! Streams are routed by jump consistent hash, so going from `n` to `m` partitions moves only
+//! the streams whose bucket changes (about `1 - n/m` of them), and each moves to one of the
+//! new partitions `n..m`. A grow:
+//!
+//! 1. **Prepares**: creates the new partition directories, then records `growing_to = m` in
+//!    the manifest (atomically). The new partitions are opened and get writers, but no stream
+//!    is routed to them and they are not visible to partition reads.
+//! 2. **Copies**, while appends and reads go on: it walks each old partition's log in position
+//!    order and appends every batch of a stream that moves to the stream's new partition, with
+//!    the same stream versions, event bytes and timestamps (`Exact` expected versions, so a
+//!    batch is never copied twice: a resumed grow skips what is there). Rounds repeat until
+//!    what is left is small.
+//! 3. **Cuts over**: takes the routing lock for writing, so no append is routed by the old map
+//!    from then on; waits until every append queued before it is committed (a barrier through
+//!    each old writer); copies the rest; moves the tombstones of moved streams; makes the new
+//!    partitions durable (a barrier that syncs); then writes the manifest with the new count,
+//!    `partition_epoch + 1`, and an epoch record: each old partition's head at the cutover
+//!    (`cut`) and each new partition's head (`live_from`: everything before it is a copy).
+//!    That write is the commit point; the in-memory routing switches right after, and appends
+//!    resume.
+//!
+//! A crash before the manifest write leaves the old layout, with the copy in progress
+//! (`growing_to`): the store opens, routes by the old count, and calling grow again with the
+//! same count resumes it. A crash after it leaves the new layout. Nothing is lost either way:
+//! the old partitions keep every event, and the new layout is committed only once the copies
+//! are durable. See FORMAT.md, "Growing the partition count".
+
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+
+use crate::error::{Error, Result};
+use crate::event::{AppendResult, ExpectedVersion};
+use crate::format::manifest::{self, Epoch};
+use crate::partition::{self, Partition};
+use crate::router::{jump_consistent_hash, stream_hash};
+use crate::store::Store;
+use crate::writer::AppendRequest;
+
+/// What a grow did (see [`Store::grow_partitions`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GrowReport {
+    /// Partition count before.
+    pub from: u32,
+    /// Partition count after.
+    pub to: u32,
+    /// The partition epoch after (how many grows the store has had).
+    pub epoch: u64,
+    /// Streams this call moved: their first batch copied, or their tombstone moved.
+    pub moved_streams: u64,
+    /// Events copied to new partitions (by this call; a resumed grow skips those copied
+    /// before).
+    pub copied_events: u64,
+    /// Batches already in place when a resumed grow came to copy them.
+    pub already_copied: u64,
+    /// Copy rounds run while appends went on, before the cutover.
+    pub rounds: u32,
+    /// Events copied during the cutover, while appends waited.
+    pub cutover_events: u64,
+    /// How long appends waited for the cutover.
+    pub cutover: std::time::Duration,
+    /// Whether this call resumed a grow a crash or an error had interrupted.
+    pub resumed: bool,
+}
+
+/// Copy rounds before the cutover stop once a round copies fewer events than this (or after
+/// `MAX_ROUNDS`): what is left is copied while appends wait.
+const SMALL_TAIL: u64 = 4096;
+const MAX_ROUNDS: u32 = 8;
+/// Events read from an old partition before waiting for their copies to be committed.
+const CHUNK: usize = 8192;
+
+impl Store {
+    /// Grows the store to `new_count` partitions, online: appends, reads and projections go
+    /// on throughout, except for a short cutover while the last copies are made. Only the
+    /// streams whose partition changes under jump consistent hash move (about
+    /// `1 - old/new` of them); each keeps its stream versions, and its history stays readable
+    /// at its old positions in partition reads. Expected-version checks hold across the
+    /// cutover: no append is lost or applied twice.
+    ///
+    /// Projections run by a [`ProjectionEngine`](crate::ProjectionEngine) see each event once:
+    /// a moved stream's copied history is never delivered again, and a new partition's own
+    /// events are held back until the projection has passed every old partition's cutover
+    /// point, so each stream's events arrive in order.
+    ///
+    /// A crash during a grow leaves a store that opens in the old layout (with the grow to be
+    /// resumed by calling this again with the same count) or in the new one. Growing to the
+    /// current count does nothing. Errors: [`Error::InvalidOptions`] to shrink, past 65,536
+    /// partitions, or with another grow interrupted; I/O errors (the grow can be resumed).
+    ///
+    /// Snapshots of moved streams stay in their old partition's sidecar: the first loads of a
+    /// moved aggregate replay its events, and new snapshots are taken in the new partition.
+    ///
+    /// ```
+    /// # use strata::{EventData, ExpectedVersion, Options, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Options::default().create_if_missing(true).partitions(2))?;
+    /// for i in 0..20 {
+    ///     store.append(&format!("order-{i}"), ExpectedVersion::NoStream, &[EventData::new("Placed", b"{}".to_vec())])?;
+    /// }
+    /// let report = store.grow_partitions(4)?;
+    /// assert_eq!((store.partition_count(), report.epoch), (4, 1));
+    /// // Every stream reads as before, wherever it lives now.
+    /// assert_eq!(store.read_stream("order-7", 0, 10)?.len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn grow_partitions(&self, new_count: u32) -> Result<GrowReport> {
+        let _one = self.growing.lock();
+        let from = self.partition_count();
+        let pending = self.shared.manifest.lock().growing_to;
+        if new_count == from && pending == 0 {
+            return Ok(GrowReport {
+                from,
+                to: from,
+                epoch: self.shared.manifest.lock().partition_epoch,
+                ..Default::default()
+            });
+        }
+        if new_count < from || new_count > manifest::MAX_PARTITIONS {
+            return Err(Error::InvalidOptions(format!(
+                "cannot grow from {from} to {new_count} partitions (the count only grows, to at most {})",
+                manifest::MAX_PARTITIONS
+            )));
+        }
+        if pending != 0 && pending != new_count {
+            return Err(Error::InvalidOptions(format!(
+                "a grow to {pending} partitions was interrupted: resume it (grow to {pending}) first"
+            )));
+        }
+        let mut report = GrowReport { from, to: new_count, resumed: pending != 0, ..Default::default() };
+        if pending == 0 {
+            self.prepare_grow(from, new_count)?;
+        }
+        self.open_new_partitions(new_count)?;
+        let parts = self.shared.parts();
+        let mut cursors = vec![0u64; from as usize];
+        loop {
+            let copied = self.copy_round(&parts, from, new_count, &mut cursors, &self.senders.read(), &mut report)?;
+            report.rounds += 1;
+            if copied < SMALL_TAIL || report.rounds >= MAX_ROUNDS {
+                break;
+            }
+        }
+        // The cutover: no append is routed by the old map from here on.
+        let senders = self.senders.write();
+        let paused = std::time::Instant::now();
+        barrier(&senders, 0..from)?;
+        let before = report.copied_events;
+        self.copy_round(&parts, from, new_count, &mut cursors, &senders, &mut report)?;
+        report.cutover_events = report.copied_events - before;
+        for a in 0..from {
+            let old = part(&parts, a)?;
+            for (stream, at) in old.tombstones.all() {
+                let to = jump_consistent_hash(stream_hash(&stream), new_count);
+                if to != a
+                    && jump_consistent_hash(stream_hash(&stream), from) == a
+                    && part(&parts, to)?.tombstones.delete(&stream, at)?
+                {
+                    report.moved_streams += 1;
+                }
+            }
+        }
+        barrier(&senders, from..new_count)?;
+        let committed = {
+            let mut m = self.shared.manifest.lock().clone();
+            m.epochs.push(Epoch {
+                from,
+                to: new_count,
+                cut: (0..from).map(|a| part(&parts, a).map(|p| p.head())).collect::<Result<_>>()?,
+                live_from: (from..new_count).map(|b| part(&parts, b).map(|p| p.head())).collect::<Result<_>>()?,
+            });
+            m.partition_count = new_count;
+            m.partition_epoch = m.epochs.len() as u64;
+            m.growing_to = 0;
+            let bytes = m.encode();
+            if let Err(e) = self.shared.io.write_atomic(&self.shared.dir, manifest::FILE_NAME, &bytes) {
+                // The rename may have happened before the failure (a failed directory sync):
+                // then the new layout is what a reopen finds, and appends must follow it now,
+                // or those to moved streams would land where the reopened store never looks.
+                let path = self.shared.dir.join(manifest::FILE_NAME);
+                if std::fs::read(&path).ok().as_deref() != Some(&bytes[..]) {
+                    return Err(e);
+                }
+            }
+            m
+        };
+        report.epoch = committed.partition_epoch;
+        *self.shared.manifest.lock() = committed;
+        self.set_routed(new_count);
+        drop(senders);
+        report.cutover = paused.elapsed();
+        // Wake projection workers: they pick up the new partitions.
+        self.shared.signal.bump();
+        Ok(report)
+    }
+
+    /// Step 1: the new partitions' directories, then `growing_to` in the manifest.
+    fn prepare_grow(&self, from: u32, to: u32) -> Result<()> {
+        let dir = &self.shared.dir;
+        let io = &self.shared.io;
+        for b in from..to {
+            let pdir = dir.join(partition::dir_name(b));
+            // Left by a grow that crashed before it was recorded: nothing was copied there.
+            if pdir.exists() {
+                std::fs::remove_dir_all(&pdir).map_err(|e| Error::io("remove", &pdir, e))?;
+            }
+            partition::create(&pdir, b, io)?;
+        }
+        io.sync_dir(dir)?;
+        let mut m = self.shared.manifest.lock().clone();
+        m.growing_to = to;
+        io.write_atomic(dir, manifest::FILE_NAME, &m.encode())?;
+        *self.shared.manifest.lock() = m;
+        Ok(())
+    }
+
+    /// Opens the new partitions not open yet (all of them, unless the store was opened with
+    /// this grow in progress) and starts their writers.
+    fn open_new_partitions(&self, to: u32) -> Result<()> {
+        for b in self.shared.parts().len() as u32..to {
+            let pdir = self.shared.dir.join(partition::dir_name(b));
+            let (p, tail) = Partition::open(
+                pdir,
+                b,
+                self.shared.io.clone(),
+                self.shared.report.clone(),
+                self.shared.signal.clone(),
+            )?;
+            self.add_partition(p, tail)?;
+        }
+        Ok(())
+    }
+
+    /// Copies, from each old partition's cursor up to its head, every batch of a stream that
+    /// moves, to the stream's new partition; waits until the copies are committed. Returns
+    /// the events copied.
+    fn copy_round(
+        &self,
+        parts: &[Arc<Partition>],
+        from: u32,
+        to: u32,
+        cursors: &mut [u64],
+        senders: &[Sender<AppendRequest>],
+        report: &mut GrowReport,
+    ) -> Result<u64> {
+        let mut copied = 0;
+        for a in 0..from {
+            let old = part(parts, a)?;
+            let Some(cursor) = cursors.get_mut(a as usize) else { continue };
+            let head = old.head();
+            while *cursor < head {
+                let mut pending: Vec<(oneshot::Receiver<Result<AppendResult>>, u64, u64)> = Vec::new();
+                let mut next = *cursor;
+                let mut failed = None;
+                old.visit_from(*cursor, CHUNK, &mut |b, skip, _take| {
+                    next = b.end_position();
+                    if skip > 0 {
+                        // Began before the cursor: copied with the chunk before.
+                        return std::ops::ControlFlow::Continue(());
+                    }
+                    let hash = stream_hash(b.stream_id);
+                    // Only the stream's current history: a stream that moved here before, in
+                    // an earlier grow, left stale copies in the partition it came from.
+                    let target = jump_consistent_hash(hash, to);
+                    if target == a
+                        || jump_consistent_hash(hash, from) != a
+                        || old.tombstones.deleted_at(b.stream_id).is_some()
+                    {
+                        return std::ops::ControlFlow::Continue(());
+                    }
+                    let expected = match b.first_version {
+                        0 => ExpectedVersion::NoStream,
+                        v => ExpectedVersion::Exact(v - 1),
+                    };
+                    let (reply, rx) = oneshot::channel();
+                    let req = AppendRequest {
+                        stream: b.stream_id.into(),
+                        hash,
+                        expected,
+                        batch: b.raw().to_vec(),
+                        event_count: b.event_count,
+                        reply,
+                        copied_at: Some(b.timestamp),
+                        barrier: false,
+                    };
+                    match senders.get(target as usize).map(|s| s.send(req)) {
+                        Some(Ok(())) => {
+                            let last = b.first_version + u64::from(b.event_count) - 1;
+                            pending.push((rx, u64::from(b.event_count), last));
+                            std::ops::ControlFlow::Continue(())
+                        }
+                        _ => {
+                            failed = Some(Error::Closed);
+                            std::ops::ControlFlow::Break(())
+                        }
+                    }
+                })?;
+                for (rx, events, last) in pending {
+                    match rx.recv().map_err(|_| Error::Closed)? {
+                        Ok(r) => {
+                            if r.first_version == 0 {
+                                report.moved_streams += 1;
+                            }
+                            copied += events;
+                        }
+                        // Copied by an earlier, interrupted run of this grow.
+                        Err(Error::WrongExpectedVersion { actual: Some(v), .. }) if v >= last => {
+                            report.already_copied += 1;
+                        }
+                        // Deleted meanwhile: its tombstone moves at the cutover.
+                        Err(Error::StreamDeleted { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                // Nothing visited up to the head: those positions were erased by compaction.
+                *cursor = if next > *cursor { next } else { head };
+            }
+        }
+        report.copied_events += copied;
+        Ok(copied)
+    }
+}
+
+fn part(parts: &[Arc<Partition>], id: u32) -> Result<&Arc<Partition>> {
+    parts.get(id as usize).ok_or(Error::NoSuchPartition { partition: id, count: parts.len() as u32 })
+}
+
+/// Waits until every request queued to the writers of `ids` before this call is committed and
+/// synced.
+fn barrier(senders: &[Sender<AppendRequest>], ids: std::ops::Range<u32>) -> Result<()> {
+    let mut waits = Vec::new();
+    for id in ids {
+        let (reply, rx) = oneshot::channel();
+        let req = AppendRequest {
+            stream: "".into(),
+            hash: 0,
+            expected: ExpectedVersion::Any,
+            batch: Vec::new(),
+            event_count: 0,
+            reply,
+            copied_at: None,
+            barrier: true,
+        };
+        senders.get(id as usize).ok_or(Error::Closed)?.send(req).map_err(|_| Error::Closed)?;
+        waits.push(rx);
+    }
+    for rx in waits {
+        rx.recv().map_err(|_| Error::Closed)??;
+    }
+    Ok(())
+}

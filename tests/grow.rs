@@ -1,0 +1,208 @@
+//! Growing the partition count online (`Store::grow_partitions`): which streams move, that
+//! their reads and versions are unchanged, that appends and projections going on throughout
+//! lose nothing and see nothing twice, and that the new layout survives reopening.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{StreamOrder, ev, opts};
+use strata::{
+    CompactionOptions, Error, ExpectedVersion, HandlerError, Projection, ProjectionEngine, ProjectionOptions,
+    RecordedEvent, Store, partition_for,
+};
+
+/// What a stream read returns, without the partition and position (which a move changes).
+type Read = Vec<(u64, u64, String, Vec<u8>, Vec<u8>)>;
+
+fn read(store: &Store, stream: &str) -> strata::Result<Read> {
+    Ok(store
+        .read_stream(stream, 0, usize::MAX)?
+        .into_iter()
+        .map(|e| (e.version, e.timestamp_nanos, e.event_type, e.metadata, e.payload))
+        .collect())
+}
+
+fn read_all(store: &Store, streams: &[String]) -> HashMap<String, std::result::Result<Read, String>> {
+    streams.iter().map(|s| (s.clone(), read(store, s).map_err(|e| format!("{e:?}")))).collect()
+}
+
+/// A store of `partitions` partitions with `streams` streams: multi-event batches with
+/// metadata, over several segments, some archived, two streams deleted.
+fn populated(dir: &std::path::Path, partitions: u32, streams: usize) -> (Store, Vec<String>) {
+    let compaction = CompactionOptions::default().interval(None).retention(Duration::ZERO).require_snapshots(false);
+    let store = Store::open(dir, opts(partitions, 64 << 10).compaction(compaction)).unwrap();
+    let names: Vec<String> = (0..streams).map(|i| format!("account-{i}")).collect();
+    for round in 0..3 {
+        for (i, s) in names.iter().enumerate() {
+            let events: Vec<_> = (0..1 + (i + round) % 3)
+                .map(|k| ev("Moved", format!("{s} round {round} event {k}")).with_metadata(format!("m{k}")))
+                .collect();
+            store.append(s, ExpectedVersion::Any, &events).unwrap();
+        }
+        if round == 1 {
+            // Part of the history lives in archives.
+            store.compact_with(true, &mut |_| {}).unwrap();
+        }
+    }
+    for s in &names[..2] {
+        assert!(store.delete_stream(s).unwrap());
+    }
+    (store, names)
+}
+
+#[test]
+fn grow_moves_only_the_streams_the_hash_moves_and_their_reads_are_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, names) = populated(dir.path(), 4, 1500);
+    let before = read_all(&store, &names);
+    let versions: Vec<_> = names.iter().map(|s| store.stream_version(s).map_err(|e| e.to_string())).collect();
+    let report = store.grow_partitions(7).unwrap();
+    let moving = names.iter().filter(|s| partition_for(s, 4) != partition_for(s, 7)).count() as u64;
+    assert_eq!((report.from, report.to, report.epoch, store.partition_count()), (4, 7, 1, 7));
+    assert_eq!(report.moved_streams, moving, "{report:?}");
+    // Jump consistent hash moves 1 - 4/7 of them: 643 of 1,500 expected, sd about 19.
+    let expected = 1500.0 * (1.0 - 4.0 / 7.0);
+    assert!((moving as f64 - expected).abs() < 100.0, "{moving} streams moved, about {expected} expected");
+    assert_eq!(read_all(&store, &names), before);
+    for s in &names {
+        assert_eq!(store.partition_of(s), partition_for(s, 7));
+    }
+    let versions_after: Vec<_> = names.iter().map(|s| store.stream_version(s).map_err(|e| e.to_string())).collect();
+    assert_eq!(versions_after, versions);
+    assert!(matches!(store.read_stream(&names[0], 0, 1), Err(Error::StreamDeleted { .. })));
+    // Expected versions hold in the new partitions.
+    let moved = names[2..].iter().find(|s| partition_for(s, 4) != partition_for(s, 7)).unwrap();
+    let v = store.stream_version(moved).unwrap().unwrap();
+    assert!(matches!(
+        store.append(moved, ExpectedVersion::Exact(v - 1), &[ev("Late", "x")]),
+        Err(Error::WrongExpectedVersion { .. })
+    ));
+    let r = store.append(moved, ExpectedVersion::Exact(v), &[ev("After", "y")]).unwrap();
+    assert_eq!((r.first_version, r.partition), (v + 1, partition_for(moved, 7)));
+    let mut before = before;
+    before.get_mut(moved).unwrap().as_mut().unwrap().push((
+        v + 1,
+        r.timestamp_nanos,
+        "After".into(),
+        vec![],
+        b"y".to_vec(),
+    ));
+    assert_eq!(read_all(&store, &names), before);
+    assert!(store.verify().is_empty());
+    drop(store);
+
+    // The new layout is what a reopen finds; a second grow stacks a second epoch.
+    let store = Store::open(dir.path(), opts(1, 64 << 10)).unwrap();
+    assert_eq!(store.partition_count(), 7);
+    assert_eq!(read_all(&store, &names), before);
+    let report = store.grow_partitions(12).unwrap();
+    assert_eq!((report.epoch, store.partition_count()), (2, 12));
+    let moving = names[2..].iter().filter(|s| partition_for(s, 7) != partition_for(s, 12)).count() as u64;
+    assert_eq!(
+        report.moved_streams,
+        moving + names[..2].iter().filter(|s| partition_for(s, 7) != partition_for(s, 12)).count() as u64
+    );
+    assert_eq!(read_all(&store, &names), before);
+    assert!(store.grow_partitions(12).unwrap().copied_events == 0, "growing to the same count does nothing");
+    assert!(matches!(store.grow_partitions(11), Err(Error::InvalidOptions(_))));
+    drop(store);
+    let store = Store::open(dir.path(), opts(1, 64 << 10)).unwrap();
+    assert_eq!((store.partition_count(), read_all(&store, &names)), (12, before));
+}
+
+/// Checks per-stream order and exactly-once delivery (`StreamOrder`), and counts.
+#[derive(Default)]
+struct Count(AtomicU64);
+
+impl Projection for Count {
+    fn handle(&self, _: &RecordedEvent) -> Result<(), HandlerError> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[test]
+fn grow_while_eight_writers_append_and_a_projection_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), opts(2, 256 << 10)).unwrap());
+    let engine = ProjectionEngine::new(store.clone(), 2);
+    let order = Arc::new(StreamOrder::default());
+    engine.register("order", order.clone(), ProjectionOptions::default()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                // Per stream: the payloads acknowledged, in order.
+                let mut acked: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    let s = format!("w{w}-stream-{}", i % 40);
+                    let list = acked.entry(s.clone()).or_default();
+                    let expected = match list.len() {
+                        0 => ExpectedVersion::NoStream,
+                        n => ExpectedVersion::Exact(n as u64 - 1),
+                    };
+                    let payload = format!("{s} #{i}").into_bytes();
+                    let r = store.append(&s, expected, &[ev("E", payload.clone())]).unwrap();
+                    assert_eq!(r.first_version, list.len() as u64, "{s}");
+                    list.push(payload);
+                    i += 1;
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let first = store.grow_partitions(5).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let second = store.grow_partitions(9).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Release);
+    let mut acked: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+    for w in writers {
+        acked.extend(w.join().unwrap());
+    }
+    assert!(first.copied_events > 0 && second.copied_events > 0, "{first:?} {second:?}");
+    assert_eq!(store.partition_count(), 9);
+    let mut total = 0;
+    for (s, payloads) in &acked {
+        let events = store.read_stream(s, 0, usize::MAX).unwrap();
+        assert_eq!(events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(), *payloads, "{s}");
+        assert!(events.iter().enumerate().all(|(i, e)| e.version == i as u64));
+        total += payloads.len() as u64;
+    }
+    assert!(engine.wait_caught_up("order", Duration::from_secs(60)).unwrap());
+    assert_eq!(order.violations.load(Ordering::Relaxed), 0, "a stream's events out of order or twice");
+    let next = order.next.lock().unwrap().clone();
+    for (s, payloads) in &acked {
+        assert_eq!(next.get(s).copied(), Some(payloads.len() as u64), "{s}: every event once");
+    }
+    assert_eq!(next.values().sum::<u64>(), total);
+    engine.stop().unwrap();
+    let store = Arc::into_inner(store).unwrap();
+    drop(store);
+
+    // Reopened: the checkpoints (the file grew with the partitions) hold; the copies in the
+    // new partitions are not delivered, only what is appended now.
+    let store = Arc::new(Store::open(dir.path(), opts(2, 256 << 10)).unwrap());
+    let engine = ProjectionEngine::new(store.clone(), 2);
+    let count = Arc::new(Count::default());
+    engine.register("order", count.clone(), ProjectionOptions::default()).unwrap();
+    for s in acked.keys().take(30) {
+        store.append(s, ExpectedVersion::Any, &[ev("E", "after reopen")]).unwrap();
+    }
+    assert!(engine.wait_caught_up("order", Duration::from_secs(60)).unwrap());
+    assert_eq!(count.0.load(Ordering::Relaxed), 30);
+    // A projection started from scratch sees every event once, in stream order.
+    let fresh = Arc::new(StreamOrder::default());
+    engine.register("fresh", fresh.clone(), ProjectionOptions::default()).unwrap();
+    assert!(engine.wait_caught_up("fresh", Duration::from_secs(60)).unwrap());
+    assert_eq!(fresh.violations.load(Ordering::Relaxed), 0);
+    assert_eq!(fresh.next.lock().unwrap().values().sum::<u64>(), total + 30);
+    engine.stop().unwrap();
+}
