@@ -832,8 +832,10 @@ impl Store {
     /// still in the active segment are erased once it is sealed and compacted. An append
     /// being committed at the moment of the delete may still be acknowledged; its events
     /// are deleted with the rest. The stream's snapshots are erased from the partition's
-    /// snapshot sidecar by the next compaction. Returns `false` if the stream was already
-    /// deleted.
+    /// snapshot sidecar by the next compaction. A stream that a grow moved
+    /// ([`Store::grow_partitions`]) is deleted in the partitions it lived in before too, so
+    /// its history at its old positions is erased as well. Returns `false` if the stream was
+    /// already deleted.
     ///
     /// ```
     /// # use strata::{Error, EventData, ExpectedVersion, Options, Store};
@@ -851,7 +853,18 @@ impl Store {
         // with it, and a delete must not slip between that and the cutover.
         let _routing = self.senders.read();
         let p = self.partition(router::jump_consistent_hash(hash, self.partition_count()))?;
-        p.tombstones.delete(stream, now_nanos())
+        let at = now_nanos();
+        let fresh = p.tombstones.delete(stream, at)?;
+        // Where grows moved the stream from, its history stays at its old positions: the
+        // tombstone goes there too, so that compaction erases those events as well.
+        let earlier: Vec<u32> = {
+            let m = self.shared.manifest.lock();
+            m.epochs.iter().map(|e| router::jump_consistent_hash(hash, e.from)).filter(|&id| id != p.id).collect()
+        };
+        for id in earlier {
+            self.partition(id)?.tombstones.delete(stream, at)?;
+        }
+        Ok(fresh)
     }
 
     /// Applies the compaction policy now, on the calling thread (one compaction at a time per

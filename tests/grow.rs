@@ -93,6 +93,22 @@ fn grow_moves_only_the_streams_the_hash_moves_and_their_reads_are_unchanged() {
     ));
     assert_eq!(read_all(&store, &names), before);
     assert!(store.verify().is_empty());
+    // Deleting a moved stream erases its history at its old positions too.
+    let gone = names[2..].iter().rev().find(|s| partition_for(s, 4) != partition_for(s, 7)).unwrap();
+    let old = partition_for(gone, 4);
+    let holds =
+        |store: &Store, p: u32| store.read_partition(p, 0, usize::MAX).unwrap().iter().any(|e| e.stream_id == *gone);
+    assert!(holds(&store, old) && holds(&store, partition_for(gone, 7)));
+    assert!(store.delete_stream(gone).unwrap());
+    // Events in an active segment are erased once it is sealed: fill the old partition's.
+    let filler = (0..).map(|i| format!("filler-{i}")).find(|s| partition_for(s, 7) == old).unwrap();
+    for _ in 0..80 {
+        store.append(&filler, ExpectedVersion::Any, &[ev("Pad", vec![b'.'; 1000])]).unwrap();
+    }
+    store.compact_with(true, &mut |_| {}).unwrap();
+    store.compact_with(true, &mut |_| {}).unwrap();
+    assert!(!holds(&store, old), "the moved stream's old events were not erased");
+    before.insert(gone.clone(), Err(format!("{:?}", store.read_stream(gone, 0, 1).unwrap_err())));
     drop(store);
 
     // The new layout is what a reopen finds; a second grow stacks a second epoch.
@@ -101,11 +117,10 @@ fn grow_moves_only_the_streams_the_hash_moves_and_their_reads_are_unchanged() {
     assert_eq!(read_all(&store, &names), before);
     let report = store.grow_partitions(12).unwrap();
     assert_eq!((report.epoch, store.partition_count()), (2, 12));
-    let moving = names[2..].iter().filter(|s| partition_for(s, 7) != partition_for(s, 12)).count() as u64;
-    assert_eq!(
-        report.moved_streams,
-        moving + names[..2].iter().filter(|s| partition_for(s, 7) != partition_for(s, 12)).count() as u64
-    );
+    // Every stream with events or a tombstone whose bucket changes: the accounts (deleted or
+    // not) and the filler.
+    let moving = names.iter().chain([&filler]).filter(|s| partition_for(s, 7) != partition_for(s, 12)).count() as u64;
+    assert_eq!(report.moved_streams, moving);
     assert_eq!(read_all(&store, &names), before);
     assert!(store.grow_partitions(12).unwrap().copied_events == 0, "growing to the same count does nothing");
     assert!(matches!(store.grow_partitions(11), Err(Error::InvalidOptions(_))));
