@@ -37,7 +37,7 @@ use crate::format::manifest::{self, Epoch};
 use crate::partition::{self, Partition};
 use crate::router::{jump_consistent_hash, stream_hash};
 use crate::store::Store;
-use crate::writer::AppendRequest;
+use crate::writer::{AppendRequest, Queued};
 
 /// What a grow did (see [`Store::grow_partitions`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -72,6 +72,8 @@ const SMALL_TAIL: u64 = 4096;
 const MAX_ROUNDS: u32 = 8;
 /// Events read from an old partition before waiting for their copies to be committed.
 const CHUNK: usize = 8192;
+/// Bytes of copies queued before waiting for them to be committed.
+const CHUNK_BYTES: usize = 64 << 20;
 
 impl Store {
     /// Grows the store to `new_count` partitions, online: appends, reads and projections go
@@ -130,6 +132,14 @@ impl Store {
                 "a grow to {pending} partitions was interrupted: resume it (grow to {pending}) first"
             )));
         }
+        // The manifest gains an epoch record of 8 + 8 * new_count bytes: it must stay readable.
+        let grown_len = self.shared.manifest.lock().encode().len() + 8 + 8 * new_count as usize;
+        if grown_len as u64 > manifest::MAX_LEN {
+            return Err(Error::InvalidOptions(format!(
+                "growing to {new_count} partitions would make the manifest {grown_len} bytes, past its {} limit",
+                manifest::MAX_LEN
+            )));
+        }
         let mut report = GrowReport { from, to: new_count, resumed: pending != 0, ..Default::default() };
         if pending == 0 {
             self.prepare_grow(from, new_count)?;
@@ -138,6 +148,8 @@ impl Store {
         let parts = self.shared.parts();
         let mut cursors = vec![0u64; from as usize];
         loop {
+            // Tombstones are permanent: most move here, so the cutover has few left to write.
+            move_tombstones(&parts, from, new_count, &mut report)?;
             let copied = self.copy_round(&parts, from, new_count, &mut cursors, &self.senders.read(), &mut report)?;
             report.rounds += 1;
             if copied < SMALL_TAIL || report.rounds >= MAX_ROUNDS {
@@ -145,24 +157,13 @@ impl Store {
             }
         }
         // The cutover: no append is routed by the old map from here on.
-        let senders = self.senders.write();
         let paused = std::time::Instant::now();
+        let senders = self.senders.write();
         barrier(&senders, 0..from)?;
         let before = report.copied_events;
         self.copy_round(&parts, from, new_count, &mut cursors, &senders, &mut report)?;
         report.cutover_events = report.copied_events - before;
-        for a in 0..from {
-            let old = part(&parts, a)?;
-            for (stream, at) in old.tombstones.all() {
-                let to = jump_consistent_hash(stream_hash(&stream), new_count);
-                if to != a
-                    && jump_consistent_hash(stream_hash(&stream), from) == a
-                    && part(&parts, to)?.tombstones.delete(&stream, at)?
-                {
-                    report.moved_streams += 1;
-                }
-            }
-        }
+        move_tombstones(&parts, from, new_count, &mut report)?;
         barrier(&senders, from..new_count)?;
         let committed = {
             let mut m = self.shared.manifest.lock().clone();
@@ -177,24 +178,37 @@ impl Store {
             m.growing_to = 0;
             let bytes = m.encode();
             if let Err(e) = self.shared.io.write_atomic(&self.shared.dir, manifest::FILE_NAME, &bytes) {
-                // The rename may have happened before the failure (a failed directory sync):
+                // The rename may have happened before the failure (the directory sync failed):
                 // then the new layout is what a reopen finds, and appends must follow it now,
                 // or those to moved streams would land where the reopened store never looks.
                 let path = self.shared.dir.join(manifest::FILE_NAME);
                 if std::fs::read(&path).ok().as_deref() != Some(&bytes[..]) {
                     return Err(e);
                 }
+                // It is in place but maybe not durable: sync the directory again. If that
+                // fails too, the grow stands in memory (routing follows the file) and the
+                // error is returned: a power loss before the directory reaches the disk could
+                // bring back the old manifest.
+                if let Err(e) = self.shared.io.sync_dir(&self.shared.dir) {
+                    self.adopt_layout(m, new_count);
+                    return Err(e);
+                }
             }
             m
         };
         report.epoch = committed.partition_epoch;
-        *self.shared.manifest.lock() = committed;
-        self.set_routed(new_count);
+        self.adopt_layout(committed, new_count);
         drop(senders);
         report.cutover = paused.elapsed();
         // Wake projection workers: they pick up the new partitions.
         self.shared.signal.bump();
         Ok(report)
+    }
+
+    /// The manifest is on disk: take it, and route by it.
+    fn adopt_layout(&self, m: manifest::Manifest, count: u32) {
+        *self.shared.manifest.lock() = m;
+        self.set_routed(count);
     }
 
     /// Step 1: the new partitions' directories, then `growing_to` in the manifest.
@@ -243,19 +257,25 @@ impl Store {
         from: u32,
         to: u32,
         cursors: &mut [u64],
-        senders: &[Sender<AppendRequest>],
+        senders: &[Sender<Queued>],
         report: &mut GrowReport,
     ) -> Result<u64> {
         let mut copied = 0;
         for a in 0..from {
             let old = part(parts, a)?;
             let Some(cursor) = cursors.get_mut(a as usize) else { continue };
-            let head = old.head();
+            // Only what is on disk (Buffered durability publishes before it syncs): a copy must
+            // never outlive the event it copies. The cutover's barrier syncs the rest first.
+            let head = old.durable_head.load(std::sync::atomic::Ordering::Acquire);
             while *cursor < head {
                 let mut pending: Vec<(oneshot::Receiver<Result<AppendResult>>, u64, u64)> = Vec::new();
                 let mut next = *cursor;
                 let mut failed = None;
+                let mut queued_bytes = 0usize;
                 old.visit_from(*cursor, CHUNK, &mut |b, skip, _take| {
+                    if b.base_position >= head {
+                        return std::ops::ControlFlow::Break(());
+                    }
                     next = b.end_position();
                     if skip > 0 {
                         // Began before the cursor: copied with the chunk before.
@@ -286,10 +306,15 @@ impl Store {
                         copied_at: Some(b.timestamp),
                         barrier: false,
                     };
-                    match senders.get(target as usize).map(|s| s.send(req)) {
+                    match senders.get(target as usize).map(|s| s.send(Queued::One(req))) {
                         Some(Ok(())) => {
                             let last = b.first_version + u64::from(b.event_count) - 1;
                             pending.push((rx, u64::from(b.event_count), last));
+                            // Bound what waits in the writers' queues (batches may be large).
+                            queued_bytes += b.length;
+                            if queued_bytes >= CHUNK_BYTES {
+                                return std::ops::ControlFlow::Break(());
+                            }
                             std::ops::ControlFlow::Continue(())
                         }
                         _ => {
@@ -327,13 +352,32 @@ impl Store {
     }
 }
 
+/// Writes in each moved stream's new partition the tombstone it has in its old one (those
+/// there already are skipped: they are permanent).
+fn move_tombstones(parts: &[Arc<Partition>], from: u32, to: u32, report: &mut GrowReport) -> Result<()> {
+    for a in 0..from {
+        let old = part(parts, a)?;
+        for (stream, at) in old.tombstones.all() {
+            let hash = stream_hash(&stream);
+            let target = jump_consistent_hash(hash, to);
+            if target != a
+                && jump_consistent_hash(hash, from) == a
+                && part(parts, target)?.tombstones.delete(&stream, at)?
+            {
+                report.moved_streams += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn part(parts: &[Arc<Partition>], id: u32) -> Result<&Arc<Partition>> {
     parts.get(id as usize).ok_or(Error::NoSuchPartition { partition: id, count: parts.len() as u32 })
 }
 
 /// Waits until every request queued to the writers of `ids` before this call is committed and
 /// synced.
-fn barrier(senders: &[Sender<AppendRequest>], ids: std::ops::Range<u32>) -> Result<()> {
+fn barrier(senders: &[Sender<Queued>], ids: std::ops::Range<u32>) -> Result<()> {
     let mut waits = Vec::new();
     for id in ids {
         let (reply, rx) = oneshot::channel();
@@ -347,7 +391,7 @@ fn barrier(senders: &[Sender<AppendRequest>], ids: std::ops::Range<u32>) -> Resu
             copied_at: None,
             barrier: true,
         };
-        senders.get(id as usize).ok_or(Error::Closed)?.send(req).map_err(|_| Error::Closed)?;
+        senders.get(id as usize).ok_or(Error::Closed)?.send(Queued::One(req)).map_err(|_| Error::Closed)?;
         waits.push(rx);
     }
     for rx in waits {

@@ -581,27 +581,27 @@ impl ProjectionEngine {
             rebuilt: Mutex::new(None),
             checkpoint_failed: AtomicBool::new(false),
         });
+        let mut mine: Vec<Arc<Task>> = Vec::new();
+        for (p, c) in start.into_iter().enumerate() {
+            mine.push(new_task(&self.inner.store, &registered, p as u32, c, shadow)?);
+        }
+        // A grow may have completed since `partitions` was read.
+        let now = self.inner.store.partition_count();
+        if now > partitions {
+            extend_checkpoints(&registered, now)?;
+            for p in partitions..now {
+                mine.push(new_task(&self.inner.store, &registered, p, start_of(&registered, p), shadow)?);
+            }
+        }
         let mut tasks = self.inner.tasks.write();
         if !shadow && tasks.iter().any(|t| t.projection.name == name && !t.is_shadow()) {
             return Err(Error::InvalidOptions(format!("a projection named {name:?} is registered already")));
         }
         let mut all: Vec<Arc<Task>> = tasks.iter().cloned().collect();
-        for (p, c) in start.into_iter().enumerate() {
-            all.push(new_task(&self.inner.store, &registered, p as u32, c, shadow)?);
-        }
-        // A grow may have completed since `partitions` was read, after the workers covered
-        // the projections registered then.
-        for p in partitions..self.inner.store.partition_count() {
-            let c = match registered.options.checkpoints {
-                Checkpoints::Engine => Checkpoint::default(),
-                Checkpoints::Projection => {
-                    Checkpoint { position: registered.handler.checkpoint(p), ..Default::default() }
-                }
-            };
-            all.push(new_task(&self.inner.store, &registered, p, c, shadow)?);
-        }
+        all.extend(mine);
         *tasks = Arc::new(all);
-        self.inner.covered.fetch_max(partitions, Ordering::AcqRel);
+        // `covered` is left to the workers: they cover every projection, idempotently, up to
+        // the count (this one may cover more partitions than the others have yet).
         drop(tasks);
         self.inner.signal.bump();
         Ok(registered)
@@ -900,6 +900,9 @@ impl ProjectionEngine {
         let (reg, tasks) = self.registered(name)?;
         let Some(dlq) = &reg.dlq else { return Ok(ReplayReport::default()) };
         let mut report = ReplayReport::default();
+        // Across partitions: a stream a grow moved has letters in its old partition and its
+        // new one, and the new one's come later.
+        let mut failed_streams: Vec<String> = Vec::new();
         for t in &tasks {
             // Hold the partition, as a worker would.
             while !t.claim() {
@@ -909,7 +912,6 @@ impl ProjectionEngine {
                 if t.retired.load(Ordering::Acquire) {
                     return Ok(()); // replaced by a rebuild meanwhile
                 }
-                let mut failed_streams: Vec<String> = Vec::new();
                 for l in dlq.pending().into_iter().filter(|l| l.partition == t.partition) {
                     if stream.is_some_and(|s| s != l.stream) || failed_streams.contains(&l.stream) {
                         continue;
@@ -1016,37 +1018,81 @@ fn new_task(store: &Store, reg: &Arc<Registered>, partition: u32, c: Checkpoint,
     }))
 }
 
+/// Where `reg` starts in a partition it has no task for yet: its own checkpoint if it keeps
+/// them, else the start (`new_task` moves it past a grown partition's copies).
+fn start_of(reg: &Registered, partition: u32) -> Checkpoint {
+    match reg.options.checkpoints {
+        Checkpoints::Engine => Checkpoint::default(),
+        Checkpoints::Projection => Checkpoint { position: reg.handler.checkpoint(partition), ..Default::default() },
+    }
+}
+
+/// Makes `reg`'s checkpoint file (if the engine keeps it) cover `count` partitions, in place:
+/// zeros to the new length, then the header (see `format::checkpoint`).
+fn extend_checkpoints(reg: &Registered, count: u32) -> Result<()> {
+    let Some(file) = &reg.checkpoints else { return Ok(()) };
+    let mut header = [0u8; ckp::HEADER_LEN];
+    file.read_exact_at(&mut header, 0)?;
+    let field =
+        |at: usize, n: usize| header.get(at..at + n).map(|b| b.iter().rev().fold(0u64, |v, &x| v << 8 | u64::from(x)));
+    let (have, created) = (field(12, 4).unwrap_or(0), field(16, 8).unwrap_or(0));
+    if have >= u64::from(count) {
+        return Ok(());
+    }
+    file.set_len(ckp::file_len(count) as u64)?;
+    file.sync_data()?;
+    file.write_all_at(&ckp::encode_header(count, created), 0)?;
+    file.sync_data()
+}
+
 /// After a grow: adds the new partitions' tasks for every projection (live or rebuilding),
-/// starting where their own events begin.
+/// starting where their own events begin. Idempotent: a registration may have added some.
 fn cover_new_partitions(inner: &Inner) {
     let count = inner.store.partition_count();
-    let mut tasks = inner.tasks.write();
     let covered = inner.covered.load(Ordering::Acquire);
     if covered >= count {
         return;
     }
-    let mut all: Vec<Arc<Task>> = tasks.iter().cloned().collect();
+    // Prepared outside the lock: a projection's own `checkpoint` may call into the engine.
+    let current = inner.tasks.read().clone();
     let mut regs: Vec<(Arc<Registered>, bool)> = Vec::new();
-    for t in tasks.iter() {
+    for t in current.iter() {
         if !t.retired.load(Ordering::Acquire) && !regs.iter().any(|(r, _)| Arc::ptr_eq(r, &t.projection)) {
             regs.push((t.projection.clone(), t.is_shadow()));
         }
     }
+    let has = |tasks: &[Arc<Task>], reg: &Arc<Registered>, p: u32| {
+        tasks.iter().any(|t| Arc::ptr_eq(&t.projection, reg) && t.partition == p)
+    };
+    let mut added: Vec<Arc<Task>> = Vec::new();
     for (reg, shadow) in regs {
-        for p in covered..count {
-            let c = match reg.options.checkpoints {
-                Checkpoints::Engine => Checkpoint::default(),
-                Checkpoints::Projection => Checkpoint { position: reg.handler.checkpoint(p), ..Default::default() },
-            };
-            match new_task(&inner.store, &reg, p, c, shadow) {
-                Ok(t) => all.push(t),
-                // Not routed to yet (cannot happen: the count is read first); retried later.
-                Err(_) => return,
+        let missing: Vec<u32> = (covered..count).filter(|&p| !has(&current, &reg, p)).collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let extended = extend_checkpoints(&reg, count);
+        if extended.is_err() {
+            // What the file holds is unknown: never write it again (as after a failed write).
+            reg.checkpoint_failed.store(true, Ordering::Release);
+        }
+        for p in missing {
+            // Not routed to yet cannot happen (the count is read first): retried later.
+            let Ok(t) = new_task(&inner.store, &reg, p, start_of(&reg, p), shadow) else { return };
+            if let Err(e) = &extended {
+                *t.error.lock() = Some(format!("extending the checkpoint file to {count} partitions failed: {e}"));
             }
+            added.push(t);
+        }
+    }
+    let mut tasks = inner.tasks.write();
+    let mut all: Vec<Arc<Task>> = tasks.iter().cloned().collect();
+    for t in added {
+        if !has(&all, &t.projection, t.partition) {
+            all.push(t);
         }
     }
     *tasks = Arc::new(all);
-    inner.covered.store(count, Ordering::Release);
+    inner.covered.fetch_max(count, Ordering::AcqRel);
 }
 
 /// Whether `t` may run: always, unless a grow added its partition and the projection has not

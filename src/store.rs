@@ -27,7 +27,7 @@ use crate::partition::{self, Partition};
 use crate::router::{self, stream_hash};
 use crate::segment::Report;
 use crate::snapshot;
-use crate::writer::{self, AppendRequest, SealJob, Writer, WriterConfig};
+use crate::writer::{self, AppendRequest, Queued, SealJob, Writer, WriterConfig};
 
 /// Nanoseconds since the Unix epoch, now.
 pub(crate) fn now_nanos() -> u64 {
@@ -227,7 +227,7 @@ pub struct Store {
     /// The partition writers' queues, one per open partition. An append holds this for
     /// reading while it routes and queues; a grow's cutover holds it for writing, so that no
     /// append is routed by the old partition map once the cutover has begun.
-    pub(crate) senders: RwLock<Vec<Sender<AppendRequest>>>,
+    pub(crate) senders: RwLock<Vec<Sender<Queued>>>,
     /// The sealer's queue, for the writers of partitions a grow adds.
     seal_tx: Mutex<Option<Sender<SealJob>>>,
     snapshot_tx: Option<Sender<snapshot::Job>>,
@@ -316,8 +316,12 @@ impl Store {
                 if options.error_if_exists {
                     return Err(Error::AlreadyExists { path: dir, reason: "a store exists there".into() });
                 }
-                let m = Manifest::decode(&bytes).map_err(|e| manifest_error(&manifest_path, e))?;
-                (m, lock::acquire(&dir)?)
+                Manifest::decode(&bytes).map_err(|e| manifest_error(&manifest_path, e))?;
+                let lock = lock::acquire(&dir)?;
+                // Read again under the lock: the holder it waited for may have grown the store.
+                let bytes = read_bounded(&manifest_path, manifest::MAX_LEN)
+                    .map_err(|e| Error::io("read", &manifest_path, e))?;
+                (Manifest::decode(&bytes).map_err(|e| manifest_error(&manifest_path, e))?, lock)
             }
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 if !options.create_if_missing {
@@ -473,8 +477,8 @@ impl Store {
         let (fill_tx, fill_rx) = crossbeam_channel::unbounded();
         let w = Writer::new(part.clone(), tail, self.shared.writer_cfg, seal_tx, fill_tx);
         let mut threads = self.threads.lock();
-        threads.push(spawn(format!("strata-writer-{}", part.id), Box::new(move || w.run(rx)))?);
-        self.senders.write().push(tx);
+        // The queue is published last, once both threads run (if the writer fails to start,
+        // dropping it ends the preallocator).
         threads.push(spawn(
             format!("strata-prealloc-{}", part.id),
             Box::new(move || {
@@ -482,20 +486,29 @@ impl Store {
                 Ok(())
             }),
         )?);
+        threads.push(spawn(format!("strata-writer-{}", part.id), Box::new(move || w.run(rx)))?);
+        self.senders.write().push(tx);
         Ok(())
     }
 
     /// Adds an opened partition (one a grow creates) to the store's partitions, not routed to
     /// yet, and starts its writer. Its id must be the next one.
     pub(crate) fn add_partition(&self, part: Arc<Partition>, tail: partition::Tail) -> Result<()> {
-        {
-            let mut parts = self.shared.partitions.write();
-            debug_assert_eq!(parts.len(), part.id as usize);
-            let mut grown: Vec<Arc<Partition>> = parts.iter().cloned().collect();
-            grown.push(part.clone());
-            *parts = Arc::new(grown);
+        // Writer first: the partition's queue must be `senders[id]` before the partition is
+        // `partitions[id]` (a retry starts from the number of partitions).
+        if self.senders.read().len() != part.id as usize || self.shared.parts().len() != part.id as usize {
+            return Err(Error::io(
+                "add partition",
+                &part.dir,
+                std::io::Error::other("the store's partitions and writers are out of step"),
+            ));
         }
-        self.start_writer(&part, tail)
+        self.start_writer(&part, tail)?;
+        let mut parts = self.shared.partitions.write();
+        let mut grown: Vec<Arc<Partition>> = parts.iter().cloned().collect();
+        grown.push(part);
+        *parts = Arc::new(grown);
+        Ok(())
     }
 
     /// Routes streams to `count` partitions from now on (a grow's cutover).
@@ -592,7 +605,7 @@ impl Store {
         let senders = self.senders.read();
         let p = router::jump_consistent_hash(hash, self.partition_count());
         let sender = senders.get(p as usize).ok_or(Error::Closed)?;
-        sender.send(req).map_err(|_| Error::Closed)?;
+        sender.send(Queued::One(req)).map_err(|_| Error::Closed)?;
         Ok(rx)
     }
 
@@ -616,6 +629,75 @@ impl Store {
             self.shared.append_latency.record(started.elapsed());
         }
         r
+    }
+
+    /// Submits several appends at once, each to its own stream with its own expected version,
+    /// and returns one future per append, in order. Appends bound for the same partition
+    /// reach its writer together, so they share one group commit (one write, one
+    /// `fdatasync`): committing the events of a thousand aggregates this way costs one sync per
+    /// partition, where a thousand [`Store::append_async`] calls may each wake a writer.
+    ///
+    /// Each append is atomic and checked on its own, exactly as [`Store::append`]: some may
+    /// fail (say, a wrong expected version) while others succeed. The set is not a transaction.
+    ///
+    /// ```
+    /// # use strata::{EventData, ExpectedVersion, Options, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+    /// let deposit = [EventData::new("Deposited", b"{\"amount\":5}".to_vec())];
+    /// let pending = store.append_many(
+    ///     (0..100).map(|i| (format!("account-{i}"), ExpectedVersion::NoStream, &deposit[..])),
+    /// );
+    /// for p in pending {
+    ///     assert_eq!(p.wait()?.first_version, 0);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn append_many<'a, S: AsRef<str>>(
+        &self,
+        appends: impl IntoIterator<Item = (S, ExpectedVersion, &'a [EventData])>,
+    ) -> Vec<AppendFuture> {
+        let mut futures = Vec::new();
+        let mut queued: Vec<(u64, AppendRequest)> = Vec::new();
+        for (stream, expected, events) in appends {
+            let stream = stream.as_ref();
+            match batch::encode(stream, events, self.shared.limits) {
+                Ok(batch) => {
+                    let (reply, rx) = oneshot::channel();
+                    let hash = stream_hash(stream);
+                    let event_count = events.len() as u32;
+                    let req = AppendRequest {
+                        stream: stream.into(),
+                        hash,
+                        expected,
+                        batch,
+                        event_count,
+                        reply,
+                        copied_at: None,
+                        barrier: false,
+                    };
+                    queued.push((hash, req));
+                    futures.push(AppendFuture { state: FutureState::Waiting(rx) });
+                }
+                Err(e) => futures.push(AppendFuture { state: FutureState::Failed(Some(e)) }),
+            }
+        }
+        // Route under the senders' read lock (a grow's cutover waits for it), then one message
+        // per partition. A failed send drops the requests: their futures report `Closed`.
+        let senders = self.senders.read();
+        let count = self.partition_count();
+        let mut per_partition: Vec<Vec<AppendRequest>> = (0..count).map(|_| Vec::new()).collect();
+        for (hash, req) in queued {
+            if let Some(v) = per_partition.get_mut(router::jump_consistent_hash(hash, count) as usize) {
+                v.push(req);
+            }
+        }
+        for (sender, reqs) in senders.iter().zip(per_partition) {
+            if !reqs.is_empty() {
+                let _ = sender.send(Queued::Many(reqs));
+            }
+        }
+        futures
     }
 
     /// Latency of acknowledged [`Store::append`] calls since open.
@@ -701,9 +783,30 @@ impl Store {
     }
 
     /// Up to `max_count` events of partition `partition` from position `from_position` on, in
-    /// position order: the basis of subscriptions and projections.
+    /// position order: the basis of subscriptions and projections. In a partition that
+    /// [`Store::grow_partitions`] added, the positions below [`Store::copied_until`] hold copies
+    /// of moved streams' history, which a reader following every partition has already seen
+    /// in the partitions they came from.
     pub fn read_partition(&self, partition: u32, from_position: u64, max_count: usize) -> Result<Vec<RecordedEvent>> {
         self.partition(partition)?.read_from(from_position, max_count)
+    }
+
+    /// The first position of `partition` that is not a copy: 0, except in a partition that
+    /// [`Store::grow_partitions`] added, which begins with copies of the history of the
+    /// streams moved into it. A subscriber that reads every partition itself (rather than
+    /// through a [`ProjectionEngine`](crate::ProjectionEngine)) starts such a partition here,
+    /// and, to keep each stream in order, reads its own events only once it has read every
+    /// older partition up to [`Store::cutover_heads`].
+    pub fn copied_until(&self, partition: u32) -> Result<u64> {
+        self.partition(partition)?;
+        Ok(self.partition_origin(partition).map_or(0, |(live_from, _)| live_from))
+    }
+
+    /// For a partition [`Store::grow_partitions`] added: the heads the partitions before it
+    /// had when the grow cut over (empty for a partition the store was created with).
+    pub fn cutover_heads(&self, partition: u32) -> Result<Vec<u64>> {
+        self.partition(partition)?;
+        Ok(self.partition_origin(partition).map(|(_, cut)| cut).unwrap_or_default())
     }
 
     /// One past the last durable position of `partition` (its number of events).

@@ -42,6 +42,32 @@ pub(crate) struct AppendRequest {
     pub barrier: bool,
 }
 
+/// What a partition writer's queue carries: one append, or several queued at once
+/// ([`Store::append_many`](crate::Store::append_many)), so that they reach the writer together
+/// and share a group commit.
+pub(crate) enum Queued {
+    One(AppendRequest),
+    Many(Vec<AppendRequest>),
+}
+
+impl Queued {
+    /// Moves the requests into `group`; returns their batch bytes.
+    fn into_group(self, group: &mut Vec<AppendRequest>) -> usize {
+        match self {
+            Queued::One(r) => {
+                let n = r.batch.len();
+                group.push(r);
+                n
+            }
+            Queued::Many(v) => {
+                let n = v.iter().map(|r| r.batch.len()).sum();
+                group.extend(v);
+                n
+            }
+        }
+    }
+}
+
 /// A segment that was rolled away from and must be sealed.
 pub(crate) struct SealJob {
     pub segment: Arc<Segment>,
@@ -118,7 +144,7 @@ impl Writer {
 
     /// The writer thread's loop: runs until every sender is gone, then syncs what is unsynced
     /// and returns the failure of that last sync, if any.
-    pub fn run(mut self, rx: Receiver<AppendRequest>) -> Result<()> {
+    pub fn run(mut self, rx: Receiver<Queued>) -> Result<()> {
         let mut group: Vec<AppendRequest> = Vec::new();
         loop {
             let first = match self.cfg.durability {
@@ -140,13 +166,11 @@ impl Writer {
                     Err(_) => break,
                 },
             };
-            let mut bytes = first.batch.len();
-            group.push(first);
+            let mut bytes = first.into_group(&mut group);
             while group.len() < self.cfg.max_group_appends && bytes < self.cfg.max_group_bytes {
                 match rx.try_recv() {
                     Ok(r) => {
-                        bytes += r.batch.len();
-                        group.push(r);
+                        bytes += r.into_group(&mut group);
                     }
                     Err(_) => break,
                 }

@@ -221,3 +221,41 @@ fn grow_while_eight_writers_append_and_a_projection_runs() {
     assert_eq!(fresh.next.lock().unwrap().values().sum::<u64>(), total + 30);
     engine.stop().unwrap();
 }
+
+/// A projection registered right after a grow, while the workers are busy in a slow handler:
+/// the projections registered before still get the new partitions (registration must not
+/// mark them covered for everyone).
+#[test]
+fn projections_registered_before_a_grow_cover_the_new_partitions() {
+    struct Slow(AtomicU64, AtomicBool);
+    impl Projection for Slow {
+        fn handle(&self, _: &RecordedEvent) -> Result<(), HandlerError> {
+            self.1.store(true, Ordering::Release);
+            std::thread::sleep(Duration::from_millis(400));
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), opts(2, 1 << 20)).unwrap());
+    let engine = ProjectionEngine::new(store.clone(), 1);
+    let slow = Arc::new(Slow(AtomicU64::new(0), AtomicBool::new(false)));
+    engine.register("slow", slow.clone(), ProjectionOptions::default().batch(1)).unwrap();
+    store.append("first", ExpectedVersion::Any, &[ev("E", "x")]).unwrap();
+    while !slow.1.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The only worker sleeps in the handler: grow, and register another projection at once.
+    store.grow_partitions(6).unwrap();
+    engine.register("count", Arc::new(Count::default()), ProjectionOptions::default()).unwrap();
+    let late = (0..).map(|i| format!("late-{i}")).find(|s| store.partition_of(s) >= 2).unwrap();
+    store.append(&late, ExpectedVersion::Any, &[ev("E", "y")]).unwrap();
+    assert!(engine.wait_caught_up("slow", Duration::from_secs(30)).unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while slow.0.load(Ordering::Relaxed) < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(engine.status("slow").unwrap().partitions.len(), 6);
+    assert_eq!(slow.0.load(Ordering::Relaxed), 2, "the event in a new partition was never delivered");
+    engine.stop().unwrap();
+}

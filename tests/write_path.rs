@@ -166,3 +166,30 @@ fn the_store_is_send_and_sync() {
     send_sync::<Store>();
     send::<strata::AppendFuture>();
 }
+
+/// `append_many`: one message per partition, so each partition commits the set in one group;
+/// each append is checked on its own (a wrong expected version fails alone), and an invalid
+/// one fails at once without holding up the rest.
+#[test]
+fn append_many_commits_each_partition_in_one_group_and_checks_each_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), opts(4, 1 << 20)).unwrap();
+    store.append("account-7", ExpectedVersion::NoStream, &[ev("Opened", "x")]).unwrap();
+    let before = store.write_stats();
+    let deposit = [ev("Deposited", "5")];
+    let mut appends: Vec<(String, ExpectedVersion, &[strata::EventData])> =
+        (0..400).map(|i| (format!("account-{i}"), ExpectedVersion::NoStream, &deposit[..])).collect();
+    appends.push((String::new(), ExpectedVersion::Any, &deposit[..]));
+    let results: Vec<_> = store.append_many(appends).into_iter().map(|f| f.wait()).collect();
+    let after = store.write_stats();
+    assert!(matches!(results[7], Err(Error::WrongExpectedVersion { .. })), "{:?}", results[7]);
+    assert!(matches!(results[400], Err(Error::InvalidStreamId { .. })), "{:?}", results[400]);
+    for (i, r) in results.iter().enumerate().take(400).filter(|(i, _)| *i != 7) {
+        let r = r.as_ref().unwrap();
+        assert_eq!((r.first_version, r.partition), (0, store.partition_of(&format!("account-{i}"))));
+    }
+    assert_eq!(after.appends - before.appends, 399);
+    assert!(after.group_commits - before.group_commits <= 4, "{before:?} {after:?}");
+    assert_eq!(store.read_stream("account-7", 0, 10).unwrap().len(), 1);
+    assert_eq!(store.read_stream("account-399", 0, 10).unwrap()[0].payload, b"5");
+}

@@ -26,10 +26,12 @@
 //! torn write damages only the slot being written: reading takes the valid slot with the higher
 //! `seq`. Two all-zero slots mean "never written": position 0.
 //!
-//! The file may run past the header's `partition_count`: after the store's partition count
-//! grew, the checkpointer writes the new partitions' slots past the old end. Every slot pair
-//! the file reaches is read (bytes missing at the very end read as zeros, so a torn first
-//! write of a new partition is "never written"); the next registration rewrites the header.
+//! When the store's partition count grows while a projection runs, its file is extended in
+//! place: first to the new length with zeros (`set_len`, `fdatasync`), then the header's
+//! `partition_count` is rewritten (`fdatasync`), and only then are the new partitions' slots
+//! written. A crash between the two steps leaves a file longer than its header says, all zeros
+//! past the header's slots: it is read with those partitions "never written". Any other length
+//! mismatch, or non-zero bytes past the header's slots, is damage.
 #![deny(clippy::indexing_slicing)]
 
 use super::{FORMAT_VERSION, crc, le_u32, le_u64, put_u32, put_u64};
@@ -57,9 +59,9 @@ pub(crate) fn file_len(partitions: u32) -> usize {
     HEADER_LEN + partitions as usize * 2 * SLOT_LEN
 }
 
-/// A new file: the header, every slot zero.
-pub(crate) fn encode_file(partitions: u32, created: u64, initial: &[Checkpoint]) -> Vec<u8> {
-    let mut b = vec![0u8; file_len(partitions)];
+/// The header of a file covering `partitions`.
+pub(crate) fn encode_header(partitions: u32, created: u64) -> [u8; HEADER_LEN] {
+    let mut b = [0u8; HEADER_LEN];
     if let Some(m) = b.get_mut(..8) {
         m.copy_from_slice(MAGIC);
     }
@@ -68,6 +70,15 @@ pub(crate) fn encode_file(partitions: u32, created: u64, initial: &[Checkpoint])
     put_u64(&mut b, 16, created);
     let sum = b.get(..60).map(crc).unwrap_or(0);
     put_u32(&mut b, 60, sum);
+    b
+}
+
+/// A new file: the header, every slot zero.
+pub(crate) fn encode_file(partitions: u32, created: u64, initial: &[Checkpoint]) -> Vec<u8> {
+    let mut b = vec![0u8; file_len(partitions)];
+    if let Some(h) = b.get_mut(..HEADER_LEN) {
+        h.copy_from_slice(&encode_header(partitions, created));
+    }
     for (p, c) in initial.iter().enumerate().take(partitions as usize) {
         if c.seq > 0 {
             let at = slot_offset(p as u32, c.seq) as usize;
@@ -122,8 +133,16 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<Checkpoint>, Bad> {
             format!("{} bytes, but {header_partitions} partitions need {}", bytes.len(), file_len(header_partitions)),
         ));
     }
-    // Partitions a grow added, past the header's count (see the module doc).
-    let partitions = ((bytes.len() - HEADER_LEN).div_ceil(2 * SLOT_LEN)) as u32;
+    // An extension for a grown store, interrupted before the header was rewritten: only
+    // zeros, in whole slot pairs, past the header's slots (see the module doc).
+    let extra = bytes.get(file_len(header_partitions)..).unwrap_or(&[]);
+    if extra.len() % (2 * SLOT_LEN) != 0 || extra.iter().any(|&b| b != 0) {
+        return Err((
+            file_len(header_partitions) as u64,
+            format!("{} bytes past the slots of the {header_partitions} partitions the header covers", extra.len()),
+        ));
+    }
+    let partitions = header_partitions + (extra.len() / (2 * SLOT_LEN)) as u32;
     let mut out = Vec::with_capacity(partitions as usize);
     for p in 0..partitions {
         let mut best: Option<Checkpoint> = None;
@@ -131,8 +150,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<Checkpoint>, Bad> {
         let mut bad = None;
         for slot in 0..2 {
             let at = slot_offset(p, slot);
-            let s = bytes.get(at as usize..).unwrap_or(&[]);
-            let s = s.get(..SLOT_LEN).unwrap_or(s);
+            let s = bytes.get(at as usize..at as usize + SLOT_LEN).unwrap_or(&[]);
             if s.iter().all(|&b| b == 0) {
                 zero += 1;
                 continue;

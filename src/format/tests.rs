@@ -448,3 +448,31 @@ fn an_archive_block_at_an_overflowing_offset_is_refused() {
     buf[..len].copy_from_slice(&bytes);
     assert!(matches!(archive::decode(&buf[..len]), Err(archive::Bad::Corrupt(..))));
 }
+
+/// A checkpoint file extended for a grown store: zeros past the header's slots (a crash between
+/// the extension and the header rewrite) read as partitions never written; anything else past
+/// them, or a file cut short, is damage.
+#[test]
+fn checkpoint_file_extended_for_a_grow() {
+    use super::checkpoint::{self as ckp, Checkpoint};
+    let c = Checkpoint { seq: 3, position: 42, time: 7 };
+    let mut bytes = ckp::encode_file(2, 9, &[c, c]);
+    bytes.resize(ckp::file_len(5), 0);
+    let got = ckp::decode(&bytes).unwrap();
+    assert_eq!(got.len(), 5);
+    assert_eq!((got[1], got[4]), (c, Checkpoint::default()));
+    // The header rewritten: the same.
+    bytes[..ckp::HEADER_LEN].copy_from_slice(&ckp::encode_header(5, 9));
+    assert_eq!(ckp::decode(&bytes).unwrap(), got);
+    // Not whole slot pairs past the header's, or not zeros: damage.
+    let mut torn = ckp::encode_file(2, 9, &[c, c]);
+    torn.resize(ckp::file_len(3) - 8, 0);
+    assert!(ckp::decode(&torn).is_err());
+    let mut garbage = ckp::encode_file(2, 9, &[c, c]);
+    garbage.resize(ckp::file_len(3), 0);
+    *garbage.last_mut().unwrap() = 1;
+    assert!(ckp::decode(&garbage).is_err());
+    // Cut short of the header's count: damage.
+    let short = &bytes[..ckp::file_len(4)];
+    assert!(ckp::decode(short).is_err());
+}
