@@ -500,7 +500,7 @@ fn recover_active(dir: &Path, id: u32, base: u64, io: &Io, report: &Report) -> R
     // What survived may sit only in the page cache (a process crash in Buffered mode): make it
     // durable before new batches claim it is.
     file.sync_data()?;
-    Ok((OpenSegment { file: Arc::new(file), index: RwLock::new(mem) }, data_end, last_timestamp, file_len))
+    Ok((OpenSegment::new(Arc::new(file), mem), data_end, last_timestamp, file_len))
 }
 
 /// An archive file, opened, or the error that kept it from opening.

@@ -102,11 +102,63 @@ impl MemIndex {
     }
 }
 
-/// An open segment: its file, written by the partition writer and read with `pread`.
+/// An open segment: its file, written by the partition writer, and read through a read-only
+/// map of it (a `pread` per batch cost more than the rest of a stream read).
 #[derive(Debug)]
 pub(crate) struct OpenSegment {
     pub file: Arc<FileHandle>,
     pub index: RwLock<MemIndex>,
+    /// The file mapped as it was when last (re)mapped; reads past its end use `pread`.
+    map: RwLock<Option<Mmap>>,
+    /// Set, under `map`'s lock, when the map is dropped for good: before the file is cut.
+    unmapped: std::sync::atomic::AtomicBool,
+}
+
+/// Reads that end within this many bytes past the mapped length use `pread` instead of
+/// remapping: a reader following the head does not remap at every batch.
+const REMAP_STEP: u64 = 4 << 20;
+
+impl OpenSegment {
+    pub fn new(file: Arc<FileHandle>, index: MemIndex) -> OpenSegment {
+        OpenSegment { file, index: RwLock::new(index), map: RwLock::new(None), unmapped: Default::default() }
+    }
+
+    /// The bytes `[offset, offset + len)`, which the caller knows were written (they are
+    /// below a published end), copied out.
+    pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let end = offset.saturating_add(len as u64);
+        let range = usize::try_from(offset).unwrap_or(usize::MAX)..usize::try_from(end).unwrap_or(usize::MAX);
+        let mapped = {
+            let map = self.map.read();
+            if let Some(b) = map.as_ref().and_then(|m| m.get(range.clone())) {
+                return Ok(b.to_vec());
+            }
+            map.as_ref().map_or(0, |m| m.len() as u64)
+        };
+        if mapped == 0 || end > mapped + REMAP_STEP {
+            let mut map = self.map.write();
+            if !self.unmapped.load(std::sync::atomic::Ordering::Acquire) {
+                let file_len = self.file.std().metadata().map_err(|e| Error::io("stat", self.file.path(), e))?.len();
+                if file_len >= end && file_len > map.as_ref().map_or(0, |m| m.len() as u64) {
+                    *map = Some(mmap(&self.file)?);
+                }
+                if let Some(b) = map.as_ref().and_then(|m| m.get(range)) {
+                    return Ok(b.to_vec());
+                }
+            }
+        }
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
+    /// Drops the map for good, waiting for reads in progress: called before the file is cut
+    /// back, so that no read touches a mapped page past the new end (which would be SIGBUS).
+    pub fn unmap(&self) {
+        let mut map = self.map.write();
+        self.unmapped.store(true, std::sync::atomic::Ordering::Release);
+        *map = None;
+    }
 }
 
 /// A sealed segment: the segment and its index, both memory-mapped and validated.
@@ -154,11 +206,15 @@ pub(crate) enum View {
 pub(crate) type Report = Arc<Mutex<Vec<RecoveryAction>>>;
 
 fn mmap(file: &FileHandle) -> Result<Mmap> {
-    // SAFETY: strata maps only sealed segments and index files, and never writes to or
-    // truncates a file while a mapping of it exists: a sealed segment is trimmed before it is
-    // mapped for reads (an index rebuild drops its scanning map before trimming), and the store
-    // lock keeps other strata processes out. Compaction unlinks files, which leaves existing
-    // mappings valid. Another program truncating the file would be outside this contract.
+    // SAFETY: strata never truncates a file while a mapping of it can be read: a sealed
+    // segment is trimmed before it is mapped for reads (an index rebuild drops its scanning
+    // map before trimming); the active segment's read map is dropped under its lock
+    // (`OpenSegment::unmap`) before the writer cuts the file back or the sealer trims it, and
+    // reads of it stay below the published end, which only a cut moves back. Writes through
+    // the file while it is mapped are fine (the map is read-only; reads see the page cache).
+    // The store lock keeps other strata processes out. Compaction unlinks files, which leaves
+    // existing mappings valid. Another program truncating the file would be outside this
+    // contract.
     unsafe { Mmap::map(file.std()) }.map_err(|e| Error::io("mmap", file.path(), e))
 }
 
@@ -329,6 +385,7 @@ impl Segment {
             (mem.to_index_file(self.partition, self.base, hash), mem.end_offset, mem.end_position)
         };
         if open.file.len()? > data_end {
+            open.unmap();
             open.file.set_len(data_end)?;
         }
         open.file.sync_all()?;
@@ -563,11 +620,7 @@ impl View {
                     None => Err(Error::corruption(&seg.path, offset, "offset past the end of the segment")),
                 }
             }
-            View::Open(o) => {
-                let mut buf = vec![0u8; len];
-                o.file.read_exact_at(&mut buf, offset)?;
-                Ok(Bytes::Read(buf))
-            }
+            View::Open(o) => Ok(Bytes::Read(o.read(offset, len)?)),
             View::Archived(a) => {
                 let (block, at) = a.at(offset)?;
                 Ok(Bytes::Block(block, at))
@@ -910,7 +963,7 @@ mod tests {
             offset += b.len() as u64;
         }
         file.sync_all().unwrap();
-        let open = Arc::new(OpenSegment { file: Arc::new(file), index: RwLock::new(mem) });
+        let open = Arc::new(OpenSegment::new(Arc::new(file), mem));
         let seg = Segment::new(0, dir.path(), 0, State::Open(open.clone()));
         seg.seal_with(&open, &io, |_| 7).unwrap();
         let report: Report = Arc::new(Mutex::new(Vec::new()));

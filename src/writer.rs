@@ -14,7 +14,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
 use crate::event::{AppendResult, ExpectedVersion};
@@ -235,6 +234,8 @@ impl Writer {
     fn poison(&mut self, cause: &Error) {
         let mut cause = cause.to_string();
         self.prealloc.finish();
+        // No read may touch a mapped page past the cut.
+        self.open.unmap();
         if let Err(e) = self.open.file.set_len(self.synced_offset) {
             cause = format!("{cause} (and cutting back to the durable data failed: {e})");
         }
@@ -464,7 +465,7 @@ impl Writer {
         // (Before this point a failed roll keeps writing to the old segment, so the fill must
         // stay known to the writer.)
         let fill = self.prealloc.detach();
-        let open = Arc::new(OpenSegment { file: Arc::new(file), index: RwLock::new(MemIndex::new(base)) });
+        let open = Arc::new(OpenSegment::new(Arc::new(file), MemIndex::new(base)));
         let segment = Arc::new(Segment::new(part.id, &part.dir, base, State::Open(open.clone())));
         part.segments.write().push(segment.clone());
         let old_segment = std::mem::replace(&mut self.segment, segment);
