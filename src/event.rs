@@ -45,7 +45,8 @@ pub struct RecordedEvent {
     /// The event's position (offset) within its partition's log.
     pub position: u64,
     /// When the event was appended: nanoseconds since the Unix epoch, never decreasing within
-    /// a partition.
+    /// a partition (except in a partition's copies of moved streams, see
+    /// [`Store::copied_until`](crate::Store::copied_until), which keep their original times).
     pub timestamp_nanos: u64,
     /// The event's type.
     pub event_type: String,
@@ -53,6 +54,44 @@ pub struct RecordedEvent {
     pub metadata: Vec<u8>,
     /// The payload given at append.
     pub payload: Vec<u8>,
+}
+
+/// An event borrowed from the log, for [`Store::scan_partition`](crate::Store::scan_partition):
+/// the fields of a [`RecordedEvent`] without copying them out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventView<'a> {
+    /// The stream the event belongs to.
+    pub stream_id: &'a str,
+    /// 0-based number of the event within its stream.
+    pub version: u64,
+    /// The partition holding the event.
+    pub partition: u32,
+    /// The event's position within its partition's log.
+    pub position: u64,
+    /// When the event was appended, as in [`RecordedEvent::timestamp_nanos`].
+    pub timestamp_nanos: u64,
+    /// The event's type.
+    pub event_type: &'a str,
+    /// The metadata given at append.
+    pub metadata: &'a [u8],
+    /// The payload given at append.
+    pub payload: &'a [u8],
+}
+
+impl EventView<'_> {
+    /// An owned copy.
+    pub fn to_recorded(&self) -> RecordedEvent {
+        RecordedEvent {
+            stream_id: self.stream_id.to_owned(),
+            version: self.version,
+            partition: self.partition,
+            position: self.position,
+            timestamp_nanos: self.timestamp_nanos,
+            event_type: self.event_type.to_owned(),
+            metadata: self.metadata.to_vec(),
+            payload: self.payload.to_vec(),
+        }
+    }
 }
 
 impl RecordedEvent {

@@ -791,6 +791,53 @@ impl Store {
         self.partition(partition)?.read_from(from_position, max_count)
     }
 
+    /// Like [`Store::read_partition`], but hands each event to `f` borrowed from the log
+    /// instead of copying it out, so a scan allocates nothing per event. `f` stops the scan by
+    /// returning `ControlFlow::Break(())`. Returns how many events `f` was given.
+    ///
+    /// ```
+    /// # use std::ops::ControlFlow;
+    /// # use strata::{EventData, ExpectedVersion, Options, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true).partitions(1))?;
+    /// # store.append("cart-1", ExpectedVersion::Any, &[EventData::new("Added", b"12".to_vec())])?;
+    /// let mut bytes = 0;
+    /// let seen = store.scan_partition(0, 0, usize::MAX, |e| {
+    ///     bytes += e.payload.len();
+    ///     ControlFlow::Continue(())
+    /// })?;
+    /// assert_eq!((seen, bytes), (1, 2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn scan_partition(
+        &self,
+        partition: u32,
+        from_position: u64,
+        max_count: usize,
+        mut f: impl FnMut(&crate::EventView<'_>) -> std::ops::ControlFlow<()>,
+    ) -> Result<usize> {
+        let part = self.partition(partition)?;
+        let mut seen = 0;
+        part.visit_from(from_position, max_count, &mut |b, skip, take| {
+            for (i, e) in b.events().enumerate().skip(skip).take(take) {
+                let view = crate::EventView {
+                    stream_id: b.stream_id,
+                    version: b.first_version + i as u64,
+                    partition,
+                    position: b.base_position + i as u64,
+                    timestamp_nanos: b.timestamp,
+                    event_type: e.event_type,
+                    metadata: e.metadata,
+                    payload: e.payload,
+                };
+                seen += 1;
+                f(&view)?;
+            }
+            std::ops::ControlFlow::Continue(())
+        })?;
+        Ok(seen)
+    }
+
     /// The first position of `partition` that is not a copy: 0, except in a partition that
     /// [`Store::grow_partitions`] added, which begins with copies of the history of the
     /// streams moved into it. A subscriber that reads every partition itself (rather than
