@@ -762,12 +762,18 @@ impl ProjectionEngine {
     fn open_checkpoints(&self, dir: &std::path::Path, partitions: u32) -> Result<(FileHandle, Vec<Checkpoint>)> {
         let io = &self.inner.io;
         let path = dir.join(ckp::FILE_NAME);
-        let mut start = match std::fs::read(&path) {
-            Ok(bytes) => ckp::decode(&bytes).map_err(|(offset, why)| Error::corruption(&path, offset, why))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        let (mut start, header_count) = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let start = ckp::decode(&bytes).map_err(|(offset, why)| Error::corruption(&path, offset, why))?;
+                let count = bytes.get(12..16).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
+                (start, count)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), None),
             Err(e) => return Err(Error::io("read", &path, e)),
         };
-        if start.len() != partitions as usize {
+        // Also when only the header is behind (an extension interrupted before its header was
+        // rewritten): slots written past the header's count would read as damage.
+        if start.len() != partitions as usize || header_count != Some(partitions) {
             // New, or made for another partition count: (re)write it, keeping what it had.
             start.resize(partitions as usize, Checkpoint::default());
             io.write_atomic(dir, ckp::FILE_NAME, &ckp::encode_file(partitions, now_nanos(), &start))?;
@@ -1046,40 +1052,52 @@ fn extend_checkpoints(reg: &Registered, count: u32) -> Result<()> {
 }
 
 /// After a grow: adds the new partitions' tasks for every projection (live or rebuilding),
-/// starting where their own events begin. Idempotent: a registration may have added some.
+/// starting where their own events begin. Idempotent (a registration adds its own), and
+/// `covered` rises only once every projection in the task list has every partition, so a
+/// projection registered while this ran is covered by the next pass.
 fn cover_new_partitions(inner: &Inner) {
     let count = inner.store.partition_count();
-    let covered = inner.covered.load(Ordering::Acquire);
-    if covered >= count {
+    if inner.covered.load(Ordering::Acquire) >= count {
         return;
-    }
-    // Prepared outside the lock: a projection's own `checkpoint` may call into the engine.
-    let current = inner.tasks.read().clone();
-    let mut regs: Vec<(Arc<Registered>, bool)> = Vec::new();
-    for t in current.iter() {
-        if !t.retired.load(Ordering::Acquire) && !regs.iter().any(|(r, _)| Arc::ptr_eq(r, &t.projection)) {
-            regs.push((t.projection.clone(), t.is_shadow()));
-        }
     }
     let has = |tasks: &[Arc<Task>], reg: &Arc<Registered>, p: u32| {
         tasks.iter().any(|t| Arc::ptr_eq(&t.projection, reg) && t.partition == p)
     };
+    let regs = |tasks: &[Arc<Task>]| {
+        let mut regs: Vec<(Arc<Registered>, bool)> = Vec::new();
+        for t in tasks {
+            if !t.retired.load(Ordering::Acquire) && !regs.iter().any(|(r, _)| Arc::ptr_eq(r, &t.projection)) {
+                regs.push((t.projection.clone(), t.is_shadow()));
+            }
+        }
+        regs
+    };
+    // Prepared outside the lock: a projection's own `checkpoint` may call into the engine.
+    let current = inner.tasks.read().clone();
     let mut added: Vec<Arc<Task>> = Vec::new();
-    for (reg, shadow) in regs {
-        let missing: Vec<u32> = (covered..count).filter(|&p| !has(&current, &reg, p)).collect();
+    for (reg, shadow) in regs(&current) {
+        let missing: Vec<u32> = (0..count).filter(|&p| !has(&current, &reg, p)).collect();
         if missing.is_empty() {
             continue;
         }
-        let extended = extend_checkpoints(&reg, count);
-        if extended.is_err() {
-            // What the file holds is unknown: never write it again (as after a failed write).
+        let extended = if reg.checkpoint_failed.load(Ordering::Acquire) {
+            Err("an earlier checkpoint write failed".to_string())
+        } else {
+            extend_checkpoints(&reg, count).map_err(|e| e.to_string())
+        };
+        if let Err(why) = &extended {
+            // What the file holds is unknown: never write it again, and stop the projection
+            // (as after a failed checkpoint write) rather than run ahead of its checkpoints.
             reg.checkpoint_failed.store(true, Ordering::Release);
+            for t in current.iter().filter(|t| Arc::ptr_eq(&t.projection, &reg)) {
+                stop_task(inner, t, format!("checkpoint file: {why}"));
+            }
         }
         for p in missing {
             // Not routed to yet cannot happen (the count is read first): retried later.
             let Ok(t) = new_task(&inner.store, &reg, p, start_of(&reg, p), shadow) else { return };
-            if let Err(e) = &extended {
-                *t.error.lock() = Some(format!("extending the checkpoint file to {count} partitions failed: {e}"));
+            if let Err(why) = &extended {
+                *t.error.lock() = Some(format!("checkpoint file, extending it to {count} partitions: {why}"));
             }
             added.push(t);
         }
@@ -1091,8 +1109,11 @@ fn cover_new_partitions(inner: &Inner) {
             all.push(t);
         }
     }
+    let complete = regs(&all).iter().all(|(reg, _)| (0..count).all(|p| has(&all, reg, p)));
     *tasks = Arc::new(all);
-    inner.covered.fetch_max(count, Ordering::AcqRel);
+    if complete {
+        inner.covered.fetch_max(count, Ordering::AcqRel);
+    }
 }
 
 /// Whether `t` may run: always, unless a grow added its partition and the projection has not

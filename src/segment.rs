@@ -206,11 +206,12 @@ pub(crate) enum View {
 pub(crate) type Report = Arc<Mutex<Vec<RecoveryAction>>>;
 
 fn mmap(file: &FileHandle) -> Result<Mmap> {
-    // SAFETY: strata never truncates a file while a mapping of it can be read: a sealed
+    // SAFETY: no read touches a mapped page that a truncation removed (SIGBUS): a sealed
     // segment is trimmed before it is mapped for reads (an index rebuild drops its scanning
     // map before trimming); the active segment's read map is dropped under its lock
-    // (`OpenSegment::unmap`) before the writer cuts the file back or the sealer trims it, and
-    // reads of it stay below the published end, which only a cut moves back. Writes through
+    // (`OpenSegment::unmap`) before the writer cuts the file back to its durable data (a failed
+    // sync) or the sealer trims it. The one other cut, of a partial write after a full disk,
+    // removes only bytes past the published end, which reads never pass. Writes through
     // the file while it is mapped are fine (the map is read-only; reads see the page cache).
     // The store lock keeps other strata processes out. Compaction unlinks files, which leaves
     // existing mappings valid. Another program truncating the file would be outside this

@@ -374,6 +374,27 @@ impl Store {
             partitions.push(p);
             tails.push(t);
         }
+        // Every grow committed only once its cut and copied positions were on disk: a head
+        // behind one of them means a damaged manifest (or lost data), and projections would
+        // skip or wait forever.
+        for e in &manifest.epochs {
+            let behind =
+                e.cut.iter().enumerate().chain(e.live_from.iter().enumerate().map(|(i, v)| (i + e.from as usize, v)));
+            for (id, &pos) in behind {
+                if let Some(p) = partitions.get(id).filter(|p| p.head() < pos) {
+                    return Err(Error::corruption(
+                        &manifest_path,
+                        manifest::LEN as u64,
+                        format!(
+                            "partition epoch {}..{} names position {pos} of partition {id}, whose head is {}",
+                            e.from,
+                            e.to,
+                            p.head()
+                        ),
+                    ));
+                }
+            }
+        }
         let limits = Limits { max_event_bytes: options.max_event_bytes, max_append_bytes: options.max_append_bytes };
         let cfg = WriterConfig {
             durability: options.durability,

@@ -259,3 +259,86 @@ fn projections_registered_before_a_grow_cover_the_new_partitions() {
     assert_eq!(slow.0.load(Ordering::Relaxed), 2, "the event in a new partition was never delivered");
     engine.stop().unwrap();
 }
+
+/// Buffered durability: copies are taken only from what is on disk, and the cutover syncs the
+/// rest first; reads and versions are the same before and after the grow and after reopening.
+#[test]
+fn grow_under_buffered_durability() {
+    let dir = tempfile::tempdir().unwrap();
+    let buffered =
+        || opts(3, 64 << 10).durability(strata::Durability::Buffered { sync_interval: Duration::from_secs(60) });
+    let store = Store::open(dir.path(), buffered()).unwrap();
+    let names: Vec<String> = (0..200).map(|i| format!("b-{i}")).collect();
+    for round in 0..5 {
+        for s in &names {
+            store.append(s, ExpectedVersion::Any, &[ev("E", format!("{s} {round}"))]).unwrap();
+        }
+    }
+    let before = read_all(&store, &names);
+    let r = store.grow_partitions(5).unwrap();
+    assert!(r.copied_events > 0 && r.cutover_events > 0, "with nothing synced, the cutover copies: {r:?}");
+    assert_eq!(read_all(&store, &names), before);
+    store.close().unwrap();
+    let store = Store::open(dir.path(), buffered()).unwrap();
+    assert_eq!((store.partition_count(), read_all(&store, &names)), (5, before));
+}
+
+/// A checkpoint file whose extension was interrupted (zeros appended for the new partitions,
+/// header not yet rewritten) is taken up at the next registration, and the positions written
+/// for the new partitions read back at the one after.
+#[test]
+fn an_interrupted_checkpoint_extension_is_finished_at_registration() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), opts(2, 1 << 20)).unwrap());
+    let run = |store: &Arc<Store>, expect: u64| {
+        let engine = ProjectionEngine::new(store.clone(), 1);
+        let count = Arc::new(Count::default());
+        engine.register("count", count.clone(), ProjectionOptions::default()).unwrap();
+        assert!(engine.wait_caught_up("count", Duration::from_secs(30)).unwrap());
+        assert_eq!(count.0.load(Ordering::Relaxed), expect);
+        engine.stop().unwrap();
+    };
+    for i in 0..40 {
+        store.append(&format!("s-{i}"), ExpectedVersion::Any, &[ev("E", "x")]).unwrap();
+    }
+    run(&store, 40);
+    store.grow_partitions(4).unwrap();
+    let file = dir.path().join("projections/count/checkpoints");
+    let mut bytes = std::fs::read(&file).unwrap();
+    assert_eq!(bytes.len(), 64 + 2 * 64);
+    bytes.resize(64 + 4 * 64, 0);
+    std::fs::write(&file, &bytes).unwrap();
+    for i in 40..80 {
+        store.append(&format!("s-{i}"), ExpectedVersion::Any, &[ev("E", "x")]).unwrap();
+    }
+    run(&store, 40);
+    run(&store, 0);
+}
+
+/// A manifest whose epoch record names a position past a partition's head (damage, with its
+/// CRC fixed up) is refused at open, rather than making projections skip or wait forever.
+#[test]
+fn an_epoch_past_a_head_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), opts(2, 1 << 20)).unwrap();
+    for i in 0..50 {
+        store.append(&format!("s-{i}"), ExpectedVersion::Any, &[ev("E", "x")]).unwrap();
+    }
+    store.grow_partitions(3).unwrap();
+    drop(store);
+    let path = dir.path().join("MANIFEST");
+    let good = std::fs::read(&path).unwrap();
+    // The epoch record at 60: from, to, cut[0], cut[1], live_from[0].
+    let mut bad = good.clone();
+    bad[60 + 8 + 16..60 + 8 + 24].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let n = bad.len();
+    let sum = crc32fast::hash(&bad[..n - 4]);
+    bad[n - 4..].copy_from_slice(&sum.to_le_bytes());
+    std::fs::write(&path, &bad).unwrap();
+    match Store::open(dir.path(), opts(1, 1 << 20)) {
+        Err(Error::Corruption { reason, .. }) => assert!(reason.contains("partition epoch"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    std::fs::write(&path, &good).unwrap();
+    assert_eq!(Store::open(dir.path(), opts(1, 1 << 20)).unwrap().partition_count(), 3);
+}
