@@ -11,7 +11,8 @@
 //!
 //! Per engine, measured in a fresh directory each time and deleted afterwards:
 //! 1. load: all events in durable commits of 1,000 events (1,000 streams, one event each;
-//!    strata: one `append_many` of the 1,000 appends, then all waited: one group commit per
+//!    a peer's commit is one transaction, atomic; strata's is one `append_many` of 1,000
+//!    independent appends, each atomic on its own, then all waited: one group commit per
 //!    partition) → events/s;
 //! 2. durable commits of one event, `PEERS_SINGLE` of them (default 2,000), into a fresh
 //!    store → commits/s;

@@ -370,6 +370,8 @@ struct Registered {
     rebuilt: Mutex<Option<Duration>>,
     /// A checkpoint write or sync failed: the file is not written again.
     checkpoint_failed: AtomicBool,
+    /// Held while the checkpoint file is extended for a grown store (one extension at a time).
+    extending: Mutex<()>,
 }
 
 struct Inner {
@@ -580,6 +582,7 @@ impl ProjectionEngine {
             handled: AtomicU64::new(0),
             rebuilt: Mutex::new(None),
             checkpoint_failed: AtomicBool::new(false),
+            extending: Mutex::new(()),
         });
         let mut mine: Vec<Arc<Task>> = Vec::new();
         for (p, c) in start.into_iter().enumerate() {
@@ -600,6 +603,10 @@ impl ProjectionEngine {
         let mut all: Vec<Arc<Task>> = tasks.iter().cloned().collect();
         all.extend(mine);
         *tasks = Arc::new(all);
+        // A grow may have committed after `now` was read, and a worker covered it before this
+        // projection was in the list: have the workers cover again (covering is idempotent,
+        // and raises `covered` under this same lock).
+        self.inner.covered.fetch_min(now, Ordering::AcqRel);
         // `covered` is left to the workers: they cover every projection, idempotently, up to
         // the count (this one may cover more partitions than the others have yet).
         drop(tasks);
@@ -618,7 +625,7 @@ impl ProjectionEngine {
     /// removed at the next registration), or, if it came after the swap began, the rebuilt
     /// one.
     pub fn rebuild<P: Projection>(&self, name: &str, fresh: Arc<P>) -> Result<RebuildReport> {
-        let (live, live_tasks) = self.registered(name)?;
+        let (live, _) = self.registered(name)?;
         {
             let mut rebuilding = self.rebuilding.lock();
             if rebuilding.iter().any(|n| n == name) {
@@ -626,7 +633,7 @@ impl ProjectionEngine {
             }
             rebuilding.push(name.to_owned());
         }
-        let result = self.rebuild_from_scratch(name, live, live_tasks, fresh);
+        let result = self.rebuild_from_scratch(name, live, fresh);
         self.rebuilding.lock().retain(|n| n != name);
         result
     }
@@ -635,7 +642,6 @@ impl ProjectionEngine {
         &self,
         name: &str,
         live: Arc<Registered>,
-        live_tasks: Vec<Arc<Task>>,
         fresh: Arc<P>,
     ) -> Result<RebuildReport> {
         fresh.reset().map_err(|e| Error::InvalidOptions(format!("reset of the rebuilt {name:?} failed: {e}")))?;
@@ -670,6 +676,12 @@ impl ProjectionEngine {
         }
         // Swap: hold every task of both, so no batch runs; let the checkpointer make the
         // rebuilt positions durable; then one rename puts the rebuilt files in place.
+        // Re-read both task lists: a grow may have added partitions since the rebuild began.
+        let (live_tasks, shadow_tasks): (Vec<Arc<Task>>, Vec<Arc<Task>>) = {
+            let tasks = self.inner.tasks.read();
+            let of = |r: &Arc<Registered>| tasks.iter().filter(|t| Arc::ptr_eq(&t.projection, r)).cloned().collect();
+            (of(&live), of(&shadow))
+        };
         let all: Vec<&Arc<Task>> = live_tasks.iter().chain(&shadow_tasks).collect();
         for t in &all {
             while !t.claim() {
@@ -704,11 +716,13 @@ impl ProjectionEngine {
             // cleanup below does (registration finishes it after a crash).
             let mut tasks = self.inner.tasks.write();
             let kept: Vec<Arc<Task>> = tasks.iter().filter(|t| !Arc::ptr_eq(&t.projection, &live)).cloned().collect();
-            for t in &live_tasks {
-                t.retired.store(true, Ordering::Release);
-            }
-            for t in &shadow_tasks {
-                t.shadow.store(false, Ordering::Release);
+            // Every task of each, as the list is now (a grow may have added some since).
+            for t in tasks.iter() {
+                if Arc::ptr_eq(&t.projection, &live) {
+                    t.retired.store(true, Ordering::Release);
+                } else if Arc::ptr_eq(&t.projection, &shadow) {
+                    t.shadow.store(false, Ordering::Release);
+                }
             }
             *tasks = Arc::new(kept);
         } else {
@@ -1037,6 +1051,9 @@ fn start_of(reg: &Registered, partition: u32) -> Checkpoint {
 /// zeros to the new length, then the header (see `format::checkpoint`).
 fn extend_checkpoints(reg: &Registered, count: u32) -> Result<()> {
     let Some(file) = &reg.checkpoints else { return Ok(()) };
+    // Two workers (or a worker and a registration) may extend at once, for different counts:
+    // one at a time, and never shorter than the file is.
+    let _one = reg.extending.lock();
     let mut header = [0u8; ckp::HEADER_LEN];
     file.read_exact_at(&mut header, 0)?;
     let field =
@@ -1045,8 +1062,10 @@ fn extend_checkpoints(reg: &Registered, count: u32) -> Result<()> {
     if have >= u64::from(count) {
         return Ok(());
     }
-    file.set_len(ckp::file_len(count) as u64)?;
-    file.sync_data()?;
+    if file.len()? < ckp::file_len(count) as u64 {
+        file.set_len(ckp::file_len(count) as u64)?;
+        file.sync_data()?;
+    }
     file.write_all_at(&ckp::encode_header(count, created), 0)?;
     file.sync_data()
 }
@@ -1104,8 +1123,11 @@ fn cover_new_partitions(inner: &Inner) {
     }
     let mut tasks = inner.tasks.write();
     let mut all: Vec<Arc<Task>> = tasks.iter().cloned().collect();
+    // Only for projections still in the list: a rebuild may have swapped one out, or dropped
+    // a failed rebuild, since the list was read.
+    let live = regs(&all);
     for t in added {
-        if !has(&all, &t.projection, t.partition) {
+        if live.iter().any(|(r, _)| Arc::ptr_eq(r, &t.projection)) && !has(&all, &t.projection, t.partition) {
             all.push(t);
         }
     }

@@ -135,7 +135,8 @@ impl OpenSegment {
             }
             map.as_ref().map_or(0, |m| m.len() as u64)
         };
-        if mapped == 0 || end > mapped + REMAP_STEP {
+        let unmapped = self.unmapped.load(std::sync::atomic::Ordering::Acquire);
+        if !unmapped && (mapped == 0 || end > mapped + REMAP_STEP) {
             let mut map = self.map.write();
             if !self.unmapped.load(std::sync::atomic::Ordering::Acquire) {
                 let file_len = self.file.std().metadata().map_err(|e| Error::io("stat", self.file.path(), e))?.len();

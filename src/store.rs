@@ -713,9 +713,24 @@ impl Store {
                 v.push(req);
             }
         }
+        // Each message within a group's limits: a group is one write, and the writer checks
+        // for a segment roll only between groups.
+        let cfg = &self.shared.writer_cfg;
         for (sender, reqs) in senders.iter().zip(per_partition) {
-            if !reqs.is_empty() {
-                let _ = sender.send(Queued::Many(reqs));
+            let mut message: Vec<AppendRequest> = Vec::new();
+            let mut bytes = 0;
+            for req in reqs {
+                if !message.is_empty()
+                    && (message.len() >= cfg.max_group_appends || bytes + req.batch.len() > cfg.max_group_bytes)
+                {
+                    let _ = sender.send(Queued::Many(std::mem::take(&mut message)));
+                    bytes = 0;
+                }
+                bytes += req.batch.len();
+                message.push(req);
+            }
+            if !message.is_empty() {
+                let _ = sender.send(Queued::Many(message));
             }
         }
         futures

@@ -342,3 +342,45 @@ fn an_epoch_past_a_head_is_refused_at_open() {
     std::fs::write(&path, &good).unwrap();
     assert_eq!(Store::open(dir.path(), opts(1, 1 << 20)).unwrap().partition_count(), 3);
 }
+
+/// A rebuild running while the store grows: the rebuilt projection ends up with every
+/// partition and sees every event once, in stream order; the instance it replaced is not
+/// started again.
+#[test]
+fn a_rebuild_during_a_grow() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), opts(2, 256 << 10)).unwrap());
+    let engine = Arc::new(ProjectionEngine::new(store.clone(), 2));
+    let old = Arc::new(StreamOrder::default());
+    engine.register("order", old.clone(), ProjectionOptions::default()).unwrap();
+    let streams: Vec<String> = (0..300).map(|i| format!("r-{i}")).collect();
+    let appends: Vec<_> = streams.iter().map(|s| (s.as_str(), ExpectedVersion::Any)).collect();
+    let mut total = 0u64;
+    let mut append_all = |store: &Store| {
+        let e = [ev("E", "x")];
+        for f in store.append_many(appends.iter().map(|(s, x)| (*s, *x, &e[..]))) {
+            f.wait().unwrap();
+        }
+        total += appends.len() as u64;
+    };
+    for _ in 0..30 {
+        append_all(&store);
+    }
+    let fresh = Arc::new(StreamOrder::default());
+    let rebuild = {
+        let (engine, fresh) = (engine.clone(), fresh.clone());
+        std::thread::spawn(move || engine.rebuild("order", fresh).unwrap())
+    };
+    store.grow_partitions(5).unwrap();
+    for _ in 0..5 {
+        append_all(&store);
+    }
+    rebuild.join().unwrap();
+    assert!(engine.wait_caught_up("order", Duration::from_secs(60)).unwrap());
+    assert_eq!(engine.status("order").unwrap().partitions.len(), 5);
+    assert_eq!(fresh.violations.load(Ordering::Relaxed), 0);
+    assert_eq!(fresh.next.lock().unwrap().values().sum::<u64>(), total);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(old.violations.load(Ordering::Relaxed), 0, "the replaced instance was started again");
+    Arc::into_inner(engine).unwrap().stop().unwrap();
+}

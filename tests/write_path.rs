@@ -193,3 +193,20 @@ fn append_many_commits_each_partition_in_one_group_and_checks_each_append() {
     assert_eq!(store.read_stream("account-7", 0, 10).unwrap().len(), 1);
     assert_eq!(store.read_stream("account-399", 0, 10).unwrap()[0].payload, b"5");
 }
+
+/// A large `append_many` is cut into messages within the group limits: groups stay bounded
+/// (one write each), and a segment rolls between them.
+#[test]
+fn append_many_respects_the_group_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), opts(1, 64 << 10).group_limits(1 << 20, 100)).unwrap();
+    let deposit = [ev("Deposited", vec![b'x'; 200])];
+    let appends: Vec<_> = (0..1000).map(|i| (format!("a-{i}"), ExpectedVersion::NoStream, &deposit[..])).collect();
+    for f in store.append_many(appends) {
+        f.wait().unwrap();
+    }
+    let stats = store.write_stats();
+    assert_eq!(stats.appends, 1000);
+    assert!(stats.group_commits >= 10, "{stats:?}");
+    assert!(segments(dir.path(), 0).len() > 1, "the segment never rolled");
+}
