@@ -607,8 +607,6 @@ impl ProjectionEngine {
         // projection was in the list: have the workers cover again (covering is idempotent,
         // and raises `covered` under this same lock).
         self.inner.covered.fetch_min(now, Ordering::AcqRel);
-        // `covered` is left to the workers: they cover every projection, idempotently, up to
-        // the count (this one may cover more partitions than the others have yet).
         drop(tasks);
         self.inner.signal.bump();
         Ok(registered)
