@@ -183,6 +183,12 @@ fn grow_while_eight_writers_append_and_a_projection_runs() {
         acked.extend(w.join().unwrap());
     }
     assert!(first.copied_events > 0 && second.copied_events > 0, "{first:?} {second:?}");
+    for r in [&first, &second] {
+        eprintln!(
+            "grow {}->{}: {} streams moved, {} events copied in {} rounds; appends paused {:?} for {} events",
+            r.from, r.to, r.moved_streams, r.copied_events, r.rounds, r.cutover, r.cutover_events
+        );
+    }
     assert_eq!(store.partition_count(), 9);
     let mut total = 0;
     for (s, payloads) in &acked {
