@@ -32,12 +32,12 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 
 use crate::error::{Error, Result};
-use crate::event::{AppendResult, ExpectedVersion};
+use crate::event::ExpectedVersion;
 use crate::format::manifest::{self, Epoch};
 use crate::partition::{self, Partition};
 use crate::router::{jump_consistent_hash, stream_hash};
 use crate::store::Store;
-use crate::writer::{AppendRequest, Queued};
+use crate::writer::{AppendRequest, Queued, Reply};
 
 /// What a grow did (see [`Store::grow_partitions`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -268,7 +268,7 @@ impl Store {
             // never outlive the event it copies. The cutover's barrier syncs the rest first.
             let head = old.durable_head.load(std::sync::atomic::Ordering::Acquire);
             while *cursor < head {
-                let mut pending: Vec<(oneshot::Receiver<Result<AppendResult>>, u64, u64)> = Vec::new();
+                let mut pending: Vec<(Reply, u64, u64)> = Vec::new();
                 let mut next = *cursor;
                 let mut failed = None;
                 let mut queued_bytes = 0usize;
@@ -282,30 +282,19 @@ impl Store {
                         return std::ops::ControlFlow::Continue(());
                     }
                     let hash = stream_hash(b.stream_id);
-                    // Only the stream's current history: a stream that moved here before, in
-                    // an earlier grow, left stale copies in the partition it came from.
-                    let target = jump_consistent_hash(hash, to);
-                    if target == a
-                        || jump_consistent_hash(hash, from) != a
-                        || old.tombstones.deleted_at(b.stream_id).is_some()
-                    {
+                    let Some(target) = moves_to(hash, a, from, to) else {
+                        return std::ops::ControlFlow::Continue(());
+                    };
+                    if old.tombstones.deleted_at(b.stream_id).is_some() {
                         return std::ops::ControlFlow::Continue(());
                     }
                     let expected = match b.first_version {
                         0 => ExpectedVersion::NoStream,
                         v => ExpectedVersion::Exact(v - 1),
                     };
-                    let (reply, rx) = oneshot::channel();
-                    let req = AppendRequest {
-                        stream: b.stream_id.into(),
-                        hash,
-                        expected,
-                        batch: b.raw().to_vec(),
-                        event_count: b.event_count,
-                        reply,
-                        copied_at: Some(b.timestamp),
-                        barrier: false,
-                    };
+                    let (mut req, rx) =
+                        AppendRequest::new(b.stream_id, hash, expected, b.raw().to_vec(), b.event_count);
+                    req.copied_at = Some(b.timestamp);
                     match senders.get(target as usize).map(|s| s.send(Queued::One(req))) {
                         Some(Ok(())) => {
                             let last = b.first_version + u64::from(b.event_count) - 1;
@@ -358,17 +347,21 @@ fn move_tombstones(parts: &[Arc<Partition>], from: u32, to: u32, report: &mut Gr
     for a in 0..from {
         let old = part(parts, a)?;
         for (stream, at) in old.tombstones.all() {
-            let hash = stream_hash(&stream);
-            let target = jump_consistent_hash(hash, to);
-            if target != a
-                && jump_consistent_hash(hash, from) == a
-                && part(parts, target)?.tombstones.delete(&stream, at)?
-            {
+            let Some(target) = moves_to(stream_hash(&stream), a, from, to) else { continue };
+            if part(parts, target)?.tombstones.delete(&stream, at)? {
                 report.moved_streams += 1;
             }
         }
     }
     Ok(())
+}
+
+/// The new partition of a stream (by its hash) that lives in old partition `a` and moves when
+/// the count goes from `from` to `to`. `None` for one that stays, and for one that only left
+/// history in `a` (an earlier grow moved it away).
+fn moves_to(hash: u64, a: u32, from: u32, to: u32) -> Option<u32> {
+    let target = jump_consistent_hash(hash, to);
+    (jump_consistent_hash(hash, from) == a && target != a).then_some(target)
 }
 
 fn part(parts: &[Arc<Partition>], id: u32) -> Result<&Arc<Partition>> {
@@ -380,17 +373,7 @@ fn part(parts: &[Arc<Partition>], id: u32) -> Result<&Arc<Partition>> {
 fn barrier(senders: &[Sender<Queued>], ids: std::ops::Range<u32>) -> Result<()> {
     let mut waits = Vec::new();
     for id in ids {
-        let (reply, rx) = oneshot::channel();
-        let req = AppendRequest {
-            stream: "".into(),
-            hash: 0,
-            expected: ExpectedVersion::Any,
-            batch: Vec::new(),
-            event_count: 0,
-            reply,
-            copied_at: None,
-            barrier: true,
-        };
+        let (req, rx) = AppendRequest::barrier();
         senders.get(id as usize).ok_or(Error::Closed)?.send(Queued::One(req)).map_err(|_| Error::Closed)?;
         waits.push(rx);
     }

@@ -777,8 +777,7 @@ impl ProjectionEngine {
         let (mut start, header_count) = match std::fs::read(&path) {
             Ok(bytes) => {
                 let start = ckp::decode(&bytes).map_err(|(offset, why)| Error::corruption(&path, offset, why))?;
-                let count = bytes.get(12..16).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
-                (start, count)
+                (start, ckp::header_fields(&bytes).map(|(count, _)| count))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), None),
             Err(e) => return Err(Error::io("read", &path, e)),
@@ -1054,10 +1053,8 @@ fn extend_checkpoints(reg: &Registered, count: u32) -> Result<()> {
     let _one = reg.extending.lock();
     let mut header = [0u8; ckp::HEADER_LEN];
     file.read_exact_at(&mut header, 0)?;
-    let field =
-        |at: usize, n: usize| header.get(at..at + n).map(|b| b.iter().rev().fold(0u64, |v, &x| v << 8 | u64::from(x)));
-    let (have, created) = (field(12, 4).unwrap_or(0), field(16, 8).unwrap_or(0));
-    if have >= u64::from(count) {
+    let (have, created) = ckp::header_fields(&header).unwrap_or_default();
+    if have >= count {
         return Ok(());
     }
     if file.len()? < ckp::file_len(count) as u64 {

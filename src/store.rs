@@ -27,7 +27,7 @@ use crate::partition::{self, Partition};
 use crate::router::{self, stream_hash};
 use crate::segment::Report;
 use crate::snapshot;
-use crate::writer::{self, AppendRequest, Queued, SealJob, Writer, WriterConfig};
+use crate::writer::{self, AppendRequest, Queued, Reply, SealJob, Writer, WriterConfig};
 
 /// Nanoseconds since the Unix epoch, now.
 pub(crate) fn now_nanos() -> u64 {
@@ -603,28 +603,17 @@ impl Store {
         parts.get(id as usize).filter(|_| id < count).cloned().ok_or(Error::NoSuchPartition { partition: id, count })
     }
 
-    fn submit(
-        &self,
-        stream: &str,
-        expected: ExpectedVersion,
-        events: &[EventData],
-    ) -> Result<oneshot::Receiver<Result<AppendResult>>> {
+    /// An append request for the writers: the events encoded and checked against the limits.
+    fn request(&self, stream: &str, expected: ExpectedVersion, events: &[EventData]) -> Result<(AppendRequest, Reply)> {
         let batch = batch::encode(stream, events, self.shared.limits)?;
-        let hash = stream_hash(stream);
-        let (reply, rx) = oneshot::channel();
-        let req = AppendRequest {
-            stream: stream.into(),
-            hash,
-            expected,
-            batch,
-            event_count: events.len() as u32,
-            reply,
-            copied_at: None,
-            barrier: false,
-        };
+        Ok(AppendRequest::new(stream, stream_hash(stream), expected, batch, events.len() as u32))
+    }
+
+    fn submit(&self, stream: &str, expected: ExpectedVersion, events: &[EventData]) -> Result<Reply> {
+        let (req, rx) = self.request(stream, expected, events)?;
         // Route and queue under the senders' read lock: a grow's cutover waits for it.
         let senders = self.senders.read();
-        let p = router::jump_consistent_hash(hash, self.partition_count());
+        let p = router::jump_consistent_hash(req.hash, self.partition_count());
         let sender = senders.get(p as usize).ok_or(Error::Closed)?;
         sender.send(Queued::One(req)).map_err(|_| Error::Closed)?;
         Ok(rx)
@@ -679,25 +668,11 @@ impl Store {
         appends: impl IntoIterator<Item = (S, ExpectedVersion, &'a [EventData])>,
     ) -> Vec<AppendFuture> {
         let mut futures = Vec::new();
-        let mut queued: Vec<(u64, AppendRequest)> = Vec::new();
+        let mut queued: Vec<AppendRequest> = Vec::new();
         for (stream, expected, events) in appends {
-            let stream = stream.as_ref();
-            match batch::encode(stream, events, self.shared.limits) {
-                Ok(batch) => {
-                    let (reply, rx) = oneshot::channel();
-                    let hash = stream_hash(stream);
-                    let event_count = events.len() as u32;
-                    let req = AppendRequest {
-                        stream: stream.into(),
-                        hash,
-                        expected,
-                        batch,
-                        event_count,
-                        reply,
-                        copied_at: None,
-                        barrier: false,
-                    };
-                    queued.push((hash, req));
+            match self.request(stream.as_ref(), expected, events) {
+                Ok((req, rx)) => {
+                    queued.push(req);
                     futures.push(AppendFuture { state: FutureState::Waiting(rx) });
                 }
                 Err(e) => futures.push(AppendFuture { state: FutureState::Failed(Some(e)) }),
@@ -708,8 +683,8 @@ impl Store {
         let senders = self.senders.read();
         let count = self.partition_count();
         let mut per_partition: Vec<Vec<AppendRequest>> = (0..count).map(|_| Vec::new()).collect();
-        for (hash, req) in queued {
-            if let Some(v) = per_partition.get_mut(router::jump_consistent_hash(hash, count) as usize) {
+        for req in queued {
+            if let Some(v) = per_partition.get_mut(router::jump_consistent_hash(req.hash, count) as usize) {
                 v.push(req);
             }
         }

@@ -41,6 +41,34 @@ pub(crate) struct AppendRequest {
     pub barrier: bool,
 }
 
+/// Where an [`AppendRequest`]'s outcome arrives.
+pub(crate) type Reply = oneshot::Receiver<Result<AppendResult>>;
+
+impl AppendRequest {
+    /// An append of `batch` (encoded, `event_count` events) to `stream`.
+    pub fn new(stream: &str, hash: u64, expected: ExpectedVersion, batch: Vec<u8>, event_count: u32) -> (Self, Reply) {
+        let (reply, rx) = oneshot::channel();
+        let req = AppendRequest {
+            stream: stream.into(),
+            hash,
+            expected,
+            batch,
+            event_count,
+            reply,
+            copied_at: None,
+            barrier: false,
+        };
+        (req, rx)
+    }
+
+    /// A barrier (see the `barrier` field).
+    pub fn barrier() -> (Self, Reply) {
+        let (mut req, rx) = AppendRequest::new("", 0, ExpectedVersion::Any, Vec::new(), 0);
+        req.barrier = true;
+        (req, rx)
+    }
+}
+
 /// What a partition writer's queue carries: one append, or several queued at once
 /// ([`Store::append_many`](crate::Store::append_many)), so that they reach the writer together
 /// and share a group commit.

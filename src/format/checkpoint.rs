@@ -73,6 +73,11 @@ pub(crate) fn encode_header(partitions: u32, created: u64) -> [u8; HEADER_LEN] {
     b
 }
 
+/// The partition count and creation time a header gives (unchecked), if `bytes` hold one.
+pub(crate) fn header_fields(bytes: &[u8]) -> Option<(u32, u64)> {
+    Some((le_u32(bytes, 12)?, le_u64(bytes, 16)?))
+}
+
 /// A new file: the header, every slot zero.
 pub(crate) fn encode_file(partitions: u32, created: u64, initial: &[Checkpoint]) -> Vec<u8> {
     let mut b = vec![0u8; file_len(partitions)];
