@@ -84,6 +84,7 @@ fn manifest_with_partition_epochs_round_trips_and_checks_its_chain() {
     };
     let bytes = m.encode();
     assert_eq!(bytes.len(), 64 + (8 + 24) + (8 + 40));
+    assert_eq!(bytes, fixture("manifest-epochs.bin", &bytes));
     assert_eq!(Manifest::decode(&bytes).unwrap(), m);
     let reencode = |m: &Manifest| Manifest::decode(&m.encode());
     // Epochs that do not chain, do not end at the count, or a grow that does not grow.
