@@ -461,7 +461,7 @@ fn choose(
     }
     let view = View::Sealed(sealed.clone());
     for stream in deleted.keys() {
-        if view.last_version(slot, stream, stream_hash(stream))?.is_some() {
+        if view.last_version(slot, stream, stream_hash(stream), u64::MAX)?.is_some() {
             return Ok(Some(Reason::Erasure));
         }
     }
@@ -494,7 +494,7 @@ fn snapshotted(part: &Partition, last_versions: &[(&str, u64)], deleted: &HashMa
 fn holds_deleted(slot: &Segment, a: &Arc<Archive>, deleted: &HashMap<String, u64>) -> Result<bool> {
     let view = View::Archived(a.clone());
     for stream in deleted.keys() {
-        if view.last_version(slot, stream, stream_hash(stream))?.is_some() {
+        if view.last_version(slot, stream, stream_hash(stream), u64::MAX)?.is_some() {
             return Ok(true);
         }
     }

@@ -54,6 +54,9 @@ struct Rule {
 #[derive(Debug, Default)]
 pub struct FaultPlan {
     rules: Mutex<Vec<Rule>>,
+    /// Nanoseconds each group commit waits between updating its index and publishing its
+    /// head (0: none).
+    publish_delay: std::sync::atomic::AtomicU64,
 }
 
 #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
@@ -67,6 +70,14 @@ impl FaultPlan {
     /// given) with `kind`; if `sticky`, every later matching call fails too.
     pub fn inject(&self, op: FaultOp, kind: FaultKind, skip: u64, path_contains: Option<&str>, sticky: bool) {
         self.rules.lock().push(Rule { op, kind, skip, path_contains: path_contains.map(str::to_owned), sticky });
+    }
+
+    /// Makes every group commit wait `delay` after adding its batches to the in-memory index
+    /// and before publishing the new head, widening the window in which a read could see
+    /// events the head does not cover yet (none may: see the visibility tests).
+    pub fn delay_publish(&self, delay: std::time::Duration) {
+        let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        self.publish_delay.store(nanos, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Removes every rule.
@@ -109,6 +120,14 @@ fn injected(kind: FaultKind) -> io::Error {
 impl Io {
     pub fn with_faults(faults: Option<Arc<FaultPlan>>) -> Io {
         Io { faults }
+    }
+
+    /// How long a group commit waits before publishing its head (see
+    /// [`FaultPlan::delay_publish`]).
+    #[cfg(feature = "fault-injection")]
+    pub fn publish_delay(&self) -> Option<std::time::Duration> {
+        let nanos = self.faults.as_ref()?.publish_delay.load(std::sync::atomic::Ordering::Relaxed);
+        (nanos > 0).then(|| std::time::Duration::from_nanos(nanos))
     }
 
     fn fault(&self, op: FaultOp, path: &Path) -> Option<FaultKind> {

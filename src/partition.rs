@@ -277,7 +277,12 @@ impl Partition {
         self.head.load(Ordering::Acquire)
     }
 
-    /// Each segment with the position where it ends, oldest first.
+    /// Each segment with the position where reads of it end, oldest first: the next
+    /// segment's base, and the head for the last one. This is where every read path gets its
+    /// bound (the visibility rule: an event is visible once the head covers it, to every read
+    /// at once). The list is taken before the head: a segment is added only after every event
+    /// before its base was published, so each listed segment but the last is complete, and
+    /// the last is read up to a head at least as new as the list.
     pub fn snapshot(&self) -> Vec<(Arc<Segment>, u64)> {
         let segs = self.segments.read().clone();
         let head = self.head();
@@ -299,7 +304,7 @@ impl Partition {
             if seg.base >= before_base {
                 continue;
             }
-            if let Some(v) = self.view(&seg, end)?.last_version(&seg, stream, hash)? {
+            if let Some(v) = self.view(&seg, end)?.last_version(&seg, stream, hash, end)? {
                 return Ok(Some(v));
             }
         }
@@ -327,7 +332,7 @@ impl Partition {
             if out.len() >= limit {
                 break;
             }
-            self.view(&seg, end)?.read_stream(&seg, stream, hash, from, limit, &mut out)?;
+            self.view(&seg, end)?.read_stream(&seg, stream, hash, from, end, limit, &mut out)?;
         }
         Ok(out)
     }
@@ -349,7 +354,7 @@ impl Partition {
             if end <= min_position {
                 continue;
             }
-            if self.view(&seg, end)?.visit_stream(&seg, stream, hash, from, usize::MAX, f)?.1.is_break() {
+            if self.view(&seg, end)?.visit_stream(&seg, stream, hash, from, end, usize::MAX, f)?.1.is_break() {
                 break;
             }
         }
@@ -363,7 +368,7 @@ impl Partition {
             if out.len() >= limit {
                 break;
             }
-            self.view(&seg, end)?.read_stream_back(&seg, stream, hash, from, limit, &mut out)?;
+            self.view(&seg, end)?.read_stream_back(&seg, stream, hash, from, end, limit, &mut out)?;
         }
         Ok(out)
     }

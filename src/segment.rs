@@ -24,6 +24,8 @@ use crate::store::RecoveryAction;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct MemEntry {
     pub first_version: u64,
+    /// Position of the batch's first event: reads leave out batches the head does not cover.
+    pub position: u64,
     pub offset: u64,
     pub len: u32,
     pub count: u32,
@@ -34,6 +36,15 @@ impl MemEntry {
     pub fn last_version(&self) -> u64 {
         self.first_version + u64::from(self.count) - 1
     }
+}
+
+/// A batch of a stream that a read wants, from any kind of index (`len` 0: not known).
+#[derive(Debug, Clone, Copy)]
+struct Wanted {
+    first_version: u64,
+    offset: u64,
+    len: u32,
+    count: u32,
 }
 
 /// The in-memory index of an open (active or being sealed) segment.
@@ -52,7 +63,7 @@ impl MemIndex {
 
     /// Records a batch that was just written (or found by a scan) at `offset`.
     pub fn insert(&mut self, stream: &str, first_version: u64, base_position: u64, count: u32, offset: u64, len: u32) {
-        let entry = MemEntry { first_version, offset, len, count };
+        let entry = MemEntry { first_version, position: base_position, offset, len, count };
         match self.streams.get_mut(stream) {
             Some(v) => v.push(entry),
             None => {
@@ -66,8 +77,17 @@ impl MemIndex {
         self.end_offset = offset + u64::from(len);
     }
 
+    /// The stream's last version in this segment, whatever the head says: the writer's view.
     pub fn last_version(&self, stream: &str) -> Option<u64> {
         self.streams.get(stream).and_then(|v| v.last()).map(MemEntry::last_version)
+    }
+
+    /// The stream's entries for batches before position `end` (the head): a reader's view.
+    /// The writer adds a group's entries before it publishes the head, so entries at or
+    /// past the head are there before they may be seen.
+    fn visible(&self, stream: &str, end: u64) -> &[MemEntry] {
+        let all = self.streams.get(stream).map_or(&[][..], Vec::as_slice);
+        all.get(..all.partition_point(|e| e.position < end)).unwrap_or(&[])
     }
 
     /// The index file image of this segment.
@@ -686,10 +706,11 @@ impl View {
         Ok(&[])
     }
 
-    /// The last version of `stream` in this segment, if it has events here.
-    pub fn last_version(&self, seg: &Segment, stream: &str, hash: u64) -> Result<Option<u64>> {
+    /// The last version of `stream` in this segment before position `end`, if it has events
+    /// there.
+    pub fn last_version(&self, seg: &Segment, stream: &str, hash: u64, end: u64) -> Result<Option<u64>> {
         match self {
-            View::Open(o) => Ok(o.index.read().last_version(stream)),
+            View::Open(o) => Ok(o.index.read().visible(stream, end).last().map(MemEntry::last_version)),
             View::Sealed(s) => {
                 let entries = self.sealed_entries(seg, s, stream, hash)?;
                 Ok(entries.last().map(|e| {
@@ -711,15 +732,19 @@ impl View {
     /// versions >= `from`; backward, those holding versions <= `from`; at most `limit` of them
     /// (a batch holds at least one event). Only these are copied out of the index, so reading
     /// the tail of a long stream does not copy its whole history.
+    /// In the open segment only batches before `end` (the head) count; a sealed segment or an
+    /// archive holds only published batches.
+    #[allow(clippy::too_many_arguments)]
     fn stream_batches(
         &self,
         seg: &Segment,
         stream: &str,
         hash: u64,
         from: u64,
+        end: u64,
         limit: usize,
         forward: bool,
-    ) -> Result<Vec<MemEntry>> {
+    ) -> Result<Vec<Wanted>> {
         fn pick<T>(all: &[T], key: impl Fn(&T) -> (u64, u32), from: u64, limit: usize, forward: bool) -> &[T] {
             if forward {
                 let start = all.partition_point(|e| {
@@ -736,8 +761,12 @@ impl View {
         match self {
             View::Open(o) => {
                 let mem = o.index.read();
-                let all = mem.streams.get(stream).map_or(&[][..], Vec::as_slice);
-                Ok(pick(all, |e| (e.first_version, e.count), from, limit, forward).to_vec())
+                let all = mem.visible(stream, end);
+                let picked = pick(all, |e| (e.first_version, e.count), from, limit, forward);
+                Ok(picked
+                    .iter()
+                    .map(|e| Wanted { first_version: e.first_version, offset: e.offset, len: e.len, count: e.count })
+                    .collect())
             }
             View::Sealed(_) | View::Archived(_) => {
                 let all = match self {
@@ -750,7 +779,7 @@ impl View {
                     .iter()
                     .map(|e| {
                         let e = e.get();
-                        MemEntry { first_version: e.first_version, offset: e.offset, len: 0, count: e.event_count }
+                        Wanted { first_version: e.first_version, offset: e.offset, len: 0, count: e.event_count }
                     })
                     .collect())
             }
@@ -758,20 +787,22 @@ impl View {
     }
 
     /// Calls `f(batch, skip, take)` for each checked batch of `stream` holding versions >=
-    /// `from`, in version order, where the batch's events `skip..skip + take` are the ones
-    /// wanted, until `limit` events are taken or `f` breaks. Returns how many were taken, and
-    /// whether `f` broke.
+    /// `from` before position `end`, in version order, where the batch's events
+    /// `skip..skip + take` are the ones wanted, until `limit` events are taken or `f` breaks.
+    /// Returns how many were taken, and whether `f` broke.
+    #[allow(clippy::too_many_arguments)]
     pub fn visit_stream(
         &self,
         seg: &Segment,
         stream: &str,
         hash: u64,
         from: u64,
+        end: u64,
         limit: usize,
         f: &mut dyn FnMut(&BatchView<'_>, usize, usize) -> ControlFlow<()>,
     ) -> Result<(usize, ControlFlow<()>)> {
         let mut taken = 0;
-        for e in &self.stream_batches(seg, stream, hash, from, limit, true)? {
+        for e in &self.stream_batches(seg, stream, hash, from, end, limit, true)? {
             if taken >= limit {
                 break;
             }
@@ -787,37 +818,42 @@ impl View {
         Ok((taken, ControlFlow::Continue(())))
     }
 
-    /// Appends to `out` the events of `stream` with version >= `from`, forward, until `out`
-    /// holds `limit` events.
+    /// Appends to `out` the events of `stream` with version >= `from` before position `end`,
+    /// forward, until `out` holds `limit` events.
+    #[allow(clippy::too_many_arguments)]
     pub fn read_stream(
         &self,
         seg: &Segment,
         stream: &str,
         hash: u64,
         from: u64,
+        end: u64,
         limit: usize,
         out: &mut Vec<RecordedEvent>,
     ) -> Result<()> {
         let left = limit - out.len().min(limit);
-        let _ = self.visit_stream(seg, stream, hash, from, left, &mut |b, skip, take| {
+        let _ = self.visit_stream(seg, stream, hash, from, end, left, &mut |b, skip, take| {
             emit(b, seg.partition, skip, take, out);
             ControlFlow::Continue(())
         })?;
         Ok(())
     }
 
-    /// Appends to `out` the events of `stream` with version <= `from`, newest first, until
-    /// `out` holds `limit` events.
+    /// Appends to `out` the events of `stream` with version <= `from` before position `end`,
+    /// newest first, until `out` holds `limit` events.
+    #[allow(clippy::too_many_arguments)]
     pub fn read_stream_back(
         &self,
         seg: &Segment,
         stream: &str,
         hash: u64,
         from: u64,
+        end: u64,
         limit: usize,
         out: &mut Vec<RecordedEvent>,
     ) -> Result<()> {
-        for e in self.stream_batches(seg, stream, hash, from, limit - out.len().min(limit), false)?.iter().rev() {
+        let left = limit - out.len().min(limit);
+        for e in self.stream_batches(seg, stream, hash, from, end, left, false)?.iter().rev() {
             if out.len() >= limit {
                 break;
             }
@@ -835,7 +871,7 @@ impl View {
         &self,
         seg: &Segment,
         stream: &str,
-        e: &MemEntry,
+        e: &Wanted,
         f: impl FnOnce(&BatchView<'_>),
     ) -> Result<()> {
         let ok = self.with_batch(seg, e.offset, e.len as usize, |b| {
@@ -972,20 +1008,20 @@ mod tests {
         let view = seg.view(30, &io, &report).unwrap();
         assert!(matches!(view, View::Sealed(_)));
         for stream in ["a", "b", "c"] {
-            assert_eq!(view.last_version(&seg, stream, 7).unwrap(), Some(9), "{stream}");
+            assert_eq!(view.last_version(&seg, stream, 7, 30).unwrap(), Some(9), "{stream}");
             let mut out = Vec::new();
-            view.read_stream(&seg, stream, 7, 3, 100, &mut out).unwrap();
+            view.read_stream(&seg, stream, 7, 3, 30, 100, &mut out).unwrap();
             let got: Vec<_> = out.iter().map(|e| (e.stream_id.as_str(), e.version, e.payload.clone())).collect();
             let want: Vec<_> = (3..10).map(|v| (stream, v, format!("{stream}{v}").into_bytes())).collect();
             assert_eq!(got, want);
             let mut back = Vec::new();
-            view.read_stream_back(&seg, stream, 7, 4, 2, &mut back).unwrap();
+            view.read_stream_back(&seg, stream, 7, 4, 30, 2, &mut back).unwrap();
             assert_eq!(back.iter().map(|e| e.version).collect::<Vec<_>>(), vec![4, 3]);
         }
         // A stream absent from the segment, with the same hash: checked against every tag.
-        assert_eq!(view.last_version(&seg, "d", 7).unwrap(), None);
+        assert_eq!(view.last_version(&seg, "d", 7, 30).unwrap(), None);
         let mut out = Vec::new();
-        view.read_stream(&seg, "d", 7, 0, 100, &mut out).unwrap();
+        view.read_stream(&seg, "d", 7, 0, 30, 100, &mut out).unwrap();
         assert!(out.is_empty());
     }
 }

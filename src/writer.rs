@@ -437,6 +437,10 @@ impl Writer {
                 }
             }
         }
+        #[cfg(feature = "fault-injection")]
+        if let Some(delay) = self.part.io.publish_delay() {
+            std::thread::sleep(delay);
+        }
         let stats = &self.part.stats;
         let accepted = outcomes.iter().filter(|o| matches!(o, Outcome::Accepted { .. })).count() as u64;
         stats.appends.fetch_add(accepted, Ordering::Relaxed);
