@@ -8,16 +8,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::event::RecordedEvent;
 use crate::format::dlq::{self as format, Letter, Outcome, Record};
-use crate::io::{FileHandle, Io};
+use crate::io::Io;
+use crate::records::{self, RecordLog};
+use crate::segment::Report;
 use crate::store::now_nanos;
 
 #[derive(Debug)]
 struct State {
-    file: FileHandle,
-    end: u64,
+    log: RecordLog,
     /// Unresolved dead letters, oldest first.
     pending: Vec<Letter>,
     next_id: u64,
@@ -33,37 +34,15 @@ pub(crate) struct DeadLetters {
 }
 
 impl DeadLetters {
-    /// Opens (or creates) `dir/dlq`. A torn last record is cut off; damage before the end is
+    /// Opens (or creates) `dir/dlq`, by the torn-tail rule of every record file
+    /// (`format::records`): a torn last record is cut off and reported; damage anywhere is
     /// an [`Error::Corruption`]. With `park`, streams with pending letters are parked.
-    pub fn open(dir: &Path, io: &Io, park: bool) -> Result<DeadLetters> {
+    pub fn open(dir: &Path, io: &Io, report: &Report, park: bool) -> Result<DeadLetters> {
         let path = dir.join(format::FILE_NAME);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                io.write_atomic(dir, format::FILE_NAME, &format::encode_header())?;
-                format::encode_header().to_vec()
-            }
-            Err(e) => return Err(Error::io("read", &path, e)),
+        let (records, log) = match records::open(&path, io, report, &KIND)? {
+            Some(opened) => (opened.records, opened.log),
+            None => (Vec::new(), RecordLog::create(dir, format::FILE_NAME, &format::encode_header(), io)?),
         };
-        let (records, valid_end, damage) = format::scan(&bytes).map_err(|why| Error::corruption(&path, 0, why))?;
-        let file = io.open_rw(&path)?;
-        if let Some(why) = damage {
-            // A torn append runs to the end of the file (or is followed by zeros); anything
-            // else after the last valid record is damage to durable data.
-            let rest = bytes.get(valid_end..).unwrap_or(&[]);
-            let claimed = rest.get(4..8).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
-            // Torn: the invalid record is the last thing in the file (cut short, or whole but
-            // with a block that never reached the disk), or only zeros follow. A length no
-            // record can have, or valid-looking bytes after the bad record, is damage.
-            let torn = rest.len() < 8
-                || (claimed <= format::MAX_RECORD && claimed >= rest.len())
-                || rest.iter().all(|&b| b == 0);
-            if !torn {
-                return Err(Error::corruption(&path, valid_end as u64, why));
-            }
-            file.set_len(valid_end as u64)?;
-            file.sync_data()?;
-        }
         let mut pending: Vec<Letter> = Vec::new();
         let mut next_id = 1;
         for r in records {
@@ -80,23 +59,12 @@ impl DeadLetters {
         Ok(DeadLetters {
             parked_len: AtomicUsize::new(parked.len()),
             parked: RwLock::new(parked),
-            state: Mutex::new(State { file, end: valid_end as u64, pending, next_id }),
+            state: Mutex::new(State { log, pending, next_id }),
         })
     }
 
     pub fn is_parked(&self, stream: &str) -> bool {
         self.parked_len.load(Ordering::Acquire) > 0 && self.parked.read().contains(stream)
-    }
-
-    fn append(&self, s: &mut State, bytes: &[u8]) -> Result<()> {
-        let written = s.file.write_all_at(bytes, s.end).and_then(|()| s.file.sync_data());
-        if let Err(e) = written {
-            // Leave no partial record behind a later one.
-            let _ = s.file.set_len(s.end);
-            return Err(e);
-        }
-        s.end += bytes.len() as u64;
-        Ok(())
     }
 
     /// Adds `e` durably; with `park`, parks its stream.
@@ -117,7 +85,7 @@ impl DeadLetters {
             stream: e.stream_id.clone(),
             error: error.to_owned(),
         };
-        self.append(&mut s, &format::encode_letter(&letter))?;
+        s.log.append(&format::encode_letter(&letter))?;
         s.next_id += 1;
         s.pending.push(letter);
         if park {
@@ -141,7 +109,7 @@ impl DeadLetters {
     pub fn resolve(&self, id: u64, outcome: Outcome) -> Result<bool> {
         let mut s = self.state.lock();
         let Some(k) = s.pending.iter().position(|l| l.id == id) else { return Ok(false) };
-        self.append(&mut s, &format::encode_resolution(id, now_nanos(), outcome))?;
+        s.log.append(&format::encode_resolution(id, now_nanos(), outcome))?;
         let letter = s.pending.remove(k);
         if !s.pending.iter().any(|l| l.stream == letter.stream) {
             let mut parked = self.parked.write();
@@ -151,3 +119,11 @@ impl DeadLetters {
         Ok(true)
     }
 }
+
+/// How a dead-letter queue file reads.
+const KIND: records::Kind<Record> = records::Kind {
+    min_record: format::MIN_RECORD,
+    max_record: format::MAX_RECORD,
+    scan: format::scan,
+    valid: |b| format::decode(b).is_ok(),
+};

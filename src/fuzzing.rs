@@ -243,6 +243,7 @@ pub fn dlq_scan(data: &[u8]) {
     let Ok((records, end, damage)) = dlq::scan(data) else { return };
     assert!(end <= data.len());
     assert_eq!(damage.is_none(), end == data.len());
+    judge(data, end, dlq::MIN_RECORD, dlq::MAX_RECORD, |b| dlq::decode(b).is_ok());
     let mut at = dlq::HEADER_LEN;
     for r in &records {
         let bytes = match r {
@@ -292,6 +293,20 @@ pub fn archive_decode(data: &[u8]) {
     }
 }
 
+/// The torn-tail rule on what follows the valid records of a record file: a verdict, never a
+/// panic; a tail holding a valid record is never called torn.
+fn judge(data: &[u8], end: usize, min: usize, max: usize, valid: impl Fn(&[u8]) -> bool + Copy) {
+    use crate::format::records::{Tail, judge_tail};
+    let rest = data.get(end..).unwrap_or(&[]);
+    if rest.is_empty() {
+        return;
+    }
+    if let Tail::Torn(_) = judge_tail(end as u64, rest, min, max, valid) {
+        let later = (8..rest.len()).step_by(8).any(|at| rest.get(at..).is_some_and(valid));
+        assert!(!later, "a tail with a valid record after the damage was judged torn");
+    }
+}
+
 /// Scans a tombstone file; every record it accepts re-encodes to its exact bytes.
 pub fn tombstone_scan(data: &[u8]) {
     use crate::format::tombstone as tmb;
@@ -302,6 +317,7 @@ pub fn tombstone_scan(data: &[u8]) {
     let Ok((records, end, damage)) = tmb::scan(data) else { return };
     assert!(end <= data.len());
     assert_eq!(damage.is_none(), end == data.len());
+    judge(data, end, tmb::MIN_RECORD, tmb::MAX_RECORD, |b| tmb::decode(b).is_ok());
     let mut at = tmb::HEADER_LEN;
     for r in &records {
         let bytes = tmb::encode(r);

@@ -51,6 +51,7 @@ mod options;
 mod partition;
 mod prealloc;
 mod projection;
+mod records;
 mod router;
 mod segment;
 mod snapshot;

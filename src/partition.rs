@@ -443,6 +443,16 @@ impl Partition {
         problems
     }
 
+    /// Loads what is checked on first use rather than at open: every sealed segment with its
+    /// index (rebuilt if damaged) and the snapshot sidecar. Repairs go to the report; damage
+    /// that cannot be repaired stays for the reads (and `verify`) to return.
+    pub fn load_lazily_checked(&self) {
+        for (seg, end) in self.snapshot() {
+            let _ = self.view(&seg, end);
+        }
+        self.snapshots.load();
+    }
+
     /// Releases the decompressed archive data kept for partition reads, if any.
     pub fn unpin_scan(&self) {
         self.scan_pin.lock().take();

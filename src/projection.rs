@@ -20,7 +20,7 @@ use crate::format::dlq::Outcome;
 use crate::io::{FileHandle, Io};
 use crate::partition::HeadSignal;
 use crate::segment::{blank_event, fill_event};
-use crate::store::{Store, now_nanos};
+use crate::store::{RecoveryAction, Store, now_nanos};
 
 /// The error a projection handler returns.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
@@ -524,9 +524,17 @@ impl ProjectionEngine {
         }
         let (dir, old, shadow) = dirs(&root, name);
         // Finish or clean up a rebuild that a crash interrupted (see `rebuild`).
-        if !dir.exists() && old.exists() && shadow.exists() {
+        let report = self.inner.store.report_to();
+        let swapped_half = !dir.exists() && old.exists() && shadow.exists();
+        if swapped_half {
             self.inner.io.rename(&shadow, &dir)?;
             self.inner.io.sync_dir(&root)?;
+        }
+        if old.exists() || shadow.exists() {
+            // The rebuilt files stand if they replaced the live ones (only the old ones are
+            // left to remove); a rebuild directory beside the live one was never swapped in.
+            let finished = swapped_half || !shadow.exists();
+            report.lock().push(RecoveryAction::InterruptedRebuild { path: dir.clone(), finished });
         }
         for leftover in [&old, &shadow] {
             if leftover.exists() {
@@ -557,7 +565,9 @@ impl ProjectionEngine {
         }
         let dlq = match options.on_failure {
             OnFailure::Stop => None,
-            other => Some(DeadLetters::open(dir, &self.inner.io, other == OnFailure::Park)?),
+            other => {
+                Some(DeadLetters::open(dir, &self.inner.io, self.inner.store.report_to(), other == OnFailure::Park)?)
+            }
         };
         let (checkpoints, start) = match options.checkpoints {
             Checkpoints::Engine => {
@@ -774,16 +784,27 @@ impl ProjectionEngine {
     fn open_checkpoints(&self, dir: &std::path::Path, partitions: u32) -> Result<(FileHandle, Vec<Checkpoint>)> {
         let io = &self.inner.io;
         let path = dir.join(ckp::FILE_NAME);
+        let report = self.inner.store.report_to();
         let (mut start, header_count) = match std::fs::read(&path) {
             Ok(bytes) => {
-                let start = ckp::decode(&bytes).map_err(|(offset, why)| Error::corruption(&path, offset, why))?;
+                let mut ignored = Vec::new();
+                let start = ckp::decode_noting(&bytes, &mut ignored)
+                    .map_err(|(offset, why)| Error::corruption(&path, offset, why))?;
+                for (offset, reason) in ignored {
+                    report.lock().push(RecoveryAction::IgnoredCheckpointSlot { path: path.clone(), offset, reason });
+                }
                 (start, ckp::header_fields(&bytes).map(|(count, _)| count))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), None),
             Err(e) => return Err(Error::io("read", &path, e)),
         };
-        // Also when only the header is behind (an extension interrupted before its header was
-        // rewritten): slots written past the header's count would read as damage.
+        if header_count.is_some_and(|count| count as usize != start.len()) {
+            // Slots past the header's count: an extension interrupted before its header was
+            // rewritten (see `format::checkpoint`). Rewritten below.
+            report.lock().push(RecoveryAction::FinishedCheckpointExtension { path: path.clone() });
+        }
+        // Also when only the header is behind: slots written past the header's count would
+        // read as damage.
         if start.len() != partitions as usize || header_count != Some(partitions) {
             // New, or made for another partition count: (re)write it, keeping what it had.
             start.resize(partitions as usize, Checkpoint::default());

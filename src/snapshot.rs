@@ -120,7 +120,7 @@ impl Sidecar {
         let state = match &mut *guard {
             Some(s) => s,
             empty => {
-                let loaded = self.load().unwrap_or_else(|e| {
+                let loaded = self.scan_file().unwrap_or_else(|e| {
                     self.note(RecoveryAction::SnapshotsUnavailable { path: self.path.clone(), error: e.to_string() });
                     State {
                         file: None,
@@ -137,9 +137,14 @@ impl Sidecar {
         f(state)
     }
 
+    /// Reads the sidecar now if it was not yet (what its first use would do).
+    pub fn load(&self) {
+        let _ = self.with_state(|_| Ok(()));
+    }
+
     /// Opens and scans the sidecar. Damage is cut away (and reported); only an I/O error
     /// fails, and then the next use tries again.
-    fn load(&self) -> Result<State> {
+    fn scan_file(&self) -> Result<State> {
         let mut state = State {
             file: None,
             end: format::HEADER_LEN as u64,

@@ -74,6 +74,31 @@ pub enum RecoveryAction {
         /// The index file.
         path: PathBuf,
     },
+    /// A projection's checkpoint slot did not check out (a torn write of it): the partition's
+    /// other slot, the previous checkpoint, stands, and the projection resumes there (events
+    /// after it are delivered again). The slot is overwritten by the next checkpoint.
+    IgnoredCheckpointSlot {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The slot's offset.
+        offset: u64,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A projection's checkpoint file was found part-way through an extension to more
+    /// partitions (a crash between its two steps): the extension was finished.
+    FinishedCheckpointExtension {
+        /// The checkpoint file.
+        path: PathBuf,
+    },
+    /// A projection rebuild that a crash interrupted was finished (the rebuilt files had
+    /// begun to replace the live ones) or dropped (they had not), at registration.
+    InterruptedRebuild {
+        /// The projection's directory.
+        path: PathBuf,
+        /// Whether the rebuilt files were kept (`true`) or removed.
+        finished: bool,
+    },
     /// A temporary file of an interrupted atomic write was removed.
     RemovedTempFile {
         /// The file.
@@ -924,6 +949,12 @@ impl Store {
         Ok(self.partition(self.partition_of(stream))?.snapshots.clone())
     }
 
+    /// Where repairs are reported (see [`Store::recovery_report`]): files above the log
+    /// (projection checkpoints and dead letters) report theirs here too.
+    pub(crate) fn report_to(&self) -> &Report {
+        &self.shared.report
+    }
+
     /// The signal the writers bump after each head change.
     pub(crate) fn head_signal(&self) -> Arc<partition::HeadSignal> {
         self.shared.signal.clone()
@@ -1071,9 +1102,17 @@ impl Store {
         self.shared.parts().iter().map(|p| crate::compaction::storage(p)).collect()
     }
 
-    /// What opening the store had to repair, and what went wrong since in the background
-    /// (loading sealed segments and snapshot sidecars, sealing, snapshot writes).
+    /// Every repair made to the store's files since open, and what went wrong in the
+    /// background (sealing, snapshot writes). Open recovers each partition's active segment,
+    /// tombstones and interrupted compactions; sealed segments (with their indexes) and
+    /// snapshot sidecars are checked on first use, and the first call of this checks those
+    /// not used yet, so the report covers every file of the store (damage that cannot be
+    /// repaired is an error of the reads that meet it, and of [`Store::verify`]). Projection
+    /// files (checkpoints, dead letters) report here when a projection is registered.
     pub fn recovery_report(&self) -> Vec<RecoveryAction> {
+        for p in self.shared.parts().iter() {
+            p.load_lazily_checked();
+        }
         self.shared.report.lock().clone()
     }
 

@@ -265,3 +265,23 @@ fn damage_in_a_middle_batch_is_corruption_not_truncation() {
         other => panic!("expected Corruption, got {other:?}"),
     }
 }
+
+/// Repairs made on first use are in the report without that use: the report checks the
+/// sealed segments (and sidecars) not read yet.
+#[test]
+fn the_report_covers_files_not_read_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), opts(1, 4096)).unwrap();
+    let a = fill(&store, "a", 80);
+    store.close().unwrap();
+    let idx = segments(dir.path(), 0)[0].with_extension("idx");
+    std::fs::remove_file(&idx).unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    match &store.recovery_report()[..] {
+        [RecoveryAction::RebuiltIndex { path, .. }] => assert_eq!(*path, idx),
+        other => panic!("{other:?}"),
+    }
+    assert!(idx.exists());
+    assert_eq!(payloads(&store.read_stream("a", 0, 1000).unwrap()), a);
+    assert_eq!(store.recovery_report().len(), 1, "reported once");
+}

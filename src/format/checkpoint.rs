@@ -117,6 +117,13 @@ pub(crate) type Bad = (u64, String);
 
 /// Decodes a checkpoint file: one checkpoint per partition it covers.
 pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<Checkpoint>, Bad> {
+    decode_noting(bytes, &mut Vec::new())
+}
+
+/// [`decode`], adding to `ignored` each damaged slot it read past (a torn write of that slot:
+/// the partition's other slot, or "never written", stands; the slot is overwritten by the
+/// partition's next checkpoint).
+pub(crate) fn decode_noting(bytes: &[u8], ignored: &mut Vec<Bad>) -> Result<Vec<Checkpoint>, Bad> {
     let h = bytes.get(..HEADER_LEN).ok_or((0, format!("{} bytes is too short for a header", bytes.len())))?;
     if h.get(..8) != Some(MAGIC.as_slice()) {
         return Err((0, "no checkpoint file magic".into()));
@@ -175,10 +182,16 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<Checkpoint>, Bad> {
             }
         }
         match (best, bad) {
-            (Some(c), _) => out.push(c),
+            (Some(c), bad) => {
+                ignored.extend(bad);
+                out.push(c);
+            }
             (None, None) if zero == 2 => out.push(Checkpoint::default()),
             // The first write (seq 1) torn: it was never durable, so nothing was checkpointed.
-            (None, Some(_)) if zero == 1 => out.push(Checkpoint::default()),
+            (None, Some(b)) if zero == 1 => {
+                ignored.push(b);
+                out.push(Checkpoint::default());
+            }
             (None, Some(b)) => return Err(b),
             (None, None) => return Err((slot_offset(p, 0), format!("no valid checkpoint for partition {p}"))),
         }

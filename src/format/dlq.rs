@@ -42,6 +42,8 @@ pub(crate) const FILE_NAME: &str = "dlq";
 pub(crate) const MAX_ERROR_LEN: usize = 4096;
 const LETTER_HEADER: usize = 64;
 const RESOLUTION_LEN: usize = 40;
+/// Shortest record (a resolution).
+pub(crate) const MIN_RECORD: usize = RESOLUTION_LEN;
 const KIND_LETTER: u8 = 1;
 const KIND_RESOLUTION: u8 = 2;
 pub(crate) const MAX_RECORD: usize = align8(LETTER_HEADER + MAX_STREAM_ID_LEN + MAX_ERROR_LEN);

@@ -14,6 +14,7 @@ pub(crate) mod checkpoint;
 pub(crate) mod dlq;
 pub(crate) mod index;
 pub(crate) mod manifest;
+pub(crate) mod records;
 pub(crate) mod segment;
 pub(crate) mod snapshot;
 pub(crate) mod tombstone;

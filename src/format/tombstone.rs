@@ -24,6 +24,8 @@ pub(crate) const MAGIC: &[u8; 8] = b"STRATTMB";
 pub(crate) const HEADER_LEN: usize = 64;
 pub(crate) const FILE_NAME: &str = "tombstones";
 const RECORD_FIXED: usize = 24;
+/// Shortest record: a one-byte stream id, padded.
+pub(crate) const MIN_RECORD: usize = align8(RECORD_FIXED + 1);
 pub(crate) const MAX_RECORD: usize = align8(RECORD_FIXED + MAX_STREAM_ID_LEN);
 
 /// A deleted stream as recorded.
@@ -82,7 +84,7 @@ pub(crate) fn encode(t: &Tombstone) -> Vec<u8> {
 /// Decodes the record at the start of `bytes`, and its length.
 pub(crate) fn decode(bytes: &[u8]) -> Result<(Tombstone, usize), String> {
     let len = le_u32(bytes, 4).ok_or("record header cut short")? as usize;
-    if len < RECORD_FIXED + 8 || !len.is_multiple_of(8) || len > MAX_RECORD {
+    if len < MIN_RECORD || !len.is_multiple_of(8) || len > MAX_RECORD {
         return Err(format!("impossible tombstone record length {len}"));
     }
     let r = bytes.get(..len).ok_or_else(|| format!("record claims {len} bytes, {} are left", bytes.len()))?;
