@@ -178,7 +178,7 @@ impl<A> Loaded<A> {
 
     /// The expected version for appending after this state.
     pub fn expected(&self) -> ExpectedVersion {
-        self.version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact)
+        ExpectedVersion::after(self.version)
     }
 
     fn new(stream: &str, state: A, snapshot: SnapshotUse) -> Loaded<A> {

@@ -214,12 +214,195 @@ pub enum Error {
     /// A command handler decided against the command (a business rule). Nothing was written.
     #[error("command rejected: {0}")]
     Rejected(String),
+    /// A projection (or a rebuild of one) stopped at an event it kept failing on, or after a
+    /// checkpoint write failed; it runs again once registered again.
+    #[error("projection {projection:?} stopped{}: {reason}", partition.map_or(String::new(), |p| format!(" in partition {p}")))]
+    ProjectionStopped {
+        /// The projection.
+        projection: String,
+        /// The partition it stopped in (`None`: not one partition's doing).
+        partition: Option<u32>,
+        /// Why.
+        reason: String,
+    },
+    /// No projection of that name (and type) is registered with the engine.
+    #[error("no projection named {name:?} is registered{}", if *wrong_type { " with the type asked for" } else { "" })]
+    NoSuchProjection {
+        /// The name asked for.
+        name: String,
+        /// A projection of that name is registered, of another type.
+        wrong_type: bool,
+    },
     /// The store has been closed.
     #[error("the store is closed")]
     Closed,
 }
 
+/// What kind of error an [`Error`] is: a stable, fieldless name to branch on (and to count
+/// in metrics: [`ErrorKind::as_str`]), one per variant of [`Error`].
+///
+/// ```
+/// use strata::{Error, ErrorKind, ExpectedVersion};
+/// let e = Error::WrongExpectedVersion { stream: "s".into(), expected: ExpectedVersion::NoStream, actual: Some(3) };
+/// assert_eq!(e.kind(), ErrorKind::WrongExpectedVersion);
+/// assert_eq!(e.kind().as_str(), "wrong_expected_version");
+/// assert!(!e.kind().is_back_pressure());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// [`Error::Io`].
+    Io,
+    /// [`Error::StorageFull`].
+    StorageFull,
+    /// [`Error::Corruption`].
+    Corruption,
+    /// [`Error::NotAStore`].
+    NotAStore,
+    /// [`Error::AlreadyExists`].
+    AlreadyExists,
+    /// [`Error::UnsupportedVersion`].
+    UnsupportedVersion,
+    /// [`Error::Locked`].
+    Locked,
+    /// [`Error::WrongExpectedVersion`].
+    WrongExpectedVersion,
+    /// [`Error::InvalidStreamId`].
+    InvalidStreamId,
+    /// [`Error::InvalidEventType`].
+    InvalidEventType,
+    /// [`Error::EventTooLarge`].
+    EventTooLarge,
+    /// [`Error::AppendTooLarge`].
+    AppendTooLarge,
+    /// [`Error::EmptyAppend`].
+    EmptyAppend,
+    /// [`Error::StreamDeleted`].
+    StreamDeleted,
+    /// [`Error::Poisoned`].
+    Poisoned,
+    /// [`Error::Overflow`].
+    Overflow,
+    /// [`Error::NoSuchPartition`].
+    NoSuchPartition,
+    /// [`Error::InvalidOptions`].
+    InvalidOptions,
+    /// [`Error::Apply`].
+    Apply,
+    /// [`Error::SnapshotTooLarge`].
+    SnapshotTooLarge,
+    /// [`Error::Overloaded`].
+    Overloaded,
+    /// [`Error::RateLimited`].
+    RateLimited,
+    /// [`Error::Lagging`].
+    Lagging,
+    /// [`Error::Rejected`].
+    Rejected,
+    /// [`Error::ProjectionStopped`].
+    ProjectionStopped,
+    /// [`Error::NoSuchProjection`].
+    NoSuchProjection,
+    /// [`Error::Closed`].
+    Closed,
+}
+
+impl ErrorKind {
+    /// The kind's name in `snake_case`: stable across releases, for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Io => "io",
+            ErrorKind::StorageFull => "storage_full",
+            ErrorKind::Corruption => "corruption",
+            ErrorKind::NotAStore => "not_a_store",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::UnsupportedVersion => "unsupported_version",
+            ErrorKind::Locked => "locked",
+            ErrorKind::WrongExpectedVersion => "wrong_expected_version",
+            ErrorKind::InvalidStreamId => "invalid_stream_id",
+            ErrorKind::InvalidEventType => "invalid_event_type",
+            ErrorKind::EventTooLarge => "event_too_large",
+            ErrorKind::AppendTooLarge => "append_too_large",
+            ErrorKind::EmptyAppend => "empty_append",
+            ErrorKind::StreamDeleted => "stream_deleted",
+            ErrorKind::Poisoned => "poisoned",
+            ErrorKind::Overflow => "overflow",
+            ErrorKind::NoSuchPartition => "no_such_partition",
+            ErrorKind::InvalidOptions => "invalid_options",
+            ErrorKind::Apply => "apply",
+            ErrorKind::SnapshotTooLarge => "snapshot_too_large",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Lagging => "lagging",
+            ErrorKind::Rejected => "rejected",
+            ErrorKind::ProjectionStopped => "projection_stopped",
+            ErrorKind::NoSuchProjection => "no_such_projection",
+            ErrorKind::Closed => "closed",
+        }
+    }
+
+    /// A command bus refusal for load ([`Overloaded`](ErrorKind::Overloaded),
+    /// [`RateLimited`](ErrorKind::RateLimited), [`Lagging`](ErrorKind::Lagging)): nothing
+    /// was done, and the same command may be sent again later.
+    pub fn is_back_pressure(self) -> bool {
+        matches!(self, ErrorKind::Overloaded | ErrorKind::RateLimited | ErrorKind::Lagging)
+    }
+
+    /// The input was refused as it is (an invalid stream id or event type, an event or
+    /// append over its limit, an empty append): nothing was written, and sending it again
+    /// will not help.
+    pub fn is_invalid_input(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::InvalidStreamId
+                | ErrorKind::InvalidEventType
+                | ErrorKind::EventTooLarge
+                | ErrorKind::AppendTooLarge
+                | ErrorKind::EmptyAppend
+        )
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Error {
+    /// What kind of error this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Io { .. } => ErrorKind::Io,
+            Error::StorageFull { .. } => ErrorKind::StorageFull,
+            Error::Corruption { .. } => ErrorKind::Corruption,
+            Error::NotAStore { .. } => ErrorKind::NotAStore,
+            Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            Error::UnsupportedVersion { .. } => ErrorKind::UnsupportedVersion,
+            Error::Locked { .. } => ErrorKind::Locked,
+            Error::WrongExpectedVersion { .. } => ErrorKind::WrongExpectedVersion,
+            Error::InvalidStreamId { .. } => ErrorKind::InvalidStreamId,
+            Error::InvalidEventType { .. } => ErrorKind::InvalidEventType,
+            Error::EventTooLarge { .. } => ErrorKind::EventTooLarge,
+            Error::AppendTooLarge { .. } => ErrorKind::AppendTooLarge,
+            Error::EmptyAppend => ErrorKind::EmptyAppend,
+            Error::StreamDeleted { .. } => ErrorKind::StreamDeleted,
+            Error::Poisoned { .. } => ErrorKind::Poisoned,
+            Error::Overflow { .. } => ErrorKind::Overflow,
+            Error::NoSuchPartition { .. } => ErrorKind::NoSuchPartition,
+            Error::InvalidOptions(_) => ErrorKind::InvalidOptions,
+            Error::Apply { .. } => ErrorKind::Apply,
+            Error::SnapshotTooLarge { .. } => ErrorKind::SnapshotTooLarge,
+            Error::Overloaded { .. } => ErrorKind::Overloaded,
+            Error::RateLimited { .. } => ErrorKind::RateLimited,
+            Error::Lagging { .. } => ErrorKind::Lagging,
+            Error::Rejected(_) => ErrorKind::Rejected,
+            Error::ProjectionStopped { .. } => ErrorKind::ProjectionStopped,
+            Error::NoSuchProjection { .. } => ErrorKind::NoSuchProjection,
+            Error::Closed => ErrorKind::Closed,
+        }
+    }
+
     /// Wraps an I/O error, naming the operation and path; `ENOSPC`/`EDQUOT` become
     /// [`Error::StorageFull`].
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Error {

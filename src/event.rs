@@ -115,6 +115,22 @@ pub enum ExpectedVersion {
 }
 
 impl ExpectedVersion {
+    /// The condition for appending right after `last`, a stream's last version as read
+    /// (`None`: the stream has no events): `Exact(v)`, or `NoStream`.
+    ///
+    /// ```
+    /// # use strata::{EventData, ExpectedVersion, Options, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+    /// let last = store.stream_version("cart-3")?;
+    /// store.append("cart-3", ExpectedVersion::after(last), &[EventData::new("Added", "x")])?;
+    /// assert_eq!(ExpectedVersion::from(Some(4)), ExpectedVersion::Exact(4));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn after(last: Option<u64>) -> ExpectedVersion {
+        last.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact)
+    }
+
     /// Whether a stream whose last version is `current` (`None`: no events) satisfies this.
     pub fn matches(self, current: Option<u64>) -> bool {
         match self {
@@ -123,6 +139,13 @@ impl ExpectedVersion {
             ExpectedVersion::StreamExists => current.is_some(),
             ExpectedVersion::Exact(v) => current == Some(v),
         }
+    }
+}
+
+impl From<Option<u64>> for ExpectedVersion {
+    /// [`ExpectedVersion::after`].
+    fn from(last: Option<u64>) -> ExpectedVersion {
+        ExpectedVersion::after(last)
     }
 }
 

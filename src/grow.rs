@@ -111,6 +111,7 @@ impl Store {
     /// ```
     pub fn grow_partitions(&self, new_count: u32) -> Result<GrowReport> {
         let _one = self.growing.lock();
+        self.check_open()?;
         let from = self.partition_count();
         let pending = self.shared.manifest.lock().growing_to;
         if new_count == from && pending == 0 {

@@ -63,7 +63,7 @@ pub use aggregate::{Aggregate, ApplyError, Loaded, SnapshotIgnored, SnapshotStat
 pub use bus::{BusOptions, BusStats, Command, CommandBus};
 pub use cache::{CacheStats, ViewCache};
 pub use compaction::{CompactionOptions, CompactionProgress, CompactionReport, CompactionStats, PartitionStorage};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use event::{AppendResult, EventData, EventView, ExpectedVersion, RecordedEvent};
 pub use format::FORMAT_VERSION;
 pub use format::archive::{AuditRecord, Reason as ArchiveReason};

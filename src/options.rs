@@ -31,7 +31,8 @@ pub enum Durability {
 }
 
 /// Options for [`Store::open`](crate::Store::open). Creation-only settings (partition count,
-/// segment size) are recorded in the manifest and ignored when opening an existing store.
+/// segment size) are recorded in the manifest; set when opening an existing store, they must
+/// agree with it.
 ///
 /// ```
 /// use strata::{Durability, Options};
@@ -47,6 +48,9 @@ pub struct Options {
     pub(crate) error_if_exists: bool,
     pub(crate) partitions: u32,
     pub(crate) segment_bytes: u64,
+    /// Whether `partitions` / `segment_bytes` were set (and must then match an existing store).
+    pub(crate) partitions_set: bool,
+    pub(crate) segment_bytes_set: bool,
     pub(crate) max_event_bytes: u64,
     pub(crate) max_append_bytes: u64,
     pub(crate) durability: Durability,
@@ -65,6 +69,8 @@ impl Default for Options {
             error_if_exists: false,
             partitions: DEFAULT_PARTITIONS,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
+            partitions_set: false,
+            segment_bytes_set: false,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             max_append_bytes: DEFAULT_MAX_APPEND_BYTES,
             durability: Durability::Sync,
@@ -92,16 +98,23 @@ impl Options {
         self
     }
 
-    /// Number of partitions of a new store (default 8). Fixed at creation.
+    /// Number of partitions of a new store (default 8), recorded in its manifest and raised
+    /// only by [`Store::grow_partitions`](crate::Store::grow_partitions). Opening an existing
+    /// store with this set to another number than it was created with or has now fails with
+    /// [`Error::InvalidOptions`] (left unset, the store's own count is used).
     pub fn partitions(mut self, n: u32) -> Options {
         self.partitions = n;
+        self.partitions_set = true;
         self
     }
 
     /// Segment roll size of a new store, in bytes (default 256 MiB, at least 4 KiB). A segment
     /// is sealed once it holds at least this many bytes; it may exceed it by one group commit.
+    /// Recorded in the manifest: opening an existing store with this set to another size
+    /// fails with [`Error::InvalidOptions`].
     pub fn segment_bytes(mut self, n: u64) -> Options {
         self.segment_bytes = n;
+        self.segment_bytes_set = true;
         self
     }
 
@@ -161,6 +174,27 @@ impl Options {
     pub fn fault_plan(mut self, plan: Arc<FaultPlan>) -> Options {
         self.faults = Some(plan);
         self
+    }
+
+    /// Refuses creation settings that disagree with an existing store's manifest: `partitions`
+    /// must be its count now or the count it was created with (`created_with`), and
+    /// `segment_bytes` its roll size.
+    pub(crate) fn check_against(&self, count: u32, created_with: u32, segment_bytes: u64) -> Result<()> {
+        if self.partitions_set && self.partitions != count && self.partitions != created_with {
+            return Err(Error::InvalidOptions(format!(
+                "the store has {count} partitions, the options ask for {}: a store's partition count \
+                 is raised with Store::grow_partitions (or leave Options::partitions unset)",
+                self.partitions
+            )));
+        }
+        if self.segment_bytes_set && self.segment_bytes != segment_bytes {
+            return Err(Error::InvalidOptions(format!(
+                "the store rolls segments at {segment_bytes} bytes, the options ask for {}: the size is \
+                 fixed at creation (leave Options::segment_bytes unset)",
+                self.segment_bytes
+            )));
+        }
+        Ok(())
     }
 
     pub(crate) fn validate(&self) -> Result<()> {

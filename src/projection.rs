@@ -652,7 +652,11 @@ impl ProjectionEngine {
         live: Arc<Registered>,
         fresh: Arc<P>,
     ) -> Result<RebuildReport> {
-        fresh.reset().map_err(|e| Error::InvalidOptions(format!("reset of the rebuilt {name:?} failed: {e}")))?;
+        fresh.reset().map_err(|e| Error::ProjectionStopped {
+            projection: name.to_owned(),
+            partition: None,
+            reason: format!("resetting the rebuilt instance failed: {e}"),
+        })?;
         let started = Instant::now();
         let root = self.inner.store.path().join("projections");
         let (dir, old, shadow_dir) = dirs(&root, name);
@@ -669,9 +673,15 @@ impl ProjectionEngine {
             .collect::<Result<_>>()?;
         loop {
             let seen = self.inner.progress.seq();
-            if let Some(e) = shadow_tasks.iter().find_map(|t| t.error.lock().clone()) {
+            if let Some((partition, e)) =
+                shadow_tasks.iter().find_map(|t| t.error.lock().clone().map(|e| (t.partition, e)))
+            {
                 self.retire(&shadow, &shadow_tasks);
-                return Err(Error::InvalidOptions(format!("rebuild of {name:?} stopped: {e}")));
+                return Err(Error::ProjectionStopped {
+                    projection: name.to_owned(),
+                    partition: Some(partition),
+                    reason: format!("the rebuild stopped: {e}"),
+                });
             }
             if shadow_tasks.iter().zip(&heads).all(|(t, h)| t.next.load(Ordering::Acquire) >= *h) {
                 break;
@@ -706,7 +716,11 @@ impl ProjectionEngine {
             };
             while shadow.checkpoints.is_some() && !shadow_tasks.iter().all(durable) {
                 if shadow.checkpoint_failed.load(Ordering::Acquire) || Instant::now() >= deadline {
-                    return Err(Error::InvalidOptions(format!("the rebuilt {name:?} could not checkpoint")));
+                    return Err(Error::ProjectionStopped {
+                        projection: name.to_owned(),
+                        partition: None,
+                        reason: "the rebuilt instance could not make its checkpoints durable".into(),
+                    });
                 }
                 self.inner.dirty.bump();
                 std::thread::sleep(Duration::from_millis(1));
@@ -773,11 +787,11 @@ impl ProjectionEngine {
     /// projection is in (running, failing, stopped, rebuilding), and use the status to say
     /// how far behind the answer may be.
     ///
-    /// Errors: [`Error::InvalidOptions`] if no projection of type `P` is registered as `name`.
+    /// Errors: [`Error::NoSuchProjection`] if no projection of type `P` is registered as `name`.
     pub fn view<P: Projection>(&self, name: &str) -> Result<View<P>> {
         let (reg, _) = self.registered(name)?;
         let projection = Arc::downcast::<P>(reg.any.clone())
-            .map_err(|_| Error::InvalidOptions(format!("projection {name:?} is not of the type asked for")))?;
+            .map_err(|_| Error::NoSuchProjection { name: name.to_owned(), wrong_type: true })?;
         Ok(View { projection, status: self.status(name)? })
     }
 
@@ -823,9 +837,9 @@ impl ProjectionEngine {
             .iter()
             .find(|t| t.projection.name == name && !t.is_shadow())
             .map(|t| t.projection.clone())
-            .ok_or_else(|| Error::InvalidOptions(format!("no projection named {name:?}")))?;
+            .ok_or_else(|| Error::NoSuchProjection { name: name.to_owned(), wrong_type: false })?;
         let mine: Vec<&Arc<Task>> = tasks.iter().filter(|t| Arc::ptr_eq(&t.projection, &reg)).collect();
-        let first = mine.first().ok_or_else(|| Error::InvalidOptions(format!("no projection named {name:?}")))?;
+        let first = mine.first().ok_or_else(|| Error::NoSuchProjection { name: name.to_owned(), wrong_type: false })?;
         let sla = first.projection.options.sla;
         let mut status = ProjectionStatus {
             name: name.to_owned(),
@@ -876,7 +890,8 @@ impl ProjectionEngine {
     }
 
     /// Waits until the projection has handled everything durable when this is called, or
-    /// `timeout` passes (returns `false`), or a partition stops (returns the error).
+    /// `timeout` passes (returns `false`), or a partition stops
+    /// ([`Error::ProjectionStopped`]).
     pub fn wait_caught_up(&self, name: &str, timeout: Duration) -> Result<bool> {
         let deadline =
             Instant::now().checked_add(timeout).unwrap_or_else(|| Instant::now() + Duration::from_secs(1 << 30));
@@ -884,8 +899,14 @@ impl ProjectionEngine {
         loop {
             let seen = self.inner.progress.seq();
             let s = self.status(name)?;
-            if let Some(e) = s.partitions.iter().find_map(|p| p.error.clone()) {
-                return Err(Error::InvalidOptions(format!("projection {name:?} stopped: {e}")));
+            if let Some((partition, reason)) =
+                s.partitions.iter().find_map(|p| p.error.clone().map(|e| (p.partition, e)))
+            {
+                return Err(Error::ProjectionStopped {
+                    projection: name.to_owned(),
+                    partition: Some(partition),
+                    reason,
+                });
             }
             if s.partitions.iter().zip(&heads).all(|(p, h)| p.next_position >= *h) {
                 return Ok(true);
@@ -904,7 +925,7 @@ impl ProjectionEngine {
             .iter()
             .find(|t| t.projection.name == name && !t.is_shadow())
             .map(|t| t.projection.clone())
-            .ok_or_else(|| Error::InvalidOptions(format!("no projection named {name:?}")))?;
+            .ok_or_else(|| Error::NoSuchProjection { name: name.to_owned(), wrong_type: false })?;
         let tasks = all.iter().filter(|t| Arc::ptr_eq(&t.projection, &reg)).cloned().collect();
         Ok((reg, tasks))
     }
@@ -1240,9 +1261,14 @@ fn handle(inner: &Inner, t: &Task) {
             ControlFlow::Continue(())
         })
     });
-    if let Err(e) = read {
-        stop_task(inner, t, format!("reading partition {}: {e}", t.partition));
-        return;
+    match read {
+        // The store was closed under the engine: nothing to read any more, nothing wrong.
+        Err(Error::Closed) => return,
+        Err(e) => {
+            stop_task(inner, t, format!("reading partition {}: {e}", t.partition));
+            return;
+        }
+        Ok(_) => {}
     }
     if n == 0 && head_before > from {
         // Nothing at [from, head): compaction erased those positions (a deleted stream's

@@ -210,12 +210,14 @@ pub(crate) struct Shared {
     append_latency: crate::metrics::LatencyHistogram,
     compaction: crate::CompactionOptions,
     compactions: crate::compaction::Counters,
-    /// Set by `close`: a running compaction stops throttling and starts no new partition.
+    /// Set by `close`: calls from then on fail with `Error::Closed`, and a running
+    /// compaction stops throttling and starts no new partition.
     closing: std::sync::atomic::AtomicBool,
     pub(crate) io: Io,
     pub(crate) signal: Arc<partition::HeadSignal>,
     pub(crate) writer_cfg: WriterConfig,
-    _lock: DirLock,
+    /// Released by `close` (or when the last owner drops the store).
+    lock: Mutex<Option<DirLock>>,
 }
 
 impl Shared {
@@ -255,9 +257,9 @@ pub struct Store {
     pub(crate) senders: RwLock<Vec<Sender<Queued>>>,
     /// The sealer's queue, for the writers of partitions a grow adds.
     seal_tx: Mutex<Option<Sender<SealJob>>>,
-    snapshot_tx: Option<Sender<snapshot::Job>>,
+    snapshot_tx: RwLock<Option<Sender<snapshot::Job>>>,
     /// Dropped to stop the background compactor.
-    compactor_stop: Option<Sender<()>>,
+    compactor_stop: Mutex<Option<Sender<()>>>,
     threads: Mutex<Vec<JoinHandle<Result<()>>>>,
     /// Held by a grow: one at a time.
     pub(crate) growing: Mutex<()>,
@@ -363,6 +365,8 @@ impl Store {
             }
             Err(e) => return Err(Error::io("read", &manifest_path, e)),
         };
+        let created_with = manifest.epochs.first().map_or(manifest.partition_count, |e| e.from);
+        options.check_against(manifest.partition_count, created_with, manifest.segment_bytes)?;
         let report: Report = Arc::new(Mutex::new(Vec::new()));
         let signal = Arc::new(partition::HeadSignal::default());
         let opened: Vec<Result<_>> = std::thread::scope(|s| {
@@ -447,15 +451,15 @@ impl Store {
             io,
             signal,
             writer_cfg: cfg,
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
         });
         let (seal_tx, seal_rx) = crossbeam_channel::unbounded();
         let mut store = Store {
             shared: shared.clone(),
             senders: RwLock::new(Vec::new()),
             seal_tx: Mutex::new(Some(seal_tx)),
-            snapshot_tx: None,
-            compactor_stop: None,
+            snapshot_tx: RwLock::new(None),
+            compactor_stop: Mutex::new(None),
             threads: Mutex::new(Vec::new()),
             growing: Mutex::new(()),
         };
@@ -484,7 +488,7 @@ impl Store {
                 Ok(())
             }),
         )?);
-        store.snapshot_tx = Some(snap_tx);
+        *store.snapshot_tx.get_mut() = Some(snap_tx);
         if let Some(every) = options.compaction.interval {
             let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
             let shared = shared.clone();
@@ -504,7 +508,7 @@ impl Store {
                     Ok(())
                 }),
             )?);
-            store.compactor_stop = Some(stop_tx);
+            *store.compactor_stop.get_mut() = Some(stop_tx);
         }
         Ok(store)
     }
@@ -606,6 +610,11 @@ impl Store {
         Ok((manifest, lock))
     }
 
+    /// `Error::Closed` once [`Store::close`] has begun.
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.shared.closing.load(Ordering::Acquire) { Err(Error::Closed) } else { Ok(()) }
+    }
+
     /// The store's directory.
     pub fn path(&self) -> &Path {
         &self.shared.dir
@@ -623,6 +632,7 @@ impl Store {
     }
 
     fn partition(&self, id: u32) -> Result<Arc<Partition>> {
+        self.check_open()?;
         let count = self.partition_count();
         let parts = self.shared.parts();
         parts.get(id as usize).filter(|_| id < count).cloned().ok_or(Error::NoSuchPartition { partition: id, count })
@@ -674,28 +684,30 @@ impl Store {
     ///
     /// Each append is atomic and checked on its own, exactly as [`Store::append`]: some may
     /// fail (say, a wrong expected version) while others succeed. The set is not a transaction.
+    /// The events of each may be borrowed (`&[EventData]`) or owned (`Vec<EventData>`, an
+    /// array).
     ///
     /// ```
     /// # use strata::{EventData, ExpectedVersion, Options, Store};
     /// # let dir = tempfile::tempdir()?;
     /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
-    /// let deposit = [EventData::new("Deposited", b"{\"amount\":5}".to_vec())];
-    /// let pending = store.append_many(
-    ///     (0..100).map(|i| (format!("account-{i}"), ExpectedVersion::NoStream, &deposit[..])),
-    /// );
+    /// let pending = store.append_many((0..100).map(|i| {
+    ///     let deposit = EventData::new("Deposited", format!("{{\"amount\":{i}}}"));
+    ///     (format!("account-{i}"), ExpectedVersion::NoStream, vec![deposit])
+    /// }));
     /// for p in pending {
     ///     assert_eq!(p.wait()?.first_version, 0);
     /// }
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn append_many<'a, S: AsRef<str>>(
+    pub fn append_many<S: AsRef<str>, E: AsRef<[EventData]>>(
         &self,
-        appends: impl IntoIterator<Item = (S, ExpectedVersion, &'a [EventData])>,
+        appends: impl IntoIterator<Item = (S, ExpectedVersion, E)>,
     ) -> Vec<AppendFuture> {
         let mut futures = Vec::new();
         let mut queued: Vec<AppendRequest> = Vec::new();
         for (stream, expected, events) in appends {
-            match self.request(stream.as_ref(), expected, events) {
+            match self.request(stream.as_ref(), expected, events.as_ref()) {
                 Ok((req, rx)) => {
                     queued.push(req);
                     futures.push(AppendFuture { state: FutureState::Waiting(rx) });
@@ -921,7 +933,9 @@ impl Store {
     /// derived data: a failure costs replays, never events).
     pub fn flush_snapshots(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.snapshot_tx.as_ref().ok_or(Error::Closed)?.send(snapshot::Job::Flush(tx)).map_err(|_| Error::Closed)?;
+        let sender = self.snapshot_tx.read().clone().ok_or(Error::Closed)?;
+        sender.send(snapshot::Job::Flush(tx)).map_err(|_| Error::Closed)?;
+        drop(sender);
         rx.recv().map_err(|_| Error::Closed)?
     }
 
@@ -986,7 +1000,7 @@ impl Store {
     /// Queues a job for the snapshotter; `wait`: block while the queue is full, otherwise
     /// count the snapshot as dropped. Returns whether it was queued.
     pub(crate) fn send_snapshot_job(&self, job: snapshot::Job, wait: bool) -> Result<bool> {
-        let tx = self.snapshot_tx.as_ref().ok_or(Error::Closed)?;
+        let tx = self.snapshot_tx.read().clone().ok_or(Error::Closed)?;
         let counters = &self.shared.snapshots;
         let bytes = match &job {
             snapshot::Job::Write(p) => p.state.len() as u64,
@@ -1073,6 +1087,7 @@ impl Store {
         force: bool,
         progress: &mut dyn FnMut(crate::CompactionProgress),
     ) -> Result<CompactionReport> {
+        self.check_open()?;
         let r = crate::compaction::compact_store(
             &self.shared.parts(),
             &self.shared.compaction,
@@ -1088,6 +1103,9 @@ impl Store {
     /// segment, every sealed segment's index, every archive's blocks and index entries.
     /// Returns the problems found, each naming its file and offset (empty: all is well).
     pub fn verify(&self) -> Vec<Error> {
+        if let Err(e) = self.check_open() {
+            return vec![e];
+        }
         self.shared.parts().iter().flat_map(|p| p.verify()).collect()
     }
 
@@ -1099,6 +1117,7 @@ impl Store {
 
     /// What each partition keeps on disk: segments, archives, their sizes, erased events.
     pub fn storage(&self) -> Result<Vec<crate::PartitionStorage>> {
+        self.check_open()?;
         self.shared.parts().iter().map(|p| crate::compaction::storage(p)).collect()
     }
 
@@ -1116,26 +1135,52 @@ impl Store {
         self.shared.report.lock().clone()
     }
 
-    /// Stops the writers after they finish what is queued, syncs what is unsynced (Buffered
-    /// mode), and releases the lock. Returns the first failure of that final sync.
-    pub fn close(mut self) -> Result<()> {
+    /// Closes the store: stops the writers after they finish what is queued, syncs what is
+    /// unsynced (Buffered mode), stops the background threads, and releases the lock (another
+    /// process may open the store from then on). Returns the first failure of that final
+    /// sync (a poisoned partition).
+    ///
+    /// It works through a shared reference, so a store shared with an `Arc` (by a
+    /// [`ProjectionEngine`](crate::ProjectionEngine), say) can be closed without unwrapping
+    /// it: every later call on it fails with [`Error::Closed`] (closing again does nothing and
+    /// returns `Ok`). Dropping the last owner closes it too, ignoring the result.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use strata::{Error, EventData, ExpectedVersion, Options, ProjectionEngine, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = Arc::new(Store::open(dir.path(), Options::default().create_if_missing(true))?);
+    /// let engine = ProjectionEngine::new(store.clone(), 1);
+    /// store.close()?;
+    /// assert!(matches!(store.append("a", ExpectedVersion::Any, &[EventData::new("E", "")]), Err(Error::Closed)));
+    /// engine.stop()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn close(&self) -> Result<()> {
         self.shutdown()
     }
 
-    fn shutdown(&mut self) -> Result<()> {
-        self.senders.get_mut().clear();
-        *self.seal_tx.get_mut() = None;
-        self.snapshot_tx = None;
-        self.shared.closing.store(true, Ordering::Release);
-        self.compactor_stop = None;
+    fn shutdown(&self) -> Result<()> {
+        if self.shared.closing.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.senders.write().clear();
+        *self.seal_tx.lock() = None;
+        *self.snapshot_tx.write() = None;
+        *self.compactor_stop.lock() = None;
         let mut result = Ok(());
-        for t in self.threads.get_mut().drain(..) {
+        let threads: Vec<_> = self.threads.lock().drain(..).collect();
+        for t in threads {
             match t.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => result = result.and(Err(e)),
                 Err(_) => result = result.and(Err(Error::Closed)),
             }
         }
+        // Unmap and close the files before the lock goes: a reader that still holds a
+        // partition keeps it until it lets go.
+        *self.shared.partitions.write() = Arc::new(Vec::new());
+        *self.shared.lock.lock() = None;
         result
     }
 }

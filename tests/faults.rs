@@ -345,7 +345,7 @@ fn every_failing_step_of_a_grow_is_survived() {
                 }
             }
             drop(store);
-            let store = Store::open(dir.path(), opts(1, 64 << 10)).unwrap();
+            let store = Store::open(dir.path(), Options::default()).unwrap();
             assert_eq!(store.partition_count(), 2, "{what}");
             assert_eq!(read_all(&store), before, "{what}: after reopening");
             // Growing again resumes what was recorded, or starts over.
@@ -354,7 +354,7 @@ fn every_failing_step_of_a_grow_is_survived() {
             assert_eq!(read_all(&store), before, "{what}: after the resumed grow");
             assert!(store.verify().is_empty(), "{what}");
             drop(store);
-            let store = Store::open(dir.path(), opts(1, 64 << 10)).unwrap();
+            let store = Store::open(dir.path(), Options::default()).unwrap();
             assert_eq!((store.partition_count(), read_all(&store)), (4, before), "{what}: reopened grown");
         }
     }

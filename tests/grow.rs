@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{StreamOrder, ev, opts};
 use strata::{
-    CompactionOptions, Error, ExpectedVersion, HandlerError, Projection, ProjectionEngine, ProjectionOptions,
+    CompactionOptions, Error, ExpectedVersion, HandlerError, Options, Projection, ProjectionEngine, ProjectionOptions,
     RecordedEvent, Store, partition_for,
 };
 
@@ -112,7 +112,7 @@ fn grow_moves_only_the_streams_the_hash_moves_and_their_reads_are_unchanged() {
     drop(store);
 
     // The new layout is what a reopen finds; a second grow stacks a second epoch.
-    let store = Store::open(dir.path(), opts(1, 64 << 10)).unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
     assert_eq!(store.partition_count(), 7);
     assert_eq!(read_all(&store, &names), before);
     let report = store.grow_partitions(12).unwrap();
@@ -125,7 +125,7 @@ fn grow_moves_only_the_streams_the_hash_moves_and_their_reads_are_unchanged() {
     assert!(store.grow_partitions(12).unwrap().copied_events == 0, "growing to the same count does nothing");
     assert!(matches!(store.grow_partitions(11), Err(Error::InvalidOptions(_))));
     drop(store);
-    let store = Store::open(dir.path(), opts(1, 64 << 10)).unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
     assert_eq!((store.partition_count(), read_all(&store, &names)), (12, before));
 }
 
@@ -341,12 +341,12 @@ fn an_epoch_past_a_head_is_refused_at_open() {
     let sum = crc32fast::hash(&bad[..n - 4]);
     bad[n - 4..].copy_from_slice(&sum.to_le_bytes());
     std::fs::write(&path, &bad).unwrap();
-    match Store::open(dir.path(), opts(1, 1 << 20)) {
+    match Store::open(dir.path(), Options::default()) {
         Err(Error::Corruption { reason, .. }) => assert!(reason.contains("partition epoch"), "{reason}"),
         other => panic!("{other:?}"),
     }
     std::fs::write(&path, &good).unwrap();
-    assert_eq!(Store::open(dir.path(), opts(1, 1 << 20)).unwrap().partition_count(), 3);
+    assert_eq!(Store::open(dir.path(), Options::default()).unwrap().partition_count(), 3);
 }
 
 /// A rebuild running while the store grows: the rebuilt projection ends up with every

@@ -155,7 +155,7 @@ fn dead_lettered_store() -> tempfile::TempDir {
     assert!(engine.wait_caught_up("picky", Duration::from_secs(10)).unwrap());
     assert_eq!(engine.dead_letters("picky").unwrap().len(), 4);
     engine.stop().unwrap();
-    drop(store);
+    store.close().unwrap();
     dir
 }
 

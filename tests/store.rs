@@ -180,8 +180,19 @@ fn creation_is_explicit() {
 fn partition_count_is_fixed_at_creation() {
     let dir = tempfile::tempdir().unwrap();
     Store::open(dir.path(), opts(5, 1 << 20)).unwrap().close().unwrap();
-    let store = Store::open(dir.path(), Options::default().partitions(9)).unwrap();
+    // Asking an existing store for another count (or segment size) is refused, not ignored.
+    assert!(matches!(Store::open(dir.path(), Options::default().partitions(9)), Err(Error::InvalidOptions(_))));
+    assert!(matches!(Store::open(dir.path(), Options::default().segment_bytes(8192)), Err(Error::InvalidOptions(_))));
+    let store = Store::open(dir.path(), Options::default().partitions(5).segment_bytes(1 << 20)).unwrap();
     assert_eq!(store.partition_count(), 5);
+    // After a grow, the count it was created with still opens it (options kept from creation).
+    store.grow_partitions(7).unwrap();
+    store.close().unwrap();
+    for n in [5, 7] {
+        assert_eq!(Store::open(dir.path(), Options::default().partitions(n)).unwrap().partition_count(), 7);
+    }
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(store.partition_count(), 7);
     assert_eq!(
         strata::DEFAULT_PARTITIONS,
         Store::open(tempfile::tempdir().unwrap().path(), Options::default().create_if_missing(true))
@@ -313,4 +324,25 @@ fn scan_partition_matches_read_partition() {
         assert_eq!(n, 10);
         assert_eq!(first, read[..10].iter().map(|e| e.position).collect::<Vec<_>>());
     }
+}
+
+/// A store shared through an `Arc` closes without being unwrapped: later calls fail with
+/// `Error::Closed`, the lock is released at once, and closing again is a no-op.
+#[test]
+fn close_works_through_an_arc() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(Store::open(dir.path(), opts(2, 1 << 20)).unwrap());
+    let engine = strata::ProjectionEngine::new(store.clone(), 1);
+    store.append("a", ExpectedVersion::NoStream, &[ev("E", "x")]).unwrap();
+    store.close().unwrap();
+    assert!(matches!(store.append("a", ExpectedVersion::Any, &[ev("E", "y")]), Err(Error::Closed)));
+    assert!(matches!(store.read_stream("a", 0, 10), Err(Error::Closed)));
+    assert!(matches!(store.head(0), Err(Error::Closed)));
+    assert!(matches!(store.compact(), Err(Error::Closed)));
+    assert!(matches!(store.flush_snapshots(), Err(Error::Closed)));
+    store.close().unwrap();
+    // The lock is gone while the Arc (and the engine's clone) still lives.
+    let again = Store::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(again.read_stream("a", 0, 10).unwrap().len(), 1);
+    engine.stop().unwrap();
 }
