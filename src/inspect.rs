@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::format::archive::{self as arc, AuditRecord, Reason};
 use crate::format::batch::{self, BatchView};
 use crate::format::index::PositionEntry;
-use crate::format::{checkpoint, index, segment, snapshot, tombstone};
+use crate::format::{checkpoint, dlq, index, manifest, segment, snapshot, tombstone};
 
 /// What a file is, by its magic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,10 +151,58 @@ pub struct SnapshotInfo {
     pub schema: u32,
     /// Bytes of state.
     pub state_len: u64,
-    /// Position of the event it was taken after.
+    /// Position of the event it was taken after (its anchor).
     pub position: u64,
+    /// Timestamp of that event (nanoseconds since the Unix epoch): with `position`, what a
+    /// load checks against the log before trusting the snapshot.
+    pub event_time: u64,
+    /// When the snapshot was taken (nanoseconds since the Unix epoch).
+    pub written: u64,
+    /// CRC-32 of the name of the aggregate type that took it.
+    pub aggregate: u32,
+    /// It was written to replace an unusable snapshot, and supersedes every earlier record of
+    /// its stream whatever their versions.
+    pub replaces: bool,
     /// Whether a later record of the same stream supersedes it.
     pub superseded: bool,
+}
+
+/// A record of a dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeadLetterInfo {
+    /// An event the projection could not handle.
+    Letter {
+        /// Byte offset in the file.
+        offset: u64,
+        /// The letter's id.
+        id: u64,
+        /// When it was added (nanoseconds since the Unix epoch).
+        time: u64,
+        /// The event's partition.
+        partition: u32,
+        /// The event's position.
+        position: u64,
+        /// Its stream.
+        stream: String,
+        /// Its version.
+        version: u64,
+        /// Failed attempts (0: its stream was parked).
+        attempts: u32,
+        /// The handler's error.
+        error: String,
+    },
+    /// A letter left the queue.
+    Resolution {
+        /// Byte offset in the file.
+        offset: u64,
+        /// The letter's id.
+        id: u64,
+        /// When (nanoseconds since the Unix epoch).
+        time: u64,
+        /// `true`: replayed; `false`: discarded.
+        replayed: bool,
+    },
 }
 
 /// What a file holds.
@@ -242,8 +290,28 @@ pub enum Dump {
         /// Per partition.
         positions: Vec<u64>,
     },
-    /// Another kind of file (the manifest, a dead-letter queue, a foreign file): its kind only.
-    Other(FileKind),
+    /// A projection's dead-letter queue.
+    DeadLetters {
+        /// Its records, in file order.
+        records: Vec<DeadLetterInfo>,
+        /// Where valid records end, if before the end of the file, and why.
+        damage: Option<(u64, String)>,
+    },
+    /// The store's manifest.
+    Manifest {
+        /// The partitions streams are routed to.
+        partition_count: u32,
+        /// The segment roll size.
+        segment_bytes: u64,
+        /// When the store was created (nanoseconds since the Unix epoch).
+        created: u64,
+        /// Completed grows.
+        partition_epoch: u64,
+        /// The count a grow in progress copies into (0: none).
+        growing_to: u32,
+        /// Each completed grow: from and to how many partitions.
+        epochs: Vec<(u32, u32)>,
+    },
 }
 
 fn corrupt(path: &Path, (offset, why): (u64, String)) -> Error {
@@ -283,8 +351,59 @@ pub fn dump(path: &Path, filter: &Filter) -> Result<Dump> {
             let all = checkpoint::decode(&bytes).map_err(|bad| corrupt(path, bad))?;
             Ok(Dump::Checkpoints { positions: all.iter().map(|c| c.position).collect() })
         }
-        other => Ok(Dump::Other(other)),
+        FileKind::DeadLetters => dump_dead_letters(path, &bytes),
+        FileKind::Manifest => {
+            let m = manifest::Manifest::decode(&bytes)
+                .map_err(|e| Error::corruption(path, 0, format!("manifest: {e:?}")))?;
+            Ok(Dump::Manifest {
+                partition_count: m.partition_count,
+                segment_bytes: m.segment_bytes,
+                created: m.created,
+                partition_epoch: m.partition_epoch,
+                growing_to: m.growing_to,
+                epochs: m.epochs.iter().map(|e| (e.from, e.to)).collect(),
+            })
+        }
+        FileKind::Unknown => Err(Error::NotAStore {
+            path: path.to_path_buf(),
+            reason: "not a strata file: its first bytes are no strata magic".into(),
+        }),
     }
+}
+
+fn dump_dead_letters(path: &Path, bytes: &[u8]) -> Result<Dump> {
+    let (records, end, damage) = dlq::scan(bytes).map_err(|why| Error::corruption(path, 0, why))?;
+    let mut at = dlq::HEADER_LEN as u64;
+    let mut out = Vec::with_capacity(records.len());
+    for r in records {
+        let (info, len) = match r {
+            dlq::Record::Letter(l) => {
+                let len = dlq::encode_letter(&l).len();
+                let info = DeadLetterInfo::Letter {
+                    offset: at,
+                    id: l.id,
+                    time: l.time,
+                    partition: l.partition,
+                    position: l.position,
+                    stream: l.stream,
+                    version: l.version,
+                    attempts: l.attempts,
+                    error: l.error,
+                };
+                (info, len)
+            }
+            dlq::Record::Resolution { id, time, outcome } => {
+                let replayed = outcome == dlq::Outcome::Replayed;
+                (
+                    DeadLetterInfo::Resolution { offset: at, id, time, replayed },
+                    dlq::encode_resolution(id, time, outcome).len(),
+                )
+            }
+        };
+        out.push(info);
+        at += len as u64;
+    }
+    Ok(Dump::DeadLetters { records: out, damage: damage.map(|why| (end as u64, why)) })
 }
 
 fn dump_segment(path: &Path, bytes: &[u8], filter: &Filter) -> Result<Dump> {
@@ -386,15 +505,38 @@ fn dump_snapshots(path: &Path, bytes: &[u8], filter: &Filter) -> Result<Dump> {
                 schema: r.meta.schema,
                 state_len: r.state.len() as u64,
                 position: r.meta.position,
+                event_time: r.meta.event_time,
+                written: r.meta.written,
+                aggregate: r.meta.aggregate,
+                replaces: r.meta.replaces,
                 superseded: false,
             });
         }
     })
     .map_err(|e| Error::io("read", path, e))?;
-    // A record is superseded by a later one of its stream.
-    let mut seen = std::collections::HashSet::new();
-    for r in records.iter_mut().rev() {
-        r.superseded = !seen.insert(r.stream.clone());
+    // By the sidecar's rule: a later record supersedes an earlier one of its stream if it has
+    // a higher version, the same version under another schema, or the REPLACES flag.
+    let mut latest: std::collections::HashMap<String, (usize, u64, u32)> = std::collections::HashMap::new();
+    let mut superseded = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        match latest.get(&r.stream).copied() {
+            Some((k, version, schema)) => {
+                if r.replaces || r.version > version || (r.version == version && r.schema != schema) {
+                    superseded.push(k);
+                    latest.insert(r.stream.clone(), (i, r.version, r.schema));
+                } else {
+                    superseded.push(i);
+                }
+            }
+            None => {
+                latest.insert(r.stream.clone(), (i, r.version, r.schema));
+            }
+        }
+    }
+    for i in superseded {
+        if let Some(r) = records.get_mut(i) {
+            r.superseded = true;
+        }
     }
     let damage = match end {
         snapshot::ScanEnd::Clean { .. } => None,
@@ -404,8 +546,9 @@ fn dump_snapshots(path: &Path, bytes: &[u8], filter: &Filter) -> Result<Dump> {
 }
 
 /// The files of a store or partition directory that [`dump`] describes, in the order a
-/// reader of the log meets them: per partition, segments and archives by first position,
-/// then the snapshot sidecar and tombstones; then the projections' checkpoints.
+/// reader of the log meets them: the manifest; per partition, segments and archives by first
+/// position, then the snapshot sidecar and tombstones; then each projection's checkpoints
+/// and dead-letter queue.
 pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
     let list = |d: &Path| -> Result<Vec<PathBuf>> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(d)
@@ -434,6 +577,10 @@ pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
         partition_files(dir, &mut out)?;
         return Ok(out);
     }
+    let manifest = dir.join(manifest::FILE_NAME);
+    if manifest.is_file() {
+        out.push(manifest);
+    }
     for entry in list(dir)? {
         if entry.is_dir() && is_partition(&entry) {
             partition_files(&entry, &mut out)?;
@@ -442,9 +589,11 @@ pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
     let projections = dir.join("projections");
     if projections.is_dir() {
         for p in list(&projections)? {
-            let c = p.join("checkpoints");
-            if c.is_file() {
-                out.push(c);
+            for name in [checkpoint::FILE_NAME, dlq::FILE_NAME] {
+                let f = p.join(name);
+                if f.is_file() {
+                    out.push(f);
+                }
             }
         }
     }

@@ -81,7 +81,7 @@ pub use projection::{
     ProjectionOptions, ProjectionStatus, RebuildReport, ReplayReport, View,
 };
 pub use router::{jump_consistent_hash, partition_for, stream_hash};
-pub use store::{AppendFuture, RecoveryAction, Store, WriteStats};
+pub use store::{AppendFuture, PartitionEvents, RecoveryAction, Store, StreamEvents, Streams, WriteStats};
 
 /// The README's example is compiled as a doctest, so it cannot rot.
 #[cfg(doctest)]

@@ -317,6 +317,16 @@ impl Partition {
         self.last_version_before(stream, hash, u64::MAX)
     }
 
+    /// The streams with a visible event in this partition that `keep` keeps (and that are
+    /// not deleted), sorted by id.
+    pub fn stream_ids(&self, keep: &dyn Fn(&str) -> bool) -> Result<Vec<String>> {
+        let mut all = std::collections::BTreeSet::new();
+        for (seg, end) in self.snapshot() {
+            self.view(&seg, end)?.stream_ids(&seg, end, &mut all)?;
+        }
+        Ok(all.into_iter().filter(|s| keep(s) && self.tombstones.deleted_at(s).is_none()).collect())
+    }
+
     /// Refuses stream reads of a deleted stream.
     fn live(&self, stream: &str) -> Result<()> {
         match self.tombstones.deleted_at(stream) {

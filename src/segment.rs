@@ -728,6 +728,47 @@ impl View {
         }
     }
 
+    /// Adds to `out` each stream with an event in this segment before position `end` (for
+    /// an archive, each block holding a stream's first batch is decompressed to read its id).
+    pub fn stream_ids(&self, seg: &Segment, end: u64, out: &mut std::collections::BTreeSet<String>) -> Result<()> {
+        match self {
+            View::Open(o) => {
+                let mem = o.index.read();
+                for name in mem.streams.keys() {
+                    if !mem.visible(name, end).is_empty() && !out.contains(&**name) {
+                        out.insert(name.to_string());
+                    }
+                }
+            }
+            View::Sealed(s) => {
+                for (name, _) in s.stream_last_versions(seg)? {
+                    if !out.contains(name) {
+                        out.insert(name.to_owned());
+                    }
+                }
+            }
+            View::Archived(a) => {
+                let entries = a.streams();
+                let mut i = 0;
+                while let Some(first) = entries.get(i).map(StreamEntry::get) {
+                    let n = entries
+                        .get(i..)
+                        .unwrap_or(&[])
+                        .partition_point(|e| (e.get().stream_hash, e.get().tag) == (first.stream_hash, first.tag));
+                    let (block, at) = a.at(first.offset)?;
+                    let name = block.get(at..).and_then(batch::peek_stream_id).ok_or_else(|| {
+                        Error::corruption(&seg.path, 0, format!("no stream id at uncompressed offset {}", first.offset))
+                    })?;
+                    if !out.contains(name) {
+                        out.insert(name.to_owned());
+                    }
+                    i += n.max(1);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The batches of `stream` a read needs, in version order: forward, those holding
     /// versions >= `from`; backward, those holding versions <= `from`; at most `limit` of them
     /// (a batch holds at least one event). Only these are copied out of the index, so reading

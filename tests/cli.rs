@@ -109,7 +109,9 @@ fn dump_verify_stats_and_compact() {
     // A foreign file and a missing one are errors, not panics.
     std::fs::write(work.path().join("junk"), b"not a strata file").unwrap();
     let (ok, text) = strata(&["dump"], &work.path().join("junk"));
-    assert!(ok && text.contains("Unknown"), "{text}");
+    assert!(!ok && text.contains("not a strata file"), "{text}");
+    let (ok, text) = strata(&["dump"], &dir.join("MANIFEST"));
+    assert!(ok && text.contains("manifest: 3 partitions") && text.contains("grow 1: 2 -> 3"), "{text}");
     let (ok, _) = strata(&["verify"], &work.path().join("missing"));
     assert!(!ok);
 }

@@ -478,3 +478,22 @@ proptest! {
         prop_assert!(s.recovery_report().iter().all(|a| matches!(a, RecoveryAction::RemovedTempFile { .. })), "{:?}", s.recovery_report());
     }
 }
+
+/// `inspect` shows each snapshot's anchor (the position and time of the event it was taken
+/// after) as the log has them, so a snapshot can be checked from outside.
+#[test]
+fn inspect_shows_each_snapshots_anchor() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = snapshotted_store(dir.path(), 2);
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    let dump = strata::inspect::dump(&sidecar(dir.path(), 0), &strata::inspect::Filter::default()).unwrap();
+    let strata::inspect::Dump::Snapshots { records, .. } = dump else { panic!("{dump:?}") };
+    assert_eq!(records.len(), 4, "two snapshots of each stream");
+    for r in &records {
+        assert!(names.contains(&r.stream));
+        let e = store.read_stream(&r.stream, r.version, 1).unwrap().remove(0);
+        assert_eq!((r.position, r.event_time), (e.position, e.timestamp_nanos), "{r:?}");
+        assert!(r.written >= r.event_time && !r.replaces);
+        assert_eq!(r.superseded, r.version == 3, "{r:?}");
+    }
+}

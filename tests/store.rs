@@ -346,3 +346,57 @@ fn close_works_through_an_arc() {
     assert_eq!(again.read_stream("a", 0, 10).unwrap().len(), 1);
     engine.stop().unwrap();
 }
+
+/// `streams` lists every live stream once (active and sealed segments, archives, after a
+/// grow); `iter_stream` and `iter_partition` page internally up to the end as of their call.
+#[test]
+fn streams_are_listed_and_iterated() {
+    let dir = tempfile::tempdir().unwrap();
+    let compaction = strata::CompactionOptions::default().interval(None);
+    let store = Store::open(dir.path(), opts(2, 4096).compaction(compaction)).unwrap();
+    let mut names: Vec<String> = (0..40).map(|i| format!("acct-{i}")).collect();
+    for round in 0..12 {
+        for n in &names {
+            store.append(n, ExpectedVersion::Any, &[ev("E", format!("{n} {round}"))]).unwrap();
+        }
+    }
+    let listed = |store: &Store| {
+        let mut v = store.streams().collect::<Result<Vec<_>, _>>().unwrap();
+        v.sort();
+        v
+    };
+    names.sort();
+    assert_eq!(listed(&store), names);
+    store.compact_with(true, &mut |_| {}).unwrap();
+    assert_eq!(listed(&store), names, "after archiving");
+    assert!(store.delete_stream("acct-3").unwrap());
+    names.retain(|n| n != "acct-3");
+    assert_eq!(listed(&store), names, "a deleted stream is not listed");
+    store.grow_partitions(5).unwrap();
+    assert_eq!(listed(&store), names, "a moved stream is listed once");
+    assert_eq!(store.stream_count().unwrap(), names.len() as u64);
+
+    let long: Vec<_> = (0..700).map(|i| ev("Tick", i.to_string())).collect();
+    store.append("clock", ExpectedVersion::NoStream, &long).unwrap();
+    let got: Vec<u64> = store.iter_stream("clock", 5).map(|e| e.unwrap().version).collect();
+    assert_eq!(got, (5..700).collect::<Vec<_>>());
+    assert_eq!(store.iter_stream("nobody", 0).count(), 0);
+    assert!(matches!(store.iter_stream("acct-3", 0).collect::<Vec<_>>()[..], [Err(Error::StreamDeleted { .. })]));
+    let p = store.partition_of("clock");
+    let head = store.head(p).unwrap();
+    let mut it = store.iter_partition(p, 0);
+    store.append("clock", ExpectedVersion::Exact(699), &[ev("Tick", "late")]).unwrap();
+    let positions: Vec<u64> = it.by_ref().map(|e| e.unwrap().position).collect();
+    assert_eq!(positions.last(), Some(&(head - 1)), "stops at the head it started with");
+    assert!(positions.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(
+        positions,
+        store
+            .read_partition(p, 0, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|e| e.position)
+            .filter(|&q| q < head)
+            .collect::<Vec<_>>()
+    );
+}

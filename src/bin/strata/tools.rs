@@ -204,13 +204,17 @@ fn dump_one(path: &Path, filter: &Filter, headers: bool) -> strata::Result<()> {
             out!("== {name}: snapshot sidecar of partition {partition}, rewritten {rewrites} times");
             for r in records {
                 out!(
-                    "  @{:<10} {:?} v{} schema {} state {} bytes, after position {}{}",
+                    "  @{:<10} {:?} v{} schema {} aggregate {:#010x} state {} bytes, after position {} ({}), taken {}{}{}",
                     r.offset,
                     r.stream,
                     r.version,
                     r.schema,
+                    r.aggregate,
                     r.state_len,
                     r.position,
+                    time(r.event_time),
+                    time(r.written),
+                    if r.replaces { " (replaces)" } else { "" },
                     if r.superseded { " (superseded)" } else { "" }
                 );
             }
@@ -233,7 +237,51 @@ fn dump_one(path: &Path, filter: &Filter, headers: bool) -> strata::Result<()> {
                 out!("  partition {p}: {pos}");
             }
         }
-        Dump::Other(kind) => out!("== {name}: {kind:?} (not dumped)"),
+        Dump::DeadLetters { records, damage } => {
+            out!("== {name}: dead-letter queue");
+            for r in records {
+                match r {
+                    inspect::DeadLetterInfo::Letter {
+                        offset,
+                        id,
+                        time: t,
+                        partition,
+                        position,
+                        stream,
+                        version,
+                        attempts,
+                        error,
+                        ..
+                    } => out!(
+                        "  @{offset:<10} letter {id}: partition {partition} position {position} {stream:?} v{version}, \
+                         {attempts} attempts, {}: {}",
+                        time(t),
+                        show(error.as_bytes())
+                    ),
+                    inspect::DeadLetterInfo::Resolution { offset, id, time: t, replayed, .. } => out!(
+                        "  @{offset:<10} letter {id} {} {}",
+                        if replayed { "replayed" } else { "discarded" },
+                        time(t)
+                    ),
+                    _ => out!("  (a record of an unknown kind)"),
+                }
+            }
+            if let Some((at, why)) = damage {
+                out!("  end: invalid bytes at byte {at}: {why}");
+            }
+        }
+        Dump::Manifest { partition_count, segment_bytes, created, partition_epoch, growing_to, epochs } => {
+            out!(
+                "== {name}: manifest: {partition_count} partitions, segments of {segment_bytes} bytes, created {}",
+                time(created)
+            );
+            for (i, (from, to)) in epochs.iter().enumerate() {
+                out!("  grow {}: {from} -> {to} partitions", i + 1);
+            }
+            if growing_to > 0 {
+                out!("  a grow to {growing_to} partitions is in progress (epoch {partition_epoch})");
+            }
+        }
         _ => out!("== {name}: (unknown dump)"),
     }
     Ok(())
