@@ -444,13 +444,13 @@ pub fn model_ops(data: &[u8]) {
                 assert_eq!(s.head(p as u32).expect("head"), log.len() as u64);
             }
             5 => {
-                store.take().map(Store::close).transpose().expect("close");
+                store.take().map(|s| s.close()).transpose().expect("close");
                 store = Some(Store::open(dir.path(), opts()).expect("reopen"));
             }
             6 => {
                 // A crash in the middle of the last write: the batch is torn, and recovery
                 // must drop exactly it.
-                store.take().map(Store::close).transpose().expect("close");
+                store.take().map(|s| s.close()).transpose().expect("close");
                 let p = usize::from(arg % 2);
                 let pdir = dir.path().join(format!("p{p:05}"));
                 let mut logs_files: Vec<PathBuf> = std::fs::read_dir(&pdir)
