@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use strata::bus::BusOptions;
+
 use strata::{
-    Aggregate, ApplyError, BusOptions, Command, CommandBus, Durability, EventData, Options, RecordedEvent, Store,
-    ViewCache,
+    Aggregate, ApplyError, Command, CommandBus, Durability, EventData, Options, RecordedEvent, Store, ViewCache,
 };
 
 #[derive(Default)]

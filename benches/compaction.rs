@@ -12,7 +12,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use strata::{CompactionOptions, Durability, EventData, ExpectedVersion, Options, Store};
+use strata::compaction::CompactionOptions;
+use strata::{Durability, EventData, ExpectedVersion, Options, Store};
 
 const STREAMS: usize = 2_000;
 const PER_STREAM: u64 = 100;

@@ -115,7 +115,7 @@ impl Kind {
     fn open(self, dir: &Path) -> Box<dyn Engine> {
         match self {
             Kind::Raw => Box::new(RawEngine::open(dir)),
-            Kind::Strata => Box::new(StrataEngine::open(dir, strata::DEFAULT_PARTITIONS)),
+            Kind::Strata => Box::new(StrataEngine::open(dir, strata::limits::DEFAULT_PARTITIONS)),
             Kind::StrataP1 => Box::new(StrataEngine::open(dir, 1)),
             Kind::SqliteFull => Box::new(SqliteEngine::open(dir, "FULL")),
             Kind::SqliteNormal => Box::new(SqliteEngine::open(dir, "NORMAL")),
@@ -210,7 +210,7 @@ impl Writer for RawWriter {
     fn commit(&mut self, events: &[Ev<'_>]) {
         self.buf.clear();
         for e in events {
-            self.buf.extend_from_slice(&(strata::stream_hash(e.stream) as u32).to_le_bytes());
+            self.buf.extend_from_slice(&(strata::routing::stream_hash(e.stream) as u32).to_le_bytes());
             self.buf.extend_from_slice(&(e.payload.len() as u32).to_le_bytes());
             self.buf.extend_from_slice(&e.version.to_le_bytes());
             self.buf.extend_from_slice(e.payload);

@@ -10,10 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use strata::{
-    Batch, BatchError, Durability, EventData, ExpectedVersion, HandlerError, Options, Projection, ProjectionEngine,
-    ProjectionOptions, RecordedEvent, Store,
-};
+use strata::projection::{Batch, BatchError, HandlerError, ProjectionOptions};
+use strata::{Durability, EventData, ExpectedVersion, Options, Projection, ProjectionEngine, RecordedEvent, Store};
 
 /// Counts events, and sums their payload lengths so the events are really looked at.
 #[derive(Default)]

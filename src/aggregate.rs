@@ -1,15 +1,18 @@
 //! Aggregates: loading one from its latest snapshot plus the events after it, committing new
-//! events to it, and the snapshot policy (every N events, and on demand).
+//! events to it, and the snapshot policy (every N events, and on demand). The work is done
+//! against the log seam ([`Log`]), so any backend serves it; [`Store::load`],
+//! [`Store::commit`] and [`Store::snapshot`] are its entry points on the embedded store.
 
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 
+use crate::clock::now_nanos;
 use crate::error::{Error, Result};
 use crate::event::{AppendResult, EventData, ExpectedVersion, RecordedEvent};
 use crate::format::snapshot::{MAX_SNAPSHOT_BYTES, Meta};
-use crate::segment::{blank_event, fill_event};
-use crate::snapshot::{Job, Pending};
-use crate::store::{Store, now_nanos};
+use crate::snapshot::Pending;
+use crate::store::Store;
+use crate::store::seam::Log;
 
 /// The error an [`Aggregate::apply`] may return.
 pub type ApplyError = Box<dyn std::error::Error + Send + Sync>;
@@ -202,28 +205,6 @@ fn type_tag<A: Aggregate>() -> u32 {
     crc32fast::hash(A::name().as_bytes())
 }
 
-/// Counters of snapshot work (see [`Store::snapshot_stats`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct SnapshotStats {
-    /// Snapshots written to sidecars.
-    pub written: u64,
-    /// Automatic snapshots dropped because the snapshotter's queue was full.
-    pub dropped: u64,
-    /// Snapshots whose write failed.
-    pub failed: u64,
-    /// Sidecar rewrites (dropping superseded snapshots).
-    pub rewrites: u64,
-    /// Loads that started from a snapshot.
-    pub used: u64,
-    /// Loads that ignored a snapshot (see [`SnapshotIgnored`]).
-    pub ignored: u64,
-    /// Bytes in the sidecar files read so far (a sidecar is read on first use).
-    pub sidecar_bytes: u64,
-    /// Streams with a snapshot, in the sidecars read so far.
-    pub streams: u64,
-}
-
 fn apply<A: Aggregate>(state: &mut A, e: &RecordedEvent) -> Result<()> {
     state.apply(e).map_err(|err| Error::Apply {
         stream: e.stream_id.clone(),
@@ -243,106 +224,7 @@ impl Store {
     ///
     /// Errors: [`Error::InvalidStreamId`], read errors of the log, [`Error::Apply`].
     pub fn load<A: Aggregate>(&self, stream: &str) -> Result<Loaded<A>> {
-        crate::format::batch::check_stream_id(stream)?;
-        let sidecar = self.sidecar_of(stream)?;
-        let counters = self.snapshot_counters();
-        let use_ = match sidecar.read(stream) {
-            Ok(None) => SnapshotUse::None,
-            Err(reason) => SnapshotUse::Ignored { version: None, reason: SnapshotIgnored::Unreadable { reason } },
-            Ok(Some(snap)) if snap.meta.aggregate != type_tag::<A>() => {
-                SnapshotUse::Ignored { version: Some(snap.meta.version), reason: SnapshotIgnored::OtherAggregate }
-            }
-            Ok(Some(snap)) => {
-                let version = snap.meta.version;
-                match A::decode(snap.meta.schema, &snap.state) {
-                    None => SnapshotUse::Ignored {
-                        version: Some(version),
-                        reason: SnapshotIgnored::Rejected { schema: snap.meta.schema },
-                    },
-                    Some(state) => {
-                        let mut loaded = Loaded::new(stream, state, SnapshotUse::Used { version });
-                        loaded.version = Some(version);
-                        loaded.last_position = snap.meta.position;
-                        loaded.last_time = snap.meta.event_time;
-                        // Read from the snapshot's own event: it must be the one the snapshot
-                        // was taken after (the anchor), or the snapshot is stale.
-                        if self.replay(&mut loaded, Some((snap.meta.position, snap.meta.event_time)))? {
-                            counters.used.fetch_add(1, Ordering::Relaxed);
-                            self.snapshot_by_policy(&mut loaded);
-                            return Ok(loaded);
-                        }
-                        SnapshotUse::Ignored { version: Some(version), reason: SnapshotIgnored::Stale }
-                    }
-                }
-            }
-        };
-        let ignored = matches!(use_, SnapshotUse::Ignored { .. });
-        if ignored {
-            counters.ignored.fetch_add(1, Ordering::Relaxed);
-        }
-        let mut loaded = Loaded::new(stream, A::default(), use_);
-        self.replay(&mut loaded, None)?;
-        if ignored && loaded.version.is_some() {
-            // Replace the unusable snapshot, whatever the policy says and whatever its version
-            // (if the queue is full, the next snapshot of this `Loaded` replaces it).
-            loaded.replace_pending = true;
-            let _ = self.queue_snapshot(&mut loaded, false);
-        } else {
-            self.snapshot_by_policy(&mut loaded);
-        }
-        Ok(loaded)
-    }
-
-    /// Applies the stream's events after `loaded.version` (all of them if `None`), straight
-    /// from the log through one reused event (no allocation per event). With an `anchor`
-    /// (position, timestamp), the read starts at `loaded.version` itself, whose event must
-    /// have that position and timestamp: returns `false`, having applied nothing, if it does
-    /// not.
-    fn replay<A: Aggregate>(&self, loaded: &mut Loaded<A>, anchor: Option<(u64, u64)>) -> Result<bool> {
-        let hash = crate::router::stream_hash(&loaded.stream);
-        let partition = self.partition_of(&loaded.stream);
-        let from = match (anchor, loaded.version) {
-            (Some(_), Some(v)) => v,
-            (_, v) => v.map_or(0, |v| v + 1),
-        };
-        let mut event = blank_event(partition);
-        let mut anchored = anchor.is_none();
-        let mut failed: Option<Error> = None;
-        let min_position = anchor.map_or(0, |(position, _)| position);
-        self.partition_ref(partition)?.visit_stream(
-            &loaded.stream,
-            hash,
-            from,
-            min_position,
-            &mut |b, skip, take| {
-                for (i, e) in b.events().enumerate().skip(skip).take(take) {
-                    let (version, position) = (b.first_version + i as u64, b.base_position + i as u64);
-                    if !anchored {
-                        // The first event read is the anchor: checked, not applied.
-                        anchored = anchor == Some((position, b.timestamp)) && version == from;
-                        if !anchored {
-                            return ControlFlow::Break(());
-                        }
-                        continue;
-                    }
-                    fill_event(&mut event, b, i, &e);
-                    if let Err(err) = apply(&mut loaded.state, &event) {
-                        failed = Some(err);
-                        return ControlFlow::Break(());
-                    }
-                    loaded.version = Some(version);
-                    loaded.last_position = position;
-                    loaded.last_time = b.timestamp;
-                    loaded.replayed += 1;
-                    loaded.since_snapshot += 1;
-                }
-                ControlFlow::Continue(())
-            },
-        )?;
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(anchored),
-        }
+        load(self, stream)
     }
 
     /// Appends `events` to the aggregate's stream, expecting the version it was loaded at,
@@ -352,32 +234,7 @@ impl Store {
     /// command. On [`Error::Apply`] the events were appended but the state could not follow:
     /// load again.
     pub fn commit<A: Aggregate>(&self, loaded: &mut Loaded<A>, events: &[EventData]) -> Result<AppendResult> {
-        if let Some(e) = &loaded.broken {
-            return Err(e.clone());
-        }
-        let r = self.append(&loaded.stream, loaded.expected(), events)?;
-        for (i, data) in events.iter().enumerate() {
-            let e = RecordedEvent {
-                stream_id: loaded.stream.clone(),
-                version: r.first_version + i as u64,
-                partition: r.partition,
-                position: r.first_position + i as u64,
-                timestamp_nanos: r.timestamp_nanos,
-                event_type: data.event_type.clone(),
-                metadata: data.metadata.clone(),
-                payload: data.payload.clone(),
-            };
-            if let Err(err) = apply(&mut loaded.state, &e) {
-                loaded.broken = Some(err.clone());
-                return Err(err);
-            }
-            loaded.version = Some(e.version);
-            loaded.last_position = e.position;
-            loaded.last_time = e.timestamp_nanos;
-            loaded.since_snapshot += 1;
-        }
-        self.snapshot_by_policy(loaded);
-        Ok(r)
+        commit(self, loaded, events)
     }
 
     /// Takes a snapshot of `loaded` now (a significant state transition, say): encodes it on
@@ -387,54 +244,177 @@ impl Store {
     /// Errors: [`Error::SnapshotTooLarge`]; [`Error::Apply`] if a commit of this `Loaded`
     /// failed to apply (its state is behind its stream: load again); [`Error::Closed`].
     pub fn snapshot<A: Aggregate>(&self, loaded: &mut Loaded<A>) -> Result<()> {
-        self.queue_snapshot(loaded, true).map(|_| ())
+        queue_snapshot(self, loaded, true).map(|_| ())
     }
+}
 
-    fn snapshot_by_policy<A: Aggregate>(&self, loaded: &mut Loaded<A>) {
-        if A::SNAPSHOT_EVERY > 0 && loaded.since_snapshot >= A::SNAPSHOT_EVERY && loaded.version.is_some() {
-            // An automatic snapshot is an optimisation: if the queue is full it is counted as
-            // dropped and the next commit tries again; one too large is counted as failed.
-            if let Err(Error::SnapshotTooLarge { .. }) = self.queue_snapshot(loaded, false) {
-                self.snapshot_counters().failed.fetch_add(1, Ordering::Relaxed);
-                loaded.since_snapshot = 0;
+/// [`Store::load`], on any log.
+pub(crate) fn load<A: Aggregate>(log: &dyn Log, stream: &str) -> Result<Loaded<A>> {
+    crate::format::batch::check_stream_id(stream)?;
+    let counters = log.snapshot_counters();
+    let use_ = match log.latest_snapshot(stream) {
+        Ok(None) => SnapshotUse::None,
+        Err(reason) => SnapshotUse::Ignored { version: None, reason: SnapshotIgnored::Unreadable { reason } },
+        Ok(Some(snap)) if snap.meta.aggregate != type_tag::<A>() => {
+            SnapshotUse::Ignored { version: Some(snap.meta.version), reason: SnapshotIgnored::OtherAggregate }
+        }
+        Ok(Some(snap)) => {
+            let version = snap.meta.version;
+            match A::decode(snap.meta.schema, &snap.state) {
+                None => SnapshotUse::Ignored {
+                    version: Some(version),
+                    reason: SnapshotIgnored::Rejected { schema: snap.meta.schema },
+                },
+                Some(state) => {
+                    let mut loaded = Loaded::new(stream, state, SnapshotUse::Used { version });
+                    loaded.version = Some(version);
+                    loaded.last_position = snap.meta.position;
+                    loaded.last_time = snap.meta.event_time;
+                    // Read from the snapshot's own event: it must be the one the snapshot
+                    // was taken after (the anchor), or the snapshot is stale.
+                    if replay(log, &mut loaded, Some((snap.meta.position, snap.meta.event_time)))? {
+                        counters.used.fetch_add(1, Ordering::Relaxed);
+                        snapshot_by_policy(log, &mut loaded);
+                        return Ok(loaded);
+                    }
+                    SnapshotUse::Ignored { version: Some(version), reason: SnapshotIgnored::Stale }
+                }
             }
         }
+    };
+    let ignored = matches!(use_, SnapshotUse::Ignored { .. });
+    if ignored {
+        counters.ignored.fetch_add(1, Ordering::Relaxed);
     }
+    let mut loaded = Loaded::new(stream, A::default(), use_);
+    replay(log, &mut loaded, None)?;
+    if ignored && loaded.version.is_some() {
+        // Replace the unusable snapshot, whatever the policy says and whatever its version
+        // (if the queue is full, the next snapshot of this `Loaded` replaces it).
+        loaded.replace_pending = true;
+        let _ = queue_snapshot(log, &mut loaded, false);
+    } else {
+        snapshot_by_policy(log, &mut loaded);
+    }
+    Ok(loaded)
+}
 
-    /// Encodes and queues a snapshot of `loaded`; `wait`: block while the queue is full
-    /// (otherwise drop the snapshot and count it). A snapshot replacing an unusable one is
-    /// flagged to supersede it whatever its version. Returns whether it was queued.
-    fn queue_snapshot<A: Aggregate>(&self, loaded: &mut Loaded<A>, wait: bool) -> Result<bool> {
-        if let Some(e) = &loaded.broken {
-            return Err(e.clone());
+/// Applies the stream's events after `loaded.version` (all of them if `None`), straight from
+/// the log through one reused event (no allocation per event). With an `anchor` (position,
+/// timestamp), the read starts at `loaded.version` itself, whose event must have that
+/// position and timestamp: returns `false`, having applied nothing, if it does not.
+fn replay<A: Aggregate>(log: &dyn Log, loaded: &mut Loaded<A>, anchor: Option<(u64, u64)>) -> Result<bool> {
+    let from = match (anchor, loaded.version) {
+        (Some(_), Some(v)) => v,
+        (_, v) => v.map_or(0, |v| v + 1),
+    };
+    let mut event = RecordedEvent::empty();
+    let mut anchored = anchor.is_none();
+    let mut failed: Option<Error> = None;
+    let min_position = anchor.map_or(0, |(position, _)| position);
+    let stream = loaded.stream.clone();
+    log.visit_stream(&stream, from, min_position, &mut |e| {
+        if !anchored {
+            // The first event read is the anchor: checked, not applied.
+            anchored = anchor == Some((e.position, e.timestamp_nanos)) && e.version == from;
+            return if anchored { ControlFlow::Continue(()) } else { ControlFlow::Break(()) };
         }
-        let Some(version) = loaded.version else { return Ok(false) };
-        if self.partition_ref(self.partition_of(&loaded.stream))?.tombstones.deleted_at(&loaded.stream).is_some() {
-            return Err(Error::StreamDeleted { stream: loaded.stream.clone() });
+        e.copy_into(&mut event);
+        if let Err(err) = apply(&mut loaded.state, &event) {
+            failed = Some(err);
+            return ControlFlow::Break(());
         }
-        let state = loaded.state.encode();
-        if state.len() > MAX_SNAPSHOT_BYTES {
-            return Err(Error::SnapshotTooLarge { size: state.len(), max: MAX_SNAPSHOT_BYTES });
-        }
-        let job = Job::Write(Pending {
-            partition: self.partition_of(&loaded.stream),
-            stream: loaded.stream.clone(),
-            meta: Meta {
-                version,
-                position: loaded.last_position,
-                event_time: loaded.last_time,
-                written: now_nanos(),
-                schema: A::SCHEMA,
-                replaces: loaded.replace_pending,
-                aggregate: type_tag::<A>(),
-            },
-            state,
-        });
-        let queued = self.send_snapshot_job(job, wait)?;
-        if queued {
-            loaded.since_snapshot = 0;
-            loaded.replace_pending = false;
-        }
-        Ok(queued)
+        loaded.version = Some(e.version);
+        loaded.last_position = e.position;
+        loaded.last_time = e.timestamp_nanos;
+        loaded.replayed += 1;
+        loaded.since_snapshot += 1;
+        ControlFlow::Continue(())
+    })?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(anchored),
     }
+}
+
+/// [`Store::commit`], on any log.
+pub(crate) fn commit<A: Aggregate>(
+    log: &dyn Log,
+    loaded: &mut Loaded<A>,
+    events: &[EventData],
+) -> Result<AppendResult> {
+    if let Some(e) = &loaded.broken {
+        return Err(e.clone());
+    }
+    let r = log.append(&loaded.stream, loaded.expected(), events)?;
+    for (i, data) in events.iter().enumerate() {
+        let e = RecordedEvent {
+            stream_id: loaded.stream.clone(),
+            version: r.first_version + i as u64,
+            partition: r.partition,
+            position: r.first_position + i as u64,
+            timestamp_nanos: r.timestamp_nanos,
+            event_type: data.event_type.clone(),
+            metadata: data.metadata.clone(),
+            payload: data.payload.clone(),
+        };
+        if let Err(err) = apply(&mut loaded.state, &e) {
+            loaded.broken = Some(err.clone());
+            return Err(err);
+        }
+        loaded.version = Some(e.version);
+        loaded.last_position = e.position;
+        loaded.last_time = e.timestamp_nanos;
+        loaded.since_snapshot += 1;
+    }
+    snapshot_by_policy(log, loaded);
+    Ok(r)
+}
+
+fn snapshot_by_policy<A: Aggregate>(log: &dyn Log, loaded: &mut Loaded<A>) {
+    if A::SNAPSHOT_EVERY > 0 && loaded.since_snapshot >= A::SNAPSHOT_EVERY && loaded.version.is_some() {
+        // An automatic snapshot is an optimisation: if the queue is full it is counted as
+        // dropped and the next commit tries again; one too large is counted as failed.
+        if let Err(Error::SnapshotTooLarge { .. }) = queue_snapshot(log, loaded, false) {
+            log.snapshot_counters().failed.fetch_add(1, Ordering::Relaxed);
+            loaded.since_snapshot = 0;
+        }
+    }
+}
+
+/// Encodes and queues a snapshot of `loaded`; `wait`: block while the queue is full
+/// (otherwise drop the snapshot and count it). A snapshot replacing an unusable one is
+/// flagged to supersede it whatever its version. Returns whether it was queued.
+fn queue_snapshot<A: Aggregate>(log: &dyn Log, loaded: &mut Loaded<A>, wait: bool) -> Result<bool> {
+    if let Some(e) = &loaded.broken {
+        return Err(e.clone());
+    }
+    let Some(version) = loaded.version else { return Ok(false) };
+    if log.is_deleted(&loaded.stream) {
+        return Err(Error::StreamDeleted { stream: loaded.stream.clone() });
+    }
+    let state = loaded.state.encode();
+    if state.len() > MAX_SNAPSHOT_BYTES {
+        return Err(Error::SnapshotTooLarge { size: state.len(), max: MAX_SNAPSHOT_BYTES });
+    }
+    let pending = Pending {
+        partition: log.partition_of(&loaded.stream),
+        stream: loaded.stream.clone(),
+        meta: Meta {
+            version,
+            position: loaded.last_position,
+            event_time: loaded.last_time,
+            written: now_nanos(),
+            schema: A::SCHEMA,
+            replaces: loaded.replace_pending,
+            aggregate: type_tag::<A>(),
+        },
+        state,
+    };
+    let queued = log.queue_snapshot(pending, wait)?;
+    if queued {
+        loaded.since_snapshot = 0;
+        loaded.replace_pending = false;
+    }
+    Ok(queued)
 }

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::aggregate::Aggregate;
+use crate::aggregate::{self, Aggregate};
 use crate::error::{Error, Result};
 use crate::event::{AppendResult, EventData};
 use crate::projection::ProjectionEngine;
 use crate::store::Store;
+use crate::store::seam::Log;
 
 /// A command: which aggregate it addresses, and the decision it makes from its state.
 pub trait Command {
@@ -130,7 +131,8 @@ struct GateState {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use strata::{Aggregate, ApplyError, BusOptions, Command, CommandBus, EventData, Options, RecordedEvent, Store};
+/// use strata::bus::BusOptions;
+/// use strata::{Aggregate, ApplyError, Command, CommandBus, EventData, Options, RecordedEvent, Store};
 ///
 /// #[derive(Default)]
 /// struct Counter(u64);
@@ -159,7 +161,7 @@ struct GateState {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct CommandBus {
-    store: Arc<Store>,
+    log: Arc<dyn Log>,
     engine: Option<Arc<ProjectionEngine>>,
     options: BusOptions,
     in_flight: AtomicUsize,
@@ -215,7 +217,7 @@ impl CommandBus {
         let burst = options.rate.map_or(0.0, |(_, b)| b);
         let gates = options.gates.len();
         Ok(CommandBus {
-            store,
+            log: store,
             engine,
             options,
             in_flight: AtomicUsize::new(0),
@@ -262,12 +264,12 @@ impl CommandBus {
         let mut attempt = 0;
         loop {
             let result = (|| {
-                let mut loaded = self.store.load::<C::Aggregate>(command.stream())?;
+                let mut loaded = aggregate::load::<C::Aggregate>(&*self.log, command.stream())?;
                 let events = command.decide(loaded.state(), loaded.version()).map_err(Error::Rejected)?;
                 if events.is_empty() {
                     return Ok(None);
                 }
-                self.store.commit(&mut loaded, &events).map(Some)
+                aggregate::commit(&*self.log, &mut loaded, &events).map(Some)
             })();
             match result {
                 Err(Error::WrongExpectedVersion { .. }) if attempt < self.options.conflict_retries => {

@@ -79,6 +79,23 @@ pub struct EventView<'a> {
 }
 
 impl EventView<'_> {
+    /// Overwrites `slot` with this event, reusing its buffers: reads that hand events to user
+    /// code one at a time allocate nothing once warm.
+    pub(crate) fn copy_into(&self, slot: &mut RecordedEvent) {
+        slot.stream_id.clear();
+        slot.stream_id.push_str(self.stream_id);
+        slot.version = self.version;
+        slot.partition = self.partition;
+        slot.position = self.position;
+        slot.timestamp_nanos = self.timestamp_nanos;
+        slot.event_type.clear();
+        slot.event_type.push_str(self.event_type);
+        slot.metadata.clear();
+        slot.metadata.extend_from_slice(self.metadata);
+        slot.payload.clear();
+        slot.payload.extend_from_slice(self.payload);
+    }
+
     /// An owned copy.
     pub fn to_recorded(&self) -> RecordedEvent {
         RecordedEvent {
@@ -95,6 +112,20 @@ impl EventView<'_> {
 }
 
 impl RecordedEvent {
+    /// An event with empty fields, to be overwritten by [`EventView::copy_into`].
+    pub(crate) fn empty() -> RecordedEvent {
+        RecordedEvent {
+            stream_id: String::new(),
+            version: 0,
+            partition: 0,
+            position: 0,
+            timestamp_nanos: 0,
+            event_type: String::new(),
+            metadata: Vec::new(),
+            payload: Vec::new(),
+        }
+    }
+
     /// The append time as a [`SystemTime`].
     pub fn timestamp(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_nanos(self.timestamp_nanos)

@@ -6,12 +6,14 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use crate::error::Error;
 use crate::event::EventData;
+use crate::event::ExpectedVersion;
 use crate::format::batch::{self, Limits};
 use crate::format::index;
 use crate::format::manifest::Manifest;
 use crate::format::segment::{self, Mode};
-use crate::{Error, ExpectedVersion, Options, Store};
+use crate::store::{Options, Store};
 
 /// Random bytes rarely carry a matching CRC-32, which would keep the fuzzer in front of the
 /// checksum. Inputs whose first byte is odd get their checksum fixed up (`fix` writes it), so
@@ -279,7 +281,7 @@ pub fn archive_decode(data: &[u8]) {
     let mut all = Vec::new();
     let blocks = data.get(layout.blocks.clone()).map_or(0, |b| b.len() / 32);
     for i in 0..blocks {
-        match crate::archive::decompress_block(data, &layout, i) {
+        match crate::format::archive::decompress_block(data, &layout, i) {
             Ok(block) => all.extend_from_slice(&block),
             Err(_) => return,
         }
@@ -338,7 +340,8 @@ pub fn model_ops(data: &[u8]) {
     use std::collections::{HashMap, HashSet};
     use std::time::Duration;
 
-    use crate::{CompactionOptions, Durability};
+    use crate::compaction::CompactionOptions;
+    use crate::log::Durability;
     let base = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
     let dir = tempfile::Builder::new().prefix("strata-model").tempdir_in(base).expect("temp dir");
     let opts = || {

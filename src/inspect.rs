@@ -407,7 +407,7 @@ fn dump_dead_letters(path: &Path, bytes: &[u8]) -> Result<Dump> {
 }
 
 fn dump_segment(path: &Path, bytes: &[u8], filter: &Filter) -> Result<Dump> {
-    let header = segment::decode_header(bytes).map_err(|e| crate::segment::header_error(path, e))?;
+    let header = segment::decode_header(bytes).map_err(|e| crate::log::sealed::header_error(path, e))?;
     let mut batches = Vec::new();
     let mut at = segment::HEADER_LEN;
     let mut damage = None;
@@ -439,13 +439,13 @@ fn dump_archive(path: &Path, bytes: &[u8], filter: &Filter) -> Result<Dump> {
     // The decoder casts sections in place: give it the alignment a mapping would have.
     let aligned = crate::format::Aligned::new(bytes);
     let data = aligned.bytes();
-    let layout = arc::decode(data).map_err(|b| crate::archive::bad_archive(path, b))?;
+    let layout = arc::decode(data).map_err(|b| crate::log::archive::bad_archive(path, b))?;
     let h = layout.header;
     let mut problems = Vec::new();
     let mut all = Vec::new();
     let blocks = arc::cast::<arc::BlockEntry>(data, &layout.blocks).map_or(0, <[_]>::len);
     for i in 0..blocks {
-        match crate::archive::decompress_block(data, &layout, i) {
+        match arc::decompress_block(data, &layout, i) {
             Ok(b) => all.extend_from_slice(&b),
             Err((offset, why)) => {
                 problems.push(format!("at byte {offset}: {why}"));

@@ -1,11 +1,11 @@
 //! strata: an embeddable, log-structured event store for event-sourced (CQRS/ES) systems.
 //!
 //! A [`Store`] is one directory holding a number of partitions, set at creation and raised
-//! online by [`Store::grow_partitions`]. A stream (one
-//! aggregate's history) lives in exactly one partition, chosen by a stable hash of its id and
-//! jump consistent hash. Each partition is an append-only log of segment files; appends from
-//! many threads are group-committed by the partition's writer (one write, one `fdatasync`).
-//! Sealed segments are memory-mapped with their index files for reads.
+//! online by [`Store::grow_partitions`]. A stream (one aggregate's history) lives in exactly
+//! one partition, chosen by a stable hash of its id and jump consistent hash. Each partition
+//! is an append-only log of segment files; appends from many threads are group-committed by
+//! the partition's writer (one write, one `fdatasync`). Sealed segments are memory-mapped
+//! with their index files for reads.
 //!
 //! ```
 //! use strata::{EventData, ExpectedVersion, Options, Store};
@@ -20,68 +20,111 @@
 //! On top of the log:
 //! - [`Aggregate`], [`Store::load`] and [`Store::commit`]: aggregates loaded from their latest
 //!   snapshot (kept in a sidecar file per partition) plus the events after it;
-//! - [`ProjectionEngine`]: read models fed by a pool of workers, one per partition at a time,
-//!   with durable checkpoints, a dead-letter queue, lag against an SLA and parallel rebuilds;
-//! - [`CommandBus`]: commands with back-pressure (overload, rate and lag gates);
-//! - [`ViewCache`]: a read-through cache for hot views; [`Metrics`]: everything measured, in
-//!   one snapshot and as Prometheus text.
+//! - [`ProjectionEngine`] ([`projection`]): read models fed by a pool of workers, one per
+//!   partition at a time, with durable checkpoints, a dead-letter queue, lag against an SLA
+//!   and parallel rebuilds;
+//! - [`CommandBus`] ([`bus`]): commands with back-pressure (overload, rate and lag gates);
+//! - [`ViewCache`] ([`cache`]): a read-through cache for hot views; [`Metrics`] ([`metrics`]):
+//!   everything measured, in one snapshot and as Prometheus text;
+//! - [`compaction`] of old segments into compressed archives, and [`inspect`] to read any
+//!   strata file without opening its store.
+//!
+//! The everyday types are at the root; the rest is grouped by what it belongs to: the
+//! [`store`] module holds what `Store` methods return besides events (iterators, reports,
+//! counters), [`limits`] the sizes and defaults, [`routing`] the partition function.
 //!
 //! The on-disk format is specified in FORMAT.md.
+//!
+//! # The floors of the house
+//!
+//! The source is layered, and the folders are the layers. From the bottom:
+//!
+//! 1. base: `error`, `event`, `router`, `clock`, `sync`, `report`;
+//! 2. `io/`: the file seam, fault injection, the lock, and `mmap` (the only `unsafe`);
+//! 3. `format/`: the bytes of every file, encoders beside decoders;
+//! 4. `log/`: the engine core: partitions, segments, the write path (`writer`), the read
+//!    path (`read`, `view`), recovery, tombstones; and `inspect`, which reads files alone;
+//! 5. `snapshot/` and `compaction/`, beside each other;
+//! 6. `store/`: the facade, and the log seam (`store::seam`) through which everything above
+//!    reaches the log;
+//! 7. `aggregate` and `projection/`;
+//! 8. `bus` and `cache`;
+//! 9. `metrics/`;
+//! 10. the CLI (`bin/strata/`) and the fuzzing entry points.
+//!
+//! A file never imports from a floor above its own, and no module names a crate-root
+//! re-export (`tests/layers.rs` checks both).
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-mod aggregate;
-mod archive;
-mod bus;
-mod cache;
-mod compaction;
-mod dlq;
+// Floor 1: base.
+mod clock;
 mod error;
 mod event;
+mod report;
+mod router;
+mod sync;
+// Floor 2.
+mod io;
+// Floor 3.
 mod format;
+// Floor 4.
+pub mod inspect;
+mod log;
+// Floor 5.
+pub mod compaction;
+mod snapshot;
+// Floor 6.
+pub mod store;
+// Floor 7.
+mod aggregate;
+pub mod projection;
+// Floor 8.
+pub mod bus;
+pub mod cache;
+// Floor 9.
+pub mod metrics;
+// Floor 10.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-mod grow;
-pub mod inspect;
-mod io;
-mod lock;
-mod metrics;
-mod options;
-mod partition;
-mod prealloc;
-mod projection;
-mod records;
-mod router;
-mod segment;
-mod snapshot;
-mod store;
-mod tombstones;
-mod writer;
 
-pub use aggregate::{Aggregate, ApplyError, Loaded, SnapshotIgnored, SnapshotStats, SnapshotUse};
-pub use bus::{BusOptions, BusStats, Command, CommandBus};
-pub use cache::{CacheStats, ViewCache};
-pub use compaction::{CompactionOptions, CompactionProgress, CompactionReport, CompactionStats, PartitionStorage};
+pub use aggregate::{Aggregate, ApplyError, Loaded, SnapshotIgnored, SnapshotUse};
+pub use bus::{Command, CommandBus};
+pub use cache::ViewCache;
 pub use error::{Error, ErrorKind, Result};
 pub use event::{AppendResult, EventData, EventView, ExpectedVersion, RecordedEvent};
-pub use format::FORMAT_VERSION;
-pub use format::archive::{AuditRecord, Reason as ArchiveReason};
-pub use format::batch::{MAX_EVENT_TYPE_LEN, MAX_STREAM_ID_LEN};
-pub use format::snapshot::MAX_SNAPSHOT_BYTES;
-pub use grow::GrowReport;
+pub use log::writer::Durability;
+pub use metrics::Metrics;
+pub use projection::{Projection, ProjectionEngine};
+pub use report::RecoveryAction;
+pub use store::{AppendFuture, Options, Store};
+
+/// The store's limits and defaults: what a stream id, an event, an append and a snapshot may
+/// hold, and what a new store is created with.
+pub mod limits {
+    pub use crate::format::FORMAT_VERSION;
+    pub use crate::format::batch::{MAX_EVENT_TYPE_LEN, MAX_STREAM_ID_LEN};
+    pub use crate::format::snapshot::MAX_SNAPSHOT_BYTES;
+    pub use crate::store::{
+        DEFAULT_MAX_APPEND_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_PARTITIONS, DEFAULT_SEGMENT_BYTES,
+    };
+}
+
+/// Which partition a stream lives in: xxh3-64 of its id, then jump consistent hash. These are
+/// part of the format (FORMAT.md pins them with test vectors): a client sharding across
+/// stores, or a tool reading partitions directly, routes exactly as the store does.
+pub mod routing {
+    pub use crate::router::{jump_consistent_hash, partition_for, stream_hash};
+}
+
+/// Fault injection for tests (feature `fault-injection`): a plan of I/O failures that a store
+/// applies to its own file operations ([`Options::fault_plan`]).
 #[cfg(feature = "fault-injection")]
-pub use io::{FaultKind, FaultOp, FaultPlan};
-pub use metrics::{Histogram, LATENCY_BOUNDS_MICROS, Metrics, PartitionMetrics};
-pub use options::{
-    DEFAULT_MAX_APPEND_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_PARTITIONS, DEFAULT_SEGMENT_BYTES, Durability, Options,
-};
-pub use projection::{
-    Batch, BatchError, Checkpoints, DeadLetter, HandlerError, OnFailure, PartitionStatus, Projection, ProjectionEngine,
-    ProjectionOptions, ProjectionStatus, RebuildReport, ReplayReport, View,
-};
-pub use router::{jump_consistent_hash, partition_for, stream_hash};
-pub use store::{AppendFuture, PartitionEvents, RecoveryAction, Store, StreamEvents, Streams, WriteStats};
+pub mod faults {
+    pub use crate::io::faults::{FaultKind, FaultOp, FaultPlan};
+}
 
 /// The README's example is compiled as a doctest, so it cannot rot.
 #[cfg(doctest)]

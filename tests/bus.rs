@@ -8,9 +8,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use common::*;
+use strata::bus::BusOptions;
+use strata::cache::CacheStats;
+use strata::projection::{HandlerError, ProjectionOptions};
 use strata::{
-    BusOptions, CacheStats, Command, CommandBus, Error, EventData, HandlerError, Metrics, Projection, ProjectionEngine,
-    ProjectionOptions, RecordedEvent, Store, ViewCache,
+    Command, CommandBus, Error, EventData, Metrics, Projection, ProjectionEngine, RecordedEvent, Store, ViewCache,
 };
 
 /// Appends one event, after `think` (time spent deciding, so commands pile up).

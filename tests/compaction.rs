@@ -10,10 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
-use strata::{
-    CompactionOptions, Error, EventData, ExpectedVersion, Options, ProjectionEngine, ProjectionOptions, RecordedEvent,
-    RecoveryAction, Store,
-};
+use strata::compaction::CompactionOptions;
+use strata::projection::ProjectionOptions;
+use strata::{Error, EventData, ExpectedVersion, Options, ProjectionEngine, RecordedEvent, RecoveryAction, Store};
 
 /// Archive every sealed segment, in pieces of at most 64 KiB, and nothing in the background.
 fn eager() -> CompactionOptions {

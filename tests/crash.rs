@@ -23,7 +23,7 @@ const STREAMS_PER_THREAD: usize = 5;
 /// in the middle of compactions too). With `grow`, a thread also grows the store one
 /// partition at a time (up to 32), so kills land in the middle of grows.
 fn child(dir: &Path, acks: &Path, grow: bool) {
-    let compaction = strata::CompactionOptions::default()
+    let compaction = strata::compaction::CompactionOptions::default()
         .interval(Some(Duration::from_millis(20)))
         .retention(Duration::ZERO)
         .require_snapshots(false)
@@ -328,11 +328,11 @@ fn kill_9_during_snapshot_rewrites_leaves_loadable_aggregates() {
 struct Logging(Mutex<std::fs::File>);
 
 impl strata::Projection for Logging {
-    fn handle(&self, _: &strata::RecordedEvent) -> Result<(), strata::HandlerError> {
+    fn handle(&self, _: &strata::RecordedEvent) -> Result<(), strata::projection::HandlerError> {
         unreachable!("handle_batch is overridden")
     }
 
-    fn handle_batch(&self, batch: &strata::Batch<'_>) -> Result<(), strata::BatchError> {
+    fn handle_batch(&self, batch: &strata::projection::Batch<'_>) -> Result<(), strata::projection::BatchError> {
         let text: String = batch.events.iter().map(|e| format!("{} {}\n", e.partition, e.position)).collect();
         self.0.lock().unwrap().write_all(text.as_bytes()).unwrap();
         Ok(())
@@ -346,7 +346,11 @@ fn projection_child(dir: &Path, log: &Path) {
     let engine = strata::ProjectionEngine::new(store.clone(), 2);
     let file = std::fs::OpenOptions::new().append(true).create(true).open(log).unwrap();
     engine
-        .register("logged", Arc::new(Logging(Mutex::new(file))), strata::ProjectionOptions::default().batch(100))
+        .register(
+            "logged",
+            Arc::new(Logging(Mutex::new(file))),
+            strata::projection::ProjectionOptions::default().batch(100),
+        )
         .unwrap();
     for t in 0..2 {
         let store = store.clone();

@@ -4,9 +4,8 @@
 mod common;
 
 use common::*;
-use strata::{
-    Durability, Error, ExpectedVersion, FaultKind, FaultOp, FaultPlan, Options, RecoveryAction, SnapshotUse, Store,
-};
+use strata::faults::{FaultKind, FaultOp, FaultPlan};
+use strata::{Durability, Error, ExpectedVersion, Options, RecoveryAction, SnapshotUse, Store};
 
 fn with_plan(partitions: u32) -> (tempfile::TempDir, std::sync::Arc<FaultPlan>, Store) {
     let dir = tempfile::tempdir().unwrap();
@@ -222,7 +221,7 @@ fn every_failing_step_of_a_snapshot_write_is_survived() {
 /// were, and both a retry and a reopen get to the compacted store with nothing lost.
 #[test]
 fn every_failing_step_of_a_compaction_is_survived() {
-    use strata::CompactionOptions;
+    use strata::compaction::CompactionOptions;
     let compaction = CompactionOptions::default()
         .retention(std::time::Duration::ZERO)
         .require_snapshots(false)
@@ -294,7 +293,11 @@ fn every_failing_step_of_a_grow_is_survived() {
             .collect()
     };
     // A deleted stream that moves, so its tombstone moves.
-    let deleted = names.iter().find(|s| strata::partition_for(s, 2) != strata::partition_for(s, 4)).unwrap().clone();
+    let deleted = names
+        .iter()
+        .find(|s| strata::routing::partition_for(s, 2) != strata::routing::partition_for(s, 4))
+        .unwrap()
+        .clone();
     let mut failed_steps = 0;
     for (op, path) in [
         (FaultOp::Create, "p00003"),

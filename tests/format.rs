@@ -7,7 +7,8 @@ mod common;
 use std::path::PathBuf;
 
 use common::*;
-use strata::{Error, ExpectedVersion, Options, Store, jump_consistent_hash, partition_for, stream_hash};
+use strata::routing::{jump_consistent_hash, partition_for, stream_hash};
+use strata::{Error, ExpectedVersion, Options, Store};
 
 #[test]
 fn hash_and_partition_vectors() {

@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{StreamOrder, ev, opts};
-use strata::{
-    CompactionOptions, Error, ExpectedVersion, HandlerError, Options, Projection, ProjectionEngine, ProjectionOptions,
-    RecordedEvent, Store, partition_for,
-};
+use strata::compaction::CompactionOptions;
+use strata::projection::{HandlerError, ProjectionOptions};
+use strata::routing::partition_for;
+use strata::{Error, ExpectedVersion, Options, Projection, ProjectionEngine, RecordedEvent, Store};
 
 /// What a stream read returns, without the partition and position (which a move changes).
 type Read = Vec<(u64, u64, String, Vec<u8>, Vec<u8>)>;

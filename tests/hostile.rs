@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use strata::{CompactionOptions, Error, ExpectedVersion, Options, Store};
+use strata::compaction::CompactionOptions;
+use strata::{Error, ExpectedVersion, Options, Store};
 
 fn options() -> Options {
     Options::default().compaction(CompactionOptions::default().interval(None))
@@ -123,7 +124,7 @@ fn zero_length_files() {
     let e = case("empty index", |d| std::fs::write(first(&p(d, 0), "idx"), b"").unwrap());
     assert!(e.is_empty(), "an index is rebuilt: {e:?}");
     case("empty sidecar", |d| {
-        std::fs::write(p(d, strata::partition_for("h-1", 2)).join("snapshots.snap"), b"").unwrap()
+        std::fs::write(p(d, strata::routing::partition_for("h-1", 2)).join("snapshots.snap"), b"").unwrap()
     });
     let e = case("empty archive", |d| std::fs::write(first(&p(d, 1), "arc"), b"").unwrap());
     assert!(!e.is_empty());
@@ -155,7 +156,7 @@ fn length_fields_claiming_gibs() {
     assert!(!e.is_empty());
     // A snapshot record claims 2 GiB.
     case("snapshot length", |d| {
-        let snap = p(d, strata::partition_for("h-1", 2)).join("snapshots.snap");
+        let snap = p(d, strata::routing::partition_for("h-1", 2)).join("snapshots.snap");
         write_u32(&snap, 64 + 4, 0x8000_0000);
     });
     // An index claims 2^60 entries (its header CRC fixed up, so only the count is wrong).

@@ -11,10 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use strata::{
-    Batch, BatchError, Checkpoints, ExpectedVersion, HandlerError, OnFailure, Options, Projection, ProjectionEngine,
-    ProjectionOptions, RecordedEvent, Store,
-};
+use strata::projection::{Batch, BatchError, Checkpoints, HandlerError, OnFailure, ProjectionOptions};
+use strata::{ExpectedVersion, Options, Projection, ProjectionEngine, RecordedEvent, Store};
 
 const WAIT: Duration = Duration::from_secs(30);
 

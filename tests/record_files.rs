@@ -11,10 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use strata::{
-    Error, ExpectedVersion, HandlerError, OnFailure, Options, Projection, ProjectionEngine, ProjectionOptions,
-    RecordedEvent, RecoveryAction, Store,
-};
+use strata::projection::{HandlerError, OnFailure, ProjectionOptions};
+use strata::{Error, ExpectedVersion, Options, Projection, ProjectionEngine, RecordedEvent, RecoveryAction, Store};
 
 fn tombstones(dir: &Path) -> PathBuf {
     dir.join("p00000").join("tombstones")

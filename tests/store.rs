@@ -194,7 +194,7 @@ fn partition_count_is_fixed_at_creation() {
     let store = Store::open(dir.path(), Options::default()).unwrap();
     assert_eq!(store.partition_count(), 7);
     assert_eq!(
-        strata::DEFAULT_PARTITIONS,
+        strata::limits::DEFAULT_PARTITIONS,
         Store::open(tempfile::tempdir().unwrap().path(), Options::default().create_if_missing(true))
             .unwrap()
             .partition_count()
@@ -207,9 +207,9 @@ fn bad_input_is_a_typed_error_and_writes_nothing() {
     let store = Store::open(dir.path(), opts(1, 1 << 20).max_event_bytes(1000).max_append_bytes(4096)).unwrap();
     let one = [ev("E", "x")];
     assert!(matches!(store.append("", ExpectedVersion::Any, &one), Err(Error::InvalidStreamId { .. })));
-    let long = "s".repeat(strata::MAX_STREAM_ID_LEN + 1);
+    let long = "s".repeat(strata::limits::MAX_STREAM_ID_LEN + 1);
     assert!(matches!(store.append(&long, ExpectedVersion::Any, &one), Err(Error::InvalidStreamId { .. })));
-    store.append(&"s".repeat(strata::MAX_STREAM_ID_LEN), ExpectedVersion::Any, &one).unwrap();
+    store.append(&"s".repeat(strata::limits::MAX_STREAM_ID_LEN), ExpectedVersion::Any, &one).unwrap();
     assert!(matches!(store.append("a\0b", ExpectedVersion::Any, &one), Err(Error::InvalidStreamId { .. })));
     assert!(matches!(store.append("s", ExpectedVersion::Any, &[]), Err(Error::EmptyAppend)));
     assert!(matches!(
@@ -218,7 +218,7 @@ fn bad_input_is_a_typed_error_and_writes_nothing() {
     ));
     let many: Vec<EventData> = (0..10).map(|_| ev("E", vec![0u8; 900])).collect();
     assert!(matches!(store.append("s", ExpectedVersion::Any, &many), Err(Error::AppendTooLarge { .. })));
-    let long_type = EventData::new("t".repeat(strata::MAX_EVENT_TYPE_LEN + 1), "x");
+    let long_type = EventData::new("t".repeat(strata::limits::MAX_EVENT_TYPE_LEN + 1), "x");
     assert!(matches!(store.append("s", ExpectedVersion::Any, &[long_type]), Err(Error::InvalidEventType { .. })));
     assert!(matches!(store.read_stream("", 0, 1), Err(Error::InvalidStreamId { .. })));
     assert!(matches!(store.read_partition(7, 0, 1), Err(Error::NoSuchPartition { partition: 7, count: 1 })));
@@ -352,7 +352,7 @@ fn close_works_through_an_arc() {
 #[test]
 fn streams_are_listed_and_iterated() {
     let dir = tempfile::tempdir().unwrap();
-    let compaction = strata::CompactionOptions::default().interval(None);
+    let compaction = strata::compaction::CompactionOptions::default().interval(None);
     let store = Store::open(dir.path(), opts(2, 4096).compaction(compaction)).unwrap();
     let mut names: Vec<String> = (0..40).map(|i| format!("acct-{i}")).collect();
     for round in 0..12 {

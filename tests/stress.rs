@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use strata::{CompactionOptions, Durability, Error, ProjectionEngine, ProjectionOptions, Store};
+use strata::compaction::CompactionOptions;
+use strata::projection::ProjectionOptions;
+use strata::{Durability, Error, ProjectionEngine, Store};
 
 type T = Tally<4>;
 

@@ -15,9 +15,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
+use strata::compaction::CompactionOptions;
+use strata::faults::FaultPlan;
+use strata::projection::{HandlerError, ProjectionOptions};
 use strata::{
-    Aggregate, ApplyError, CompactionOptions, Durability, ExpectedVersion, FaultPlan, HandlerError, Projection,
-    ProjectionEngine, ProjectionOptions, RecordedEvent, SnapshotIgnored, SnapshotUse, Store,
+    Aggregate, ApplyError, Durability, ExpectedVersion, Projection, ProjectionEngine, RecordedEvent, SnapshotIgnored,
+    SnapshotUse, Store,
 };
 
 /// Remembers the highest position it applied.

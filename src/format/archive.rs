@@ -38,6 +38,8 @@
 //! ```
 #![deny(clippy::indexing_slicing)]
 
+use std::io::Read;
+
 use bytemuck::{Pod, Zeroable};
 
 use super::index::{PositionEntry, StreamEntry};
@@ -518,4 +520,32 @@ pub(crate) fn cast<'a, T: Pod>(bytes: &'a [u8], range: &std::ops::Range<usize>) 
         .get(range.clone())
         .and_then(|b| bytemuck::try_cast_slice(b).ok())
         .ok_or(Bad::Corrupt(range.start as u64, "archive section is misaligned or out of bounds".into()))
+}
+
+/// Decompresses block `i` of a checked archive image, checking its CRC and length. Memory
+/// grows only as far as the frame really decompresses, and never past the block's recorded
+/// length. An error names the block's file offset.
+pub(crate) fn decompress_block(bytes: &[u8], layout: &Layout, i: usize) -> Result<Vec<u8>, (u64, String)> {
+    let blocks: &[BlockEntry] = cast(bytes, &layout.blocks).unwrap_or(&[]);
+    let Some(b) = blocks.get(i).map(BlockEntry::get) else { return Err((0, format!("no block {i}"))) };
+    let start = b.file_offset as usize;
+    let frame = bytes
+        .get(start..start.saturating_add(b.compressed_len as usize))
+        .ok_or((b.file_offset, format!("block {i} lies outside the file")))?;
+    if crc(frame) != b.crc {
+        return Err((b.file_offset, format!("block {i} checksum mismatch")));
+    }
+    let mut out = Vec::with_capacity((b.data_len as usize).min(4 << 20));
+    let dict = bytes.get(layout.dictionary.clone()).unwrap_or(&[]);
+    let limit = u64::from(b.data_len) + 1;
+    let read = if dict.is_empty() {
+        zstd::stream::read::Decoder::with_buffer(frame).and_then(|d| d.take(limit).read_to_end(&mut out))
+    } else {
+        zstd::stream::read::Decoder::with_dictionary(frame, dict).and_then(|d| d.take(limit).read_to_end(&mut out))
+    };
+    read.map_err(|e| (b.file_offset, format!("block {i} does not decompress: {e}")))?;
+    if out.len() != b.data_len as usize {
+        return Err((b.file_offset, format!("block {i} decompresses to {} bytes, not {}", out.len(), b.data_len)));
+    }
+    Ok(out)
 }

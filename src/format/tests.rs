@@ -402,14 +402,14 @@ fn archive_bytes_are_pinned() {
     };
     assert_eq!(golden_archive(Some([frame(0), frame(1)])), pinned, "the archive encoder's layout changed");
     let (a, b) = golden_archive_blocks();
-    assert_eq!(crate::archive::decompress_block(bytes, &layout, 0).unwrap(), a);
-    assert_eq!(crate::archive::decompress_block(bytes, &layout, 1).unwrap(), b);
+    assert_eq!(crate::format::archive::decompress_block(bytes, &layout, 0).unwrap(), a);
+    assert_eq!(crate::format::archive::decompress_block(bytes, &layout, 1).unwrap(), b);
     let audit = archive::audit_records(bytes, &layout).unwrap();
     assert_eq!((audit[0].stream.as_str(), audit[0].events), ("customer-3", 3));
     // A flipped bit in a frame is caught by the block CRC, in the index by the meta CRC.
     let at = blocks[1].get().file_offset as usize + 3;
     bytes[at] ^= 1;
-    assert!(crate::archive::decompress_block(bytes, &layout, 1).unwrap_err().1.contains("checksum"));
+    assert!(crate::format::archive::decompress_block(bytes, &layout, 1).unwrap_err().1.contains("checksum"));
     bytes[at] ^= 1;
     bytes[layout.streams.start + 3] ^= 1;
     assert!(archive::decode(bytes).is_err());

@@ -155,7 +155,7 @@ pub struct StreamOrder {
 }
 
 impl strata::Projection for StreamOrder {
-    fn handle(&self, e: &RecordedEvent) -> Result<(), strata::HandlerError> {
+    fn handle(&self, e: &RecordedEvent) -> Result<(), strata::projection::HandlerError> {
         let mut next = self.next.lock().unwrap();
         let want = next.entry(e.stream_id.clone()).or_insert(0);
         if e.version != *want {

@@ -1,6 +1,7 @@
-//! Snapshot sidecars: one per partition, beside its segments. The index of each sidecar (the
-//! latest record of every stream) is rebuilt by scanning the file on first use. One background
-//! thread, the snapshotter, writes every snapshot, so taking one never blocks an append.
+//! One partition's snapshot sidecar as the engine holds it: the latest record of every
+//! stream indexed in memory (by scanning the file on first use), appended to by the
+//! snapshotter, rewritten without superseded records, and erased of deleted streams'
+//! snapshots by compaction.
 //!
 //! Snapshots are derived data: losing one costs a replay, never an event. So damage to a
 //! sidecar is reported and cut away rather than refused, and a failed sidecar fsync stops
@@ -11,16 +12,15 @@ use std::collections::hash_map::Entry as MapEntry;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
+use crate::clock::now_nanos;
 use crate::error::{Error, Result};
 use crate::format::snapshot::{self as format, HeaderError, Meta, ScanEnd};
 use crate::io::{FileHandle, Io};
-use crate::segment::Report;
-use crate::store::{RecoveryAction, now_nanos};
+use crate::report::{RecoveryAction, Report};
+use crate::snapshot::{Pending, Stored};
 
 /// Where the latest snapshot of a stream is.
 #[derive(Debug, Clone, Copy)]
@@ -60,19 +60,12 @@ impl State {
     }
 }
 
-/// A snapshot as read back from a sidecar.
-#[derive(Debug, Clone)]
-pub(crate) struct Stored {
-    pub meta: Meta,
-    pub state: Vec<u8>,
-}
-
 /// One partition's snapshot sidecar.
 #[derive(Debug)]
 pub(crate) struct Sidecar {
     partition: u32,
     dir: PathBuf,
-    path: PathBuf,
+    pub(crate) path: PathBuf,
     io: Io,
     report: Report,
     state: Mutex<Option<State>>,
@@ -80,19 +73,6 @@ pub(crate) struct Sidecar {
     /// compaction): writes run without the state lock, so readers keep reading, and only
     /// the holder of this lock changes the file.
     writer: Mutex<()>,
-}
-
-/// Counters of the snapshot machinery, shared by the store and its snapshotter.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub written: AtomicU64,
-    pub dropped: AtomicU64,
-    pub failed: AtomicU64,
-    pub rewrites: AtomicU64,
-    pub used: AtomicU64,
-    pub ignored: AtomicU64,
-    /// State bytes of the snapshots waiting in the queue.
-    pub queued_bytes: AtomicU64,
 }
 
 impl Sidecar {
@@ -108,8 +88,8 @@ impl Sidecar {
         }
     }
 
-    fn note(&self, action: RecoveryAction) {
-        self.report.lock().push(action);
+    pub(crate) fn note(&self, action: RecoveryAction) {
+        self.report.push(action);
     }
 
     /// Runs `f` on the loaded state, scanning the file first if this is the first use. If
@@ -262,7 +242,7 @@ impl Sidecar {
 
     /// Appends `records` (one write, one `fdatasync`), skipping any that an existing snapshot
     /// of the same stream supersedes. Returns how many were written.
-    fn append(&self, records: &[Pending]) -> Result<u64> {
+    pub(crate) fn append(&self, records: &[Pending]) -> Result<u64> {
         // Only the holder of the writer lock changes the state, so the write and the fdatasync
         // run without the state lock (loads keep reading meanwhile) and the index is updated
         // after them.
@@ -323,13 +303,13 @@ impl Sidecar {
     }
 
     /// Whether writing stopped (after a failed fsync), until the store is reopened.
-    fn stopped(&self) -> Option<Error> {
+    pub(crate) fn stopped(&self) -> Option<Error> {
         self.state.lock().as_ref().and_then(|s| s.failed.as_ref().map(|why| stopped(&self.path, why)))
     }
 
     /// Whether superseded records take at least `min_dead` bytes and at least as much as the
     /// live ones.
-    fn wants_rewrite(&self, min_dead: u64) -> bool {
+    pub(crate) fn wants_rewrite(&self, min_dead: u64) -> bool {
         self.state
             .lock()
             .as_ref()
@@ -339,7 +319,7 @@ impl Sidecar {
     /// Rewrites the sidecar with only the latest record of each stream: a temporary file,
     /// fsync, rename over the sidecar, fsync the directory. Only the snapshotter changes the
     /// state, so the copy runs without the lock and readers keep reading the old file.
-    fn rewrite(&self) -> Result<()> {
+    pub(crate) fn rewrite(&self) -> Result<()> {
         let _writer = self.writer.lock();
         self.rewrite_locked(&|_| false)
     }
@@ -460,120 +440,4 @@ fn stopped(path: &Path, why: &str) -> Error {
         path,
         std::io::Error::other(format!("snapshots of this partition stopped until reopen after: {why}")),
     )
-}
-
-/// A snapshot waiting for the snapshotter.
-#[derive(Debug)]
-pub(crate) struct Pending {
-    pub partition: u32,
-    pub stream: String,
-    pub meta: Meta,
-    pub state: Vec<u8>,
-}
-
-/// Work for the snapshotter.
-#[derive(Debug)]
-pub(crate) enum Job {
-    Write(Pending),
-    /// Reply once everything queued before this is written (or failed).
-    Flush(oneshot::Sender<Result<()>>),
-}
-
-/// How many jobs the snapshotter takes in one round.
-const ROUND: usize = 4096;
-
-/// The snapshotter: drains the queue, writes each partition's snapshots with one write and
-/// one `fdatasync`, and rewrites sidecars whose superseded records pile up. Ends when every
-/// sender is gone.
-/// `sidecars` gives the partitions' sidecars at the start of each round (the partition count
-/// may grow while the store is open).
-pub(crate) fn run(
-    rx: Receiver<Job>,
-    sidecars: impl Fn() -> Vec<Arc<Sidecar>>,
-    counters: Arc<Counters>,
-    min_rewrite: u64,
-) {
-    let mut first_error: Option<Error> = None;
-    while let Ok(job) = rx.recv() {
-        let sidecars = sidecars();
-        let mut writes: Vec<Vec<Pending>> = (0..sidecars.len()).map(|_| Vec::new()).collect();
-        let mut flushes = Vec::new();
-        let mut take = |job: Job| match job {
-            Job::Write(p) => {
-                counters.queued_bytes.fetch_sub(p.state.len() as u64, Ordering::Relaxed);
-                if let Some(w) = writes.get_mut(p.partition as usize) {
-                    w.push(p);
-                }
-            }
-            Job::Flush(reply) => flushes.push(reply),
-        };
-        take(job);
-        for job in rx.try_iter().take(ROUND) {
-            take(job);
-        }
-        for (sidecar, mut pending) in sidecars.iter().zip(writes) {
-            if pending.is_empty() {
-                continue;
-            }
-            // One record per stream and round: the last queued if it replaces, else the newest.
-            // (A stable sort keeps the queue order within a stream.)
-            pending.sort_by(|a, b| a.stream.cmp(&b.stream));
-            let mut one: Vec<Pending> = Vec::with_capacity(pending.len());
-            for p in pending {
-                match one.last_mut() {
-                    Some(last) if last.stream == p.stream => {
-                        if p.meta.replaces || (!last.meta.replaces && p.meta.version >= last.meta.version) {
-                            *last = p;
-                        } else if last.meta.replaces && p.meta.version > last.meta.version {
-                            // A newer snapshot after a replacing one still replaces.
-                            *last = Pending { meta: Meta { replaces: true, ..p.meta }, ..p };
-                        }
-                    }
-                    _ => one.push(p),
-                }
-            }
-            let pending = one;
-            let n = pending.len() as u64;
-            if let Some(e) = sidecar.stopped() {
-                // Reported once, when it stopped; counted from then on.
-                counters.failed.fetch_add(n, Ordering::Relaxed);
-                first_error.get_or_insert(e);
-                continue;
-            }
-            match sidecar.append(&pending) {
-                Ok(written) => {
-                    counters.written.fetch_add(written, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    counters.failed.fetch_add(n, Ordering::Relaxed);
-                    sidecar
-                        .note(RecoveryAction::SnapshotWriteFailed { path: sidecar.path.clone(), error: e.to_string() });
-                    first_error.get_or_insert(e);
-                    continue;
-                }
-            }
-            if sidecar.wants_rewrite(min_rewrite) {
-                match sidecar.rewrite() {
-                    Ok(()) => {
-                        counters.rewrites.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        sidecar.note(RecoveryAction::SnapshotWriteFailed {
-                            path: sidecar.path.clone(),
-                            error: e.to_string(),
-                        });
-                        first_error.get_or_insert(e);
-                    }
-                }
-            }
-        }
-        // A flush reports the failures since the previous flush.
-        let replied = !flushes.is_empty();
-        for reply in flushes {
-            let _ = reply.send(first_error.clone().map_or(Ok(()), Err));
-        }
-        if replied {
-            first_error = None;
-        }
-    }
 }

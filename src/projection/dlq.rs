@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::clock::now_nanos;
 use crate::error::Result;
 use crate::event::RecordedEvent;
 use crate::format::dlq::{self as format, Letter, Outcome, Record};
 use crate::io::Io;
-use crate::records::{self, RecordLog};
-use crate::segment::Report;
-use crate::store::now_nanos;
+use crate::log::records::{self, RecordLog};
+use crate::report::Report;
 
 #[derive(Debug)]
 struct State {

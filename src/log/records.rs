@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::format::records::{Tail, judge_tail};
 use crate::io::{FileHandle, Io};
-use crate::segment::Report;
-use crate::store::RecoveryAction;
+use crate::report::{RecoveryAction, Report};
 
 /// What a scan of a record file found: its records, where valid data ends, and why it ends
 /// there if before the end of the file.
@@ -62,7 +61,7 @@ pub(crate) fn open<R>(path: &Path, io: &Io, report: &Report, kind: &Kind<R>) -> 
             Tail::Torn(verdict) => {
                 file.set_len(valid_end as u64)?;
                 file.sync_data()?;
-                report.lock().push(RecoveryAction::TruncatedTornTail {
+                report.push(RecoveryAction::TruncatedTornTail {
                     path: path.to_path_buf(),
                     offset: valid_end as u64,
                     discarded_bytes: rest.len() as u64,

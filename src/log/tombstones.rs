@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, RwLock};
@@ -12,8 +11,8 @@ use parking_lot::{Mutex, RwLock};
 use crate::error::{Error, Result};
 use crate::format::tombstone::{self as format, Tombstone};
 use crate::io::Io;
-use crate::records::{self, RecordLog};
-use crate::segment::Report;
+use crate::log::records::{self, RecordLog};
+use crate::report::Report;
 
 /// One partition's deleted streams.
 #[derive(Debug)]

@@ -1,8 +1,7 @@
 //! Archives as the engine holds them: memory-mapped and checked on open, read one
-//! decompressed block at a time (stream reads) or decompressed whole (partition reads); and
-//! how one is built from batches.
+//! decompressed block at a time (stream reads) or decompressed whole (partition reads).
+//! Compaction builds them (`compaction::build`).
 
-use std::io::Read;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,10 +10,11 @@ use memmap2::Mmap;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::format::archive::{self as format, AuditRecord, Bad, BlockEntry, Header, Layout, Reason, Source};
+use crate::format::archive::{self as format, AuditRecord, Bad, BlockEntry, Header, Layout, Source};
 use crate::format::batch::{self, BatchView};
 use crate::format::index::{PositionEntry, StreamEntry};
-use crate::io::Io;
+use crate::io::{Io, mmap};
+use crate::log::events::offer;
 
 /// Decompressed blocks kept per archive for stream reads.
 const CACHED_BLOCKS: usize = 4;
@@ -47,11 +47,7 @@ impl Archive {
     /// position `base`.
     pub fn open(path: &Path, io: &Io, partition: u32, base: u64) -> Result<Archive> {
         let file = io.open_read(path)?;
-        // SAFETY: archives are written whole under a temporary name and renamed into place;
-        // strata never writes to or truncates an archive file afterwards (a rewrite renames a
-        // new file over it, which leaves this mapping's inode intact), and the store lock keeps
-        // other strata processes out.
-        let map = unsafe { Mmap::map(file.std()) }.map_err(|e| Error::io("mmap", path, e))?;
+        let map = mmap::archive(&file)?;
         let layout = format::decode(&map).map_err(|b| bad_archive(path, b))?;
         let h = layout.header;
         if h.partition != partition || h.base_position != base {
@@ -122,7 +118,8 @@ impl Archive {
     /// Decompresses block `i`, checking its CRC and length. Memory grows only as far as the
     /// frame really decompresses, and never past the block's recorded length.
     fn decompress(&self, i: usize) -> Result<Vec<u8>> {
-        decompress_block(&self.map, &self.layout, i).map_err(|(offset, why)| Error::corruption(&self.path, offset, why))
+        format::decompress_block(&self.map, &self.layout, i)
+            .map_err(|(offset, why)| Error::corruption(&self.path, offset, why))
     }
 
     /// Block `i`, decompressed (from the cache of recent blocks if it is there).
@@ -201,7 +198,7 @@ impl Archive {
             if b.base_position != p.position {
                 return Err(self.mismatch(p.offset, "position"));
             }
-            if crate::segment::offer(&b, from, end, limit, &mut taken, f).is_break() {
+            if offer(&b, from, end, limit, &mut taken, f).is_break() {
                 return Ok((taken, ControlFlow::Break(())));
             }
         }
@@ -262,173 +259,5 @@ impl Archive {
             }
         }
         problems
-    }
-}
-
-/// Decompresses block `i` of a checked archive image, checking its CRC and length. Memory
-/// grows only as far as the frame really decompresses, and never past the block's recorded
-/// length. An error names the block's file offset.
-pub(crate) fn decompress_block(bytes: &[u8], layout: &Layout, i: usize) -> Result<Vec<u8>, (u64, String)> {
-    let blocks: &[BlockEntry] = format::cast(bytes, &layout.blocks).unwrap_or(&[]);
-    let Some(b) = blocks.get(i).map(BlockEntry::get) else { return Err((0, format!("no block {i}"))) };
-    let start = b.file_offset as usize;
-    let frame = bytes
-        .get(start..start.saturating_add(b.compressed_len as usize))
-        .ok_or((b.file_offset, format!("block {i} lies outside the file")))?;
-    if crate::format::crc(frame) != b.crc {
-        return Err((b.file_offset, format!("block {i} checksum mismatch")));
-    }
-    let mut out = Vec::with_capacity((b.data_len as usize).min(4 << 20));
-    let dict = bytes.get(layout.dictionary.clone()).unwrap_or(&[]);
-    let limit = u64::from(b.data_len) + 1;
-    let read = if dict.is_empty() {
-        zstd::stream::read::Decoder::with_buffer(frame).and_then(|d| d.take(limit).read_to_end(&mut out))
-    } else {
-        zstd::stream::read::Decoder::with_dictionary(frame, dict).and_then(|d| d.take(limit).read_to_end(&mut out))
-    };
-    read.map_err(|e| (b.file_offset, format!("block {i} does not decompress: {e}")))?;
-    if out.len() != b.data_len as usize {
-        return Err((b.file_offset, format!("block {i} decompresses to {} bytes, not {}", out.len(), b.data_len)));
-    }
-    Ok(out)
-}
-
-/// One batch to be archived, borrowed from a segment's mapping or an archive's data.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct BatchRef<'a> {
-    pub hash: u64,
-    pub stream: &'a str,
-    pub first_version: u64,
-    pub position: u64,
-    pub count: u32,
-    pub bytes: &'a [u8],
-}
-
-/// How archives are written.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct BuildOptions {
-    pub level: i32,
-    pub block_bytes: usize,
-    pub dictionary: bool,
-}
-
-/// What goes into one archive besides its batches.
-pub(crate) struct Plan<'a> {
-    pub partition: u32,
-    pub base: u64,
-    pub end: u64,
-    /// End of the whole compaction's range (of its last archive).
-    pub job_end: u64,
-    pub reason: Reason,
-    pub sources: &'a [Source],
-    pub audit: &'a [AuditRecord],
-}
-
-/// Largest dictionary trained, and how many sample bytes train it.
-const DICT_BYTES: usize = 16 << 10;
-const DICT_SAMPLE_BYTES: usize = 1 << 20;
-
-/// Builds an archive image from `batches` (in any order): laid out by stream, then version,
-/// so that a stream's history sits in as few blocks as possible. `progress` is told the
-/// uncompressed bytes of each block as it is compressed (the compactor throttles there).
-pub(crate) fn build(
-    plan: &Plan<'_>,
-    mut batches: Vec<BatchRef<'_>>,
-    opts: BuildOptions,
-    progress: &mut dyn FnMut(u64),
-) -> Result<Vec<u8>> {
-    batches.sort_unstable_by(|a, b| (a.hash, a.stream, a.first_version).cmp(&(b.hash, b.stream, b.first_version)));
-    let dictionary = if opts.dictionary { train(&batches) } else { Vec::new() };
-    let mut compressor = if dictionary.is_empty() {
-        zstd::bulk::Compressor::new(opts.level)
-    } else {
-        zstd::bulk::Compressor::with_dictionary(opts.level, &dictionary)
-    }
-    .map_err(|e| Error::io("zstd", Path::new("archive"), e))?;
-    let mut streams = Vec::with_capacity(batches.len());
-    let mut positions = Vec::with_capacity(batches.len());
-    let mut blocks: Vec<(Vec<u8>, u64, u32)> = Vec::new();
-    let mut block = Vec::with_capacity(opts.block_bytes);
-    let mut block_start = 0u64;
-    let mut tag = 0u32;
-    let mut prev: Option<(u64, &str)> = None;
-    let mut flush = |block: &mut Vec<u8>, start: &mut u64, blocks: &mut Vec<(Vec<u8>, u64, u32)>| -> Result<()> {
-        if block.is_empty() {
-            return Ok(());
-        }
-        let frame = compressor.compress(block).map_err(|e| Error::io("zstd compress", Path::new("archive"), e))?;
-        progress(block.len() as u64);
-        blocks.push((frame, *start, block.len() as u32));
-        *start += block.len() as u64;
-        block.clear();
-        Ok(())
-    };
-    for b in &batches {
-        if !block.is_empty() && block.len() + b.bytes.len() > opts.block_bytes {
-            flush(&mut block, &mut block_start, &mut blocks)?;
-        }
-        tag = match prev {
-            Some((h, s)) if h == b.hash && s != b.stream => tag + 1,
-            Some((h, _)) if h == b.hash => tag,
-            _ => 0,
-        };
-        prev = Some((b.hash, b.stream));
-        let offset = block_start + block.len() as u64;
-        streams.push(StreamEntry {
-            stream_hash: b.hash,
-            first_version: b.first_version,
-            offset,
-            event_count: b.count,
-            tag,
-        });
-        positions.push(PositionEntry { position: b.position, offset });
-        block.extend_from_slice(b.bytes);
-    }
-    flush(&mut block, &mut block_start, &mut blocks)?;
-    positions.sort_unstable_by_key(|p| p.position);
-    let header = Header {
-        partition: plan.partition,
-        base_position: plan.base,
-        end_position: plan.end,
-        created: crate::store::now_nanos(),
-        job_end: plan.job_end,
-        reason: plan.reason,
-        dict_len: dictionary.len() as u32,
-        block_bytes: opts.block_bytes as u32,
-    };
-    Ok(format::encode(
-        &header,
-        &format::Parts {
-            dictionary: &dictionary,
-            blocks: &blocks,
-            streams: &streams,
-            positions: &positions,
-            sources: plan.sources,
-            audit: plan.audit,
-        },
-    ))
-}
-
-/// Trains a zstd dictionary on an even sample of the batches; empty if there are too few
-/// to learn from or training fails (the archive is then compressed without one).
-fn train(batches: &[BatchRef<'_>]) -> Vec<u8> {
-    let total: usize = batches.iter().map(|b| b.bytes.len()).sum();
-    if batches.len() < 64 || total < 8 * DICT_BYTES {
-        return Vec::new();
-    }
-    let step = (total / DICT_SAMPLE_BYTES).max(1);
-    let samples: Vec<&[u8]> = batches.iter().step_by(step).map(|b| b.bytes).collect();
-    zstd::dict::from_samples(&samples, DICT_BYTES).unwrap_or_default()
-}
-
-/// Reads the batch at the start of `bytes` as a [`BatchRef`] (for an archive rewrite).
-pub(crate) fn batch_ref<'a>(b: &BatchView<'a>, bytes: &'a [u8]) -> BatchRef<'a> {
-    BatchRef {
-        hash: crate::router::stream_hash(b.stream_id),
-        stream: b.stream_id,
-        first_version: b.first_version,
-        position: b.base_position,
-        count: b.event_count,
-        bytes: bytes.get(..b.length).unwrap_or(bytes),
     }
 }

@@ -15,15 +15,16 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use crate::clock::now_nanos;
 use crate::error::{Error, Result};
 use crate::event::{AppendResult, ExpectedVersion};
 use crate::format::batch;
 use crate::format::segment as seg_format;
-use crate::options::Durability;
-use crate::partition::{Partition, Tail, write_segment_file};
-use crate::prealloc::{FillDone, FillJob, Preallocator};
-use crate::segment::{MemEntry, MemIndex, OpenSegment, Segment, State};
-use crate::store::{RecoveryAction, now_nanos};
+use crate::log::active::{MemEntry, MemIndex, OpenSegment};
+use crate::log::partition::{GROUP_SIZE_BUCKETS, Partition, Tail, write_segment_file};
+use crate::log::prealloc::{FillJob, Preallocator};
+use crate::log::sealer::{SealJob, seal};
+use crate::log::segment::{Segment, State};
 
 /// One append on its way to the writer.
 pub(crate) struct AppendRequest {
@@ -95,13 +96,19 @@ impl Queued {
     }
 }
 
-/// A segment that was rolled away from and must be sealed.
-pub(crate) struct SealJob {
-    pub segment: Arc<Segment>,
-    pub open: Arc<OpenSegment>,
-    pub partition: Arc<Partition>,
-    /// The zero-fill still running on the segment, to be waited for before trimming it.
-    pub fill: Option<FillDone>,
+/// When an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Acknowledged after the group's `fdatasync`: nothing acknowledged is lost, even on power
+    /// loss. The default.
+    Sync,
+    /// Acknowledged after the group's `write`; the partition writer `fdatasync`s at least every
+    /// `sync_interval` while there is unsynced data. A process crash loses nothing; a power loss
+    /// or kernel crash may lose up to `sync_interval` of acknowledged appends.
+    Buffered {
+        /// Longest time acknowledged data stays unsynced.
+        sync_interval: Duration,
+    },
 }
 
 /// Settings the writer needs.
@@ -448,7 +455,7 @@ impl Writer {
         stats.bytes.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
         stats.groups.fetch_add(1, Ordering::Relaxed);
         let bucket = (accepted.max(1) as usize).next_power_of_two().trailing_zeros() as usize;
-        if let Some(b) = stats.group_sizes.get(bucket.min(crate::partition::GROUP_SIZE_BUCKETS - 1)) {
+        if let Some(b) = stats.group_sizes.get(bucket.min(GROUP_SIZE_BUCKETS - 1)) {
             b.fetch_add(1, Ordering::Relaxed);
         }
         self.next_position = end_position;
@@ -519,26 +526,5 @@ impl Writer {
             seal(job);
         }
         Ok(())
-    }
-}
-
-/// Seals a segment (the sealer thread's work); a failure is reported and leaves the segment
-/// readable in its open form, to be indexed again on the next open.
-pub(crate) fn seal(job: SealJob) {
-    if let Some(fill) = job.fill {
-        let _ = fill.recv();
-    }
-    if let Err(e) = job.segment.seal(&job.open, &job.partition.io) {
-        job.partition
-            .report
-            .lock()
-            .push(RecoveryAction::SealFailed { path: job.segment.path.clone(), error: e.to_string() });
-    }
-}
-
-/// Runs the sealer thread until every writer is gone.
-pub(crate) fn run_sealer(rx: Receiver<SealJob>) {
-    while let Ok(job) = rx.recv() {
-        seal(job);
     }
 }

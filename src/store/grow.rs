@@ -28,16 +28,17 @@
 //! are durable. See FORMAT.md, "Growing the partition count".
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use crossbeam_channel::Sender;
 
 use crate::error::{Error, Result};
 use crate::event::ExpectedVersion;
 use crate::format::manifest::{self, Epoch};
-use crate::partition::{self, Partition};
+use crate::log::{AppendRequest, Partition, Queued, Reply, dir_name, partition};
 use crate::router::{jump_consistent_hash, stream_hash};
-use crate::store::Store;
-use crate::writer::{AppendRequest, Queued, Reply};
+
+use super::Store;
 
 /// What a grow did (see [`Store::grow_partitions`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -217,7 +218,7 @@ impl Store {
         let dir = &self.shared.dir;
         let io = &self.shared.io;
         for b in from..to {
-            let pdir = dir.join(partition::dir_name(b));
+            let pdir = dir.join(dir_name(b));
             // Left by a grow that crashed before it was recorded: nothing was copied there.
             if pdir.exists() {
                 std::fs::remove_dir_all(&pdir).map_err(|e| Error::io("remove", &pdir, e))?;
@@ -236,7 +237,7 @@ impl Store {
     /// this grow in progress) and starts their writers.
     fn open_new_partitions(&self, to: u32) -> Result<()> {
         for b in self.shared.parts().len() as u32..to {
-            let pdir = self.shared.dir.join(partition::dir_name(b));
+            let pdir = self.shared.dir.join(dir_name(b));
             let (p, tail) = Partition::open(
                 pdir,
                 b,
@@ -267,7 +268,7 @@ impl Store {
             let Some(cursor) = cursors.get_mut(a as usize) else { continue };
             // Only what is on disk (Buffered durability publishes before it syncs): a copy must
             // never outlive the event it copies. The cutover's barrier syncs the rest first.
-            let head = old.durable_head.load(std::sync::atomic::Ordering::Acquire);
+            let head = old.durable_head.load(Ordering::Acquire);
             while *cursor < head {
                 let mut pending: Vec<(Reply, u64, u64)> = Vec::new();
                 let mut next = *cursor;

@@ -1,10 +1,12 @@
 //! How to open a store.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use crate::compaction::CompactionOptions;
 use crate::error::{Error, Result};
-use crate::io::FaultPlan;
+use crate::format::manifest::MAX_PARTITIONS;
+use crate::io::faults::FaultPlan;
+use crate::log::Durability;
 
 /// Default number of partitions of a new store.
 pub const DEFAULT_PARTITIONS: u32 = 8;
@@ -14,21 +16,6 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 256 << 20;
 pub const DEFAULT_MAX_EVENT_BYTES: u64 = 16 << 20;
 /// Default largest append (one batch, encoded): 64 MiB.
 pub const DEFAULT_MAX_APPEND_BYTES: u64 = 64 << 20;
-
-/// When an append is acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// Acknowledged after the group's `fdatasync`: nothing acknowledged is lost, even on power
-    /// loss. The default.
-    Sync,
-    /// Acknowledged after the group's `write`; the partition writer `fdatasync`s at least every
-    /// `sync_interval` while there is unsynced data. A process crash loses nothing; a power loss
-    /// or kernel crash may lose up to `sync_interval` of acknowledged appends.
-    Buffered {
-        /// Longest time acknowledged data stays unsynced.
-        sync_interval: Duration,
-    },
-}
 
 /// Options for [`Store::open`](crate::Store::open). Creation-only settings (partition count,
 /// segment size) are recorded in the manifest; set when opening an existing store, they must
@@ -58,7 +45,7 @@ pub struct Options {
     pub(crate) max_group_bytes: usize,
     pub(crate) max_group_appends: usize,
     pub(crate) snapshot_rewrite_bytes: u64,
-    pub(crate) compaction: crate::CompactionOptions,
+    pub(crate) compaction: CompactionOptions,
     pub(crate) faults: Option<Arc<FaultPlan>>,
 }
 
@@ -78,7 +65,7 @@ impl Default for Options {
             max_group_bytes: 4 << 20,
             max_group_appends: 4096,
             snapshot_rewrite_bytes: 4 << 20,
-            compaction: crate::CompactionOptions::default(),
+            compaction: CompactionOptions::default(),
             faults: None,
         }
     }
@@ -162,8 +149,8 @@ impl Options {
     }
 
     /// When and how sealed segments are compacted into archives (default: see
-    /// [`CompactionOptions`](crate::CompactionOptions)).
-    pub fn compaction(mut self, c: crate::CompactionOptions) -> Options {
+    /// [`CompactionOptions`]).
+    pub fn compaction(mut self, c: CompactionOptions) -> Options {
         self.compaction = c;
         self
     }
@@ -198,7 +185,7 @@ impl Options {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
-        if self.partitions == 0 || self.partitions > crate::format::manifest::MAX_PARTITIONS {
+        if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
             return Err(Error::InvalidOptions(format!("partitions must be 1..=65536, not {}", self.partitions)));
         }
         if self.segment_bytes < 4096 {

@@ -1,0 +1,220 @@
+//! `strata dump`: every header, batch and record of a file, or of every file of a store.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use strata::inspect::{self, BatchInfo, Dump, Filter};
+
+use crate::common::{show, time};
+
+#[derive(clap::Args, Debug)]
+pub struct DumpArgs {
+    /// A segment (.log), index (.idx), archive (.arc), snapshot sidecar, tombstones or
+    /// checkpoints file; or a store or partition directory (every file in it, in log order).
+    path: PathBuf,
+    /// Only this stream's batches (and snapshots).
+    #[arg(long)]
+    stream: Option<String>,
+    /// Only batches with events at or after this position.
+    #[arg(long)]
+    from: Option<u64>,
+    /// Only batches with events before this position.
+    #[arg(long)]
+    to: Option<u64>,
+    /// Print batch headers only, not their events.
+    #[arg(long)]
+    headers: bool,
+}
+
+fn print_batches(batches: &[BatchInfo], headers_only: bool) {
+    for b in batches {
+        out!(
+            "  @{:<10} position {:<10} {:?} v{}..={} ({} event{}) {} len {} crc ok",
+            b.offset,
+            b.position,
+            b.stream,
+            b.first_version,
+            b.first_version + b.events.len() as u64 - 1,
+            b.events.len(),
+            if b.events.len() == 1 { "" } else { "s" },
+            time(b.timestamp),
+            b.length
+        );
+        if headers_only {
+            continue;
+        }
+        for (i, e) in b.events.iter().enumerate() {
+            let meta = if e.metadata.is_empty() { String::new() } else { format!(" meta {}", show(&e.metadata)) };
+            out!("      [{}] {} {}{meta}", b.position + i as u64, e.event_type, show(&e.payload));
+        }
+    }
+}
+
+fn dump_one(path: &Path, filter: &Filter, headers: bool) -> strata::Result<()> {
+    let d = inspect::dump(path, filter)?;
+    let name = path.display();
+    match d {
+        Dump::Segment { partition, base_position, created, batches, damage } => {
+            out!(
+                "== {name}: segment of partition {partition}, from position {base_position}, created {}",
+                time(created)
+            );
+            print_batches(&batches, headers);
+            match damage {
+                None => out!("  end: clean"),
+                Some((at, why)) => out!("  end: invalid bytes at byte {at}: {why}"),
+            }
+        }
+        Dump::Index { partition, base_position, end_position, segment_len, stream_entries, position_entries } => {
+            out!(
+                "== {name}: index of partition {partition}, positions {base_position}..{end_position}, segment of \
+                 {segment_len} bytes, {stream_entries} stream entries, {position_entries} position entries"
+            );
+        }
+        Dump::Archive {
+            partition,
+            base_position,
+            end_position,
+            reason,
+            created,
+            blocks,
+            data_len,
+            file_len,
+            sources,
+            audit,
+            batches,
+            problems,
+        } => {
+            out!(
+                "== {name}: archive of partition {partition}, positions {base_position}..{end_position}, created {}",
+                time(created)
+            );
+            out!("  archived because: {reason}");
+            out!(
+                "  {blocks} blocks: {data_len} bytes of batches in {file_len} bytes (ratio {:.2})",
+                data_len as f64 / file_len.max(1) as f64
+            );
+            for (base, bytes) in sources {
+                out!("  made from segment {base} ({bytes} bytes)");
+            }
+            for a in audit {
+                out!(
+                    "  erased: stream {:?}, {} events at positions {}..={}, deleted {}, erased {}",
+                    a.stream,
+                    a.events,
+                    a.first_position,
+                    a.last_position,
+                    time(a.deleted_at),
+                    time(a.erased_at)
+                );
+            }
+            print_batches(&batches, headers);
+            for p in problems {
+                out!("  PROBLEM: {p}");
+            }
+        }
+        Dump::Snapshots { partition, rewrites, records, damage } => {
+            out!("== {name}: snapshot sidecar of partition {partition}, rewritten {rewrites} times");
+            for r in records {
+                out!(
+                    "  @{:<10} {:?} v{} schema {} aggregate {:#010x} state {} bytes, after position {} ({}), taken {}{}{}",
+                    r.offset,
+                    r.stream,
+                    r.version,
+                    r.schema,
+                    r.aggregate,
+                    r.state_len,
+                    r.position,
+                    time(r.event_time),
+                    time(r.written),
+                    if r.replaces { " (replaces)" } else { "" },
+                    if r.superseded { " (superseded)" } else { "" }
+                );
+            }
+            if let Some((at, why)) = damage {
+                out!("  end: invalid bytes at byte {at}: {why}");
+            }
+        }
+        Dump::Tombstones { partition, deleted, damage } => {
+            out!("== {name}: deleted streams of partition {partition}");
+            for (stream, at) in deleted {
+                out!("  {stream:?} deleted {}", time(at));
+            }
+            if let Some((at, why)) = damage {
+                out!("  end: invalid bytes at byte {at}: {why}");
+            }
+        }
+        Dump::Checkpoints { positions } => {
+            out!("== {name}: projection checkpoints (next position per partition)");
+            for (p, pos) in positions.iter().enumerate() {
+                out!("  partition {p}: {pos}");
+            }
+        }
+        Dump::DeadLetters { records, damage } => {
+            out!("== {name}: dead-letter queue");
+            for r in records {
+                match r {
+                    inspect::DeadLetterInfo::Letter {
+                        offset,
+                        id,
+                        time: t,
+                        partition,
+                        position,
+                        stream,
+                        version,
+                        attempts,
+                        error,
+                        ..
+                    } => out!(
+                        "  @{offset:<10} letter {id}: partition {partition} position {position} {stream:?} v{version}, \
+                         {attempts} attempts, {}: {}",
+                        time(t),
+                        show(error.as_bytes())
+                    ),
+                    inspect::DeadLetterInfo::Resolution { offset, id, time: t, replayed, .. } => out!(
+                        "  @{offset:<10} letter {id} {} {}",
+                        if replayed { "replayed" } else { "discarded" },
+                        time(t)
+                    ),
+                    _ => out!("  (a record of an unknown kind)"),
+                }
+            }
+            if let Some((at, why)) = damage {
+                out!("  end: invalid bytes at byte {at}: {why}");
+            }
+        }
+        Dump::Manifest { partition_count, segment_bytes, created, partition_epoch, growing_to, epochs } => {
+            out!(
+                "== {name}: manifest: {partition_count} partitions, segments of {segment_bytes} bytes, created {}",
+                time(created)
+            );
+            for (i, (from, to)) in epochs.iter().enumerate() {
+                out!("  grow {}: {from} -> {to} partitions", i + 1);
+            }
+            if growing_to > 0 {
+                out!("  a grow to {growing_to} partitions is in progress (epoch {partition_epoch})");
+            }
+        }
+        _ => out!("== {name}: (unknown dump)"),
+    }
+    Ok(())
+}
+
+pub fn dump(args: DumpArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let filter = Filter { stream: args.stream.clone(), from: args.from, to: args.to };
+    let files = if args.path.is_dir() { inspect::files(&args.path)? } else { vec![args.path.clone()] };
+    if files.is_empty() {
+        return Err(format!("{} holds no strata files", args.path.display()).into());
+    }
+    let mut failed = 0;
+    for f in files {
+        if let Err(e) = dump_one(&f, &filter, args.headers) {
+            out!("== {}: {e}", f.display());
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        return Err(format!("{failed} file(s) could not be read").into());
+    }
+    Ok(())
+}

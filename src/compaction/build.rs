@@ -1,0 +1,153 @@
+//! Building an archive image from batches: laid out by stream, then version, so that a
+//! stream's history sits in as few blocks as possible; compressed block by block with zstd,
+//! optionally with a dictionary trained on the batches.
+
+use std::path::Path;
+
+use crate::clock::now_nanos;
+use crate::error::{Error, Result};
+use crate::format::archive::{self as format, AuditRecord, Header, Reason, Source};
+use crate::format::batch::BatchView;
+use crate::format::index::{PositionEntry, StreamEntry};
+use crate::router::stream_hash;
+
+/// One batch to be archived, borrowed from a segment's mapping or an archive's data.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchRef<'a> {
+    pub hash: u64,
+    pub stream: &'a str,
+    pub first_version: u64,
+    pub position: u64,
+    pub count: u32,
+    pub bytes: &'a [u8],
+}
+
+/// How archives are written.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BuildOptions {
+    pub level: i32,
+    pub block_bytes: usize,
+    pub dictionary: bool,
+}
+
+/// What goes into one archive besides its batches.
+#[derive(Clone, Copy)]
+pub(crate) struct Plan<'a> {
+    pub partition: u32,
+    pub base: u64,
+    pub end: u64,
+    /// End of the whole compaction's range (of its last archive).
+    pub job_end: u64,
+    pub reason: Reason,
+    pub sources: &'a [Source],
+    pub audit: &'a [AuditRecord],
+}
+
+/// Largest dictionary trained, and how many sample bytes train it.
+const DICT_BYTES: usize = 16 << 10;
+const DICT_SAMPLE_BYTES: usize = 1 << 20;
+
+/// Builds an archive image from `batches` (in any order): laid out by stream, then version,
+/// so that a stream's history sits in as few blocks as possible. `progress` is told the
+/// uncompressed bytes of each block as it is compressed (the compactor throttles there).
+pub(crate) fn build(
+    plan: &Plan<'_>,
+    mut batches: Vec<BatchRef<'_>>,
+    opts: BuildOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Vec<u8>> {
+    batches.sort_unstable_by(|a, b| (a.hash, a.stream, a.first_version).cmp(&(b.hash, b.stream, b.first_version)));
+    let dictionary = if opts.dictionary { train(&batches) } else { Vec::new() };
+    let mut compressor = if dictionary.is_empty() {
+        zstd::bulk::Compressor::new(opts.level)
+    } else {
+        zstd::bulk::Compressor::with_dictionary(opts.level, &dictionary)
+    }
+    .map_err(|e| Error::io("zstd", Path::new("archive"), e))?;
+    let mut streams = Vec::with_capacity(batches.len());
+    let mut positions = Vec::with_capacity(batches.len());
+    let mut blocks: Vec<(Vec<u8>, u64, u32)> = Vec::new();
+    let mut block = Vec::with_capacity(opts.block_bytes);
+    let mut block_start = 0u64;
+    let mut tag = 0u32;
+    let mut prev: Option<(u64, &str)> = None;
+    let mut flush = |block: &mut Vec<u8>, start: &mut u64, blocks: &mut Vec<(Vec<u8>, u64, u32)>| -> Result<()> {
+        if block.is_empty() {
+            return Ok(());
+        }
+        let frame = compressor.compress(block).map_err(|e| Error::io("zstd compress", Path::new("archive"), e))?;
+        progress(block.len() as u64);
+        blocks.push((frame, *start, block.len() as u32));
+        *start += block.len() as u64;
+        block.clear();
+        Ok(())
+    };
+    for b in &batches {
+        if !block.is_empty() && block.len() + b.bytes.len() > opts.block_bytes {
+            flush(&mut block, &mut block_start, &mut blocks)?;
+        }
+        tag = match prev {
+            Some((h, s)) if h == b.hash && s != b.stream => tag + 1,
+            Some((h, _)) if h == b.hash => tag,
+            _ => 0,
+        };
+        prev = Some((b.hash, b.stream));
+        let offset = block_start + block.len() as u64;
+        streams.push(StreamEntry {
+            stream_hash: b.hash,
+            first_version: b.first_version,
+            offset,
+            event_count: b.count,
+            tag,
+        });
+        positions.push(PositionEntry { position: b.position, offset });
+        block.extend_from_slice(b.bytes);
+    }
+    flush(&mut block, &mut block_start, &mut blocks)?;
+    positions.sort_unstable_by_key(|p| p.position);
+    let header = Header {
+        partition: plan.partition,
+        base_position: plan.base,
+        end_position: plan.end,
+        created: now_nanos(),
+        job_end: plan.job_end,
+        reason: plan.reason,
+        dict_len: dictionary.len() as u32,
+        block_bytes: opts.block_bytes as u32,
+    };
+    Ok(format::encode(
+        &header,
+        &format::Parts {
+            dictionary: &dictionary,
+            blocks: &blocks,
+            streams: &streams,
+            positions: &positions,
+            sources: plan.sources,
+            audit: plan.audit,
+        },
+    ))
+}
+
+/// Trains a zstd dictionary on an even sample of the batches; empty if there are too few
+/// to learn from or training fails (the archive is then compressed without one).
+fn train(batches: &[BatchRef<'_>]) -> Vec<u8> {
+    let total: usize = batches.iter().map(|b| b.bytes.len()).sum();
+    if batches.len() < 64 || total < 8 * DICT_BYTES {
+        return Vec::new();
+    }
+    let step = (total / DICT_SAMPLE_BYTES).max(1);
+    let samples: Vec<&[u8]> = batches.iter().step_by(step).map(|b| b.bytes).collect();
+    zstd::dict::from_samples(&samples, DICT_BYTES).unwrap_or_default()
+}
+
+/// Reads the batch at the start of `bytes` as a [`BatchRef`] (for an archive rewrite).
+pub(crate) fn batch_ref<'a>(b: &BatchView<'a>, bytes: &'a [u8]) -> BatchRef<'a> {
+    BatchRef {
+        hash: stream_hash(b.stream_id),
+        stream: b.stream_id,
+        first_version: b.first_version,
+        position: b.base_position,
+        count: b.event_count,
+        bytes: bytes.get(..b.length).unwrap_or(bytes),
+    }
+}

@@ -1,0 +1,78 @@
+//! The archiving policy: for each sealed segment, whether it is archived now and why. Cheap
+//! first: the age comes from the segment's last batch, deleted streams from index lookups,
+//! and only an old enough segment has its streams' snapshots looked up. No segment is read
+//! whole here, and nothing is written: the job (`job.rs`) acts on the decision.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::format::archive::Reason;
+use crate::log::sealed::SealedSegment;
+use crate::log::{Archive, Segment, View};
+use crate::router::stream_hash;
+
+use super::{CompactionOptions, SnapshotIndex};
+
+/// What the policy weighs a partition's sealed segments against.
+pub(super) struct Weigh<'a> {
+    /// The partition's directory (named by errors about its snapshots).
+    pub dir: &'a Path,
+    pub snapshots: &'a dyn SnapshotIndex,
+    /// The partition's deleted streams, with when they were deleted.
+    pub deleted: &'a HashMap<String, u64>,
+    pub opts: &'a CompactionOptions,
+    /// Archive every sealed segment.
+    pub force: bool,
+    pub now: u64,
+}
+
+/// Why `sealed` (the segment of `slot`) is to be archived now, if it is; `hot` is the bytes
+/// of the partition's sealed, unarchived segments not chosen yet.
+pub(super) fn choose(w: &Weigh<'_>, slot: &Segment, sealed: &Arc<SealedSegment>, hot: u64) -> Result<Option<Reason>> {
+    if w.force {
+        return Ok(Some(Reason::Forced));
+    }
+    let view = View::Sealed(sealed.clone());
+    for stream in w.deleted.keys() {
+        if view.last_version(slot, stream, stream_hash(stream), u64::MAX)?.is_some() {
+            return Ok(Some(Reason::Erasure));
+        }
+    }
+    let retention = u64::try_from(w.opts.retention.as_nanos()).unwrap_or(u64::MAX);
+    let old = w.now.saturating_sub(sealed.last_timestamp(slot)?) >= retention;
+    if old && !w.opts.require_snapshots {
+        return Ok(Some(Reason::Retained));
+    }
+    if old && snapshotted(w, &sealed.stream_last_versions(slot)?)? {
+        return Ok(Some(Reason::RetainedAndSnapshotted));
+    }
+    Ok(w.opts.max_hot_bytes.is_some_and(|m| hot > m).then_some(Reason::HotBytes))
+}
+
+/// Whether every stream has a snapshot at or past `last_versions` (deleted ones need none).
+fn snapshotted(w: &Weigh<'_>, last_versions: &[(&str, u64)]) -> Result<bool> {
+    for (stream, last) in last_versions {
+        if w.deleted.contains_key(*stream) {
+            continue;
+        }
+        match w.snapshots.latest_version(stream) {
+            Ok(Some(v)) if v >= *last => {}
+            Ok(_) => return Ok(false),
+            Err(why) => return Err(Error::corruption(w.dir, 0, why)),
+        }
+    }
+    Ok(true)
+}
+
+/// Whether archive `a` (the slot `slot`) holds events of a deleted stream.
+pub(super) fn holds_deleted(slot: &Segment, a: &Arc<Archive>, deleted: &HashMap<String, u64>) -> Result<bool> {
+    let view = View::Archived(a.clone());
+    for stream in deleted.keys() {
+        if view.last_version(slot, stream, stream_hash(stream), u64::MAX)?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}

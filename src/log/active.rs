@@ -1,0 +1,186 @@
+//! The open segment: the active one (and one being sealed), indexed in memory as the writer
+//! appends to it, and read through a read-only map of its file (a `pread` per batch cost more
+//! than the rest of a stream read). The map is dropped for good, under its lock, before the
+//! file is ever cut back, so no read touches a page past the end (`SIGBUS`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use memmap2::Mmap;
+use parking_lot::RwLock;
+
+use crate::error::{Error, Result};
+use crate::format::batch::BatchView;
+use crate::format::index::{self, POSITION_INTERVAL, PositionEntry, StreamEntry};
+use crate::format::segment as seg_format;
+use crate::io::{FileHandle, mmap};
+
+/// One batch of one stream in the in-memory index.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MemEntry {
+    pub first_version: u64,
+    /// Position of the batch's first event: reads leave out batches the head does not cover.
+    pub position: u64,
+    pub offset: u64,
+    pub len: u32,
+    pub count: u32,
+}
+
+impl MemEntry {
+    /// Version of the batch's last event.
+    pub fn last_version(&self) -> u64 {
+        self.first_version + u64::from(self.count) - 1
+    }
+}
+
+/// The in-memory index of an open (active or being sealed) segment.
+#[derive(Debug, Default)]
+pub(crate) struct MemIndex {
+    pub streams: HashMap<Arc<str>, Vec<MemEntry>>,
+    pub positions: Vec<PositionEntry>,
+    pub end_position: u64,
+    pub end_offset: u64,
+}
+
+impl MemIndex {
+    pub fn new(base_position: u64) -> MemIndex {
+        MemIndex { end_position: base_position, end_offset: seg_format::HEADER_LEN as u64, ..MemIndex::default() }
+    }
+
+    /// Records a batch that was just written (or found by a scan) at `offset`.
+    pub fn insert(&mut self, stream: &str, first_version: u64, base_position: u64, count: u32, offset: u64, len: u32) {
+        let entry = MemEntry { first_version, position: base_position, offset, len, count };
+        match self.streams.get_mut(stream) {
+            Some(v) => v.push(entry),
+            None => {
+                self.streams.insert(Arc::from(stream), vec![entry]);
+            }
+        }
+        if self.positions.last().is_none_or(|p| offset >= p.offset + POSITION_INTERVAL) {
+            self.positions.push(PositionEntry { position: base_position, offset });
+        }
+        self.end_position = base_position + u64::from(count);
+        self.end_offset = offset + u64::from(len);
+    }
+
+    /// Indexes a batch found by a scan of the segment (at `offset`). A stream's versions
+    /// continue from batch to batch: a batch that does not follow the stream's last one here
+    /// is not what any writer wrote, and is refused (and not indexed).
+    pub fn scanned(&mut self, offset: u64, b: &BatchView<'_>) -> Result<(), String> {
+        if let Some(last) = self.last_version(b.stream_id)
+            && last.checked_add(1) != Some(b.first_version)
+        {
+            return Err(format!(
+                "batch of stream {:?} starts at version {}, after its batch ending at version {last}",
+                b.stream_id, b.first_version
+            ));
+        }
+        self.insert(b.stream_id, b.first_version, b.base_position, b.event_count, offset, b.length as u32);
+        Ok(())
+    }
+
+    /// The stream's last version in this segment, whatever the head says: the writer's view.
+    pub fn last_version(&self, stream: &str) -> Option<u64> {
+        self.streams.get(stream).and_then(|v| v.last()).map(MemEntry::last_version)
+    }
+
+    /// The stream's entries for batches before position `end` (the head): a reader's view.
+    /// The writer adds a group's entries before it publishes the head, so entries at or
+    /// past the head are there before they may be seen.
+    pub fn visible(&self, stream: &str, end: u64) -> &[MemEntry] {
+        let all = self.streams.get(stream).map_or(&[][..], Vec::as_slice);
+        all.get(..all.partition_point(|e| e.position < end)).unwrap_or(&[])
+    }
+
+    /// The index file image of this segment.
+    /// `hash` is [`stream_hash`]; tests pass a colliding one.
+    pub fn to_index_file(&self, partition: u32, base_position: u64, hash: fn(&str) -> u64) -> Vec<u8> {
+        let mut streams: Vec<(u64, &Arc<str>, &Vec<MemEntry>)> =
+            self.streams.iter().map(|(s, e)| (hash(s), s, e)).collect();
+        streams.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let mut entries = Vec::with_capacity(streams.iter().map(|s| s.2.len()).sum());
+        let mut prev_hash = None;
+        let mut tag = 0u32;
+        for (hash, _, list) in &streams {
+            tag = if prev_hash == Some(*hash) { tag + 1 } else { 0 };
+            prev_hash = Some(*hash);
+            entries.extend(list.iter().map(|e| StreamEntry {
+                stream_hash: *hash,
+                first_version: e.first_version,
+                offset: e.offset,
+                event_count: e.count,
+                tag,
+            }));
+        }
+        let header = index::Header {
+            partition,
+            base_position,
+            end_position: self.end_position,
+            segment_len: self.end_offset,
+            stream_entries: entries.len() as u64,
+            position_entries: self.positions.len() as u64,
+        };
+        index::encode(&header, &entries, &self.positions)
+    }
+}
+
+/// An open segment: its file, written by the partition writer, and read through a read-only
+/// map of it (a `pread` per batch cost more than the rest of a stream read).
+#[derive(Debug)]
+pub(crate) struct OpenSegment {
+    pub file: Arc<FileHandle>,
+    pub index: RwLock<MemIndex>,
+    /// The file mapped as it was when last (re)mapped; reads past its end use `pread`.
+    map: RwLock<Option<Mmap>>,
+    /// Set, under `map`'s lock, when the map is dropped for good: before the file is cut.
+    unmapped: AtomicBool,
+}
+
+/// Reads that end within this many bytes past the mapped length use `pread` instead of
+/// remapping: a reader following the head does not remap at every batch.
+const REMAP_STEP: u64 = 4 << 20;
+
+impl OpenSegment {
+    pub fn new(file: Arc<FileHandle>, index: MemIndex) -> OpenSegment {
+        OpenSegment { file, index: RwLock::new(index), map: RwLock::new(None), unmapped: Default::default() }
+    }
+
+    /// The bytes `[offset, offset + len)`, which the caller knows were written (they are
+    /// below a published end), copied out.
+    pub fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let end = offset.saturating_add(len as u64);
+        let range = usize::try_from(offset).unwrap_or(usize::MAX)..usize::try_from(end).unwrap_or(usize::MAX);
+        let mapped = {
+            let map = self.map.read();
+            if let Some(b) = map.as_ref().and_then(|m| m.get(range.clone())) {
+                return Ok(b.to_vec());
+            }
+            map.as_ref().map_or(0, |m| m.len() as u64)
+        };
+        let unmapped = self.unmapped.load(Ordering::Acquire);
+        if !unmapped && (mapped == 0 || end > mapped + REMAP_STEP) {
+            let mut map = self.map.write();
+            if !self.unmapped.load(Ordering::Acquire) {
+                let file_len = self.file.std().metadata().map_err(|e| Error::io("stat", self.file.path(), e))?.len();
+                if file_len >= end && file_len > map.as_ref().map_or(0, |m| m.len() as u64) {
+                    *map = Some(mmap::segment(&self.file)?);
+                }
+                if let Some(b) = map.as_ref().and_then(|m| m.get(range)) {
+                    return Ok(b.to_vec());
+                }
+            }
+        }
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
+    /// Drops the map for good, waiting for reads in progress: called before the file is cut
+    /// back, so that no read touches a mapped page past the new end (which would be SIGBUS).
+    pub fn unmap(&self) {
+        let mut map = self.map.write();
+        self.unmapped.store(true, Ordering::Release);
+        *map = None;
+    }
+}

@@ -1,0 +1,27 @@
+//! The engine core: partitions as append-only logs of segment files. The write path is the
+//! partition's writer (`writer`: group commit, roll, poisoning) with its preallocator and
+//! the sealer; the read path goes from a partition (`read`) through its segments (`view`:
+//! open, sealed or archived) to events (`events`); opening recovers a partition
+//! (`recovery`). Beside the log: each partition's deleted streams (`tombstones`), kept in
+//! an append-only record file (`records`), the one kind of file that tombstones, dead
+//! letters and snapshot sidecars share.
+
+pub(crate) mod active;
+pub(crate) mod archive;
+pub(crate) mod events;
+pub(crate) mod partition;
+pub(crate) mod prealloc;
+pub(crate) mod read;
+pub(crate) mod records;
+pub(crate) mod recovery;
+pub(crate) mod sealed;
+pub(crate) mod sealer;
+pub(crate) mod segment;
+pub(crate) mod tombstones;
+pub(crate) mod view;
+pub(crate) mod writer;
+
+pub(crate) use archive::Archive;
+pub(crate) use partition::{Partition, Tail, dir_name};
+pub(crate) use segment::{Segment, State, View};
+pub(crate) use writer::{AppendRequest, Durability, Queued, Reply, Writer, WriterConfig};

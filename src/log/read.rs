@@ -1,0 +1,214 @@
+//! Reads across a partition's segments: a stream's events (forward, backward, its last
+//! version, a visit for aggregate loads), a range of positions in log order (partition reads
+//! and scans, projections, subscriptions), the streams it holds, and `verify`. Every read
+//! takes its bounds from one [`Partition::snapshot`]: the visibility rule.
+
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+
+use crate::error::{Error, Result};
+use crate::event::{EventView, RecordedEvent};
+use crate::format::batch::BatchView;
+use crate::log::events::{each_event, emit};
+use crate::log::partition::Partition;
+use crate::log::segment::View;
+
+impl Partition {
+    /// The stream's last version in the segments before `before_base` (newest first).
+    pub fn last_version_before(&self, stream: &str, hash: u64, before_base: u64) -> Result<Option<u64>> {
+        for (seg, end) in self.snapshot().into_iter().rev() {
+            if seg.base >= before_base {
+                continue;
+            }
+            if let Some(v) = self.view(&seg, end)?.last_version(&seg, stream, hash, end)? {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The stream's last durable version.
+    pub fn last_version(&self, stream: &str, hash: u64) -> Result<Option<u64>> {
+        self.live(stream)?;
+        self.last_version_before(stream, hash, u64::MAX)
+    }
+
+    /// The streams with a visible event in this partition that `keep` keeps (and that are
+    /// not deleted), sorted by id.
+    pub fn stream_ids(&self, keep: &dyn Fn(&str) -> bool) -> Result<Vec<String>> {
+        let mut all = BTreeSet::new();
+        for (seg, end) in self.snapshot() {
+            self.view(&seg, end)?.stream_ids(&seg, end, &mut all)?;
+        }
+        Ok(all.into_iter().filter(|s| keep(s) && self.tombstones.deleted_at(s).is_none()).collect())
+    }
+
+    /// Refuses stream reads of a deleted stream.
+    fn live(&self, stream: &str) -> Result<()> {
+        match self.tombstones.deleted_at(stream) {
+            Some(_) => Err(Error::StreamDeleted { stream: stream.to_owned() }),
+            None => Ok(()),
+        }
+    }
+
+    pub fn read_stream(&self, stream: &str, hash: u64, from: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        self.live(stream)?;
+        let mut out = Vec::new();
+        for (seg, end) in self.snapshot() {
+            if out.len() >= limit {
+                break;
+            }
+            self.view(&seg, end)?.read_stream(&seg, stream, hash, from, end, limit, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Calls `f(batch, skip, take)` for the batches holding the stream's events from version
+    /// `from` on (see [`View::visit_stream`]), oldest first, until `f` breaks. The caller may
+    /// know that version `from` is at or after position `min_position`: segments that end
+    /// before it are not looked at.
+    pub fn visit_stream(
+        &self,
+        stream: &str,
+        hash: u64,
+        from: u64,
+        min_position: u64,
+        f: &mut dyn FnMut(&BatchView<'_>, usize, usize) -> ControlFlow<()>,
+    ) -> Result<()> {
+        self.live(stream)?;
+        for (seg, end) in self.snapshot() {
+            if end <= min_position {
+                continue;
+            }
+            if self.view(&seg, end)?.visit_stream(&seg, stream, hash, from, end, usize::MAX, f)?.1.is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn read_stream_back(&self, stream: &str, hash: u64, from: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        self.live(stream)?;
+        let mut out = Vec::new();
+        for (seg, end) in self.snapshot().into_iter().rev() {
+            if out.len() >= limit {
+                break;
+            }
+            self.view(&seg, end)?.read_stream_back(&seg, stream, hash, from, end, limit, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Calls `f(batch, skip, take)` for the batches holding positions from `from` on, in
+    /// order, until `limit` events are taken or `f` breaks; returns how many were taken.
+    pub fn visit_from(
+        &self,
+        from: u64,
+        limit: usize,
+        f: &mut dyn FnMut(&BatchView<'_>, usize, usize) -> ControlFlow<()>,
+    ) -> Result<usize> {
+        let snap = self.snapshot();
+        let start = snap.partition_point(|(s, _)| s.base <= from).saturating_sub(1);
+        let mut taken = 0;
+        let mut archived = false;
+        for (seg, end) in snap.get(start..).unwrap_or(&[]) {
+            if taken >= limit {
+                break;
+            }
+            if *end <= from {
+                continue;
+            }
+            let from = from.max(seg.base);
+            let view = self.view(seg, *end)?;
+            // An archive is read from its decompressed data: hold it for this read, and keep
+            // it for the next step of the reader (releasing the one kept before).
+            let _hold = match &view {
+                View::Archived(a) => {
+                    let data = a.data()?;
+                    *self.scan_pin.lock() = Some(data.clone());
+                    Some(data)
+                }
+                _ => None,
+            };
+            archived = _hold.is_some();
+            let (n, flow) = view.visit_positions(seg, from, *end, limit - taken, f)?;
+            taken += n;
+            if flow.is_break() {
+                break;
+            }
+        }
+        if !archived {
+            self.unpin_scan();
+        }
+        Ok(taken)
+    }
+
+    /// Reads back every file of the partition: every batch of every segment (CRC), every
+    /// sealed segment's index, every archive's blocks and index entries. Returns the problems.
+    pub fn verify(&self) -> Vec<Error> {
+        let mut problems = Vec::new();
+        for (seg, end) in self.snapshot() {
+            match self.view(&seg, end) {
+                Err(e) => problems.push(e),
+                Ok(View::Archived(a)) => problems.extend(a.verify()),
+                Ok(View::Sealed(s)) => {
+                    if let Err(e) = s.walk(&seg, &mut |_, _| {}) {
+                        problems.push(e);
+                    }
+                    problems.extend(s.verify_index(&seg));
+                }
+                Ok(view @ View::Open(_)) => {
+                    if let Err(e) =
+                        view.visit_positions(&seg, seg.base, end, usize::MAX, &mut |_, _, _| ControlFlow::Continue(()))
+                    {
+                        problems.push(e);
+                    }
+                }
+            }
+        }
+        problems
+    }
+
+    /// Loads what is checked on first use rather than at open: every sealed segment with its
+    /// index (rebuilt if damaged). Repairs go to the report; damage that cannot be repaired
+    /// stays for the reads (and `verify`) to return.
+    pub fn load_lazily_checked(&self) {
+        for (seg, end) in self.snapshot() {
+            let _ = self.view(&seg, end);
+        }
+    }
+
+    /// Releases the decompressed archive data kept for partition reads, if any.
+    pub fn unpin_scan(&self) {
+        self.scan_pin.lock().take();
+    }
+
+    /// Hands `f` the events from position `from` on, borrowed, in position order, until
+    /// `limit` events are given or `f` breaks; returns how many were given.
+    pub fn visit_events(
+        &self,
+        from: u64,
+        limit: usize,
+        f: &mut dyn FnMut(&EventView<'_>) -> ControlFlow<()>,
+    ) -> Result<usize> {
+        let id = self.id;
+        let mut seen = 0;
+        self.visit_from(from, limit, &mut |b, skip, take| {
+            each_event(b, id, skip, take, &mut |e| {
+                seen += 1;
+                f(e)
+            })
+        })?;
+        Ok(seen)
+    }
+
+    pub fn read_from(&self, from: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        let mut out = Vec::new();
+        let id = self.id;
+        self.visit_from(from, limit, &mut |b, skip, take| {
+            emit(b, id, skip, take, &mut out);
+            ControlFlow::Continue(())
+        })?;
+        Ok(out)
+    }
+}

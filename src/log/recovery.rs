@@ -1,0 +1,289 @@
+//! What opening a partition repairs: temporary files of interrupted writes are removed,
+//! compactions a crash interrupted are finished or rolled back (every position then lives in
+//! exactly one file), a stale index beside the active segment goes, and the active segment's
+//! torn tail is cut. Damage anywhere else is an error naming the file and offset.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::format::archive as arc_format;
+use crate::format::index;
+use crate::format::segment::{self as seg_format, End, Mode};
+use crate::io::{Io, mmap};
+use crate::log::active::{MemIndex, OpenSegment};
+use crate::log::archive::Archive;
+use crate::log::sealed::header_error;
+use crate::log::segment::{Segment, State};
+use crate::report::{RecoveryAction, Report};
+
+/// The files of a partition directory, by kind: first positions of its segments (sorted),
+/// of its index files and of its archives.
+pub(crate) struct Files {
+    pub bases: Vec<u64>,
+    pub indexes: Vec<u64>,
+    pub archive_bases: Vec<u64>,
+}
+
+fn parse_name(name: &str, ext: &str) -> Option<u64> {
+    let stem = name.strip_suffix(ext)?;
+    if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) { stem.parse().ok() } else { None }
+}
+
+/// Lists the partition's files, removing (and reporting) temporary files of interrupted
+/// atomic writes.
+pub(crate) fn list_files(dir: &Path, id: u32, io: &Io, report: &Report) -> Result<Files> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::corruption(dir, 0, format!("partition {id} directory is missing")));
+        }
+        Err(e) => return Err(Error::io("list", dir, e)),
+    };
+    let mut files = Files { bases: Vec::new(), indexes: Vec::new(), archive_bases: Vec::new() };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".tmp") {
+            io.remove_file(&entry.path())?;
+            report.push(RecoveryAction::RemovedTempFile { path: entry.path() });
+        } else if let Some(base) = parse_name(name, ".log") {
+            files.bases.push(base);
+        } else if let Some(base) = parse_name(name, ".idx") {
+            files.indexes.push(base);
+        } else if let Some(base) = parse_name(name, ".arc") {
+            files.archive_bases.push(base);
+        }
+    }
+    files.bases.sort_unstable();
+    Ok(files)
+}
+
+/// An index file beside the active segment. An index is written only after the next segment's
+/// file is durable, so a valid one means a newer segment was lost: refuse, rather than reuse
+/// its positions. One that does not check out is a leftover and goes.
+pub(crate) fn stale_active_index(dir: &Path, id: u32, active_base: u64, io: &Io, report: &Report) -> Result<()> {
+    let path = dir.join(index::file_name(active_base));
+    let mut head = Vec::with_capacity(index::HEADER_LEN);
+    let file = io.open_read(&path)?;
+    std::io::Read::read_to_end(&mut std::io::Read::take(file.std(), index::HEADER_LEN as u64), &mut head)
+        .map_err(|e| Error::io("read", &path, e))?;
+    drop(file);
+    if index::decode_header(&head).is_ok_and(|h| h.partition == id && h.base_position == active_base) {
+        return Err(Error::corruption(
+            &path,
+            0,
+            format!("segment {active_base} was sealed, but the segment after it is missing"),
+        ));
+    }
+    io.remove_file(&path)?;
+    io.sync_dir(dir)?;
+    report.push(RecoveryAction::RemovedStaleIndex { path });
+    Ok(())
+}
+
+/// The partition's segment slots in position order: one per segment (not loaded yet; the
+/// last, the active one, is replaced by its open form) and one per archive (or its error).
+/// An archive stands for its whole range: the next file must start where it ends.
+pub(crate) fn slots(dir: &Path, id: u32, bases: &[u64], archives: Vec<OpenedArchive>) -> Result<Vec<Arc<Segment>>> {
+    let mut segments: Vec<Arc<Segment>> =
+        bases.iter().map(|&b| Arc::new(Segment::new(id, dir, b, State::Unloaded))).collect();
+    for (base, archive) in archives {
+        let state = match archive {
+            Ok(a) => State::Archived(a),
+            Err(e) => State::Failed(e),
+        };
+        segments.push(Arc::new(Segment::archived(id, dir, base, state)));
+    }
+    segments.sort_by_key(|s| s.base);
+    for pair in segments.windows(2) {
+        if let [a, next] = pair
+            && let State::Archived(arc) = a.state()
+            && arc.header.end_position != next.base
+        {
+            return Err(Error::corruption(
+                &a.path,
+                24,
+                format!("archive ends at position {}, the next file starts at {}", arc.header.end_position, next.base),
+            ));
+        }
+    }
+    Ok(segments)
+}
+
+/// Scans the active segment, truncates a torn tail, makes what remains durable, and returns
+/// its in-memory index and data end.
+pub(crate) fn recover_active(
+    dir: &Path,
+    id: u32,
+    base: u64,
+    io: &Io,
+    report: &Report,
+) -> Result<(OpenSegment, u64, u64, u64)> {
+    let path = dir.join(seg_format::file_name(base));
+    let file = io.open_rw(&path)?;
+    let file_len = file.len()?;
+    let mut mem = MemIndex::new(base);
+    let mut last_timestamp = 0;
+    let end = {
+        // Dropped before any truncation (see `mmap::recovering`).
+        let map = mmap::recovering(&file)?;
+        let header = seg_format::decode_header(&map).map_err(|e| header_error(&path, e))?;
+        if header.partition != id || header.base_position != base {
+            return Err(Error::corruption(
+                &path,
+                0,
+                format!("segment header says partition {} base {}", header.partition, header.base_position),
+            ));
+        }
+        let mut refused = None;
+        let end = seg_format::scan(&map, &header, Mode::Active, |off, b| {
+            last_timestamp = b.timestamp;
+            if let (None, Err(why)) = (&refused, mem.scanned(off, b)) {
+                refused = Some((off, why));
+            }
+        })
+        .map_err(|e| Error::corruption(&path, e.offset, e.reason))?;
+        if let Some((offset, why)) = refused {
+            return Err(Error::corruption(&path, offset, why));
+        }
+        end
+    };
+    let data_end = end.data_end();
+    // Zeros after the data are preallocated space and stay; a torn write is cut off.
+    let mut file_len = file_len;
+    if let End::TornTail { reason, .. } = end {
+        file.set_len(data_end)?;
+        report.push(RecoveryAction::TruncatedTornTail {
+            path: path.clone(),
+            offset: data_end,
+            discarded_bytes: file_len - data_end,
+            reason,
+        });
+        file_len = data_end;
+    }
+    // What survived may sit only in the page cache (a process crash in Buffered mode): make it
+    // durable before new batches claim it is.
+    file.sync_data()?;
+    Ok((OpenSegment::new(Arc::new(file), mem), data_end, last_timestamp, file_len))
+}
+
+/// An archive file, opened, or the error that kept it from opening.
+pub(crate) type OpenedArchive = (u64, Result<Arc<Archive>>);
+
+/// Finishes or rolls back compactions interrupted by a crash, leaving every position in
+/// exactly one place. A compaction writes all its archives (each durably, under a temporary
+/// name, then renamed) before it removes a segment. Each archive names the segments it was
+/// made from (its sources) and where the whole compaction's range ends, so the archives of one
+/// compaction are known; while any of their sources is still there, the compaction was
+/// interrupted: if its archives tile its range it is finished (the sources go), otherwise it
+/// is rolled back (the archives go). An archive that cannot be read is never removed here:
+/// reads of its range fail, typed, until someone looks at it.
+pub(crate) fn reconcile_archives(
+    dir: &Path,
+    id: u32,
+    io: &Io,
+    report: &Report,
+    bases: &mut Vec<u64>,
+    archive_bases: Vec<u64>,
+) -> Result<Vec<OpenedArchive>> {
+    let mut archives: Vec<OpenedArchive> = archive_bases
+        .into_iter()
+        .map(|b| {
+            let path = dir.join(arc_format::file_name(b));
+            (b, Archive::open(&path, io, id, b).map(Arc::new))
+        })
+        .collect();
+    archives.sort_by_key(|a| a.0);
+    // An I/O error (too many open files, no memory for a mapping) says nothing about the
+    // archive: fail the open rather than decide on partial knowledge.
+    if let Some((_, Err(e))) =
+        archives.iter().find(|(_, a)| matches!(a, Err(Error::Io { .. } | Error::StorageFull { .. })))
+    {
+        return Err(e.clone());
+    }
+    // The compactions with a source segment still present, by (first source, job end).
+    let mut jobs: BTreeMap<(u64, u64), (Vec<u64>, Vec<usize>)> = BTreeMap::new();
+    for (k, (_, a)) in archives.iter().enumerate() {
+        let Ok(a) = a else { continue };
+        let sources: Vec<u64> = a.sources().iter().map(|s| s.base_position).collect();
+        let Some(&first) = sources.first() else { continue };
+        if sources.iter().any(|s| bases.contains(s)) {
+            let job = jobs.entry((first, a.header.job_end)).or_insert_with(|| (sources.clone(), Vec::new()));
+            job.1.push(k);
+        }
+    }
+    let mut finished = Vec::new();
+    let mut rolled_back = Vec::new();
+    let mut drop_archives = Vec::new();
+    for ((start, end), (sources, pieces)) in jobs {
+        let mut at = start;
+        for &k in &pieces {
+            if let (b, Ok(a)) = &archives[k]
+                && *b == at
+            {
+                at = a.header.end_position;
+            }
+        }
+        let all_sources_there = sources.iter().all(|s| bases.contains(s));
+        if at != end && !all_sources_there {
+            // Segments were already removed, so the archives hold the only copy of their
+            // range, but one of them is missing or unreadable: touch nothing, say so.
+            return Err(Error::corruption(
+                dir.join(arc_format::file_name(start)),
+                0,
+                format!(
+                    "a compaction of positions {start}..{end} was interrupted after removing segments, \
+                     and its archives do not cover that range (one is missing or unreadable)"
+                ),
+            ));
+        }
+        if at == end {
+            for s in sources.iter().filter(|s| bases.contains(s)) {
+                for path in [dir.join(index::file_name(*s)), dir.join(seg_format::file_name(*s))] {
+                    if path.exists() {
+                        io.remove_file(&path)?;
+                        finished.push(path);
+                    }
+                }
+            }
+            bases.retain(|b| !sources.contains(b));
+        } else {
+            for &k in &pieces {
+                let path = dir.join(arc_format::file_name(archives[k].0));
+                io.remove_file(&path)?;
+                rolled_back.push(path);
+                drop_archives.push(k);
+            }
+        }
+    }
+    drop_archives.sort_unstable();
+    for k in drop_archives.into_iter().rev() {
+        let _ = archives.remove(k);
+    }
+    if !rolled_back.is_empty() || !finished.is_empty() {
+        io.sync_dir(dir)?;
+    }
+    if !rolled_back.is_empty() {
+        let reason = "a compaction was interrupted before all its archives were written".to_owned();
+        report.push(RecoveryAction::CompactionRolledBack { removed: rolled_back, reason });
+    }
+    if !finished.is_empty() {
+        report.push(RecoveryAction::CompactionFinished { removed: finished });
+    }
+    // What remains must not overlap: archives among themselves, or a segment.
+    let ranges: Vec<(u64, u64, PathBuf)> = archives
+        .iter()
+        .filter_map(|(b, a)| a.as_ref().ok().map(|a| (*b, a.header.end_position, a.path.clone())))
+        .collect();
+    for (lo, hi, path) in &ranges {
+        let clash = ranges.iter().any(|(l, h, _)| (l, h) != (lo, hi) && l < hi && h > lo)
+            || bases.iter().any(|b| b >= lo && b < hi);
+        if clash {
+            return Err(Error::corruption(path, 16, format!("archive range {lo}..{hi} overlaps another file's")));
+        }
+    }
+    Ok(archives)
+}

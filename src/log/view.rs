@@ -1,0 +1,427 @@
+//! Reads within one segment, whatever its form ([`View`]: open, sealed or archived): a
+//! stream's batches through the segment's index, a range of positions in log order, and a
+//! stream's last version. The open segment is read only below the position the read was
+//! given (the head): the visibility rule (FORMAT.md, the commit protocol).
+
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::event::RecordedEvent;
+use crate::format::batch::{self, BatchView};
+use crate::format::index::{PositionEntry, StreamEntry};
+use crate::format::segment as seg_format;
+use crate::log::active::MemEntry;
+use crate::log::events::{emit, offer};
+use crate::log::sealed::SealedSegment;
+use crate::log::segment::{Segment, View};
+
+/// A batch of a stream that a read wants, from any kind of index (`len` 0: not known).
+#[derive(Debug, Clone, Copy)]
+struct Wanted {
+    first_version: u64,
+    offset: u64,
+    len: u32,
+    count: u32,
+}
+
+/// Bytes of one or more batches, borrowed from a mapping or read into a buffer.
+enum Bytes<'a> {
+    Mapped(&'a [u8]),
+    Read(Vec<u8>),
+    /// A decompressed archive block, from an offset.
+    Block(Arc<Vec<u8>>, usize),
+}
+
+impl Bytes<'_> {
+    fn get(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(b) => b,
+            Bytes::Read(v) => v,
+            Bytes::Block(v, at) => v.get(*at..).unwrap_or(&[]),
+        }
+    }
+}
+
+impl View {
+    /// The bytes `[offset, offset + len)`; for a mapped segment `len` may run to the end.
+    fn bytes(&self, seg: &Segment, offset: u64, len: usize) -> Result<Bytes<'_>> {
+        match self {
+            View::Sealed(s) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX);
+                match s.data.get(start..) {
+                    Some(b) => Ok(Bytes::Mapped(b)),
+                    None => Err(Error::corruption(&seg.path, offset, "offset past the end of the segment")),
+                }
+            }
+            View::Open(o) => Ok(Bytes::Read(o.read(offset, len)?)),
+            View::Archived(a) => {
+                let (block, at) = a.at(offset)?;
+                Ok(Bytes::Block(block, at))
+            }
+        }
+    }
+
+    /// Reads and checks the batch at `offset`, whose length is `len` if known.
+    fn with_batch<T>(&self, seg: &Segment, offset: u64, len: usize, f: impl FnOnce(&BatchView<'_>) -> T) -> Result<T> {
+        let bytes = self.bytes(seg, offset, len)?;
+        match batch::decode(bytes.get()) {
+            Ok(b) => Ok(f(&b)),
+            Err(bad) => Err(Error::corruption(&seg.path, offset, format!("indexed batch: {bad}"))),
+        }
+    }
+
+    /// The entries of `stream` in a sealed segment's index (resolving hash collisions).
+    fn sealed_entries<'a>(
+        &self,
+        seg: &Segment,
+        s: &'a SealedSegment,
+        stream: &str,
+        hash: u64,
+    ) -> Result<&'a [StreamEntry]> {
+        let entries: &[StreamEntry] = s
+            .index
+            .get(s.streams.clone())
+            .and_then(|b| bytemuck::try_cast_slice(b).ok())
+            .ok_or_else(|| Error::corruption(&seg.index_path, 0, "stream entries unreadable"))?;
+        self.find_stream(seg, entries, Some(&s.data), stream, hash)
+    }
+
+    /// The entries of `stream` among an index's sorted `entries`, telling apart streams whose
+    /// ids hash alike by the stream id in their first batch (peeked from `data` if mapped).
+    fn find_stream<'a>(
+        &self,
+        seg: &Segment,
+        entries: &'a [StreamEntry],
+        data: Option<&[u8]>,
+        stream: &str,
+        hash: u64,
+    ) -> Result<&'a [StreamEntry]> {
+        let lo = entries.partition_point(|e| e.get().stream_hash < hash);
+        let hi = entries.partition_point(|e| e.get().stream_hash <= hash);
+        let mut i = lo;
+        while i < hi {
+            let Some(first) = entries.get(i).map(StreamEntry::get) else { break };
+            let block = entries.get(i..hi).unwrap_or(&[]);
+            let j = i + block.partition_point(|e| e.get().tag <= first.tag);
+            // A match needs no checksum here: the batches are checked when they are read. A
+            // mismatch must be a checked one, or damage to the id would hide the stream's
+            // events instead of being reported.
+            let start = usize::try_from(first.offset).unwrap_or(usize::MAX);
+            let same = data.and_then(|d| d.get(start..)).and_then(batch::peek_stream_id) == Some(stream)
+                || self.with_batch(seg, first.offset, 0, |b| b.stream_id == stream)?;
+            if same {
+                return Ok(entries.get(i..j).unwrap_or(&[]));
+            }
+            i = j;
+        }
+        Ok(&[])
+    }
+
+    /// The last version of `stream` in this segment before position `end`, if it has events
+    /// there.
+    pub fn last_version(&self, seg: &Segment, stream: &str, hash: u64, end: u64) -> Result<Option<u64>> {
+        match self {
+            View::Open(o) => Ok(o.index.read().visible(stream, end).last().map(MemEntry::last_version)),
+            View::Sealed(s) => {
+                let entries = self.sealed_entries(seg, s, stream, hash)?;
+                Ok(entries.last().map(|e| {
+                    let e = e.get();
+                    e.first_version + u64::from(e.event_count) - 1
+                }))
+            }
+            View::Archived(a) => {
+                let entries = self.find_stream(seg, a.streams(), None, stream, hash)?;
+                Ok(entries.last().map(|e| {
+                    let e = e.get();
+                    e.first_version + u64::from(e.event_count) - 1
+                }))
+            }
+        }
+    }
+
+    /// Adds to `out` each stream with an event in this segment before position `end` (for
+    /// an archive, each block holding a stream's first batch is decompressed to read its id).
+    pub fn stream_ids(&self, seg: &Segment, end: u64, out: &mut BTreeSet<String>) -> Result<()> {
+        match self {
+            View::Open(o) => {
+                let mem = o.index.read();
+                for name in mem.streams.keys() {
+                    if !mem.visible(name, end).is_empty() && !out.contains(&**name) {
+                        out.insert(name.to_string());
+                    }
+                }
+            }
+            View::Sealed(s) => {
+                for (name, _) in s.stream_last_versions(seg)? {
+                    if !out.contains(name) {
+                        out.insert(name.to_owned());
+                    }
+                }
+            }
+            View::Archived(a) => {
+                let entries = a.streams();
+                let mut i = 0;
+                while let Some(first) = entries.get(i).map(StreamEntry::get) {
+                    let n = entries
+                        .get(i..)
+                        .unwrap_or(&[])
+                        .partition_point(|e| (e.get().stream_hash, e.get().tag) == (first.stream_hash, first.tag));
+                    let (block, at) = a.at(first.offset)?;
+                    let name = block.get(at..).and_then(batch::peek_stream_id).ok_or_else(|| {
+                        Error::corruption(&seg.path, 0, format!("no stream id at uncompressed offset {}", first.offset))
+                    })?;
+                    if !out.contains(name) {
+                        out.insert(name.to_owned());
+                    }
+                    i += n.max(1);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The batches of `stream` a read needs, in version order: forward, those holding
+    /// versions >= `from`; backward, those holding versions <= `from`; at most `limit` of them
+    /// (a batch holds at least one event). Only these are copied out of the index, so reading
+    /// the tail of a long stream does not copy its whole history.
+    /// In the open segment only batches before `end` (the head) count; a sealed segment or an
+    /// archive holds only published batches.
+    #[allow(clippy::too_many_arguments)]
+    fn stream_batches(
+        &self,
+        seg: &Segment,
+        stream: &str,
+        hash: u64,
+        from: u64,
+        end: u64,
+        limit: usize,
+        forward: bool,
+    ) -> Result<Vec<Wanted>> {
+        fn pick<T>(all: &[T], key: impl Fn(&T) -> (u64, u32), from: u64, limit: usize, forward: bool) -> &[T] {
+            if forward {
+                let start = all.partition_point(|e| {
+                    let (first, count) = key(e);
+                    first + u64::from(count) <= from
+                });
+                let rest = all.get(start..).unwrap_or(&[]);
+                rest.get(..limit.min(rest.len())).unwrap_or(&[])
+            } else {
+                let end = all.partition_point(|e| key(e).0 <= from);
+                all.get(end.saturating_sub(limit)..end).unwrap_or(&[])
+            }
+        }
+        match self {
+            View::Open(o) => {
+                let mem = o.index.read();
+                let all = mem.visible(stream, end);
+                let picked = pick(all, |e| (e.first_version, e.count), from, limit, forward);
+                Ok(picked
+                    .iter()
+                    .map(|e| Wanted { first_version: e.first_version, offset: e.offset, len: e.len, count: e.count })
+                    .collect())
+            }
+            View::Sealed(_) | View::Archived(_) => {
+                let all = match self {
+                    View::Sealed(s) => self.sealed_entries(seg, s, stream, hash)?,
+                    View::Archived(a) => self.find_stream(seg, a.streams(), None, stream, hash)?,
+                    View::Open(_) => &[],
+                };
+                let picked = pick(all, |e| (e.get().first_version, e.get().event_count), from, limit, forward);
+                Ok(picked
+                    .iter()
+                    .map(|e| {
+                        let e = e.get();
+                        Wanted { first_version: e.first_version, offset: e.offset, len: 0, count: e.event_count }
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// Calls `f(batch, skip, take)` for each checked batch of `stream` holding versions >=
+    /// `from` before position `end`, in version order, where the batch's events
+    /// `skip..skip + take` are the ones wanted, until `limit` events are taken or `f` breaks.
+    /// Returns how many were taken, and whether `f` broke.
+    #[allow(clippy::too_many_arguments)]
+    pub fn visit_stream(
+        &self,
+        seg: &Segment,
+        stream: &str,
+        hash: u64,
+        from: u64,
+        end: u64,
+        limit: usize,
+        f: &mut dyn FnMut(&BatchView<'_>, usize, usize) -> ControlFlow<()>,
+    ) -> Result<(usize, ControlFlow<()>)> {
+        let mut taken = 0;
+        for e in &self.stream_batches(seg, stream, hash, from, end, limit, true)? {
+            if taken >= limit {
+                break;
+            }
+            let skip = from.saturating_sub(e.first_version) as usize;
+            let take = (e.count as usize).saturating_sub(skip).min(limit - taken);
+            let mut flow = ControlFlow::Continue(());
+            self.checked_stream_batch(seg, stream, e, |b| flow = f(b, skip, take))?;
+            taken += take;
+            if flow.is_break() {
+                return Ok((taken, flow));
+            }
+        }
+        Ok((taken, ControlFlow::Continue(())))
+    }
+
+    /// Appends to `out` the events of `stream` with version >= `from` before position `end`,
+    /// forward, until `out` holds `limit` events.
+    #[allow(clippy::too_many_arguments)]
+    pub fn read_stream(
+        &self,
+        seg: &Segment,
+        stream: &str,
+        hash: u64,
+        from: u64,
+        end: u64,
+        limit: usize,
+        out: &mut Vec<RecordedEvent>,
+    ) -> Result<()> {
+        let left = limit - out.len().min(limit);
+        let _ = self.visit_stream(seg, stream, hash, from, end, left, &mut |b, skip, take| {
+            emit(b, seg.partition, skip, take, out);
+            ControlFlow::Continue(())
+        })?;
+        Ok(())
+    }
+
+    /// Appends to `out` the events of `stream` with version <= `from` before position `end`,
+    /// newest first, until `out` holds `limit` events.
+    #[allow(clippy::too_many_arguments)]
+    pub fn read_stream_back(
+        &self,
+        seg: &Segment,
+        stream: &str,
+        hash: u64,
+        from: u64,
+        end: u64,
+        limit: usize,
+        out: &mut Vec<RecordedEvent>,
+    ) -> Result<()> {
+        let left = limit - out.len().min(limit);
+        for e in self.stream_batches(seg, stream, hash, from, end, left, false)?.iter().rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let last = (from - e.first_version).min(u64::from(e.count) - 1) as usize;
+            self.checked_stream_batch(seg, stream, e, |b| {
+                let mut tmp = Vec::with_capacity(last + 1);
+                emit(b, seg.partition, 0, last + 1, &mut tmp);
+                out.extend(tmp.into_iter().rev().take(limit - out.len()));
+            })?;
+        }
+        Ok(())
+    }
+
+    fn checked_stream_batch(
+        &self,
+        seg: &Segment,
+        stream: &str,
+        e: &Wanted,
+        f: impl FnOnce(&BatchView<'_>),
+    ) -> Result<()> {
+        let ok = self.with_batch(seg, e.offset, e.len as usize, |b| {
+            if b.stream_id != stream || b.first_version != e.first_version || b.event_count != e.count {
+                return false;
+            }
+            f(b);
+            true
+        })?;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::corruption(
+                &seg.path,
+                e.offset,
+                format!("batch does not hold what the index says of stream {stream:?}"),
+            ))
+        }
+    }
+
+    /// Calls `f(batch, skip, take)` for each batch holding positions `from..end`, in order,
+    /// where the batch's events `skip..skip + take` are the ones wanted, until `limit` events
+    /// are taken or `f` breaks. Returns how many were taken, and whether `f` broke.
+    pub fn visit_positions(
+        &self,
+        seg: &Segment,
+        from: u64,
+        end: u64,
+        limit: usize,
+        f: &mut dyn FnMut(&BatchView<'_>, usize, usize) -> ControlFlow<()>,
+    ) -> Result<(usize, ControlFlow<()>)> {
+        let mut taken = 0usize;
+        let (start_offset, data_end) = match self {
+            View::Archived(a) => return a.visit_positions(from, end, limit, f),
+            View::Sealed(s) => {
+                let positions: &[PositionEntry] = s
+                    .index
+                    .get(s.positions.clone())
+                    .and_then(|b| bytemuck::try_cast_slice(b).ok())
+                    .ok_or_else(|| Error::corruption(&seg.index_path, 0, "position entries unreadable"))?;
+                let k = positions.partition_point(|p| p.get().position <= from);
+                let off = k
+                    .checked_sub(1)
+                    .and_then(|k| positions.get(k))
+                    .map_or(seg_format::HEADER_LEN as u64, |p| p.get().offset);
+                (off, s.data.len() as u64)
+            }
+            View::Open(o) => {
+                let mem = o.index.read();
+                let k = mem.positions.partition_point(|p| p.position <= from);
+                let off = k
+                    .checked_sub(1)
+                    .and_then(|k| mem.positions.get(k))
+                    .map_or(seg_format::HEADER_LEN as u64, |p| p.offset);
+                (off, mem.end_offset)
+            }
+        };
+        let mut offset = start_offset;
+        // Start small (a subscriber usually wants the few newest events) and grow.
+        let mut chunk = 64usize << 10;
+        while offset < data_end && taken < limit {
+            let want = (data_end - offset).min(chunk as u64) as usize;
+            let bytes = self.bytes(seg, offset, want)?;
+            let buf = bytes.get();
+            let buf = buf.get(..want.min(buf.len())).unwrap_or(&[]);
+            let mut at = 0usize;
+            while let Some(rest) = buf.get(at..) {
+                if rest.is_empty() || taken >= limit {
+                    break;
+                }
+                match batch::decode(rest) {
+                    Ok(b) => {
+                        if b.base_position >= end {
+                            return Ok((taken, ControlFlow::Continue(())));
+                        }
+                        if offer(&b, from, end, limit, &mut taken, f).is_break() {
+                            return Ok((taken, ControlFlow::Break(())));
+                        }
+                        at += b.length;
+                    }
+                    Err(batch::Bad::Truncated) if at > 0 => break,
+                    Err(batch::Bad::Truncated) => {
+                        // A batch larger than the chunk: read it whole next time round.
+                        let need = batch::claimed_length(rest).unwrap_or(0);
+                        if need <= chunk || offset + need as u64 > data_end {
+                            return Err(Error::corruption(&seg.path, offset, "batch runs past the end of the data"));
+                        }
+                        chunk = need;
+                        break;
+                    }
+                    Err(bad) => return Err(Error::corruption(&seg.path, offset + at as u64, bad.to_string())),
+                }
+            }
+            offset += at as u64;
+            chunk = chunk.max((chunk * 2).min(4 << 20));
+        }
+        Ok((taken, ControlFlow::Continue(())))
+    }
+}

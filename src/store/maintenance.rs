@@ -1,0 +1,132 @@
+//! Looking after a store: deleting streams, compaction on demand, verification, the repair
+//! report, and snapshot flushes and counters.
+
+use crate::clock::now_nanos;
+use crate::compaction::{CompactionProgress, CompactionReport, CompactionStats, PartitionStorage, SnapshotIndex};
+use crate::error::{Error, Result};
+use crate::report::RecoveryAction;
+use crate::router;
+use crate::snapshot::{Sidecar, SnapshotStats};
+
+use super::Store;
+
+impl Store {
+    /// Deletes `stream` for good: the deletion is durable when this returns; from then on the
+    /// stream takes no appends and stream reads (and aggregate loads) fail with
+    /// [`Error::StreamDeleted`]. Its events stay in partition reads (projections see them,
+    /// like any event) until compaction erases them from the sealed segments and archives
+    /// that hold them, leaving an [`AuditRecord`](crate::AuditRecord) in the archive. Events
+    /// still in the active segment are erased once it is sealed and compacted. An append
+    /// being committed at the moment of the delete may still be acknowledged; its events
+    /// are deleted with the rest. The stream's snapshots are erased from the partition's
+    /// snapshot sidecar by the next compaction. A stream that a grow moved
+    /// ([`Store::grow_partitions`]) is deleted in the partitions it lived in before too, so
+    /// its history at its old positions is erased as well. Returns `false` if the stream was
+    /// already deleted.
+    ///
+    /// ```
+    /// # use strata::{Error, EventData, ExpectedVersion, Options, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+    /// store.append("customer-7", ExpectedVersion::Any, &[EventData::new("Registered", b"{}".to_vec())])?;
+    /// assert!(store.delete_stream("customer-7")?);
+    /// assert!(matches!(store.read_stream("customer-7", 0, 10), Err(Error::StreamDeleted { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn delete_stream(&self, stream: &str) -> Result<bool> {
+        // Under the senders' read lock, like an append: a grow moves the stream's tombstone
+        // with it, and a delete must not slip between that and the cutover.
+        let _routing = self.senders.read();
+        let (hash, p) = self.route(stream)?;
+        let at = now_nanos();
+        let fresh = p.tombstones.delete(stream, at)?;
+        // Where grows moved the stream from, its history stays at its old positions: the
+        // tombstone goes there too, so that compaction erases those events as well.
+        let earlier: Vec<u32> = {
+            let m = self.shared.manifest.lock();
+            m.epochs.iter().map(|e| router::jump_consistent_hash(hash, e.from)).filter(|&id| id != p.id).collect()
+        };
+        for id in earlier {
+            self.partition(id)?.tombstones.delete(stream, at)?;
+        }
+        Ok(fresh)
+    }
+
+    /// Applies the compaction policy now, on the calling thread (one compaction at a time per
+    /// partition: this waits for a background run in progress there): sealed segments that qualify become archives, and archives
+    /// holding deleted streams are rewritten without them. Appends and reads go on throughout.
+    pub fn compact(&self) -> Result<CompactionReport> {
+        self.compact_with(false, &mut |_| {})
+    }
+
+    /// Like [`Store::compact`], telling `progress` as it goes; with `force`, every sealed
+    /// segment is archived whatever the policy says.
+    pub fn compact_with(&self, force: bool, progress: &mut dyn FnMut(CompactionProgress)) -> Result<CompactionReport> {
+        self.check_open()?;
+        let r = self.shared.compact(force, progress);
+        self.shared.compactions.record(&r);
+        r
+    }
+
+    /// Reads back everything the store holds and checks it: every batch's CRC in every
+    /// segment, every sealed segment's index, every archive's blocks and index entries.
+    /// Returns the problems found, each naming its file and offset (empty: all is well).
+    pub fn verify(&self) -> Vec<Error> {
+        if let Err(e) = self.check_open() {
+            return vec![e];
+        }
+        self.shared.parts().iter().flat_map(|p| p.verify()).collect()
+    }
+
+    /// Totals of the compactions run since the store was opened, background ones included
+    /// (whose errors surface only here and in [`Metrics`](crate::Metrics)).
+    pub fn compaction_stats(&self) -> CompactionStats {
+        self.shared.compactions.stats()
+    }
+
+    /// What each partition keeps on disk: segments, archives, their sizes, erased events.
+    pub fn storage(&self) -> Result<Vec<PartitionStorage>> {
+        self.check_open()?;
+        self.shared.parts().iter().map(|p| crate::compaction::storage(p)).collect()
+    }
+
+    /// Every repair made to the store's files since open, and what went wrong in the
+    /// background (sealing, snapshot writes). Open recovers each partition's active segment,
+    /// tombstones and interrupted compactions; sealed segments (with their indexes) and
+    /// snapshot sidecars are checked on first use, and the first call of this checks those
+    /// not used yet, so the report covers every file of the store (damage that cannot be
+    /// repaired is an error of the reads that meet it, and of [`Store::verify`]). Projection
+    /// files (checkpoints, dead letters) report here when a projection is registered.
+    pub fn recovery_report(&self) -> Vec<RecoveryAction> {
+        for p in self.shared.parts().iter() {
+            p.load_lazily_checked();
+        }
+        for sidecar in self.shared.snapshots.all().iter() {
+            sidecar.load();
+        }
+        self.shared.report.all()
+    }
+
+    /// Waits until every snapshot queued before this call is written and durable. Returns
+    /// the first snapshot write failure since the previous flush, if any (snapshots are
+    /// derived data: a failure costs replays, never events).
+    pub fn flush_snapshots(&self) -> Result<()> {
+        self.shared.snapshots.flush()
+    }
+
+    /// Counters of snapshot work since open, and the size of the sidecars loaded so far.
+    pub fn snapshot_stats(&self) -> SnapshotStats {
+        self.shared.snapshots.stats()
+    }
+}
+
+/// Compaction reads and erases snapshots through the sidecar's own methods.
+impl SnapshotIndex for Sidecar {
+    fn latest_version(&self, stream: &str) -> std::result::Result<Option<u64>, String> {
+        Sidecar::latest_version(self, stream)
+    }
+
+    fn erase(&self, deleted: &dyn Fn(&str) -> bool) -> Result<u64> {
+        Sidecar::erase(self, deleted)
+    }
+}

@@ -1,0 +1,226 @@
+//! The store: one directory, its partitions and the threads that serve them, behind one
+//! facade ([`Store`]), and what its methods return besides events. Its children add to it: opening (`open`), appending (`append`), reading (`read`),
+//! growing the partition count (`grow`), maintenance (`maintenance`: deletion, compaction,
+//! verification, reports), counters (`stats`) and the log seam (`seam`), through which the
+//! features above the store reach the log.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Sender;
+use parking_lot::{Mutex, RwLock};
+
+use crate::compaction::{self, CompactionOptions};
+use crate::error::{Error, Result};
+use crate::format::batch::{self, Limits};
+use crate::format::manifest::Manifest;
+use crate::io::Io;
+use crate::io::lock::DirLock;
+use crate::log::sealer::SealJob;
+use crate::log::{Partition, Queued, WriterConfig};
+use crate::report::Report;
+use crate::router;
+use crate::snapshot::Snapshots;
+use crate::sync::HeadSignal;
+
+mod append;
+mod grow;
+mod maintenance;
+mod open;
+mod options;
+mod read;
+pub(crate) mod seam;
+mod stats;
+
+pub use append::AppendFuture;
+pub use grow::GrowReport;
+pub use options::{
+    DEFAULT_MAX_APPEND_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_PARTITIONS, DEFAULT_SEGMENT_BYTES, Options,
+};
+pub use read::{PartitionEvents, StreamEvents, Streams};
+pub use stats::{Histogram, LATENCY_BOUNDS_MICROS, PartitionMetrics, WriteStats};
+
+pub use crate::snapshot::SnapshotStats;
+
+/// What the store's parts share with its background threads.
+pub(crate) struct Shared {
+    dir: PathBuf,
+    /// The manifest as it is on disk.
+    manifest: Mutex<Manifest>,
+    /// Every open partition: those streams are routed to, then (while a grow is copying)
+    /// the new ones they are not routed to yet. Only ever grows.
+    partitions: RwLock<Arc<Vec<Arc<Partition>>>>,
+    /// How many partitions streams are routed to (the manifest's partition count).
+    routed: AtomicU32,
+    limits: Limits,
+    report: Report,
+    /// Each partition's snapshot sidecar, and the snapshotter's queue.
+    snapshots: Arc<Snapshots>,
+    append_latency: stats::LatencyHistogram,
+    compaction: CompactionOptions,
+    compactions: compaction::Counters,
+    /// Set by `close`: calls from then on fail with `Error::Closed`, and a running
+    /// compaction stops throttling and starts no new partition.
+    closing: AtomicBool,
+    io: Io,
+    signal: Arc<HeadSignal>,
+    writer_cfg: WriterConfig,
+    /// Released by `close` (or when the last owner drops the store).
+    lock: Mutex<Option<DirLock>>,
+}
+
+impl Shared {
+    /// Every open partition (see `partitions`).
+    fn parts(&self) -> Arc<Vec<Arc<Partition>>> {
+        self.partitions.read().clone()
+    }
+}
+
+/// An open event store: one directory, exclusively locked while open.
+///
+/// `Store` is `Send + Sync`: share it between threads with an `Arc` (or by reference), and
+/// append from as many threads as you like; appends to one partition are group-committed.
+///
+/// ```
+/// use strata::{EventData, ExpectedVersion, Options, Store};
+/// let dir = tempfile::tempdir()?;
+/// let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+/// let r = store.append("order-1", ExpectedVersion::NoStream, &[EventData::new("Placed", b"{}".to_vec())])?;
+/// store.append("order-1", r.next_expected(), &[EventData::new("Paid", b"{}".to_vec())])?;
+/// let events = store.read_stream("order-1", 0, 100)?;
+/// assert_eq!(events.len(), 2);
+/// assert_eq!(events[1].event_type, "Paid");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Store {
+    shared: Arc<Shared>,
+    /// The partition writers' queues, one per open partition. An append holds this for
+    /// reading while it routes and queues; a grow's cutover holds it for writing, so that no
+    /// append is routed by the old partition map once the cutover has begun.
+    senders: RwLock<Vec<Sender<Queued>>>,
+    /// The sealer's queue, for the writers of partitions a grow adds.
+    seal_tx: Mutex<Option<Sender<SealJob>>>,
+    /// Dropped to stop the background compactor.
+    compactor_stop: Mutex<Option<Sender<()>>>,
+    threads: Mutex<Vec<JoinHandle<Result<()>>>>,
+    /// Held by a grow: one at a time.
+    growing: Mutex<()>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.shared.dir)
+            .field("partitions", &self.partition_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Number of partitions streams are routed to: set at creation, raised by
+    /// [`Store::grow_partitions`].
+    pub fn partition_count(&self) -> u32 {
+        self.shared.routed.load(Ordering::Acquire)
+    }
+
+    /// The partition that holds `stream_id`.
+    pub fn partition_of(&self, stream_id: &str) -> u32 {
+        router::partition_for(stream_id, self.partition_count())
+    }
+
+    /// `Error::Closed` once [`Store::close`] has begun.
+    fn check_open(&self) -> Result<()> {
+        if self.shared.closing.load(Ordering::Acquire) { Err(Error::Closed) } else { Ok(()) }
+    }
+
+    /// A partition streams are routed to.
+    fn partition(&self, id: u32) -> Result<Arc<Partition>> {
+        self.check_open()?;
+        let count = self.partition_count();
+        let parts = self.shared.parts();
+        parts.get(id as usize).filter(|_| id < count).cloned().ok_or(Error::NoSuchPartition { partition: id, count })
+    }
+
+    /// The stream id checked, its hash, and the partition it is routed to.
+    fn route(&self, stream: &str) -> Result<(u64, Arc<Partition>)> {
+        batch::check_stream_id(stream)?;
+        let hash = router::stream_hash(stream);
+        Ok((hash, self.partition(router::jump_consistent_hash(hash, self.partition_count()))?))
+    }
+
+    /// Where partition `id` came from, if a grow added it: the first position of its own
+    /// events (those before are copies of moved streams' history) and the heads of the
+    /// partitions that existed before, at the cutover.
+    fn partition_origin(&self, id: u32) -> Option<(u64, Vec<u64>)> {
+        let m = self.shared.manifest.lock();
+        let e = m.epochs.iter().find(|e| (e.from..e.to).contains(&id))?;
+        Some((*e.live_from.get((id - e.from) as usize)?, e.cut.clone()))
+    }
+
+    /// Routes streams to `count` partitions from now on (a grow's cutover).
+    fn set_routed(&self, count: u32) {
+        self.shared.routed.store(count, Ordering::Release);
+    }
+
+    /// Closes the store: stops the writers after they finish what is queued, syncs what is
+    /// unsynced (Buffered mode), stops the background threads, and releases the lock (another
+    /// process may open the store from then on). Returns the first failure of that final
+    /// sync (a poisoned partition).
+    ///
+    /// It works through a shared reference, so a store shared with an `Arc` (by a
+    /// [`ProjectionEngine`](crate::ProjectionEngine), say) can be closed without unwrapping
+    /// it: every later call on it fails with [`Error::Closed`] (closing again does nothing and
+    /// returns `Ok`). Dropping the last owner closes it too, ignoring the result.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use strata::{Error, EventData, ExpectedVersion, Options, ProjectionEngine, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = Arc::new(Store::open(dir.path(), Options::default().create_if_missing(true))?);
+    /// let engine = ProjectionEngine::new(store.clone(), 1);
+    /// store.close()?;
+    /// assert!(matches!(store.append("a", ExpectedVersion::Any, &[EventData::new("E", "")]), Err(Error::Closed)));
+    /// engine.stop()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn close(&self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&self) -> Result<()> {
+        if self.shared.closing.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.senders.write().clear();
+        *self.seal_tx.lock() = None;
+        self.shared.snapshots.close();
+        *self.compactor_stop.lock() = None;
+        let mut result = Ok(());
+        let threads: Vec<_> = self.threads.lock().drain(..).collect();
+        for t in threads {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = result.and(Err(e)),
+                Err(_) => result = result.and(Err(Error::Closed)),
+            }
+        }
+        // Unmap and close the files before the lock goes: a reader that still holds a
+        // partition keeps it until it lets go.
+        *self.shared.partitions.write() = Arc::new(Vec::new());
+        *self.shared.lock.lock() = None;
+        result
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
