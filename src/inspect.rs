@@ -314,10 +314,6 @@ pub enum Dump {
     },
 }
 
-fn corrupt(path: &Path, (offset, why): (u64, String)) -> Error {
-    Error::corruption(path, offset, why)
-}
-
 /// Reads `path` whole and describes it. A file whose header does not check out is an
 /// [`Error::Corruption`]; damage after a valid header is part of the dump.
 pub fn dump(path: &Path, filter: &Filter) -> Result<Dump> {
@@ -325,7 +321,7 @@ pub fn dump(path: &Path, filter: &Filter) -> Result<Dump> {
     match kind_of(&bytes) {
         FileKind::Segment => dump_segment(path, &bytes, filter),
         FileKind::Index => {
-            let h = index::decode_header(&bytes).map_err(|why| Error::corruption(path, 0, why))?;
+            let h = index::decode_header(&bytes).map_err(|m| m.into_error(path))?;
             index::decode(&bytes).map_err(|why| Error::corruption(path, index::HEADER_LEN as u64, why))?;
             Ok(Dump::Index {
                 partition: h.partition,
@@ -339,8 +335,8 @@ pub fn dump(path: &Path, filter: &Filter) -> Result<Dump> {
         FileKind::Archive => dump_archive(path, &bytes, filter),
         FileKind::Snapshots => dump_snapshots(path, &bytes, filter),
         FileKind::Tombstones => {
-            let partition = tombstone::check_header(&bytes).map_err(|why| Error::corruption(path, 0, why))?;
-            let (records, end, damage) = tombstone::scan(&bytes).map_err(|why| Error::corruption(path, 0, why))?;
+            let partition = tombstone::check_header(&bytes).map_err(|m| m.into_corruption(path))?;
+            let (records, end, damage) = tombstone::scan(&bytes).map_err(|m| m.into_corruption(path))?;
             Ok(Dump::Tombstones {
                 partition,
                 deleted: records.into_iter().map(|t| (t.stream, t.deleted_at)).collect(),
@@ -348,7 +344,7 @@ pub fn dump(path: &Path, filter: &Filter) -> Result<Dump> {
             })
         }
         FileKind::Checkpoints => {
-            let all = checkpoint::decode(&bytes).map_err(|bad| corrupt(path, bad))?;
+            let all = checkpoint::decode(&bytes).map_err(|m| m.into_corruption(path))?;
             Ok(Dump::Checkpoints { positions: all.iter().map(|c| c.position).collect() })
         }
         FileKind::DeadLetters => dump_dead_letters(path, &bytes),
@@ -372,7 +368,7 @@ pub fn dump(path: &Path, filter: &Filter) -> Result<Dump> {
 }
 
 fn dump_dead_letters(path: &Path, bytes: &[u8]) -> Result<Dump> {
-    let (records, end, damage) = dlq::scan(bytes).map_err(|why| Error::corruption(path, 0, why))?;
+    let (records, end, damage) = dlq::scan(bytes).map_err(|m| m.into_corruption(path))?;
     let mut at = dlq::HEADER_LEN as u64;
     let mut out = Vec::with_capacity(records.len());
     for r in records {
@@ -407,7 +403,7 @@ fn dump_dead_letters(path: &Path, bytes: &[u8]) -> Result<Dump> {
 }
 
 fn dump_segment(path: &Path, bytes: &[u8], filter: &Filter) -> Result<Dump> {
-    let header = segment::decode_header(bytes).map_err(|e| crate::log::sealed::header_error(path, e))?;
+    let header = segment::decode_header(bytes).map_err(|e| e.into_error(path))?;
     let mut batches = Vec::new();
     let mut at = segment::HEADER_LEN;
     let mut damage = None;
@@ -439,7 +435,7 @@ fn dump_archive(path: &Path, bytes: &[u8], filter: &Filter) -> Result<Dump> {
     // The decoder casts sections in place: give it the alignment a mapping would have.
     let aligned = crate::format::Aligned::new(bytes);
     let data = aligned.bytes();
-    let layout = arc::decode(data).map_err(|b| crate::log::archive::bad_archive(path, b))?;
+    let layout = arc::decode(data).map_err(|m| m.into_error(path))?;
     let h = layout.header;
     let mut problems = Vec::new();
     let mut all = Vec::new();
@@ -491,8 +487,7 @@ fn dump_archive(path: &Path, bytes: &[u8], filter: &Filter) -> Result<Dump> {
 }
 
 fn dump_snapshots(path: &Path, bytes: &[u8], filter: &Filter) -> Result<Dump> {
-    let header = snapshot::decode_header(bytes)
-        .map_err(|e| Error::corruption(path, 0, format!("snapshot sidecar header: {e:?}")))?;
+    let header = snapshot::decode_header(bytes).map_err(|m| m.into_error(path))?;
     let mut records: Vec<SnapshotInfo> = Vec::new();
     let mut body = bytes.get(snapshot::HEADER_LEN..).unwrap_or(&[]);
     let end = snapshot::scan(&mut body, bytes.len() as u64, |offset, r| {

@@ -42,11 +42,12 @@ use std::io::Read;
 
 use bytemuck::{Pod, Zeroable};
 
+use super::header::{self, Frame, Malformed};
 use super::index::{PositionEntry, StreamEntry};
 use super::{FORMAT_VERSION, align8, crc, le_u16, le_u32, le_u64, put_u16, put_u32, put_u64};
 
 pub(crate) const MAGIC: &[u8; 8] = b"STRATARC";
-pub(crate) const HEADER_LEN: usize = 64;
+pub(crate) use super::header::HEADER_LEN;
 pub(crate) const FOOTER_LEN: usize = 64;
 /// Largest uncompressed block: one batch may be up to 2 GiB, and is never split.
 pub(crate) const MAX_BLOCK_LEN: u32 = 1 << 31;
@@ -203,21 +204,17 @@ pub(crate) fn encode(h: &Header, parts: &Parts<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(
         HEADER_LEN + align8(parts.dictionary.len()) + compressed + parts.blocks.len() * 32 + parts.streams.len() * 32,
     );
-    out.resize(HEADER_LEN, 0);
-    if let Some(m) = out.get_mut(..8) {
-        m.copy_from_slice(MAGIC);
-    }
-    put_u32(&mut out, 8, FORMAT_VERSION);
-    put_u32(&mut out, 12, h.partition);
-    put_u64(&mut out, 16, h.base_position);
-    put_u64(&mut out, 24, h.end_position);
-    put_u64(&mut out, 32, h.created);
-    put_u64(&mut out, 40, h.job_end);
-    put_u32(&mut out, 48, h.reason.code());
-    put_u32(&mut out, 52, parts.dictionary.len() as u32);
-    put_u32(&mut out, 56, h.block_bytes);
-    let header_crc = out.get(..60).map(crc).unwrap_or(0);
-    put_u32(&mut out, 60, header_crc);
+    let mut head = header::begin(MAGIC);
+    put_u32(&mut head, 12, h.partition);
+    put_u64(&mut head, 16, h.base_position);
+    put_u64(&mut head, 24, h.end_position);
+    put_u64(&mut head, 32, h.created);
+    put_u64(&mut head, 40, h.job_end);
+    put_u32(&mut head, 48, h.reason.code());
+    put_u32(&mut head, 52, parts.dictionary.len() as u32);
+    put_u32(&mut head, 56, h.block_bytes);
+    header::seal(&mut head);
+    out.extend_from_slice(&head);
     out.extend_from_slice(parts.dictionary);
     out.resize(align8(out.len()), 0);
     let mut entries = Vec::with_capacity(parts.blocks.len());
@@ -289,36 +286,16 @@ pub(crate) fn encode(h: &Header, parts: &Parts<'_>) -> Vec<u8> {
     out
 }
 
-/// Why bytes are not a valid archive.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Bad {
-    /// Not an archive at all (no magic).
-    Foreign(String),
-    /// A newer (or unknown) format version.
-    Version(u32),
-    /// Damage at a byte offset.
-    Corrupt(u64, String),
+fn corrupt<T>(offset: usize, why: impl Into<String>) -> Result<T, Malformed> {
+    Err(Malformed::damaged(offset as u64, why))
 }
 
-fn corrupt<T>(offset: usize, why: impl Into<String>) -> Result<T, Bad> {
-    Err(Bad::Corrupt(offset as u64, why.into()))
-}
+/// The archive header's frame (every byte of it is a field).
+const FRAME: Frame = Frame { magic: MAGIC, what: "archive", reserved: 60..60 };
 
 /// Checks and decodes the header.
-pub(crate) fn decode_header(bytes: &[u8]) -> Result<Header, Bad> {
-    let Some(h) = bytes.get(..HEADER_LEN) else {
-        return Err(Bad::Foreign(format!("{} bytes is too short for an archive", bytes.len())));
-    };
-    if h.get(..8) != Some(MAGIC.as_slice()) {
-        return Err(Bad::Foreign("no archive magic".into()));
-    }
-    if h.get(..60).map(crc) != le_u32(h, 60) {
-        return corrupt(0, "archive header checksum mismatch");
-    }
-    let version = le_u32(h, 8).unwrap_or(0);
-    if version != FORMAT_VERSION {
-        return Err(Bad::Version(version));
-    }
+pub(crate) fn decode_header(bytes: &[u8]) -> Result<Header, Malformed> {
+    let h = header::check(bytes, &FRAME)?;
     let base_position = le_u64(h, 16).unwrap_or(0);
     let end_position = le_u64(h, 24).unwrap_or(0);
     if end_position <= base_position {
@@ -360,7 +337,7 @@ pub(crate) struct Layout {
 /// Checks a whole archive except the compressed blocks' contents (each block is checked
 /// against its CRC when it is read): header, footer, the meta section's CRC, and that every
 /// entry points inside the file and the data, in order.
-pub(crate) fn decode(bytes: &[u8]) -> Result<Layout, Bad> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<Layout, Malformed> {
     let header = decode_header(bytes)?;
     let len = bytes.len();
     if len < HEADER_LEN + FOOTER_LEN {
@@ -374,10 +351,9 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Layout, Bad> {
     if footer.get(..52).map(crc) != le_u32(footer, 52) {
         return corrupt(f_at, "archive footer checksum mismatch");
     }
-    let version = le_u32(footer, 48).unwrap_or(0);
-    if version != FORMAT_VERSION {
-        return Err(Bad::Version(version));
-    }
+    // The footer's version, covered by the footer's CRC, follows the one rule too.
+    header::check_version(le_u32(footer, 48).unwrap_or(0), "archive footer")
+        .map_err(|m| Malformed { offset: (f_at + 48) as u64, ..m })?;
     let meta_offset = le_u64(footer, 0).unwrap_or(u64::MAX);
     let data_len = le_u64(footer, 8).unwrap_or(0);
     let block_count = le_u32(footer, 16).unwrap_or(0) as u64;
@@ -429,7 +405,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Layout, Bad> {
     Ok(layout)
 }
 
-fn check_blocks(bytes: &[u8], l: &Layout, dict_end: u64, meta_offset: usize) -> Result<(), Bad> {
+fn check_blocks(bytes: &[u8], l: &Layout, dict_end: u64, meta_offset: usize) -> Result<(), Malformed> {
     let blocks: &[BlockEntry] = cast(bytes, &l.blocks)?;
     let mut data_at = 0u64;
     let mut file_at = super::align8(dict_end as usize) as u64;
@@ -455,7 +431,7 @@ fn check_blocks(bytes: &[u8], l: &Layout, dict_end: u64, meta_offset: usize) -> 
     Ok(())
 }
 
-fn check_entries(bytes: &[u8], l: &Layout) -> Result<(), Bad> {
+fn check_entries(bytes: &[u8], l: &Layout) -> Result<(), Malformed> {
     let streams: &[StreamEntry] = cast(bytes, &l.streams)?;
     let mut prev: Option<StreamEntry> = None;
     for (i, e) in streams.iter().enumerate() {
@@ -485,7 +461,7 @@ fn check_entries(bytes: &[u8], l: &Layout) -> Result<(), Bad> {
 }
 
 /// The audit records of a checked archive.
-pub(crate) fn audit_records(bytes: &[u8], l: &Layout) -> Result<Vec<AuditRecord>, Bad> {
+pub(crate) fn audit_records(bytes: &[u8], l: &Layout) -> Result<Vec<AuditRecord>, Malformed> {
     let audit = bytes.get(l.audit.clone()).unwrap_or(&[]);
     let mut out = Vec::new();
     let mut at = 0usize;
@@ -499,7 +475,7 @@ pub(crate) fn audit_records(bytes: &[u8], l: &Layout) -> Result<Vec<AuditRecord>
         let stream = rec
             .get(AUDIT_FIXED..AUDIT_FIXED + stream_len)
             .and_then(|s| std::str::from_utf8(s).ok())
-            .ok_or(Bad::Corrupt((l.audit.start + at) as u64, "audit record's stream id is not UTF-8".into()))?;
+            .ok_or_else(|| Malformed::damaged((l.audit.start + at) as u64, "audit record's stream id is not UTF-8"))?;
         out.push(AuditRecord {
             stream: stream.to_owned(),
             events: le_u64(rec, 8).unwrap_or(0),
@@ -515,11 +491,11 @@ pub(crate) fn audit_records(bytes: &[u8], l: &Layout) -> Result<Vec<AuditRecord>
 
 /// Casts a checked section to its entries (the section is 8-aligned within the file; a
 /// mapping is page-aligned).
-pub(crate) fn cast<'a, T: Pod>(bytes: &'a [u8], range: &std::ops::Range<usize>) -> Result<&'a [T], Bad> {
+pub(crate) fn cast<'a, T: Pod>(bytes: &'a [u8], range: &std::ops::Range<usize>) -> Result<&'a [T], Malformed> {
     bytes
         .get(range.clone())
         .and_then(|b| bytemuck::try_cast_slice(b).ok())
-        .ok_or(Bad::Corrupt(range.start as u64, "archive section is misaligned or out of bounds".into()))
+        .ok_or_else(|| Malformed::damaged(range.start as u64, "archive section is misaligned or out of bounds"))
 }
 
 /// Decompresses block `i` of a checked archive image, checking its CRC and length. Memory

@@ -34,10 +34,11 @@
 //! mismatch, or non-zero bytes past the header's slots, is damage.
 #![deny(clippy::indexing_slicing)]
 
-use super::{FORMAT_VERSION, crc, le_u32, le_u64, put_u32, put_u64};
+use super::header::{self, CRC_OFFSET, Frame, Malformed};
+use super::{le_u32, le_u64, put_u32, put_u64};
 
 pub(crate) const MAGIC: &[u8; 8] = b"STRATCKP";
-pub(crate) const HEADER_LEN: usize = 64;
+pub(crate) use super::header::HEADER_LEN;
 pub(crate) const SLOT_LEN: usize = 32;
 pub(crate) const FILE_NAME: &str = "checkpoints";
 
@@ -59,17 +60,15 @@ pub(crate) fn file_len(partitions: u32) -> usize {
     HEADER_LEN + partitions as usize * 2 * SLOT_LEN
 }
 
+/// The checkpoint file's header frame.
+const FRAME: Frame = Frame { magic: MAGIC, what: "checkpoint file", reserved: 24..CRC_OFFSET };
+
 /// The header of a file covering `partitions`.
 pub(crate) fn encode_header(partitions: u32, created: u64) -> [u8; HEADER_LEN] {
-    let mut b = [0u8; HEADER_LEN];
-    if let Some(m) = b.get_mut(..8) {
-        m.copy_from_slice(MAGIC);
-    }
-    put_u32(&mut b, 8, FORMAT_VERSION);
+    let mut b = header::begin(MAGIC);
     put_u32(&mut b, 12, partitions);
     put_u64(&mut b, 16, created);
-    let sum = b.get(..60).map(crc).unwrap_or(0);
-    put_u32(&mut b, 60, sum);
+    header::seal(&mut b);
     b
 }
 
@@ -112,35 +111,19 @@ pub(crate) fn encode_slot(partition: u32, c: &Checkpoint) -> [u8; SLOT_LEN] {
     s
 }
 
-/// Why a checkpoint file could not be read: the offset and what is wrong.
-pub(crate) type Bad = (u64, String);
-
 /// Decodes a checkpoint file: one checkpoint per partition it covers.
-pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<Checkpoint>, Bad> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<Checkpoint>, Malformed> {
     decode_noting(bytes, &mut Vec::new())
 }
 
 /// [`decode`], adding to `ignored` each damaged slot it read past (a torn write of that slot:
 /// the partition's other slot, or "never written", stands; the slot is overwritten by the
 /// partition's next checkpoint).
-pub(crate) fn decode_noting(bytes: &[u8], ignored: &mut Vec<Bad>) -> Result<Vec<Checkpoint>, Bad> {
-    let h = bytes.get(..HEADER_LEN).ok_or((0, format!("{} bytes is too short for a header", bytes.len())))?;
-    if h.get(..8) != Some(MAGIC.as_slice()) {
-        return Err((0, "no checkpoint file magic".into()));
-    }
-    if h.get(..60).map(crc) != le_u32(h, 60) {
-        return Err((0, "checkpoint header checksum mismatch".into()));
-    }
-    let version = le_u32(h, 8).unwrap_or(0);
-    if version == 0 || version > FORMAT_VERSION {
-        return Err((8, format!("unsupported checkpoint format version {version}")));
-    }
-    if h.get(24..60).is_none_or(|r| r.iter().any(|&b| b != 0)) {
-        return Err((24, "reserved checkpoint header bytes are not zero".into()));
-    }
+pub(crate) fn decode_noting(bytes: &[u8], ignored: &mut Vec<Malformed>) -> Result<Vec<Checkpoint>, Malformed> {
+    let h = header::check(bytes, &FRAME)?;
     let header_partitions = le_u32(h, 12).unwrap_or(0);
     if bytes.len() < file_len(header_partitions) {
-        return Err((
+        return Err(Malformed::damaged(
             0,
             format!("{} bytes, but {header_partitions} partitions need {}", bytes.len(), file_len(header_partitions)),
         ));
@@ -149,7 +132,7 @@ pub(crate) fn decode_noting(bytes: &[u8], ignored: &mut Vec<Bad>) -> Result<Vec<
     // zeros, in whole slot pairs, past the header's slots (see the module doc).
     let extra = bytes.get(file_len(header_partitions)..).unwrap_or(&[]);
     if extra.len() % (2 * SLOT_LEN) != 0 || extra.iter().any(|&b| b != 0) {
-        return Err((
+        return Err(Malformed::damaged(
             file_len(header_partitions) as u64,
             format!("{} bytes past the slots of the {header_partitions} partitions the header covers", extra.len()),
         ));
@@ -174,7 +157,7 @@ pub(crate) fn decode_noting(bytes: &[u8], ignored: &mut Vec<Bad>) -> Result<Vec<
                 time: le_u64(s, 24).unwrap_or(0),
             };
             if !valid || c.seq == 0 || c.seq % 2 != slot {
-                bad = Some((at, format!("checkpoint slot {slot} of partition {p} is damaged")));
+                bad = Some(Malformed::damaged(at, format!("checkpoint slot {slot} of partition {p} is damaged")));
                 continue;
             }
             if best.is_none_or(|b| c.seq > b.seq) {
@@ -193,7 +176,9 @@ pub(crate) fn decode_noting(bytes: &[u8], ignored: &mut Vec<Bad>) -> Result<Vec<
                 out.push(Checkpoint::default());
             }
             (None, Some(b)) => return Err(b),
-            (None, None) => return Err((slot_offset(p, 0), format!("no valid checkpoint for partition {p}"))),
+            (None, None) => {
+                return Err(Malformed::damaged(slot_offset(p, 0), format!("no valid checkpoint for partition {p}")));
+            }
         }
     }
     Ok(out)

@@ -33,10 +33,11 @@
 #![deny(clippy::indexing_slicing)]
 
 use super::batch::MAX_STREAM_ID_LEN;
-use super::{FORMAT_VERSION, align8, crc, le_u16, le_u32, le_u64, put_u16, put_u32, put_u64};
+use super::header::{self, CRC_OFFSET, Frame, Malformed};
+use super::{align8, crc, le_u16, le_u32, le_u64, put_u16, put_u32, put_u64};
 
 pub(crate) const MAGIC: &[u8; 8] = b"STRATDLQ";
-pub(crate) const HEADER_LEN: usize = 64;
+pub(crate) use super::header::HEADER_LEN;
 pub(crate) const FILE_NAME: &str = "dlq";
 /// Longest error text kept (longer ones are cut at a character boundary).
 pub(crate) const MAX_ERROR_LEN: usize = 4096;
@@ -75,33 +76,17 @@ pub(crate) enum Record {
     Resolution { id: u64, time: u64, outcome: Outcome },
 }
 
+/// The dead-letter queue's header frame.
+const FRAME: Frame = Frame { magic: MAGIC, what: "dead-letter queue", reserved: 12..CRC_OFFSET };
+
 pub(crate) fn encode_header() -> [u8; HEADER_LEN] {
-    let mut h = [0u8; HEADER_LEN];
-    if let Some(m) = h.get_mut(..8) {
-        m.copy_from_slice(MAGIC);
-    }
-    put_u32(&mut h, 8, FORMAT_VERSION);
-    let sum = h.get(..60).map(crc).unwrap_or(0);
-    put_u32(&mut h, 60, sum);
+    let mut h = header::begin(MAGIC);
+    header::seal(&mut h);
     h
 }
 
-pub(crate) fn check_header(bytes: &[u8]) -> Result<(), String> {
-    let h = bytes.get(..HEADER_LEN).ok_or("too short for a dead-letter queue header")?;
-    if h.get(..8) != Some(MAGIC.as_slice()) {
-        return Err("no dead-letter queue magic".into());
-    }
-    if h.get(..60).map(crc) != le_u32(h, 60) {
-        return Err("dead-letter queue header checksum mismatch".into());
-    }
-    let v = le_u32(h, 8).unwrap_or(0);
-    if v == 0 || v > FORMAT_VERSION {
-        return Err(format!("unsupported dead-letter queue format version {v}"));
-    }
-    if h.get(12..60).is_none_or(|r| r.iter().any(|&b| b != 0)) {
-        return Err("reserved dead-letter queue header bytes are not zero".into());
-    }
-    Ok(())
+pub(crate) fn check_header(bytes: &[u8]) -> Result<(), Malformed> {
+    header::check(bytes, &FRAME).map(|_| ())
 }
 
 /// Cuts `s` to at most `max` bytes at a character boundary.
@@ -221,7 +206,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Record, usize), String> {
 }
 
 /// Scans a whole file: the records, and where valid data ends (with why, if before the end).
-pub(crate) fn scan(bytes: &[u8]) -> Result<(Vec<Record>, usize, Option<String>), String> {
+pub(crate) fn scan(bytes: &[u8]) -> Result<(Vec<Record>, usize, Option<String>), Malformed> {
     check_header(bytes)?;
     let mut at = HEADER_LEN;
     let mut out = Vec::new();

@@ -19,10 +19,11 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{FORMAT_VERSION, crc, le_u32, le_u64, put_u32, put_u64};
+use super::header::{self, Frame, Malformed};
+use super::{crc, le_u32, le_u64, put_u32, put_u64};
 
 pub(crate) const MAGIC: &[u8; 8] = b"STRATIDX";
-pub(crate) const HEADER_LEN: usize = 64;
+pub(crate) use super::header::HEADER_LEN;
 /// A position entry is written for the first batch at or after every this many bytes.
 pub(crate) const POSITION_INTERVAL: u64 = 4096;
 
@@ -99,36 +100,27 @@ pub(crate) fn encode(header: &Header, streams: &[StreamEntry], positions: &[Posi
         let le = PositionEntry { position: p.position.to_le(), offset: p.offset.to_le() };
         out.extend_from_slice(bytemuck::bytes_of(&le));
     }
-    let entries_crc = out.get(HEADER_LEN..).map(crc).unwrap_or(0);
-    if let Some(m) = out.get_mut(..8) {
-        m.copy_from_slice(MAGIC);
+    let mut h = header::begin(MAGIC);
+    put_u32(&mut h, 12, header.partition);
+    put_u64(&mut h, 16, header.base_position);
+    put_u64(&mut h, 24, header.end_position);
+    put_u64(&mut h, 32, header.segment_len);
+    put_u64(&mut h, 40, streams.len() as u64);
+    put_u64(&mut h, 48, positions.len() as u64);
+    put_u32(&mut h, 56, out.get(HEADER_LEN..).map(crc).unwrap_or(0));
+    header::seal(&mut h);
+    if let Some(at) = out.get_mut(..HEADER_LEN) {
+        at.copy_from_slice(&h);
     }
-    put_u32(&mut out, 8, FORMAT_VERSION);
-    put_u32(&mut out, 12, header.partition);
-    put_u64(&mut out, 16, header.base_position);
-    put_u64(&mut out, 24, header.end_position);
-    put_u64(&mut out, 32, header.segment_len);
-    put_u64(&mut out, 40, streams.len() as u64);
-    put_u64(&mut out, 48, positions.len() as u64);
-    put_u32(&mut out, 56, entries_crc);
-    let header_crc = out.get(..60).map(crc).unwrap_or(0);
-    put_u32(&mut out, 60, header_crc);
     out
 }
 
-/// Checks and decodes the 64-byte header at the start of `bytes` (magic, version, CRC).
-pub(crate) fn decode_header(bytes: &[u8]) -> Result<Header, String> {
-    let h = bytes.get(..HEADER_LEN).ok_or_else(|| format!("{} bytes is too short for an index", bytes.len()))?;
-    if h.get(..8) != Some(MAGIC.as_slice()) {
-        return Err("no index magic".into());
-    }
-    if h.get(..60).map(crc) != le_u32(h, 60) {
-        return Err("index header checksum mismatch".into());
-    }
-    let version = le_u32(h, 8).unwrap_or(0);
-    if version != FORMAT_VERSION {
-        return Err(format!("index format version {version}"));
-    }
+/// The index header's frame (every byte of it is a field).
+const FRAME: Frame = Frame { magic: MAGIC, what: "index", reserved: 60..60 };
+
+/// Checks and decodes the 64-byte header at the start of `bytes` (magic, CRC, version).
+pub(crate) fn decode_header(bytes: &[u8]) -> Result<Header, Malformed> {
+    let h = header::check(bytes, &FRAME)?;
     Ok(Header {
         partition: le_u32(h, 12).unwrap_or(0),
         base_position: le_u64(h, 16).unwrap_or(0),
@@ -151,7 +143,7 @@ pub(crate) struct IndexView<'a> {
 /// Checks an index file completely: magic, version, header CRC, length, entries CRC, sort
 /// order, and entry offsets within `segment_len`. Returns what is wrong otherwise.
 pub(crate) fn decode(bytes: &[u8]) -> Result<IndexView<'_>, String> {
-    let header = decode_header(bytes)?;
+    let header = decode_header(bytes).map_err(|m| m.what)?;
     let h = bytes.get(..HEADER_LEN).unwrap_or(&[]);
     let stream_bytes = header.stream_entries.checked_mul(32);
     let position_bytes = header.position_entries.checked_mul(16);

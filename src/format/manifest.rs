@@ -24,6 +24,7 @@
 //! A store that never grew has a 64-byte manifest with the CRC at 60.
 #![deny(clippy::indexing_slicing)]
 
+use super::header::{self, Malformed};
 use super::{FORMAT_VERSION, crc, le_u32, le_u64, put_u32, put_u64};
 
 pub(crate) const MAGIC: &[u8; 8] = b"STRATAMF";
@@ -67,17 +68,6 @@ impl Epoch {
     }
 }
 
-/// Why a manifest could not be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum ManifestError {
-    /// Not a strata manifest.
-    Foreign(String),
-    /// A newer format version.
-    Version(u32),
-    /// A damaged manifest, with the byte offset.
-    Corrupt(u64, String),
-}
-
 impl Manifest {
     pub fn encode(&self) -> Vec<u8> {
         let len = LEN + self.epochs.iter().map(|e| Epoch::len(e.to)).sum::<usize>();
@@ -108,33 +98,21 @@ impl Manifest {
         m
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, Malformed> {
         if bytes.get(..8) != Some(MAGIC.as_slice()) {
-            return Err(ManifestError::Foreign("the manifest has no strata magic".into()));
+            return Err(Malformed::foreign("the manifest has no strata magic"));
         }
         // Every version keeps magic, version and length at the front and the CRC of all that
         // precedes it in the last 4 bytes, so a damaged version is corruption, not "newer".
-        let length = le_u32(bytes, 12).ok_or_else(|| ManifestError::Corrupt(12, "manifest cut short".into()))?;
+        let length = le_u32(bytes, 12).ok_or_else(|| Malformed::damaged(12, "manifest cut short"))?;
         if length as usize != bytes.len() || bytes.len() < LEN {
-            return Err(ManifestError::Corrupt(
-                12,
-                format!("manifest is {} bytes, its header says {length}", bytes.len()),
-            ));
+            return Err(Malformed::damaged(12, format!("manifest is {} bytes, its header says {length}", bytes.len())));
         }
         let body = bytes.len() - 4;
         if bytes.get(..body).map(crc) != le_u32(bytes, body) {
-            return Err(ManifestError::Corrupt(body as u64, "manifest checksum mismatch".into()));
+            return Err(Malformed::damaged(body as u64, "manifest checksum mismatch"));
         }
-        let version = le_u32(bytes, 8).unwrap_or(0);
-        if version > FORMAT_VERSION {
-            return Err(ManifestError::Version(version));
-        }
-        if version == 0 {
-            return Err(ManifestError::Corrupt(
-                8,
-                format!("format version {version} with a {}-byte manifest", bytes.len()),
-            ));
-        }
+        header::check_version(le_u32(bytes, 8).unwrap_or(0), "manifest")?;
         let m = Manifest {
             partition_count: le_u32(bytes, 16).unwrap_or(0),
             hash_id: le_u32(bytes, 20).unwrap_or(0),
@@ -147,30 +125,27 @@ impl Manifest {
         // Version 1 writes zeros there; anything else is damage (a later version that uses
         // these bytes bumps the version).
         if bytes.get(52..60).is_none_or(|r| r.iter().any(|&b| b != 0)) {
-            return Err(ManifestError::Corrupt(52, "reserved manifest bytes are not zero".into()));
+            return Err(Malformed::damaged(52, "reserved manifest bytes are not zero"));
         }
         let mut m = m;
         m.epochs = decode_epochs(bytes, m.partition_epoch)?;
         if m.partition_count == 0 || m.partition_count > MAX_PARTITIONS {
-            return Err(ManifestError::Corrupt(16, format!("impossible partition count {}", m.partition_count)));
+            return Err(Malformed::damaged(16, format!("impossible partition count {}", m.partition_count)));
         }
         if m.hash_id != crate::router::HASH_ID {
-            return Err(ManifestError::Corrupt(20, format!("unknown hash function id {}", m.hash_id)));
+            return Err(Malformed::damaged(20, format!("unknown hash function id {}", m.hash_id)));
         }
         if m.segment_bytes < 4096 {
-            return Err(ManifestError::Corrupt(24, format!("segment size {} too small", m.segment_bytes)));
+            return Err(Malformed::damaged(24, format!("segment size {} too small", m.segment_bytes)));
         }
         if m.growing_to != 0 && (m.growing_to <= m.partition_count || m.growing_to > MAX_PARTITIONS) {
-            return Err(ManifestError::Corrupt(
+            return Err(Malformed::damaged(
                 48,
                 format!("a grow to {} partitions from {} is impossible", m.growing_to, m.partition_count),
             ));
         }
         if m.epochs.last().is_some_and(|e| e.to != m.partition_count) {
-            return Err(ManifestError::Corrupt(
-                16,
-                "the last partition epoch does not end at the partition count".into(),
-            ));
+            return Err(Malformed::damaged(16, "the last partition epoch does not end at the partition count"));
         }
         Ok(m)
     }
@@ -178,9 +153,9 @@ impl Manifest {
 
 /// The epoch records from offset 60 up to the CRC: exactly `count` of them, chained (each
 /// starts where the one before ended), filling the space exactly.
-fn decode_epochs(bytes: &[u8], count: u64) -> Result<Vec<Epoch>, ManifestError> {
+fn decode_epochs(bytes: &[u8], count: u64) -> Result<Vec<Epoch>, Malformed> {
     let end = bytes.len() - 4;
-    let corrupt = |at: usize, why: String| ManifestError::Corrupt(at as u64, why);
+    let corrupt = |at: usize, why: String| Malformed::damaged(at as u64, why);
     let mut epochs: Vec<Epoch> = Vec::new();
     let mut at = 60;
     while (epochs.len() as u64) < count {

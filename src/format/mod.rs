@@ -12,6 +12,7 @@ pub(crate) mod archive;
 pub(crate) mod batch;
 pub(crate) mod checkpoint;
 pub(crate) mod dlq;
+pub(crate) mod header;
 pub(crate) mod index;
 pub(crate) mod manifest;
 pub(crate) mod records;

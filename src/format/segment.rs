@@ -17,45 +17,31 @@
 #![deny(clippy::indexing_slicing)]
 
 use super::batch::{self, Bad, BatchView};
-use super::{FORMAT_VERSION, crc, le_u32, le_u64, put_u32, put_u64};
+use super::header::{self, CRC_OFFSET, Frame, Malformed};
+use super::{le_u32, le_u64, put_u32, put_u64};
 
 pub(crate) const MAGIC: &[u8; 8] = b"STRATSEG";
-pub(crate) const HEADER_LEN: usize = 64;
-const VERSION_OFFSET: usize = 8;
+pub(crate) use super::header::HEADER_LEN;
 const PARTITION_OFFSET: usize = 12;
 const BASE_POSITION_OFFSET: usize = 16;
 const CREATED_OFFSET: usize = 24;
-const CRC_OFFSET: usize = 60;
 
 /// File name of the segment whose first position is `base`.
 pub(crate) fn file_name(base: u64) -> String {
     format!("{base:020}.log")
 }
 
+/// The segment header's frame.
+const FRAME: Frame = Frame { magic: MAGIC, what: "segment", reserved: 32..CRC_OFFSET };
+
 /// Encodes a segment header.
 pub(crate) fn encode_header(partition: u32, base_position: u64, created: u64) -> [u8; HEADER_LEN] {
-    let mut h = [0u8; HEADER_LEN];
-    if let Some(m) = h.get_mut(..8) {
-        m.copy_from_slice(MAGIC);
-    }
-    put_u32(&mut h, VERSION_OFFSET, FORMAT_VERSION);
+    let mut h = header::begin(MAGIC);
     put_u32(&mut h, PARTITION_OFFSET, partition);
     put_u64(&mut h, BASE_POSITION_OFFSET, base_position);
     put_u64(&mut h, CREATED_OFFSET, created);
-    let sum = h.get(..CRC_OFFSET).map(crc).unwrap_or(0);
-    put_u32(&mut h, CRC_OFFSET, sum);
+    header::seal(&mut h);
     h
-}
-
-/// What is wrong with a segment header.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum HeaderError {
-    /// Not a segment at all.
-    Foreign(String),
-    /// A segment of a newer format.
-    Version(u32),
-    /// A damaged or mismatched segment header.
-    Corrupt(String),
 }
 
 /// A decoded segment header.
@@ -67,29 +53,8 @@ pub(crate) struct Header {
 }
 
 /// Decodes and checks a segment header.
-pub(crate) fn decode_header(bytes: &[u8]) -> Result<Header, HeaderError> {
-    let Some(h) = bytes.get(..HEADER_LEN) else {
-        return Err(HeaderError::Foreign(format!("{} bytes is too short for a segment header", bytes.len())));
-    };
-    if h.get(..8) != Some(MAGIC.as_slice()) {
-        return Err(HeaderError::Foreign("no segment magic".into()));
-    }
-    // Every format version keeps the magic, the version and this CRC where they are, so the
-    // checksum is checked first: a damaged version field is corruption, not a newer format.
-    let stored = le_u32(h, CRC_OFFSET).unwrap_or(0);
-    if h.get(..CRC_OFFSET).map(crc) != Some(stored) {
-        return Err(HeaderError::Corrupt("segment header checksum mismatch".into()));
-    }
-    let version = le_u32(h, VERSION_OFFSET).unwrap_or(0);
-    if version > FORMAT_VERSION {
-        return Err(HeaderError::Version(version));
-    }
-    if version == 0 {
-        return Err(HeaderError::Corrupt("segment format version 0".into()));
-    }
-    if h.get(32..CRC_OFFSET).is_none_or(|r| r.iter().any(|&b| b != 0)) {
-        return Err(HeaderError::Corrupt("reserved segment header bytes are not zero".into()));
-    }
+pub(crate) fn decode_header(bytes: &[u8]) -> Result<Header, Malformed> {
+    let h = header::check(bytes, &FRAME)?;
     Ok(Header {
         partition: le_u32(h, PARTITION_OFFSET).unwrap_or(0),
         base_position: le_u64(h, BASE_POSITION_OFFSET).unwrap_or(0),

@@ -46,12 +46,12 @@
 use std::io::Read;
 
 use super::batch::MAX_STREAM_ID_LEN;
-use super::{FORMAT_VERSION, align8, crc, le_u16, le_u32, le_u64, put_u16, put_u32, put_u64};
+use super::header::{self, CRC_OFFSET, Frame, Malformed};
+use super::{align8, crc, le_u16, le_u32, le_u64, put_u16, put_u32, put_u64};
 
 pub(crate) const MAGIC: &[u8; 8] = b"STRATSNP";
-pub(crate) const HEADER_LEN: usize = 64;
+pub(crate) use super::header::HEADER_LEN;
 pub(crate) const FILE_NAME: &str = "snapshots.snap";
-const CRC_OFFSET: usize = 60;
 /// Length of a record's fixed header.
 pub(crate) const RECORD_HEADER_LEN: usize = 56;
 const KIND_SNAPSHOT: u8 = 1;
@@ -69,52 +69,20 @@ pub(crate) struct Header {
     pub rewrites: u64,
 }
 
-/// What is wrong with a sidecar header.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum HeaderError {
-    /// Not a snapshot sidecar.
-    Foreign(String),
-    /// A sidecar of a newer format.
-    Version(u32),
-    /// Damaged.
-    Corrupt(String),
-}
+/// The sidecar header's frame.
+const FRAME: Frame = Frame { magic: MAGIC, what: "snapshot sidecar", reserved: 32..CRC_OFFSET };
 
 pub(crate) fn encode_header(h: &Header) -> [u8; HEADER_LEN] {
-    let mut b = [0u8; HEADER_LEN];
-    if let Some(m) = b.get_mut(..8) {
-        m.copy_from_slice(MAGIC);
-    }
-    put_u32(&mut b, 8, FORMAT_VERSION);
+    let mut b = header::begin(MAGIC);
     put_u32(&mut b, 12, h.partition);
     put_u64(&mut b, 16, h.created);
     put_u64(&mut b, 24, h.rewrites);
-    let sum = b.get(..CRC_OFFSET).map(crc).unwrap_or(0);
-    put_u32(&mut b, CRC_OFFSET, sum);
+    header::seal(&mut b);
     b
 }
 
-pub(crate) fn decode_header(bytes: &[u8]) -> Result<Header, HeaderError> {
-    let Some(h) = bytes.get(..HEADER_LEN) else {
-        return Err(HeaderError::Corrupt(format!("{} bytes is too short for a sidecar header", bytes.len())));
-    };
-    if h.get(..8) != Some(MAGIC.as_slice()) {
-        return Err(HeaderError::Foreign("no snapshot sidecar magic".into()));
-    }
-    let stored = le_u32(h, CRC_OFFSET).unwrap_or(0);
-    if h.get(..CRC_OFFSET).map(crc) != Some(stored) {
-        return Err(HeaderError::Corrupt("sidecar header checksum mismatch".into()));
-    }
-    let version = le_u32(h, 8).unwrap_or(0);
-    if version > FORMAT_VERSION {
-        return Err(HeaderError::Version(version));
-    }
-    if version == 0 {
-        return Err(HeaderError::Corrupt("sidecar format version 0".into()));
-    }
-    if h.get(32..CRC_OFFSET).is_none_or(|r| r.iter().any(|&b| b != 0)) {
-        return Err(HeaderError::Corrupt("reserved sidecar header bytes are not zero".into()));
-    }
+pub(crate) fn decode_header(bytes: &[u8]) -> Result<Header, Malformed> {
+    let h = header::check(bytes, &FRAME)?;
     Ok(Header {
         partition: le_u32(h, 12).unwrap_or(0),
         created: le_u64(h, 16).unwrap_or(0),

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use super::batch::{self, Limits};
+use super::header::{Cause, Malformed};
 use super::index::{self, PositionEntry, StreamEntry};
 use super::manifest::Manifest;
 use super::segment;
@@ -165,12 +166,12 @@ fn reserved_bytes_must_be_zero() {
     bytes[56] = 4;
     let sum = crate::format::crc(&bytes[..60]);
     bytes[60..].copy_from_slice(&sum.to_le_bytes());
-    assert!(matches!(Manifest::decode(&bytes), Err(super::manifest::ManifestError::Corrupt(52, _))));
+    assert!(matches!(Manifest::decode(&bytes), Err(Malformed { offset: 52, cause: Cause::Damaged, .. })));
     let mut h = segment::encode_header(0, 0, 1);
     h[40] = 1;
     let sum = crate::format::crc(&h[..60]);
     h[60..].copy_from_slice(&sum.to_le_bytes());
-    assert!(matches!(segment::decode_header(&h), Err(segment::HeaderError::Corrupt(_))));
+    assert!(matches!(segment::decode_header(&h), Err(Malformed { cause: Cause::Damaged, .. })));
 }
 
 fn golden_sidecar() -> Vec<u8> {
@@ -447,7 +448,7 @@ fn an_archive_block_at_an_overflowing_offset_is_refused() {
     let mut aligned = vec![0u64; len.div_ceil(8)];
     let buf: &mut [u8] = bytemuck::cast_slice_mut(&mut aligned);
     buf[..len].copy_from_slice(&bytes);
-    assert!(matches!(archive::decode(&buf[..len]), Err(archive::Bad::Corrupt(..))));
+    assert!(matches!(archive::decode(&buf[..len]), Err(Malformed { cause: Cause::Damaged, .. })));
 }
 
 /// A checkpoint file extended for a grown store: zeros past the header's slots (a crash between

@@ -18,10 +18,11 @@
 #![deny(clippy::indexing_slicing)]
 
 use super::batch::MAX_STREAM_ID_LEN;
-use super::{FORMAT_VERSION, align8, crc, le_u16, le_u32, le_u64, put_u16, put_u32, put_u64};
+use super::header::{self, CRC_OFFSET, Frame, Malformed};
+use super::{align8, crc, le_u16, le_u32, le_u64, put_u16, put_u32, put_u64};
 
 pub(crate) const MAGIC: &[u8; 8] = b"STRATTMB";
-pub(crate) const HEADER_LEN: usize = 64;
+pub(crate) use super::header::HEADER_LEN;
 pub(crate) const FILE_NAME: &str = "tombstones";
 const RECORD_FIXED: usize = 24;
 /// Shortest record: a one-byte stream id, padded.
@@ -35,34 +36,19 @@ pub(crate) struct Tombstone {
     pub deleted_at: u64,
 }
 
+/// The tombstone file's header frame.
+const FRAME: Frame = Frame { magic: MAGIC, what: "tombstone file", reserved: 16..CRC_OFFSET };
+
 pub(crate) fn encode_header(partition: u32) -> [u8; HEADER_LEN] {
-    let mut h = [0u8; HEADER_LEN];
-    if let Some(m) = h.get_mut(..8) {
-        m.copy_from_slice(MAGIC);
-    }
-    put_u32(&mut h, 8, FORMAT_VERSION);
+    let mut h = header::begin(MAGIC);
     put_u32(&mut h, 12, partition);
-    let sum = h.get(..60).map(crc).unwrap_or(0);
-    put_u32(&mut h, 60, sum);
+    header::seal(&mut h);
     h
 }
 
 /// Checks the header; returns the partition it names.
-pub(crate) fn check_header(bytes: &[u8]) -> Result<u32, String> {
-    let h = bytes.get(..HEADER_LEN).ok_or("too short for a tombstone file header")?;
-    if h.get(..8) != Some(MAGIC.as_slice()) {
-        return Err("no tombstone file magic".into());
-    }
-    if h.get(..60).map(crc) != le_u32(h, 60) {
-        return Err("tombstone file header checksum mismatch".into());
-    }
-    let v = le_u32(h, 8).unwrap_or(0);
-    if v == 0 || v > FORMAT_VERSION {
-        return Err(format!("unsupported tombstone file format version {v}"));
-    }
-    if h.get(16..60).is_none_or(|r| r.iter().any(|&b| b != 0)) {
-        return Err("reserved tombstone header bytes are not zero".into());
-    }
+pub(crate) fn check_header(bytes: &[u8]) -> Result<u32, Malformed> {
+    let h = header::check(bytes, &FRAME)?;
     Ok(le_u32(h, 12).unwrap_or(0))
 }
 
@@ -108,7 +94,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Tombstone, usize), String> {
 }
 
 /// Scans a whole file: the records, and where valid data ends (with why, if before the end).
-pub(crate) fn scan(bytes: &[u8]) -> Result<(Vec<Tombstone>, usize, Option<String>), String> {
+pub(crate) fn scan(bytes: &[u8]) -> Result<(Vec<Tombstone>, usize, Option<String>), Malformed> {
     check_header(bytes)?;
     let mut at = HEADER_LEN;
     let mut out = Vec::new();

@@ -10,7 +10,7 @@ use memmap2::Mmap;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::format::archive::{self as format, AuditRecord, Bad, BlockEntry, Header, Layout, Source};
+use crate::format::archive::{self as format, AuditRecord, BlockEntry, Header, Layout, Source};
 use crate::format::batch::{self, BatchView};
 use crate::format::index::{PositionEntry, StreamEntry};
 use crate::io::{Io, mmap};
@@ -31,24 +31,13 @@ pub(crate) struct Archive {
     scan: Mutex<std::sync::Weak<Vec<u8>>>,
 }
 
-/// The error for bytes that are not a valid archive.
-pub(crate) fn bad_archive(path: &Path, bad: Bad) -> Error {
-    match bad {
-        Bad::Foreign(why) => Error::corruption(path, 0, format!("not a strata archive: {why}")),
-        Bad::Version(found) => {
-            Error::UnsupportedVersion { path: path.to_path_buf(), found, supported: crate::format::FORMAT_VERSION }
-        }
-        Bad::Corrupt(offset, why) => Error::corruption(path, offset, why),
-    }
-}
-
 impl Archive {
     /// Maps and checks the archive at `path`, which must belong to `partition` and start at
     /// position `base`.
     pub fn open(path: &Path, io: &Io, partition: u32, base: u64) -> Result<Archive> {
         let file = io.open_read(path)?;
         let map = mmap::archive(&file)?;
-        let layout = format::decode(&map).map_err(|b| bad_archive(path, b))?;
+        let layout = format::decode(&map).map_err(|m| m.into_error(path))?;
         let h = layout.header;
         if h.partition != partition || h.base_position != base {
             return Err(Error::corruption(

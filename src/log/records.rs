@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::format::header::Malformed;
 use crate::format::records::{Tail, judge_tail};
 use crate::io::{FileHandle, Io};
 use crate::report::{RecoveryAction, Report};
@@ -21,7 +22,7 @@ pub(crate) struct Kind<R> {
     /// Checks the header and decodes the records after it: the records, where valid data
     /// ends, and why it ends there if that is before the end of the file. `Err`: the header
     /// is not this kind's.
-    pub scan: fn(&[u8]) -> std::result::Result<Scanned<R>, String>,
+    pub scan: fn(&[u8]) -> std::result::Result<Scanned<R>, Malformed>,
     /// Whether a valid record starts at the beginning of the bytes.
     pub valid: fn(&[u8]) -> bool,
 }
@@ -50,7 +51,7 @@ pub(crate) fn open<R>(path: &Path, io: &Io, report: &Report, kind: &Kind<R>) -> 
         Err(e) => return Err(Error::io("read", path, e)),
         Ok(b) => b,
     };
-    let (records, valid_end, stopped) = (kind.scan)(&bytes).map_err(|why| Error::corruption(path, 0, why))?;
+    let (records, valid_end, stopped) = (kind.scan)(&bytes).map_err(|m| m.into_corruption(path))?;
     let file = io.open_rw(path)?;
     if let Some(why) = stopped {
         let rest = bytes.get(valid_end..).unwrap_or(&[]);

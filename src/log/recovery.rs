@@ -14,7 +14,6 @@ use crate::format::segment::{self as seg_format, End, Mode};
 use crate::io::{Io, mmap};
 use crate::log::active::{MemIndex, OpenSegment};
 use crate::log::archive::Archive;
-use crate::log::sealed::header_error;
 use crate::log::segment::{Segment, State};
 use crate::report::{RecoveryAction, Report};
 
@@ -130,7 +129,7 @@ pub(crate) fn recover_active(
     let end = {
         // Dropped before any truncation (see `mmap::recovering`).
         let map = mmap::recovering(&file)?;
-        let header = seg_format::decode_header(&map).map_err(|e| header_error(&path, e))?;
+        let header = seg_format::decode_header(&map).map_err(|e| e.into_error(&path))?;
         if header.partition != id || header.base_position != base {
             return Err(Error::corruption(
                 &path,
@@ -189,39 +188,14 @@ pub(crate) fn reconcile_archives(
     bases: &mut Vec<u64>,
     archive_bases: Vec<u64>,
 ) -> Result<Vec<OpenedArchive>> {
-    let mut archives: Vec<OpenedArchive> = archive_bases
-        .into_iter()
-        .map(|b| {
-            let path = dir.join(arc_format::file_name(b));
-            (b, Archive::open(&path, io, id, b).map(Arc::new))
-        })
-        .collect();
-    archives.sort_by_key(|a| a.0);
-    // An I/O error (too many open files, no memory for a mapping) says nothing about the
-    // archive: fail the open rather than decide on partial knowledge.
-    if let Some((_, Err(e))) =
-        archives.iter().find(|(_, a)| matches!(a, Err(Error::Io { .. } | Error::StorageFull { .. })))
-    {
-        return Err(e.clone());
-    }
-    // The compactions with a source segment still present, by (first source, job end).
-    let mut jobs: BTreeMap<(u64, u64), (Vec<u64>, Vec<usize>)> = BTreeMap::new();
-    for (k, (_, a)) in archives.iter().enumerate() {
-        let Ok(a) = a else { continue };
-        let sources: Vec<u64> = a.sources().iter().map(|s| s.base_position).collect();
-        let Some(&first) = sources.first() else { continue };
-        if sources.iter().any(|s| bases.contains(s)) {
-            let job = jobs.entry((first, a.header.job_end)).or_insert_with(|| (sources.clone(), Vec::new()));
-            job.1.push(k);
-        }
-    }
+    let mut archives = open_archives(dir, id, io, archive_bases)?;
     let mut finished = Vec::new();
     let mut rolled_back = Vec::new();
     let mut drop_archives = Vec::new();
-    for ((start, end), (sources, pieces)) in jobs {
+    for ((start, end), (sources, pieces)) in interrupted_jobs(&archives, bases) {
         let mut at = start;
         for &k in &pieces {
-            if let (b, Ok(a)) = &archives[k]
+            if let Some((b, Ok(a))) = archives.get(k)
                 && *b == at
             {
                 at = a.header.end_position;
@@ -241,6 +215,7 @@ pub(crate) fn reconcile_archives(
             ));
         }
         if at == end {
+            // Finish it: the archives tile the range, the sources go.
             for s in sources.iter().filter(|s| bases.contains(s)) {
                 for path in [dir.join(index::file_name(*s)), dir.join(seg_format::file_name(*s))] {
                     if path.exists() {
@@ -251,8 +226,10 @@ pub(crate) fn reconcile_archives(
             }
             bases.retain(|b| !sources.contains(b));
         } else {
+            // Roll it back: every source is still there, the archives go.
             for &k in &pieces {
-                let path = dir.join(arc_format::file_name(archives[k].0));
+                let Some((base, _)) = archives.get(k) else { continue };
+                let path = dir.join(arc_format::file_name(*base));
                 io.remove_file(&path)?;
                 rolled_back.push(path);
                 drop_archives.push(k);
@@ -273,7 +250,51 @@ pub(crate) fn reconcile_archives(
     if !finished.is_empty() {
         report.push(RecoveryAction::CompactionFinished { removed: finished });
     }
-    // What remains must not overlap: archives among themselves, or a segment.
+    check_no_overlap(&archives, bases)?;
+    Ok(archives)
+}
+
+/// Opens the partition's archives, by first position. An I/O error (too many open files, no
+/// memory for a mapping) says nothing about an archive: it fails the open rather than have
+/// reconciliation decide on partial knowledge. Damage is kept, as the archive's error.
+fn open_archives(dir: &Path, id: u32, io: &Io, archive_bases: Vec<u64>) -> Result<Vec<OpenedArchive>> {
+    let mut archives: Vec<OpenedArchive> = archive_bases
+        .into_iter()
+        .map(|b| {
+            let path = dir.join(arc_format::file_name(b));
+            (b, Archive::open(&path, io, id, b).map(Arc::new))
+        })
+        .collect();
+    archives.sort_by_key(|a| a.0);
+    if let Some((_, Err(e))) =
+        archives.iter().find(|(_, a)| matches!(a, Err(Error::Io { .. } | Error::StorageFull { .. })))
+    {
+        return Err(e.clone());
+    }
+    Ok(archives)
+}
+
+/// The compactions with a source segment still present, by (first source, job end): each
+/// with its sources and the indexes (in `archives`) of the archives it wrote.
+type Jobs = BTreeMap<(u64, u64), (Vec<u64>, Vec<usize>)>;
+
+fn interrupted_jobs(archives: &[OpenedArchive], bases: &[u64]) -> Jobs {
+    let mut jobs = Jobs::new();
+    for (k, (_, a)) in archives.iter().enumerate() {
+        let Ok(a) = a else { continue };
+        let sources: Vec<u64> = a.sources().iter().map(|s| s.base_position).collect();
+        let Some(&first) = sources.first() else { continue };
+        if sources.iter().any(|s| bases.contains(s)) {
+            let job = jobs.entry((first, a.header.job_end)).or_insert_with(|| (sources.clone(), Vec::new()));
+            job.1.push(k);
+        }
+    }
+    jobs
+}
+
+/// What remains after reconciliation must not overlap: archives among themselves, or a
+/// segment.
+fn check_no_overlap(archives: &[OpenedArchive], bases: &[u64]) -> Result<()> {
     let ranges: Vec<(u64, u64, PathBuf)> = archives
         .iter()
         .filter_map(|(b, a)| a.as_ref().ok().map(|a| (*b, a.header.end_position, a.path.clone())))
@@ -285,5 +306,5 @@ pub(crate) fn reconcile_archives(
             return Err(Error::corruption(path, 16, format!("archive range {lo}..{hi} overlaps another file's")));
         }
     }
-    Ok(archives)
+    Ok(())
 }

@@ -246,7 +246,7 @@ impl SealedSegment {
 }
 
 fn check_header(path: &Path, bytes: &[u8], partition: u32, base: u64) -> Result<seg_format::Header> {
-    let header = seg_format::decode_header(bytes).map_err(|e| header_error(path, e))?;
+    let header = seg_format::decode_header(bytes).map_err(|e| e.into_error(path))?;
     if header.partition != partition || header.base_position != base {
         return Err(Error::corruption(
             path,
@@ -258,16 +258,6 @@ fn check_header(path: &Path, bytes: &[u8], partition: u32, base: u64) -> Result<
         ));
     }
     Ok(header)
-}
-
-pub(crate) fn header_error(path: &Path, e: seg_format::HeaderError) -> Error {
-    match e {
-        seg_format::HeaderError::Foreign(why) => Error::corruption(path, 0, format!("not a strata segment: {why}")),
-        seg_format::HeaderError::Version(found) => {
-            Error::UnsupportedVersion { path: path.to_path_buf(), found, supported: crate::format::FORMAT_VERSION }
-        }
-        seg_format::HeaderError::Corrupt(why) => Error::corruption(path, 0, why),
-    }
 }
 
 #[cfg(test)]

@@ -309,24 +309,57 @@ impl Writer {
             && self.write_offset > seg_format::HEADER_LEN as u64
             && let Err(e) = self.roll()
         {
-            for req in group.drain(..) {
-                let _ = req.reply.send(Err(e.clone()));
-            }
+            fail_all(group, &e);
             return;
         }
         if self.poisoned.is_some() {
-            let err = self.poisoned_error();
-            for req in group.drain(..) {
-                let _ = req.reply.send(Err(err.clone()));
-            }
+            fail_all(group, &self.poisoned_error());
             return;
         }
         let timestamp = now_nanos().max(self.last_timestamp);
+        let (outcomes, end_position) = self.check_and_encode(group, timestamp);
+        let result = if self.buf.is_empty() { Ok(()) } else { self.write_and_sync() };
+        match result {
+            Ok(()) => {
+                if !self.buf.is_empty() {
+                    self.publish(group, &outcomes, end_position, timestamp);
+                }
+                for (req, outcome) in group.drain(..).zip(outcomes) {
+                    let reply = match outcome {
+                        Outcome::Accepted { first_position, first_version, last_version, .. } => Ok(AppendResult {
+                            partition: self.part.id,
+                            first_position,
+                            first_version,
+                            last_version,
+                            timestamp_nanos: timestamp,
+                        }),
+                        Outcome::Rejected(e) => Err(e),
+                    };
+                    let _ = req.reply.send(reply);
+                }
+            }
+            Err(e) => {
+                for (req, outcome) in group.drain(..).zip(outcomes) {
+                    let reply = match outcome {
+                        Outcome::Accepted { .. } => Err(e.clone()),
+                        Outcome::Rejected(r) => Err(r),
+                    };
+                    let _ = req.reply.send(reply);
+                }
+            }
+        }
+    }
+
+    /// Checks each append of the group in order against the stream's version as it will be
+    /// after the group's earlier appends, and encodes the accepted ones into the group
+    /// buffer (completing their headers). Returns each append's outcome and the position
+    /// after the group.
+    fn check_and_encode(&mut self, group: &[AppendRequest], timestamp: u64) -> (Vec<Outcome>, u64) {
         let mut outcomes = Vec::with_capacity(group.len());
         let mut pending: HashMap<&str, u64> = HashMap::new();
         let mut position = self.next_position;
         self.buf.clear();
-        for req in group.iter() {
+        for req in group {
             if self.part.tombstones.deleted_at(&req.stream).is_some() {
                 outcomes.push(Outcome::Rejected(Error::StreamDeleted { stream: req.stream.to_string() }));
                 continue;
@@ -371,39 +404,9 @@ impl Writer {
                 offset,
                 len: req.batch.len() as u32,
             });
-            position += u64::from(req.event_count);
+            position += count;
         }
-        drop(pending);
-        let result = if self.buf.is_empty() { Ok(()) } else { self.write_and_sync() };
-        match result {
-            Ok(()) => {
-                if !self.buf.is_empty() {
-                    self.publish(group, &outcomes, position, timestamp);
-                }
-                for (req, outcome) in group.drain(..).zip(outcomes) {
-                    let reply = match outcome {
-                        Outcome::Accepted { first_position, first_version, last_version, .. } => Ok(AppendResult {
-                            partition: self.part.id,
-                            first_position,
-                            first_version,
-                            last_version,
-                            timestamp_nanos: timestamp,
-                        }),
-                        Outcome::Rejected(e) => Err(e),
-                    };
-                    let _ = req.reply.send(reply);
-                }
-            }
-            Err(e) => {
-                for (req, outcome) in group.drain(..).zip(outcomes) {
-                    let reply = match outcome {
-                        Outcome::Accepted { .. } => Err(e.clone()),
-                        Outcome::Rejected(r) => Err(r),
-                    };
-                    let _ = req.reply.send(reply);
-                }
-            }
-        }
+        (outcomes, position)
     }
 
     /// Writes the group buffer and, in Sync mode, syncs it. On failure the partition is
@@ -526,5 +529,12 @@ impl Writer {
             seal(job);
         }
         Ok(())
+    }
+}
+
+/// Answers every request of `group` with `e`.
+fn fail_all(group: &mut Vec<AppendRequest>, e: &Error) {
+    for req in group.drain(..) {
+        let _ = req.reply.send(Err(e.clone()));
     }
 }

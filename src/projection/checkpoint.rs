@@ -23,10 +23,11 @@ pub(super) fn open_checkpoints(inner: &Inner, dir: &Path, partitions: u32) -> Re
     let (mut start, header_count) = match std::fs::read(&path) {
         Ok(bytes) => {
             let mut ignored = Vec::new();
-            let start = ckp::decode_noting(&bytes, &mut ignored)
-                .map_err(|(offset, why)| Error::corruption(&path, offset, why))?;
-            for (offset, reason) in ignored {
-                report.push(RecoveryAction::IgnoredCheckpointSlot { path: path.clone(), offset, reason });
+            let start = ckp::decode_noting(&bytes, &mut ignored).map_err(|m| m.into_corruption(&path))?;
+            for m in ignored {
+                let action =
+                    RecoveryAction::IgnoredCheckpointSlot { path: path.clone(), offset: m.offset, reason: m.what };
+                report.push(action);
             }
             (start, ckp::header_fields(&bytes).map(|(count, _)| count))
         }

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 
 use crate::clock::now_nanos;
 use crate::error::{Error, Result};
-use crate::format::snapshot::{self as format, HeaderError, Meta, ScanEnd};
+use crate::format::snapshot::{self as format, Meta, ScanEnd};
 use crate::io::{FileHandle, Io};
 use crate::report::{RecoveryAction, Report};
 use crate::snapshot::{Pending, Stored};
@@ -145,8 +145,8 @@ impl Sidecar {
         let header = match format::decode_header(&head) {
             Ok(h) if h.partition == self.partition => Ok(h),
             Ok(h) => Err(format!("sidecar of partition {} found in partition {}", h.partition, self.partition)),
-            Err(HeaderError::Foreign(why) | HeaderError::Corrupt(why)) => Err(why),
-            Err(HeaderError::Version(v)) => Err(format!("sidecar format version {v} is newer than this build's")),
+            // Derived data: whatever is wrong with the header, the file is replaced.
+            Err(m) => Err(m.what),
         };
         let header = match header {
             Ok(h) => h,

@@ -15,7 +15,8 @@ use crate::clock::now_nanos;
 use crate::compaction::{self, SnapshotIndex};
 use crate::error::{Error, Result};
 use crate::format::batch::Limits;
-use crate::format::manifest::{self, Manifest, ManifestError};
+use crate::format::header::{Cause, Malformed};
+use crate::format::manifest::{self, Manifest};
 use crate::format::segment as seg_format;
 use crate::io::Io;
 use crate::io::lock::{self, DirLock};
@@ -365,13 +366,12 @@ fn check_epochs(dir: &Path, manifest: &Manifest, partitions: &[Arc<Partition>]) 
     Ok(())
 }
 
-fn manifest_error(path: &Path, e: ManifestError) -> Error {
-    match e {
-        ManifestError::Foreign(why) => Error::NotAStore { path: path.to_path_buf(), reason: why },
-        ManifestError::Version(found) => {
-            Error::UnsupportedVersion { path: path.to_path_buf(), found, supported: crate::format::FORMAT_VERSION }
-        }
-        ManifestError::Corrupt(offset, why) => Error::corruption(path, offset, why),
+/// A manifest that is not one says the directory is not a store; damage or a newer format
+/// are what they are.
+fn manifest_error(path: &Path, m: Malformed) -> Error {
+    match m.cause {
+        Cause::Foreign => Error::NotAStore { path: path.to_path_buf(), reason: m.what },
+        _ => m.into_error(path),
     }
 }
 
