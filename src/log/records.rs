@@ -1,6 +1,9 @@
 //! Append-only record files as the engine holds them: opened with the one torn-tail rule
-//! (`format::records`), appended to durably, one record at a time. The tombstones of a
-//! partition and the dead-letter queue of a projection are such files.
+//! (`format::records`) and appended to durably by one function ([`append_at`]). The
+//! tombstones of a partition and the dead-letter queue of a projection are read whole
+//! ([`open`]) and appended to through a [`RecordLog`]; a snapshot sidecar, which may be large
+//! and is derived data, is scanned as a stream and cut at its first invalid record whatever
+//! the rule's verdict, which its report gives, but appends with [`append_at`] too.
 
 use std::path::{Path, PathBuf};
 
@@ -84,16 +87,32 @@ impl RecordLog {
         Ok(RecordLog { file: io.open_rw(&path)?, end: header.len() as u64 })
     }
 
-    /// Appends one record (or several, back to back) with one write and one `fdatasync`. On
-    /// failure the file is cut back to where it ended, so no partial record is left before a
-    /// later one.
+    /// Appends one record (or several, back to back): see [`append_at`].
     pub fn append(&mut self, bytes: &[u8]) -> Result<()> {
-        let written = self.file.write_all_at(bytes, self.end).and_then(|()| self.file.sync_data());
-        if let Err(e) = written {
-            let _ = self.file.set_len(self.end);
-            return Err(e);
-        }
+        append_at(&self.file, self.end, bytes).map_err(|f| f.error)?;
         self.end += bytes.len() as u64;
         Ok(())
     }
+}
+
+/// A failed [`append_at`].
+#[derive(Debug)]
+pub(crate) struct AppendFailed {
+    pub error: Error,
+    /// What the file holds is unknown: its `fdatasync` failed (its pages may be gone from the
+    /// page cache while a later sync succeeds), or cutting the failed write back failed. A
+    /// writer that must not vouch for unknown bytes stops writing the file.
+    pub unknown: bool,
+}
+
+/// The one way records are appended to a record file (tombstones, dead letters, snapshot
+/// sidecars): one write of `bytes` at `end`, where the file's valid data ends, and one
+/// `fdatasync`. On failure the file is cut back to `end` (and synced), so that no partial
+/// record is left before a later one.
+pub(crate) fn append_at(file: &FileHandle, end: u64, bytes: &[u8]) -> std::result::Result<(), AppendFailed> {
+    let written = file.write_all_at(bytes, end).and_then(|()| file.sync_data());
+    let Err(error) = written else { return Ok(()) };
+    let cut = file.set_len(end).and_then(|()| file.sync_data());
+    let sync_failed = matches!(&error, Error::Io { op, .. } | Error::StorageFull { op, .. } if *op == "fdatasync");
+    Err(AppendFailed { error, unknown: cut.is_err() || sync_failed })
 }

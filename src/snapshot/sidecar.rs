@@ -17,10 +17,15 @@ use parking_lot::Mutex;
 
 use crate::clock::now_nanos;
 use crate::error::{Error, Result};
+use crate::format::records::{Tail, judge_tail};
 use crate::format::snapshot::{self as format, Meta, ScanEnd};
 use crate::io::{FileHandle, Io};
+use crate::log::records;
 use crate::report::{RecoveryAction, Report};
 use crate::snapshot::{Pending, Stored};
+
+/// Most bytes after a sidecar's last valid record that are read to judge them.
+const VERDICT_BYTES: u64 = 4 << 20;
 
 /// Where the latest snapshot of a stream is.
 #[derive(Debug, Clone, Copy)]
@@ -184,7 +189,9 @@ impl Sidecar {
             ScanEnd::Clean { data_end } => state.end = data_end,
             ScanEnd::Damaged { data_end, reason } => {
                 // Records past the damage cannot be trusted; appending after it would hide
-                // every later record from the next scan. Cut it off.
+                // every later record from the next scan. Cut it off, torn write or not (the
+                // record files' rule says which, for the report).
+                let reason = format!("{reason}; {}", self.verdict(&file, data_end, file_len));
                 file.set_len(data_end)?;
                 file.sync_data()?;
                 state.end = data_end;
@@ -198,6 +205,25 @@ impl Sidecar {
         }
         state.file = Some(Arc::new(file));
         Ok(state)
+    }
+
+    /// What the record files' torn-tail rule (`format::records`) says of the bytes from
+    /// `data_end` on (at most [`VERDICT_BYTES`] of them are read).
+    fn verdict(&self, file: &FileHandle, data_end: u64, file_len: u64) -> String {
+        let n = (file_len - data_end).min(VERDICT_BYTES);
+        let mut rest = vec![0u8; n as usize];
+        if file.read_exact_at(&mut rest, data_end).is_err() {
+            return "the bytes after the last valid record could not be read".into();
+        }
+        let valid = |b: &[u8]| {
+            format::claimed_len(b).and_then(|len| b.get(..len)).is_some_and(|r| format::decode_record(r).is_ok())
+        };
+        let min = format::RECORD_HEADER_LEN + 8;
+        let verdict = match judge_tail(data_end, &rest, min, format::MAX_RECORD_LEN, valid) {
+            Tail::Torn(why) => format!("a torn write ({why})"),
+            Tail::Damaged(why) => format!("damage ({why})"),
+        };
+        if n < file_len - data_end { format!("{verdict}, judged on its first {n} bytes") } else { verdict }
     }
 
     /// Replaces the sidecar with an empty one (header only), durably.
@@ -268,18 +294,15 @@ impl Sidecar {
             Ok((s.file.clone(), s.end, buf, placed))
         })?;
         let Some(file) = file.filter(|_| !placed.is_empty()) else { return Ok(0) };
-        let written = file.write_all_at(&buf, end).and_then(|()| file.sync_data());
-        if let Err(e) = written {
-            // Cut what the failed round may have left, so no stray bytes follow the data; if
-            // even that fails, or the fdatasync failed, stop: what the file holds is unknown.
-            let cut = file.set_len(end).and_then(|()| file.sync_data());
-            let sync_failed = matches!(&e, Error::Io { op, .. } | Error::StorageFull { op, .. } if *op == "fdatasync");
-            if (cut.is_err() || sync_failed)
+        if let Err(failed) = records::append_at(&file, end, &buf) {
+            // The failed round was cut back; if what the file holds is unknown (its fdatasync
+            // failed, or the cut did), stop writing it.
+            if failed.unknown
                 && let Some(s) = self.state.lock().as_mut()
             {
-                s.failed = Some(e.to_string());
+                s.failed = Some(failed.error.to_string());
             }
-            return Err(e);
+            return Err(failed.error);
         }
         let mut guard = self.state.lock();
         let Some(s) = guard.as_mut() else { return Ok(0) };
