@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use crate::clock::now_nanos;
 use crate::error::{Error, Result};
 use crate::event::{AppendResult, EventData, ExpectedVersion, RecordedEvent};
+use crate::format::batch::check_stream_id;
 use crate::format::snapshot::{MAX_SNAPSHOT_BYTES, Meta};
 use crate::snapshot::Pending;
 use crate::store::Store;
@@ -250,7 +251,7 @@ impl Store {
 
 /// [`Store::load`], on any log.
 pub(crate) fn load<A: Aggregate>(log: &dyn Log, stream: &str) -> Result<Loaded<A>> {
-    crate::format::batch::check_stream_id(stream)?;
+    check_stream_id(stream)?;
     let counters = log.snapshot_counters();
     let use_ = match log.latest_snapshot(stream) {
         Ok(None) => SnapshotUse::None,

@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use crate::error::Error;
 use crate::event::EventData;
 use crate::event::ExpectedVersion;
+use crate::format::Aligned;
 use crate::format::batch::{self, Limits};
 use crate::format::index;
 use crate::format::manifest::Manifest;
@@ -109,7 +110,7 @@ pub fn index_decode(data: &[u8]) {
         put_crc(v, 56, index::HEADER_LEN..len);
         put_crc(v, 60, 0..60);
     });
-    let aligned = crate::format::Aligned::new(data);
+    let aligned = Aligned::new(data);
     let buf = aligned.bytes();
     if let Ok(view) = index::decode(buf) {
         let again = index::encode(
@@ -275,13 +276,13 @@ pub fn archive_decode(data: &[u8]) {
         }
     });
     // A mapped archive is page-aligned; give the decoder the same 8-byte alignment.
-    let aligned = crate::format::Aligned::new(data);
+    let aligned = Aligned::new(data);
     let data = aligned.bytes();
     let Ok(layout) = arc::decode(data) else { return };
     let mut all = Vec::new();
     let blocks = data.get(layout.blocks.clone()).map_or(0, |b| b.len() / 32);
     for i in 0..blocks {
-        match crate::format::archive::decompress_block(data, &layout, i) {
+        match arc::decompress_block(data, &layout, i) {
             Ok(block) => all.extend_from_slice(&block),
             Err(_) => return,
         }

@@ -20,6 +20,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::format::Aligned;
 use crate::format::archive::{self as arc, AuditRecord, Reason};
 use crate::format::batch::{self, BatchView};
 use crate::format::index::PositionEntry;
@@ -433,7 +434,7 @@ fn dump_segment(path: &Path, bytes: &[u8], filter: &Filter) -> Result<Dump> {
 
 fn dump_archive(path: &Path, bytes: &[u8], filter: &Filter) -> Result<Dump> {
     // The decoder casts sections in place: give it the alignment a mapping would have.
-    let aligned = crate::format::Aligned::new(bytes);
+    let aligned = Aligned::new(bytes);
     let data = aligned.bytes();
     let layout = arc::decode(data).map_err(|m| m.into_error(path))?;
     let h = layout.header;

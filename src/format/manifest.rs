@@ -26,6 +26,7 @@
 
 use super::header::{self, Malformed};
 use super::{FORMAT_VERSION, crc, le_u32, le_u64, put_u32, put_u64};
+use crate::router::HASH_ID;
 
 pub(crate) const MAGIC: &[u8; 8] = b"STRATAMF";
 /// Length of a manifest without epoch records.
@@ -132,7 +133,7 @@ impl Manifest {
         if m.partition_count == 0 || m.partition_count > MAX_PARTITIONS {
             return Err(Malformed::damaged(16, format!("impossible partition count {}", m.partition_count)));
         }
-        if m.hash_id != crate::router::HASH_ID {
+        if m.hash_id != HASH_ID {
             return Err(Malformed::damaged(20, format!("unknown hash function id {}", m.hash_id)));
         }
         if m.segment_bytes < 4096 {

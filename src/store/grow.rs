@@ -27,6 +27,7 @@
 //! the old partitions keep every event, and the new layout is committed only once the copies
 //! are durable. See FORMAT.md, "Growing the partition count".
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -276,19 +277,19 @@ impl Store {
                 let mut queued_bytes = 0usize;
                 old.visit_from(*cursor, CHUNK, &mut |b, skip, _take| {
                     if b.base_position >= head {
-                        return std::ops::ControlFlow::Break(());
+                        return ControlFlow::Break(());
                     }
                     next = b.end_position();
                     if skip > 0 {
                         // Began before the cursor: copied with the chunk before.
-                        return std::ops::ControlFlow::Continue(());
+                        return ControlFlow::Continue(());
                     }
                     let hash = stream_hash(b.stream_id);
                     let Some(target) = moves_to(hash, a, from, to) else {
-                        return std::ops::ControlFlow::Continue(());
+                        return ControlFlow::Continue(());
                     };
                     if old.tombstones.deleted_at(b.stream_id).is_some() {
-                        return std::ops::ControlFlow::Continue(());
+                        return ControlFlow::Continue(());
                     }
                     let expected = match b.first_version {
                         0 => ExpectedVersion::NoStream,
@@ -304,13 +305,13 @@ impl Store {
                             // Bound what waits in the writers' queues (batches may be large).
                             queued_bytes += b.length;
                             if queued_bytes >= CHUNK_BYTES {
-                                return std::ops::ControlFlow::Break(());
+                                return ControlFlow::Break(());
                             }
-                            std::ops::ControlFlow::Continue(())
+                            ControlFlow::Continue(())
                         }
                         _ => {
                             failed = Some(Error::Closed);
-                            std::ops::ControlFlow::Break(())
+                            ControlFlow::Break(())
                         }
                     }
                 })?;

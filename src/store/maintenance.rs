@@ -2,7 +2,7 @@
 //! report, and snapshot flushes and counters.
 
 use crate::clock::now_nanos;
-use crate::compaction::{CompactionProgress, CompactionReport, CompactionStats, PartitionStorage, SnapshotIndex};
+use crate::compaction::{self, CompactionProgress, CompactionReport, CompactionStats, PartitionStorage, SnapshotIndex};
 use crate::error::{Error, Result};
 use crate::report::RecoveryAction;
 use crate::router;
@@ -87,7 +87,7 @@ impl Store {
     /// What each partition keeps on disk: segments, archives, their sizes, erased events.
     pub fn storage(&self) -> Result<Vec<PartitionStorage>> {
         self.check_open()?;
-        self.shared.parts().iter().map(|p| crate::compaction::storage(p)).collect()
+        self.shared.parts().iter().map(|p| compaction::storage(p)).collect()
     }
 
     /// Every repair made to the store's files since open, and what went wrong in the

@@ -9,10 +9,12 @@
 
 use std::ops::ControlFlow;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use crate::error::Result;
 use crate::event::{AppendResult, EventData, EventView, ExpectedVersion, RecordedEvent};
 use crate::io::Io;
+use crate::log::events::each_event;
 use crate::report::Report;
 use crate::snapshot::{Counters, Job, Pending, Stored};
 use crate::sync::HeadSignal;
@@ -134,9 +136,7 @@ impl Log for Store {
     ) -> Result<()> {
         let (hash, p) = self.route(stream)?;
         let id = p.id;
-        p.visit_stream(stream, hash, from_version, min_position, &mut |b, skip, take| {
-            crate::log::events::each_event(b, id, skip, take, f)
-        })
+        p.visit_stream(stream, hash, from_version, min_position, &mut |b, skip, take| each_event(b, id, skip, take, f))
     }
 
     fn scan_partition(
@@ -153,8 +153,8 @@ impl Log for Store {
         let p = self.partition(partition)?;
         Ok(Heads {
             head: p.head(),
-            time: p.head_time.load(std::sync::atomic::Ordering::Acquire),
-            durable: p.durable_head.load(std::sync::atomic::Ordering::Acquire),
+            time: p.head_time.load(Ordering::Acquire),
+            durable: p.durable_head.load(Ordering::Acquire),
         })
     }
 
