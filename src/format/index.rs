@@ -78,6 +78,19 @@ impl PositionEntry {
     }
 }
 
+/// The entries of each stream, in turn, from entries sorted by `(stream_hash, tag,
+/// first_version)` (a segment's index, or an archive's): every run of one `(hash, tag)`.
+pub(crate) fn stream_runs(entries: &[StreamEntry]) -> impl Iterator<Item = &[StreamEntry]> {
+    let mut rest = entries;
+    std::iter::from_fn(move || {
+        let first = rest.first()?.get();
+        let n = rest.partition_point(|e| (e.get().stream_hash, e.get().tag) == (first.stream_hash, first.tag));
+        let (run, tail) = rest.split_at(n.max(1));
+        rest = tail;
+        Some(run)
+    })
+}
+
 /// The header fields of an index file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Header {

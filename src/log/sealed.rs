@@ -227,19 +227,16 @@ impl SealedSegment {
             .and_then(|b| bytemuck::try_cast_slice(b).ok())
             .ok_or_else(|| Error::corruption(&seg.index_path, 0, "stream entries unreadable"))?;
         let mut out = Vec::new();
-        let mut i = 0;
-        while let Some(first) = entries.get(i).map(StreamEntry::get) {
-            let n = entries
-                .get(i..)
-                .unwrap_or(&[])
-                .partition_point(|e| (e.get().stream_hash, e.get().tag) == (first.stream_hash, first.tag));
-            let Some(last) = entries.get(i + n - 1).map(StreamEntry::get) else { break };
+        for run in index::stream_runs(entries) {
+            let (Some(first), Some(last)) = (run.first().map(StreamEntry::get), run.last().map(StreamEntry::get))
+            else {
+                continue;
+            };
             let stream =
                 self.data.get(first.offset as usize..).and_then(batch::peek_stream_id).ok_or_else(|| {
                     Error::corruption(&seg.path, first.offset, "indexed batch has no readable stream id")
                 })?;
             out.push((stream, last.first_version + u64::from(last.event_count) - 1));
-            i += n.max(1);
         }
         Ok(out)
     }

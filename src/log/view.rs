@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
 use crate::format::batch::{self, BatchView};
-use crate::format::index::{PositionEntry, StreamEntry};
+use crate::format::index::{self, PositionEntry, StreamEntry};
 use crate::format::segment as seg_format;
 use crate::log::active::MemEntry;
 use crate::log::events::{emit, offer};
@@ -161,13 +161,7 @@ impl View {
                 }
             }
             View::Archived(a) => {
-                let entries = a.streams();
-                let mut i = 0;
-                while let Some(first) = entries.get(i).map(StreamEntry::get) {
-                    let n = entries
-                        .get(i..)
-                        .unwrap_or(&[])
-                        .partition_point(|e| (e.get().stream_hash, e.get().tag) == (first.stream_hash, first.tag));
+                for first in index::stream_runs(a.streams()).filter_map(|run| run.first().map(StreamEntry::get)) {
                     let (block, at) = a.at(first.offset)?;
                     let name = block.get(at..).and_then(batch::peek_stream_id).ok_or_else(|| {
                         Error::corruption(&seg.path, 0, format!("no stream id at uncompressed offset {}", first.offset))
@@ -175,7 +169,6 @@ impl View {
                     if !out.contains(name) {
                         out.insert(name.to_owned());
                     }
-                    i += n.max(1);
                 }
             }
         }

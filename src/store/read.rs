@@ -126,18 +126,8 @@ impl Store {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn iter_stream(&self, stream: &str, from_version: u64) -> StreamEvents<'_> {
-        let (end, failed) = match self.stream_version(stream) {
-            Ok(last) => (last.map_or(0, |v| v + 1), None),
-            Err(e) => (0, Some(e)),
-        };
-        StreamEvents {
-            store: self,
-            stream: stream.to_owned(),
-            next: from_version,
-            end,
-            page: Vec::new().into_iter(),
-            failed,
-        }
+        let end = self.stream_version(stream).map(|last| last.map_or(0, |v| v + 1));
+        StreamEvents { store: self, stream: stream.to_owned(), pages: Pages::new(from_version, end) }
     }
 
     /// The events of `partition` from position `from_position` up to its head as of this call,
@@ -145,11 +135,7 @@ impl Store {
     /// positions a grow's copies and a compaction's erasures leave). An error ends the
     /// iteration (after being returned once).
     pub fn iter_partition(&self, partition: u32, from_position: u64) -> PartitionEvents<'_> {
-        let (end, failed) = match self.head(partition) {
-            Ok(h) => (h, None),
-            Err(e) => (0, Some(e)),
-        };
-        PartitionEvents { store: self, partition, next: from_position, end, page: Vec::new().into_iter(), failed }
+        PartitionEvents { store: self, partition, pages: Pages::new(from_position, self.head(partition)) }
     }
 
     /// The first position of `partition` that is not a copy: 0, except in a partition that
@@ -217,22 +203,33 @@ impl Iterator for Streams<'_> {
     }
 }
 
-/// The events of one stream (see [`Store::iter_stream`]).
+/// The paging both event iterators share: events up to `end` (exclusive, by the key each
+/// iterator pages by), fetched a page at a time; an error ends the iteration after being
+/// returned once.
 #[derive(Debug)]
-pub struct StreamEvents<'a> {
-    store: &'a Store,
-    stream: String,
+struct Pages {
     next: u64,
-    /// One past the last version to read.
     end: u64,
     page: std::vec::IntoIter<RecordedEvent>,
     failed: Option<Error>,
 }
 
-impl Iterator for StreamEvents<'_> {
-    type Item = Result<RecordedEvent>;
+impl Pages {
+    fn new(next: u64, end: Result<u64>) -> Pages {
+        let (end, failed) = match end {
+            Ok(end) => (end, None),
+            Err(e) => (0, Some(e)),
+        };
+        Pages { next, end, page: Vec::new().into_iter(), failed }
+    }
 
-    fn next(&mut self) -> Option<Result<RecordedEvent>> {
+    /// The next event: from the page, or from a new page `fetch(next, end)` gives (events
+    /// before `end` by `key`, in order; none left: the end).
+    fn next(
+        &mut self,
+        fetch: impl FnOnce(u64, u64) -> Result<Vec<RecordedEvent>>,
+        key: fn(&RecordedEvent) -> u64,
+    ) -> Option<Result<RecordedEvent>> {
         if let Some(e) = self.failed.take() {
             self.end = 0;
             return Some(Err(e));
@@ -243,14 +240,19 @@ impl Iterator for StreamEvents<'_> {
         if self.next >= self.end {
             return None;
         }
-        let want = (self.end - self.next).min(PAGE as u64) as usize;
-        match self.store.read_stream(&self.stream, self.next, want) {
-            Ok(page) if !page.is_empty() => {
-                self.next = page.last().map_or(self.end, |e| e.version + 1);
+        match fetch(self.next, self.end) {
+            Ok(mut page) => {
+                let end = self.end;
+                page.retain(|e| key(e) < end);
+                let Some(last) = page.last() else {
+                    // Nothing left before the end (a partition's last positions erased).
+                    self.next = self.end;
+                    return None;
+                };
+                self.next = key(last) + 1;
                 self.page = page.into_iter();
                 self.page.next().map(Ok)
             }
-            Ok(_) => None,
             Err(e) => {
                 self.end = 0;
                 Some(Err(e))
@@ -259,48 +261,39 @@ impl Iterator for StreamEvents<'_> {
     }
 }
 
+/// The events of one stream (see [`Store::iter_stream`]).
+#[derive(Debug)]
+pub struct StreamEvents<'a> {
+    store: &'a Store,
+    stream: String,
+    /// By version, up to one past the last version when the iterator was made.
+    pages: Pages,
+}
+
+impl Iterator for StreamEvents<'_> {
+    type Item = Result<RecordedEvent>;
+
+    fn next(&mut self) -> Option<Result<RecordedEvent>> {
+        let (store, stream) = (self.store, &self.stream);
+        let fetch = |next: u64, end: u64| store.read_stream(stream, next, (end - next).min(PAGE as u64) as usize);
+        self.pages.next(fetch, |e| e.version)
+    }
+}
+
 /// The events of one partition (see [`Store::iter_partition`]).
 #[derive(Debug)]
 pub struct PartitionEvents<'a> {
     store: &'a Store,
     partition: u32,
-    next: u64,
-    /// The head when the iterator was made: where it stops.
-    end: u64,
-    page: std::vec::IntoIter<RecordedEvent>,
-    failed: Option<Error>,
+    /// By position, up to the head when the iterator was made.
+    pages: Pages,
 }
 
 impl Iterator for PartitionEvents<'_> {
     type Item = Result<RecordedEvent>;
 
     fn next(&mut self) -> Option<Result<RecordedEvent>> {
-        if let Some(e) = self.failed.take() {
-            self.end = 0;
-            return Some(Err(e));
-        }
-        if let Some(e) = self.page.next() {
-            return Some(Ok(e));
-        }
-        if self.next >= self.end {
-            return None;
-        }
-        match self.store.read_partition(self.partition, self.next, PAGE) {
-            Ok(mut page) => {
-                page.retain(|e| e.position < self.end);
-                if page.is_empty() {
-                    // Only erased positions (or none) are left before the end.
-                    self.next = self.end;
-                    return None;
-                }
-                self.next = page.last().map_or(self.end, |e| e.position + 1);
-                self.page = page.into_iter();
-                self.page.next().map(Ok)
-            }
-            Err(e) => {
-                self.end = 0;
-                Some(Err(e))
-            }
-        }
+        let (store, partition) = (self.store, self.partition);
+        self.pages.next(|next, _| store.read_partition(partition, next, PAGE), |e| e.position)
     }
 }
