@@ -50,9 +50,33 @@ impl MemIndex {
 
     /// Records a batch that was just written (or found by a scan) at `offset`.
     pub fn insert(&mut self, stream: &str, first_version: u64, base_position: u64, count: u32, offset: u64, len: u32) {
+        let _ = self.insert_after(stream, false, first_version, base_position, count, offset, len);
+    }
+
+    /// [`MemIndex::insert`], refusing (with the stream's last version here) a batch that does
+    /// not continue the stream's versions if `check` is set: one lookup of the stream either
+    /// way.
+    #[allow(clippy::too_many_arguments)]
+    fn insert_after(
+        &mut self,
+        stream: &str,
+        check: bool,
+        first_version: u64,
+        base_position: u64,
+        count: u32,
+        offset: u64,
+        len: u32,
+    ) -> Result<(), u64> {
         let entry = MemEntry { first_version, position: base_position, offset, len, count };
         match self.streams.get_mut(stream) {
-            Some(v) => v.push(entry),
+            Some(v) => {
+                if let Some(last) = v.last().map(MemEntry::last_version).filter(|_| check)
+                    && last.checked_add(1) != Some(first_version)
+                {
+                    return Err(last);
+                }
+                v.push(entry);
+            }
             None => {
                 self.streams.insert(Arc::from(stream), vec![entry]);
             }
@@ -62,22 +86,20 @@ impl MemIndex {
         }
         self.end_position = base_position + u64::from(count);
         self.end_offset = offset + u64::from(len);
+        Ok(())
     }
 
     /// Indexes a batch found by a scan of the segment (at `offset`). A stream's versions
     /// continue from batch to batch: a batch that does not follow the stream's last one here
     /// is not what any writer wrote, and is refused (and not indexed).
     pub fn scanned(&mut self, offset: u64, b: &BatchView<'_>) -> Result<(), String> {
-        if let Some(last) = self.last_version(b.stream_id)
-            && last.checked_add(1) != Some(b.first_version)
-        {
-            return Err(format!(
+        let (count, len) = (b.event_count, b.length as u32);
+        self.insert_after(b.stream_id, true, b.first_version, b.base_position, count, offset, len).map_err(|last| {
+            format!(
                 "batch of stream {:?} starts at version {}, after its batch ending at version {last}",
                 b.stream_id, b.first_version
-            ));
-        }
-        self.insert(b.stream_id, b.first_version, b.base_position, b.event_count, offset, b.length as u32);
-        Ok(())
+            )
+        })
     }
 
     /// The stream's last version in this segment, whatever the head says: the writer's view.

@@ -21,14 +21,12 @@ pub(crate) fn view<'a>(b: &BatchView<'a>, partition: u32, i: usize, e: &EventRef
     }
 }
 
-/// Hands `f` the events `skip..skip + take` of batch `b`, until it breaks.
-pub(crate) fn each_event(
-    b: &BatchView<'_>,
-    partition: u32,
-    skip: usize,
-    take: usize,
-    f: &mut dyn FnMut(&EventView<'_>) -> ControlFlow<()>,
-) -> ControlFlow<()> {
+/// Hands `f` the events `skip..skip + take` of batch `b`, until it breaks. Generic, so that a
+/// scan's per-event work inlines here.
+pub(crate) fn each_event<F>(b: &BatchView<'_>, partition: u32, skip: usize, take: usize, f: &mut F) -> ControlFlow<()>
+where
+    F: FnMut(&EventView<'_>) -> ControlFlow<()> + ?Sized,
+{
     for (i, e) in b.events().enumerate().skip(skip).take(take) {
         f(&view(b, partition, i, &e))?;
     }

@@ -185,12 +185,10 @@ impl Partition {
 
     /// Hands `f` the events from position `from` on, borrowed, in position order, until
     /// `limit` events are given or `f` breaks; returns how many were given.
-    pub fn visit_events(
-        &self,
-        from: u64,
-        limit: usize,
-        f: &mut dyn FnMut(&EventView<'_>) -> ControlFlow<()>,
-    ) -> Result<usize> {
+    pub fn visit_events<F>(&self, from: u64, limit: usize, f: &mut F) -> Result<usize>
+    where
+        F: FnMut(&EventView<'_>) -> ControlFlow<()> + ?Sized,
+    {
         let id = self.id;
         let mut seen = 0;
         self.visit_from(from, limit, &mut |b, skip, take| {
