@@ -2,6 +2,28 @@
 //! events to it, and the snapshot policy (every N events, and on demand). The work is done
 //! against the log seam ([`Log`]), so any backend serves it; [`Store::load`],
 //! [`Store::commit`] and [`Store::snapshot`] are its entry points on the embedded store.
+//!
+//! A load (FORMAT.md §12.4) looks up the stream's live snapshot; compares its aggregate tag (the
+//! CRC of `A::name()`, by default `std::any::type_name::<Self>()`: an aggregate overrides
+//! `name` to keep its snapshots across a rename) with the loading type's
+//! (`SnapshotIgnored::OtherAggregate` otherwise); offers its schema tag and state to
+//! `Aggregate::decode` (`SnapshotIgnored::Rejected` if refused); then visits the stream's
+//! batches from the snapshot's version on, straight from the segments, skipping without loading
+//! the segments whose events all lie before its position, and checks the anchor (position and
+//! timestamp of the event at that version: `SnapshotIgnored::Stale` otherwise). An unreadable
+//! record is `SnapshotIgnored::Unreadable`. An ignored snapshot means a full replay (counted in
+//! `SnapshotStats::ignored`) and, if the stream has events, a snapshot of the replayed state
+//! queued whatever `SNAPSHOT_EVERY` says, flagged `REPLACES` (if the queue has no room, the next
+//! snapshot of that `Loaded` carries the flag). A stream with no events queues nothing: its
+//! record stays, and each load ignores it again.
+//!
+//! The anchor exists because the log can lose events that a durable snapshot covered, and
+//! nothing orders the sidecar's `fdatasync` after the log's: under `Buffered` durability a power
+//! loss loses the appends since the last sync while a later snapshot may be durable; in `Sync`
+//! mode, damage in the last synced group is cut as a torn write; and a log may be restored from
+//! an older backup beside a newer sidecar. The lost versions and positions are then handed out
+//! again, and a snapshot trusted by its version alone would stand for events that no longer
+//! exist.
 
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;

@@ -1,6 +1,12 @@
 //! Entry points for the fuzz targets under `fuzz/` (feature `fuzzing`; not a stable API).
 //! Each feeds arbitrary bytes to one reader of on-disk data and checks what the reader
 //! accepts: it must never panic, and what it accepts must be self-consistent.
+//!
+//! The `manifest_decode` target found the manifest's reserved bytes ignored (2026-11-26); a
+//! version 1 reader now requires them to be zero. It has a seed with two epoch records and a
+//! grow in progress (`fuzz/seeds/manifest_decode/two-epochs-growing`). The `checkpoint_decode`
+//! target checks that every file it decodes is exactly `64 + 64 ·` the number of partitions
+//! read.
 #![allow(missing_docs, clippy::missing_panics_doc)]
 
 use std::path::PathBuf;

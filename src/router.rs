@@ -1,7 +1,7 @@
 //! Which partition a stream lives in: a stable 64-bit hash of the stream id, then jump
 //! consistent hash (Lamping & Veach, 2014), so that growing from `n` to `m` partitions moves
 //! only about `1 - n/m` of the streams. Both are pinned by test vectors in FORMAT.md and in
-//! `tests/format.rs`: they may never change silently.
+//! `tests/format.rs`: they may never change silently. `partition_for` treats a count of 0 as 1.
 
 use xxhash_rust::xxh3::xxh3_64;
 

@@ -1,6 +1,17 @@
 //! Building an archive image from batches: laid out by stream, then version, so that a
 //! stream's history sits in as few blocks as possible; compressed block by block with zstd,
-//! optionally with a dictionary trained on the batches.
+//! optionally with a dictionary trained on the batches (FORMAT.md §14.2).
+//!
+//! `build` cuts the batches into blocks in layout order: a batch is added to the current block
+//! unless the block already holds a batch and the two together would exceed `block_bytes`
+//! (`CompactionOptions::block_bytes`), in which case the block is closed and the batch begins
+//! the next one. Each block is compressed at the configured level (1 ..= 22, default 3).
+//!
+//! With `CompactionOptions::dictionary(true)` (default `false`), a zstd dictionary is trained
+//! for each archive (each piece of a compaction) from an even sample of its batches (every
+//! `max(total / 1 MiB, 1)`-th batch in layout order, `total` being the bytes of its batches), at
+//! most 16 KiB (`DICT_BYTES`), by zstd's trainer (`zstd::dict::from_samples`). No dictionary is
+//! trained for fewer than 64 batches or fewer than 128 KiB, and a failed training means none.
 
 use std::path::Path;
 

@@ -1,17 +1,27 @@
 //! A compaction job: the policy's decisions carried out, one partition at a time, crash-safely.
-//! A compaction of a run of consecutive sealed segments:
+//! A compaction of a run of consecutive sealed segments (`archive_run`; FORMAT.md §15.2):
 //!
 //! 1. reads their batches (through their mappings) and cuts the run's position range into
 //!    pieces of at most `max_archive_bytes` of batches;
 //! 2. writes each piece's archive under a temporary name, fsyncs it, renames it to
 //!    `{base}.arc` and fsyncs the directory;
-//! 3. swaps the archives in for the segments (readers in flight keep their mappings);
+//! 3. swaps the archives in for the segments in the partition's list of files (reads in flight
+//!    keep their mappings of the segments: removing a file leaves its mappings valid; later
+//!    reads go to the archives);
 //! 4. removes the segments and their indexes, and fsyncs the directory.
 //!
 //! A crash before step 4 finishes leaves archives beside segments; opening the partition
 //! finishes the job if the archives cover the segments entirely, and rolls it back
 //! otherwise (`log::recovery::reconcile_archives`). A damaged file is skipped and reported;
-//! the rest of the partition is compacted around it.
+//! the rest of the partition is compacted around it: if a segment of a run turns out damaged
+//! while it is read, the job removes what it wrote (no segment was removed yet), the segment is
+//! reported in `CompactionReport::skipped`, and the segments before and after it are archived
+//! as runs of their own.
+//!
+//! `rewrite_archive` erases deleted streams from an archive: the new image is written under the
+//! same name, then opened and checked, and replaces the old one in memory (reads in flight keep
+//! the old mapping). A compaction that finds deleted streams also erases their snapshots, by a
+//! rewrite of the partition's sidecar under the sidecar's writer lock.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -2,7 +2,12 @@
 //! in the log, `log::archive`), by policy, in the background or on demand; and the erasure of
 //! deleted streams' events. The policy (`policy`) is a decision about each sealed segment,
 //! made from its index and its last batch; the job (`job`) carries it out crash-safely,
-//! building each archive (`build`).
+//! building each archive (`build`). The files and the protocol are FORMAT.md §14 and §15.
+//!
+//! The background compactor runs every `CompactionOptions::interval` (default 60 s);
+//! `Store::compact` and `Store::compact_with` run the policy on the calling thread. One
+//! compaction at a time runs in a partition (a per-partition lock); appends and reads go on
+//! meanwhile.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -2,6 +2,25 @@
 //! first: the age comes from the segment's last batch, deleted streams from index lookups,
 //! and only an old enough segment has its streams' snapshots looked up. No segment is read
 //! whole here, and nothing is written: the job (`job.rs`) acts on the decision.
+//!
+//! `compact_partition` first rewrites the archives holding events of deleted streams, then
+//! looks at the sealed, unarchived segments, oldest first, each loaded first. A segment's newest
+//! timestamp comes from its last batches (found through the index's last position entry),
+//! deleted streams are looked up in its index, and its streams' last versions come from the
+//! index's stream entries (each stream's id peeked from its first batch). A segment that cannot
+//! be loaded or looked at is left as it is and reported in `CompactionReport::skipped` (and the
+//! store's compaction counters). A segment is chosen with the first of these reasons (the codes
+//! of FORMAT.md §14.1) that applies:
+//!
+//! 1. `Forced`, when compaction is forced: every sealed segment;
+//! 2. `Erasure`, when it holds an event of a deleted stream;
+//! 3. `Retained`, when its newest batch's timestamp is at least `retention` (default 7 days)
+//!    old and `require_snapshots` is off;
+//! 4. `RetainedAndSnapshotted`, when it is that old and every stream with events in it, deleted
+//!    streams excepted, has a snapshot whose version is at least its last version in the
+//!    segment;
+//! 5. `HotBytes`, when the sealed, unarchived segments not chosen so far (this one included)
+//!    hold more than `max_hot_bytes` bytes (default: no bound).
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! Archive files: sealed segments rewritten into zstd-compressed blocks (FORMAT.md §13).
+//! Archive files: sealed segments rewritten into zstd-compressed blocks (FORMAT.md §14).
 //!
 //! ```text
 //! header (64 bytes)

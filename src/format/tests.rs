@@ -1,6 +1,18 @@
 //! Golden fixtures: the encoders must produce exactly the committed bytes, and the committed
 //! bytes must decode to exactly these values. A format change is never silent. Run with
 //! `STRATA_BLESS=1` to rewrite the fixtures after a deliberate, versioned format change.
+//!
+//! The fixtures are listed in FORMAT.md §1.2. `manifest_bytes_are_pinned` (a manifest without
+//! epoch records is the 64-byte `manifest.bin`), `manifest_with_partition_epochs_round_trips_and_checks_its_chain`
+//! (pinned by `manifest-epochs.bin`), `checkpoint_bytes_are_pinned`,
+//! `dead_letter_queue_bytes_are_pinned`, `archive_bytes_are_pinned` (the zstd frames may change
+//! with the zstd version: encoding the fixture's own frames must give the fixture, and they
+//! must decompress to the pinned batches) and `tombstone_bytes_are_pinned` pin the encoders.
+//! `reserved_bytes_must_be_zero` checks the manifest's reserved bytes `[52, 60)`, and
+//! `checkpoint_file_extended_for_a_grow` a checkpoint file of 2 partitions extended with zeros
+//! to 5: it reads as 5 partitions, the new ones never written, before and after its header is
+//! rewritten; extra bytes that are not whole slot pairs, or not zeros, and a file shorter than
+//! its header's count, are damage.
 
 use std::path::PathBuf;
 

@@ -1,4 +1,4 @@
-//! A partition's deleted streams: `pNNNNN/tombstones`, append-only (FORMAT.md §15).
+//! A partition's deleted streams: `pNNNNN/tombstones`, append-only (FORMAT.md §16).
 //!
 //! Header (64 bytes): magic `b"STRATTMB"`, version (u32) at 8, partition (u32) at 12, 44
 //! reserved zero bytes from 16, CRC-32 of bytes [0, 60) at 60.

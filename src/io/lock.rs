@@ -1,6 +1,7 @@
 //! The store lock: an OS file lock (`flock`) on `LOCK`, so that a second open of the same store,
 //! from this process or another, fails with [`Error::Locked`] instead of corrupting it. The
-//! lock dies with the process, so a crash never leaves a stale lock behind.
+//! lock dies with the process, so a crash never leaves a stale lock behind. It is taken with
+//! `std::fs::File::try_lock` (on Unix, `flock(LOCK_EX | LOCK_NB)`; FORMAT.md §4).
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};

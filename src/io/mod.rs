@@ -2,6 +2,9 @@
 //! so that tests can inject failures (`EIO`, `ENOSPC`, short writes) at any step
 //! ([`faults`]). Beside it: the store's lock file ([`lock`]) and the one module that maps
 //! files into memory ([`mmap`], where all of strata's `unsafe` lives).
+//!
+//! `Io::write_atomic(dir, name, bytes)` is the atomic write of FORMAT.md §3.2: a temporary
+//! `{name}.tmp`, written and fsynced, renamed over `name`, then the directory fsynced.
 
 pub(crate) mod faults;
 pub(crate) mod lock;

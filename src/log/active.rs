@@ -1,7 +1,31 @@
 //! The open segment: the active one (and one being sealed), indexed in memory as the writer
 //! appends to it, and read through a read-only map of its file (a `pread` per batch cost more
-//! than the rest of a stream read). The map is dropped for good, under its lock, before the
-//! file is ever cut back, so no read touches a page past the end (`SIGBUS`).
+//! than the rest of a stream read).
+//!
+//! Indexing. `MemIndex` takes each group's entries before the writer publishes the head that
+//! covers them (the visibility rule, FORMAT.md §10.1). At recovery and at an index rebuild,
+//! `MemIndex::scanned` also refuses a batch whose first version does not follow the last version
+//! of the same stream earlier in the segment: the scan reports it as corruption at the batch's
+//! offset (FORMAT.md §9.2).
+//!
+//! Reading (`OpenSegment::read`). The first read maps the file as long as it is then
+//! (preallocated zeros included). Reads ask only for bytes of published batches, which the
+//! writer has written. A read the map does not cover uses `pread`, unless it ends more than
+//! `REMAP_STEP` (4 MiB) past the mapped length: then the file is mapped again if it is now at
+//! least as long as the read's end and longer than the map, and the read is served from the new
+//! map (from `pread` if that still does not cover it). So a reader following the head does not
+//! remap at every batch: what lies within the mapped length (with preallocation the map runs
+//! ahead of the data) is read from the map, and what lies just past it with `pread`. The writer
+//! goes on writing through its file descriptor while the map exists; the map shares the page
+//! cache, so reads through it see those writes.
+//!
+//! The map is dropped for good, under its lock (so after any read through it has finished),
+//! before the file is ever cut back: before poisoning cuts the segment to `synced_offset` and
+//! before the sealer trims it. Later reads of that segment use `pread`, so no read touches a
+//! mapped page past the new end of the file (`SIGBUS`). After a poisoning in `Buffered` mode the
+//! cut batches stay published; reading them is a `pread` that finds them missing, an I/O error
+//! until the store is reopened. The `ENOSPC` cut-back leaves the map in place: it cuts only
+//! bytes past the data end before the failed write, which no published batch reaches.
 
 use std::collections::HashMap;
 use std::sync::Arc;

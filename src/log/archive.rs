@@ -1,6 +1,16 @@
 //! Archives as the engine holds them: memory-mapped and checked on open, read one
 //! decompressed block at a time (stream reads) or decompressed whole (partition reads).
-//! Compaction builds them (`compaction::build`).
+//! Compaction builds them (`compaction::build`). The format is FORMAT.md §14.
+//!
+//! `Archive::open` maps the file, checks it (`format::archive::decode`) and then its partition
+//! and base against the directory and file name. Only the header, the footer and the meta
+//! section are read, about 48 bytes per archived batch, never the blocks. Each archive keeps
+//! its 4 most recently used decompressed blocks (`CACHED_BLOCKS`) for stream reads. A partition
+//! read (`Archive::visit_positions`) decompresses nothing if no position entry from its start
+//! on lies below its end; otherwise it decompresses the whole data, block by block, and keeps it
+//! for the next step of the read (at most one archive per partition is kept so), so a partition
+//! read through an archive holds about `max_archive_bytes` in memory. `Archive::verify`
+//! decompresses everything and checks each block's batches and each entry against its batch.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};

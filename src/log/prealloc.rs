@@ -1,11 +1,18 @@
 //! Segment preallocation: zero-filling the active segment ahead of the writer, in the
-//! background.
+//! background (the protocol and its crash analysis are FORMAT.md §10.4).
 //!
 //! Writing into blocks that are already allocated and written leaves `fdatasync` nothing but
 //! the data to flush (no block allocation, no file-size change in the journal). Measured here:
 //! 1.3x to 1.7x more durable group commits per second than appending to a growing file (see
 //! BENCHMARKS.md). Sparse `set_len` and `fallocate` do not give that gain, so the zeros are
-//! really written, by a thread of their own, a chunk ahead of the writer.
+//! really written; the price is that every byte of a segment is written twice. On copy-on-write
+//! file systems (btrfs, ZFS) the blocks are not overwritten in place, and preallocation should
+//! be turned off (`Options::preallocate(false)`).
+//!
+//! Each partition has its own preallocator thread (`strata-prealloc-{id}`), so no writer waits
+//! behind another partition's fill. A fill opens the segment by its path, with a file
+//! descriptor of its own, so that a write-back error about the writer's data is never collected
+//! by a fill's `fdatasync`.
 //!
 //! The protocol keeps the zeros away from data: the writer asks for `[from, to)` only with
 //! `from` a chunk past its own end of data, and writes nothing past `from` until the fill has

@@ -1,7 +1,13 @@
 //! What opening a partition repairs: temporary files of interrupted writes are removed,
 //! compactions a crash interrupted are finished or rolled back (every position then lives in
 //! exactly one file), a stale index beside the active segment goes, and the active segment's
-//! torn tail is cut. Damage anywhere else is an error naming the file and offset.
+//! torn tail is cut. Damage anywhere else is an error naming the file and offset. FORMAT.md §9.1
+//! gives the steps.
+//!
+//! `reconcile_archives` (FORMAT.md §15.4) opens every archive of the directory first: an I/O
+//! error fails the open, while an archive whose bytes do not check out is kept, as an
+//! unreadable slot that fails the reads reaching it. `Store::storage` counts such archives
+//! (`PartitionStorage::unreadable_archives`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

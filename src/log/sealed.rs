@@ -1,6 +1,13 @@
 //! Sealed segments: loaded on first use (the segment and its index mapped and checked, the
-//! index rebuilt from the segment if it is missing or does not check out), and sealed from
-//! an open segment by the sealer (trimmed, indexed, mapped).
+//! index rebuilt from the segment if it is missing or does not check out), and sealed from an
+//! open segment by the sealer (trimmed, indexed, mapped). FORMAT.md §9.3 gives the checks.
+//!
+//! The first read that needs a sealed segment (`Segment::view`) loads it, once, under a
+//! per-segment lock: it maps the segment, checks its header, then maps and validates its index
+//! (`Segment::try_index`). If that fails, `Segment::rebuild` scans the segment, trims a zero
+//! tail, writes the index and maps both again. The trim, like the sealer's, happens while no map
+//! of the segment exists (the sealer drops the active segment's read map first), so no mapping
+//! ever outlives a shrink of its file.
 
 use std::ops::Range;
 use std::path::Path;

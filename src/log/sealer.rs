@@ -1,5 +1,15 @@
-//! The sealer: one thread that turns full segments, which the writers roll away from, into
-//! sealed ones (trimmed, indexed, mapped), off the writers' path.
+//! The sealer: one thread for the store that turns full segments, which the writers roll away
+//! from, into sealed ones (trimmed, indexed, mapped), off the writers' path, one segment at a
+//! time in the order they were handed over (FORMAT.md §10.3).
+//!
+//! At a roll the writer keeps its segment's zero fill in flight known until the new segment is
+//! in place (a roll that fails before the rename goes on writing to the old segment, which must
+//! still respect the fill's range), then lets go of it (`Preallocator::detach`) and hands the
+//! old segment to the sealer with the fill's completion (`SealJob.fill`). The sealer waits for
+//! that fill, whatever its outcome, drops the read map the segment had while it was active
+//! (`log::active`), trims and fsyncs the file, writes the index, then maps the segment and the
+//! index, validates the index and switches readers to the maps. A failure is reported as
+//! `RecoveryAction::SealFailed`; the segment stays readable through its in-memory index.
 
 use std::sync::Arc;
 

@@ -1,6 +1,8 @@
-//! Deleted streams: a partition's tombstones, durable before a delete returns. A deleted
-//! stream refuses appends and stream reads at once; compaction erases its events from the
-//! sealed segments and archives that hold them (see `compaction.rs`).
+//! Deleted streams: a partition's tombstones, durable before a delete returns (FORMAT.md §16).
+//! A deleted stream refuses appends and stream reads at once; compaction erases its events
+//! from the sealed segments and archives that hold them (see `compaction.rs`). A delete checks,
+//! creates the file if needed, appends the record and marks the stream deleted under the
+//! tombstone file's lock.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,12 +1,27 @@
 //! The write path: one writer thread per partition turns everything queued into one group
-//! commit — one `write`, one `fdatasync` — and completes each caller with its own result.
+//! commit (one `write`, one `fdatasync`) and completes each caller with its own result. The
+//! protocol, and what a crash leaves, is FORMAT.md §10.
 //!
 //! Callers never take a lock: an append is encoded and checksummed-ready in the caller's
 //! thread, pushed onto the partition's lock-free queue (crossbeam), and the caller waits on a
 //! one-shot. The writer drains the queue without waiting for more (no added latency at low
-//! load; bigger groups under load, bounded by bytes and count), checks each expected version
-//! against the stream's version as it will be after the earlier appends of the same group,
-//! writes and syncs once, publishes the index and the new head, then wakes the callers.
+//! load; bigger groups under load), up to `max_group_appends` appends and about
+//! `max_group_bytes` bytes. `Store::append_many` queues its appends bound for one partition as
+//! one message, which the writer takes whole, so they share a group (which can pass
+//! `max_group_appends` by them); each is still checked and answered on its own. The writer
+//! checks each expected version against the stream's version as it will be after the earlier
+//! appends of the same group, writes and syncs once, publishes the index and the new head, then
+//! wakes the callers.
+//!
+//! In `Buffered` mode the writer also wakes up while idle with unsynced data, to sync once
+//! `sync_interval` has passed. At close it finishes what is queued, waits for its zero fill in
+//! flight and syncs, unless the partition is poisoned; `Store::close` returns the poisoning of
+//! the lowest-numbered poisoned partition, and dropping the store without `close` ignores it.
+//!
+//! Poisoning (`Writer::poison`) waits for the zero fill in flight, drops the segment's read map
+//! (`log::active`), then cuts the active segment to `synced_offset`. If the cut fails, the
+//! partition is poisoned all the same, and the cause says so (`… (and cutting back to the
+//! durable data failed: …)`).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,6 +1,25 @@
 //! The engine's checkpoints: per projection, one file holding each partition's next
-//! position (`format::checkpoint`), opened at registration, extended when the store grows,
-//! and written by a background checkpointer, one `fdatasync` per projection per round.
+//! position (`format::checkpoint`, FORMAT.md §13.2), opened at registration, extended when the
+//! store grows, and written by a background checkpointer, one `fdatasync` per projection per
+//! round.
+//!
+//! `open_checkpoints` reads the file, reporting each damaged slot it reads past as
+//! `RecoveryAction::IgnoredCheckpointSlot`, and rewrites it whole when its partitions are not
+//! the store's count (a file found mid-extension is reported as
+//! `RecoveryAction::FinishedCheckpointExtension`). Workers only move positions in memory; one
+//! thread per engine (`strata-checkpointer`, `run_checkpointer`) writes every slot, so handling
+//! never waits for a disk write. It runs a round (`checkpoint_round`) 5 ms after a worker has
+//! advanced a projection with engine-kept checkpoints (gathering what else moves meanwhile), at
+//! least every second, and once more after the workers have stopped, when the engine stops. The
+//! positions a round made durable show as `PartitionStatus::checkpointed`. After a failed write
+//! or `fdatasync` every partition of the projection stops (`PartitionStatus::error`: "checkpoint
+//! write failed") until it is registered again, in a new engine, which reads the file anew.
+//!
+//! `extend_checkpoints` runs one extension of a file at a time (two workers, or a worker and a
+//! registration, may extend at once, for different counts) and never shortens a file. If an
+//! extension fails, every task of the projection, the new partitions' included, is stopped with
+//! an error (`PartitionStatus::error`, "checkpoint file: …"); a projection whose checkpoint
+//! writes had already failed is treated the same way, without touching the file.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,6 +1,15 @@
 //! A projection's dead-letter queue: durable, append-only, scanned on registration. Events a
 //! projection could not handle wait here (with why and how often they failed) until they are
-//! replayed or discarded; a parked stream's later events join them, in order.
+//! replayed or discarded; a parked stream's later events join them, in order. The file is
+//! FORMAT.md §13.3.
+//!
+//! `DeadLetters::open` reads the file by the record files' torn-tail rule (a torn tail cut is
+//! reported as `RecoveryAction::TruncatedTornTail`). `add` and `resolve` append one record each
+//! (`log::records`) and change the in-memory queue only once it is durable: a letter added with
+//! `OnFailure::Park` parks its stream, and a resolution unparks its stream once the stream has no
+//! pending letter. `add` writes nothing when a pending letter has the same partition and
+//! position (the event was handled again after a crash); if that letter was resolved in between,
+//! the event gets a second one.
 
 use std::collections::HashSet;
 use std::path::Path;

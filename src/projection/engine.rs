@@ -1,5 +1,20 @@
 //! The engine's API: the worker pool, registering projections, their status and lag, the
 //! dead-letter queue, and stopping.
+//!
+//! `register` first finishes or drops a rebuild a crash interrupted (FORMAT.md §13.4, reported
+//! as `RecoveryAction::InterruptedRebuild`), then creates the projection's directory and opens
+//! its files. With `Checkpoints::Projection` the engine keeps no checkpoint file: the projection
+//! stores `Batch::next_position` with its effects and returns it from `Projection::checkpoint`.
+//!
+//! `replay_dead_letters` hands the pending letters (of one stream, if one is given) to the
+//! projection again partition by partition, in the order of the projection's tasks, which is
+//! increasing partition number (a grow's new partitions are numbered above the ones it found),
+//! each partition held as a worker holds it, and within a partition in file order. A letter
+//! whose position no longer holds its stream and version fails. A letter the projection handles
+//! without error is resolved (outcome `replayed`); `discard_dead_letters` resolves letters with
+//! outcome `discarded`. Once a letter of a stream fails, the stream's later letters are not
+//! tried, in that partition or in any later one: a stream a grow moved has its letters from
+//! before the cutover in its old partition and those from after it in its new one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};

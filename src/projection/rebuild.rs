@@ -1,5 +1,10 @@
 //! Rebuilding a projection from position 0, in parallel on the worker pool, into a fresh
-//! instance beside the live one, then swapping it in atomically (one directory rename).
+//! instance beside the live one, then swapping it in atomically (one directory rename). The
+//! protocol and its crash cases are FORMAT.md §13.4 and §13.5.
+//!
+//! The shadow is registered with the live projection's options, every position 0 (with
+//! `Checkpoints::Projection`, `fresh.checkpoint(p)`). After the swap, `view` returns the fresh
+//! instance.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,5 +1,26 @@
 //! The engine's shared state: each registered projection, each (projection, partition) task
-//! a worker claims, and covering the partitions a grow adds.
+//! a worker claims, and covering the partitions a grow adds (FORMAT.md §13.2, "After a grow").
+//!
+//! Covering is done by the workers and by registrations. Each worker, before it looks for work,
+//! compares the store's partition count with the count the engine has covered; when the
+//! store's is higher, it covers every registered projection (live ones and rebuild shadows) up
+//! to it (`cover_new_partitions`). This is idempotent: a projection that already has a task for
+//! a partition (its registration made one) gets no second one. What a projection needs is
+//! prepared outside the task lock: its checkpoint file is extended, and, with
+//! `Checkpoints::Projection`, `Projection::checkpoint(b)` is called there, since a projection's
+//! own `checkpoint` may call into the engine. Then, under the lock, each task still missing is
+//! added (only for projections still in the task list: a rebuild may have swapped one out), and
+//! the covered count rises to the store's count as the worker read it, only once every
+//! projection in the list has a task for every partition. A task added for a new partition
+//! starts from an empty checkpoint (`seq` 0) with engine-kept checkpoints, or from
+//! `Projection::checkpoint(b)`.
+//!
+//! A registration creates tasks for the partitions of the count it read first; if a grow has
+//! committed since, it extends its checkpoint file to the count it reads then and creates the
+//! new partitions' tasks too, all before it takes the task lock. It covers only its own
+//! projection, and lowers the covered count, under the lock, to the count it read, so a
+//! projection registered while a grow committed is covered by the next pass. A rebuild's swap
+//! retires and unshadows the two projections' tasks as the list is at the swap.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,6 +1,14 @@
 //! The workers: each claims (projection, partition) tasks with work, hands a batch of each to
 //! its projection (retrying, dead-lettering or stopping on failures), advances, and sleeps on
-//! the head signal when there is nothing to do.
+//! the head signal when there is nothing to do (at most 100 ms at a time).
+//!
+//! A worker adds a dead letter when an event still fails after `ProjectionOptions::attempts`
+//! tries, and, with `OnFailure::Park`, for each event of a parked stream. It advances past the
+//! event only after the letter is durable, so a dead letter is always durable before the
+//! projection's position (and its checkpoint) moves past its event; a letter that cannot be
+//! written stops the partition at its event, as `OnFailure::Stop` does. A task of a partition a
+//! grow added is not handed events until the projection has reached the grow's `cut` in every
+//! older partition (the gate of FORMAT.md §13.2).
 
 use std::ops::ControlFlow;
 use std::sync::Arc;

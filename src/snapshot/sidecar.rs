@@ -1,11 +1,28 @@
 //! One partition's snapshot sidecar as the engine holds it: the latest record of every
 //! stream indexed in memory (by scanning the file on first use), appended to by the
 //! snapshotter, rewritten without superseded records, and erased of deleted streams'
-//! snapshots by compaction.
+//! snapshots by compaction. The format and protocols are FORMAT.md §12.
 //!
 //! Snapshots are derived data: losing one costs a replay, never an event. So damage to a
 //! sidecar is reported and cut away rather than refused, and a failed sidecar fsync stops
 //! snapshots of that partition (until reopen) without touching its log.
+//!
+//! The sidecar is loaded on first use (`Sidecar::load`). If the record a damaged tail cut was a
+//! `REPLACES` one, that may be the unusable record it replaced: the next load ignores it again
+//! and replaces it again. An I/O error while loading, cutting or replacing the header sets the
+//! sidecar aside: `RecoveryAction::SnapshotsUnavailable` is reported once, loads replay
+//! (`SnapshotUse::None`), the snapshots queued for it are counted as failed, and the next
+//! `flush_snapshots` returns an error; the first use after reopen reads the file again.
+//!
+//! Appends write through `log::records::append_at`. The write and its `fdatasync` run without
+//! the state lock (loads go on reading indexed records meanwhile) but under the writer lock:
+//! once the sidecar is loaded only its writer changes it, and nothing past the old end is
+//! indexed before the `fdatasync` has returned. A failed `fdatasync` or cut marks the sidecar
+//! failed: later rounds write nothing to it. A rewrite copies the live records without the state
+//! lock too; loads keep reading the old file through its open handle meanwhile, and once the new
+//! file is renamed in place it is opened and the index pointed into it before the directory is
+//! fsynced. Compaction's erasure of deleted streams' snapshots is a rewrite under the same
+//! writer lock.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry as MapEntry;

@@ -1,8 +1,29 @@
 //! The snapshotter and the queue in front of it. Loads and commits queue snapshots (encoded
-//! on their own thread); the snapshotter drains the queue, writes each partition's snapshots
-//! with one write and one `fdatasync`, and rewrites sidecars whose superseded records pile
-//! up. The queue is bounded in jobs and in bytes: past the bound, automatic snapshots are
-//! dropped (and counted), explicit ones wait.
+//! on their own thread); the snapshotter (one thread, `strata-snapshotter`) drains the queue,
+//! writes each partition's snapshots with one write and one `fdatasync`, and rewrites sidecars
+//! whose superseded records pile up. FORMAT.md §12.5 gives what reaches the disk.
+//!
+//! The queue holds at most 4096 jobs (`QUEUE`: snapshots and flushes). An automatic snapshot
+//! (every `SNAPSHOT_EVERY` events, or replacing an ignored one) is dropped, and counted in
+//! `SnapshotStats::dropped`, when the queue is full or when its state would bring the state
+//! waiting in the queue past 64 MiB (`QUEUE_BYTES`); the `Loaded` keeps its count, so the next
+//! commit tries again. `Store::snapshot` waits for room in the queue and is not held back by the
+//! byte limit. A state larger than `MAX_SNAPSHOT_BYTES` is never queued (`Store::snapshot`
+//! returns `Error::SnapshotTooLarge`; an automatic snapshot is skipped), nor is a snapshot of a
+//! deleted stream. `Store::flush_snapshots` returns once everything queued before it is written
+//! and durable, or failed, with the first failure since the previous flush.
+//!
+//! Each round takes what is queued (up to 4097 jobs) and, per partition, keeps one snapshot per
+//! stream: if none is flagged `REPLACES`, the one with the highest version (of equal ones, the
+//! last queued); otherwise, of the last flagged one and those queued after it, the one with the
+//! highest version, with the flag set. The sidecar drops it unless it supersedes the stream's
+//! live record. Failures are reported as `RecoveryAction::SnapshotWriteFailed` and counted in
+//! `SnapshotStats::failed`; once a sidecar has stopped (its `fdatasync` or cut failed), later
+//! rounds count its snapshots as failed without reporting them again. After a successful
+//! append, a sidecar is rewritten when its superseded records take at least
+//! `max(Options::snapshot_rewrite_bytes, live bytes)` (default 4 MiB; superseded bytes = data
+//! end − 64 − live bytes), so that it stays under about twice its live size; a failed rewrite
+//! is tried again after a later append.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

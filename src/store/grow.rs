@@ -1,4 +1,6 @@
 //! Growing the partition count of an open store, online, without breaking per-stream order.
+//! The protocol, its crash analysis and its limitations are FORMAT.md, "Growing the partition
+//! count" (§17); this is how the code carries it out.
 //!
 //! Streams are routed by jump consistent hash, so going from `n` to `m` partitions moves only
 //! the streams whose bucket changes (about `1 - n/m` of them), and each moves to one of the
@@ -10,22 +12,38 @@
 //! 2. **Copies**, while appends and reads go on: it walks each old partition's log in position
 //!    order and appends every batch of a stream that moves to the stream's new partition, with
 //!    the same stream versions, event bytes and timestamps (`Exact` expected versions, so a
-//!    batch is never copied twice: a resumed grow skips what is there). Rounds repeat until
-//!    what is left is small.
+//!    batch is never copied twice: a resumed grow skips what is there, counted in
+//!    `GrowReport::already_copied`, with `GrowReport::resumed` set). Each call reads from
+//!    position 0, in chunks of up to 8192 events (`CHUNK`), a chunk also ending once its copies
+//!    reach 64 MiB of batch bytes (`CHUNK_BYTES`), and waits for a chunk's copies to be answered
+//!    before reading the next. Rounds stop after one that copied fewer than 4096 events
+//!    (`SMALL_TAIL`), or after the 8th (`MAX_ROUNDS`).
 //! 3. **Cuts over**: takes the routing lock for writing, so no append is routed by the old map
 //!    from then on; waits until every append queued before it is committed (a barrier through
 //!    each old writer); copies the rest; moves the tombstones of moved streams; makes the new
 //!    partitions durable (a barrier that syncs); then writes the manifest with the new count,
 //!    `partition_epoch + 1`, and an epoch record: each old partition's head at the cutover
 //!    (`cut`) and each new partition's head (`live_from`: everything before it is a copy).
-//!    That write is the commit point; the in-memory routing switches right after, and appends
-//!    resume.
+//!    That write is the commit point; the in-memory routing switches right after, appends
+//!    resume, and the projection workers are woken.
 //!
-//! A crash before the manifest write leaves the old layout, with the copy in progress
-//! (`growing_to`): the store opens, routes by the old count, and calling grow again with the
-//! same count resumes it. A crash after it leaves the new layout. Nothing is lost either way:
-//! the old partitions keep every event, and the new layout is committed only once the copies
-//! are durable. See FORMAT.md, "Growing the partition count".
+//! The routing lock (`Store::senders`, a read-write lock over the partition writers' queues)
+//! orders routing against the cutover. An append holds it for reading while it computes its
+//! stream's partition from the routed count and queues its request (`submit`; an `append_many`
+//! routes and queues all of its appends under one hold); `Store::delete_stream` holds it for
+//! reading while it routes and writes the tombstone. Stream reads (`read_stream`,
+//! `stream_version`, aggregate loads) do not take it: they route by the routed count in memory,
+//! which changes only at the commit. `read_partition`, `scan_partition`, `head`, `copied_until`
+//! and `cutover_heads` refuse a partition at or above the routed count
+//! (`Error::NoSuchPartition`). One grow runs at a time (a mutex). A new partition's writer (with
+//! its preallocator) is running, and its queue in place, before the partition joins the store's
+//! partitions, so that the partitions and the writers' queues stay in step (a partition whose id
+//! is not the length of both is refused with an I/O error).
+//!
+//! If the commit's directory `fsync` fails twice, the grow stands in memory but the projection
+//! workers are not woken; they find the new count the next time they look for work (an idle
+//! worker waits at most 100 ms). `strata grow DIR --partitions m` opens the store and calls
+//! `grow_partitions`.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;

@@ -1,5 +1,13 @@
 //! Looking after a store: deleting streams, compaction on demand, verification, the repair
 //! report, and snapshot flushes and counters.
+//!
+//! `delete_stream` holds the routing lock for reading while it routes the stream and writes its
+//! tombstones (`store::grow`), so that no delete falls between a grow's last tombstone move and
+//! its commit; each partition's tombstones are written under that file's lock
+//! (`log::tombstones`). `verify` reads back every batch of every segment (CRC), every sealed
+//! segment's index, and every archive's blocks and entries. `recovery_report` first loads every
+//! sealed segment and sidecar not used yet, so that the repairs made on first use are in its
+//! first answer.
 
 use crate::clock::now_nanos;
 use crate::compaction::{self, CompactionProgress, CompactionReport, CompactionStats, PartitionStorage, SnapshotIndex};

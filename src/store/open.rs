@@ -1,7 +1,14 @@
 //! Opening a store: the manifest read (or the store created), the lock taken, every
 //! partition recovered in parallel, the grow records checked against the heads, then the
 //! background threads started: a writer and a preallocator per partition, the sealer, the
-//! snapshotter and the compactor.
+//! snapshotter and the compactor. FORMAT.md §3 and §9 give the protocol.
+//!
+//! Options that set a partition count or a segment size the store does not have are refused
+//! (`Options::check_against`); the count the store was created with is still accepted after a
+//! grow. Recovery threads are spawned in chunks of 16 (`RECOVERY_THREADS`), and each chunk is
+//! joined before the next is spawned. A thread that cannot be spawned fails its partition with
+//! an I/O error. Every partition is opened even if one fails; open then returns the error of
+//! the lowest-numbered failed partition.
 
 use std::fs;
 use std::io::ErrorKind;

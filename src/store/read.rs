@@ -2,6 +2,12 @@
 //! partition's events by position (copied out, borrowed in a scan, or paged by an iterator),
 //! and the streams a store holds. Every read follows the visibility rule: an event is visible
 //! once its partition's head covers it (`log::read`).
+//!
+//! For subscribers that read partitions themselves across a grow, `Store::copied_until(b)` is
+//! the first position of `b` that is not a copy (`live_from` for a partition a grow added, 0
+//! otherwise), and `Store::cutover_heads(b)` is the `cut` of the grow that added `b`, one
+//! position per partition the store had before it (empty otherwise). Both answer from the
+//! manifest in memory.
 
 use std::ops::ControlFlow;
 
