@@ -1,4 +1,7 @@
 //! The `strata` binary: `load` runs end to end on a small workload and reports in JSON.
+//! `dump_verify_stats_and_compact` also grows a store of 2 partitions with
+//! `strata grow --partitions 3` (epoch 1), checks that `--partitions 2` is then refused, and
+//! runs `stats` and `verify` on the grown store.
 
 use std::process::Command;
 

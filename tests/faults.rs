@@ -1,5 +1,14 @@
 //! Injected I/O faults: a failed fsync poisons a partition, a full disk is refused without
 //! losing anything, and reopening recovers. Needs `--features fault-injection`.
+//!
+//! `every_failing_step_of_a_grow_is_survived`: in separate runs, an I/O error injected into the
+//! first, second or third occurrence of creating `p00003`, a rename in `p00002`, writing, syncing
+//! and renaming the manifest's temporary file (so both manifest writes are hit), a write in
+//! `p00003/`, a sync in `p00002/`, and a tombstone write: the grow returns the error, the store
+//! goes on in the old layout with every read unchanged and appends working, reopens in the old
+//! layout, and grows again (resuming or starting over), after which it reopens grown. The
+//! directory `fsync`s after the commit's rename (the read-back rule, and the second `fsync`) are
+//! not among the injected faults.
 
 mod common;
 

@@ -1,6 +1,33 @@
 //! Growing the partition count online (`Store::grow_partitions`): which streams move, that
 //! their reads and versions are unchanged, that appends and projections going on throughout
 //! lose nothing and see nothing twice, and that the new layout survives reopening.
+//!
+//! - `grow_moves_only_the_streams_the_hash_moves_and_their_reads_are_unchanged`: a store of 4
+//!   partitions with multi-event batches, archived segments and deleted streams, grown to 7,
+//!   then to 12 after a reopen: only the streams jump consistent hash moves move, about
+//!   `1 − n/m` of them; stream reads, versions and timestamps are unchanged; expected versions
+//!   hold in the new partitions; deleted streams stay deleted; deleting a moved stream after the
+//!   grow erases, once compacted, its events at its old positions too; a reopen finds the new
+//!   layout; growing to the same count does nothing, to a lower one is refused.
+//! - `grow_while_eight_writers_append_and_a_projection_runs`: two grows under concurrent appends
+//!   with expected versions and a running projection: every acknowledged append is there, once,
+//!   in order, and the projection sees every event once, in stream order; after a reopen the
+//!   grown checkpoint file holds, the copies are not delivered, and a new projection sees every
+//!   event once.
+//! - `projections_registered_before_a_grow_cover_the_new_partitions`: the engine's only worker
+//!   is held in a slow handler while the store grows from 2 to 6 and a second projection
+//!   registers at once; the projection registered before the grow still gets all 6 partitions
+//!   and is delivered an event appended to a new partition. It also checks that extensions of
+//!   one projection's checkpoint file run one at a time and never shorten it.
+//! - `an_interrupted_checkpoint_extension_is_finished_at_registration`: a checkpoint file left
+//!   between the two steps of its extension is finished at the next registration.
+//!
+//! Elsewhere: `tests/faults.rs` (`every_failing_step_of_a_grow_is_survived`), `tests/crash.rs`
+//! (`kill_9_during_grows_loses_no_acknowledged_append`), `tests/cli.rs` (`strata grow`),
+//! `src/format/tests.rs` (the manifest's epoch records, a checkpoint file extended for a grow)
+//! and the `manifest_decode` and `checkpoint_decode` fuzz targets. Not covered by a test: the
+//! refusal of a count whose manifest would pass 16 MiB, a failed checkpoint extension,
+//! `Store::copied_until` and `Store::cutover_heads`, and dead-letter replay across a grow.
 
 mod common;
 
