@@ -76,7 +76,7 @@ impl BusOptions {
         self
     }
     /// Refuses commands while the projection `name` (registered on the bus's engine) lags
-    /// past its SLA ([`ProjectionOptions::sla`](crate::ProjectionOptions::sla)).
+    /// past its SLA ([`ProjectionOptions::sla`](crate::projection::ProjectionOptions::sla)).
     pub fn gate_on(mut self, name: &str) -> Self {
         self.gates.push(name.to_owned());
         self

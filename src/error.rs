@@ -182,7 +182,7 @@ pub enum Error {
     SnapshotTooLarge {
         /// Its size.
         size: usize,
-        /// The limit ([`MAX_SNAPSHOT_BYTES`](crate::MAX_SNAPSHOT_BYTES)).
+        /// The limit ([`MAX_SNAPSHOT_BYTES`](crate::limits::MAX_SNAPSHOT_BYTES)).
         max: usize,
     },
     /// The command bus refused a command: too many are in flight. Nothing was done; retry

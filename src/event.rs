@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EventData {
-    /// The event's type, e.g. `"OrderPlaced"` (UTF-8, at most [`MAX_EVENT_TYPE_LEN`](crate::MAX_EVENT_TYPE_LEN) bytes).
+    /// The event's type, e.g. `"OrderPlaced"` (UTF-8, at most [`MAX_EVENT_TYPE_LEN`](crate::limits::MAX_EVENT_TYPE_LEN) bytes).
     pub event_type: String,
     /// Application metadata (correlation ids, ...), stored as given.
     pub metadata: Vec<u8>,

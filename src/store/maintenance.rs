@@ -23,7 +23,7 @@ impl Store {
     /// stream takes no appends and stream reads (and aggregate loads) fail with
     /// [`Error::StreamDeleted`]. Its events stay in partition reads (projections see them,
     /// like any event) until compaction erases them from the sealed segments and archives
-    /// that hold them, leaving an [`AuditRecord`](crate::AuditRecord) in the archive. Events
+    /// that hold them, leaving an [`AuditRecord`](crate::compaction::AuditRecord) in the archive. Events
     /// still in the active segment are erased once it is sealed and compacted. An append
     /// being committed at the moment of the delete may still be acknowledged; its events
     /// are deleted with the rest. The stream's snapshots are erased from the partition's
