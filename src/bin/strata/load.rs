@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use clap::ValueEnum;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use strata::bus::BusOptions;
+use strata::bus::{BusOptions, BusStats};
+use strata::cache::CacheStats;
 use strata::compaction::CompactionOptions;
-use strata::projection::{Batch, BatchError, HandlerError, ProjectionOptions};
+use strata::projection::{Batch, BatchError, HandlerError, ProjectionOptions, RebuildReport};
 use strata::routing::stream_hash;
 use strata::{
     Aggregate, ApplyError, Command as BusCommand, CommandBus, Durability, Error, EventData, Metrics, Options,
@@ -225,11 +226,79 @@ pub fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         return Err("writers, streams and batch must be positive".into());
     }
     let dir = args.dir.clone().unwrap_or_else(default_dir);
+    let store = Arc::new(Store::open(&dir, store_options(&args))?);
+    let (engine, balances, cache) = start_projections(&store, args.streams)?;
+    let bus_options = BusOptions::default().max_in_flight(args.writers * 2).gate_on("balances");
+    let bus = Arc::new(CommandBus::new(store.clone(), Some(engine.clone()), bus_options)?);
+
+    let shared = Arc::new(Shared {
+        commands: args.events.div_ceil(args.batch as u64),
+        next_command: AtomicU64::new(0),
+        written: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+    });
+    let work = Work { writers: args.writers as u64, streams: args.streams, batch: args.batch, payload: args.payload };
+    let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(args.events) };
+    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} events ({per_sec}) {msg}")?);
+    let start = Instant::now();
+    let clients: Vec<_> = (0..args.writers)
+        .map(|w| {
+            let (bus, shared) = (bus.clone(), shared.clone());
+            std::thread::spawn(move || client(w as u64, work, &bus, &shared))
+        })
+        .collect();
+    let reader = spawn_reader(balances.clone(), shared.clone(), args.streams);
+    let deadline = args.duration.map(Duration::from_secs_f64);
+    let lag = watch(&clients, &shared, &store, &engine, &bar, start, deadline)?;
+    for h in clients {
+        h.join().map_err(|_| "a writer thread panicked")??;
+    }
+    let elapsed = start.elapsed();
+    shared.stop.store(true, Ordering::Relaxed);
+    let _ = reader.join();
+    let (rebuild, rebuilt) = catch_up_and_rebuild(&engine)?;
+    bar.finish_and_clear();
+
+    let events = shared.written.load(Ordering::Relaxed);
+    check_acknowledged(&store, events, &rebuilt)?;
+    store.flush_snapshots()?;
+    if args.compact_every > 0.0 {
+        store.compact()?;
+    }
+    let mut report = Report {
+        dir: dir.clone(),
+        events,
+        elapsed,
+        latency: shared.latency.lock().map_err(|_| "histogram lock")?.clone(),
+        metrics: Metrics::collect(&store, Some(&engine), Some(&bus), &[("balances", cache.stats())]),
+        bus: bus.stats(),
+        cache: cache.stats(),
+        lag,
+        rebuild,
+        archives: ArchiveTotals::of(&store)?,
+        bytes: 0,
+    };
+    drop(bus);
+    Arc::try_unwrap(engine).map_err(|_| "engine still shared")?.stop()?;
+    drop(balances);
+    Arc::try_unwrap(store).map_err(|_| "store still shared")?.close()?;
+    report.bytes = dir_bytes(&dir);
+    if args.json {
+        report.print_json(&args);
+    } else {
+        report.print_text(&args);
+    }
+    Ok(())
+}
+
+/// The new store's options, from the command line.
+fn store_options(args: &LoadArgs) -> Options {
     let durability = match args.durability {
         DurabilityArg::Sync => Durability::Sync,
         DurabilityArg::Buffered => Durability::Buffered { sync_interval: Duration::from_millis(5) },
     };
-    let opts = Options::default()
+    Options::default()
         .create_if_missing(true)
         .error_if_exists(true)
         .partitions(args.partitions)
@@ -241,125 +310,150 @@ pub fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
                 .retention(Duration::ZERO)
                 .max_hot_bytes(Some(args.hot_mib << 20))
                 .interval((args.compact_every > 0.0).then(|| Duration::from_secs_f64(args.compact_every))),
-        );
-    let store = Arc::new(Store::open(&dir, opts)?);
+        )
+}
+
+type Projections = (Arc<ProjectionEngine>, Arc<Balances>, Arc<ViewCache<String, i64>>);
+
+/// Two projections on a worker pool: the balances read model (critical: commands wait while it
+/// lags past its SLA), served through a cache, and an activity counter.
+fn start_projections(store: &Arc<Store>, streams: u64) -> Result<Projections, Error> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    // Two projections on a worker pool: the balances read model (critical: commands wait
-    // while it lags past its SLA), served through a cache, and an activity counter.
     let engine = Arc::new(ProjectionEngine::new(store.clone(), cores));
-    let cache = Arc::new(ViewCache::new(args.streams as usize / 4 + 1));
+    let cache = Arc::new(ViewCache::new(streams as usize / 4 + 1));
     let balances =
         Arc::new(Balances { shards: (0..64).map(|_| Mutex::new(HashMap::new())).collect(), cache: cache.clone() });
     engine.register("balances", balances.clone(), ProjectionOptions::default().sla(Duration::from_secs(5)))?;
     engine.register("activity", Arc::new(Activity::default()), ProjectionOptions::default())?;
-    let bus_options = BusOptions::default().max_in_flight(args.writers * 2).gate_on("balances");
-    let bus = Arc::new(CommandBus::new(store.clone(), Some(engine.clone()), bus_options)?);
+    Ok((engine, balances, cache))
+}
 
-    let commands_total = args.events.div_ceil(args.batch as u64);
-    let next_command = Arc::new(AtomicU64::new(0));
-    let written = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
-    let deadline = args.duration.map(Duration::from_secs_f64);
+/// What the clients share: how many commands to send and the next one's number, the events
+/// acknowledged, the stop flag and the command latencies (µs).
+struct Shared {
+    commands: u64,
+    next_command: AtomicU64,
+    written: AtomicU64,
+    stop: AtomicBool,
+    latency: Mutex<Histogram<u64>>,
+}
 
-    let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(args.events) };
-    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} events ({per_sec}) {msg}")?);
-    let start = Instant::now();
-    let handles: Vec<_> = (0..args.writers)
-        .map(|w| {
-            let (bus, next_command, written, stop, histogram) =
-                (bus.clone(), next_command.clone(), written.clone(), stop.clone(), histogram.clone());
-            let (writers, streams, batch, payload) = (args.writers as u64, args.streams, args.batch, args.payload);
-            std::thread::spawn(move || -> Result<(), strata::Error> {
-                // This client works on accounts w, w + writers, ...: each command loads its
-                // account (snapshot + events after it), decides, and appends with the loaded
-                // version through the bus.
-                let owned: Vec<u64> = (w as u64..streams).step_by(writers as usize).collect();
-                let mut rng = fastrand::Rng::with_seed(w as u64);
-                let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
-                while !stop.load(Ordering::Relaxed) && next_command.fetch_add(1, Ordering::Relaxed) < commands_total {
-                    if owned.is_empty() {
-                        break;
+/// The shape of the clients' work.
+#[derive(Clone, Copy)]
+struct Work {
+    writers: u64,
+    streams: u64,
+    batch: usize,
+    payload: usize,
+}
+
+/// Client `w`: it works on accounts `w`, `w + writers`, ...; each command loads its account
+/// (snapshot + events after it), decides, and appends with the loaded version through the
+/// bus, waiting as told when the bus pushes back.
+fn client(w: u64, work: Work, bus: &CommandBus, shared: &Shared) -> Result<(), Error> {
+    let owned: Vec<u64> = (w..work.streams).step_by(work.writers as usize).collect();
+    let mut rng = fastrand::Rng::with_seed(w);
+    let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    while !owned.is_empty()
+        && !shared.stop.load(Ordering::Relaxed)
+        && shared.next_command.fetch_add(1, Ordering::Relaxed) < shared.commands
+    {
+        let k = rng.usize(..owned.len());
+        let amounts = (0..work.batch).map(|_| rng.i64(-120..=100)).collect();
+        let cmd = Transact { account: format!("account-{}", owned[k]), amounts, payload: work.payload };
+        let t = Instant::now();
+        loop {
+            match bus.execute(&cmd) {
+                Ok(r) => {
+                    let _ = local.record(t.elapsed().as_micros().max(1) as u64);
+                    if r.is_some() {
+                        shared.written.fetch_add(work.batch as u64, Ordering::Relaxed);
                     }
-                    let k = rng.usize(..owned.len());
-                    let amounts = (0..batch).map(|_| rng.i64(-120..=100)).collect();
-                    let cmd = Transact { account: format!("account-{}", owned[k]), amounts, payload };
-                    let t = Instant::now();
-                    loop {
-                        match bus.execute(&cmd) {
-                            Ok(r) => {
-                                let _ = local.record(t.elapsed().as_micros().max(1) as u64);
-                                if r.is_some() {
-                                    written.fetch_add(batch as u64, Ordering::Relaxed);
-                                }
-                                break;
-                            }
-                            // Back-pressure: wait as told, then try again.
-                            Err(Error::Overloaded { .. }) => std::thread::sleep(Duration::from_millis(1)),
-                            Err(Error::RateLimited { retry_after } | Error::Lagging { retry_after, .. }) => {
-                                std::thread::sleep(retry_after)
-                            }
-                            Err(Error::Rejected(_)) => break,
-                            Err(e) => return Err(e),
-                        }
-                    }
+                    break;
                 }
-                histogram.lock().expect("histogram lock").add(&local).expect("same bounds");
-                Ok(())
-            })
-        })
-        .collect();
-    // A reader serving balances from the read model, through the cache.
-    let reader = {
-        let (balances, stop, streams) = (balances.clone(), stop.clone(), args.streams);
-        std::thread::spawn(move || {
-            let mut rng = fastrand::Rng::with_seed(7);
-            while !stop.load(Ordering::Relaxed) {
-                for _ in 0..100 {
-                    // Reads favour hot accounts: a few are read far more than the rest.
-                    let hot = rng.u64(..streams.min(200));
-                    let account = if rng.bool() { hot } else { rng.u64(..streams) };
-                    std::hint::black_box(balances.balance(&format!("account-{account}")));
+                Err(Error::Overloaded { .. }) => std::thread::sleep(Duration::from_millis(1)),
+                Err(Error::RateLimited { retry_after } | Error::Lagging { retry_after, .. }) => {
+                    std::thread::sleep(retry_after)
                 }
-                std::thread::sleep(Duration::from_micros(200));
+                Err(Error::Rejected(_)) => break,
+                Err(e) => return Err(e),
             }
-        })
-    };
-    let mut max_lag = Duration::ZERO;
-    let mut max_lag_events = 0;
-    while handles.iter().any(|h| !h.is_finished()) {
+        }
+    }
+    shared.latency.lock().expect("histogram lock").add(&local).expect("same bounds");
+    Ok(())
+}
+
+/// A reader serving balances from the read model, through the cache, until the load stops.
+/// Reads favour hot accounts: a few are read far more than the rest.
+fn spawn_reader(balances: Arc<Balances>, shared: Arc<Shared>, streams: u64) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut rng = fastrand::Rng::with_seed(7);
+        while !shared.stop.load(Ordering::Relaxed) {
+            for _ in 0..100 {
+                let hot = rng.u64(..streams.min(200));
+                let account = if rng.bool() { hot } else { rng.u64(..streams) };
+                std::hint::black_box(balances.balance(&format!("account-{account}")));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    })
+}
+
+/// The largest projection lag seen while the load ran.
+#[derive(Default)]
+struct Lag {
+    time: Duration,
+    events: u64,
+}
+
+/// Until every client is done: shows progress and the projections' lag every 100 ms, and
+/// stops the clients at the deadline.
+fn watch<T>(
+    clients: &[std::thread::JoinHandle<T>],
+    shared: &Shared,
+    store: &Store,
+    engine: &ProjectionEngine,
+    bar: &ProgressBar,
+    start: Instant,
+    deadline: Option<Duration>,
+) -> Result<Lag, Error> {
+    let mut lag = Lag::default();
+    while clients.iter().any(|h| !h.is_finished()) {
         std::thread::sleep(Duration::from_millis(100));
-        let n = written.load(Ordering::Relaxed);
-        bar.set_position(n.min(args.events));
+        bar.set_position(shared.written.load(Ordering::Relaxed).min(bar.length().unwrap_or(u64::MAX)));
         for name in ["balances", "activity"] {
             let st = engine.status(name)?;
-            max_lag = max_lag.max(st.max_lag);
-            max_lag_events = max_lag_events.max(st.max_lag_events);
+            lag.time = lag.time.max(st.max_lag);
+            lag.events = lag.events.max(st.max_lag_events);
         }
         let s = store.write_stats();
-        bar.set_message(format!("{:.1} appends/group, projection lag {max_lag_events} events", s.appends_per_group()));
+        bar.set_message(format!("{:.1} appends/group, projection lag {} events", s.appends_per_group(), lag.events));
         if deadline.is_some_and(|d| start.elapsed() >= d) {
-            stop.store(true, Ordering::Relaxed);
+            shared.stop.store(true, Ordering::Relaxed);
         }
     }
-    for h in handles {
-        h.join().map_err(|_| "a writer thread panicked")??;
-    }
-    let elapsed = start.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let _ = reader.join();
+    Ok(lag)
+}
+
+/// Waits for both projections to catch up, then times a full parallel rebuild of the activity
+/// projection.
+fn catch_up_and_rebuild(
+    engine: &ProjectionEngine,
+) -> Result<(RebuildReport, Arc<Activity>), Box<dyn std::error::Error>> {
     for name in ["balances", "activity"] {
         if !engine.wait_caught_up(name, Duration::from_secs(120))? {
             return Err(format!("projection {name} did not catch up").into());
         }
     }
-    // A full parallel rebuild of the activity projection, timed.
     let rebuilt = Arc::new(Activity::default());
-    let rebuild = engine.rebuild("activity", rebuilt.clone())?;
-    bar.finish_and_clear();
+    let report = engine.rebuild("activity", rebuilt.clone())?;
+    Ok((report, rebuilt))
+}
 
-    // Check what was acknowledged against what is there, and against the projections.
-    let events = written.load(Ordering::Relaxed);
+/// Checks what was acknowledged against what the partitions hold, and against the rebuilt
+/// projection.
+fn check_acknowledged(store: &Store, events: u64, rebuilt: &Activity) -> Result<(), Box<dyn std::error::Error>> {
     let heads: u64 = (0..store.partition_count()).map(|p| store.head(p)).sum::<Result<u64, _>>()?;
     if heads != events {
         return Err(format!("{events} events acknowledged but the partitions hold {heads}").into());
@@ -368,120 +462,175 @@ pub fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
     if counted < heads {
         return Err(format!("the rebuilt activity projection counted {counted} of {heads} events").into());
     }
-    store.flush_snapshots()?;
-    if args.compact_every > 0.0 {
-        store.compact()?;
+    Ok(())
+}
+
+/// The store's archives, summed over its partitions.
+struct ArchiveTotals {
+    archives: u64,
+    events: u64,
+    /// Bytes of the batches they hold.
+    batch_bytes: u64,
+    /// Bytes of the archive files.
+    file_bytes: u64,
+}
+
+impl ArchiveTotals {
+    fn of(store: &Store) -> Result<ArchiveTotals, Error> {
+        let storage = store.storage()?;
+        Ok(ArchiveTotals {
+            archives: storage.iter().map(|p| p.archives).sum(),
+            events: storage.iter().map(|p| p.archived_events).sum(),
+            batch_bytes: storage.iter().map(|p| p.archived_bytes).sum(),
+            file_bytes: storage.iter().map(|p| p.archive_bytes).sum(),
+        })
     }
-    let storage = store.storage()?;
-    let archive_bytes: u64 = storage.iter().map(|p| p.archive_bytes).sum();
-    let archived_bytes: u64 = storage.iter().map(|p| p.archived_bytes).sum();
-    let archived_events: u64 = storage.iter().map(|p| p.archived_events).sum();
-    let archives: u64 = storage.iter().map(|p| p.archives).sum();
-    let ratio = if archive_bytes > 0 { archived_bytes as f64 / archive_bytes as f64 } else { f64::NAN };
-    let metrics = Metrics::collect(&store, Some(&engine), Some(&bus), &[("balances", cache.stats())]);
-    let stats = metrics.write;
-    let bus_stats = bus.stats();
-    let cache_stats = cache.stats();
-    let snapshots = metrics.snapshots;
-    let hist = histogram.lock().map_err(|_| "histogram lock")?.clone();
-    let append_p99 = metrics.append_latency.quantile_bound(0.99).map_or(f64::NAN, |b| b as f64 / 1000.0);
-    drop(bus);
-    Arc::try_unwrap(engine).map_err(|_| "engine still shared")?.stop()?;
-    drop(balances);
-    let store = Arc::try_unwrap(store).map_err(|_| "store still shared")?;
-    store.close()?;
-    let bytes = dir_bytes(&dir);
-    let secs = elapsed.as_secs_f64();
-    let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
-    if args.json {
+
+    /// Batch bytes per archive byte; `None` without archives.
+    fn ratio(&self) -> Option<f64> {
+        (self.file_bytes > 0).then(|| self.batch_bytes as f64 / self.file_bytes as f64)
+    }
+}
+
+/// What a finished load measured.
+struct Report {
+    dir: PathBuf,
+    events: u64,
+    elapsed: Duration,
+    /// Command latencies in µs (load + decide + durable append).
+    latency: Histogram<u64>,
+    metrics: Metrics,
+    bus: BusStats,
+    cache: CacheStats,
+    lag: Lag,
+    rebuild: RebuildReport,
+    archives: ArchiveTotals,
+    bytes: u64,
+}
+
+impl Report {
+    fn events_per_sec(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Command latency at quantile `q`, in ms.
+    fn latency_ms(&self, q: f64) -> f64 {
+        self.latency.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    fn max_latency_ms(&self) -> f64 {
+        self.latency.max() as f64 / 1000.0
+    }
+
+    /// The upper bound of the append-latency bucket holding the 99th percentile, in ms.
+    fn append_p99_ms(&self) -> f64 {
+        self.metrics.append_latency.quantile_bound(0.99).map_or(f64::NAN, |b| b as f64 / 1000.0)
+    }
+
+    fn print_json(&self, args: &LoadArgs) {
+        let (w, b, s, a) = (&self.metrics.write, &self.bus, &self.metrics.snapshots, &self.archives);
+        let ratio = a.ratio().map_or("null".to_string(), |r| format!("{r:.2}"));
         println!(
-            "{{\"dir\":{:?},\"events\":{events},\"commands\":{},\"seconds\":{secs:.3},\"events_per_sec\":{:.0},\
-\"command_latency_ms\":{{\"p50\":{:.3},\"p99\":{:.3},\"p999\":{:.3},\"max\":{:.3}}},\"append_p99_bucket_ms\":{append_p99:.3},\
-\"appends_per_group\":{:.2},\"fsyncs\":{},\"max_projection_lag_ms\":{:.1},\"max_projection_lag_events\":{max_lag_events},\
+            "{{\"dir\":{:?},\"events\":{},\"commands\":{},\"seconds\":{:.3},\"events_per_sec\":{:.0},\
+\"command_latency_ms\":{{\"p50\":{:.3},\"p99\":{:.3},\"p999\":{:.3},\"max\":{:.3}}},\"append_p99_bucket_ms\":{:.3},\
+\"appends_per_group\":{:.2},\"fsyncs\":{},\"max_projection_lag_ms\":{:.1},\"max_projection_lag_events\":{},\
 \"rebuild_seconds\":{:.3},\"rebuild_events\":{},\"cache_hit_ratio\":{:.4},\"rejected\":{{\"overloaded\":{},\"rate_limited\":{},\
-\"lagging\":{},\"business\":{}}},\"snapshots_written\":{},\"snapshot_loads\":{},\"bytes_on_disk\":{bytes},\"archive_ratio\":{},\"archives\":{archives},\"archived_events\":{archived_events},\
-\"writers\":{},\"partitions\":{},\"payload\":{},\"batch\":{}}}",
-            dir.display().to_string(),
-            bus_stats.accepted,
-            events as f64 / secs,
-            q(0.5),
-            q(0.99),
-            q(0.999),
-            hist.max() as f64 / 1000.0,
-            stats.appends_per_group(),
-            stats.syncs,
-            max_lag.as_secs_f64() * 1000.0,
-            rebuild.duration.as_secs_f64(),
-            rebuild.events,
-            cache_stats.hit_ratio(),
-            bus_stats.overloaded,
-            bus_stats.rate_limited,
-            bus_stats.lagging,
-            bus_stats.rejected,
-            snapshots.written,
-            snapshots.used,
-            if ratio.is_nan() { "null".to_string() } else { format!("{ratio:.2}") },
+\"lagging\":{},\"business\":{}}},\"snapshots_written\":{},\"snapshot_loads\":{},\"bytes_on_disk\":{},\"archive_ratio\":{ratio},\
+\"archives\":{},\"archived_events\":{},\"writers\":{},\"partitions\":{},\"payload\":{},\"batch\":{}}}",
+            self.dir.display().to_string(),
+            self.events,
+            b.accepted,
+            self.elapsed.as_secs_f64(),
+            self.events_per_sec(),
+            self.latency_ms(0.5),
+            self.latency_ms(0.99),
+            self.latency_ms(0.999),
+            self.max_latency_ms(),
+            self.append_p99_ms(),
+            w.appends_per_group(),
+            w.syncs,
+            self.lag.time.as_secs_f64() * 1000.0,
+            self.lag.events,
+            self.rebuild.duration.as_secs_f64(),
+            self.rebuild.events,
+            self.cache.hit_ratio(),
+            b.overloaded,
+            b.rate_limited,
+            b.lagging,
+            b.rejected,
+            s.written,
+            s.used,
+            self.bytes,
+            a.archives,
+            a.events,
             args.writers,
             args.partitions,
             args.payload,
             args.batch
         );
-    } else {
+    }
+
+    fn print_text(&self, args: &LoadArgs) {
+        let (w, b, s, a) = (&self.metrics.write, &self.bus, &self.metrics.snapshots, &self.archives);
+        let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
         println!(
             "strata load: {} clients, {} partitions, {} accounts, commands of {} events of {} bytes",
             args.writers, args.partitions, args.streams, args.batch, args.payload
         );
-        println!("  store                {}", dir.display());
+        println!("  store                {}", self.dir.display());
         println!(
-            "  durable events       {events} in {secs:.2} s = {:.0} events/s ({} commands)",
-            events as f64 / secs,
-            bus_stats.accepted
+            "  durable events       {} in {:.2} s = {:.0} events/s ({} commands)",
+            self.events,
+            self.elapsed.as_secs_f64(),
+            self.events_per_sec(),
+            b.accepted
         );
         println!(
             "  command latency      p50 {:.3} ms   p99 {:.3} ms   p99.9 {:.3} ms   max {:.3} ms  (load + decide + durable append)",
-            q(0.5),
-            q(0.99),
-            q(0.999),
-            hist.max() as f64 / 1000.0
+            self.latency_ms(0.5),
+            self.latency_ms(0.99),
+            self.latency_ms(0.999),
+            self.max_latency_ms()
         );
-        println!("  append latency       p99 <= {append_p99:.3} ms (histogram bucket)");
+        println!("  append latency       p99 <= {:.3} ms (histogram bucket)", self.append_p99_ms());
         println!(
             "  group commits        {} ({:.1} appends each), {} fdatasync",
-            stats.group_commits,
-            stats.appends_per_group(),
-            stats.syncs
+            w.group_commits,
+            w.appends_per_group(),
+            w.syncs
         );
-        println!("  snapshots            {} written, {} loads started from one", snapshots.written, snapshots.used);
+        println!("  snapshots            {} written, {} loads started from one", s.written, s.used);
         println!(
-            "  projections          max lag {:.1} ms ({max_lag_events} events); activity rebuilt in {:.2} s ({} events)",
-            max_lag.as_secs_f64() * 1000.0,
-            rebuild.duration.as_secs_f64(),
-            rebuild.events
+            "  projections          max lag {:.1} ms ({} events); activity rebuilt in {:.2} s ({} events)",
+            self.lag.time.as_secs_f64() * 1000.0,
+            self.lag.events,
+            self.rebuild.duration.as_secs_f64(),
+            self.rebuild.events
         );
         println!(
             "  read model cache     hit ratio {:.1}% ({} hits, {} misses)",
-            cache_stats.hit_ratio() * 100.0,
-            cache_stats.hits,
-            cache_stats.misses
+            self.cache.hit_ratio() * 100.0,
+            self.cache.hits,
+            self.cache.misses
         );
         println!(
             "  rejections           overloaded {}, rate limited {}, lagging {}, business rule {}",
-            bus_stats.overloaded, bus_stats.rate_limited, bus_stats.lagging, bus_stats.rejected
+            b.overloaded, b.rate_limited, b.lagging, b.rejected
         );
         println!(
             "  bytes on disk        {:.1} MiB ({:.0} bytes per event)",
-            bytes as f64 / (1 << 20) as f64,
-            bytes as f64 / events.max(1) as f64
+            mib(self.bytes),
+            self.bytes as f64 / self.events.max(1) as f64
         );
-        if archives > 0 {
-            println!(
-                "  archives             {archives} holding {archived_events} events: {:.1} MiB of batches in {:.1} MiB, ratio {ratio:.2}",
-                archived_bytes as f64 / (1 << 20) as f64,
-                archive_bytes as f64 / (1 << 20) as f64
-            );
-        } else {
-            println!("  archives             none (no sealed segment was snapshotted past yet)");
+        match a.ratio() {
+            Some(ratio) => println!(
+                "  archives             {} holding {} events: {:.1} MiB of batches in {:.1} MiB, ratio {ratio:.2}",
+                a.archives,
+                a.events,
+                mib(a.batch_bytes),
+                mib(a.file_bytes)
+            ),
+            None => println!("  archives             none (no sealed segment was snapshotted past yet)"),
         }
     }
-    Ok(())
 }
