@@ -254,11 +254,12 @@ pub fn dlq_scan(data: &[u8]) {
     assert_eq!(damage.is_none(), end == data.len());
     judge(data, end, dlq::MIN_RECORD, dlq::MAX_RECORD, |b| dlq::decode(b).is_ok());
     let mut at = dlq::HEADER_LEN;
-    for r in &records {
+    for (offset, r) in &records {
         let bytes = match r {
             Record::Letter(l) => dlq::encode_letter(l),
             Record::Resolution { id, time, outcome } => dlq::encode_resolution(*id, *time, *outcome),
         };
+        assert_eq!(*offset, at, "a record's offset is not where the one before it ends");
         assert_eq!(Some(&bytes[..]), data.get(at..at + bytes.len()), "decode and encode disagree");
         at += bytes.len();
     }

@@ -370,35 +370,25 @@ pub fn dump(path: &Path, filter: &Filter) -> Result<Dump> {
 
 fn dump_dead_letters(path: &Path, bytes: &[u8]) -> Result<Dump> {
     let (records, end, damage) = dlq::scan(bytes).map_err(|m| m.into_corruption(path))?;
-    let mut at = dlq::HEADER_LEN as u64;
     let mut out = Vec::with_capacity(records.len());
-    for r in records {
-        let (info, len) = match r {
-            dlq::Record::Letter(l) => {
-                let len = dlq::encode_letter(&l).len();
-                let info = DeadLetterInfo::Letter {
-                    offset: at,
-                    id: l.id,
-                    time: l.time,
-                    partition: l.partition,
-                    position: l.position,
-                    stream: l.stream,
-                    version: l.version,
-                    attempts: l.attempts,
-                    error: l.error,
-                };
-                (info, len)
-            }
+    for (at, r) in records {
+        let offset = at as u64;
+        out.push(match r {
+            dlq::Record::Letter(l) => DeadLetterInfo::Letter {
+                offset,
+                id: l.id,
+                time: l.time,
+                partition: l.partition,
+                position: l.position,
+                stream: l.stream,
+                version: l.version,
+                attempts: l.attempts,
+                error: l.error,
+            },
             dlq::Record::Resolution { id, time, outcome } => {
-                let replayed = outcome == dlq::Outcome::Replayed;
-                (
-                    DeadLetterInfo::Resolution { offset: at, id, time, replayed },
-                    dlq::encode_resolution(id, time, outcome).len(),
-                )
+                DeadLetterInfo::Resolution { offset, id, time, replayed: outcome == dlq::Outcome::Replayed }
             }
-        };
-        out.push(info);
-        at += len as u64;
+        });
     }
     Ok(Dump::DeadLetters { records: out, damage: damage.map(|why| (end as u64, why)) })
 }

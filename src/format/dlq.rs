@@ -34,6 +34,7 @@
 
 use super::batch::MAX_STREAM_ID_LEN;
 use super::header::{self, CRC_OFFSET, Frame, Malformed};
+use super::records::Scanned;
 use super::{align8, crc, le_u16, le_u32, le_u64, put_u16, put_u32, put_u64};
 
 pub(crate) const MAGIC: &[u8; 8] = b"STRATDLQ";
@@ -205,15 +206,16 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Record, usize), String> {
     }
 }
 
-/// Scans a whole file: the records, and where valid data ends (with why, if before the end).
-pub(crate) fn scan(bytes: &[u8]) -> Result<(Vec<Record>, usize, Option<String>), Malformed> {
+/// Scans a whole file: the records with their offsets, and where valid data ends (with why,
+/// if before the end).
+pub(crate) fn scan(bytes: &[u8]) -> Result<Scanned<(usize, Record)>, Malformed> {
     check_header(bytes)?;
     let mut at = HEADER_LEN;
     let mut out = Vec::new();
     while at < bytes.len() {
         match decode(bytes.get(at..).unwrap_or(&[])) {
             Ok((r, len)) => {
-                out.push(r);
+                out.push((at, r));
                 at += len;
             }
             Err(why) => return Ok((out, at, Some(why))),

@@ -32,6 +32,10 @@ use super::le_u32;
 /// The smallest unit a disk writes whole.
 pub(crate) const SECTOR: u64 = 512;
 
+/// What a scan of a record file found: its records, where valid data ends, and why it ends
+/// there if before the end of the file.
+pub(crate) type Scanned<R> = (Vec<R>, usize, Option<String>);
+
 /// What the bytes after the last valid record are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Tail {

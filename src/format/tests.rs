@@ -320,7 +320,7 @@ fn dead_letter_queue_bytes_are_pinned() {
     assert_eq!(bytes, pinned, "the dead-letter encoder's output changed");
     let (records, end, damage) = dlq::scan(&pinned).unwrap();
     assert_eq!((records.len(), end, damage), (3, pinned.len(), None));
-    match (&records[0], &records[2]) {
+    match (&records[0].1, &records[2].1) {
         (Record::Letter(l), Record::Resolution { id: 1, outcome: Outcome::Replayed, .. }) => {
             assert_eq!((l.id, l.partition, l.position, l.version, l.attempts), (1, 2, 904, 4, 3));
             assert_eq!((l.stream.as_str(), l.error.as_str()), ("order-7", "unknown sku A-9"));

@@ -9,13 +9,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::format::header::Malformed;
-use crate::format::records::{Tail, judge_tail};
+use crate::format::records::{Scanned, Tail, judge_tail};
 use crate::io::{FileHandle, Io};
 use crate::report::{RecoveryAction, Report};
-
-/// What a scan of a record file found: its records, where valid data ends, and why it ends
-/// there if before the end of the file.
-pub(crate) type Scanned<R> = (Vec<R>, usize, Option<String>);
 
 /// How one kind of record file reads.
 pub(crate) struct Kind<R> {

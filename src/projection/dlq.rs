@@ -54,7 +54,7 @@ impl DeadLetters {
         };
         let mut pending: Vec<Letter> = Vec::new();
         let mut next_id = 1;
-        for r in records {
+        for (_, r) in records {
             match r {
                 Record::Letter(l) => {
                     next_id = next_id.max(l.id.saturating_add(1));
@@ -130,7 +130,7 @@ impl DeadLetters {
 }
 
 /// How a dead-letter queue file reads.
-const KIND: records::Kind<Record> = records::Kind {
+const KIND: records::Kind<(usize, Record)> = records::Kind {
     min_record: format::MIN_RECORD,
     max_record: format::MAX_RECORD,
     scan: format::scan,
