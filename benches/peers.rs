@@ -954,8 +954,8 @@ fn report(cfg: &Config, samples: &[Vec<(Kind, Sample)>]) {
     );
     println!(
         "² strata zero-fills each partition's active segment in chunks (4 MiB by default) ahead of \
-         its writer, so both its allocated size and its file lengths include unused space; at small \
-         loads that space dominates."
+         its writer while open, and gives that space back at a clean close: the sizes here, taken \
+         after close, hold no preallocation."
     );
     println!(
         "\nFile lengths (median): {}.",

@@ -252,11 +252,29 @@ impl Writer {
         if self.poisoned.is_none() && self.synced_offset < self.write_offset {
             self.sync_now();
         }
+        self.trim_at_close();
         // A poisoned partition may hold acknowledged appends (Buffered mode) that are not on
         // disk: closing says so.
         match self.poisoned {
             Some(_) => Err(self.poisoned_error()),
             None => Ok(()),
+        }
+    }
+
+    /// At a clean close, gives back the zero-filled space past the data (FORMAT.md §10.4):
+    /// a closed store holds no preallocation, and the next open's writer fills ahead again.
+    /// The read map goes first (no read may touch a mapped page past the new end). Best effort:
+    /// a failure leaves zeros after the data, which are free space to every reader.
+    fn trim_at_close(&mut self) {
+        if self.poisoned.is_some() || self.synced_offset < self.write_offset {
+            return;
+        }
+        if !matches!(self.open.file.len(), Ok(len) if len > self.write_offset) {
+            return;
+        }
+        self.open.unmap();
+        if self.open.file.set_len(self.write_offset).is_ok() {
+            let _ = self.open.file.sync_all();
         }
     }
 
