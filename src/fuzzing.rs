@@ -337,6 +337,116 @@ pub fn tombstone_scan(data: &[u8]) {
     assert_eq!(at, end);
 }
 
+/// Scans bytes as an active segment's index journal: every record it accepts re-encodes to a
+/// record that decodes to the same batches; then the bytes, as the journal beside a real
+/// segment, must never fail open, lose an event or invent one.
+pub fn active_index_scan(data: &[u8]) {
+    use crate::format::active_index::{self as aix, Entry};
+    let data = &*fixed_up(data, |v| {
+        put_crc(v, 60, 0..60);
+        fix_record_crcs(v, aix::HEADER_LEN);
+    });
+    if let Ok((partition, base)) = aix::check_header(data)
+        && let Ok((records, end, damage)) = aix::scan(data, partition, base)
+    {
+        assert!(end <= data.len());
+        assert_eq!(damage.is_none(), end == data.len());
+        for r in &records {
+            let stream = |b: &aix::Batch| r.streams.get(b.stream as usize).copied().expect("stream in the table");
+            let entries: Vec<Entry<'_>> = r
+                .batches
+                .iter()
+                .map(|b| Entry {
+                    stream: stream(b),
+                    first_version: b.first_version,
+                    event_count: b.event_count,
+                    len: b.len,
+                })
+                .collect();
+            let again = aix::encode(r.from_offset, r.from_position, r.last_timestamp, &entries);
+            let (d, _) = aix::decode(&again).expect("a re-encoded record decodes");
+            assert_eq!(
+                (d.from_offset, d.to_offset, d.from_position, d.to_position),
+                (r.from_offset, r.to_offset, r.from_position, r.to_position)
+            );
+            let ids = |rec: &aix::Record<'_>| -> Vec<(String, u64, u64, u64, u32, u32)> {
+                rec.batches
+                    .iter()
+                    .map(|b| {
+                        let s = rec.streams.get(b.stream as usize).copied().unwrap_or_default().to_owned();
+                        (s, b.first_version, b.position, b.offset, b.event_count, b.len)
+                    })
+                    .collect()
+            };
+            assert_eq!(ids(&d), ids(r), "decode and encode disagree");
+        }
+    }
+    // The template's own journal, with the input XORed over it (and extending it): all zeros
+    // is the valid journal, and the fuzzer explores the journals near it.
+    let (dir, segment_bytes, journal, expected) = journal_template();
+    let mut mutated = journal.clone();
+    for (i, &b) in data.iter().enumerate().skip(1) {
+        match mutated.get_mut(i - 1) {
+            Some(x) => *x ^= b,
+            None => mutated.push(b),
+        }
+    }
+    if data.first().is_some_and(|b| b & 1 == 1) {
+        put_crc(&mut mutated, 60, 0..60);
+        fix_record_crcs(&mut mutated, aix::HEADER_LEN);
+    }
+    let pdir = dir.join("p00000");
+    for entry in std::fs::read_dir(&pdir).expect("list") {
+        std::fs::remove_file(entry.expect("entry").path()).expect("clean");
+    }
+    std::fs::write(pdir.join(segment::file_name(0)), segment_bytes).expect("write segment");
+    std::fs::write(pdir.join(aix::file_name(0)), &mutated).expect("write journal");
+    let store = Store::open(dir, Options::default().preallocate(false)).expect("a journal never fails open");
+    let all = store.read_partition(0, 0, usize::MAX).expect("read");
+    let got: Vec<(String, u64, Vec<u8>)> =
+        all.into_iter().map(|e| (e.stream_id.to_string(), e.version, e.payload)).collect();
+    assert_eq!(&got, expected, "a journal changed what the log holds");
+    for s in ["a", "b", "c"] {
+        let want = expected.iter().filter(|e| e.0 == s).count() as u64;
+        assert_eq!(store.stream_version(s).expect("version"), want.checked_sub(1), "stream {s}");
+    }
+    store.close().expect("close");
+}
+
+/// A store with one segment of a few batches on three streams, closed and reopened once (so
+/// its journal has two records): its directory, the segment's and the journal's bytes, and its
+/// events (stream, version, payload).
+type JournalTemplate = (PathBuf, Vec<u8>, Vec<u8>, Vec<(String, u64, Vec<u8>)>);
+
+fn journal_template() -> &'static JournalTemplate {
+    static T: OnceLock<JournalTemplate> = OnceLock::new();
+    T.get_or_init(|| {
+        let base = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
+        let dir = tempfile::Builder::new().prefix("strata-fuzz-aix").tempdir_in(base).expect("temp dir").keep();
+        let opts = Options::default().create_if_missing(true).partitions(1).preallocate(false);
+        let mut store = Store::open(&dir, opts.clone()).expect("create the fuzz store");
+        let mut events = Vec::new();
+        for i in 0..12u64 {
+            if i == 6 {
+                store.close().expect("close");
+                store = Store::open(&dir, opts.clone()).expect("reopen the fuzz store");
+            }
+            let s = ["a", "b", "c"][(i % 3) as usize];
+            let n = 1 + (i % 2) as usize;
+            let batch: Vec<EventData> = (0..n).map(|k| EventData::new("T", format!("{i}.{k}").into_bytes())).collect();
+            let r = store.append(s, ExpectedVersion::Any, &batch).expect("append");
+            for (k, e) in batch.into_iter().enumerate() {
+                events.push((s.to_owned(), r.first_version + k as u64, e.payload));
+            }
+        }
+        store.close().expect("close");
+        let seg = std::fs::read(dir.join("p00000").join(segment::file_name(0))).expect("read segment");
+        let journal = dir.join("p00000").join(crate::format::active_index::file_name(0));
+        let journal = std::fs::read(journal).expect("read journal");
+        (dir, seg, journal, events)
+    })
+}
+
 /// One event of the model: its stream, version and payload, at its position.
 type ModelEvent = (String, u64, Vec<u8>);
 

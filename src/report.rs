@@ -48,6 +48,17 @@ pub enum RecoveryAction {
         /// The index file.
         path: PathBuf,
     },
+    /// The active segment's index journal (`{base}.aix`, derived data) did not check out from
+    /// `offset` on (0: not at all): that part was dropped, and open scanned the segment from
+    /// where the valid part ends. Expected after a power loss; nothing in the log is lost.
+    DroppedActiveIndex {
+        /// The journal file.
+        path: PathBuf,
+        /// Where its invalid bytes start, or 0 if it was dropped whole.
+        offset: u64,
+        /// What was wrong.
+        reason: String,
+    },
     /// A projection's checkpoint slot did not check out (a torn write of it): the partition's
     /// other slot, the previous checkpoint, stands, and the projection resumes there (events
     /// after it are delivered again). The slot is overwritten by the next checkpoint.

@@ -8,13 +8,25 @@ use std::path::Path;
 
 use strata::{Error, ExpectedVersion, Options, RecoveryAction, Store};
 
-/// A one-partition store with `n` single-event appends to stream "s" in one active segment.
+/// A one-partition store with `n` single-event appends to stream "s" in one active segment,
+/// without the segment's index journal, as a crash before the writer journaled anything leaves
+/// it: open scans the whole segment (tests/journal.rs tests opens that use a journal).
 fn small_store(n: usize) -> (tempfile::TempDir, Vec<Vec<u8>>) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), opts(1, 1 << 20)).unwrap();
     let written = fill(&store, "s", n);
     store.close().unwrap();
+    remove_journals(dir.path());
     (dir, written)
+}
+
+fn remove_journals(dir: &Path) {
+    for e in std::fs::read_dir(dir.join("p00000")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "aix") {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
 }
 
 /// Every torn write of the last two batches, as a growing file leaves it (cut at each byte)

@@ -8,6 +8,7 @@
 //! and never allocate in proportion to a length field they have not checked against the bytes
 //! actually present.
 
+pub(crate) mod active_index;
 pub(crate) mod archive;
 pub(crate) mod batch;
 pub(crate) mod checkpoint;

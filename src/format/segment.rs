@@ -110,10 +110,22 @@ pub(crate) fn scan(
     bytes: &[u8],
     header: &Header,
     mode: Mode,
+    visit: impl FnMut(u64, &BatchView<'_>),
+) -> Result<End, ScanError> {
+    scan_from(bytes, HEADER_LEN, header.base_position, mode, visit)
+}
+
+/// [`scan`] from the batch boundary `start`, where position `next_position` begins: the data
+/// before it is known (from the segment's active index, FORMAT.md §8.4).
+pub(crate) fn scan_from(
+    bytes: &[u8],
+    start: usize,
+    next_position: u64,
+    mode: Mode,
     mut visit: impl FnMut(u64, &BatchView<'_>),
 ) -> Result<End, ScanError> {
-    let mut off = HEADER_LEN;
-    let mut next_position = header.base_position;
+    let mut off = start;
+    let mut next_position = next_position;
     let (stop, reason) = loop {
         let Some(rest) = bytes.get(off..) else {
             break (off, String::new());

@@ -490,3 +490,27 @@ fn checkpoint_file_extended_for_a_grow() {
     let short = &bytes[..ckp::file_len(4)];
     assert!(ckp::decode(short).is_err());
 }
+
+#[test]
+fn active_index_bytes_are_pinned() {
+    use super::active_index::{self as aix, Entry};
+    // Partition 2, segment 1000: a record of three batches (two of order-7, one of cart-1 at
+    // version 40), then one continuing it with a third order-7 batch.
+    let mut bytes = aix::encode_header(2, 1000).to_vec();
+    let first = [
+        Entry { stream: "order-7", first_version: 5, event_count: 2, len: 184 },
+        Entry { stream: "cart-1", first_version: 40, event_count: 1, len: 96 },
+        Entry { stream: "order-7", first_version: 7, event_count: 1, len: 88 },
+    ];
+    bytes.extend(aix::encode(64, 1000, 1_764_115_200_000_000_000, &first));
+    let second = [Entry { stream: "order-7", first_version: 8, event_count: 3, len: 200 }];
+    bytes.extend(aix::encode(432, 1004, 1_764_115_200_000_000_001, &second));
+    let pinned = fixture("active-index.bin", &bytes);
+    assert_eq!(bytes, pinned, "the active index journal encoder's output changed");
+    let (records, end, damage) = aix::scan(&pinned, 2, 1000).unwrap();
+    assert_eq!((records.len(), end, damage), (2, pinned.len(), None));
+    assert_eq!(records[0].streams, vec!["order-7", "cart-1"]);
+    let last = records[1].batches[0];
+    assert_eq!((last.first_version, last.position, last.offset), (8, 1004, 432));
+    assert_eq!((records[1].to_offset, records[1].to_position), (632, 1007));
+}

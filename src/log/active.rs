@@ -27,7 +27,7 @@
 //! until the store is reopened. The `ENOSPC` cut-back leaves the map in place: it cuts only
 //! bytes past the data end before the failed write, which no published batch reaches.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -35,6 +35,7 @@ use memmap2::Mmap;
 use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
+use crate::format::active_index as aix;
 use crate::format::batch::BatchView;
 use crate::format::index::{self, POSITION_INTERVAL, PositionEntry, StreamEntry};
 use crate::format::segment as seg_format;
@@ -72,9 +73,21 @@ impl MemIndex {
         MemIndex { end_position: base_position, end_offset: seg_format::HEADER_LEN as u64, ..MemIndex::default() }
     }
 
-    /// Records a batch that was just written (or found by a scan) at `offset`.
-    pub fn insert(&mut self, stream: &str, first_version: u64, base_position: u64, count: u32, offset: u64, len: u32) {
-        let _ = self.insert_after(stream, false, first_version, base_position, count, offset, len);
+    /// Records a batch that was just written (or found by a scan) at `offset`; returns the
+    /// index's copy of the stream id.
+    pub fn insert(
+        &mut self,
+        stream: &str,
+        first_version: u64,
+        base_position: u64,
+        count: u32,
+        offset: u64,
+        len: u32,
+    ) -> Arc<str> {
+        match self.insert_after(stream, false, first_version, base_position, count, offset, len) {
+            Ok(key) => key,
+            Err(_) => Arc::from(stream),
+        }
     }
 
     /// [`MemIndex::insert`], refusing (with the stream's last version here) a batch that does
@@ -90,33 +103,83 @@ impl MemIndex {
         count: u32,
         offset: u64,
         len: u32,
-    ) -> Result<(), u64> {
+    ) -> Result<Arc<str>, u64> {
         let entry = MemEntry { first_version, position: base_position, offset, len, count };
-        match self.streams.get_mut(stream) {
-            Some(v) => {
+        let key = match self.streams.get_key_value_mut(stream) {
+            Some((key, v)) => {
                 if let Some(last) = v.last().map(MemEntry::last_version).filter(|_| check)
                     && last.checked_add(1) != Some(first_version)
                 {
                     return Err(last);
                 }
                 v.push(entry);
+                key.clone()
             }
             None => {
-                self.streams.insert(Arc::from(stream), vec![entry]);
+                let key: Arc<str> = Arc::from(stream);
+                self.streams.insert(key.clone(), vec![entry]);
+                key
             }
-        }
+        };
         if self.positions.last().is_none_or(|p| offset >= p.offset + POSITION_INTERVAL) {
             self.positions.push(PositionEntry { position: base_position, offset });
         }
         self.end_position = base_position + u64::from(count);
         self.end_offset = offset + u64::from(len);
+        Ok(key)
+    }
+
+    /// Indexes the batches of one journal record (FORMAT.md §8.4), `streams` its stream table:
+    /// as [`MemIndex::insert_checked`] of each in turn, with one lookup per stream rather than
+    /// per batch. On a stream that does not continue its versions, returns it (the index is
+    /// then part-updated: the caller drops it).
+    pub fn extend_journaled<'a>(&mut self, streams: &[&'a str], batches: &[aix::Batch]) -> Result<(), &'a str> {
+        let mut counts = vec![0usize; streams.len()];
+        for b in batches {
+            if let Some(c) = counts.get_mut(b.stream as usize) {
+                *c += 1;
+            }
+        }
+        let mut per: Vec<Vec<MemEntry>> = counts.iter().map(|&c| Vec::with_capacity(c)).collect();
+        for b in batches {
+            let entry = MemEntry {
+                first_version: b.first_version,
+                position: b.position,
+                offset: b.offset,
+                len: b.len,
+                count: b.event_count,
+            };
+            if let Some(v) = per.get_mut(b.stream as usize) {
+                v.push(entry);
+            }
+            if self.positions.last().is_none_or(|p| b.offset >= p.offset + POSITION_INTERVAL) {
+                self.positions.push(PositionEntry { position: b.position, offset: b.offset });
+            }
+            self.end_position = b.position + u64::from(b.event_count);
+            self.end_offset = b.offset + u64::from(b.len);
+        }
+        for (&stream, entries) in streams.iter().zip(per) {
+            let Some(first) = entries.first() else { continue };
+            match self.streams.get_mut(stream) {
+                Some(v) => {
+                    if v.last().map(MemEntry::last_version).and_then(|l| l.checked_add(1)) != Some(first.first_version)
+                    {
+                        return Err(stream);
+                    }
+                    v.extend(entries);
+                }
+                None => {
+                    self.streams.insert(Arc::from(stream), entries);
+                }
+            }
+        }
         Ok(())
     }
 
     /// Indexes a batch found by a scan of the segment (at `offset`). A stream's versions
     /// continue from batch to batch: a batch that does not follow the stream's last one here
     /// is not what any writer wrote, and is refused (and not indexed).
-    pub fn scanned(&mut self, offset: u64, b: &BatchView<'_>) -> Result<(), String> {
+    pub fn scanned(&mut self, offset: u64, b: &BatchView<'_>) -> Result<Arc<str>, String> {
         let (count, len) = (b.event_count, b.length as u32);
         self.insert_after(b.stream_id, true, b.first_version, b.base_position, count, offset, len).map_err(|last| {
             format!(

@@ -9,6 +9,7 @@
 pub(crate) mod active;
 pub(crate) mod archive;
 pub(crate) mod events;
+pub(crate) mod journal;
 pub(crate) mod partition;
 pub(crate) mod prealloc;
 pub(crate) mod read;

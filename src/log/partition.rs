@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 use crate::format::segment as seg_format;
 use crate::io::Io;
 use crate::log::active::OpenSegment;
-use crate::log::recovery::{self, Files};
+use crate::log::journal::Journal;
+use crate::log::recovery::{self, Files, Recovered};
 use crate::log::segment::{Segment, State, View};
 use crate::log::tombstones::Tombstones;
 use crate::report::Report;
@@ -54,6 +55,8 @@ pub(crate) struct Partition {
     pub(crate) scan_pin: Mutex<Option<Arc<Vec<u8>>>>,
     /// Held by a compaction of this partition.
     pub compaction: Mutex<()>,
+    /// Bytes of the active segment that open scanned: what its journal did not cover.
+    pub scanned_at_open: u64,
 }
 
 /// Counters a partition writer bumps once per group commit.
@@ -82,6 +85,8 @@ pub(crate) struct Tail {
     pub last_timestamp: u64,
     /// Length of the active segment file: past `data_end` it holds preallocated zeros.
     pub file_len: u64,
+    /// The active segment's index journal, continued by the writer.
+    pub journal: Journal,
 }
 
 /// Creates the directory and first (empty) segment of a new partition.
@@ -110,8 +115,9 @@ impl Partition {
         io: Io,
         report: Report,
         signal: Arc<HeadSignal>,
+        journal_interval: u64,
     ) -> Result<(Arc<Partition>, Tail)> {
-        let Files { mut bases, indexes, archive_bases } = recovery::list_files(&dir, id, &io, &report)?;
+        let Files { mut bases, indexes, archive_bases, journals } = recovery::list_files(&dir, id, &io, &report)?;
         let Some(&active_base) = bases.last() else {
             return Err(Error::corruption(&dir, 0, format!("partition {id} has no segment files")));
         };
@@ -129,7 +135,9 @@ impl Partition {
             recovery::stale_active_index(&dir, id, active_base, &io, &report)?;
         }
         let mut segments = recovery::slots(&dir, id, &bases, archives)?;
-        let (open, data_end, last_timestamp, file_len) = recovery::recover_active(&dir, id, active_base, &io, &report)?;
+        recovery::stale_journals(&dir, active_base, &journals, &io)?;
+        let recovered = recovery::recover_active(&dir, id, active_base, &io, &report, journal_interval)?;
+        let Recovered { open, data_end, last_timestamp, file_len, journal, scanned } = recovered;
         let head = open.index.read().end_position;
         let open = Arc::new(open);
         let active = Arc::new(Segment::new(id, &dir, active_base, State::Open(open.clone())));
@@ -152,8 +160,9 @@ impl Partition {
             tombstones,
             scan_pin: Mutex::new(None),
             compaction: Mutex::new(()),
+            scanned_at_open: scanned,
         });
-        Ok((part, Tail { segment: active, open, data_end, last_timestamp, file_len }))
+        Ok((part, Tail { segment: active, open, data_end, last_timestamp, file_len, journal }))
     }
 
     /// The durable head: one past the last acknowledged position.

@@ -14,12 +14,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::format::active_index as aix;
 use crate::format::archive as arc_format;
+use crate::format::batch;
 use crate::format::index;
 use crate::format::segment::{self as seg_format, End, Mode};
-use crate::io::{Io, mmap};
+use crate::io::{FileHandle, Io, mmap};
 use crate::log::active::{MemIndex, OpenSegment};
 use crate::log::archive::Archive;
+use crate::log::journal::Journal;
 use crate::log::segment::{Segment, State};
 use crate::report::{RecoveryAction, Report};
 
@@ -29,6 +32,8 @@ pub(crate) struct Files {
     pub bases: Vec<u64>,
     pub indexes: Vec<u64>,
     pub archive_bases: Vec<u64>,
+    /// First positions of active index journals (FORMAT.md §8.4).
+    pub journals: Vec<u64>,
 }
 
 fn parse_name(name: &str, ext: &str) -> Option<u64> {
@@ -46,7 +51,7 @@ pub(crate) fn list_files(dir: &Path, id: u32, io: &Io, report: &Report) -> Resul
         }
         Err(e) => return Err(Error::io("list", dir, e)),
     };
-    let mut files = Files { bases: Vec::new(), indexes: Vec::new(), archive_bases: Vec::new() };
+    let mut files = Files { bases: Vec::new(), indexes: Vec::new(), archive_bases: Vec::new(), journals: Vec::new() };
     for entry in entries {
         let entry = entry.map_err(|e| Error::io("list", dir, e))?;
         let name = entry.file_name();
@@ -60,6 +65,8 @@ pub(crate) fn list_files(dir: &Path, id: u32, io: &Io, report: &Report) -> Resul
             files.indexes.push(base);
         } else if let Some(base) = parse_name(name, ".arc") {
             files.archive_bases.push(base);
+        } else if let Some(base) = parse_name(name, ".aix") {
+            files.journals.push(base);
         }
     }
     files.bases.sort_unstable();
@@ -86,6 +93,15 @@ pub(crate) fn stale_active_index(dir: &Path, id: u32, active_base: u64, io: &Io,
     io.remove_file(&path)?;
     io.sync_dir(dir)?;
     report.push(RecoveryAction::RemovedStaleIndex { path });
+    Ok(())
+}
+
+/// Removes journals of segments that are no longer active (a crash between a roll and the
+/// removal of the full segment's journal): only the active segment's journal is read.
+pub(crate) fn stale_journals(dir: &Path, active_base: u64, journals: &[u64], io: &Io) -> Result<()> {
+    for &base in journals.iter().filter(|&&b| b != active_base) {
+        io.remove_file(&dir.join(aix::file_name(base)))?;
+    }
     Ok(())
 }
 
@@ -118,21 +134,34 @@ pub(crate) fn slots(dir: &Path, id: u32, bases: &[u64], archives: Vec<OpenedArch
     Ok(segments)
 }
 
-/// Scans the active segment, truncates a torn tail, makes what remains durable, and returns
-/// its in-memory index and data end.
+/// What recovering the active segment leaves for the writer.
+pub(crate) struct Recovered {
+    pub open: OpenSegment,
+    pub data_end: u64,
+    pub last_timestamp: u64,
+    pub file_len: u64,
+    pub journal: Journal,
+    /// Bytes of the segment the scan read (what its journal did not cover).
+    pub scanned: u64,
+}
+
+/// Recovers the active segment: rebuilds its in-memory index from its journal (FORMAT.md
+/// §8.4) and a scan of what the journal does not cover, truncates a torn tail, makes what
+/// remains durable, and journals what the scan found.
 pub(crate) fn recover_active(
     dir: &Path,
     id: u32,
     base: u64,
     io: &Io,
     report: &Report,
-) -> Result<(OpenSegment, u64, u64, u64)> {
+    journal_interval: u64,
+) -> Result<Recovered> {
     let path = dir.join(seg_format::file_name(base));
     let file = io.open_rw(&path)?;
     let file_len = file.len()?;
     let mut mem = MemIndex::new(base);
-    let mut last_timestamp = 0;
-    let end = {
+    let mut found: Vec<(Arc<str>, u64, u32, u32)> = Vec::new();
+    let (end, journaled, start) = {
         // Dropped before any truncation (see `mmap::recovering`).
         let map = mmap::recovering(&file)?;
         let header = seg_format::decode_header(&map).map_err(|e| e.into_error(&path))?;
@@ -143,19 +172,27 @@ pub(crate) fn recover_active(
                 format!("segment header says partition {} base {}", header.partition, header.base_position),
             ));
         }
+        let journaled = read_journal(dir, id, base, &map, &mut mem, io, report);
+        let (start, next, mut last_timestamp) = journaled
+            .as_ref()
+            .map_or((seg_format::HEADER_LEN as u64, base, 0), |j| (j.covered.0, j.covered.1, j.last_timestamp));
         let mut refused = None;
-        let end = seg_format::scan(&map, &header, Mode::Active, |off, b| {
+        let start_at = usize::try_from(start).unwrap_or(usize::MAX);
+        let end = seg_format::scan_from(&map, start_at, next, Mode::Active, |off, b| {
             last_timestamp = b.timestamp;
-            if let (None, Err(why)) = (&refused, mem.scanned(off, b)) {
-                refused = Some((off, why));
+            match (&refused, mem.scanned(off, b)) {
+                (None, Err(why)) => refused = Some((off, why)),
+                (_, Ok(key)) => found.push((key, b.first_version, b.event_count, b.length as u32)),
+                _ => {}
             }
         })
         .map_err(|e| Error::corruption(&path, e.offset, e.reason))?;
         if let Some((offset, why)) = refused {
             return Err(Error::corruption(&path, offset, why));
         }
-        end
+        ((end, last_timestamp), journaled, start)
     };
+    let (end, last_timestamp) = end;
     let data_end = end.data_end();
     // Zeros after the data are preallocated space and stay; a torn write is cut off.
     let mut file_len = file_len;
@@ -172,7 +209,105 @@ pub(crate) fn recover_active(
     // What survived may sit only in the page cache (a process crash in Buffered mode): make it
     // durable before new batches claim it is.
     file.sync_data()?;
-    Ok((OpenSegment::new(Arc::new(file), mem), data_end, last_timestamp, file_len))
+    // The journal goes on where its valid records end; what the scan found (now durable) is
+    // journaled at once, so the next open need not scan it again.
+    let covered = journaled.as_ref().map_or((seg_format::HEADER_LEN as u64, base), |j| j.covered);
+    let journal_file = journaled.and_then(|j| j.file);
+    let mut journal = Journal::new(dir.to_path_buf(), id, base, journal_file, covered, journal_interval);
+    for (key, first_version, count, len) in found {
+        journal.push(key, first_version, count, len, last_timestamp);
+    }
+    journal.write(io);
+    let scanned = data_end.saturating_sub(start);
+    Ok(Recovered { open: OpenSegment::new(Arc::new(file), mem), data_end, last_timestamp, file_len, journal, scanned })
+}
+
+/// A usable journal of the active segment.
+struct Journaled {
+    /// Segment offset and position its records cover up to.
+    covered: (u64, u64),
+    last_timestamp: u64,
+    /// The file, open for appending after its valid records, if it is to be appended to.
+    file: Option<(FileHandle, u64)>,
+}
+
+/// Rebuilds `mem` from the active segment's journal, if there is one that checks out: its
+/// records chain from the segment's start, each continues the stream versions of the ones
+/// before, and the last batch it covers is in the segment as described. A journal that fails
+/// is dropped from its first bad record on (reported; `mem` keeps what came before); one
+/// whose contents do not match the segment is dropped whole, and `mem` is emptied again.
+fn read_journal(
+    dir: &Path,
+    id: u32,
+    base: u64,
+    map: &[u8],
+    mem: &mut MemIndex,
+    io: &Io,
+    report: &Report,
+) -> Option<Journaled> {
+    let path = dir.join(aix::file_name(base));
+    let bytes = std::fs::read(&path).ok()?;
+    let dropped = |offset: u64, reason: String| {
+        report.push(RecoveryAction::DroppedActiveIndex { path: path.clone(), offset, reason });
+    };
+    let (records, valid_end, why) = match aix::scan(&bytes, id, base) {
+        Ok(s) => s,
+        Err(m) => {
+            dropped(0, m.what);
+            return None;
+        }
+    };
+    let mut covered = (seg_format::HEADER_LEN as u64, base);
+    let mut last = None;
+    let mut last_timestamp = 0;
+    for r in &records {
+        if let Err(stream) = mem.extend_journaled(&r.streams, &r.batches) {
+            *mem = MemIndex::new(base);
+            dropped(0, format!("stream {stream:?} does not continue its versions"));
+            return None;
+        }
+        last = r.batches.last().map(|b| (r.streams.get(b.stream as usize).copied().unwrap_or_default(), *b));
+        covered = (r.to_offset, r.to_position);
+        last_timestamp = r.last_timestamp;
+    }
+    // The journal must describe this segment: its last batch is there, whole and as listed.
+    if let Some((stream, b)) = last {
+        let matches = usize::try_from(b.offset)
+            .ok()
+            .and_then(|o| map.get(o..))
+            .and_then(|rest| batch::decode(rest).ok())
+            .is_some_and(|v| {
+                v.length == b.len as usize
+                    && v.base_position == b.position
+                    && v.first_version == b.first_version
+                    && v.event_count == b.event_count
+                    && v.stream_id == stream
+                    && v.timestamp == last_timestamp
+            });
+        if !matches {
+            *mem = MemIndex::new(base);
+            dropped(0, format!("its last batch (at byte {}) is not in the segment as listed", b.offset));
+            return None;
+        }
+    }
+    // New records go after the valid ones: cut whatever follows them. If the file cannot be
+    // reopened or cut, the journal is dropped whole, and open scans the segment.
+    let valid_end = valid_end as u64;
+    let file = io.open_rw(&path).and_then(|f| {
+        if why.is_some() {
+            f.set_len(valid_end)?;
+        }
+        Ok(f)
+    });
+    let Ok(file) = file else {
+        *mem = MemIndex::new(base);
+        dropped(0, "it could not be opened for appending".into());
+        return None;
+    };
+    if let Some(why) = why {
+        dropped(valid_end, why);
+    }
+    Some(Journaled { covered, last_timestamp, file: Some((file, valid_end)) })
 }
 
 /// An archive file, opened, or the error that kept it from opening.

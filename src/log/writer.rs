@@ -36,6 +36,7 @@ use crate::event::{AppendResult, ExpectedVersion};
 use crate::format::batch;
 use crate::format::segment as seg_format;
 use crate::log::active::{MemEntry, MemIndex, OpenSegment};
+use crate::log::journal::Journal;
 use crate::log::partition::{GROUP_SIZE_BUCKETS, Partition, Tail, write_segment_file};
 use crate::log::prealloc::{FillJob, Preallocator};
 use crate::log::sealer::{SealJob, seal};
@@ -134,6 +135,8 @@ pub(crate) struct WriterConfig {
     pub segment_bytes: u64,
     pub max_group_bytes: usize,
     pub max_group_appends: usize,
+    /// Journal the active segment's index every this many bytes (`Options::recovery_scan_bytes`).
+    pub journal_interval: u64,
 }
 
 /// The state owned by a partition's writer thread.
@@ -152,6 +155,8 @@ pub(crate) struct Writer {
     poisoned: Option<String>,
     sealer: Sender<SealJob>,
     prealloc: Preallocator,
+    /// The active segment's index journal (FORMAT.md §8.4).
+    journal: Journal,
     buf: Vec<u8>,
 }
 
@@ -187,6 +192,7 @@ impl Writer {
             poisoned: None,
             sealer,
             prealloc,
+            journal: tail.journal,
             buf: Vec::new(),
         }
     }
@@ -252,6 +258,9 @@ impl Writer {
         if self.poisoned.is_none() && self.synced_offset < self.write_offset {
             self.sync_now();
         }
+        if self.poisoned.is_none() && self.synced_offset == self.write_offset {
+            self.journal.write(&self.part.io);
+        }
         self.trim_at_close();
         // A poisoned partition may hold acknowledged appends (Buffered mode) that are not on
         // disk: closing says so.
@@ -289,6 +298,7 @@ impl Writer {
                 self.part.durable_head.store(self.next_position, Ordering::Release);
                 self.last_sync = Instant::now();
                 self.part.stats.syncs.fetch_add(1, Ordering::Relaxed);
+                self.journal.synced(&self.part.io);
             }
             Err(e) => self.poison(&e),
         }
@@ -301,6 +311,7 @@ impl Writer {
     /// vouch for bytes that may never reach the disk.
     fn poison(&mut self, cause: &Error) {
         let mut cause = cause.to_string();
+        self.journal.stop();
         self.prealloc.finish();
         // No read may touch a mapped page past the cut.
         self.open.unmap();
@@ -476,7 +487,8 @@ impl Writer {
             let mut mem = self.open.index.write();
             for (req, outcome) in group.iter().zip(outcomes) {
                 if let Outcome::Accepted { first_position, first_version, offset, len, .. } = *outcome {
-                    mem.insert(&req.stream, first_version, first_position, req.event_count, offset, len);
+                    let key = mem.insert(&req.stream, first_version, first_position, req.event_count, offset, len);
+                    self.journal.push(key, first_version, req.event_count, len, req.copied_at.unwrap_or(timestamp));
                 }
             }
         }
@@ -502,6 +514,9 @@ impl Writer {
         }
         self.part.head.store(end_position, Ordering::Release);
         self.part.signal.bump();
+        if self.synced_offset == self.write_offset {
+            self.journal.synced(&self.part.io);
+        }
     }
 
     /// Starts a new segment at the current head and hands the full one to the sealer. The
@@ -543,6 +558,7 @@ impl Writer {
         let open = Arc::new(OpenSegment::new(Arc::new(file), MemIndex::new(base)));
         let segment = Arc::new(Segment::new(part.id, &part.dir, base, State::Open(open.clone())));
         part.segments.write().push(segment.clone());
+        self.journal.roll(base, &part.io);
         let old_segment = std::mem::replace(&mut self.segment, segment);
         let old_open = std::mem::replace(&mut self.open, open);
         self.write_offset = seg_format::HEADER_LEN as u64;

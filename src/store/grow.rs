@@ -263,6 +263,7 @@ impl Store {
                 self.shared.io.clone(),
                 self.shared.report.clone(),
                 self.shared.signal.clone(),
+                self.shared.writer_cfg.journal_interval,
             )?;
             self.add_partition(p, tail)?;
         }

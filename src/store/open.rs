@@ -68,7 +68,8 @@ impl Store {
         options.check_against(manifest.partition_count, created_with, manifest.segment_bytes)?;
         let report = Report::default();
         let signal = Arc::new(HeadSignal::default());
-        let (partitions, tails) = recover_partitions(&dir, &manifest, &io, &report, &signal)?;
+        let (partitions, tails) =
+            recover_partitions(&dir, &manifest, &io, &report, &signal, options.recovery_scan_bytes)?;
         check_epochs(&dir, &manifest, &partitions)?;
         let sidecars = partitions.iter().map(|p| Arc::new(Sidecar::new(&p.dir, p.id, io.clone(), report.clone())));
         let (snapshots, snapshot_jobs) = Snapshots::new(sidecars.collect());
@@ -78,6 +79,7 @@ impl Store {
             segment_bytes: manifest.segment_bytes,
             max_group_bytes: options.max_group_bytes,
             max_group_appends: options.max_group_appends,
+            journal_interval: options.recovery_scan_bytes,
         };
         let routed = manifest.partition_count;
         let shared = Arc::new(Shared {
@@ -312,6 +314,7 @@ fn recover_partitions(
     io: &Io,
     report: &Report,
     signal: &Arc<HeadSignal>,
+    journal_interval: u64,
 ) -> Result<(Vec<Arc<Partition>>, Vec<Tail>)> {
     let ids: Vec<u32> = (0..manifest.partition_count.max(manifest.growing_to)).collect();
     let opened: Vec<Result<(Arc<Partition>, Tail)>> = std::thread::scope(|s| {
@@ -324,7 +327,7 @@ fn recover_partitions(
                     let (io, report, signal) = (io.clone(), report.clone(), signal.clone());
                     std::thread::Builder::new()
                         .name(format!("strata-open-{id}"))
-                        .spawn_scoped(s, move || Partition::open(pdir, id, io, report, signal))
+                        .spawn_scoped(s, move || Partition::open(pdir, id, io, report, signal, journal_interval))
                         .map_err(|e| Error::io("spawn recovery thread", dir, e))
                 })
                 .collect();

@@ -12,6 +12,8 @@ use crate::log::Durability;
 pub const DEFAULT_PARTITIONS: u32 = 8;
 /// Default segment roll size: 256 MiB.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 256 << 20;
+/// Default [`Options::recovery_scan_bytes`].
+pub const DEFAULT_RECOVERY_SCAN_BYTES: u64 = 8 << 20;
 /// Default largest event (type + metadata + payload): 16 MiB.
 pub const DEFAULT_MAX_EVENT_BYTES: u64 = 16 << 20;
 /// Default largest append (one batch, encoded): 64 MiB.
@@ -45,6 +47,7 @@ pub struct Options {
     pub(crate) max_group_bytes: usize,
     pub(crate) max_group_appends: usize,
     pub(crate) snapshot_rewrite_bytes: u64,
+    pub(crate) recovery_scan_bytes: u64,
     pub(crate) compaction: CompactionOptions,
     pub(crate) faults: Option<Arc<FaultPlan>>,
 }
@@ -65,6 +68,7 @@ impl Default for Options {
             max_group_bytes: 4 << 20,
             max_group_appends: 4096,
             snapshot_rewrite_bytes: 4 << 20,
+            recovery_scan_bytes: DEFAULT_RECOVERY_SCAN_BYTES,
             compaction: CompactionOptions::default(),
             faults: None,
         }
@@ -102,6 +106,18 @@ impl Options {
     pub fn segment_bytes(mut self, n: u64) -> Options {
         self.segment_bytes = n;
         self.segment_bytes_set = true;
+        self
+    }
+
+    /// How much of each partition's active segment an open after a crash may have to scan
+    /// (default 8 MiB, at least 64 KiB). Each writer journals its active segment's index
+    /// (FORMAT.md §8.4) once this many bytes of it are durable and not journaled yet, and at a
+    /// clean close, so open rebuilds the index from the journal and scans only what it does
+    /// not cover: nothing after a clean close, and after a crash at most this plus the last
+    /// group and what was never synced. Smaller means faster recovery and more, smaller
+    /// journal writes.
+    pub fn recovery_scan_bytes(mut self, n: u64) -> Options {
+        self.recovery_scan_bytes = n;
         self
     }
 
@@ -201,6 +217,12 @@ impl Options {
             )));
         }
         self.compaction.validate()?;
+        if self.recovery_scan_bytes < 64 << 10 {
+            return Err(Error::InvalidOptions(format!(
+                "recovery_scan_bytes must be at least 64 KiB, not {}",
+                self.recovery_scan_bytes
+            )));
+        }
         if self.max_event_bytes == 0 {
             return Err(Error::InvalidOptions("max_event_bytes must be positive".into()));
         }

@@ -109,6 +109,9 @@ pub struct PartitionMetrics {
     pub appended: u64,
     /// Bytes written to it since open.
     pub bytes_written: u64,
+    /// Bytes of its active segment that open scanned and checked batch by batch: what the
+    /// segment's index journal did not cover (0 after a clean close; FORMAT.md §8.4).
+    pub recovery_scanned_bytes: u64,
 }
 
 impl Store {
@@ -153,6 +156,7 @@ impl Store {
                 events: p.head(),
                 appended: p.stats.events.load(Ordering::Relaxed),
                 bytes_written: p.stats.bytes.load(Ordering::Relaxed),
+                recovery_scanned_bytes: p.scanned_at_open,
             })
             .collect()
     }
