@@ -37,7 +37,9 @@ fn child(dir: &Path, acks: &Path, grow: bool) {
         .retention(Duration::ZERO)
         .require_snapshots(false)
         .max_archive_bytes(64 << 10);
-    let store = Arc::new(Store::open(dir, opts(2, 64 << 10).compaction(compaction)).unwrap());
+    // Journal records every 8 KiB, so kills also land between and inside them.
+    let store =
+        Arc::new(Store::open(dir, opts(2, 64 << 10).recovery_scan_bytes(8 << 10).compaction(compaction)).unwrap());
     let log = Arc::new(Mutex::new(std::fs::OpenOptions::new().append(true).create(true).open(acks).unwrap()));
     let seed = std::process::id() as u64;
     for t in 0..THREADS {
@@ -351,7 +353,7 @@ impl strata::Projection for Logging {
 /// The child of the projection crash test: appends from two threads while a projection with
 /// engine-kept checkpoints logs what it handles, until killed.
 fn projection_child(dir: &Path, log: &Path) {
-    let store = Arc::new(Store::open(dir, opts(4, 64 << 10)).unwrap());
+    let store = Arc::new(Store::open(dir, opts(4, 64 << 10).recovery_scan_bytes(8 << 10)).unwrap());
     let engine = strata::ProjectionEngine::new(store.clone(), 2);
     let file = std::fs::OpenOptions::new().append(true).create(true).open(log).unwrap();
     engine

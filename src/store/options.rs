@@ -110,7 +110,7 @@ impl Options {
     }
 
     /// How much of each partition's active segment an open after a crash may have to scan
-    /// (default 8 MiB, at least 64 KiB). Each writer journals its active segment's index
+    /// (default 8 MiB, at least 4 KiB). Each writer journals its active segment's index
     /// (FORMAT.md §8.4) once this many bytes of it are durable and not journaled yet, and at a
     /// clean close, so open rebuilds the index from the journal and scans only what it does
     /// not cover: nothing after a clean close, and after a crash at most this plus the last
@@ -217,9 +217,9 @@ impl Options {
             )));
         }
         self.compaction.validate()?;
-        if self.recovery_scan_bytes < 64 << 10 {
+        if self.recovery_scan_bytes < 4096 {
             return Err(Error::InvalidOptions(format!(
-                "recovery_scan_bytes must be at least 64 KiB, not {}",
+                "recovery_scan_bytes must be at least 4096, not {}",
                 self.recovery_scan_bytes
             )));
         }
