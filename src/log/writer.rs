@@ -23,7 +23,7 @@
 //! partition is poisoned all the same, and the cause says so (`… (and cutting back to the
 //! durable data failed: …)`).
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
