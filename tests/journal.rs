@@ -195,3 +195,19 @@ fn only_the_active_segment_has_a_journal() {
     assert_eq!(journals(dir.path()), vec![journal(dir.path())]);
     assert_eq!(store.read_stream("a", 0, 100).unwrap().len(), 20);
 }
+
+/// A journal that does not check out beside a segment with no batches is removed (nothing
+/// would replace it), so it is reported once, not at every open.
+#[test]
+fn a_bad_journal_of_an_empty_segment_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    Store::open(dir.path(), opts(1, 1 << 20)).unwrap().close().unwrap();
+    let j = journal(dir.path());
+    std::fs::write(&j, b"not a journal at all, but long enough to be looked at: 64 bytes or more").unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    assert!(matches!(store.recovery_report()[..], [RecoveryAction::DroppedActiveIndex { .. }]));
+    assert!(!j.exists());
+    drop(store);
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    assert!(store.recovery_report().is_empty(), "{:?}", store.recovery_report());
+}

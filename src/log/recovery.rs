@@ -211,6 +211,11 @@ pub(crate) fn recover_active(
     file.sync_data()?;
     // The journal goes on where its valid records end; what the scan found (now durable) is
     // journaled at once, so the next open need not scan it again.
+    let journal_path = dir.join(aix::file_name(base));
+    if journaled.is_none() && found.is_empty() && journal_path.exists() {
+        // A dropped journal of a segment with nothing to journal: nothing will replace it.
+        io.remove_file(&journal_path)?;
+    }
     let covered = journaled.as_ref().map_or((seg_format::HEADER_LEN as u64, base), |j| j.covered);
     let journal_file = journaled.and_then(|j| j.file);
     let mut journal = Journal::new(dir.to_path_buf(), id, base, journal_file, covered, journal_interval);
