@@ -6,7 +6,9 @@
 //! version 1 reader now requires them to be zero. It has a seed with two epoch records and a
 //! grow in progress (`fuzz/seeds/manifest_decode/two-epochs-growing`). The `checkpoint_decode`
 //! target checks that every file it decodes is exactly `64 + 64 ·` the number of partitions
-//! read.
+//! read. The `active_index_scan` target found a journal record whose stream table named a
+//! stream twice accepted (2026-12-02), which could put a stream's batches into the index out of
+//! order; the decoder now refuses it (seed `regression-stream-named-twice`).
 #![allow(missing_docs, clippy::missing_panics_doc)]
 
 use std::path::PathBuf;
@@ -354,10 +356,9 @@ pub fn active_index_scan(data: &[u8]) {
         for r in &records {
             let stream = |b: &aix::Batch| r.streams.get(b.stream as usize).copied().expect("stream in the table");
             let entries: Vec<Entry<'_>> = r
-                .batches
-                .iter()
+                .batches()
                 .map(|b| Entry {
-                    stream: stream(b),
+                    stream: stream(&b),
                     first_version: b.first_version,
                     event_count: b.event_count,
                     len: b.len,
@@ -370,8 +371,7 @@ pub fn active_index_scan(data: &[u8]) {
                 (r.from_offset, r.to_offset, r.from_position, r.to_position)
             );
             let ids = |rec: &aix::Record<'_>| -> Vec<(String, u64, u64, u64, u32, u32)> {
-                rec.batches
-                    .iter()
+                rec.batches()
                     .map(|b| {
                         let s = rec.streams.get(b.stream as usize).copied().unwrap_or_default().to_owned();
                         (s, b.first_version, b.position, b.offset, b.event_count, b.len)

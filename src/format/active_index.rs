@@ -83,7 +83,43 @@ pub(crate) struct Record<'a> {
     pub to_position: u64,
     pub last_timestamp: u64,
     pub streams: Vec<&'a str>,
-    pub batches: Vec<Batch>,
+    /// Each table stream's first version here.
+    first_versions: Vec<u64>,
+    /// The encoded batch list, checked by [`decode`].
+    batch_bytes: &'a [u8],
+    pub batch_count: usize,
+    /// The last batch, found while checking.
+    pub last: Batch,
+}
+
+impl Record<'_> {
+    /// The record's batches in offset order, decoded from its checked bytes (nothing is
+    /// allocated per batch).
+    pub fn batches(&self) -> impl Iterator<Item = Batch> + '_ {
+        let mut next_version = self.first_versions.clone();
+        let (mut at, mut offset, mut position) = (0, self.from_offset, self.from_position);
+        (0..self.batch_count).map(move |_| {
+            let stream = get_varint(self.batch_bytes, &mut at).unwrap_or(0);
+            let count = get_varint(self.batch_bytes, &mut at).unwrap_or(1);
+            let len = get_varint(self.batch_bytes, &mut at).unwrap_or(8) * 8;
+            let version = next_version.get_mut(stream as usize).map_or(0, |v| {
+                let first = *v;
+                *v = first.wrapping_add(count);
+                first
+            });
+            let b = Batch {
+                stream: stream as u32,
+                first_version: version,
+                position,
+                offset,
+                event_count: count as u32,
+                len: len as u32,
+            };
+            offset = offset.wrapping_add(len);
+            position = position.wrapping_add(count);
+            b
+        })
+    }
 }
 
 /// A batch to journal, as the writer (or a scan) knows it.
@@ -191,6 +227,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Record<'_>, usize), String> {
     }
     let mut at = 0;
     let mut streams = Vec::with_capacity(stream_count);
+    let mut seen = std::collections::HashSet::with_capacity(stream_count);
     let mut next_version = Vec::with_capacity(stream_count);
     for i in 0..stream_count {
         let bad = || format!("stream {i} of the table is malformed");
@@ -204,10 +241,17 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Record<'_>, usize), String> {
         if id.as_bytes().contains(&0) {
             return Err(bad());
         }
+        if !seen.insert(id) {
+            // Two slots for one stream would split its versions in two counters, and its
+            // batches could then reach the index out of order.
+            return Err(format!("stream {i} of the table repeats an earlier one"));
+        }
         streams.push(id);
         next_version.push(get_varint(body, &mut at).ok_or_else(bad)?);
     }
-    let mut batches = Vec::with_capacity(batch_count);
+    let first_versions = next_version.clone();
+    let batches_start = at;
+    let mut last = None;
     let (mut offset, mut position) = (from_offset, from_position);
     for i in 0..batch_count {
         let bad = || format!("batch {i} is malformed");
@@ -220,7 +264,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Record<'_>, usize), String> {
             words.checked_mul(8).filter(|&l| l >= MIN_BATCH).and_then(|l| u32::try_from(l).ok()).ok_or_else(bad)?;
         let first_version = *version;
         *version = first_version.checked_add(count).ok_or_else(bad)?;
-        batches.push(Batch { stream: stream as u32, first_version, position, offset, event_count: count32, len });
+        last = Some(Batch { stream: stream as u32, first_version, position, offset, event_count: count32, len });
         offset = offset.checked_add(u64::from(len)).ok_or_else(bad)?;
         position = position.checked_add(count).ok_or_else(bad)?;
     }
@@ -231,7 +275,21 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Record<'_>, usize), String> {
     if offset != to_offset || position != to_position {
         return Err("the batches do not add up to the record's range".into());
     }
-    Ok((Record { from_offset, to_offset, from_position, to_position, last_timestamp, streams, batches }, len))
+    let batch_bytes = body.get(batches_start..at).unwrap_or(&[]);
+    let last = last.ok_or("a record without batches")?;
+    let record = Record {
+        from_offset,
+        to_offset,
+        from_position,
+        to_position,
+        last_timestamp,
+        streams,
+        first_versions,
+        batch_bytes,
+        batch_count,
+        last,
+    };
+    Ok((record, len))
 }
 
 /// Scans a whole journal of the segment at `base_position` in `partition`: its records,
@@ -285,7 +343,7 @@ mod tests {
         assert_eq!(len, r1.len());
         assert_eq!((d.from_offset, d.to_offset, d.from_position, d.to_position), (64, 672, 10, 16));
         assert_eq!(d.streams, vec!["a-1", "b-2"]);
-        let got: Vec<_> = d.batches.iter().map(|b| (b.stream, b.first_version, b.position, b.offset)).collect();
+        let got: Vec<_> = d.batches().map(|b| (b.stream, b.first_version, b.position, b.offset)).collect();
         assert_eq!(got, vec![(0, 0, 10, 64), (1, 7, 11, 248), (0, 1, 14, 608)]);
         let r2 = encode(672, 16, 6, &entries()[..1]);
         let mut file = encode_header(3, 10).to_vec();
@@ -301,6 +359,19 @@ mod tests {
         let (records, end, why) = scan(&gap, 3, 10).unwrap();
         assert_eq!((records.len(), end), (1, HEADER_LEN + r1.len()));
         assert!(why.is_some());
+    }
+
+    /// Found by the fuzzer: a table naming a stream twice was accepted, and a stream's
+    /// batches could reach the index out of order.
+    #[test]
+    fn a_table_naming_a_stream_twice_is_refused() {
+        let mut r = encode(64, 0, 1, &entries()[..2]);
+        // Rename "b-2" to "a-1" in place and fix the CRC.
+        let at = r.windows(3).position(|w| w == b"b-2").unwrap();
+        r[at..at + 3].copy_from_slice(b"a-1");
+        let sum = crc(&r[4..]);
+        r[..4].copy_from_slice(&sum.to_le_bytes());
+        assert!(decode(&r).unwrap_err().contains("repeats"));
     }
 
     #[test]

@@ -510,7 +510,8 @@ fn active_index_bytes_are_pinned() {
     let (records, end, damage) = aix::scan(&pinned, 2, 1000).unwrap();
     assert_eq!((records.len(), end, damage), (2, pinned.len(), None));
     assert_eq!(records[0].streams, vec!["order-7", "cart-1"]);
-    let last = records[1].batches[0];
+    let last = records[1].batches().next().unwrap();
+    assert_eq!(last, records[1].last);
     assert_eq!((last.first_version, last.position, last.offset), (8, 1004, 432));
     assert_eq!((records[1].to_offset, records[1].to_position), (632, 1007));
 }

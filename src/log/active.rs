@@ -129,19 +129,20 @@ impl MemIndex {
         Ok(key)
     }
 
-    /// Indexes the batches of one journal record (FORMAT.md §8.4), `streams` its stream table:
+    /// Indexes the batches of one journal record (FORMAT.md §8.4):
     /// as [`MemIndex::insert_checked`] of each in turn, with one lookup per stream rather than
     /// per batch. On a stream that does not continue its versions, returns it (the index is
     /// then part-updated: the caller drops it).
-    pub fn extend_journaled<'a>(&mut self, streams: &[&'a str], batches: &[aix::Batch]) -> Result<(), &'a str> {
+    pub fn extend_journaled<'a>(&mut self, record: &aix::Record<'a>) -> Result<(), &'a str> {
+        let streams = &record.streams;
         let mut counts = vec![0usize; streams.len()];
-        for b in batches {
+        for b in record.batches() {
             if let Some(c) = counts.get_mut(b.stream as usize) {
                 *c += 1;
             }
         }
         let mut per: Vec<Vec<MemEntry>> = counts.iter().map(|&c| Vec::with_capacity(c)).collect();
-        for b in batches {
+        for b in record.batches() {
             let entry = MemEntry {
                 first_version: b.first_version,
                 position: b.position,
@@ -155,9 +156,9 @@ impl MemIndex {
             if self.positions.last().is_none_or(|p| b.offset >= p.offset + POSITION_INTERVAL) {
                 self.positions.push(PositionEntry { position: b.position, offset: b.offset });
             }
-            self.end_position = b.position + u64::from(b.event_count);
-            self.end_offset = b.offset + u64::from(b.len);
         }
+        self.end_position = record.to_position;
+        self.end_offset = record.to_offset;
         for (&stream, entries) in streams.iter().zip(per) {
             let Some(first) = entries.first() else { continue };
             match self.streams.get_mut(stream) {

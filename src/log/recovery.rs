@@ -266,12 +266,12 @@ fn read_journal(
     let mut last = None;
     let mut last_timestamp = 0;
     for r in &records {
-        if let Err(stream) = mem.extend_journaled(&r.streams, &r.batches) {
+        if let Err(stream) = mem.extend_journaled(r) {
             *mem = MemIndex::new(base);
             dropped(0, format!("stream {stream:?} does not continue its versions"));
             return None;
         }
-        last = r.batches.last().map(|b| (r.streams.get(b.stream as usize).copied().unwrap_or_default(), *b));
+        last = Some((r.streams.get(r.last.stream as usize).copied().unwrap_or_default(), r.last));
         covered = (r.to_offset, r.to_position);
         last_timestamp = r.last_timestamp;
     }
