@@ -26,6 +26,19 @@ use crate::format::batch::{self, BatchView};
 use crate::format::index::PositionEntry;
 use crate::format::{checkpoint, dlq, index, manifest, segment, snapshot, tombstone};
 
+/// One record of an active segment's index journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalRecordInfo {
+    /// Segment byte offsets it covers, `[from, to)`.
+    pub offsets: (u64, u64),
+    /// Positions it covers, `[from, to)`.
+    pub positions: (u64, u64),
+    /// Batches listed.
+    pub batches: u64,
+    /// Distinct streams among them.
+    pub streams: u64,
+}
+
 /// What a file is, by its magic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -34,6 +47,8 @@ pub enum FileKind {
     Segment,
     /// A sealed segment's index (`.idx`).
     Index,
+    /// The active segment's index journal (`.aix`).
+    ActiveIndex,
     /// An archive (`.arc`).
     Archive,
     /// A snapshot sidecar (`snapshots.snap`).
@@ -55,6 +70,7 @@ pub fn kind_of(bytes: &[u8]) -> FileKind {
     match bytes.get(..8) {
         Some(b"STRATSEG") => FileKind::Segment,
         Some(b"STRATIDX") => FileKind::Index,
+        Some(b"STRATAIX") => FileKind::ActiveIndex,
         Some(b"STRATARC") => FileKind::Archive,
         Some(b"STRATSNP") => FileKind::Snapshots,
         Some(b"STRATTMB") => FileKind::Tombstones,
@@ -277,6 +293,18 @@ pub enum Dump {
         /// Where valid records end, if before the end of the file, and why.
         damage: Option<(u64, String)>,
     },
+    /// The active segment's index journal (FORMAT.md §8.4).
+    ActiveIndex {
+        /// The partition.
+        partition: u32,
+        /// The segment it journals.
+        base_position: u64,
+        /// Each valid record: segment offsets `[from, to)`, positions `[from, to)`, batches,
+        /// streams.
+        records: Vec<JournalRecordInfo>,
+        /// Where valid records end, if before the end of the file, and why.
+        damage: Option<(u64, String)>,
+    },
     /// A partition's deleted streams.
     Tombstones {
         /// The partition.
@@ -332,6 +360,22 @@ pub fn dump(path: &Path, filter: &Filter) -> Result<Dump> {
                 stream_entries: h.stream_entries,
                 position_entries: h.position_entries,
             })
+        }
+        FileKind::ActiveIndex => {
+            let (partition, base_position) =
+                crate::format::active_index::check_header(&bytes).map_err(|m| m.into_corruption(path))?;
+            let (records, end, damage) = crate::format::active_index::scan(&bytes, partition, base_position)
+                .map_err(|m| m.into_corruption(path))?;
+            let records = records
+                .iter()
+                .map(|r| JournalRecordInfo {
+                    offsets: (r.from_offset, r.to_offset),
+                    positions: (r.from_position, r.to_position),
+                    batches: r.batch_count as u64,
+                    streams: r.streams.len() as u64,
+                })
+                .collect();
+            Ok(Dump::ActiveIndex { partition, base_position, records, damage: damage.map(|why| (end as u64, why)) })
         }
         FileKind::Archive => dump_archive(path, &bytes, filter),
         FileKind::Snapshots => dump_snapshots(path, &bytes, filter),
@@ -547,8 +591,10 @@ pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let partition_files = |p: &Path, out: &mut Vec<PathBuf>| -> Result<()> {
         let all = list(p)?;
-        let mut log: Vec<&PathBuf> =
-            all.iter().filter(|f| f.extension().is_some_and(|e| e == "log" || e == "arc" || e == "idx")).collect();
+        let mut log: Vec<&PathBuf> = all
+            .iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "log" || e == "arc" || e == "idx" || e == "aix"))
+            .collect();
         log.sort_by_key(|f| f.file_name().map(|n| n.to_owned()));
         out.extend(log.into_iter().cloned());
         out.extend(all.iter().filter(|f| f.ends_with("snapshots.snap") || f.ends_with("tombstones")).cloned());

@@ -211,3 +211,25 @@ fn a_bad_journal_of_an_empty_segment_is_removed() {
     let store = Store::open(dir.path(), Options::default()).unwrap();
     assert!(store.recovery_report().is_empty(), "{:?}", store.recovery_report());
 }
+
+/// `strata dump` (through `inspect::dump`) describes a journal: its records and what they cover.
+#[test]
+fn dump_shows_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), opts(1, 1 << 20)).unwrap();
+    fill(&store, "a", 5);
+    store.close().unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    fill(&store, "b", 2);
+    store.close().unwrap();
+    let filter = strata::inspect::Filter::default();
+    match strata::inspect::dump(&journal(dir.path()), &filter).unwrap() {
+        strata::inspect::Dump::ActiveIndex { partition: 0, base_position: 0, records, damage: None } => {
+            let got: Vec<_> = records.iter().map(|r| (r.positions, r.batches, r.streams)).collect();
+            assert_eq!(got, vec![((0, 5), 5, 1), ((5, 7), 2, 1)]);
+            assert_eq!(records[0].offsets.0, 64);
+            assert_eq!(records[0].offsets.1, records[1].offsets.0);
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -9,7 +9,7 @@ use crate::common::{show, time};
 
 #[derive(clap::Args, Debug)]
 pub struct DumpArgs {
-    /// A segment (.log), index (.idx), archive (.arc), snapshot sidecar, tombstones or
+    /// A segment (.log), index (.idx), index journal (.aix), archive (.arc), snapshot sidecar, tombstones or
     /// checkpoints file; or a store or partition directory (every file in it, in log order).
     path: PathBuf,
     /// Only this stream's batches (and snapshots).
@@ -129,6 +129,23 @@ fn dump_one(path: &Path, filter: &Filter, headers: bool) -> strata::Result<()> {
                     time(r.written),
                     if r.replaces { " (replaces)" } else { "" },
                     if r.superseded { " (superseded)" } else { "" }
+                );
+            }
+            if let Some((at, why)) = damage {
+                out!("  end: invalid bytes at byte {at}: {why}");
+            }
+        }
+        Dump::ActiveIndex { partition, base_position, records, damage } => {
+            out!("== {name}: index journal of partition {partition}, segment {base_position}");
+            for r in records {
+                out!(
+                    "  bytes {}..{}, positions {}..{}: {} batches of {} streams",
+                    r.offsets.0,
+                    r.offsets.1,
+                    r.positions.0,
+                    r.positions.1,
+                    r.batches,
+                    r.streams
                 );
             }
             if let Some((at, why)) = damage {
