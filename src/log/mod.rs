@@ -2,7 +2,7 @@
 //! partition's writer (`writer`: group commit, roll, poisoning) with its preallocator and
 //! the sealer; the read path goes from a partition (`read`) through its segments (`view`:
 //! open, sealed or archived) to events (`events`); opening recovers a partition
-//! (`recovery`). Beside the log: each partition's deleted streams (`tombstones`), kept in
+//! (`recovery`), rebuilding the active segment's index from its journal (`journal`). Beside the log: each partition's deleted streams (`tombstones`), kept in
 //! an append-only record file (`records`), the one kind of file that tombstones, dead
 //! letters and snapshot sidecars share.
 
