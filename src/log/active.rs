@@ -84,10 +84,9 @@ impl MemIndex {
         offset: u64,
         len: u32,
     ) -> Arc<str> {
-        match self.insert_after(stream, false, first_version, base_position, count, offset, len) {
-            Ok(key) => key,
-            Err(_) => Arc::from(stream),
-        }
+        // Unchecked, so it cannot be refused.
+        self.insert_after(stream, false, first_version, base_position, count, offset, len)
+            .unwrap_or_else(|_| Arc::from(stream))
     }
 
     /// [`MemIndex::insert`], refusing (with the stream's last version here) a batch that does
@@ -121,16 +120,22 @@ impl MemIndex {
                 key
             }
         };
-        if self.positions.last().is_none_or(|p| offset >= p.offset + POSITION_INTERVAL) {
-            self.positions.push(PositionEntry { position: base_position, offset });
-        }
+        self.note_position(base_position, offset);
         self.end_position = base_position + u64::from(count);
         self.end_offset = offset + u64::from(len);
         Ok(key)
     }
 
-    /// Indexes the batches of one journal record (FORMAT.md §8.4):
-    /// as [`MemIndex::insert_checked`] of each in turn, with one lookup per stream rather than
+    /// The sparse position map's rule (FORMAT.md §8.2): an entry for the first batch, then for
+    /// each batch at least `POSITION_INTERVAL` bytes past the previous entry's.
+    fn note_position(&mut self, position: u64, offset: u64) {
+        if self.positions.last().is_none_or(|p| offset >= p.offset + POSITION_INTERVAL) {
+            self.positions.push(PositionEntry { position, offset });
+        }
+    }
+
+    /// Indexes the batches of one journal record (FORMAT.md §8.4) as a scan indexes them one
+    /// by one ([`MemIndex::scanned`], versions checked), with one lookup per stream rather than
     /// per batch. On a stream that does not continue its versions, returns it (the index is
     /// then part-updated: the caller drops it).
     pub fn extend_journaled<'a>(&mut self, record: &aix::Record<'a>) -> Result<(), &'a str> {
@@ -153,9 +158,7 @@ impl MemIndex {
             if let Some(v) = per.get_mut(b.stream as usize) {
                 v.push(entry);
             }
-            if self.positions.last().is_none_or(|p| b.offset >= p.offset + POSITION_INTERVAL) {
-                self.positions.push(PositionEntry { position: b.position, offset: b.offset });
-            }
+            self.note_position(b.position, b.offset);
         }
         self.end_position = record.to_position;
         self.end_offset = record.to_offset;
