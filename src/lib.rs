@@ -120,10 +120,12 @@ pub mod routing {
 }
 
 /// Fault injection for tests (feature `fault-injection`): a plan of I/O failures that a store
-/// applies to its own file operations ([`Options::fault_plan`]).
+/// applies to its own file operations ([`Options::fault_plan`]), and a simulated disk that
+/// rebuilds what a power cut would leave ([`Options::sim_disk`]).
 #[cfg(feature = "fault-injection")]
 pub mod faults {
     pub use crate::io::faults::{FaultKind, FaultOp, FaultPlan};
+    pub use crate::io::sim::{CutReport, SimDisk, StepKind};
 }
 
 /// The README's example is compiled as a doctest, so it cannot rot.

@@ -166,7 +166,7 @@ impl ProjectionEngine {
         }
         let root = self.inner.log.dir().join("projections");
         if !root.exists() {
-            std::fs::create_dir_all(&root).map_err(|e| Error::io("create directory", &root, e))?;
+            self.inner.io.create_dir_all(&root)?;
             self.inner.io.sync_dir(self.inner.log.dir())?;
         }
         let (dir, old, shadow) = dirs(&root, name);
@@ -185,7 +185,7 @@ impl ProjectionEngine {
         }
         for leftover in [&old, &shadow] {
             if leftover.exists() {
-                std::fs::remove_dir_all(leftover).map_err(|e| Error::io("remove", leftover, e))?;
+                self.inner.io.remove_dir_all(leftover)?;
             }
         }
         self.register_in(name, &dir, projection, options, false)?;
@@ -206,7 +206,7 @@ impl ProjectionEngine {
         options.batch = options.batch.max(1);
         options.attempts = options.attempts.max(1);
         let partitions = self.inner.log.partition_count();
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        self.inner.io.create_dir_all(dir)?;
         if let Some(parent) = dir.parent() {
             self.inner.io.sync_dir(parent)?;
         }

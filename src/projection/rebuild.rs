@@ -57,13 +57,13 @@ impl ProjectionEngine {
         let root = self.inner.log.dir().join("projections");
         let (dir, old, shadow_dir) = dirs(&root, name);
         if shadow_dir.exists() {
-            std::fs::remove_dir_all(&shadow_dir).map_err(|e| Error::io("remove", &shadow_dir, e))?;
+            self.inner.io.remove_dir_all(&shadow_dir)?;
         }
         let shadow = self.register_in(name, &shadow_dir, fresh, live.options.clone(), true)?;
         self.catch_up(name, &shadow)?;
         self.swap(name, &live, &shadow, [&dir, &old, &shadow_dir])?;
         self.inner.io.sync_dir(&root)?;
-        std::fs::remove_dir_all(&old).map_err(|e| Error::io("remove", &old, e))?;
+        self.inner.io.remove_dir_all(&old)?;
         let report = RebuildReport { duration: started.elapsed(), events: shadow.handled.load(Ordering::Relaxed) };
         *shadow.rebuilt.lock() = Some(report.duration);
         self.inner.log.head_signal().bump();

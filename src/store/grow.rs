@@ -240,7 +240,7 @@ impl Store {
             let pdir = dir.join(dir_name(b));
             // Left by a grow that crashed before it was recorded: nothing was copied there.
             if pdir.exists() {
-                std::fs::remove_dir_all(&pdir).map_err(|e| Error::io("remove", &pdir, e))?;
+                io.remove_dir_all(&pdir)?;
             }
             partition::create(&pdir, b, io)?;
         }

@@ -62,7 +62,7 @@ impl Store {
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        let io = Io::with_faults(options.faults.clone());
+        let io = Io::with_faults(options.faults.clone()).with_sim(options.sim.clone());
         let (manifest, lock) = manifest_and_lock(&dir, &options, &io)?;
         let created_with = manifest.epochs.first().map_or(manifest.partition_count, |e| e.from);
         options.check_against(manifest.partition_count, created_with, manifest.segment_bytes)?;
@@ -226,7 +226,7 @@ impl Store {
             }
         };
         if !dir.exists() {
-            fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+            io.create_dir_all(dir)?;
             // Make the new directory's own entry durable.
             match dir.parent() {
                 Some(p) if !p.as_os_str().is_empty() => io.sync_dir(p)?,

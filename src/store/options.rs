@@ -6,6 +6,7 @@ use crate::compaction::CompactionOptions;
 use crate::error::{Error, Result};
 use crate::format::manifest::MAX_PARTITIONS;
 use crate::io::faults::FaultPlan;
+use crate::io::sim::SimDisk;
 use crate::log::Durability;
 
 /// Default number of partitions of a new store.
@@ -50,6 +51,7 @@ pub struct Options {
     pub(crate) recovery_scan_bytes: u64,
     pub(crate) compaction: CompactionOptions,
     pub(crate) faults: Option<Arc<FaultPlan>>,
+    pub(crate) sim: Option<Arc<SimDisk>>,
 }
 
 impl Default for Options {
@@ -71,6 +73,7 @@ impl Default for Options {
             recovery_scan_bytes: DEFAULT_RECOVERY_SCAN_BYTES,
             compaction: CompactionOptions::default(),
             faults: None,
+            sim: None,
         }
     }
 }
@@ -176,6 +179,15 @@ impl Options {
     #[cfg(feature = "fault-injection")]
     pub fn fault_plan(mut self, plan: Arc<FaultPlan>) -> Options {
         self.faults = Some(plan);
+        self
+    }
+
+    /// Records every file operation of the store on a simulated disk, which can then rebuild
+    /// what a power cut at any step would have left ([`SimDisk::crash_image`]). Real syncs are
+    /// skipped while it records.
+    #[cfg(feature = "fault-injection")]
+    pub fn sim_disk(mut self, sim: Arc<SimDisk>) -> Options {
+        self.sim = Some(sim);
         self
     }
 
