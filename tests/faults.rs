@@ -69,6 +69,12 @@ fn failed_background_sync_in_buffered_mode_poisons() {
     let buffered = Durability::Buffered { sync_interval: std::time::Duration::from_millis(1) };
     let store = Store::open(dir.path(), opts(1, 1 << 20).durability(buffered).fault_plan(plan.clone())).unwrap();
     fill(&store, "b", 3);
+    // The three are durable once a background sync ran after them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while store.write_stats().syncs == 0 {
+        assert!(std::time::Instant::now() < deadline, "the background sync never ran");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     plan.inject(FaultOp::Sync, FaultKind::Eio, 0, Some(".log"), true);
     let _ = store.append("b", ExpectedVersion::Any, &[ev("Acked", "in the page cache only")]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -77,6 +83,13 @@ fn failed_background_sync_in_buffered_mode_poisons() {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     assert!(matches!(store.append("b", ExpectedVersion::Any, &[ev("x", "y")]), Err(Error::Poisoned { .. })));
+    // The append that was cut back with the unsynced data is no longer counted or read: the
+    // head, the stream's version and its reads show the durable data only.
+    assert_eq!(store.head(0).unwrap(), 3, "the head counts a discarded append");
+    assert_eq!(store.stream_version("b").unwrap(), Some(2));
+    assert_eq!(store.read_stream("b", 0, 100).unwrap().len(), 3);
+    let scanned: Vec<_> = store.iter_partition(0, 0).collect();
+    assert!(scanned.len() == 3 && scanned.iter().all(Result::is_ok), "{scanned:?}");
     plan.clear();
 }
 

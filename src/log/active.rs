@@ -126,6 +126,21 @@ impl MemIndex {
         Ok(key)
     }
 
+    /// Forgets the batches from `position` on (the first of them at `offset`): a poisoned
+    /// writer cut the segment back to there, so they are gone.
+    pub fn cut(&mut self, position: u64, offset: u64) {
+        if position >= self.end_position {
+            return;
+        }
+        self.streams.retain(|_, v| {
+            v.truncate(v.partition_point(|e| e.position < position));
+            !v.is_empty()
+        });
+        self.positions.truncate(self.positions.partition_point(|p| p.position < position));
+        self.end_position = position;
+        self.end_offset = offset;
+    }
+
     /// The sparse position map's rule (FORMAT.md §8.2): an entry for the first batch, then for
     /// each batch at least `POSITION_INTERVAL` bytes past the previous entry's.
     fn note_position(&mut self, position: u64, offset: u64) {

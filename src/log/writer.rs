@@ -318,6 +318,12 @@ impl Writer {
         if let Err(e) = self.open.file.set_len(self.synced_offset) {
             cause = format!("{cause} (and cutting back to the durable data failed: {e})");
         }
+        // In `Buffered` mode the head had moved past the durable data, over appends the cut
+        // just removed: the head and the index go back with them, so no read, head or stream
+        // version counts them.
+        let durable = self.part.durable_head.load(Ordering::Acquire);
+        self.part.head.store(durable, Ordering::Release);
+        self.open.index.write().cut(durable, self.synced_offset);
         *self.part.poison.lock() = Some(cause.clone());
         self.poisoned = Some(cause);
     }
