@@ -386,3 +386,36 @@ fn every_failing_step_of_a_grow_is_survived() {
     eprintln!("{failed_steps} injected faults hit a grow step");
     assert!(failed_steps >= 12, "only {failed_steps} injected faults hit a grow step");
 }
+
+/// An append the writer is committing while `delete_stream` runs is acknowledged, if at all,
+/// before the delete returns: once it has returned, no append to the stream is acknowledged.
+/// The publish delay holds a group between its checks (tombstone included) and its replies.
+#[test]
+fn no_append_is_acknowledged_after_its_stream_delete_returns() {
+    let (_dir, plan, store) = with_plan(1);
+    fill(&store, "doomed", 1);
+    plan.delay_publish(std::time::Duration::from_millis(300));
+    let store = std::sync::Arc::new(store);
+    let appender = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let r = store.append("doomed", ExpectedVersion::Exact(0), &[ev("Late", "in the group")]);
+            (r, std::time::Instant::now())
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(store.delete_stream("doomed").unwrap());
+    let deleted = std::time::Instant::now();
+    let (r, acked) = appender.join().unwrap();
+    plan.delay_publish(std::time::Duration::ZERO);
+    if r.is_ok() {
+        assert!(
+            acked <= deleted,
+            "an append was acknowledged {:?} after its stream's delete returned",
+            acked - deleted
+        );
+    }
+    let after = store.append("doomed", ExpectedVersion::Any, &[ev("After", "refused")]);
+    assert!(matches!(after, Err(Error::StreamDeleted { .. })), "{after:?}");
+    assert!(matches!(store.read_stream("doomed", 0, 10), Err(Error::StreamDeleted { .. })));
+}

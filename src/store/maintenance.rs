@@ -12,6 +12,7 @@
 use crate::clock::now_nanos;
 use crate::compaction::{self, CompactionProgress, CompactionReport, CompactionStats, PartitionStorage, SnapshotIndex};
 use crate::error::{Error, Result};
+use crate::log::writer::{AppendRequest, Queued};
 use crate::report::RecoveryAction;
 use crate::router;
 use crate::snapshot::{Sidecar, SnapshotStats};
@@ -25,8 +26,9 @@ impl Store {
     /// like any event) until compaction erases them from the sealed segments and archives
     /// that hold them, leaving an [`AuditRecord`](crate::compaction::AuditRecord) in the archive. Events
     /// still in the active segment are erased once it is sealed and compacted. An append
-    /// being committed at the moment of the delete may still be acknowledged; its events
-    /// are deleted with the rest. The stream's snapshots are erased from the partition's
+    /// being committed at the moment of the delete may still be acknowledged, before the
+    /// delete returns (it waits for the group being committed); its events are deleted with
+    /// the rest. Once it has returned, every append to the stream fails. The stream's snapshots are erased from the partition's
     /// snapshot sidecar by the next compaction. A stream that a grow moved
     /// ([`Store::grow_partitions`]) is deleted in the partitions it lived in before too, so
     /// its history at its old positions is erased as well. Returns `false` if the stream was
@@ -44,7 +46,7 @@ impl Store {
     pub fn delete_stream(&self, stream: &str) -> Result<bool> {
         // Under the senders' read lock, like an append: a grow moves the stream's tombstone
         // with it, and a delete must not slip between that and the cutover.
-        let _routing = self.senders.read();
+        let routing = self.senders.read();
         let (hash, p) = self.route(stream)?;
         let at = now_nanos();
         let fresh = p.tombstones.delete(stream, at)?;
@@ -56,6 +58,16 @@ impl Store {
         };
         for id in earlier {
             self.partition(id)?.tombstones.delete(stream, at)?;
+        }
+        // An append the writer checked before the tombstone existed may be in the group it is
+        // committing: wait for that group, so that no append to the stream is acknowledged
+        // after this returns. A poisoned or closing writer acknowledges nothing more, so its
+        // refusal is no failure of the delete, which is durable already.
+        let (req, rx) = AppendRequest::barrier();
+        if let Some(sender) = routing.get(p.id as usize)
+            && sender.send(Queued::One(req)).is_ok()
+        {
+            let _ = rx.recv();
         }
         Ok(fresh)
     }
