@@ -419,3 +419,31 @@ fn no_append_is_acknowledged_after_its_stream_delete_returns() {
     assert!(matches!(after, Err(Error::StreamDeleted { .. })), "{after:?}");
     assert!(matches!(store.read_stream("doomed", 0, 10), Err(Error::StreamDeleted { .. })));
 }
+
+/// A sealed segment whose load fails on an I/O error (here: its index rebuild cannot create
+/// the file) is not loaded again on every read: for a second, reads get the same error at
+/// once, then a load is tried again, and succeeds once the error has passed.
+#[test]
+fn a_failed_segment_load_is_not_retried_on_every_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let acked = {
+        let store = Store::open(dir.path(), opts(1, 4096)).unwrap();
+        let acked = fill(&store, "s", 200);
+        store.close().unwrap();
+        acked
+    };
+    let first_index = dir.path().join("p00000").join("00000000000000000000.idx");
+    std::fs::remove_file(&first_index).unwrap();
+    let plan = FaultPlan::new();
+    let store = Store::open(dir.path(), Options::default().fault_plan(plan.clone())).unwrap();
+    plan.inject(FaultOp::Create, FaultKind::Eio, 0, Some(".idx"), false);
+    let first = store.read_stream("s", 0, 1);
+    assert!(matches!(first, Err(Error::Io { .. })), "{first:?}");
+    // The fault has fired (it was not sticky), but the next read does not load again yet.
+    let second = store.read_stream("s", 0, 1);
+    assert!(matches!(second, Err(Error::Io { .. })), "retried at once: {second:?}");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let got = store.read_stream("s", 0, usize::MAX).unwrap();
+    assert_eq!(payloads(&got), acked);
+    assert!(first_index.exists(), "the index was rebuilt");
+}

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -36,8 +37,14 @@ pub(crate) struct Segment {
     pub path: PathBuf,
     pub index_path: PathBuf,
     state: RwLock<State>,
-    load_lock: Mutex<()>,
+    /// Held while loading; holds the last load's I/O error and when it happened.
+    load_lock: Mutex<Option<(Instant, Error)>>,
 }
+
+/// How long after a load fails on an I/O error (which may pass: too many open files, a full
+/// disk) reads get that error at once before a load is tried again: a lasting error then costs
+/// one scan per second, not one per read.
+const LOAD_RETRY: Duration = Duration::from_secs(1);
 
 /// A reference to a segment's readable form, held for the duration of a read.
 #[derive(Debug, Clone)]
@@ -55,7 +62,7 @@ impl Segment {
             path: dir.join(seg_format::file_name(base)),
             index_path: dir.join(index::file_name(base)),
             state: RwLock::new(state),
-            load_lock: Mutex::new(()),
+            load_lock: Mutex::new(None),
         }
     }
 
@@ -68,7 +75,7 @@ impl Segment {
             index_path: path.clone(),
             path,
             state: RwLock::new(state),
-            load_lock: Mutex::new(()),
+            load_lock: Mutex::new(None),
         }
     }
 
@@ -88,7 +95,7 @@ impl Segment {
     /// The readable form of this segment, mapping it (and checking or rebuilding its index)
     /// on first use. `end_position` is where the next segment starts.
     pub fn view(&self, end_position: u64, io: &Io, report: &Report) -> Result<View> {
-        let _guard = match self.state() {
+        let mut last_failure = match self.state() {
             State::Open(o) => return Ok(View::Open(o)),
             State::Sealed(s) => return Ok(View::Sealed(s)),
             State::Archived(a) => return Ok(View::Archived(a)),
@@ -102,6 +109,11 @@ impl Segment {
             State::Archived(a) => return Ok(View::Archived(a)),
             State::Failed(e) => return Err(e),
         }
+        if let Some((at, e)) = last_failure.as_ref()
+            && at.elapsed() < LOAD_RETRY
+        {
+            return Err(e.clone());
+        }
         match self.load(end_position, io, report) {
             Ok(sealed) => {
                 let sealed = Arc::new(sealed);
@@ -112,6 +124,8 @@ impl Segment {
                 // An I/O error may pass (too many open files...); damage does not.
                 if matches!(e, Error::Corruption { .. } | Error::UnsupportedVersion { .. }) {
                     self.set_state(State::Failed(e.clone()));
+                } else {
+                    *last_failure = Some((Instant::now(), e.clone()));
                 }
                 Err(e)
             }
