@@ -16,6 +16,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
+use crate::format::Aligned;
 use crate::format::batch::{self, BatchView};
 use crate::format::index::{self, PositionEntry, StreamEntry};
 use crate::format::segment::{self as seg_format, Mode};
@@ -25,13 +26,39 @@ use crate::log::segment::{Segment, State};
 use crate::report::{RecoveryAction, Report};
 use crate::router::stream_hash;
 
-/// A sealed segment: the segment and its index, both memory-mapped and validated.
+/// A sealed segment: the segment, memory-mapped, and its index, both validated.
 #[derive(Debug)]
 pub(crate) struct SealedSegment {
     pub(crate) data: Mmap,
-    pub(crate) index: Mmap,
+    pub(crate) index: IndexBytes,
     pub(crate) streams: Range<usize>,
     pub(crate) positions: Range<usize>,
+}
+
+/// A sealed segment's index: its file, mapped, or (when a rebuilt index could not be written,
+/// on a full disk) the rebuilt image in memory, so that reads never need room on the disk.
+pub(crate) enum IndexBytes {
+    Mapped(Mmap),
+    Memory(Aligned),
+}
+
+impl std::fmt::Debug for IndexBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IndexBytes::Mapped(m) => write!(f, "Mapped({} bytes)", m.len()),
+            IndexBytes::Memory(a) => write!(f, "Memory({} bytes)", a.bytes().len()),
+        }
+    }
+}
+
+impl std::ops::Deref for IndexBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            IndexBytes::Mapped(m) => m,
+            IndexBytes::Memory(a) => a.bytes(),
+        }
+    }
 }
 
 impl Segment {
@@ -45,7 +72,9 @@ impl Segment {
         let data = mmap::segment(&file)?;
         check_header(&self.path, &data, self.partition, self.base)?;
         match self.try_index(io, len, end_position) {
-            Ok((idx, streams, positions)) => Ok(SealedSegment { data, index: idx, streams, positions }),
+            Ok((idx, streams, positions)) => {
+                Ok(SealedSegment { data, index: IndexBytes::Mapped(idx), streams, positions })
+            }
             Err(why) => {
                 drop(data);
                 self.rebuild(io, report, end_position, why)
@@ -61,7 +90,18 @@ impl Segment {
     ) -> Result<(Mmap, Range<usize>, Range<usize>), String> {
         let file = io.open_read(&self.index_path).map_err(|e| e.to_string())?;
         let map = mmap::segment(&file).map_err(|e| e.to_string())?;
-        let view = index::decode(&map)?;
+        let (streams, positions) = self.check_index(&map, segment_len, end_position)?;
+        Ok((map, streams, positions))
+    }
+
+    /// Checks an index image against this segment: its sections' ranges.
+    fn check_index(
+        &self,
+        map: &[u8],
+        segment_len: u64,
+        end_position: u64,
+    ) -> Result<(Range<usize>, Range<usize>), String> {
+        let view = index::decode(map)?;
         let h = view.header;
         if h.partition != self.partition || h.base_position != self.base {
             return Err(format!("index belongs to partition {} base {}", h.partition, h.base_position));
@@ -76,8 +116,7 @@ impl Segment {
             ));
         }
         let split = index::HEADER_LEN + view.streams.len() * 32;
-        let (streams, positions) = (index::HEADER_LEN..split, split..map.len());
-        Ok((map, streams, positions))
+        Ok((index::HEADER_LEN..split, split..map.len()))
     }
 
     /// Scans the segment, trims a zero-filled tail, writes a fresh index, and maps both.
@@ -116,13 +155,26 @@ impl Segment {
         }
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let name = index::file_name(self.base);
-        io.write_atomic(dir, &name, &mem.to_index_file(self.partition, self.base, stream_hash))?;
+        let image = mem.to_index_file(self.partition, self.base, stream_hash);
+        if let Err(e) = io.write_atomic(dir, &name, &image) {
+            if !matches!(e, Error::StorageFull { .. }) {
+                return Err(e);
+            }
+            // No room for the index file: serve reads from the image in memory (the next
+            // load, after a reopen, tries again). A full disk never fails a read.
+            let image = Aligned::new(&image);
+            let (streams, positions) = self.check_index(image.bytes(), end.data_end(), end_position).map_err(|e| {
+                Error::corruption(&self.index_path, 0, format!("rebuilt index does not check out: {e}"))
+            })?;
+            let data = mmap::segment(&io.open_read(&self.path)?)?;
+            return Ok(SealedSegment { data, index: IndexBytes::Memory(image), streams, positions });
+        }
         report.push(RecoveryAction::RebuiltIndex { path: self.index_path.clone(), reason: why });
         let data = mmap::segment(&io.open_read(&self.path)?)?;
         let (idx, streams, positions) = self
             .try_index(io, end.data_end(), end_position)
             .map_err(|e| Error::corruption(&self.index_path, 0, format!("rebuilt index does not check out: {e}")))?;
-        Ok(SealedSegment { data, index: idx, streams, positions })
+        Ok(SealedSegment { data, index: IndexBytes::Mapped(idx), streams, positions })
     }
 
     /// Seals an open segment: trims the file to its data, writes the index file (temp, fsync,
@@ -147,7 +199,8 @@ impl Segment {
         let (idx, streams, positions) = self
             .try_index(io, data_end, end_position)
             .map_err(|e| Error::corruption(&self.index_path, 0, format!("fresh index does not check out: {e}")))?;
-        self.set_state(State::Sealed(Arc::new(SealedSegment { data, index: idx, streams, positions })));
+        let sealed = SealedSegment { data, index: IndexBytes::Mapped(idx), streams, positions };
+        self.set_state(State::Sealed(Arc::new(sealed)));
         Ok(())
     }
 }
