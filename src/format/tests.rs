@@ -515,3 +515,21 @@ fn active_index_bytes_are_pinned() {
     assert_eq!((last.first_version, last.position, last.offset), (8, 1004, 432));
     assert_eq!((records[1].to_offset, records[1].to_position), (632, 1007));
 }
+
+/// A zstd bomb: a block whose frame (with a valid CRC) decompresses to far more than the block
+/// records. Decompression stops one byte past the recorded length and the block is refused;
+/// memory never grows towards what the frame would give.
+#[test]
+fn an_archive_block_that_decompresses_past_its_length_is_refused() {
+    use super::archive;
+    let (a, b) = golden_archive_blocks();
+    let bomb = zstd::bulk::compress(&vec![0u8; 256 << 20], 3).unwrap();
+    assert!(bomb.len() < 64 << 10, "a bomb: {} bytes", bomb.len());
+    let bytes = golden_archive(Some([zstd::bulk::compress(&a, 3).unwrap(), bomb]));
+    let image = super::Aligned::new(&bytes);
+    let layout = archive::decode(image.bytes()).unwrap();
+    let err = archive::decompress_block(image.bytes(), &layout, 1).unwrap_err();
+    // It stopped one byte past the recorded length, not at 256 MiB.
+    assert!(err.1.contains(&format!("decompresses to {} bytes, not {}", b.len() + 1, b.len())), "{err:?}");
+    assert!(archive::decompress_block(image.bytes(), &layout, 0).is_ok());
+}
