@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use strata::compaction::CompactionOptions;
-use strata::faults::{CutReport, SimDisk, StepKind};
+use strata::faults::{CutReport, FaultKind, FaultOp, FaultPlan, SimDisk, StepKind};
 use strata::inspect::{DeadLetterInfo, Dump, Filter};
 use strata::projection::{HandlerError, OnFailure, ProjectionOptions};
 use strata::{Error, EventData, ExpectedVersion, Options, Projection, ProjectionEngine, RecordedEvent, Store};
@@ -51,7 +51,11 @@ impl Projection for Audit {
     }
 }
 
-/// One successful append, as submitted.
+/// The `acked` of an append whose outcome is unknown (it failed on I/O): it may or may not
+/// be there, whole.
+const UNKNOWN: u64 = u64::MAX;
+
+/// One append, as submitted (successful, or of unknown outcome).
 #[derive(Debug, Clone)]
 struct Append {
     events: Vec<(String, Vec<u8>)>,
@@ -125,7 +129,15 @@ fn workload(seed: u64, root: &Path, base: Option<&Path>) -> (Arc<SimDisk>, Log, 
         None => std::fs::create_dir_all(root).unwrap(),
     }
     let sim = SimDisk::new(root);
-    let store = Arc::new(Store::open(root, options(Some(sim.clone()), preallocate)).unwrap());
+    // One workload in four has a segment fdatasync fail: its partition is poisoned, the
+    // append's outcome unknown, and the workload stops there (cuts then land between the
+    // failure, the cut-back and the close).
+    let plan = FaultPlan::new();
+    let faulty = rng.below(4) == 0;
+    let store = Arc::new(Store::open(root, options(Some(sim.clone()), preallocate).fault_plan(plan.clone())).unwrap());
+    if faulty {
+        plan.inject(FaultOp::Sync, FaultKind::Eio, rng.below(40), Some(".log"), false);
+    }
     let mut log = Log { created: sim.steps(), ..Log::default() };
     if base.is_some() {
         // What the earlier cut left is the baseline: every cut of this run must keep it.
@@ -166,6 +178,18 @@ fn workload(seed: u64, root: &Path, base: Option<&Path>) -> (Arc<SimDisk>, Log, 
     };
     let steps = 60 + rng.below(100);
     let grow_at = rng.below(steps * 2);
+    // Ends the workload at the first failure (only a faulty one may fail).
+    macro_rules! or_stop {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => {
+                    assert!(faulty, "seed {seed}: {e}");
+                    break;
+                }
+            }
+        };
+    }
     for step in 0..steps {
         match rng.below(100) {
             0..45 => {
@@ -174,8 +198,10 @@ fn workload(seed: u64, root: &Path, base: Option<&Path>) -> (Arc<SimDisk>, Log, 
                 let events: Vec<(String, Vec<u8>)> =
                     (0..1 + rng.below(3)).map(|_| ("Happened".to_string(), payload(&mut rng, poison))).collect();
                 let data: Vec<EventData> = events.iter().map(|(t, p)| EventData::new(t.as_str(), p.clone())).collect();
-                store.append(&s, version(&log, &s), &data).unwrap();
-                log.streams.entry(s).or_default().push(Append { events, acked: sim.steps() });
+                let r = store.append(&s, version(&log, &s), &data);
+                let acked = if r.is_ok() { sim.steps() } else { UNKNOWN };
+                log.streams.entry(s).or_default().push(Append { events, acked });
+                or_stop!(r);
             }
             45..53 => {
                 // A contended append: an expected version another writer already used.
@@ -187,6 +213,9 @@ fn workload(seed: u64, root: &Path, base: Option<&Path>) -> (Arc<SimDisk>, Log, 
                 };
                 let p = payload(&mut rng, false);
                 let r = store.append(&s, stale, &[EventData::new("Stale", p.clone())]);
+                if faulty && !matches!(r, Err(Error::WrongExpectedVersion { .. })) {
+                    break;
+                }
                 assert!(matches!(r, Err(Error::WrongExpectedVersion { .. })), "{r:?}");
                 log.refused.insert(p);
             }
@@ -201,7 +230,8 @@ fn workload(seed: u64, root: &Path, base: Option<&Path>) -> (Arc<SimDisk>, Log, 
                 let batches: Vec<(String, ExpectedVersion, Vec<(String, Vec<u8>)>)> = picked
                     .iter()
                     .map(|s| {
-                        let events = (0..1 + rng.below(2)).map(|_| ("Many".to_string(), payload(&mut rng, false))).collect();
+                        let events =
+                            (0..1 + rng.below(2)).map(|_| ("Many".to_string(), payload(&mut rng, false))).collect();
                         (s.clone(), version(&log, s), events)
                     })
                     .collect();
@@ -210,31 +240,39 @@ fn workload(seed: u64, root: &Path, base: Option<&Path>) -> (Arc<SimDisk>, Log, 
                 }));
                 let results: Vec<_> = futures.into_iter().map(|f| f.wait()).collect();
                 let acked = sim.steps();
+                let mut failed = None;
                 for ((s, _, events), r) in batches.into_iter().zip(results) {
-                    r.unwrap();
+                    let acked = if r.is_ok() { acked } else { UNKNOWN };
                     log.streams.entry(s).or_default().push(Append { events, acked });
+                    failed = failed.or(r.err());
                 }
+                or_stop!(failed.map_or(Ok(()), Err));
             }
             65..77 => {
                 let s = format!("tally-{}", rng.below(3));
                 if !log.aggregates.contains(&s) {
                     log.aggregates.push(s.clone());
                 }
-                let mut agg = store.load::<Agg>(&s).unwrap();
+                let mut agg = or_stop!(store.load::<Agg>(&s));
                 let events = vec![("Tallied".to_string(), payload(&mut rng, false))];
-                store.commit(&mut agg, &[EventData::new("Tallied", events[0].1.clone())]).unwrap();
-                log.streams.entry(s).or_default().push(Append { events, acked: sim.steps() });
+                let r = store.commit(&mut agg, &[EventData::new("Tallied", events[0].1.clone())]);
+                let acked = if r.is_ok() { sim.steps() } else { UNKNOWN };
+                log.streams.entry(s).or_default().push(Append { events, acked });
+                or_stop!(r);
             }
-            77..81 => store.flush_snapshots().unwrap(),
+            77..81 => or_stop!(store.flush_snapshots()),
             81..88 => {
-                store.compact().unwrap();
+                or_stop!(store.compact());
             }
             88..93 => {
                 let s = format!("doomed-{seed}-{step}");
                 let events = vec![("Doomed".to_string(), payload(&mut rng, false))];
-                store.append(&s, ExpectedVersion::NoStream, &[EventData::new("Doomed", events[0].1.clone())]).unwrap();
-                log.streams.entry(s.clone()).or_default().push(Append { events, acked: sim.steps() });
-                assert!(store.delete_stream(&s).unwrap());
+                let r = store.append(&s, ExpectedVersion::NoStream, &[EventData::new("Doomed", events[0].1.clone())]);
+                let acked = if r.is_ok() { sim.steps() } else { UNKNOWN };
+                log.streams.entry(s.clone()).or_default().push(Append { events, acked });
+                or_stop!(r);
+                log.deleted.insert(s.clone(), UNKNOWN);
+                assert!(or_stop!(store.delete_stream(&s)));
                 log.deleted.insert(s, sim.steps());
             }
             _ => {
@@ -242,12 +280,13 @@ fn workload(seed: u64, root: &Path, base: Option<&Path>) -> (Arc<SimDisk>, Log, 
             }
         }
         if step == grow_at && store.partition_count() < 4 {
-            store.grow_partitions(store.partition_count() + 1).unwrap();
+            or_stop!(store.grow_partitions(store.partition_count() + 1));
         }
     }
     let _ = engine.wait_caught_up("audit", Duration::from_secs(5));
-    engine.stop().unwrap();
-    store.close().unwrap();
+    let stopped = engine.stop();
+    let closed = store.close();
+    assert!(faulty || (stopped.is_ok() && closed.is_ok()), "seed {seed}: {stopped:?} {closed:?}");
     drop(store);
     (sim, log, preallocate)
 }
@@ -292,7 +331,10 @@ fn check(image: &Path, step: u64, log: &Log, preallocate: bool) -> Result<(), St
             Err(Error::StreamDeleted { .. }) if deleted_at.is_some() => continue,
             Err(e) => return Err(format!("{s}: read: {e}")),
             Ok(_) if deleted_at.is_some_and(|&d| d <= step) => {
-                return Err(format!("{s}: its deletion was acknowledged at step {}, yet it reads", deleted_at.unwrap()));
+                return Err(format!(
+                    "{s}: its deletion was acknowledged at step {}, yet it reads",
+                    deleted_at.unwrap()
+                ));
             }
             Ok(ev) => ev,
         };
@@ -458,9 +500,9 @@ fn run_cuts(first_seed: u64, cuts: u64, per_workload: u64, ignore_syncs_of: Opti
             let report = sim.crash_image(step, cut_seed, &image, ignore_syncs_of).unwrap();
             tallies.add(&report);
             if let Err(why) = check(&image, step, &log, preallocate) {
-                let kept = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("power-loss").join(format!(
-                    "seed-{seed}-step-{step}-cut-{cut_seed}"
-                ));
+                let kept = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                    .join("power-loss")
+                    .join(format!("seed-{seed}-step-{step}-cut-{cut_seed}"));
                 let _ = std::fs::remove_dir_all(&kept);
                 copy_dir(&image, &kept);
                 failures.push(format!(

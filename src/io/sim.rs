@@ -246,7 +246,13 @@ impl SimDisk {
     /// `ignore_syncs_of` names files or directories whose syncs are treated as if never
     /// issued, to test that a sync is needed: `/` is the store's directory, anything else
     /// matches the end of a path relative to it (`.log`, `p00000`, `MANIFEST.tmp`).
-    pub fn crash_image(&self, step: u64, seed: u64, out: &Path, ignore_syncs_of: Option<&str>) -> std::io::Result<CutReport> {
+    pub fn crash_image(
+        &self,
+        step: u64,
+        seed: u64,
+        out: &Path,
+        ignore_syncs_of: Option<&str>,
+    ) -> std::io::Result<CutReport> {
         let rec = self.rec.lock();
         let step = step.min(rec.ops.len() as u64);
         let mut rng = Rng::new(seed ^ step.rotate_left(32));
@@ -363,9 +369,7 @@ impl SimDisk {
                     (Style::KeepAll, _) => Fate::Keep,
                     (Style::InOrder, _) if *i < threshold => Fate::Keep,
                     (Style::InOrder, Op::SetLen { .. }) => Fate::Lose,
-                    (Style::InOrder, _) if *i == threshold => {
-                        Fate::Torn { at: rng.next(), sector }
-                    }
+                    (Style::InOrder, _) if *i == threshold => Fate::Torn { at: rng.next(), sector },
                     (Style::InOrder, _) => Fate::Lose,
                     (Style::Random, Op::SetLen { .. }) => {
                         if rng.chance(2) {
