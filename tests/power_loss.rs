@@ -81,6 +81,77 @@ struct Log {
     baseline: HashSet<Vec<u8>>,
 }
 
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap()).collect()
+}
+
+impl Log {
+    /// The model as text (one fact per line), kept beside a failing image for its replay.
+    fn save(&self, step: u64, preallocate: bool) -> String {
+        let mut out = format!("step {step}\npreallocate {preallocate}\ncreated {}\n", self.created);
+        for (s, appends) in &self.streams {
+            for a in appends {
+                let events: Vec<String> = a.events.iter().map(|(t, p)| format!("{t}:{}", hex(p))).collect();
+                out += &format!("append {s} {} {}\n", a.acked, events.join(" "));
+            }
+        }
+        for p in &self.refused {
+            out += &format!("refused {}\n", hex(p));
+        }
+        for (s, at) in &self.deleted {
+            out += &format!("deleted {s} {at}\n");
+        }
+        for s in &self.aggregates {
+            out += &format!("aggregate {s}\n");
+        }
+        for p in &self.baseline {
+            out += &format!("baseline {}\n", hex(p));
+        }
+        out
+    }
+
+    /// Reads [`Log::save`]'s text: the model, the cut's step, and the preallocation setting.
+    fn load(text: &str) -> (Log, u64, bool) {
+        let (mut log, mut step, mut preallocate) = (Log::default(), 0, false);
+        for line in text.lines() {
+            let mut words = line.split(' ');
+            match words.next() {
+                Some("step") => step = words.next().unwrap().parse().unwrap(),
+                Some("preallocate") => preallocate = words.next().unwrap() == "true",
+                Some("created") => log.created = words.next().unwrap().parse().unwrap(),
+                Some("append") => {
+                    let s = words.next().unwrap().to_owned();
+                    let acked = words.next().unwrap().parse().unwrap();
+                    let events = words
+                        .map(|e| {
+                            let (t, p) = e.split_once(':').unwrap();
+                            (t.to_owned(), unhex(p))
+                        })
+                        .collect();
+                    log.streams.entry(s).or_default().push(Append { events, acked });
+                }
+                Some("refused") => {
+                    log.refused.insert(unhex(words.next().unwrap()));
+                }
+                Some("deleted") => {
+                    let s = words.next().unwrap().to_owned();
+                    log.deleted.insert(s, words.next().unwrap().parse().unwrap());
+                }
+                Some("aggregate") => log.aggregates.push(words.next().unwrap().to_owned()),
+                Some("baseline") => {
+                    log.baseline.insert(unhex(words.next().unwrap()));
+                }
+                _ => {}
+            }
+        }
+        (log, step, preallocate)
+    }
+}
+
 struct Rng(u64);
 
 impl Rng {
@@ -500,13 +571,17 @@ fn run_cuts(first_seed: u64, cuts: u64, per_workload: u64, ignore_syncs_of: Opti
             let report = sim.crash_image(step, cut_seed, &image, ignore_syncs_of).unwrap();
             tallies.add(&report);
             if let Err(why) = check(&image, step, &log, preallocate) {
-                let kept = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-                    .join("power-loss")
-                    .join(format!("seed-{seed}-step-{step}-cut-{cut_seed}"));
+                let kept = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("power-loss").join(format!(
+                    "seed-{seed}-step-{step}-cut-{cut_seed}{}",
+                    ignore_syncs_of.map_or(String::new(), |i| { format!("-without-{}", i.replace(['/', '.'], "_")) })
+                ));
+                // The image as the cut left it (the check repaired its copy), and the model.
                 let _ = std::fs::remove_dir_all(&kept);
-                copy_dir(&image, &kept);
+                sim.crash_image(step, cut_seed, &kept.join("image"), ignore_syncs_of).unwrap();
+                std::fs::write(kept.join("model"), log.save(step, preallocate)).unwrap();
                 failures.push(format!(
-                    "workload seed {seed}, cut at step {step} of {total} ({:?} {:?}, {}), cut seed {cut_seed}: {why}; image kept in {}",
+                    "workload seed {seed}, cut at step {step} of {total} ({:?} {:?}, {}), cut seed {cut_seed}: {why}; \
+                     replay: STRATA_POWER_REPLAY={} cargo test --features fault-injection --test power_loss replay",
                     report.kind,
                     report.path,
                     report.style,
@@ -564,4 +639,17 @@ fn every_relied_on_sync_is_needed() {
         }
     }
     assert!(missing.is_empty(), "syncs the simulator could not show needed:\n{}", missing.join("\n"));
+}
+
+/// Replays a kept failure: `STRATA_POWER_REPLAY=<dir printed by a failing cut>` checks a copy
+/// of its image against its model again (without it, nothing to do).
+#[test]
+fn replay() {
+    let Ok(kept) = std::env::var("STRATA_POWER_REPLAY") else { return };
+    let kept = PathBuf::from(kept);
+    let (log, step, preallocate) = Log::load(&std::fs::read_to_string(kept.join("model")).unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let image = tmp.path().join("image");
+    copy_dir(&kept.join("image"), &image);
+    check(&image, step, &log, preallocate).unwrap();
 }
