@@ -8,7 +8,7 @@
 //! goes on in the old layout with every read unchanged and appends working, reopens in the old
 //! layout, and grows again (resuming or starting over), after which it reopens grown. The
 //! directory `fsync`s after the commit's rename (the read-back rule, and the second `fsync`) are
-//! not among the injected faults.
+//! `a_grow_whose_manifest_may_not_be_durable_refuses_appends`.
 
 mod common;
 
@@ -446,4 +446,47 @@ fn a_failed_segment_load_is_not_retried_on_every_read() {
     let got = store.read_stream("s", 0, usize::MAX).unwrap();
     assert_eq!(payloads(&got), acked);
     assert!(first_index.exists(), "the index was rebuilt");
+}
+
+/// A grow whose manifest rename happened but whose directory fsync failed twice (the commit's
+/// and its retry) has no layout known to survive a power loss: the old manifest may come back,
+/// or the new one stay. Appends are then refused (an append acknowledged under either layout
+/// could be lost under the other) until a reopen, which finds every acknowledged append in
+/// whichever layout the disk kept. Each run fails the store directory's fsyncs from the
+/// `skip + 1`-th on.
+#[test]
+fn a_grow_whose_manifest_may_not_be_durable_refuses_appends() {
+    let mut hit = 0;
+    for skip in 0..8 {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = FaultPlan::new();
+        let store = Store::open(dir.path(), opts(2, 1 << 20).fault_plan(plan.clone())).unwrap();
+        let streams: Vec<String> = (0..12).map(|k| format!("s{k}")).collect();
+        let mut acked: Vec<Vec<Vec<u8>>> = streams.iter().map(|s| fill(&store, s, 3)).collect();
+        plan.inject_at(FaultOp::Sync, FaultKind::Eio, skip, dir.path(), true);
+        let grown = store.grow_partitions(4);
+        let on_disk = match strata::inspect::dump(&dir.path().join("MANIFEST"), &Default::default()).unwrap() {
+            strata::inspect::Dump::Manifest { partition_count, .. } => partition_count,
+            other => panic!("{other:?}"),
+        };
+        if grown.is_err() && on_disk == 4 {
+            hit += 1;
+            for s in &streams {
+                let r = store.append(s, ExpectedVersion::Any, &[ev("After", "refused")]);
+                assert!(r.is_err(), "skip {skip}: {s}: an append was acknowledged under an unsure layout: {r:?}");
+            }
+        } else if grown.is_err() {
+            // Failed before the rename: the old layout goes on.
+            for (s, a) in streams.iter().zip(&mut acked) {
+                a.extend(fill(&store, s, 1));
+            }
+        }
+        plan.clear();
+        drop(store);
+        let store = Store::open(dir.path(), Options::default()).unwrap();
+        for (s, a) in streams.iter().zip(&acked) {
+            assert_eq!(&payloads(&store.read_stream(s, 0, 100).unwrap()), a, "skip {skip}: {s}");
+        }
+    }
+    assert!(hit > 0, "no run failed both fsyncs after the rename");
 }

@@ -40,6 +40,8 @@ struct Rule {
     kind: FaultKind,
     skip: u64,
     path_contains: Option<String>,
+    /// Only this exact path (a directory, say, whose name every file in it contains).
+    path_is: Option<std::path::PathBuf>,
     sticky: bool,
 }
 
@@ -65,7 +67,20 @@ impl FaultPlan {
     /// Fails the `skip + 1`-th matching call of `op` (whose path contains `path_contains`, if
     /// given) with `kind`; if `sticky`, every later matching call fails too.
     pub fn inject(&self, op: FaultOp, kind: FaultKind, skip: u64, path_contains: Option<&str>, sticky: bool) {
-        self.rules.lock().push(Rule { op, kind, skip, path_contains: path_contains.map(str::to_owned), sticky });
+        self.rules.lock().push(Rule {
+            op,
+            kind,
+            skip,
+            path_contains: path_contains.map(str::to_owned),
+            path_is: None,
+            sticky,
+        });
+    }
+
+    /// Like [`FaultPlan::inject`], for calls on exactly `path` (a store's directory, whose
+    /// name the paths of all its files contain).
+    pub fn inject_at(&self, op: FaultOp, kind: FaultKind, skip: u64, path: &Path, sticky: bool) {
+        self.rules.lock().push(Rule { op, kind, skip, path_contains: None, path_is: Some(path.to_path_buf()), sticky });
     }
 
     /// Makes every group commit wait `delay` after adding its batches to the in-memory index
@@ -83,10 +98,14 @@ impl FaultPlan {
 
     pub(crate) fn check(&self, op: FaultOp, path: &Path) -> Option<FaultKind> {
         let mut rules = self.rules.lock();
-        let path = path.to_string_lossy();
+        let name = path.to_string_lossy();
         let mut fired = None;
         rules.retain_mut(|r| {
-            if fired.is_some() || r.op != op || r.path_contains.as_deref().is_some_and(|p| !path.contains(p)) {
+            if fired.is_some()
+                || r.op != op
+                || r.path_contains.as_deref().is_some_and(|p| !name.contains(p))
+                || r.path_is.as_deref().is_some_and(|p| p != path)
+            {
                 return true;
             }
             if r.skip > 0 {

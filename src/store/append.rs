@@ -26,6 +26,7 @@ impl Store {
         // Route and queue under the senders' read lock: a grow's cutover waits for it.
         let senders = self.senders.read();
         let p = router::jump_consistent_hash(req.hash, self.partition_count());
+        self.shared.check_appends(p)?;
         let sender = senders.get(p as usize).ok_or(Error::Closed)?;
         sender.send(Queued::One(req)).map_err(|_| Error::Closed)?;
         Ok(rx)
@@ -96,6 +97,16 @@ impl Store {
         // per partition. A failed send drops the requests: their futures report `Closed`.
         let senders = self.senders.read();
         let count = self.partition_count();
+        if let Err(e) = self.shared.check_appends(0) {
+            // Dropping the requests answers their futures with `Closed`: say why instead.
+            return futures
+                .into_iter()
+                .map(|f| match f.state {
+                    FutureState::Waiting(_) => AppendFuture { state: FutureState::Failed(Some(e.clone())) },
+                    state => AppendFuture { state },
+                })
+                .collect();
+        }
         let mut per_partition: Vec<Vec<AppendRequest>> = (0..count).map(|_| Vec::new()).collect();
         for req in queued {
             if let Some(v) = per_partition.get_mut(router::jump_consistent_hash(req.hash, count) as usize) {

@@ -40,10 +40,9 @@
 //! partitions, so that the partitions and the writers' queues stay in step (a partition whose id
 //! is not the length of both is refused with an I/O error).
 //!
-//! If the commit's directory `fsync` fails twice, the grow stands in memory but the projection
-//! workers are not woken; they find the new count the next time they look for work (an idle
-//! worker waits at most 100 ms). `strata grow DIR --partitions m` opens the store and calls
-//! `grow_partitions`.
+//! If the commit's directory `fsync` fails twice, routing stays in the old layout and every
+//! append is refused until reopen (FORMAT.md §17.1, errors). `strata grow DIR --partitions m`
+//! opens the store and calls `grow_partitions`.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -207,11 +206,16 @@ impl Store {
                     return Err(e);
                 }
                 // It is in place but maybe not durable: sync the directory again. If that
-                // fails too, the grow stands in memory (routing follows the file) and the
-                // error is returned: a power loss before the directory reaches the disk could
-                // bring back the old manifest.
+                // fails too, neither layout is sure to survive a power loss (the old manifest
+                // may come back, or the new one stay), and an append acknowledged under one
+                // could be lost under the other: appends are refused until reopen, which
+                // takes whichever manifest the disk kept. Both hold every acknowledged append
+                // (the old partitions their own, the new ones the copies).
                 if let Err(e) = self.shared.io.sync_dir(&self.shared.dir) {
-                    self.adopt_layout(m, new_count);
+                    *self.shared.appends_refused.lock() = Some(format!(
+                        "growing to {new_count} partitions renamed the manifest, but syncing the store directory \
+                         failed twice ({e}): reopen the store"
+                    ));
                     return Err(e);
                 }
             }

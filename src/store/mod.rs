@@ -64,6 +64,9 @@ pub(crate) struct Shared {
     /// Set by `close`: calls from then on fail with `Error::Closed`, and a running
     /// compaction stops throttling and starts no new partition.
     closing: AtomicBool,
+    /// Set when no layout is known to survive a power loss (a grow's manifest rename whose
+    /// directory fsync failed twice): every append fails with this cause until reopen.
+    appends_refused: Mutex<Option<String>>,
     io: Io,
     signal: Arc<HeadSignal>,
     writer_cfg: WriterConfig,
@@ -72,6 +75,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// `Err` if appends are refused until reopen (see `appends_refused`).
+    fn check_appends(&self, partition: u32) -> Result<()> {
+        match self.appends_refused.lock().as_ref() {
+            Some(cause) => Err(Error::Poisoned { partition, cause: cause.clone() }),
+            None => Ok(()),
+        }
+    }
+
     /// Every open partition (see `partitions`).
     fn parts(&self) -> Arc<Vec<Arc<Partition>>> {
         self.partitions.read().clone()

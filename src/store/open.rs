@@ -94,6 +94,7 @@ impl Store {
             compaction: options.compaction.clone(),
             compactions: Default::default(),
             closing: Default::default(),
+            appends_refused: Default::default(),
             io,
             signal,
             writer_cfg,
