@@ -522,3 +522,60 @@ fn a_panicking_handler_is_a_failing_one() {
     assert_eq!((p.inner.count.load(Ordering::Relaxed), p.inner.duplicates()), (16, 4));
     assert_eq!(engine.workers(), 1);
 }
+
+/// Fails every event.
+struct AlwaysFails;
+
+impl Projection for AlwaysFails {
+    fn handle(&self, _: &RecordedEvent) -> Result<(), strata::projection::HandlerError> {
+        Err("always".into())
+    }
+}
+
+/// The dead-letter queue is bounded: past `max_dead_letters` pending letters the partition
+/// stops, saying why, instead of holding more; discarding letters lets a new registration go
+/// on. Resolved letters do not stay in the file: it is rewritten with the pending ones, and
+/// letter ids are never given twice, across rewrites and reopens.
+#[test]
+fn the_dead_letter_queue_is_bounded_and_its_file_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), opts(1, 1 << 20)).unwrap());
+    fill(&store, "bad", 700);
+    let options = ProjectionOptions::default().retry(1, Duration::ZERO).max_dead_letters(600);
+    let engine = ProjectionEngine::new(store.clone(), 1);
+    engine.register("fails", Arc::new(AlwaysFails), options.clone()).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let stopped = loop {
+        let st = engine.status("fails").unwrap();
+        if let Some(e) = st.partitions[0].error.clone() {
+            break (st, e);
+        }
+        assert!(std::time::Instant::now() < deadline, "{st:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(stopped.0.dead_letters, 600, "{:?}", stopped.0);
+    assert!(stopped.1.contains("limit of 600"), "{}", stopped.1);
+    let file = dir.path().join("projections").join("fails").join("dlq");
+    let full = std::fs::metadata(&file).unwrap().len();
+    // Discard all but the 50 newest: the file is rewritten along the way, and keeps those.
+    let ids: Vec<u64> = engine.dead_letters("fails").unwrap().iter().map(|l| l.id).collect();
+    assert_eq!(engine.discard_dead_letters("fails", &ids[..550]).unwrap(), 550);
+    let after = std::fs::metadata(&file).unwrap().len();
+    assert!(after < full / 2, "the file kept resolved letters: {full} -> {after} bytes");
+    engine.stop().unwrap();
+    let engine = ProjectionEngine::new(store.clone(), 1);
+    engine.register("fails", Arc::new(AlwaysFails), options.clone()).unwrap();
+    // (The partition goes on meanwhile, adding letters for the events after the stop.)
+    let kept: Vec<u64> = engine.dead_letters("fails").unwrap().iter().map(|l| l.id).take(50).collect();
+    assert_eq!(kept, ids[550..], "the rewrite lost pending letters");
+    assert_eq!(engine.discard_dead_letters("fails", &kept).unwrap(), 50);
+    engine.stop().unwrap();
+    // A new registration goes on from the stopped event; new ids follow the old ones.
+    let engine = ProjectionEngine::new(store.clone(), 1);
+    engine.register("fails", Arc::new(AlwaysFails), options).unwrap();
+    settle(&engine, "fails");
+    let letters = engine.dead_letters("fails").unwrap();
+    assert_eq!(letters.len(), 100);
+    assert!(letters.iter().all(|l| l.id > 600), "an id was given twice: {:?}", letters.first());
+    assert_eq!(letters[0].version, 600);
+}

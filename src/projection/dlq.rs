@@ -10,6 +10,14 @@
 //! pending letter. `add` writes nothing when a pending letter has the same partition and
 //! position (the event was handled again after a crash); if that letter was resolved in between,
 //! the event gets a second one.
+//!
+//! Bounds: the queue holds at most `ProjectionOptions::max_dead_letters` pending letters in
+//! memory (each about 100 bytes plus its stream id and error text); a partition whose next
+//! letter would pass that stops, saying so, until letters are replayed or discarded. The file is
+//! rewritten (atomically, FORMAT.md §3.2) with only the pending letters once resolved records
+//! number at least `REWRITE_AFTER` and twice the pending ones, so it does not grow with letters
+//! long since resolved. The
+//! rewrite ends with the resolution of the highest id ever given, so ids are never reused.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -31,12 +39,23 @@ struct State {
     /// Unresolved dead letters, oldest first.
     pending: Vec<Letter>,
     next_id: u64,
+    /// Records in the file that no longer matter (resolved letters and their resolutions).
+    dead: usize,
 }
+
+/// Resolved records past which (and past twice the pending letters' count) the file is
+/// rewritten: each rewrite copies the pending letters once per that many resolutions, so its
+/// cost per resolution stays constant.
+const REWRITE_AFTER: usize = 64;
 
 /// The dead-letter queue of one projection.
 #[derive(Debug)]
 pub(crate) struct DeadLetters {
     state: Mutex<State>,
+    dir: std::path::PathBuf,
+    io: Io,
+    /// Most pending letters.
+    max: usize,
     parked: RwLock<HashSet<String>>,
     /// `parked.len()`, read without the lock on the hot path.
     parked_len: AtomicUsize,
@@ -46,7 +65,7 @@ impl DeadLetters {
     /// Opens (or creates) `dir/dlq`, by the torn-tail rule of every record file
     /// (`format::records`): a torn last record is cut off and reported; damage anywhere is
     /// an [`Error::Corruption`]. With `park`, streams with pending letters are parked.
-    pub fn open(dir: &Path, io: &Io, report: &Report, park: bool) -> Result<DeadLetters> {
+    pub fn open(dir: &Path, io: &Io, report: &Report, park: bool, max: usize) -> Result<DeadLetters> {
         let path = dir.join(format::FILE_NAME);
         let (records, log) = match records::open(&path, io, report, &KIND)? {
             Some(opened) => (opened.records, opened.log),
@@ -54,22 +73,38 @@ impl DeadLetters {
         };
         let mut pending: Vec<Letter> = Vec::new();
         let mut next_id = 1;
+        let count = records.len();
         for (_, r) in records {
             match r {
                 Record::Letter(l) => {
                     next_id = next_id.max(l.id.saturating_add(1));
                     pending.push(l);
                 }
-                Record::Resolution { id, .. } => pending.retain(|l| l.id != id),
+                Record::Resolution { id, .. } => {
+                    // A rewrite's last record names the highest id given (its letter gone).
+                    next_id = next_id.max(id.saturating_add(1));
+                    pending.retain(|l| l.id != id);
+                }
             }
         }
+        let dead = count - pending.len();
         let parked: HashSet<String> =
             if park { pending.iter().map(|l| l.stream.clone()).collect() } else { HashSet::new() };
         Ok(DeadLetters {
             parked_len: AtomicUsize::new(parked.len()),
             parked: RwLock::new(parked),
-            state: Mutex::new(State { log, pending, next_id }),
+            state: Mutex::new(State { log, pending, next_id, dead }),
+            dir: dir.to_path_buf(),
+            io: io.clone(),
+            max: max.max(1),
         })
+    }
+
+    /// The queue's bound, if another letter would pass it (the worker then stops instead of
+    /// adding one).
+    pub fn is_full(&self) -> Option<usize> {
+        let n = self.state.lock().pending.len();
+        (n >= self.max).then_some(self.max)
     }
 
     pub fn is_parked(&self, stream: &str) -> bool {
@@ -84,6 +119,7 @@ impl DeadLetters {
         if known {
             return Ok(());
         }
+
         let letter = Letter {
             id: s.next_id,
             time: now_nanos(),
@@ -120,12 +156,36 @@ impl DeadLetters {
         let Some(k) = s.pending.iter().position(|l| l.id == id) else { return Ok(false) };
         s.log.append(&format::encode_resolution(id, now_nanos(), outcome))?;
         let letter = s.pending.remove(k);
+        s.dead += 2;
+        if s.dead >= REWRITE_AFTER && s.dead > 2 * s.pending.len() {
+            // Best effort: a failed rewrite leaves the old file, whole (FORMAT.md §3.2).
+            if let Ok(log) = self.rewrite(&s) {
+                s.log = log;
+                s.dead = 0;
+            }
+        }
         if !s.pending.iter().any(|l| l.stream == letter.stream) {
             let mut parked = self.parked.write();
             parked.remove(&letter.stream);
             self.parked_len.store(parked.len(), Ordering::Release);
         }
         Ok(true)
+    }
+}
+
+impl DeadLetters {
+    /// The file with only the pending letters, then the resolution of the highest id given.
+    fn rewrite(&self, s: &State) -> Result<RecordLog> {
+        let mut bytes = format::encode_header().to_vec();
+        for l in &s.pending {
+            bytes.extend_from_slice(&format::encode_letter(l));
+        }
+        // Unless that letter is itself pending (then its record says as much).
+        let last = s.next_id.saturating_sub(1);
+        if last > 0 && s.pending.last().is_none_or(|l| l.id != last) {
+            bytes.extend_from_slice(&format::encode_resolution(last, now_nanos(), Outcome::Discarded));
+        }
+        RecordLog::create(&self.dir, format::FILE_NAME, &bytes, &self.io)
     }
 }
 

@@ -212,7 +212,13 @@ impl ProjectionEngine {
         }
         let dlq = match options.on_failure {
             OnFailure::Stop => None,
-            other => Some(DeadLetters::open(dir, &self.inner.io, self.inner.log.report(), other == OnFailure::Park)?),
+            other => Some(DeadLetters::open(
+                dir,
+                &self.inner.io,
+                self.inner.log.report(),
+                other == OnFailure::Park,
+                options.max_dead_letters,
+            )?),
         };
         let (checkpoints, start) = match options.checkpoints {
             Checkpoints::Engine => {

@@ -151,6 +151,9 @@ pub struct ProjectionOptions {
     pub checkpoints: Checkpoints,
     /// What happens to an event that keeps failing.
     pub on_failure: OnFailure,
+    /// Most pending dead letters (default 100,000), which the queue holds in memory: a
+    /// partition whose next letter would pass it stops until letters are replayed or discarded.
+    pub max_dead_letters: usize,
 }
 
 impl Default for ProjectionOptions {
@@ -162,6 +165,7 @@ impl Default for ProjectionOptions {
             sla: Duration::from_secs(5),
             checkpoints: Checkpoints::Engine,
             on_failure: OnFailure::DeadLetter,
+            max_dead_letters: 100_000,
         }
     }
 }
@@ -191,6 +195,11 @@ impl ProjectionOptions {
     /// Sets what happens to an event that keeps failing.
     pub fn on_failure(mut self, what: OnFailure) -> Self {
         self.on_failure = what;
+        self
+    }
+    /// Sets the most pending dead letters (at least 1).
+    pub fn max_dead_letters(mut self, n: usize) -> Self {
+        self.max_dead_letters = n.max(1);
         self
     }
 }

@@ -220,6 +220,13 @@ pub(super) fn guarded(
 /// projection parks failing streams. Returns why it could not.
 fn dead_letter(reg: &Registered, e: &RecordedEvent, attempts: u32, error: &str) -> std::result::Result<(), String> {
     let Some(dlq) = &reg.dlq else { return Err(format!("no dead-letter queue for: {error}")) };
+    if let Some(max) = dlq.is_full() {
+        return Err(format!(
+            "the dead-letter queue holds its limit of {max} letters (ProjectionOptions::max_dead_letters): \
+             replay or discard them, then register the projection again; the event at position {} failed: {error}",
+            e.position
+        ));
+    }
     dlq.add(e, attempts, error, reg.options.on_failure == OnFailure::Park)
         .map_err(|err| format!("writing the dead letter for position {} failed: {err}", e.position))
 }
