@@ -76,6 +76,8 @@ struct Log {
     deleted: HashMap<String, u64>,
     /// Aggregate streams.
     aggregates: Vec<String>,
+    /// Dead letters discarded, by (stream, version), with the step before the discard began.
+    discarded: HashMap<(String, u64), u64>,
     /// Payloads the store held when the workload began (a base image's, deleted streams'
     /// included).
     baseline: HashSet<Vec<u8>>,
@@ -111,6 +113,9 @@ impl Log {
         for p in &self.baseline {
             out += &format!("baseline {}\n", hex(p));
         }
+        for ((s, v), at) in &self.discarded {
+            out += &format!("discarded {s} {v} {at}\n");
+        }
         out
     }
 
@@ -144,6 +149,11 @@ impl Log {
                 Some("aggregate") => log.aggregates.push(words.next().unwrap().to_owned()),
                 Some("baseline") => {
                     log.baseline.insert(unhex(words.next().unwrap()));
+                }
+                Some("discarded") => {
+                    let s = words.next().unwrap().to_owned();
+                    let v = words.next().unwrap().parse().unwrap();
+                    log.discarded.insert((s, v), words.next().unwrap().parse().unwrap());
                 }
                 _ => {}
             }
@@ -192,11 +202,11 @@ fn projection_options() -> ProjectionOptions {
 /// Runs the workload of `seed` on a store in `root`, recorded by the returned disk. With
 /// `base`, the store starts as a copy of that directory (the image of an earlier power cut,
 /// not yet opened), so cuts also land in the repairs its open makes.
-fn workload(seed: u64, root: &Path, base: Option<&Path>) -> (Arc<SimDisk>, Log, bool) {
+fn workload(seed: u64, root: &Path, base: Option<(&Path, &HashMap<(String, u64), u64>)>) -> (Arc<SimDisk>, Log, bool) {
     let mut rng = Rng(seed | 1);
     let preallocate = rng.below(2) == 0;
     match base {
-        Some(base) => copy_dir(base, root),
+        Some((base, _)) => copy_dir(base, root),
         None => std::fs::create_dir_all(root).unwrap(),
     }
     let sim = SimDisk::new(root);
@@ -210,9 +220,11 @@ fn workload(seed: u64, root: &Path, base: Option<&Path>) -> (Arc<SimDisk>, Log, 
         plan.inject(FaultOp::Sync, FaultKind::Eio, rng.below(40), Some(".log"), false);
     }
     let mut log = Log { created: sim.steps(), ..Log::default() };
-    if base.is_some() {
-        // What the earlier cut left is the baseline: every cut of this run must keep it.
+    if let Some((_, discarded)) = base {
+        // What the earlier cut left is the baseline: every cut of this run must keep it,
+        // including the dead letters its workload had discarded by then.
         log.created = 0;
+        log.discarded = discarded.keys().map(|k| (k.clone(), 0)).collect();
         for s in store.streams() {
             let s = s.unwrap();
             let events: Vec<(String, Vec<u8>)> = match store.read_stream(&s, 0, usize::MAX) {
@@ -346,8 +358,28 @@ fn workload(seed: u64, root: &Path, base: Option<&Path>) -> (Arc<SimDisk>, Log, 
                 assert!(or_stop!(store.delete_stream(&s)));
                 log.deleted.insert(s, sim.steps());
             }
-            _ => {
+            93..97 => {
                 let _ = engine.wait_caught_up("audit", Duration::from_secs(5));
+            }
+            _ => {
+                // A burst of poison events, then every pending dead letter discarded: enough
+                // resolutions over a run that the queue's file is rewritten.
+                let s = stream_names[rng.below(10) as usize].clone();
+                let events: Vec<(String, Vec<u8>)> =
+                    (0..8).map(|_| ("Poison".to_string(), payload(&mut rng, true))).collect();
+                let data: Vec<EventData> = events.iter().map(|(t, p)| EventData::new(t.as_str(), p.clone())).collect();
+                let r = store.append(&s, version(&log, &s), &data);
+                let acked = if r.is_ok() { sim.steps() } else { UNKNOWN };
+                log.streams.entry(s).or_default().push(Append { events, acked });
+                or_stop!(r);
+                let _ = engine.wait_caught_up("audit", Duration::from_secs(5));
+                let letters = or_stop!(engine.dead_letters("audit"));
+                let before = sim.steps();
+                for l in &letters {
+                    log.discarded.entry((l.stream.clone(), l.version)).or_insert(before);
+                }
+                let ids: Vec<u64> = letters.iter().map(|l| l.id).collect();
+                or_stop!(engine.discard_dead_letters("audit", &ids));
             }
         }
         if step == grow_at && store.partition_count() < 4 {
@@ -458,7 +490,8 @@ fn check(image: &Path, step: u64, log: &Log, preallocate: bool) -> Result<(), St
     }
     for ((s, v), at) in &poison {
         let passed = at.iter().all(|(p, pos)| checkpoints.get(*p as usize).is_some_and(|c| c > pos));
-        if passed && !letters.contains(&(s.clone(), *v)) {
+        let discarded = log.discarded.get(&(s.clone(), *v)).is_some_and(|&d| d <= step);
+        if passed && !letters.contains(&(s.clone(), *v)) && !discarded {
             return Err(format!("{s}@{v}: its checkpoints passed it ({at:?}), yet no dead letter holds it"));
         }
     }
@@ -554,11 +587,11 @@ fn run_cuts(first_seed: u64, cuts: u64, per_workload: u64, ignore_syncs_of: Opti
     let mut seed = first_seed;
     let mut done = 0;
     // Every other workload starts from an image an earlier cut left.
-    let mut base: Option<tempfile::TempDir> = None;
+    let mut base: Option<(tempfile::TempDir, HashMap<(String, u64), u64>)> = None;
     while done < cuts {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("store");
-        let (sim, log, preallocate) = workload(seed, &root, base.as_ref().map(|b| b.path()));
+        let (sim, log, preallocate) = workload(seed, &root, base.as_ref().map(|(b, d)| (b.path(), d)));
         base = None;
         let untracked = sim.untracked();
         assert!(untracked.is_empty(), "seed {seed}: file operations outside the I/O seam: {untracked:?}");
@@ -596,7 +629,9 @@ fn run_cuts(first_seed: u64, cuts: u64, per_workload: u64, ignore_syncs_of: Opti
             if base.is_none() && step >= log.created && seed % 2 == 0 {
                 let b = tempfile::tempdir().unwrap();
                 sim.crash_image(step, cut_seed, b.path(), ignore_syncs_of).unwrap();
-                base = Some(b);
+                let discarded =
+                    log.discarded.iter().filter(|(_, d)| **d <= step).map(|(k, d)| (k.clone(), *d)).collect();
+                base = Some((b, discarded));
             }
         }
         seed = seed.wrapping_add(1);
