@@ -490,3 +490,34 @@ fn a_grow_whose_manifest_may_not_be_durable_refuses_appends() {
     }
     assert!(hit > 0, "no run failed both fsyncs after the rename");
 }
+
+/// A poisoning writes a marker before it cuts the segment back: if the cut fails (or the
+/// process dies before it), the next open cuts the bytes after the durable end, which may be
+/// pages whose write-back failed, instead of keeping them as valid batches for new ones to
+/// vouch for.
+#[test]
+fn a_failed_cut_back_is_finished_by_the_next_open() {
+    let (dir, plan, store) = with_plan(1);
+    let acked = fill(&store, "s", 3);
+    plan.inject(FaultOp::Sync, FaultKind::Eio, 0, Some(".log"), false);
+    plan.inject(FaultOp::SetLen, FaultKind::Eio, 0, Some(".log"), false);
+    let r = store.append("s", ExpectedVersion::Exact(2), &[ev("Failed", "never acknowledged")]);
+    assert!(matches!(r, Err(Error::Poisoned { .. })), "{r:?}");
+    let marker = dir.path().join("p00000").join("POISON");
+    assert!(marker.exists(), "no poison marker");
+    assert!(matches!(store.close(), Err(Error::Poisoned { .. })));
+    drop(store);
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(payloads(&store.read_stream("s", 0, 100).unwrap()), acked, "the failed append's bytes were kept");
+    assert!(!marker.exists(), "the marker outlived its cut");
+    let cut = store
+        .recovery_report()
+        .into_iter()
+        .any(|a| matches!(a, RecoveryAction::TruncatedTornTail { ref reason, .. } if reason.contains("POISON")));
+    assert!(cut, "{:?}", store.recovery_report());
+    fill(&store, "s", 2);
+    store.close().unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(store.read_stream("s", 0, 100).unwrap().len(), 5);
+    assert!(store.recovery_report().is_empty(), "{:?}", store.recovery_report());
+}

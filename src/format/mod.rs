@@ -16,6 +16,7 @@ pub(crate) mod dlq;
 pub(crate) mod header;
 pub(crate) mod index;
 pub(crate) mod manifest;
+pub(crate) mod poison;
 pub(crate) mod records;
 pub(crate) mod segment;
 pub(crate) mod snapshot;

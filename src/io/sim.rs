@@ -328,7 +328,7 @@ impl SimDisk {
             .map(|(i, _)| *i)
             .min()
             .unwrap_or(0);
-        let threshold = first_pending + rng.below(step as u64 + 1 - first_pending as u64) as usize;
+        let threshold = first_pending + rng.below(step + 1 - first_pending as u64) as usize;
         let mut final_dirs: HashMap<NodeId, BTreeMap<OsString, NodeId>> = HashMap::new();
         // Every directory, including those that never had an entry.
         for (id, k) in rec.nodes.iter().enumerate() {

@@ -136,6 +136,7 @@ impl Partition {
         }
         let mut segments = recovery::slots(&dir, id, &bases, archives)?;
         recovery::stale_journals(&dir, active_base, &journals, &io)?;
+        recovery::poison_marker(&dir, id, active_base, &io, &report)?;
         let recovered = recovery::recover_active(&dir, id, active_base, &io, &report, journal_interval)?;
         let Recovered { open, data_end, last_timestamp, file_len, journal, scanned } = recovered;
         let head = open.index.read().end_position;

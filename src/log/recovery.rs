@@ -18,6 +18,7 @@ use crate::format::active_index as aix;
 use crate::format::archive as arc_format;
 use crate::format::batch;
 use crate::format::index;
+use crate::format::poison;
 use crate::format::segment::{self as seg_format, End, Mode};
 use crate::io::{FileHandle, Io, mmap};
 use crate::log::active::{MemIndex, OpenSegment};
@@ -94,6 +95,43 @@ pub(crate) fn stale_active_index(dir: &Path, id: u32, active_base: u64, io: &Io,
     io.sync_dir(dir)?;
     report.push(RecoveryAction::RemovedStaleIndex { path });
     Ok(())
+}
+
+/// Applies a poison marker (FORMAT.md §10.5), if the partition has one: the active segment is
+/// cut to the durable end the poisoned writer recorded (the bytes after it were written before
+/// a failed `fdatasync` or write, and may be pages whose write-back failed), the cut made
+/// durable, and the marker removed. A marker that does not check out is `Corruption`: it is
+/// written atomically, so damage to it is damage.
+pub(crate) fn poison_marker(dir: &Path, id: u32, active_base: u64, io: &Io, report: &Report) -> Result<()> {
+    let path = dir.join(poison::FILE_NAME);
+    let bytes = match std::fs::read(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("read", &path, e)),
+        Ok(b) => b,
+    };
+    let m = poison::decode(&bytes).map_err(|e| e.into_error(&path))?;
+    if m.partition != id {
+        return Err(Error::corruption(&path, 12, format!("poison marker of partition {}", m.partition)));
+    }
+    // A marker naming an older segment is stale (a poisoned writer never rolls, so only a
+    // by-hand change gets here): nothing to cut.
+    if m.segment == active_base {
+        let seg = dir.join(seg_format::file_name(active_base));
+        let file = io.open_rw(&seg)?;
+        let len = file.len()?;
+        if len > m.durable_end {
+            file.set_len(m.durable_end)?;
+            file.sync_data()?;
+            report.push(RecoveryAction::TruncatedTornTail {
+                path: seg,
+                offset: m.durable_end,
+                discarded_bytes: len - m.durable_end,
+                reason: "written before a failed fdatasync or write: the partition was poisoned (POISON marker)".into(),
+            });
+        }
+    }
+    io.remove_file(&path)?;
+    io.sync_dir(dir)
 }
 
 /// Removes journals of segments that are no longer active (a crash between a roll and the

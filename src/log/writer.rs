@@ -34,6 +34,7 @@ use crate::clock::now_nanos;
 use crate::error::{Error, Result};
 use crate::event::{AppendResult, ExpectedVersion};
 use crate::format::batch;
+use crate::format::poison;
 use crate::format::segment as seg_format;
 use crate::log::active::{MemEntry, MemIndex, OpenSegment};
 use crate::log::journal::Journal;
@@ -313,6 +314,13 @@ impl Writer {
         let mut cause = cause.to_string();
         self.journal.stop();
         self.prealloc.finish();
+        // The marker first (FORMAT.md §10.5): if the process dies before the cut, or the cut
+        // fails, the next open still cuts the bytes after the durable end.
+        let marker =
+            poison::Marker { partition: self.part.id, segment: self.segment.base, durable_end: self.synced_offset };
+        if let Err(e) = self.part.io.write_atomic(&self.part.dir, poison::FILE_NAME, &poison::encode(&marker)) {
+            cause = format!("{cause} (and writing the poison marker failed: {e})");
+        }
         // No read may touch a mapped page past the cut.
         self.open.unmap();
         if let Err(e) = self.open.file.set_len(self.synced_offset) {
