@@ -7,7 +7,8 @@
 //! (pinned by `manifest-epochs.bin`), `checkpoint_bytes_are_pinned`,
 //! `dead_letter_queue_bytes_are_pinned`, `archive_bytes_are_pinned` (the zstd frames may change
 //! with the zstd version: encoding the fixture's own frames must give the fixture, and they
-//! must decompress to the pinned batches) and `tombstone_bytes_are_pinned` pin the encoders.
+//! must decompress to the pinned batches), `tombstone_bytes_are_pinned` and
+//! `poison_marker_bytes_are_pinned` pin the encoders.
 //! `reserved_bytes_must_be_zero` checks the manifest's reserved bytes `[52, 60)`, and
 //! `checkpoint_file_extended_for_a_grow` a checkpoint file of 2 partitions extended with zeros
 //! to 5: it reads as 5 partitions, the new ones never written, before and after its header is
@@ -532,4 +533,13 @@ fn an_archive_block_that_decompresses_past_its_length_is_refused() {
     // It stopped one byte past the recorded length, not at 256 MiB.
     assert!(err.1.contains(&format!("decompresses to {} bytes, not {}", b.len() + 1, b.len())), "{err:?}");
     assert!(archive::decompress_block(image.bytes(), &layout, 0).is_ok());
+}
+
+#[test]
+fn poison_marker_bytes_are_pinned() {
+    use super::poison::{self, Marker};
+    let m = Marker { partition: 2, segment: 52_311, durable_end: 9_000_064 };
+    let bytes = poison::encode(&m);
+    assert_eq!(bytes.to_vec(), fixture("poison.bin", &bytes));
+    assert_eq!(poison::decode(&bytes), Ok(m));
 }
