@@ -181,6 +181,52 @@ pub fn store_open(data: &[u8]) {
     store.close().expect("close");
 }
 
+/// Decodes bytes as a poison marker (an accepted one re-encodes to them), then opens the fuzz
+/// store with it beside a segment of three batches: open applies it (cuts at its durable end,
+/// which may fall inside a batch or past the file) or refuses it, and what opens reads back.
+pub fn poison_marker(data: &[u8]) {
+    use crate::format::poison;
+    let data = &*fixed_up(data, |v| put_crc(v, 60, 0..60));
+    let marker = poison::decode(data);
+    if let Ok(m) = &marker {
+        assert_eq!(&poison::encode(m)[..], data);
+    }
+    let dir = template();
+    let pdir = dir.join("p00000");
+    for entry in std::fs::read_dir(&pdir).expect("list") {
+        std::fs::remove_file(entry.expect("entry").path()).expect("clean");
+    }
+    let mut bytes = segment::encode_header(0, 0, 0).to_vec();
+    let limits = Limits { max_event_bytes: 1 << 20, max_append_bytes: 1 << 20 };
+    for v in 0..3u64 {
+        let at = bytes.len() as u64;
+        let mut b = batch::encode("s", &[EventData::new("T", vec![7u8; 40])], limits).expect("encode");
+        batch::finish(&mut b, v, v, 1, at);
+        bytes.extend_from_slice(&b);
+    }
+    std::fs::write(pdir.join(segment::file_name(0)), &bytes).expect("write segment");
+    std::fs::write(pdir.join(poison::FILE_NAME), data).expect("write marker");
+    let store = match Store::open(dir, Options::default().preallocate(false)) {
+        Ok(s) => s,
+        Err(Error::Corruption { .. } | Error::UnsupportedVersion { .. }) => {
+            assert!(marker.is_err() || marker.is_ok_and(|m| m.partition != 0), "a valid marker was refused");
+            return;
+        }
+        Err(e) => panic!("open failed with an unexpected error: {e}"),
+    };
+    assert!(!pdir.join(poison::FILE_NAME).exists(), "the marker outlived the open");
+    let all = store.read_partition(0, 0, usize::MAX).expect("recovered data reads back");
+    assert_eq!(all.len() as u64, store.head(0).expect("head"));
+    // Each batch has the same length: a cut keeps the whole batches before it.
+    let batch_len = (bytes.len() as u64 - 64) / 3;
+    let kept = match marker {
+        Ok(m) if m.segment == 0 => ((m.durable_end - 64) / batch_len).min(3),
+        _ => 3,
+    };
+    assert_eq!(all.len() as u64, kept);
+    store.close().expect("close");
+}
+
 /// Scans bytes as a snapshot sidecar: a header, then records. Every accepted record must
 /// re-encode to exactly its bytes, records must be contiguous, and the scan must end inside
 /// the input.
