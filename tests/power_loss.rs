@@ -51,6 +51,12 @@ impl Projection for Audit {
     }
 }
 
+/// Dead letters discarded, by (stream, version): the step before the discard began.
+type Discarded = HashMap<(String, u64), u64>;
+
+/// Events of one append: (event type, payload).
+type Events = Vec<(String, Vec<u8>)>;
+
 /// The `acked` of an append whose outcome is unknown (it failed on I/O): it may or may not
 /// be there, whole.
 const UNKNOWN: u64 = u64::MAX;
@@ -77,7 +83,7 @@ struct Log {
     /// Aggregate streams.
     aggregates: Vec<String>,
     /// Dead letters discarded, by (stream, version), with the step before the discard began.
-    discarded: HashMap<(String, u64), u64>,
+    discarded: Discarded,
     /// Payloads the store held when the workload began (a base image's, deleted streams'
     /// included).
     baseline: HashSet<Vec<u8>>,
@@ -202,7 +208,7 @@ fn projection_options() -> ProjectionOptions {
 /// Runs the workload of `seed` on a store in `root`, recorded by the returned disk. With
 /// `base`, the store starts as a copy of that directory (the image of an earlier power cut,
 /// not yet opened), so cuts also land in the repairs its open makes.
-fn workload(seed: u64, root: &Path, base: Option<(&Path, &HashMap<(String, u64), u64>)>) -> (Arc<SimDisk>, Log, bool) {
+fn workload(seed: u64, root: &Path, base: Option<(&Path, &Discarded)>) -> (Arc<SimDisk>, Log, bool) {
     let mut rng = Rng(seed | 1);
     let preallocate = rng.below(2) == 0;
     match base {
@@ -310,7 +316,7 @@ fn workload(seed: u64, root: &Path, base: Option<(&Path, &HashMap<(String, u64),
                         picked.push(s);
                     }
                 }
-                let batches: Vec<(String, ExpectedVersion, Vec<(String, Vec<u8>)>)> = picked
+                let batches: Vec<(String, ExpectedVersion, Events)> = picked
                     .iter()
                     .map(|s| {
                         let events =
@@ -587,7 +593,7 @@ fn run_cuts(first_seed: u64, cuts: u64, per_workload: u64, ignore_syncs_of: Opti
     let mut seed = first_seed;
     let mut done = 0;
     // Every other workload starts from an image an earlier cut left.
-    let mut base: Option<(tempfile::TempDir, HashMap<(String, u64), u64>)> = None;
+    let mut base: Option<(tempfile::TempDir, Discarded)> = None;
     while done < cuts {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("store");
@@ -626,7 +632,7 @@ fn run_cuts(first_seed: u64, cuts: u64, per_workload: u64, ignore_syncs_of: Opti
             }
             let _ = std::fs::remove_dir_all(&image);
             done += 1;
-            if base.is_none() && step >= log.created && seed % 2 == 0 {
+            if base.is_none() && step >= log.created && seed.is_multiple_of(2) {
                 let b = tempfile::tempdir().unwrap();
                 sim.crash_image(step, cut_seed, b.path(), ignore_syncs_of).unwrap();
                 let discarded =
