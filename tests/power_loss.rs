@@ -632,9 +632,9 @@ fn run_cuts(first_seed: u64, cuts: u64, per_workload: u64, ignore_syncs_of: Opti
             }
             let _ = std::fs::remove_dir_all(&image);
             done += 1;
-            if base.is_none() && step >= log.created && seed.is_multiple_of(2) {
+            if ignore_syncs_of.is_none() && base.is_none() && step >= log.created && seed.is_multiple_of(2) {
                 let b = tempfile::tempdir().unwrap();
-                sim.crash_image(step, cut_seed, b.path(), ignore_syncs_of).unwrap();
+                sim.crash_image(step, cut_seed, b.path(), None).unwrap();
                 let discarded =
                     log.discarded.iter().filter(|(_, d)| **d <= step).map(|(k, d)| (k.clone(), *d)).collect();
                 base = Some((b, discarded));
