@@ -497,7 +497,10 @@ fn a_grow_whose_manifest_may_not_be_durable_refuses_appends() {
 /// vouch for.
 #[test]
 fn a_failed_cut_back_is_finished_by_the_next_open() {
-    let (dir, plan, store) = with_plan(1);
+    // No preallocation: a zero fill's sync would take the injected fault.
+    let dir = tempfile::tempdir().unwrap();
+    let plan = FaultPlan::new();
+    let store = Store::open(dir.path(), opts(1, 1 << 20).preallocate(false).fault_plan(plan.clone())).unwrap();
     let acked = fill(&store, "s", 3);
     plan.inject(FaultOp::Sync, FaultKind::Eio, 0, Some(".log"), false);
     plan.inject(FaultOp::SetLen, FaultKind::Eio, 0, Some(".log"), false);
