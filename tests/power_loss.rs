@@ -13,11 +13,17 @@
 //!   a checkpoint has passed (in every partition holding it) is in the dead-letter queue;
 //! - an aggregate loads to the state a full replay gives, and uses a snapshot only at a
 //!   version the stream has;
-//! - `verify` finds nothing.
+//! - `verify` finds nothing, and the projection registers again (the engine reading its own
+//!   files) and runs.
+//!
+//! `every_relied_on_sync_is_needed` treats one sync at a time as never issued and insists that
+//! some cut then fails: the twelve syncs FORMAT.md §18.1 lists.
 //!
 //! The workload covers appends, `append_many`, contended expected versions, segment rolls and
-//! seals, snapshots with sidecar rewrites, projection checkpoints and dead letters,
-//! compaction into archives, `delete_stream` and a grow. Background threads (writer,
+//! seals, snapshots with sidecar rewrites, projection checkpoints, dead letters and their
+//! discards (rewriting the queue's file), compaction into archives, `delete_stream` and grows.
+//! One workload in four has a segment `fdatasync` fail (a poisoning, its marker and cut-back);
+//! every other one starts from an earlier cut's image (so cuts land inside open's repairs). Background threads (writer,
 //! preallocator, sealer, snapshotter, projection workers) interleave, so the trace of a
 //! workload seed varies a little between runs; a failing image is kept under
 //! `target/power-loss/` with the cut's seed and step, for `strata dump`.
