@@ -548,6 +548,8 @@ struct Tallies {
     by_kind: BTreeMap<String, u64>,
     by_style: BTreeMap<&'static str, u64>,
     choices: CutReport,
+    /// Cuts whose segments' lost sectors read as random bytes.
+    garbage_cuts: u64,
 }
 
 impl Tallies {
@@ -571,6 +573,7 @@ impl Tallies {
         c.writes_lost += r.writes_lost;
         c.writes_kept += r.writes_kept;
         c.writes_torn += r.writes_torn;
+        self.garbage_cuts += u64::from(r.garbage);
         c.writes_scattered += r.writes_scattered;
         c.extensions_kept += r.extensions_kept;
         c.set_len_kept += r.set_len_kept;
@@ -580,7 +583,10 @@ impl Tallies {
     }
 
     fn print(&self) {
-        println!("{} cuts; by survival style: {:?}", self.cuts, self.by_style);
+        println!(
+            "{} cuts ({} with garbage in segments' lost sectors); by survival style: {:?}",
+            self.cuts, self.garbage_cuts, self.by_style
+        );
         println!("cut before (step kind, file): {:?}", self.by_kind);
         let c = &self.choices;
         println!(

@@ -21,10 +21,12 @@
 //!   that directory was fsynced after it; each later one is kept or lost on its own, and a
 //!   rename is kept or lost whole. Syncing a file never persists its entry.
 //!
-//! The model assumes sectors are written whole or not at all (FORMAT.md §3.3): a sector never
-//! comes back as a mix of old and new bytes, or as random bytes. Under that assumption a torn
-//! record file is told apart from a damaged one (`format::records`); without it the two look
-//! alike.
+//! Sectors are written whole or not at all: a sector never comes back as a mix of old and new
+//! bytes. A lost sector reads as what it held before, except in segments, where in a quarter
+//! of the cuts the sectors an unsynced write lost (and the space a lost write extended the file
+//! by) read as random bytes: stale garbage, which segments tell from damage by their sync marks
+//! (FORMAT.md §7.5). Record files cannot (`format::records`), so their lost sectors keep what
+//! they held.
 #![cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 
 use std::collections::{BTreeMap, HashMap};
@@ -141,6 +143,8 @@ pub struct CutReport {
     pub writes_kept: u64,
     /// Unsynced writes torn at a sector boundary.
     pub writes_torn: u64,
+    /// Whether the segments' lost sectors read as random bytes in this cut.
+    pub garbage: bool,
     /// Unsynced writes whose sectors survived each on its own.
     pub writes_scattered: u64,
     /// Lost writes that still left their file longer, zero-filled.
@@ -302,7 +306,7 @@ impl SimDisk {
                     if !ignored {
                         let f = files.entry(*node).or_default();
                         for (_, m) in std::mem::take(&mut f.pending) {
-                            apply_file(&mut f.durable, &m, Fate::Keep);
+                            apply_file(&mut f.durable, &m, Fate::Keep, None);
                         }
                     }
                 }
@@ -319,6 +323,8 @@ impl SimDisk {
         }
         // The cut: decide every unsynced mutation.
         let sector = if rng.chance(2) { 512 } else { 4096 };
+        let garbage = rng.chance(4);
+        report.garbage = garbage;
         // In order: every unsynced step before `threshold` reached the disk, the one at it
         // may be torn, and none after it did.
         let first_pending = files
@@ -402,7 +408,10 @@ impl SimDisk {
                     (_, Fate::Torn { .. }) => report.writes_torn += 1,
                     (_, Fate::Scatter { .. }) => report.writes_scattered += 1,
                 }
-                apply_file(&mut bytes, m, fate);
+                // Segments tell garbage from damage (FORMAT.md §7.5): a quarter of the cuts
+                // give their lost sectors random bytes.
+                let noise = (garbage && rec.paths[*i].to_string_lossy().ends_with(".log")).then(|| rng.next());
+                apply_file(&mut bytes, m, fate, noise);
             }
             contents.insert(id, bytes);
         }
@@ -479,7 +488,10 @@ enum Fate {
     },
 }
 
-fn apply_file(bytes: &mut Vec<u8>, op: &Op, fate: Fate) {
+/// Applies one mutation with its fate. With `garbage`, the sectors a torn or scattered write
+/// did not get to the disk, and the space a lost write extended the file by, read as random
+/// bytes (drawn from that seed) instead of what they held.
+fn apply_file(bytes: &mut Vec<u8>, op: &Op, fate: Fate, garbage: Option<u64>) {
     match op {
         Op::SetLen { len, .. } => {
             if matches!(fate, Fate::Keep) {
@@ -495,11 +507,26 @@ fn apply_file(bytes: &mut Vec<u8>, op: &Op, fate: Fate) {
                 }
                 data.copy_into(from - offset, &mut bytes[from..to]);
             };
+            let mut noise = garbage.map(Rng::new);
+            let mut lost = |bytes: &mut Vec<u8>, from: usize, to: usize| {
+                if let Some(rng) = noise.as_mut()
+                    && from < to
+                {
+                    if bytes.len() < to {
+                        bytes.resize(to, 0);
+                    }
+                    for b in &mut bytes[from..to] {
+                        *b = rng.next() as u8;
+                    }
+                }
+            };
             match fate {
                 Fate::Lose => {}
                 Fate::LoseButExtend => {
-                    if bytes.len() < end {
+                    let old = bytes.len();
+                    if old < end {
                         bytes.resize(end, 0);
+                        lost(bytes, old.max(offset), end);
                     }
                 }
                 Fate::Keep => put(bytes, offset, end),
@@ -513,6 +540,7 @@ fn apply_file(bytes: &mut Vec<u8>, op: &Op, fate: Fate) {
                     }
                     let cut = cuts[(at % cuts.len() as u64) as usize];
                     put(bytes, offset, cut);
+                    lost(bytes, cut, end);
                 }
                 Fate::Scatter { seed, sector } => {
                     let sector = sector as usize;
@@ -522,6 +550,8 @@ fn apply_file(bytes: &mut Vec<u8>, op: &Op, fate: Fate) {
                         let to = ((from / sector + 1) * sector).min(end);
                         if rng.chance(2) {
                             put(bytes, from, to);
+                        } else {
+                            lost(bytes, from, to);
                         }
                         from = to;
                     }
