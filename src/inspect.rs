@@ -24,7 +24,7 @@ use crate::format::Aligned;
 use crate::format::archive::{self as arc, AuditRecord, Reason};
 use crate::format::batch::{self, BatchView};
 use crate::format::index::PositionEntry;
-use crate::format::{checkpoint, dlq, index, manifest, segment, snapshot, tombstone};
+use crate::format::{checkpoint, dlq, index, manifest, poison, segment, snapshot, tombstone};
 
 /// One record of an active segment's index journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +61,8 @@ pub enum FileKind {
     Checkpoints,
     /// A projection's dead-letter queue.
     DeadLetters,
+    /// A poisoned writer's marker (`POISON`).
+    PoisonMarker,
     /// Not a strata file.
     Unknown,
 }
@@ -77,6 +79,7 @@ pub fn kind_of(bytes: &[u8]) -> FileKind {
         Some(b"STRATAMF") => FileKind::Manifest,
         Some(b"STRATCKP") => FileKind::Checkpoints,
         Some(b"STRATDLQ") => FileKind::DeadLetters,
+        Some(b"STRATPSN") => FileKind::PoisonMarker,
         _ => FileKind::Unknown,
     }
 }
@@ -305,6 +308,15 @@ pub enum Dump {
         /// Where valid records end, if before the end of the file, and why.
         damage: Option<(u64, String)>,
     },
+    /// A poisoned writer's marker: the next open cuts `segment` to `durable_end`.
+    PoisonMarker {
+        /// The partition.
+        partition: u32,
+        /// Base position of the segment the writer was writing.
+        segment: u64,
+        /// Where that segment's durable data ends.
+        durable_end: u64,
+    },
     /// A partition's deleted streams.
     Tombstones {
         /// The partition.
@@ -387,6 +399,10 @@ pub fn dump(path: &Path, filter: &Filter) -> Result<Dump> {
                 deleted: records.into_iter().map(|t| (t.stream, t.deleted_at)).collect(),
                 damage: damage.map(|why| (end as u64, why)),
             })
+        }
+        FileKind::PoisonMarker => {
+            let m = poison::decode(&bytes).map_err(|m| m.into_corruption(path))?;
+            Ok(Dump::PoisonMarker { partition: m.partition, segment: m.segment, durable_end: m.durable_end })
         }
         FileKind::Checkpoints => {
             let all = checkpoint::decode(&bytes).map_err(|m| m.into_corruption(path))?;
@@ -597,7 +613,13 @@ pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
             .collect();
         log.sort_by_key(|f| f.file_name().map(|n| n.to_owned()));
         out.extend(log.into_iter().cloned());
-        out.extend(all.iter().filter(|f| f.ends_with("snapshots.snap") || f.ends_with("tombstones")).cloned());
+        out.extend(
+            all.iter()
+                .filter(|f| {
+                    f.ends_with("snapshots.snap") || f.ends_with("tombstones") || f.ends_with(poison::FILE_NAME)
+                })
+                .cloned(),
+        );
         Ok(())
     };
     let is_partition = |p: &Path| {

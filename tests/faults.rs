@@ -508,6 +508,12 @@ fn a_failed_cut_back_is_finished_by_the_next_open() {
     assert!(matches!(r, Err(Error::Poisoned { .. })), "{r:?}");
     let marker = dir.path().join("p00000").join("POISON");
     assert!(marker.exists(), "no poison marker");
+    match strata::inspect::dump(&marker, &Default::default()).unwrap() {
+        strata::inspect::Dump::PoisonMarker { partition: 0, segment: 0, durable_end } => {
+            assert!(durable_end > 64, "{durable_end}")
+        }
+        other => panic!("{other:?}"),
+    }
     assert!(matches!(store.close(), Err(Error::Poisoned { .. })));
     drop(store);
     let store = Store::open(dir.path(), Options::default()).unwrap();

@@ -152,6 +152,11 @@ fn dump_one(path: &Path, filter: &Filter, headers: bool) -> strata::Result<()> {
                 out!("  end: invalid bytes at byte {at}: {why}");
             }
         }
+        Dump::PoisonMarker { partition, segment, durable_end } => {
+            out!(
+                "== {name}: poison marker of partition {partition}: the next open cuts segment {segment} to byte {durable_end}"
+            );
+        }
         Dump::Tombstones { partition, deleted, damage } => {
             out!("== {name}: deleted streams of partition {partition}");
             for (stream, at) in deleted {
