@@ -604,6 +604,15 @@ impl Tallies {
     }
 }
 
+/// A temporary directory in memory where there is one: the images are opened with real
+/// `fsync`s, which cost nothing there, and nothing about them needs a disk.
+fn scratch() -> tempfile::TempDir {
+    match std::path::Path::new("/dev/shm") {
+        shm if shm.is_dir() => tempfile::tempdir_in(shm).unwrap_or_else(|_| tempfile::tempdir().unwrap()),
+        _ => tempfile::tempdir().unwrap(),
+    }
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
@@ -617,7 +626,7 @@ fn run_cuts(first_seed: u64, cuts: u64, per_workload: u64, ignore_syncs_of: Opti
     // Every other workload starts from an image an earlier cut left.
     let mut base: Option<(tempfile::TempDir, Discarded)> = None;
     while done < cuts {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = scratch();
         let root = tmp.path().join("store");
         let (sim, log, preallocate) = workload(seed, &root, base.as_ref().map(|(b, d)| (b.path(), d)));
         base = None;
@@ -655,7 +664,7 @@ fn run_cuts(first_seed: u64, cuts: u64, per_workload: u64, ignore_syncs_of: Opti
             let _ = std::fs::remove_dir_all(&image);
             done += 1;
             if ignore_syncs_of.is_none() && base.is_none() && step >= log.created && seed.is_multiple_of(2) {
-                let b = tempfile::tempdir().unwrap();
+                let b = scratch();
                 sim.crash_image(step, cut_seed, b.path(), None).unwrap();
                 let discarded =
                     log.discarded.iter().filter(|(_, d)| **d <= step).map(|(k, d)| (k.clone(), *d)).collect();
