@@ -475,6 +475,10 @@ fn a_grow_whose_manifest_may_not_be_durable_refuses_appends() {
                 let r = store.append(s, ExpectedVersion::Any, &[ev("After", "refused")]);
                 assert!(r.is_err(), "skip {skip}: {s}: an append was acknowledged under an unsure layout: {r:?}");
             }
+            let many = store.append_many([("s0", ExpectedVersion::Any, vec![ev("After", "refused")])]);
+            assert!(many.into_iter().all(|f| f.wait().is_err()), "skip {skip}: append_many went through");
+            assert!(store.delete_stream("s0").is_err(), "skip {skip}: a delete went through");
+            assert!(store.grow_partitions(4).is_err(), "skip {skip}: a grow went through");
         } else if grown.is_err() {
             // Failed before the rename: the old layout goes on.
             for (s, a) in streams.iter().zip(&mut acked) {
@@ -529,4 +533,51 @@ fn a_failed_cut_back_is_finished_by_the_next_open() {
     let store = Store::open(dir.path(), Options::default()).unwrap();
     assert_eq!(store.read_stream("s", 0, 100).unwrap().len(), 5);
     assert!(store.recovery_report().is_empty(), "{:?}", store.recovery_report());
+}
+
+/// Fails every event.
+struct AlwaysFails;
+
+impl strata::Projection for AlwaysFails {
+    fn handle(&self, _: &strata::RecordedEvent) -> Result<(), strata::projection::HandlerError> {
+        Err("always".into())
+    }
+}
+
+/// A dead-letter queue rewrite whose rename happened but whose directory fsync failed: the
+/// queue writes nothing more to its old file (now replaced), so every later discard fails
+/// instead of vanishing; registering the projection again reads the new file, every pending
+/// letter in it.
+#[test]
+fn a_dead_letter_rewrite_that_fails_after_its_rename_stops_the_queue() {
+    use strata::projection::ProjectionOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let plan = FaultPlan::new();
+    let store = std::sync::Arc::new(Store::open(dir.path(), opts(1, 1 << 20).fault_plan(plan.clone())).unwrap());
+    fill(&store, "bad", 100);
+    let options = ProjectionOptions::default().retry(1, std::time::Duration::ZERO);
+    let engine = strata::ProjectionEngine::new(store.clone(), 1);
+    engine.register("fails", std::sync::Arc::new(AlwaysFails), options.clone()).unwrap();
+    assert!(engine.wait_caught_up("fails", std::time::Duration::from_secs(10)).unwrap());
+    let ids: Vec<u64> = engine.dead_letters("fails").unwrap().iter().map(|l| l.id).collect();
+    assert_eq!(ids.len(), 100);
+    // The 51st discard makes 102 dead records against 49 pending (more than twice): the
+    // rewrite, whose directory fsync fails; that discard itself is durable.
+    let pdir = dir.path().join("projections").join("fails");
+    plan.inject_at(FaultOp::Sync, FaultKind::Eio, 0, &pdir, true);
+    let mut failed_at = None;
+    for (k, id) in ids.iter().enumerate() {
+        if engine.discard_dead_letters("fails", &[*id]).is_err() {
+            failed_at = Some(k);
+            break;
+        }
+    }
+    let k = failed_at.expect("no discard failed after the rewrite");
+    assert_eq!(k, 51, "the first discard after the failed rewrite fails");
+    plan.clear();
+    engine.stop().unwrap();
+    let engine = strata::ProjectionEngine::new(store.clone(), 1);
+    engine.register("fails", std::sync::Arc::new(AlwaysFails), options).unwrap();
+    let pending: Vec<u64> = engine.dead_letters("fails").unwrap().iter().map(|l| l.id).collect();
+    assert_eq!(pending, ids[51..], "the rewritten file holds every pending letter");
 }

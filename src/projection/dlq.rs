@@ -41,6 +41,21 @@ struct State {
     next_id: u64,
     /// Records in the file that no longer matter (resolved letters and their resolutions).
     dead: usize,
+    /// Set when a rewrite failed after its rename may have happened: `log` may then be a
+    /// replaced file, and nothing more is written (every add and resolve fails) until the
+    /// projection is registered again.
+    broken: Option<crate::error::Error>,
+}
+
+/// What [`DeadLetters::add`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Added {
+    /// The letter is durable.
+    Written,
+    /// A pending letter already holds the event (handled again after a crash).
+    Known,
+    /// The queue holds its bound of pending letters: nothing was written.
+    Full(usize),
 }
 
 /// Resolved records past which (and past twice the pending letters' count) the file is
@@ -93,31 +108,31 @@ impl DeadLetters {
         Ok(DeadLetters {
             parked_len: AtomicUsize::new(parked.len()),
             parked: RwLock::new(parked),
-            state: Mutex::new(State { log, pending, next_id, dead }),
+            state: Mutex::new(State { log, pending, next_id, dead, broken: None }),
             dir: dir.to_path_buf(),
             io: io.clone(),
             max: max.max(1),
         })
     }
 
-    /// The queue's bound, if another letter would pass it (the worker then stops instead of
-    /// adding one).
-    pub fn is_full(&self) -> Option<usize> {
-        let n = self.state.lock().pending.len();
-        (n >= self.max).then_some(self.max)
-    }
-
     pub fn is_parked(&self, stream: &str) -> bool {
         self.parked_len.load(Ordering::Acquire) > 0 && self.parked.read().contains(stream)
     }
 
-    /// Adds `e` durably; with `park`, parks its stream.
-    pub fn add(&self, e: &RecordedEvent, attempts: u32, error: &str, park: bool) -> Result<()> {
+    /// Adds `e` durably (unless a pending letter holds it, or the queue is full); with `park`,
+    /// parks its stream.
+    pub fn add(&self, e: &RecordedEvent, attempts: u32, error: &str, park: bool) -> Result<Added> {
         let mut s = self.state.lock();
+        if let Some(e) = &s.broken {
+            return Err(e.clone());
+        }
         // Handled again after a crash (the position had not moved past it yet): one letter.
         let known = s.pending.iter().any(|l| l.partition == e.partition && l.position == e.position);
         if known {
-            return Ok(());
+            return Ok(Added::Known);
+        }
+        if s.pending.len() >= self.max {
+            return Ok(Added::Full(self.max));
         }
 
         let letter = Letter {
@@ -138,7 +153,7 @@ impl DeadLetters {
             parked.insert(e.stream_id.clone());
             self.parked_len.store(parked.len(), Ordering::Release);
         }
-        Ok(())
+        Ok(Added::Written)
     }
 
     /// The pending dead letters, oldest first.
@@ -153,15 +168,26 @@ impl DeadLetters {
     /// Marks dead letter `id` resolved, durably; unparks its stream once it has none left.
     pub fn resolve(&self, id: u64, outcome: Outcome) -> Result<bool> {
         let mut s = self.state.lock();
+        if let Some(e) = &s.broken {
+            return Err(e.clone());
+        }
         let Some(k) = s.pending.iter().position(|l| l.id == id) else { return Ok(false) };
         s.log.append(&format::encode_resolution(id, now_nanos(), outcome))?;
         let letter = s.pending.remove(k);
         s.dead += 2;
         if s.dead >= REWRITE_AFTER && s.dead > 2 * s.pending.len() {
-            // Best effort: a failed rewrite leaves the old file, whole (FORMAT.md §3.2).
-            if let Ok(log) = self.rewrite(&s) {
-                s.log = log;
-                s.dead = 0;
+            match self.rewrite(&s) {
+                Ok(log) => {
+                    s.log = log;
+                    s.dead = 0;
+                }
+                // Failed before its rename (the old file, whole, is still `dlq`): go on with
+                // it. After it, `log` writes to a replaced file: stop writing.
+                Err((e, renamed)) => {
+                    if renamed {
+                        s.broken = Some(e);
+                    }
+                }
             }
         }
         if !s.pending.iter().any(|l| l.stream == letter.stream) {
@@ -175,7 +201,8 @@ impl DeadLetters {
 
 impl DeadLetters {
     /// The file with only the pending letters, then the resolution of the highest id given.
-    fn rewrite(&self, s: &State) -> Result<RecordLog> {
+    /// On failure, whether the new file may have replaced the old one.
+    fn rewrite(&self, s: &State) -> std::result::Result<RecordLog, (crate::error::Error, bool)> {
         let mut bytes = format::encode_header().to_vec();
         for l in &s.pending {
             bytes.extend_from_slice(&format::encode_letter(l));
@@ -185,7 +212,12 @@ impl DeadLetters {
         if last > 0 && s.pending.last().is_none_or(|l| l.id != last) {
             bytes.extend_from_slice(&format::encode_resolution(last, now_nanos(), Outcome::Discarded));
         }
-        RecordLog::create(&self.dir, format::FILE_NAME, &bytes, &self.io)
+        RecordLog::create(&self.dir, format::FILE_NAME, &bytes, &self.io).map_err(|e| {
+            // The new bytes under the name: the rename happened (its directory sync, or the
+            // reopen, failed). Unreadable: maybe. Anything else: it did not.
+            let renamed = std::fs::read(self.dir.join(format::FILE_NAME)).map_or(true, |now| now == bytes);
+            (e, renamed)
+        })
     }
 }
 

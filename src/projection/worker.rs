@@ -18,6 +18,7 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::event::RecordedEvent;
 
+use super::dlq::Added;
 use super::state::{Inner, Registered, Task, cover_new_partitions, gate_open};
 use super::{Batch, BatchError, HandlerError, OnFailure};
 
@@ -220,15 +221,15 @@ pub(super) fn guarded(
 /// projection parks failing streams. Returns why it could not.
 fn dead_letter(reg: &Registered, e: &RecordedEvent, attempts: u32, error: &str) -> std::result::Result<(), String> {
     let Some(dlq) = &reg.dlq else { return Err(format!("no dead-letter queue for: {error}")) };
-    if let Some(max) = dlq.is_full() {
-        return Err(format!(
+    match dlq.add(e, attempts, error, reg.options.on_failure == OnFailure::Park) {
+        Ok(Added::Written | Added::Known) => Ok(()),
+        Ok(Added::Full(max)) => Err(format!(
             "the dead-letter queue holds its limit of {max} letters (ProjectionOptions::max_dead_letters): \
              replay or discard them, then register the projection again; the event at position {} failed: {error}",
             e.position
-        ));
+        )),
+        Err(err) => Err(format!("writing the dead letter for position {} failed: {err}", e.position)),
     }
-    dlq.add(e, attempts, error, reg.options.on_failure == OnFailure::Park)
-        .map_err(|err| format!("writing the dead letter for position {} failed: {err}", e.position))
 }
 
 /// Stops a task (until the projection is registered again) and wakes whoever waits on it.
