@@ -97,19 +97,15 @@ impl Store {
         // per partition. A failed send drops the requests: their futures report `Closed`.
         let senders = self.senders.read();
         let count = self.partition_count();
-        if let Err(e) = self.shared.check_appends(0) {
-            // Dropping the requests answers their futures with `Closed`: say why instead.
-            return futures
-                .into_iter()
-                .map(|f| match f.state {
-                    FutureState::Waiting(_) => AppendFuture { state: FutureState::Failed(Some(e.clone())) },
-                    state => AppendFuture { state },
-                })
-                .collect();
-        }
         let mut per_partition: Vec<Vec<AppendRequest>> = (0..count).map(|_| Vec::new()).collect();
         for req in queued {
-            if let Some(v) = per_partition.get_mut(router::jump_consistent_hash(req.hash, count) as usize) {
+            let p = router::jump_consistent_hash(req.hash, count);
+            if let Err(e) = self.shared.check_appends(p) {
+                // Refused until reopen: its future gets the reason.
+                let _ = req.reply.send(Err(e));
+                continue;
+            }
+            if let Some(v) = per_partition.get_mut(p as usize) {
                 v.push(req);
             }
         }

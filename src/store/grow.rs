@@ -131,6 +131,8 @@ impl Store {
     pub fn grow_partitions(&self, new_count: u32) -> Result<GrowReport> {
         let _one = self.growing.lock();
         self.check_open()?;
+        // After a commit whose directory sync failed twice, only a reopen knows the layout.
+        self.shared.check_appends(0)?;
         let from = self.partition_count();
         let pending = self.shared.manifest.lock().growing_to;
         if new_count == from && pending == 0 {
@@ -212,7 +214,7 @@ impl Store {
                 // takes whichever manifest the disk kept. Both hold every acknowledged append
                 // (the old partitions their own, the new ones the copies).
                 if let Err(e) = self.shared.io.sync_dir(&self.shared.dir) {
-                    *self.shared.appends_refused.lock() = Some(format!(
+                    self.shared.refuse_appends(format!(
                         "growing to {new_count} partitions renamed the manifest, but syncing the store directory \
                          failed twice ({e}): reopen the store"
                     ));

@@ -48,6 +48,9 @@ impl Store {
         // with it, and a delete must not slip between that and the cutover.
         let routing = self.senders.read();
         let (hash, p) = self.route(stream)?;
+        // While no layout is sure (a grow's commit half done), a tombstone written in the old
+        // layout could miss the partition a reopen routes the stream to.
+        self.shared.check_appends(p.id)?;
         let at = now_nanos();
         let fresh = p.tombstones.delete(stream, at)?;
         // Where grows moved the stream from, its history stays at its old positions: the

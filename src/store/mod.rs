@@ -65,8 +65,10 @@ pub(crate) struct Shared {
     /// compaction stops throttling and starts no new partition.
     closing: AtomicBool,
     /// Set when no layout is known to survive a power loss (a grow's manifest rename whose
-    /// directory fsync failed twice): every append fails with this cause until reopen.
-    appends_refused: Mutex<Option<String>>,
+    /// directory fsync failed twice): every append, delete and grow fails with this cause until
+    /// reopen. `refusing` says whether it is set, without a lock on the append path.
+    appends_refused: std::sync::OnceLock<String>,
+    refusing: AtomicBool,
     io: Io,
     signal: Arc<HeadSignal>,
     writer_cfg: WriterConfig,
@@ -77,10 +79,17 @@ pub(crate) struct Shared {
 impl Shared {
     /// `Err` if appends are refused until reopen (see `appends_refused`).
     fn check_appends(&self, partition: u32) -> Result<()> {
-        match self.appends_refused.lock().as_ref() {
-            Some(cause) => Err(Error::Poisoned { partition, cause: cause.clone() }),
-            None => Ok(()),
+        if !self.refusing.load(Ordering::Acquire) {
+            return Ok(());
         }
+        let cause = self.appends_refused.get().cloned().unwrap_or_default();
+        Err(Error::Poisoned { partition, cause })
+    }
+
+    /// From now on, appends, deletes and grows fail with `cause` until reopen.
+    fn refuse_appends(&self, cause: String) {
+        let _ = self.appends_refused.set(cause);
+        self.refusing.store(true, Ordering::Release);
     }
 
     /// Every open partition (see `partitions`).

@@ -95,6 +95,7 @@ impl Store {
             compactions: Default::default(),
             closing: Default::default(),
             appends_refused: Default::default(),
+            refusing: Default::default(),
             io,
             signal,
             writer_cfg,
