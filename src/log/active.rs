@@ -23,8 +23,8 @@
 //! before the file is ever cut back: before poisoning cuts the segment to `synced_offset` and
 //! before the sealer trims it. Later reads of that segment use `pread`, so no read touches a
 //! mapped page past the new end of the file (`SIGBUS`). After a poisoning in `Buffered` mode the
-//! cut batches stay published; reading them is a `pread` that finds them missing, an I/O error
-//! until the store is reopened. The `ENOSPC` cut-back leaves the map in place: it cuts only
+//! head and this index go back with the cut (`MemIndex::cut`), so no read reaches the cut
+//! batches. The `ENOSPC` cut-back leaves the map in place: it cuts only
 //! bytes past the data end before the failed write, which no published batch reaches.
 
 use hashbrown::HashMap;

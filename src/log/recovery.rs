@@ -104,17 +104,20 @@ pub(crate) fn stale_active_index(dir: &Path, id: u32, active_base: u64, io: &Io,
 /// written atomically, so damage to it is damage.
 pub(crate) fn poison_marker(dir: &Path, id: u32, active_base: u64, io: &Io, report: &Report) -> Result<()> {
     let path = dir.join(poison::FILE_NAME);
-    let bytes = match std::fs::read(&path) {
+    let mut bytes = Vec::new();
+    match std::fs::File::open(&path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(Error::io("read", &path, e)),
-        Ok(b) => b,
+        // One byte more than a marker holds, so a longer file reads as one (and is refused).
+        Ok(f) => std::io::Read::read_to_end(&mut std::io::Read::take(f, 65), &mut bytes)
+            .map_err(|e| Error::io("read", &path, e))?,
     };
     let m = poison::decode(&bytes).map_err(|e| e.into_error(&path))?;
     if m.partition != id {
         return Err(Error::corruption(&path, 12, format!("poison marker of partition {}", m.partition)));
     }
-    // A marker naming an older segment is stale (a poisoned writer never rolls, so only a
-    // by-hand change gets here): nothing to cut.
+    // A marker naming an older segment: a roll failed after its new segment's rename, and
+    // poisoned with the old, fully synced segment named. Nothing to cut.
     if m.segment == active_base {
         let seg = dir.join(seg_format::file_name(active_base));
         let file = io.open_rw(&seg)?;

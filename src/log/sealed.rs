@@ -161,7 +161,13 @@ impl Segment {
                 return Err(e);
             }
             // No room for the index file: serve reads from the image in memory (the next
-            // load, after a reopen, tries again). A full disk never fails a read.
+            // load, after a reopen, tries again). A full disk never fails a read. The partial
+            // temporary file goes (best effort: open removes leftovers too).
+            let _ = io.remove_file(&dir.join(format!("{name}.tmp")));
+            report.push(RecoveryAction::RebuiltIndex {
+                path: self.index_path.clone(),
+                reason: format!("{why} (kept in memory: no room to write it: {e})"),
+            });
             let image = Aligned::new(&image);
             let (streams, positions) = self.check_index(image.bytes(), end.data_end(), end_position).map_err(|e| {
                 Error::corruption(&self.index_path, 0, format!("rebuilt index does not check out: {e}"))

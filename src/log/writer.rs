@@ -18,10 +18,12 @@
 //! flight and syncs, unless the partition is poisoned; `Store::close` returns the poisoning of
 //! the lowest-numbered poisoned partition, and dropping the store without `close` ignores it.
 //!
-//! Poisoning (`Writer::poison`) waits for the zero fill in flight, drops the segment's read map
-//! (`log::active`), then cuts the active segment to `synced_offset`. If the cut fails, the
-//! partition is poisoned all the same, and the cause says so (`… (and cutting back to the
-//! durable data failed: …)`).
+//! Poisoning (`Writer::poison`) waits for the zero fill in flight, writes the poison marker
+//! (`format::poison`: the next open cuts the segment to `synced_offset` whatever happens
+//! next), drops the segment's read map (`log::active`), cuts the active segment to
+//! `synced_offset`, and takes the head and the in-memory index back to the durable data. If
+//! the marker or the cut fails, the partition is poisoned all the same, and the cause says so
+//! (`… (and cutting back to the durable data failed: …)`).
 
 use hashbrown::HashMap;
 use std::sync::Arc;
