@@ -525,15 +525,6 @@ fn a_failed_cut_back_is_finished_by_the_next_open() {
     assert!(store.recovery_report().is_empty(), "{:?}", store.recovery_report());
 }
 
-/// Fails every event.
-struct AlwaysFails;
-
-impl strata::Projection for AlwaysFails {
-    fn handle(&self, _: &strata::RecordedEvent) -> Result<(), strata::projection::HandlerError> {
-        Err("always".into())
-    }
-}
-
 /// A dead-letter queue rewrite whose rename happened but whose directory fsync failed: the
 /// queue writes nothing more to its old file (now replaced), so every later discard fails
 /// instead of vanishing; registering the projection again reads the new file, every pending

@@ -523,15 +523,6 @@ fn a_panicking_handler_is_a_failing_one() {
     assert_eq!(engine.workers(), 1);
 }
 
-/// Fails every event.
-struct AlwaysFails;
-
-impl Projection for AlwaysFails {
-    fn handle(&self, _: &RecordedEvent) -> Result<(), strata::projection::HandlerError> {
-        Err("always".into())
-    }
-}
-
 /// The dead-letter queue is bounded: past `max_dead_letters` pending letters the partition
 /// stops, saying why, instead of holding more; discarding letters lets a new registration go
 /// on. Resolved letters do not stay in the file: it is rewritten with the pending ones, and

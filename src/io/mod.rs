@@ -171,14 +171,20 @@ impl Io {
     /// Replaces `dir/name` atomically with `bytes`: write a temporary file, fsync it, rename
     /// it over the target, fsync the directory. A crash leaves the old file or the new one.
     pub fn write_atomic(&self, dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+        self.write_atomic_noting(dir, name, bytes).map_err(|(e, _)| e)
+    }
+
+    /// [`Io::write_atomic`], saying on failure whether the rename was done (only the directory
+    /// `fsync` failed): then `name` holds the new bytes, maybe not durably.
+    pub fn write_atomic_noting(&self, dir: &Path, name: &str, bytes: &[u8]) -> std::result::Result<(), (Error, bool)> {
         let tmp = dir.join(format!("{name}.tmp"));
         let target = dir.join(name);
-        let f = self.create(&tmp)?;
-        f.write_all_at(bytes, 0)?;
-        f.sync_all()?;
-        drop(f);
-        self.rename(&tmp, &target)?;
-        self.sync_dir(dir)
+        let staged = self.create(&tmp).and_then(|f| {
+            f.write_all_at(bytes, 0)?;
+            f.sync_all()
+        });
+        staged.and_then(|()| self.rename(&tmp, &target)).map_err(|e| (e, false))?;
+        self.sync_dir(dir).map_err(|e| (e, true))
     }
 }
 

@@ -78,9 +78,17 @@ impl RecordLog {
     /// Creates the file `dir/name` holding only `header` (durably: temp file, fsync, rename,
     /// fsync the directory) and opens it for appending.
     pub fn create(dir: &Path, name: &str, header: &[u8], io: &Io) -> Result<RecordLog> {
-        io.write_atomic(dir, name, header)?;
+        Self::replace(dir, name, header, io).map_err(|(e, _)| e)
+    }
+
+    /// [`RecordLog::create`] with `bytes` (a header and records), saying on failure whether
+    /// the file under `name` was already replaced (then the caller's old handle writes to a
+    /// file no longer named).
+    pub fn replace(dir: &Path, name: &str, bytes: &[u8], io: &Io) -> std::result::Result<RecordLog, (Error, bool)> {
+        io.write_atomic_noting(dir, name, bytes)?;
         let path: PathBuf = dir.join(name);
-        Ok(RecordLog { file: io.open_rw(&path)?, end: header.len() as u64 })
+        let file = io.open_rw(&path).map_err(|e| (e, true))?;
+        Ok(RecordLog { file, end: bytes.len() as u64 })
     }
 
     /// Appends one record (or several, back to back): see [`append_at`].

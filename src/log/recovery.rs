@@ -104,14 +104,15 @@ pub(crate) fn stale_active_index(dir: &Path, id: u32, active_base: u64, io: &Io,
 /// written atomically, so damage to it is damage.
 pub(crate) fn poison_marker(dir: &Path, id: u32, active_base: u64, io: &Io, report: &Report) -> Result<()> {
     let path = dir.join(poison::FILE_NAME);
+    if !path.exists() {
+        return Ok(());
+    }
+    // Through `Io`, like every other file open reads; one byte more than a marker holds, so a
+    // longer file reads as one (and is refused).
+    let file = io.open_read(&path)?;
     let mut bytes = Vec::new();
-    match std::fs::File::open(&path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io("read", &path, e)),
-        // One byte more than a marker holds, so a longer file reads as one (and is refused).
-        Ok(f) => std::io::Read::read_to_end(&mut std::io::Read::take(f, 65), &mut bytes)
-            .map_err(|e| Error::io("read", &path, e))?,
-    };
+    std::io::Read::read_to_end(&mut std::io::Read::take(file.std(), 65), &mut bytes)
+        .map_err(|e| Error::io("read", &path, e))?;
     let m = poison::decode(&bytes).map_err(|e| e.into_error(&path))?;
     if m.partition != id {
         return Err(Error::corruption(&path, 12, format!("poison marker of partition {}", m.partition)));

@@ -212,12 +212,7 @@ impl DeadLetters {
         if last > 0 && s.pending.last().is_none_or(|l| l.id != last) {
             bytes.extend_from_slice(&format::encode_resolution(last, now_nanos(), Outcome::Discarded));
         }
-        RecordLog::create(&self.dir, format::FILE_NAME, &bytes, &self.io).map_err(|e| {
-            // The new bytes under the name: the rename happened (its directory sync, or the
-            // reopen, failed). Unreadable: maybe. Anything else: it did not.
-            let renamed = std::fs::read(self.dir.join(format::FILE_NAME)).map_or(true, |now| now == bytes);
-            (e, renamed)
-        })
+        RecordLog::replace(&self.dir, format::FILE_NAME, &bytes, &self.io)
     }
 }
 

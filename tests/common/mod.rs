@@ -165,3 +165,12 @@ impl strata::Projection for StreamOrder {
         Ok(())
     }
 }
+
+/// A projection that fails every event.
+pub struct AlwaysFails;
+
+impl strata::Projection for AlwaysFails {
+    fn handle(&self, _: &RecordedEvent) -> Result<(), strata::projection::HandlerError> {
+        Err("always".into())
+    }
+}
