@@ -30,7 +30,7 @@ use std::sync::atomic::Ordering;
 
 use crate::clock::now_nanos;
 use crate::error::{Error, Result};
-use crate::event::{AppendResult, EventData, ExpectedVersion, RecordedEvent};
+use crate::event::{AppendResult, EventData, EventId, ExpectedVersion, RecordedEvent};
 use crate::format::batch::check_stream_id;
 use crate::format::snapshot::{MAX_SNAPSHOT_BYTES, Meta};
 use crate::snapshot::Pending;
@@ -260,6 +260,27 @@ impl Store {
         commit(self, loaded, events)
     }
 
+    /// [`Store::commit`] for the events command `command_id` decided on, at most once: each
+    /// event gets the id [`EventId::derive`]`(command_id, stream, i)` and the command as its
+    /// causation (and correlation, unless it has one), so a retry of the command (after a
+    /// timeout, a crash, a restart) that decides the same events returns the first commit's
+    /// result, marked `duplicate`, instead of appending them again. A retry that decides other
+    /// events is refused: [`Error::WrongExpectedVersion`] if it was loaded before the first
+    /// commit, [`Error::IdempotencyConflict`] if it repeats only some events. Within
+    /// [`Options::idempotency_window`](crate::Options::idempotency_window).
+    ///
+    /// A duplicate is applied to `loaded` only if `loaded` stood just before it; if `loaded`
+    /// already holds the events, it is left as it is.
+    pub fn commit_command<A: Aggregate>(
+        &self,
+        loaded: &mut Loaded<A>,
+        command_id: EventId,
+        events: impl Into<Vec<EventData>>,
+    ) -> Result<AppendResult> {
+        let events = stamp(command_id, None, &loaded.stream, events.into());
+        commit(self, loaded, &events)
+    }
+
     /// Takes a snapshot of `loaded` now (a significant state transition, say): encodes it on
     /// this thread and queues it for the snapshotter, waiting only if its queue is full. Use
     /// [`Store::flush_snapshots`] to wait until it is durable.
@@ -269,6 +290,26 @@ impl Store {
     pub fn snapshot<A: Aggregate>(&self, loaded: &mut Loaded<A>) -> Result<()> {
         queue_snapshot(self, loaded, true).map(|_| ())
     }
+}
+
+/// The events a command decided on, given ids derived from the command's id, the command as
+/// their causation, and `correlation` (or the command) as their flow, where they have none.
+pub(crate) fn stamp(
+    command: EventId,
+    correlation: Option<EventId>,
+    stream: &str,
+    events: Vec<EventData>,
+) -> Vec<EventData> {
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut e)| {
+            e.id = e.id.or(Some(EventId::derive(command, stream, i as u64)));
+            e.causation_id = e.causation_id.or(Some(command));
+            e.correlation_id = e.correlation_id.or(correlation).or(Some(command));
+            e
+        })
+        .collect()
 }
 
 /// [`Store::load`], on any log.
@@ -370,6 +411,21 @@ pub(crate) fn commit<A: Aggregate>(
         return Err(e.clone());
     }
     let r = log.append(&loaded.stream, loaded.expected(), events)?;
+    if r.duplicate && loaded.version.is_some_and(|v| v >= r.last_version) {
+        // A retry of a commit this state already holds.
+        return Ok(r);
+    }
+    if r.duplicate && loaded.version.map_or(0, |v| v + 1) != r.first_version {
+        // A retry of a commit made after this state was loaded, with others in between: the
+        // state cannot follow without them.
+        let behind = Error::WrongExpectedVersion {
+            stream: loaded.stream.clone(),
+            expected: loaded.expected(),
+            actual: Some(r.last_version),
+        };
+        loaded.broken = Some(behind);
+        return Ok(r);
+    }
     for (i, data) in events.iter().enumerate() {
         let e = RecordedEvent {
             stream_id: loaded.stream.clone(),
@@ -380,6 +436,9 @@ pub(crate) fn commit<A: Aggregate>(
             event_type: data.event_type.clone(),
             metadata: data.metadata.clone(),
             payload: data.payload.clone(),
+            id: data.id,
+            correlation_id: data.correlation_id,
+            causation_id: data.causation_id,
         };
         if let Err(err) = apply(&mut loaded.state, &e) {
             loaded.broken = Some(err.clone());

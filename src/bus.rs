@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 
 use crate::aggregate::{self, Aggregate};
 use crate::error::{Error, Result};
-use crate::event::{AppendResult, EventData};
+use crate::event::{AppendResult, EventData, EventId};
 use crate::projection::ProjectionEngine;
 use crate::store::Store;
 use crate::store::seam::Log;
@@ -26,6 +26,19 @@ pub trait Command {
     /// The events the command produces from the aggregate's state at `version` (`None`: a
     /// new aggregate), or why it is refused ([`Error::Rejected`]). No events: nothing to do.
     fn decide(&self, state: &Self::Aggregate, version: Option<u64>) -> std::result::Result<Vec<EventData>, String>;
+
+    /// The command's id, if it has one: the bus then gives its events ids derived from it
+    /// (as [`Store::commit_command`] does), the command as their causation and, unless
+    /// [`Command::correlation_id`] says otherwise, as their correlation. A command sent again
+    /// with the same id (a client retry) is then carried out at most once.
+    fn id(&self) -> Option<EventId> {
+        None
+    }
+
+    /// The flow the command belongs to (say, the event or request that caused it).
+    fn correlation_id(&self) -> Option<EventId> {
+        None
+    }
 }
 
 /// Limits of a [`CommandBus`].
@@ -265,9 +278,16 @@ impl CommandBus {
         loop {
             let result = (|| {
                 let mut loaded = aggregate::load::<C::Aggregate>(&*self.log, command.stream())?;
-                let events = command.decide(loaded.state(), loaded.version()).map_err(Error::Rejected)?;
+                let mut events = command.decide(loaded.state(), loaded.version()).map_err(Error::Rejected)?;
                 if events.is_empty() {
                     return Ok(None);
+                }
+                if let Some(id) = command.id() {
+                    events = aggregate::stamp(id, command.correlation_id(), command.stream(), events);
+                } else if let Some(c) = command.correlation_id() {
+                    for e in &mut events {
+                        e.correlation_id = e.correlation_id.or(Some(c));
+                    }
                 }
                 aggregate::commit(&*self.log, &mut loaded, &events).map(Some)
             })();

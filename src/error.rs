@@ -156,6 +156,25 @@ pub enum Error {
         /// The stream appended to.
         stream: String,
     },
+    /// An idempotent append (every event carrying an id) matches an earlier append only in
+    /// part: some of its ids are committed and some are not, or they are committed in another
+    /// order, at other versions or to another stream. Nothing was written. A retry must resend
+    /// exactly the events of the append it retries.
+    #[error("stream {stream:?}: idempotency conflict: {reason}")]
+    IdempotencyConflict {
+        /// The stream appended to.
+        stream: String,
+        /// What matched and what did not.
+        reason: String,
+    },
+    /// An atomic append ([`Store::append_atomic`](crate::Store::append_atomic)) names streams
+    /// that live in different partitions (or one stream twice): nothing was written. Streams
+    /// that must be written together share a co-location key: `{key}rest` (FORMAT.md §5).
+    #[error("atomic append refused: {reason}")]
+    NotColocated {
+        /// Which streams, and where they live.
+        reason: String,
+    },
     /// No such partition.
     #[error("partition {partition} does not exist (the store has {count})")]
     NoSuchPartition {
@@ -283,6 +302,10 @@ pub enum ErrorKind {
     Poisoned,
     /// [`Error::Overflow`].
     Overflow,
+    /// [`Error::IdempotencyConflict`].
+    IdempotencyConflict,
+    /// [`Error::NotColocated`].
+    NotColocated,
     /// [`Error::NoSuchPartition`].
     NoSuchPartition,
     /// [`Error::InvalidOptions`].
@@ -327,6 +350,8 @@ impl ErrorKind {
             ErrorKind::StreamDeleted => "stream_deleted",
             ErrorKind::Poisoned => "poisoned",
             ErrorKind::Overflow => "overflow",
+            ErrorKind::IdempotencyConflict => "idempotency_conflict",
+            ErrorKind::NotColocated => "not_colocated",
             ErrorKind::NoSuchPartition => "no_such_partition",
             ErrorKind::InvalidOptions => "invalid_options",
             ErrorKind::Apply => "apply",
@@ -389,6 +414,8 @@ impl Error {
             Error::StreamDeleted { .. } => ErrorKind::StreamDeleted,
             Error::Poisoned { .. } => ErrorKind::Poisoned,
             Error::Overflow { .. } => ErrorKind::Overflow,
+            Error::IdempotencyConflict { .. } => ErrorKind::IdempotencyConflict,
+            Error::NotColocated { .. } => ErrorKind::NotColocated,
             Error::NoSuchPartition { .. } => ErrorKind::NoSuchPartition,
             Error::InvalidOptions(_) => ErrorKind::InvalidOptions,
             Error::Apply { .. } => ErrorKind::Apply,

@@ -20,9 +20,10 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::event::EventId;
 use crate::format::Aligned;
 use crate::format::archive::{self as arc, AuditRecord, Reason};
-use crate::format::batch::{self, BatchView};
+use crate::format::batch::{self, BatchView, EventRef};
 use crate::format::index::PositionEntry;
 use crate::format::{checkpoint, dlq, index, manifest, poison, segment, snapshot, tombstone};
 
@@ -93,6 +94,8 @@ pub struct Filter {
     pub from: Option<u64>,
     /// Only batches with events before this position.
     pub to: Option<u64>,
+    /// Only the events of one flow: those whose correlation id, or own id, is this.
+    pub correlation: Option<EventId>,
 }
 
 impl Filter {
@@ -100,6 +103,11 @@ impl Filter {
         self.stream.as_deref().is_none_or(|s| s == b.stream_id)
             && self.from.is_none_or(|f| b.end_position() > f)
             && self.to.is_none_or(|t| b.base_position < t)
+            && self.correlation.is_none_or(|_| b.events().any(|e| self.keeps_event(&e)))
+    }
+
+    fn keeps_event(&self, e: &EventRef<'_>) -> bool {
+        self.correlation.is_none_or(|c| e.correlation_id == Some(c) || e.id == Some(c))
     }
 }
 
@@ -107,6 +115,14 @@ impl Filter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EventInfo {
+    /// Its position.
+    pub position: u64,
+    /// Its id, correlation id and causation id, where it has them.
+    pub id: Option<EventId>,
+    /// The flow it belongs to.
+    pub correlation_id: Option<EventId>,
+    /// What caused it.
+    pub causation_id: Option<EventId>,
     /// Its type.
     pub event_type: String,
     /// Its metadata bytes.
@@ -132,11 +148,15 @@ pub struct BatchInfo {
     pub first_version: u64,
     /// Append time (nanoseconds since the Unix epoch).
     pub timestamp: u64,
-    /// Its events.
+    /// Number of events in the batch.
+    pub event_count: u64,
+    /// The next batch belongs to the same atomic unit (`Store::append_atomic`).
+    pub unit_continues: bool,
+    /// Its events (with a correlation filter, only that flow's).
     pub events: Vec<EventInfo>,
 }
 
-fn batch_info(offset: u64, b: &BatchView<'_>) -> BatchInfo {
+fn batch_info(offset: u64, b: &BatchView<'_>, filter: &Filter) -> BatchInfo {
     BatchInfo {
         offset,
         length: b.length as u64,
@@ -144,9 +164,17 @@ fn batch_info(offset: u64, b: &BatchView<'_>) -> BatchInfo {
         stream: b.stream_id.to_owned(),
         first_version: b.first_version,
         timestamp: b.timestamp,
+        event_count: u64::from(b.event_count),
+        unit_continues: b.continues,
         events: b
             .events()
-            .map(|e| EventInfo {
+            .enumerate()
+            .filter(|(_, e)| filter.keeps_event(e))
+            .map(|(i, e)| EventInfo {
+                position: b.base_position + i as u64,
+                id: e.id,
+                correlation_id: e.correlation_id,
+                causation_id: e.causation_id,
                 event_type: e.event_type.to_owned(),
                 metadata: e.metadata.to_vec(),
                 payload: e.payload.to_vec(),
@@ -462,7 +490,7 @@ fn dump_segment(path: &Path, bytes: &[u8], filter: &Filter) -> Result<Dump> {
         match batch::decode(rest) {
             Ok(b) => {
                 if filter.keeps(&b) {
-                    batches.push(batch_info(at as u64, &b));
+                    batches.push(batch_info(at as u64, &b, filter));
                 }
                 at += b.length;
             }
@@ -508,7 +536,7 @@ fn dump_archive(path: &Path, bytes: &[u8], filter: &Filter) -> Result<Dump> {
             match batch::decode(all.get(p.offset as usize..).unwrap_or(&[])) {
                 Ok(b) if b.base_position == p.position => {
                     if filter.keeps(&b) {
-                        batches.push(batch_info(p.offset, &b));
+                        batches.push(batch_info(p.offset, &b, filter));
                     }
                 }
                 Ok(_) => problems.push(format!("position entry {} points at another batch", p.position)),

@@ -94,7 +94,7 @@ pub use aggregate::{Aggregate, ApplyError, Loaded, SnapshotIgnored, SnapshotUse}
 pub use bus::{Command, CommandBus};
 pub use cache::ViewCache;
 pub use error::{Error, ErrorKind, Result};
-pub use event::{AppendResult, EventData, EventView, ExpectedVersion, RecordedEvent};
+pub use event::{AppendResult, EventData, EventId, EventView, ExpectedVersion, ParseEventIdError, RecordedEvent};
 pub use log::writer::Durability;
 pub use metrics::Metrics;
 pub use projection::{Projection, ProjectionEngine};
@@ -112,11 +112,12 @@ pub mod limits {
     };
 }
 
-/// Which partition a stream lives in: xxh3-64 of its id, then jump consistent hash. These are
-/// part of the format (FORMAT.md pins them with test vectors): a client sharding across
-/// stores, or a tool reading partitions directly, routes exactly as the store does.
+/// Which partition a stream lives in: xxh3-64 of its co-location key (the part of the id in
+/// `{braces}`, or the whole id), then jump consistent hash. These are part of the format
+/// (FORMAT.md §5 pins them with test vectors): a client sharding across stores, or a tool
+/// reading partitions directly, routes exactly as the store does.
 pub mod routing {
-    pub use crate::router::{jump_consistent_hash, partition_for, stream_hash};
+    pub use crate::router::{colocation_key, jump_consistent_hash, partition_for, stream_hash};
 }
 
 /// Fault injection for tests (feature `fault-injection`): a plan of I/O failures that a store

@@ -24,6 +24,22 @@ fn hash_and_partition_vectors() {
         assert_eq!(stream_hash(s), hash, "{s:?}");
         assert_eq!((partition_for(s, 8), partition_for(s, 16), partition_for(s, 100)), (p8, p16, p100), "{s:?}");
     }
+    // Co-location keys (routing scheme 2, FORMAT.md §5): the part in the first braces, if not
+    // empty, routes the stream; the identity hash is always of the whole id.
+    let colocated: [(&str, &str, u32, u32, u32); 7] = [
+        ("{order-1}/payments", "order-1", 3, 3, 47),
+        ("{order-1}/shipping", "order-1", 3, 3, 47),
+        ("shipping-{order-1}", "order-1", 3, 3, 47),
+        ("{a}{order-1}", "a", 1, 14, 14),
+        ("{}a", "{}a", 7, 11, 63),
+        ("{a", "{a", 1, 1, 1),
+        ("a}{", "a}{", 6, 10, 26),
+    ];
+    for (s, key, p8, p16, p100) in colocated {
+        assert_eq!(strata::routing::colocation_key(s), key, "{s:?}");
+        let got = (partition_for(s, 8), partition_for(s, 16), partition_for(s, 100));
+        assert_eq!(got, (p8, p16, p100), "{s:?}");
+    }
     let jumps = [(0u64, 1u32, 0u32), (1, 8, 6), (0xdeadbeef, 16, 5), (u64::MAX, 1000, 313), (42, 65536, 5747)];
     for (key, n, want) in jumps {
         assert_eq!(jump_consistent_hash(key, n), want, "jump({key:#x}, {n})");

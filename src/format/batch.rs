@@ -13,21 +13,22 @@
 //! 40  4  event_count    >= 1
 //! 44  2  stream_id_len  1..=MAX_STREAM_ID_LEN
 //! 46  1  kind           1 = events
-//! 47  1  flags          0
+//! 47  1  flags          bit 0: UNIT_CONTINUES, the next batch belongs to the same atomic
+//!                       unit (Store::append_atomic); other bits 0
 //! 48  .. stream id (UTF-8), then event_count events, then zero padding (< 8 bytes)
 //!
 //! event:
 //! 0   2  type_len       0..=MAX_EVENT_TYPE_LEN
-//! 2   2  reserved       0
+//! 2   2  flags          bit 0: id, bit 1: correlation id, bit 2: causation id; others 0
 //! 4   4  metadata_len
 //! 8   4  payload_len
-//! 12  .. type (UTF-8), metadata, payload
+//! 12  .. the ids present, 16 bytes each, in bit order; type (UTF-8), metadata, payload
 //! ```
 #![deny(clippy::indexing_slicing)]
 
 use super::{align8, crc, le_u16, le_u32, le_u64, put_u16, put_u32, put_u64};
 use crate::error::{Error, Result};
-use crate::event::EventData;
+use crate::event::{EventData, EventId};
 
 pub(crate) const CRC_OFFSET: usize = 0;
 pub(crate) const LENGTH_OFFSET: usize = 4;
@@ -45,6 +46,16 @@ pub(crate) const HEADER_LEN: usize = 48;
 pub(crate) const EVENT_HEADER_LEN: usize = 12;
 /// Batch kind: a batch of events of one stream.
 pub(crate) const KIND_EVENTS: u8 = 1;
+/// Batch flag: the next batch of the segment belongs to the same atomic unit. Recovery keeps
+/// a unit whole or drops it whole (FORMAT.md §7.6).
+pub(crate) const UNIT_CONTINUES: u8 = 1;
+/// Event flags: which ids follow the event header, 16 bytes each, in this order.
+pub(crate) const EVENT_HAS_ID: u16 = 1;
+pub(crate) const EVENT_HAS_CORRELATION: u16 = 2;
+pub(crate) const EVENT_HAS_CAUSATION: u16 = 4;
+const EVENT_FLAGS_KNOWN: u16 = EVENT_HAS_ID | EVENT_HAS_CORRELATION | EVENT_HAS_CAUSATION;
+/// Size of one id in an event.
+pub(crate) const ID_LEN: usize = 16;
 
 /// Longest stream id, in bytes.
 pub const MAX_STREAM_ID_LEN: usize = 1024;
@@ -99,7 +110,7 @@ pub(crate) fn encode(stream: &str, events: &[EventData], limits: Limits) -> Resu
         {
             return Err(Error::EventTooLarge { index, size, limit: limits.max_event_bytes });
         }
-        total += EVENT_HEADER_LEN as u64 + size;
+        total += (EVENT_HEADER_LEN + event_flags(e).count_ones() as usize * ID_LEN) as u64 + size;
     }
     let padded = (total + 7) & !7;
     if padded > limits.max_append_bytes || padded > u64::from(u32::MAX) {
@@ -117,15 +128,44 @@ pub(crate) fn encode(stream: &str, events: &[EventData], limits: Limits) -> Resu
     write_bytes(&mut buf, &mut at, stream.as_bytes());
     for e in events {
         put_u16(&mut buf, at, e.event_type.len() as u16);
+        put_u16(&mut buf, at + 2, event_flags(e));
         put_u32(&mut buf, at + 4, e.metadata.len() as u32);
         put_u32(&mut buf, at + 8, e.payload.len() as u32);
         at += EVENT_HEADER_LEN;
+        for id in ids_of(e) {
+            write_bytes(&mut buf, &mut at, id.as_bytes());
+        }
         write_bytes(&mut buf, &mut at, e.event_type.as_bytes());
         write_bytes(&mut buf, &mut at, &e.metadata);
         write_bytes(&mut buf, &mut at, &e.payload);
     }
     debug_assert_eq!(align8(at), padded);
     Ok(buf)
+}
+
+/// The event's flags (which ids it carries).
+fn event_flags(e: &EventData) -> u16 {
+    let bit = |present: bool, flag: u16| if present { flag } else { 0 };
+    bit(e.id.is_some(), EVENT_HAS_ID)
+        | bit(e.correlation_id.is_some(), EVENT_HAS_CORRELATION)
+        | bit(e.causation_id.is_some(), EVENT_HAS_CAUSATION)
+}
+
+/// The ids an event carries, in their on-disk order.
+fn ids_of(e: &EventData) -> impl Iterator<Item = EventId> {
+    [e.id, e.correlation_id, e.causation_id].into_iter().flatten()
+}
+
+/// Marks an encoded batch as continued by the next one of its atomic unit (before
+/// [`finish`], which computes the CRC over the flag).
+pub(crate) fn set_unit_continues(batch: &mut [u8], continues: bool) {
+    if let Some(f) = batch.get_mut(FLAGS_OFFSET) {
+        if continues {
+            *f |= UNIT_CONTINUES;
+        } else {
+            *f &= !UNIT_CONTINUES;
+        }
+    }
 }
 
 fn write_bytes(buf: &mut [u8], at: &mut usize, bytes: &[u8]) {
@@ -176,6 +216,8 @@ pub(crate) struct BatchView<'a> {
     pub synced_offset: u64,
     pub event_count: u32,
     pub stream_id: &'a str,
+    /// The next batch belongs to the same atomic unit.
+    pub continues: bool,
     events: &'a [u8],
     /// The whole batch, header to padding.
     raw: &'a [u8],
@@ -187,6 +229,9 @@ pub(crate) struct EventRef<'a> {
     pub event_type: &'a str,
     pub metadata: &'a [u8],
     pub payload: &'a [u8],
+    pub id: Option<EventId>,
+    pub correlation_id: Option<EventId>,
+    pub causation_id: Option<EventId>,
 }
 
 /// The length a batch header at the start of `bytes` claims, if the header is present.
@@ -227,7 +272,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<BatchView<'_>, Bad> {
     if kind != KIND_EVENTS {
         return Err(Bad::Invalid(format!("unknown batch kind {kind}")));
     }
-    if flags != 0 {
+    if flags & !UNIT_CONTINUES != 0 {
         return Err(Bad::Invalid(format!("unknown batch flags {flags:#04x}")));
     }
     if event_count == 0 {
@@ -272,6 +317,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<BatchView<'_>, Bad> {
         synced_offset,
         event_count,
         stream_id,
+        continues: flags & UNIT_CONTINUES != 0,
         events,
         raw,
     })
@@ -287,16 +333,27 @@ pub(crate) fn peek_stream_id(bytes: &[u8]) -> Option<&str> {
 
 fn split_event(bytes: &[u8]) -> Result<(EventRef<'_>, &[u8]), &'static str> {
     let type_len = le_u16(bytes, 0).ok_or("event header cut short")? as usize;
-    let reserved = le_u16(bytes, 2).ok_or("event header cut short")?;
+    let flags = le_u16(bytes, 2).ok_or("event header cut short")?;
     let meta_len = le_u32(bytes, 4).ok_or("event header cut short")? as usize;
     let payload_len = le_u32(bytes, 8).ok_or("event header cut short")? as usize;
-    if reserved != 0 {
-        return Err("reserved event field is not zero");
+    if flags & !EVENT_FLAGS_KNOWN != 0 {
+        return Err("unknown event flags");
     }
     if type_len > MAX_EVENT_TYPE_LEN {
         return Err("event type too long");
     }
-    let body = bytes.get(EVENT_HEADER_LEN..).ok_or("event header cut short")?;
+    let mut body = bytes.get(EVENT_HEADER_LEN..).ok_or("event header cut short")?;
+    let mut take_id = |flag: u16| -> Result<Option<EventId>, &'static str> {
+        if flags & flag == 0 {
+            return Ok(None);
+        }
+        let (id, rest) = body.split_first_chunk::<ID_LEN>().ok_or("event id past the end of the batch")?;
+        body = rest;
+        Ok(Some(EventId::from_bytes(*id)))
+    };
+    let id = take_id(EVENT_HAS_ID)?;
+    let correlation_id = take_id(EVENT_HAS_CORRELATION)?;
+    let causation_id = take_id(EVENT_HAS_CAUSATION)?;
     let type_bytes = body.get(..type_len).ok_or("event type past the end of the batch")?;
     let event_type = std::str::from_utf8(type_bytes).map_err(|_| "event type is not UTF-8")?;
     let body = body.get(type_len..).unwrap_or(&[]);
@@ -304,7 +361,7 @@ fn split_event(bytes: &[u8]) -> Result<(EventRef<'_>, &[u8]), &'static str> {
     let body = body.get(meta_len..).unwrap_or(&[]);
     let payload = body.get(..payload_len).ok_or("payload past the end of the batch")?;
     let rest = body.get(payload_len..).unwrap_or(&[]);
-    Ok((EventRef { event_type, metadata, payload }, rest))
+    Ok((EventRef { event_type, metadata, payload, id, correlation_id, causation_id }, rest))
 }
 
 impl<'a> BatchView<'a> {
@@ -357,6 +414,46 @@ mod tests {
         assert_eq!(v.stream_id, "s-1");
         let got: Vec<_> = v.events().map(|e| (e.event_type, e.metadata, e.payload)).collect();
         assert_eq!(got, vec![("A", &b""[..], &b"one"[..]), ("Bee", &b"m"[..], &b""[..])]);
+    }
+
+    #[test]
+    fn ids_and_unit_flag_round_trip() {
+        let a = EventId::from_u128(0x0102);
+        let c = EventId::from_u128(0xc0);
+        let events = vec![
+            EventData::new("A", b"one".to_vec()).with_id(a).with_correlation_id(c).with_causation_id(a),
+            EventData::new("B", b"two".to_vec()).with_causation_id(c),
+            EventData::new("C", b"three".to_vec()),
+        ];
+        let plain = encode("s-1", &[EventData::new("A", b"one".to_vec())], limits()).unwrap();
+        let mut b = encode("s-1", &events, limits()).unwrap();
+        set_unit_continues(&mut b, true);
+        finish(&mut b, 10, 3, 99, 64);
+        let v = decode(&b).unwrap();
+        assert!(v.continues);
+        let got: Vec<_> = v.events().map(|e| (e.payload, e.id, e.correlation_id, e.causation_id)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (&b"one"[..], Some(a), Some(c), Some(a)),
+                (&b"two"[..], None, None, Some(c)),
+                (&b"three"[..], None, None, None)
+            ]
+        );
+        // An event without ids costs no byte more than before ids existed.
+        let mut p = plain.clone();
+        finish(&mut p, 0, 0, 1, 64);
+        assert!(!decode(&p).unwrap().continues);
+        assert_eq!(plain.len(), align8(HEADER_LEN + 3 + EVENT_HEADER_LEN + 1 + 3));
+        // Unknown flags are refused.
+        let mut bad = b.clone();
+        bad[FLAGS_OFFSET] |= 2;
+        finish(&mut bad, 10, 3, 99, 64);
+        assert!(decode(&bad).is_err());
+        let mut bad = b.clone();
+        bad[HEADER_LEN + 3 + 2] |= 8;
+        finish(&mut bad, 10, 3, 99, 64);
+        assert!(decode(&bad).is_err());
     }
 
     #[test]

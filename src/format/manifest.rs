@@ -133,7 +133,7 @@ impl Manifest {
         if m.partition_count == 0 || m.partition_count > MAX_PARTITIONS {
             return Err(Malformed::damaged(16, format!("impossible partition count {}", m.partition_count)));
         }
-        if m.hash_id != HASH_ID {
+        if m.hash_id != HASH_ID && m.hash_id != crate::router::HASH_ID_WHOLE {
             return Err(Malformed::damaged(20, format!("unknown hash function id {}", m.hash_id)));
         }
         if m.segment_bytes < 4096 {

@@ -126,18 +126,29 @@ pub(crate) fn scan_from(
 ) -> Result<End, ScanError> {
     let mut off = start;
     let mut next_position = next_position;
+    // The batches of an atomic unit not yet closed (FORMAT.md §7.6): visited only once the
+    // unit's last batch is found, and dropped with it otherwise.
+    let mut unit: Vec<(u64, BatchView<'_>)> = Vec::new();
     let (stop, reason) = loop {
         let Some(rest) = bytes.get(off..) else {
             break (off, String::new());
         };
         if rest.is_empty() {
-            return Ok(End::Clean { data_end: off as u64 });
+            break (off, String::new());
         }
         match batch::decode(rest) {
             Ok(b) if b.base_position == next_position && b.synced_offset <= off as u64 => {
-                visit(off as u64, &b);
                 next_position = b.end_position();
+                let at = off as u64;
                 off += b.length;
+                if b.continues {
+                    unit.push((at, b));
+                    continue;
+                }
+                for (o, u) in unit.drain(..) {
+                    visit(o, &u);
+                }
+                visit(at, &b);
             }
             Ok(b) if b.base_position != next_position => {
                 break (
@@ -151,6 +162,25 @@ pub(crate) fn scan_from(
         }
     };
     let tail = bytes.get(stop..).unwrap_or(&[]);
+    if let Some(&(unit_start, _)) = unit.first() {
+        // The data ends inside an atomic unit: its last batch was never written whole, so the
+        // group holding it was never acknowledged. Unless a later batch proves the damage
+        // durable (below), the unit goes with the torn tail.
+        if let Ok(Some(later)) = later_durable_batch(bytes, stop, next_position) {
+            return Err(ScanError {
+                offset: stop as u64,
+                reason: format!(
+                    "atomic unit from byte {unit_start} is not closed, yet the batch at byte {later} was written after it was durable"
+                ),
+            });
+        }
+        let reason = if reason.is_empty() { "end of data".to_owned() } else { reason };
+        let reason = format!("atomic unit from byte {unit_start} not closed before byte {stop} ({reason})");
+        return match mode {
+            Mode::Active => Ok(End::TornTail { data_end: unit_start, reason }),
+            Mode::Sealed => Err(ScanError { offset: unit_start, reason: format!("{reason} (in a sealed segment)") }),
+        };
+    }
     if tail.iter().all(|&b| b == 0) {
         return Ok(End::Clean { data_end: stop as u64 });
     }

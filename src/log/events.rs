@@ -18,6 +18,9 @@ pub(crate) fn view<'a>(b: &BatchView<'a>, partition: u32, i: usize, e: &EventRef
         event_type: e.event_type,
         metadata: e.metadata,
         payload: e.payload,
+        id: e.id,
+        correlation_id: e.correlation_id,
+        causation_id: e.causation_id,
     }
 }
 

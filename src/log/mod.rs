@@ -8,6 +8,7 @@
 
 pub(crate) mod active;
 pub(crate) mod archive;
+pub(crate) mod dedup;
 pub(crate) mod events;
 pub(crate) mod journal;
 pub(crate) mod partition;

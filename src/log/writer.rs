@@ -34,11 +34,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::clock::now_nanos;
 use crate::error::{Error, Result};
-use crate::event::{AppendResult, ExpectedVersion};
+use crate::event::{AppendResult, EventId, ExpectedVersion};
 use crate::format::batch;
 use crate::format::poison;
 use crate::format::segment as seg_format;
 use crate::log::active::{MemEntry, MemIndex, OpenSegment};
+use crate::log::dedup::{self, Dedup};
 use crate::log::journal::Journal;
 use crate::log::partition::{GROUP_SIZE_BUCKETS, Partition, Tail, write_segment_file};
 use crate::log::prealloc::{FillJob, Preallocator};
@@ -59,6 +60,12 @@ pub(crate) struct AppendRequest {
     /// Not an append: answered once every request queued before it is committed and on disk
     /// (the writer syncs first, in Buffered mode too).
     pub barrier: bool,
+    /// The events' ids, if every event has one: the append is then idempotent.
+    pub ids: Option<Box<[EventId]>>,
+    /// On the first request of an atomic unit (`Store::append_atomic`): how many requests,
+    /// this one included, the unit holds; they follow it in the same message. 0 or 1 for an
+    /// ordinary append.
+    pub unit: u32,
 }
 
 /// Where an [`AppendRequest`]'s outcome arrives.
@@ -77,6 +84,8 @@ impl AppendRequest {
             reply,
             copied_at: None,
             barrier: false,
+            ids: None,
+            unit: 0,
         };
         (req, rx)
     }
@@ -140,6 +149,9 @@ pub(crate) struct WriterConfig {
     pub max_group_appends: usize,
     /// Journal the active segment's index every this many bytes (`Options::recovery_scan_bytes`).
     pub journal_interval: u64,
+    /// The idempotency window: appends, and most ids (`Options::idempotency_window`).
+    pub dedup_appends: usize,
+    pub dedup_max_ids: usize,
 }
 
 /// The state owned by a partition's writer thread.
@@ -161,11 +173,34 @@ pub(crate) struct Writer {
     /// The active segment's index journal (FORMAT.md §8.4).
     journal: Journal,
     buf: Vec<u8>,
+    /// The ids of the last appends (`log::dedup`), once rebuilt after open.
+    dedup: Dedup,
+    dedup_ready: bool,
 }
 
 enum Outcome {
-    Accepted { first_position: u64, first_version: u64, last_version: u64, offset: u64, len: u32 },
+    Accepted {
+        first_position: u64,
+        first_version: u64,
+        last_version: u64,
+        offset: u64,
+        len: u32,
+    },
+    /// A retry of an append committed before: its result, nothing written.
+    Duplicate(AppendResult),
+    /// A retry of the group's earlier request at this index: that one's result, once known.
+    DuplicateOf(usize),
     Rejected(Error),
+}
+
+/// What `check_and_encode` tracks across a group.
+struct GroupState<'g> {
+    outcomes: Vec<Outcome>,
+    /// Streams' versions after the group's earlier appends.
+    pending: HashMap<&'g str, u64>,
+    /// Keys of the ids of the group's accepted appends: (request index, event index).
+    pending_ids: HashMap<u64, (usize, usize)>,
+    position: u64,
 }
 
 const MAX_LOOKUP_CACHE: usize = 1 << 20;
@@ -197,6 +232,8 @@ impl Writer {
             prealloc,
             journal: tail.journal,
             buf: Vec::new(),
+            dedup: Dedup::new(cfg.dedup_appends, cfg.dedup_max_ids),
+            dedup_ready: false,
         }
     }
 
@@ -246,6 +283,7 @@ impl Writer {
                             first_version: 0,
                             last_version: 0,
                             timestamp_nanos: self.last_timestamp,
+                            duplicate: false,
                         }),
                     };
                     let _ = b.reply.send(reply);
@@ -334,6 +372,9 @@ impl Writer {
         let durable = self.part.durable_head.load(Ordering::Acquire);
         self.part.head.store(durable, Ordering::Release);
         self.open.index.write().cut(durable, self.synced_offset);
+        // The window may name appends the cut removed.
+        self.dedup.clear();
+        self.dedup_ready = false;
         *self.part.poison.lock() = Some(cause.clone());
         self.poisoned = Some(cause);
     }
@@ -384,24 +425,39 @@ impl Writer {
                 if !self.buf.is_empty() {
                     self.publish(group, &outcomes, end_position, timestamp);
                 }
-                for (req, outcome) in group.drain(..).zip(outcomes) {
-                    let reply = match outcome {
-                        Outcome::Accepted { first_position, first_version, last_version, .. } => Ok(AppendResult {
-                            partition: self.part.id,
-                            first_position,
-                            first_version,
-                            last_version,
-                            timestamp_nanos: timestamp,
-                        }),
-                        Outcome::Rejected(e) => Err(e),
-                    };
+                let accepted = |o: &Outcome| match *o {
+                    Outcome::Accepted { first_position, first_version, last_version, .. } => Some(AppendResult {
+                        partition: self.part.id,
+                        first_position,
+                        first_version,
+                        last_version,
+                        timestamp_nanos: timestamp,
+                        duplicate: false,
+                    }),
+                    _ => None,
+                };
+                let replies: Vec<Result<AppendResult>> = outcomes
+                    .iter()
+                    .map(|o| match o {
+                        Outcome::Accepted { .. } => accepted(o).ok_or(Error::Closed),
+                        Outcome::Duplicate(r) => Ok(*r),
+                        Outcome::DuplicateOf(j) => outcomes
+                            .get(*j)
+                            .and_then(accepted)
+                            .map(|r| AppendResult { duplicate: true, ..r })
+                            .ok_or(Error::Closed),
+                        Outcome::Rejected(e) => Err(e.clone()),
+                    })
+                    .collect();
+                for (req, reply) in group.drain(..).zip(replies) {
                     let _ = req.reply.send(reply);
                 }
             }
             Err(e) => {
                 for (req, outcome) in group.drain(..).zip(outcomes) {
                     let reply = match outcome {
-                        Outcome::Accepted { .. } => Err(e.clone()),
+                        Outcome::Accepted { .. } | Outcome::DuplicateOf(_) => Err(e.clone()),
+                        Outcome::Duplicate(r) => Ok(r),
                         Outcome::Rejected(r) => Err(r),
                     };
                     let _ = req.reply.send(reply);
@@ -412,61 +468,247 @@ impl Writer {
 
     /// Checks each append of the group in order against the stream's version as it will be
     /// after the group's earlier appends, and encodes the accepted ones into the group
-    /// buffer (completing their headers). Returns each append's outcome and the position
-    /// after the group.
+    /// buffer (completing their headers). An atomic unit is checked whole: one refusal refuses
+    /// all of it, and its bytes leave the buffer again. Returns each append's outcome and the
+    /// position after the group.
     fn check_and_encode(&mut self, group: &[AppendRequest], timestamp: u64) -> (Vec<Outcome>, u64) {
-        let mut outcomes = Vec::with_capacity(group.len());
-        let mut pending: HashMap<&str, u64> = HashMap::new();
-        let mut position = self.next_position;
+        let mut st = GroupState {
+            outcomes: Vec::with_capacity(group.len()),
+            pending: HashMap::new(),
+            pending_ids: HashMap::new(),
+            position: self.next_position,
+        };
         self.buf.clear();
-        for req in group {
-            if self.part.tombstones.deleted_at(&req.stream).is_some() {
-                outcomes.push(Outcome::Rejected(Error::StreamDeleted { stream: req.stream.to_string() }));
-                continue;
+        let mut i = 0;
+        while i < group.len() {
+            let n = (group.get(i).map_or(1, |r| r.unit) as usize).clamp(1, group.len() - i);
+            if n == 1 {
+                let o = self.check_one(group, i, &mut st, timestamp, false);
+                st.outcomes.push(o);
+            } else {
+                self.check_unit(group, i, n, &mut st, timestamp);
             }
-            let current = match self.current_version(&pending, req) {
-                Ok(v) => v,
-                Err(e) => {
-                    outcomes.push(Outcome::Rejected(e));
-                    continue;
+            i += n;
+        }
+        (st.outcomes, st.position)
+    }
+
+    /// Checks the atomic unit `group[start..start + n]`: all of it is written, all of it is a
+    /// retry, or none of it is written.
+    fn check_unit<'g>(
+        &mut self,
+        group: &'g [AppendRequest],
+        start: usize,
+        n: usize,
+        st: &mut GroupState<'g>,
+        timestamp: u64,
+    ) {
+        let (buf_len, position) = (self.buf.len(), st.position);
+        let mut undo: Vec<(&'g str, Option<u64>)> = Vec::new();
+        let first_outcome = st.outcomes.len();
+        for k in start..start + n {
+            let Some(req) = group.get(k) else { break };
+            undo.push((&req.stream, st.pending.get(&*req.stream).copied()));
+            let o = self.check_one(group, k, st, timestamp, k + 1 < start + n);
+            st.outcomes.push(o);
+        }
+        let parts = st.outcomes.get(first_outcome..).unwrap_or(&[]);
+        let refusal = parts.iter().find_map(|o| match o {
+            Outcome::Rejected(e) => Some(e.clone()),
+            _ => None,
+        });
+        let written = parts.iter().filter(|o| matches!(o, Outcome::Accepted { .. })).count();
+        let refusal = refusal.or_else(|| {
+            (written > 0 && written < n).then(|| {
+                let retried = parts
+                    .iter()
+                    .zip(group.get(start..).unwrap_or(&[]))
+                    .find(|(o, _)| !matches!(o, Outcome::Accepted { .. }))
+                    .map_or("", |(_, r)| &*r.stream);
+                Error::IdempotencyConflict {
+                    stream: retried.to_owned(),
+                    reason: "this part of an atomic append repeats a committed append, and another part does not"
+                        .into(),
                 }
+            })
+        });
+        let Some(e) = refusal else { return };
+        // All or nothing: the unit's bytes, versions, ids and positions go back.
+        self.buf.truncate(buf_len);
+        st.position = position;
+        for (stream, before) in undo.into_iter().rev() {
+            match before {
+                Some(v) => st.pending.insert(stream, v),
+                None => st.pending.remove(stream),
             };
-            if !req.expected.matches(current) {
-                outcomes.push(Outcome::Rejected(Error::WrongExpectedVersion {
-                    stream: req.stream.to_string(),
-                    expected: req.expected,
-                    actual: current,
-                }));
-                continue;
+        }
+        st.pending_ids.retain(|_, (j, _)| *j < start);
+        for o in st.outcomes.get_mut(first_outcome..).unwrap_or(&mut []) {
+            *o = Outcome::Rejected(e.clone());
+        }
+    }
+
+    /// Checks `group[index]` and encodes it if accepted; `continues`: it is not the last part
+    /// of its atomic unit.
+    fn check_one<'g>(
+        &mut self,
+        group: &'g [AppendRequest],
+        index: usize,
+        st: &mut GroupState<'g>,
+        timestamp: u64,
+        continues: bool,
+    ) -> Outcome {
+        let Some(req) = group.get(index) else { return Outcome::Rejected(Error::Closed) };
+        if self.part.tombstones.deleted_at(&req.stream).is_some() {
+            return Outcome::Rejected(Error::StreamDeleted { stream: req.stream.to_string() });
+        }
+        if let Some(ids) = req.ids.as_deref()
+            && req.copied_at.is_none()
+            && !self.dedup.disabled()
+        {
+            match self.find_retry(group, req, ids, st) {
+                Ok(Some(o)) => return o,
+                Ok(None) => {}
+                Err(e) => return Outcome::Rejected(e),
             }
-            // Versions and positions are u64: only a crafted file can bring them near the end,
-            // and then the append is refused rather than written with a wrapped number.
-            let count = u64::from(req.event_count);
-            let numbers = current
-                .map_or(Some(0), |v| v.checked_add(1))
-                .and_then(|first| first.checked_add(count).map(|end| (first, end - 1)))
-                .filter(|_| position.checked_add(count).is_some());
-            let Some((first_version, last_version)) = numbers else {
-                outcomes.push(Outcome::Rejected(Error::Overflow { stream: req.stream.to_string() }));
-                continue;
-            };
-            let offset = self.write_offset + self.buf.len() as u64;
-            let start = self.buf.len();
-            self.buf.extend_from_slice(&req.batch);
-            if let Some(b) = self.buf.get_mut(start..) {
-                batch::finish(b, position, first_version, req.copied_at.unwrap_or(timestamp), self.synced_offset);
+        }
+        let current = match self.current_version(&st.pending, req) {
+            Ok(v) => v,
+            Err(e) => return Outcome::Rejected(e),
+        };
+        if !req.expected.matches(current) {
+            return Outcome::Rejected(Error::WrongExpectedVersion {
+                stream: req.stream.to_string(),
+                expected: req.expected,
+                actual: current,
+            });
+        }
+        // Versions and positions are u64: only a crafted file can bring them near the end,
+        // and then the append is refused rather than written with a wrapped number.
+        let count = u64::from(req.event_count);
+        let position = st.position;
+        let numbers = current
+            .map_or(Some(0), |v| v.checked_add(1))
+            .and_then(|first| first.checked_add(count).map(|end| (first, end - 1)))
+            .filter(|_| position.checked_add(count).is_some());
+        let Some((first_version, last_version)) = numbers else {
+            return Outcome::Rejected(Error::Overflow { stream: req.stream.to_string() });
+        };
+        let offset = self.write_offset + self.buf.len() as u64;
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&req.batch);
+        if let Some(b) = self.buf.get_mut(start..) {
+            // A copy (grow) stands alone in its new partition, whatever unit it came from.
+            batch::set_unit_continues(b, continues && req.copied_at.is_none());
+            batch::finish(b, position, first_version, req.copied_at.unwrap_or(timestamp), self.synced_offset);
+        }
+        st.pending.insert(&req.stream, last_version);
+        for (i, id) in req.ids.iter().flatten().enumerate() {
+            st.pending_ids.insert(dedup::key(id), (index, i));
+        }
+        st.position += count;
+        Outcome::Accepted { first_position: position, first_version, last_version, offset, len: req.batch.len() as u32 }
+    }
+
+    /// Whether `req` (whose events all carry `ids`) retries an append already committed or
+    /// accepted earlier in this group: `Some` outcome if so, `None` if none of its ids is
+    /// known, an `IdempotencyConflict` if only some are, or all in another shape.
+    fn find_retry(
+        &mut self,
+        group: &[AppendRequest],
+        req: &AppendRequest,
+        ids: &[EventId],
+        st: &GroupState<'_>,
+    ) -> Result<Option<Outcome>> {
+        if !self.dedup_ready {
+            self.dedup.rebuild(&self.part)?;
+            self.dedup_ready = true;
+        }
+        let conflict = |reason: String| Error::IdempotencyConflict { stream: req.stream.to_string(), reason };
+        // The group's own earlier appends (not in the log yet).
+        let in_group: Vec<Option<(usize, usize)>> =
+            ids.iter().map(|id| st.pending_ids.get(&dedup::key(id)).copied()).collect();
+        if let Some(Some((j, 0))) = in_group.first().copied()
+            && let Some(earlier) = group.get(j)
+            && earlier.stream == req.stream
+            && earlier.ids.as_deref() == Some(ids)
+        {
+            return Ok(Some(Outcome::DuplicateOf(j)));
+        }
+        if in_group.iter().any(Option::is_some) {
+            return Err(conflict("some of its event ids are those of another append in flight".into()));
+        }
+        // The log: the window proposes positions, the log confirms them.
+        let proposed: Vec<Option<u64>> = ids.iter().map(|id| self.dedup.position_of(id)).collect();
+        if proposed.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        if let Some(Some(p0)) = proposed.first().copied()
+            && proposed.iter().enumerate().all(|(i, p)| *p == Some(p0 + i as u64))
+            && self.dedup.holds_append(p0, ids.len())
+            && let Some(r) = self.confirm(req, ids, p0)?
+        {
+            return Ok(Some(Outcome::Duplicate(r)));
+        }
+        let mut known = 0usize;
+        let mut streams: Vec<String> = Vec::new();
+        for (id, p) in ids.iter().zip(&proposed) {
+            let Some(p) = *p else { continue };
+            let mut hit = None;
+            self.part.visit_events(p, 1, &mut |e| {
+                if e.id.as_ref() == Some(id) {
+                    hit = Some(e.stream_id.to_owned());
+                }
+                std::ops::ControlFlow::Break(())
+            })?;
+            if let Some(s) = hit {
+                known += 1;
+                if !streams.contains(&s) {
+                    streams.push(s);
+                }
             }
-            pending.insert(&req.stream, last_version);
-            outcomes.push(Outcome::Accepted {
-                first_position: position,
+        }
+        if known == 0 {
+            // Every proposal was a colliding key: the ids are new.
+            return Ok(None);
+        }
+        Err(conflict(format!(
+            "{known} of its {} event ids were already committed (to {}), but not as one earlier append of this stream in this order",
+            ids.len(),
+            streams.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ")
+        )))
+    }
+
+    /// Reads the events `p0..p0 + ids.len()` back: if they are `req`'s stream's, with `ids`
+    /// in order, the earlier append's result.
+    fn confirm(&self, req: &AppendRequest, ids: &[EventId], p0: u64) -> Result<Option<AppendResult>> {
+        let mut ok = true;
+        let mut seen = 0usize;
+        let mut first = None;
+        let mut last_version = 0;
+        self.part.visit_events(p0, ids.len(), &mut |e| {
+            let same = e.stream_id == &*req.stream && ids.get(seen) == e.id.as_ref();
+            if first.is_none() {
+                first = Some((e.version, e.timestamp_nanos));
+            } else if e.version != last_version + 1 {
+                ok = false;
+            }
+            last_version = e.version;
+            ok &= same;
+            seen += 1;
+            if ok { std::ops::ControlFlow::Continue(()) } else { std::ops::ControlFlow::Break(()) }
+        })?;
+        Ok(match first {
+            Some((first_version, timestamp_nanos)) if ok && seen == ids.len() => Some(AppendResult {
+                partition: self.part.id,
+                first_position: p0,
                 first_version,
                 last_version,
-                offset,
-                len: req.batch.len() as u32,
-            });
-            position += count;
-        }
-        (outcomes, position)
+                timestamp_nanos,
+                duplicate: true,
+            }),
+            _ => None,
+        })
     }
 
     /// Writes the group buffer and, in Sync mode, syncs it. On failure the partition is
@@ -505,6 +747,9 @@ impl Writer {
                 if let Outcome::Accepted { first_position, first_version, offset, len, .. } = *outcome {
                     let key = mem.insert(&req.stream, first_version, first_position, req.event_count, offset, len);
                     self.journal.push(key, first_version, req.event_count, len, req.copied_at.unwrap_or(timestamp));
+                    if self.dedup_ready {
+                        self.dedup.push(first_position, req.ids.as_deref());
+                    }
                 }
             }
         }

@@ -18,14 +18,16 @@ impl Store {
     /// An append request for the writers: the events encoded and checked against the limits.
     fn request(&self, stream: &str, expected: ExpectedVersion, events: &[EventData]) -> Result<(AppendRequest, Reply)> {
         let batch = batch::encode(stream, events, self.shared.limits)?;
-        Ok(AppendRequest::new(stream, stream_hash(stream), expected, batch, events.len() as u32))
+        let (mut req, rx) = AppendRequest::new(stream, stream_hash(stream), expected, batch, events.len() as u32);
+        req.ids = events.iter().map(|e| e.id).collect::<Option<Box<[_]>>>();
+        Ok((req, rx))
     }
 
     fn submit(&self, stream: &str, expected: ExpectedVersion, events: &[EventData]) -> Result<Reply> {
         let (req, rx) = self.request(stream, expected, events)?;
         // Route and queue under the senders' read lock: a grow's cutover waits for it.
         let senders = self.senders.read();
-        let p = router::jump_consistent_hash(req.hash, self.partition_count());
+        let p = self.partition_of(stream);
         self.shared.check_appends(p)?;
         let sender = senders.get(p as usize).ok_or(Error::Closed)?;
         sender.send(Queued::One(req)).map_err(|_| Error::Closed)?;
@@ -41,9 +43,31 @@ impl Store {
     /// [`Error::StorageFull`], [`Error::Poisoned`] after a failed fsync.
     ///
     /// The validation and concurrency errors mean nothing was written. After an I/O error
-    /// ([`Error::Io`], [`Error::StorageFull`], [`Error::Poisoned`]) the outcome is unknown in
-    /// general (the bytes may or may not be on disk): retry with an `Exact` expected version,
-    /// never with `Any`, so a retry cannot append twice.
+    /// ([`Error::Io`], [`Error::StorageFull`], [`Error::Poisoned`]), or a crash before the
+    /// answer came, the outcome is unknown in general (the bytes may or may not be on disk).
+    ///
+    /// **Retries.** Give every event an id ([`EventData::with_id`]) and a retry is idempotent:
+    /// if the append was committed, the retry returns its [`AppendResult`] with `duplicate` set
+    /// and writes nothing, whatever its expected version; if not, it is appended. This holds
+    /// across restarts, within [`Options::idempotency_window`](crate::Options::idempotency_window)
+    /// (by default the partition's last 10,000 appends). A retry that repeats only some of the
+    /// ids is [`Error::IdempotencyConflict`]. Without ids, or outside the window, retry with an
+    /// `Exact` expected version, never with `Any`, so a retry cannot append twice.
+    ///
+    /// ```
+    /// # use strata::{EventData, EventId, ExpectedVersion, Options, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+    /// let command = EventId::from_u128(0x5eed);
+    /// let events = [EventData::new("Deposited", "10").with_id(EventId::derive(command, "account-1", 0))];
+    /// let first = store.append("account-1", ExpectedVersion::NoStream, &events)?;
+    /// // The answer was lost; the client retries with the same ids.
+    /// let retry = store.append("account-1", ExpectedVersion::NoStream, &events)?;
+    /// assert!(retry.duplicate && !first.duplicate);
+    /// assert_eq!(retry.first_position, first.first_position);
+    /// assert_eq!(store.stream_version("account-1")?, Some(0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn append(&self, stream: &str, expected: ExpectedVersion, events: &[EventData]) -> Result<AppendResult> {
         let started = std::time::Instant::now();
         let rx = self.submit(stream, expected, events)?;
@@ -99,7 +123,7 @@ impl Store {
         let count = self.partition_count();
         let mut per_partition: Vec<Vec<AppendRequest>> = (0..count).map(|_| Vec::new()).collect();
         for req in queued {
-            let p = router::jump_consistent_hash(req.hash, count);
+            let p = router::jump_consistent_hash(self.route_hash(&req.stream), count);
             if let Err(e) = self.shared.check_appends(p) {
                 // Refused until reopen: its future gets the reason.
                 let _ = req.reply.send(Err(e));
@@ -130,6 +154,100 @@ impl Store {
             }
         }
         futures
+    }
+
+    /// Appends to several streams of one partition as one atomic unit: every append is written,
+    /// or none is. Each has its own expected version; one that does not match fails the whole
+    /// call with its [`Error::WrongExpectedVersion`] (naming its stream), and nothing is
+    /// written. On success the results come back in order, and the events lie in one
+    /// contiguous run of positions, so projections and partition reads see them together.
+    ///
+    /// The streams must live in one partition: give their ids a shared co-location key,
+    /// `{key}rest` (`{order-17}/payments`, `{order-17}/shipping`): streams with the same key
+    /// share a partition at every partition count, grows included. Streams of different
+    /// partitions, or one stream named twice, are refused with [`Error::NotColocated`], never
+    /// split. The whole unit is limited like one append (`Options::max_append_bytes`).
+    /// Recovery keeps a unit whole or drops it whole (FORMAT.md §7.6). If every event of every
+    /// part carries an id, a retry of a committed unit returns its results, each marked
+    /// `duplicate`; a unit that repeats only some parts is [`Error::IdempotencyConflict`].
+    ///
+    /// ```
+    /// # use strata::{EventData, ExpectedVersion, Options, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+    /// let done = store.append_atomic([
+    ///     ("{order-17}/payments", ExpectedVersion::NoStream, vec![EventData::new("Paid", "42")]),
+    ///     ("{order-17}/shipping", ExpectedVersion::NoStream, vec![EventData::new("Requested", "{}")]),
+    /// ])?;
+    /// assert_eq!(done[1].first_position, done[0].first_position + 1);
+    /// let clash = store.append_atomic([
+    ///     ("{order-17}/payments", ExpectedVersion::Exact(0), vec![EventData::new("Refunded", "42")]),
+    ///     ("{order-17}/shipping", ExpectedVersion::NoStream, vec![EventData::new("Requested", "{}")]),
+    /// ]);
+    /// assert!(clash.is_err());
+    /// assert_eq!(store.stream_version("{order-17}/payments")?, Some(0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn append_atomic<S: AsRef<str>, E: AsRef<[EventData]>>(
+        &self,
+        appends: impl IntoIterator<Item = (S, ExpectedVersion, E)>,
+    ) -> Result<Vec<AppendResult>> {
+        let started = std::time::Instant::now();
+        let mut reqs: Vec<AppendRequest> = Vec::new();
+        let mut replies: Vec<Reply> = Vec::new();
+        let mut bytes = 0u64;
+        for (stream, expected, events) in appends {
+            let (req, rx) = self.request(stream.as_ref(), expected, events.as_ref())?;
+            bytes += req.batch.len() as u64;
+            reqs.push(req);
+            replies.push(rx);
+        }
+        let Some(first) = reqs.first() else { return Err(Error::EmptyAppend) };
+        if bytes > self.shared.limits.max_append_bytes {
+            return Err(Error::AppendTooLarge { size: bytes, limit: self.shared.limits.max_append_bytes });
+        }
+        let senders = self.senders.read();
+        let p = self.partition_of(&first.stream);
+        for (i, r) in reqs.iter().enumerate() {
+            if let Some(twice) = reqs.get(..i).and_then(|before| before.iter().find(|b| b.stream == r.stream)) {
+                return Err(Error::NotColocated {
+                    reason: format!("stream {:?} is named twice; append its events as one part", twice.stream),
+                });
+            }
+            let q = self.partition_of(&r.stream);
+            if q != p {
+                return Err(Error::NotColocated {
+                    reason: format!(
+                        "stream {:?} lives in partition {p} and {:?} in partition {q}; only streams of one partition can be written atomically: give them a shared co-location key, such as {{{}}}/…",
+                        first.stream,
+                        r.stream,
+                        router::colocation_key(&first.stream)
+                    ),
+                });
+            }
+        }
+        self.shared.check_appends(p)?;
+        if let Some(r) = reqs.first_mut() {
+            r.unit = replies.len() as u32;
+        }
+        let sender = senders.get(p as usize).ok_or(Error::Closed)?;
+        sender.send(Queued::Many(reqs)).map_err(|_| Error::Closed)?;
+        drop(senders);
+        let mut out = Vec::with_capacity(replies.len());
+        let mut failed = None;
+        for rx in replies {
+            match rx.recv().map_err(|_| Error::Closed).and_then(|r| r) {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        self.shared.append_latency.record(started.elapsed());
+        Ok(out)
     }
 
     /// Like [`Store::append`], without blocking: the returned future completes when the append

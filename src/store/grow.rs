@@ -54,7 +54,7 @@ use crate::error::{Error, Result};
 use crate::event::ExpectedVersion;
 use crate::format::manifest::{self, Epoch};
 use crate::log::{AppendRequest, Partition, Queued, Reply, dir_name, partition};
-use crate::router::{jump_consistent_hash, stream_hash};
+use crate::router::{jump_consistent_hash, route_hash, stream_hash};
 
 use super::Store;
 
@@ -171,7 +171,7 @@ impl Store {
         let mut cursors = vec![0u64; from as usize];
         loop {
             // Tombstones are permanent: most move here, so the cutover has few left to write.
-            move_tombstones(&parts, from, new_count, &mut report)?;
+            move_tombstones(&parts, self.shared.hash_id, from, new_count, &mut report)?;
             let copied = self.copy_round(&parts, from, new_count, &mut cursors, &self.senders.read(), &mut report)?;
             report.rounds += 1;
             if copied < SMALL_TAIL || report.rounds >= MAX_ROUNDS {
@@ -185,7 +185,7 @@ impl Store {
         let before = report.copied_events;
         self.copy_round(&parts, from, new_count, &mut cursors, &senders, &mut report)?;
         report.cutover_events = report.copied_events - before;
-        move_tombstones(&parts, from, new_count, &mut report)?;
+        move_tombstones(&parts, self.shared.hash_id, from, new_count, &mut report)?;
         barrier(&senders, from..new_count)?;
         let committed = {
             let mut m = self.shared.manifest.lock().clone();
@@ -289,6 +289,7 @@ impl Store {
         report: &mut GrowReport,
     ) -> Result<u64> {
         let mut copied = 0;
+        let hash_id = self.shared.hash_id;
         for a in 0..from {
             let old = part(parts, a)?;
             let Some(cursor) = cursors.get_mut(a as usize) else { continue };
@@ -310,7 +311,7 @@ impl Store {
                         return ControlFlow::Continue(());
                     }
                     let hash = stream_hash(b.stream_id);
-                    let Some(target) = moves_to(hash, a, from, to) else {
+                    let Some(target) = moves_to(route_hash(hash_id, b.stream_id), a, from, to) else {
                         return ControlFlow::Continue(());
                     };
                     if old.tombstones.deleted_at(b.stream_id).is_some() {
@@ -323,6 +324,8 @@ impl Store {
                     let (mut req, rx) =
                         AppendRequest::new(b.stream_id, hash, expected, b.raw().to_vec(), b.event_count);
                     req.copied_at = Some(b.timestamp);
+                    // The copy joins its new partition's idempotency window.
+                    req.ids = b.events().map(|e| e.id).collect::<Option<Box<[_]>>>();
                     match senders.get(target as usize).map(|s| s.send(Queued::One(req))) {
                         Some(Ok(())) => {
                             let last = b.first_version + u64::from(b.event_count) - 1;
@@ -371,11 +374,11 @@ impl Store {
 
 /// Writes in each moved stream's new partition the tombstone it has in its old one (those
 /// there already are skipped: they are permanent).
-fn move_tombstones(parts: &[Arc<Partition>], from: u32, to: u32, report: &mut GrowReport) -> Result<()> {
+fn move_tombstones(parts: &[Arc<Partition>], hash_id: u32, from: u32, to: u32, report: &mut GrowReport) -> Result<()> {
     for a in 0..from {
         let old = part(parts, a)?;
         for (stream, at) in old.tombstones.all() {
-            let Some(target) = moves_to(stream_hash(&stream), a, from, to) else { continue };
+            let Some(target) = moves_to(route_hash(hash_id, &stream), a, from, to) else { continue };
             if part(parts, target)?.tombstones.delete(&stream, at)? {
                 report.moved_streams += 1;
             }
@@ -384,7 +387,7 @@ fn move_tombstones(parts: &[Arc<Partition>], from: u32, to: u32, report: &mut Gr
     Ok(())
 }
 
-/// The new partition of a stream (by its hash) that lives in old partition `a` and moves when
+/// The new partition of a stream (by its routing hash) that lives in old partition `a` and moves when
 /// the count goes from `from` to `to`. `None` for one that stays, and for one that only left
 /// history in `a` (an earlier grow moved it away).
 fn moves_to(hash: u64, a: u32, from: u32, to: u32) -> Option<u32> {

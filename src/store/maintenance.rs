@@ -47,7 +47,8 @@ impl Store {
         // Under the senders' read lock, like an append: a grow moves the stream's tombstone
         // with it, and a delete must not slip between that and the cutover.
         let routing = self.senders.read();
-        let (hash, p) = self.route(stream)?;
+        let (_, p) = self.route(stream)?;
+        let hash = self.route_hash(stream);
         // While no layout is sure (a grow's commit half done), a tombstone written in the old
         // layout could miss the partition a reopen routes the stream to.
         self.shared.check_appends(p.id)?;

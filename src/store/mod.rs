@@ -72,6 +72,8 @@ pub(crate) struct Shared {
     io: Io,
     signal: Arc<HeadSignal>,
     writer_cfg: WriterConfig,
+    /// The manifest's routing scheme (`router::route_hash`).
+    hash_id: u32,
     /// Released by `close` (or when the last owner drops the store).
     lock: Mutex<Option<DirLock>>,
 }
@@ -150,9 +152,15 @@ impl Store {
         self.shared.routed.load(Ordering::Acquire)
     }
 
-    /// The partition that holds `stream_id`.
+    /// The partition that holds `stream_id`. Streams whose ids share a co-location key
+    /// (`{order-17}/payments`, `{order-17}/shipping`: the part in braces) always share one.
     pub fn partition_of(&self, stream_id: &str) -> u32 {
-        router::partition_for(stream_id, self.partition_count())
+        router::jump_consistent_hash(self.route_hash(stream_id), self.partition_count())
+    }
+
+    /// The hash `stream` is routed by (its co-location key's, in stores of routing scheme 2).
+    pub(crate) fn route_hash(&self, stream: &str) -> u64 {
+        router::route_hash(self.shared.hash_id, stream)
     }
 
     /// `Error::Closed` once [`Store::close`] has begun.
@@ -172,7 +180,7 @@ impl Store {
     fn route(&self, stream: &str) -> Result<(u64, Arc<Partition>)> {
         batch::check_stream_id(stream)?;
         let hash = router::stream_hash(stream);
-        Ok((hash, self.partition(router::jump_consistent_hash(hash, self.partition_count()))?))
+        Ok((hash, self.partition(self.partition_of(stream))?))
     }
 
     /// Where partition `id` came from, if a grow added it: the first position of its own

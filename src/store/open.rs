@@ -80,7 +80,10 @@ impl Store {
             max_group_bytes: options.max_group_bytes,
             max_group_appends: options.max_group_appends,
             journal_interval: options.recovery_scan_bytes,
+            dedup_appends: options.idempotency_appends,
+            dedup_max_ids: options.idempotency_max_ids,
         };
+        let hash_id = manifest.hash_id;
         let routed = manifest.partition_count;
         let shared = Arc::new(Shared {
             dir,
@@ -99,6 +102,7 @@ impl Store {
             io,
             signal,
             writer_cfg,
+            hash_id,
             lock: Mutex::new(Some(lock)),
         });
         // The store exists before its threads do: if spawning one fails, dropping it stops and

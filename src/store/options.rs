@@ -15,6 +15,10 @@ pub const DEFAULT_PARTITIONS: u32 = 8;
 pub const DEFAULT_SEGMENT_BYTES: u64 = 256 << 20;
 /// Default [`Options::recovery_scan_bytes`].
 pub const DEFAULT_RECOVERY_SCAN_BYTES: u64 = 8 << 20;
+/// Default [`Options::idempotency_window`]: the last 10,000 appends of each partition.
+pub const DEFAULT_IDEMPOTENCY_APPENDS: usize = 10_000;
+/// Default most event ids [`Options::idempotency_window`] remembers per partition.
+pub const DEFAULT_IDEMPOTENCY_MAX_IDS: usize = 1_000_000;
 /// Default largest event (type + metadata + payload): 16 MiB.
 pub const DEFAULT_MAX_EVENT_BYTES: u64 = 16 << 20;
 /// Default largest append (one batch, encoded): 64 MiB.
@@ -49,6 +53,8 @@ pub struct Options {
     pub(crate) max_group_appends: usize,
     pub(crate) snapshot_rewrite_bytes: u64,
     pub(crate) recovery_scan_bytes: u64,
+    pub(crate) idempotency_appends: usize,
+    pub(crate) idempotency_max_ids: usize,
     pub(crate) compaction: CompactionOptions,
     pub(crate) faults: Option<Arc<FaultPlan>>,
     pub(crate) sim: Option<Arc<SimDisk>>,
@@ -71,6 +77,8 @@ impl Default for Options {
             max_group_appends: 4096,
             snapshot_rewrite_bytes: 4 << 20,
             recovery_scan_bytes: DEFAULT_RECOVERY_SCAN_BYTES,
+            idempotency_appends: DEFAULT_IDEMPOTENCY_APPENDS,
+            idempotency_max_ids: DEFAULT_IDEMPOTENCY_MAX_IDS,
             compaction: CompactionOptions::default(),
             faults: None,
             sim: None,
@@ -121,6 +129,27 @@ impl Options {
     /// journal writes.
     pub fn recovery_scan_bytes(mut self, n: u64) -> Options {
         self.recovery_scan_bytes = n;
+        self
+    }
+
+    /// How far back a retried append is recognised (default: the last 10,000 appends of its
+    /// partition, at most 1,000,000 event ids per partition; `appends` = 0 switches
+    /// idempotency off).
+    ///
+    /// An append whose events all carry ids ([`EventData::with_id`](crate::EventData::with_id))
+    /// and that repeats an append in the window exactly (the same stream, the same ids in the
+    /// same order) is not written again: it returns the earlier append's
+    /// [`AppendResult`](crate::AppendResult) with `duplicate` set, whatever its expected
+    /// version, and waits for nothing but the lookup. One that repeats only some ids is
+    /// [`Error::IdempotencyConflict`]. The window counts every append of the partition (with
+    /// ids or without) and survives restarts: it is rebuilt from the log. **Outside the window**
+    /// a retry is an ordinary append, and its expected version decides: retry with `Exact`,
+    /// never `Any`, and a late retry fails with `WrongExpectedVersion` instead of writing
+    /// twice. Memory: about 30–45 bytes per remembered id (`max_ids` bounds it), paid only by
+    /// partitions that receive appends with ids.
+    pub fn idempotency_window(mut self, appends: usize, max_ids: usize) -> Options {
+        self.idempotency_appends = appends;
+        self.idempotency_max_ids = max_ids;
         self
     }
 

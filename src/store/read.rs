@@ -13,7 +13,6 @@ use std::ops::ControlFlow;
 
 use crate::error::{Error, Result};
 use crate::event::{EventView, RecordedEvent};
-use crate::router::{self, stream_hash};
 
 use super::Store;
 
@@ -113,8 +112,7 @@ impl Store {
     /// The streams listed in partition `p`: those living there now (a stream a grow moved
     /// away left history here, listed where it lives).
     fn partition_streams(&self, p: u32) -> Result<Vec<String>> {
-        let count = self.partition_count();
-        self.partition(p)?.stream_ids(&|s| router::jump_consistent_hash(stream_hash(s), count) == p)
+        self.partition(p)?.stream_ids(&|s| self.partition_of(s) == p)
     }
 
     /// The events of `stream` from version `from_version` up to its last event as of this

@@ -24,28 +24,38 @@ pub struct DumpArgs {
     /// Print batch headers only, not their events.
     #[arg(long)]
     headers: bool,
+    /// Only the events of one flow: those whose correlation id, or own id, is this (a UUID).
+    #[arg(long)]
+    correlation: Option<strata::EventId>,
 }
 
 fn print_batches(batches: &[BatchInfo], headers_only: bool) {
     for b in batches {
         out!(
-            "  @{:<10} position {:<10} {:?} v{}..={} ({} event{}) {} len {} crc ok",
+            "  @{:<10} position {:<10} {:?} v{}..={} ({} event{}) {} len {} crc ok{}",
             b.offset,
             b.position,
             b.stream,
             b.first_version,
-            b.first_version + b.events.len() as u64 - 1,
-            b.events.len(),
-            if b.events.len() == 1 { "" } else { "s" },
+            b.first_version + b.event_count - 1,
+            b.event_count,
+            if b.event_count == 1 { "" } else { "s" },
             time(b.timestamp),
-            b.length
+            b.length,
+            if b.unit_continues { " (atomic unit continues)" } else { "" }
         );
         if headers_only {
             continue;
         }
-        for (i, e) in b.events.iter().enumerate() {
+        for e in &b.events {
             let meta = if e.metadata.is_empty() { String::new() } else { format!(" meta {}", show(&e.metadata)) };
-            out!("      [{}] {} {}{meta}", b.position + i as u64, e.event_type, show(&e.payload));
+            let mut ids = String::new();
+            for (name, id) in [("id", e.id), ("correlation", e.correlation_id), ("causation", e.causation_id)] {
+                if let Some(id) = id {
+                    ids.push_str(&format!(" {name} {id}"));
+                }
+            }
+            out!("      [{}] {} {}{meta}{ids}", e.position, e.event_type, show(&e.payload));
         }
     }
 }
@@ -223,7 +233,7 @@ fn dump_one(path: &Path, filter: &Filter, headers: bool) -> strata::Result<()> {
 }
 
 pub fn dump(args: DumpArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let filter = Filter { stream: args.stream.clone(), from: args.from, to: args.to };
+    let filter = Filter { stream: args.stream.clone(), from: args.from, to: args.to, correlation: args.correlation };
     let files = if args.path.is_dir() { inspect::files(&args.path)? } else { vec![args.path.clone()] };
     if files.is_empty() {
         return Err(format!("{} holds no strata files", args.path.display()).into());
