@@ -53,11 +53,16 @@ pub fn batch_decode(data: &[u8]) {
     let Ok(b) = batch::decode(data) else { return };
     let events: Vec<EventData> = b
         .events()
-        .map(|e| EventData::new(e.event_type, e.payload.to_vec()).with_metadata(e.metadata.to_vec()))
+        .map(|e| {
+            let mut d = EventData::new(e.event_type, e.payload.to_vec()).with_metadata(e.metadata.to_vec());
+            (d.id, d.correlation_id, d.causation_id) = (e.id, e.correlation_id, e.causation_id);
+            d
+        })
         .collect();
     assert_eq!(events.len(), b.event_count as usize);
     let limits = Limits { max_event_bytes: u64::MAX, max_append_bytes: 1 << 31 };
     let mut again = batch::encode(b.stream_id, &events, limits).expect("an accepted batch re-encodes");
+    batch::set_unit_continues(&mut again, b.continues);
     batch::finish(&mut again, b.base_position, b.first_version, b.timestamp, b.synced_offset);
     assert_eq!(Some(&again[..]), data.get(..b.length), "decode and encode disagree");
 }
@@ -497,9 +502,10 @@ fn journal_template() -> &'static JournalTemplate {
 type ModelEvent = (String, u64, Vec<u8>);
 
 /// Model-based: runs the operations `data` spells (appends with right and wrong expected
-/// versions, stream and partition reads, reopening, tearing the last write of a partition
-/// as a crash would, compaction, deletion) against a store and against plain vectors, and
-/// checks after each that the store says what the model says.
+/// versions, with ids and retried, atomic appends to co-located streams, stream and
+/// partition reads, reopening, tearing the last write of a partition as a crash would,
+/// compaction, deletion) against a store and against plain vectors, and checks after each
+/// that the store says what the model says.
 pub fn model_ops(data: &[u8]) {
     use std::collections::{HashMap, HashSet};
     use std::time::Duration;
@@ -528,7 +534,9 @@ pub fn model_ops(data: &[u8]) {
     // batches' (stream, first version, count) in order.
     let mut streams: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
     let mut logs: [Vec<ModelEvent>; 2] = [Vec::new(), Vec::new()];
-    let mut batches: [Vec<(String, u64, usize)>; 2] = [Vec::new(), Vec::new()];
+    // (stream, first version, count, atomic unit: 0 for none).
+    let mut batches: [Vec<(String, u64, usize, u64)>; 2] = [Vec::new(), Vec::new()];
+    let mut units = 0u64;
     let mut deleted: HashSet<String> = HashSet::new();
     let mut n = 0u64;
     let mut bytes = data.iter().copied();
@@ -537,6 +545,51 @@ pub fn model_ops(data: &[u8]) {
         let Some(s) = store.as_ref() else { return };
         let stream = format!("s{}", arg % 5);
         match op % 8 {
+            2 if op & 0x40 != 0 => {
+                // An atomic unit on two co-located streams; one wrong version refuses it all.
+                let names = [format!("{{u{}}}/a", arg % 3), format!("{{u{}}}/b", arg % 3)];
+                let right = op & 0x80 == 0;
+                let parts: Vec<(String, ExpectedVersion, Vec<EventData>)> = names
+                    .iter()
+                    .enumerate()
+                    .map(|(k, name)| {
+                        let have = streams.get(name).map_or(0, Vec::len) as u64;
+                        let expected = match (right || k == 0, have.checked_sub(1)) {
+                            (true, None) => ExpectedVersion::NoStream,
+                            (true, Some(v)) => ExpectedVersion::Exact(v),
+                            (false, _) => ExpectedVersion::Exact(have + 7),
+                        };
+                        let events = (0..1 + usize::from(arg >> 6))
+                            .map(|_| {
+                                n += 1;
+                                EventData::new("U", format!("{name}:{n}"))
+                            })
+                            .collect();
+                        (name.clone(), expected, events)
+                    })
+                    .collect();
+                match s.append_atomic(parts.iter().map(|(a, b, c)| (a.as_str(), *b, c.as_slice()))) {
+                    Ok(rs) => {
+                        assert!(right, "a unit with a wrong version was written");
+                        units += 1;
+                        let p = rs[0].partition as usize;
+                        for ((name, _, events), r) in parts.iter().zip(&rs) {
+                            assert_eq!(r.first_position, logs[p].len() as u64, "a unit is contiguous");
+                            let have = streams.get(name).map_or(0, Vec::len) as u64;
+                            for (i, e) in events.iter().enumerate() {
+                                streams.entry(name.clone()).or_default().push(e.payload.clone());
+                                logs[p].push((name.clone(), have + i as u64, e.payload.clone()));
+                            }
+                            batches[p].push((name.clone(), have, events.len(), units));
+                        }
+                    }
+                    Err(Error::WrongExpectedVersion { stream, .. }) => {
+                        assert!(!right);
+                        assert_eq!(stream, names[1]);
+                    }
+                    Err(e) => panic!("atomic append failed: {e}"),
+                }
+            }
             0..=2 => {
                 let have = streams.get(&stream).map_or(0, Vec::len) as u64;
                 let right = op & 0x80 == 0;
@@ -547,15 +600,18 @@ pub fn model_ops(data: &[u8]) {
                     (false, Some(v)) => ExpectedVersion::Exact(v + 1),
                 };
                 let count = 1 + usize::from(arg >> 3) % 3;
+                let with_ids = op & 0x40 != 0;
                 let events: Vec<EventData> = (0..count)
                     .map(|_| {
                         n += 1;
-                        EventData::new("E", format!("{stream}:{n}:{}", "x".repeat(usize::from(op >> 3) * 7)))
+                        let e = EventData::new("E", format!("{stream}:{n}:{}", "x".repeat(usize::from(op >> 3) * 7)));
+                        if with_ids { e.with_id(crate::EventId::from_u128(u128::from(n))) } else { e }
                     })
                     .collect();
                 match s.append(&stream, expected, &events) {
                     Ok(r) => {
                         assert!(right && !deleted.contains(&stream), "append to {stream} should have failed");
+                        assert!(!r.duplicate);
                         assert_eq!(r.first_version, have);
                         let p = r.partition as usize;
                         assert_eq!(r.first_position, logs[p].len() as u64);
@@ -563,7 +619,16 @@ pub fn model_ops(data: &[u8]) {
                             streams.entry(stream.clone()).or_default().push(e.payload.clone());
                             logs[p].push((stream.clone(), have + i as u64, e.payload.clone()));
                         }
-                        batches[p].push((stream.clone(), have, count));
+                        batches[p].push((stream.clone(), have, count, 0));
+                        if with_ids && op & 0x20 != 0 {
+                            // The retry whose answer was lost: the first append's result again.
+                            let again = s.append(&stream, ExpectedVersion::Any, &events).expect("retry");
+                            assert!(again.duplicate, "a retry was written again");
+                            assert_eq!(
+                                (again.first_position, again.first_version),
+                                (r.first_position, r.first_version)
+                            );
+                        }
                     }
                     Err(Error::StreamDeleted { .. }) => assert!(deleted.contains(&stream)),
                     Err(Error::WrongExpectedVersion { actual, .. }) => {
@@ -639,10 +704,19 @@ pub fn model_ops(data: &[u8]) {
                 {
                     let cut = off + 1 + usize::from(op >> 3) % (len - 1);
                     std::fs::write(&active, &file[..cut]).expect("tear");
-                    let (stream, first, count) = batch;
-                    logs[p].truncate(logs[p].len() - count);
-                    if let Some(l) = streams.get_mut(&stream) {
-                        l.truncate(first as usize);
+                    // A torn unit goes whole (FORMAT.md §7.6).
+                    let mut gone = vec![batch];
+                    while let Some(prev) = batches[p].last()
+                        && gone[0].3 != 0
+                        && prev.3 == gone[0].3
+                    {
+                        gone.push(batches[p].pop().expect("the unit's batch"));
+                    }
+                    for (stream, first, count, _) in gone {
+                        logs[p].truncate(logs[p].len() - count);
+                        if let Some(l) = streams.get_mut(&stream) {
+                            l.truncate(first as usize);
+                        }
                     }
                 }
                 store = Some(Store::open(dir.path(), opts()).expect("reopen after a torn write"));

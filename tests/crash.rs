@@ -465,3 +465,146 @@ fn kill_9_of_a_projection_redelivers_only_what_followed_its_checkpoint() {
     }
     eprintln!("{crashes} crashes: {redelivered} events delivered twice in all");
 }
+
+/// The child of `kill_9_retries_write_each_command_once`: four threads carry out commands
+/// `start, start + 1, ...` (each thread every fourth), each an append of one to three events
+/// whose ids derive from the command, with `ExpectedVersion::Any`, so only the ids can keep a
+/// retry from writing twice. Logs "try C" before each append and "ack C position" after.
+fn retry_child(dir: &Path, log: &Path, start: u64) {
+    let store = Arc::new(Store::open(dir, retry_options()).unwrap());
+    let log = Arc::new(Mutex::new(std::fs::OpenOptions::new().append(true).create(true).open(log).unwrap()));
+    for t in 0..THREADS as u64 {
+        let (store, log) = (store.clone(), log.clone());
+        std::thread::spawn(move || {
+            let mut c = start + t;
+            loop {
+                let (stream, events) = command(c);
+                log.lock().unwrap().write_all(format!("try {c}\n").as_bytes()).unwrap();
+                let r = match store.append(&stream, ExpectedVersion::Any, &events) {
+                    Ok(r) if !r.duplicate => r,
+                    other => {
+                        eprintln!("child append failed: {other:?}");
+                        std::process::exit(3);
+                    }
+                };
+                log.lock().unwrap().write_all(format!("ack {c} {}\n", r.first_position).as_bytes()).unwrap();
+                c += THREADS as u64;
+            }
+        });
+    }
+    loop {
+        std::thread::park();
+    }
+}
+
+fn retry_options() -> Options {
+    opts(2, 64 << 10).recovery_scan_bytes(8 << 10).idempotency_window(1 << 20, 1 << 22)
+}
+
+/// Command `c`: its stream and its events (ids derived from the command).
+fn command(c: u64) -> (String, Vec<EventData>) {
+    let stream = format!("acct-{}", c % 16);
+    let id = strata::EventId::from_u128(u128::from(c) + 1);
+    let events = (0..1 + c % 3)
+        .map(|i| EventData::new("E", format!("{c}:{i}")).with_id(strata::EventId::derive(id, &stream, i)))
+        .collect();
+    (stream, events)
+}
+
+/// kill -9 between a durable write and its acknowledgement, then retry: a client that does not
+/// know whether its command was written sends it again, with the same ids, after the restart.
+/// Every retry of an acknowledged command returns the original position, marked duplicate; a
+/// retry of an unacknowledged one is written or recognised, never both; and after every crash
+/// each command tried so far is in the store exactly once, its events together.
+#[test]
+fn kill_9_retries_write_each_command_once() {
+    if let (Ok(dir), Ok(log), Ok(start)) = (
+        std::env::var("STRATA_RETRY_CRASH_DIR"),
+        std::env::var("STRATA_RETRY_CRASH_LOG"),
+        std::env::var("STRATA_RETRY_CRASH_START"),
+    ) {
+        retry_child(Path::new(&dir), Path::new(&log), start.parse().unwrap());
+        return;
+    }
+    let crashes: usize = std::env::var("STRATA_CRASHES").ok().and_then(|s| s.parse().ok()).unwrap_or(20) / 2;
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("store");
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = 0u64;
+    let mut acked: HashMap<u64, u64> = HashMap::new();
+    let (mut unacked_found, mut unacked_written, mut acked_retried) = (0, 0, 0);
+    for crash in 0..crashes {
+        let log = work.path().join(format!("run-{crash}.log"));
+        let start_text = next.to_string();
+        let env = [("STRATA_RETRY_CRASH_DIR", dir.as_path()), ("STRATA_RETRY_CRASH_LOG", log.as_path())];
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args(["kill_9_retries_write_each_command_once", "--exact", "--nocapture"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .env("STRATA_RETRY_CRASH_START", &start_text);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(150 + rng % 250));
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "crash {crash}: child stopped");
+
+        let store = Store::open(&dir, retry_options()).unwrap();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let mut tried: Vec<u64> = Vec::new();
+        let mut run_acks: HashMap<u64, u64> = HashMap::new();
+        for line in text.lines() {
+            let parts: Vec<&str> = line.split(' ').collect();
+            match parts[..] {
+                ["try", c] => tried.extend(c.parse::<u64>().ok()),
+                ["ack", c, p] => {
+                    if let (Ok(c), Ok(p)) = (c.parse(), p.parse()) {
+                        run_acks.insert(c, p);
+                    }
+                }
+                _ => {}
+            }
+        }
+        // The client retries everything it sent in this run.
+        for &c in &tried {
+            let (stream, events) = command(c);
+            let r = store.append(&stream, ExpectedVersion::Any, &events).unwrap();
+            match run_acks.get(&c) {
+                Some(&p) => {
+                    assert!(r.duplicate, "crash {crash}: acknowledged command {c} written again");
+                    assert_eq!(r.first_position, p, "crash {crash}: command {c}");
+                    acked_retried += 1;
+                }
+                None if r.duplicate => unacked_found += 1,
+                None => unacked_written += 1,
+            }
+            acked.insert(c, r.first_position);
+        }
+        next = tried.iter().max().map_or(next, |m| m + 1).max(next);
+        // Every command tried so far is there exactly once, its events together and in order.
+        let mut seen: HashMap<u64, Vec<u64>> = HashMap::new();
+        for s in 0..16 {
+            for e in store.read_stream(&format!("acct-{s}"), 0, usize::MAX).unwrap() {
+                let text = String::from_utf8(e.payload).unwrap();
+                let (c, i) = text.split_once(':').unwrap();
+                seen.entry(c.parse().unwrap()).or_default().push(i.parse().unwrap());
+            }
+        }
+        for &c in acked.keys() {
+            let want: Vec<u64> = (0..1 + c % 3).collect();
+            assert_eq!(seen.get(&c), Some(&want), "crash {crash}: command {c} not there exactly once");
+        }
+        assert_eq!(seen.len(), acked.len(), "crash {crash}: events of commands never tried");
+        store.close().unwrap();
+    }
+    eprintln!(
+        "{crashes} crashes: {acked_retried} acknowledged commands retried (each a duplicate); of the unacknowledged, \
+         {unacked_found} had been written (the retry found them) and {unacked_written} had not"
+    );
+    assert!(acked_retried > 0, "the child never got to append");
+}

@@ -44,7 +44,7 @@ use strata::compaction::CompactionOptions;
 use strata::faults::{CutReport, FaultKind, FaultOp, FaultPlan, SimDisk, StepKind};
 use strata::inspect::{DeadLetterInfo, Dump, Filter};
 use strata::projection::{HandlerError, OnFailure, ProjectionOptions};
-use strata::{Error, EventData, ExpectedVersion, Options, Projection, ProjectionEngine, RecordedEvent, Store};
+use strata::{Error, EventData, EventId, ExpectedVersion, Options, Projection, ProjectionEngine, RecordedEvent, Store};
 
 type Agg = Tally<4, 1>;
 
@@ -93,6 +93,9 @@ struct Log {
     /// Payloads the store held when the workload began (a base image's, deleted streams'
     /// included).
     baseline: HashSet<Vec<u8>>,
+    /// Atomic units (`append_atomic`): per part, its stream and its first payload. A cut
+    /// keeps all of a unit's parts or none.
+    units: Vec<Vec<(String, Vec<u8>)>>,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -128,6 +131,10 @@ impl Log {
         for ((s, v), at) in &self.discarded {
             out += &format!("discarded {s} {v} {at}\n");
         }
+        for u in &self.units {
+            let parts: Vec<String> = u.iter().map(|(s, p)| format!("{s}:{}", hex(p))).collect();
+            out += &format!("unit {}\n", parts.join(" "));
+        }
         out
     }
 
@@ -161,6 +168,15 @@ impl Log {
                 Some("aggregate") => log.aggregates.push(words.next().unwrap().to_owned()),
                 Some("baseline") => {
                     log.baseline.insert(unhex(words.next().unwrap()));
+                }
+                Some("unit") => {
+                    let parts = words
+                        .map(|w| {
+                            let (s, p) = w.rsplit_once(':').unwrap();
+                            (s.to_owned(), unhex(p))
+                        })
+                        .collect();
+                    log.units.push(parts);
                 }
                 Some("discarded") => {
                     let s = words.next().unwrap().to_owned();
@@ -214,6 +230,16 @@ fn projection_options() -> ProjectionOptions {
 /// Runs the workload of `seed` on a store in `root`, recorded by the returned disk. With
 /// `base`, the store starts as a copy of that directory (the image of an earlier power cut,
 /// not yet opened), so cuts also land in the repairs its open makes.
+/// An event with `payload`, with an id derived from its payload (unique per workload) if `ids`.
+fn event(event_type: &str, payload: &[u8], ids: bool) -> EventData {
+    let e = EventData::new(event_type, payload.to_vec());
+    if !ids {
+        return e;
+    }
+    let id = EventId::derive(EventId::from_u128(0x9e37), std::str::from_utf8(payload).unwrap(), 0);
+    e.with_id(id)
+}
+
 fn workload(seed: u64, root: &Path, base: Option<(&Path, &Discarded)>) -> (Arc<SimDisk>, Log, bool) {
     let mut rng = Rng(seed | 1);
     let preallocate = rng.below(2) == 0;
@@ -287,16 +313,54 @@ fn workload(seed: u64, root: &Path, base: Option<(&Path, &Discarded)>) -> (Arc<S
     }
     for step in 0..steps {
         match rng.below(100) {
-            0..45 => {
+            0..39 => {
                 let s = stream_names[rng.below(10) as usize].clone();
                 let poison = rng.below(12) == 0;
                 let events: Vec<(String, Vec<u8>)> =
                     (0..1 + rng.below(3)).map(|_| ("Happened".to_string(), payload(&mut rng, poison))).collect();
-                let data: Vec<EventData> = events.iter().map(|(t, p)| EventData::new(t.as_str(), p.clone())).collect();
-                let r = store.append(&s, version(&log, &s), &data);
+                // Half the appends carry ids; some of those are retried at once, which must
+                // write nothing.
+                let ids = rng.below(2) == 0;
+                let data: Vec<EventData> = events.iter().map(|(t, p)| event(t, p, ids)).collect();
+                let expected = version(&log, &s);
+                let r = store.append(&s, expected, &data);
                 let acked = if r.is_ok() { sim.steps() } else { UNKNOWN };
-                log.streams.entry(s).or_default().push(Append { events, acked });
-                or_stop!(r);
+                log.streams.entry(s.clone()).or_default().push(Append { events, acked });
+                let first = or_stop!(r);
+                if ids && rng.below(3) == 0 {
+                    let again = or_stop!(store.append(&s, expected, &data));
+                    assert!(again.duplicate && again.first_position == first.first_position, "seed {seed}: {again:?}");
+                }
+            }
+            39..45 => {
+                // An atomic unit over co-located streams, with ids, sometimes retried.
+                let key = rng.below(3);
+                let parts: Vec<String> =
+                    ["a", "b", "c"].iter().take(2 + rng.below(2) as usize).map(|p| format!("{{u{key}}}/{p}")).collect();
+                let batches: Vec<(String, ExpectedVersion, Events)> = parts
+                    .iter()
+                    .map(|s| {
+                        let events =
+                            (0..1 + rng.below(2)).map(|_| ("Unit".to_string(), payload(&mut rng, false))).collect();
+                        (s.clone(), version(&log, s), events)
+                    })
+                    .collect();
+                let data = || {
+                    batches.iter().map(|(s, e, ev)| {
+                        (s.as_str(), *e, ev.iter().map(|(t, p)| event(t, p, true)).collect::<Vec<_>>())
+                    })
+                };
+                let r = store.append_atomic(data());
+                let acked = if r.is_ok() { sim.steps() } else { UNKNOWN };
+                log.units.push(batches.iter().map(|(s, _, ev)| (s.clone(), ev[0].1.clone())).collect());
+                for (s, _, events) in batches.iter().cloned() {
+                    log.streams.entry(s).or_default().push(Append { events, acked });
+                }
+                let first = or_stop!(r);
+                if rng.below(3) == 0 {
+                    let again = or_stop!(store.append_atomic(data()));
+                    assert!(again.iter().zip(&first).all(|(a, f)| a.duplicate && a.first_position == f.first_position));
+                }
             }
             45..53 => {
                 // A contended append: an expected version another writer already used.
@@ -479,11 +543,16 @@ fn check(image: &Path, step: u64, log: &Log, preallocate: bool) -> Result<(), St
             return Err(format!("{s}: {acked} appends were acknowledged, {whole} are there"));
         }
     }
-    // Partitions: nothing never submitted, nothing refused; where poison events lie.
+    // Partitions: nothing never submitted, nothing refused; where poison events lie; each
+    // atomic unit all there or not at all.
     let mut poison: HashMap<(String, u64), Vec<(u32, u64)>> = HashMap::new();
+    let mut present: HashSet<Vec<u8>> = HashSet::new();
     for p in 0..store.partition_count() {
         for e in store.iter_partition(p, 0) {
             let e = e.map_err(|e| format!("partition {p}: read: {e}"))?;
+            if e.event_type == "Unit" {
+                present.insert(e.payload.clone());
+            }
             if log.refused.contains(&e.payload) {
                 return Err(format!("partition {p}: a refused append is there, at position {}", e.position));
             }
@@ -493,6 +562,13 @@ fn check(image: &Path, step: u64, log: &Log, preallocate: bool) -> Result<(), St
             if e.payload.starts_with(b"poison") {
                 poison.entry((e.stream_id.clone(), e.version)).or_default().push((p, e.position));
             }
+        }
+    }
+    for u in &log.units {
+        let there: Vec<bool> = u.iter().map(|(_, p)| present.contains(p)).collect();
+        if there.iter().any(|&t| t) && !there.iter().all(|&t| t) {
+            let parts: Vec<_> = u.iter().zip(&there).map(|((s, _), t)| format!("{s}: {t}")).collect();
+            return Err(format!("an atomic unit is partly there: {}", parts.join(", ")));
         }
     }
     for (p, &c) in checkpoints.iter().enumerate() {

@@ -44,6 +44,41 @@ fn golden_batch() -> Vec<u8> {
     b
 }
 
+/// A batch with ids (every kind, and an event with none) and the unit flag (FORMAT.md §7.2,
+/// §7.6).
+fn golden_batch_with_ids() -> Vec<u8> {
+    use crate::event::EventId;
+    let id = |s: &str| s.parse::<EventId>().unwrap();
+    let events = [
+        EventData::new("OrderPlaced", br#"{"sku":"A-1"}"#.to_vec())
+            .with_id(id("0190f3a4-5b6c-7d8e-9f00-112233445566"))
+            .with_correlation_id(id("0190f3a4-0000-7000-8000-000000000001")),
+        EventData::new("OrderPaid", b"7".to_vec())
+            .with_id(id("0190f3a4-5b6c-7d8e-9f00-112233445567"))
+            .with_correlation_id(id("0190f3a4-0000-7000-8000-000000000001"))
+            .with_causation_id(id("0190f3a4-5b6c-7d8e-9f00-112233445566")),
+        EventData::new("Noted", b"".to_vec()),
+    ];
+    let limits = Limits { max_event_bytes: 1 << 20, max_append_bytes: 1 << 20 };
+    let mut b = batch::encode("{order-7}/payments", &events, limits).unwrap();
+    batch::set_unit_continues(&mut b, true);
+    batch::finish(&mut b, 1000, 5, 1_764_115_200_000_000_000, 4096);
+    b
+}
+
+#[test]
+fn batch_with_ids_bytes_are_pinned() {
+    let bytes = golden_batch_with_ids();
+    assert_eq!(bytes, fixture("batch-ids.bin", &bytes), "the batch encoder's output changed");
+    let b = batch::decode(&bytes).unwrap();
+    assert!(b.continues);
+    let ids: Vec<_> =
+        b.events().map(|e| (e.id.is_some(), e.correlation_id.is_some(), e.causation_id.is_some())).collect();
+    assert_eq!(ids, vec![(true, true, false), (true, true, true), (false, false, false)]);
+    // 48 + 18 + (12 + 32 + 11 + 13) + (12 + 48 + 9 + 1) + (12 + 5), padded to 8.
+    assert_eq!(bytes.len(), 224);
+}
+
 #[test]
 fn batch_bytes_are_pinned() {
     let bytes = golden_batch();
