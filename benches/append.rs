@@ -16,7 +16,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use strata::{Durability, EventData, ExpectedVersion, Options, Store};
+use strata::{Durability, EventData, EventId, ExpectedVersion, Options, Store};
 
 const PAYLOAD: usize = 100;
 
@@ -187,6 +187,45 @@ fn lone_append(c: &mut Criterion) {
     );
 }
 
+/// The cost of a duplicate retry: an append whose ids are already committed is a lookup and a
+/// read-back of its events, answered without a write or an fdatasync. Paired with a fresh
+/// durable append of the same size.
+fn duplicate_retry(c: &mut Criterion) {
+    let mut group = c.benchmark_group("duplicate_retry");
+    group.sample_size(20).measurement_time(Duration::from_secs(3));
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), 1);
+    let command = EventId::from_u128(42);
+    let events: Vec<EventData> = (0..10)
+        .map(|i| EventData::new("E", vec![7u8; PAYLOAD]).with_id(EventId::derive(command, "retried", i)))
+        .collect();
+    let first = store.append("retried", ExpectedVersion::NoStream, &events).unwrap();
+    // A window's worth of other appends in between, as a late retry would find.
+    for i in 0..2_000u64 {
+        let e = [EventData::new("E", vec![7u8; PAYLOAD]).with_id(EventId::from_u128(u128::from(i) + 1000))];
+        store.append("other", ExpectedVersion::Any, &e).unwrap();
+    }
+    group.bench_function("retry_of_10_events", |b| {
+        b.iter(|| {
+            let r = store.append("retried", ExpectedVersion::NoStream, &events).unwrap();
+            assert!(r.duplicate && r.first_position == first.first_position);
+        })
+    });
+    let mut n = 0u128;
+    group.bench_function("fresh_durable_append_of_10_events", |b| {
+        b.iter(|| {
+            n += 1;
+            let fresh: Vec<EventData> = (0..10)
+                .map(|i| {
+                    EventData::new("E", vec![7u8; PAYLOAD]).with_id(EventId::derive(EventId::from_u128(n), "fresh", i))
+                })
+                .collect();
+            store.append("fresh", ExpectedVersion::Any, &fresh).unwrap();
+        })
+    });
+    group.finish();
+}
+
 fn summary() {
     println!(
         "\n{:<16} {:>12} {:>12} {:>12} {:>9} {:>9} {:>11} {:>10}",
@@ -210,6 +249,7 @@ fn summary() {
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     lone_append(&mut c);
+    duplicate_retry(&mut c);
     throughput(&mut c, 1, &[1, 4, 16, 64], &[1, 10, 100]);
     throughput(&mut c, 8, &[64], &[10]);
     c.final_summary();

@@ -46,7 +46,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use redb::{ReadableDatabase, ReadableTable};
-use strata::{Durability, EventData, ExpectedVersion, Options, Store};
+use strata::{Durability, EventData, EventId, ExpectedVersion, Options, Store};
 
 const PAYLOAD: usize = 100;
 const EVENTS_PER_STREAM: u64 = 100;
@@ -89,6 +89,8 @@ enum Kind {
     Strata,
     /// strata with one partition: one log, one fdatasync per commit.
     StrataP1,
+    /// strata (8 partitions) with an id on every event: idempotent appends.
+    StrataIds,
     SqliteFull,
     SqliteNormal,
     Fjall,
@@ -96,14 +98,23 @@ enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 7] =
-        [Kind::Raw, Kind::Strata, Kind::StrataP1, Kind::SqliteFull, Kind::SqliteNormal, Kind::Fjall, Kind::Redb];
+    const ALL: [Kind; 8] = [
+        Kind::Raw,
+        Kind::Strata,
+        Kind::StrataP1,
+        Kind::StrataIds,
+        Kind::SqliteFull,
+        Kind::SqliteNormal,
+        Kind::Fjall,
+        Kind::Redb,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Kind::Raw => "raw",
             Kind::Strata => "strata",
             Kind::StrataP1 => "strata-p1",
+            Kind::StrataIds => "strata-ids",
             Kind::SqliteFull => "sqlite-full",
             Kind::SqliteNormal => "sqlite-normal",
             Kind::Fjall => "fjall",
@@ -115,8 +126,9 @@ impl Kind {
     fn open(self, dir: &Path) -> Box<dyn Engine> {
         match self {
             Kind::Raw => Box::new(RawEngine::open(dir)),
-            Kind::Strata => Box::new(StrataEngine::open(dir, strata::limits::DEFAULT_PARTITIONS)),
-            Kind::StrataP1 => Box::new(StrataEngine::open(dir, 1)),
+            Kind::Strata => Box::new(StrataEngine::open(dir, strata::limits::DEFAULT_PARTITIONS, false)),
+            Kind::StrataP1 => Box::new(StrataEngine::open(dir, 1, false)),
+            Kind::StrataIds => Box::new(StrataEngine::open(dir, strata::limits::DEFAULT_PARTITIONS, true)),
             Kind::SqliteFull => Box::new(SqliteEngine::open(dir, "FULL")),
             Kind::SqliteNormal => Box::new(SqliteEngine::open(dir, "NORMAL")),
             Kind::Fjall => Box::new(FjallEngine::open(dir)),
@@ -226,12 +238,14 @@ impl Writer for RawWriter {
 
 struct StrataEngine {
     store: Option<Arc<Store>>,
+    /// Every event gets an id (derived from its stream and version): idempotent appends.
+    ids: bool,
 }
 
 impl StrataEngine {
-    fn open(dir: &Path, partitions: u32) -> StrataEngine {
+    fn open(dir: &Path, partitions: u32, ids: bool) -> StrataEngine {
         let opts = Options::default().create_if_missing(true).partitions(partitions).durability(Durability::Sync);
-        StrataEngine { store: Some(Arc::new(Store::open(dir, opts).unwrap())) }
+        StrataEngine { store: Some(Arc::new(Store::open(dir, opts).unwrap())), ids }
     }
 
     fn store(&self) -> &Store {
@@ -241,7 +255,7 @@ impl StrataEngine {
 
 impl Engine for StrataEngine {
     fn writer(&self) -> Box<dyn Writer> {
-        Box::new(StrataWriter { store: self.store.clone().unwrap(), pending: Vec::new() })
+        Box::new(StrataWriter { store: self.store.clone().unwrap(), pending: Vec::new(), ids: self.ids })
     }
 
     fn read_stream(&mut self, stream: &str) -> Option<u64> {
@@ -279,6 +293,7 @@ impl Engine for StrataEngine {
 struct StrataWriter {
     store: Arc<Store>,
     pending: Vec<(u64, strata::AppendFuture)>,
+    ids: bool,
 }
 
 impl Writer for StrataWriter {
@@ -286,7 +301,13 @@ impl Writer for StrataWriter {
         // The whole commit in one `append_many`: each partition's writer gets its share as one
         // message and commits it as one group (one write, one fdatasync per partition), as an
         // application committing many aggregates at once would.
-        let data: Vec<[EventData; 1]> = events.iter().map(|e| [EventData::new(EVENT_TYPE, e.payload)]).collect();
+        let data: Vec<[EventData; 1]> = events
+            .iter()
+            .map(|e| {
+                let d = EventData::new(EVENT_TYPE, e.payload);
+                [if self.ids { d.with_id(EventId::derive(EventId::from_u128(1), e.stream, e.version)) } else { d }]
+            })
+            .collect();
         let appends = events.iter().zip(&data).map(|(e, d)| {
             let expected =
                 if e.version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(e.version - 1) };
@@ -934,6 +955,7 @@ fn report(cfg: &Config, samples: &[Vec<(Kind, Sample)>]) {
             Kind::SqliteNormal => "sqlite-normal ¹",
             Kind::Strata => "strata ²",
             Kind::StrataP1 => "strata-p1 ²",
+            Kind::StrataIds => "strata-ids ²",
             k => k.name(),
         };
         println!(

@@ -28,9 +28,8 @@ pub trait Command {
     fn decide(&self, state: &Self::Aggregate, version: Option<u64>) -> std::result::Result<Vec<EventData>, String>;
 
     /// The command's id, if it has one: the bus then gives its events ids derived from it
-    /// (as [`Store::commit_command`] does), the command as their causation and, unless
-    /// [`Command::correlation_id`] says otherwise, as their correlation. A command sent again
-    /// with the same id (a client retry) is then carried out at most once.
+    /// (as [`Store::commit_command`] does) and the command as their causation. A command sent
+    /// again with the same id (a client retry) is then carried out at most once.
     fn id(&self) -> Option<EventId> {
         None
     }

@@ -605,7 +605,7 @@ pub fn model_ops(data: &[u8]) {
                     .map(|_| {
                         n += 1;
                         let e = EventData::new("E", format!("{stream}:{n}:{}", "x".repeat(usize::from(op >> 3) * 7)));
-                        if with_ids { e.with_id(crate::EventId::from_u128(u128::from(n))) } else { e }
+                        if with_ids { e.with_id(crate::event::EventId::from_u128(u128::from(n))) } else { e }
                     })
                     .collect();
                 match s.append(&stream, expected, &events) {

@@ -41,7 +41,17 @@ pub fn colocation_key(stream_id: &str) -> &str {
 /// The hash a stream is routed by under routing scheme `hash_id` (1: the whole id; 2: its
 /// co-location key).
 pub(crate) fn route_hash(hash_id: u32, stream_id: &str) -> u64 {
-    if hash_id == HASH_ID_WHOLE { stream_hash(stream_id) } else { stream_hash(colocation_key(stream_id)) }
+    route_hash_given(hash_id, stream_id, stream_hash(stream_id))
+}
+
+/// [`route_hash`] of a stream whose [`stream_hash`] is `whole` (not hashed again when the id
+/// has no co-location key, the common case).
+pub(crate) fn route_hash_given(hash_id: u32, stream_id: &str, whole: u64) -> u64 {
+    if hash_id == HASH_ID_WHOLE {
+        return whole;
+    }
+    let key = colocation_key(stream_id);
+    if key.len() == stream_id.len() { whole } else { stream_hash(key) }
 }
 
 /// The stable 64-bit hash of a stream id (xxh3-64, seed 0).

@@ -1,10 +1,11 @@
 //! The engine core: partitions as append-only logs of segment files. The write path is the
-//! partition's writer (`writer`: group commit, roll, poisoning) with its preallocator and
-//! the sealer; the read path goes from a partition (`read`) through its segments (`view`:
-//! open, sealed or archived) to events (`events`); opening recovers a partition
-//! (`recovery`), rebuilding the active segment's index from its journal (`journal`). Beside the log: each partition's deleted streams (`tombstones`), kept in
-//! an append-only record file (`records`), the one kind of file that tombstones, dead
-//! letters and snapshot sidecars share.
+//! partition's writer (`writer`: group commit, atomic units, roll, poisoning) with its
+//! idempotency window (`dedup`), its preallocator and the sealer; the read path goes from a
+//! partition (`read`) through its segments (`view`: open, sealed or archived) to events
+//! (`events`); opening recovers a partition (`recovery`), rebuilding the active segment's
+//! index from its journal (`journal`). Beside the log: each partition's deleted streams
+//! (`tombstones`), kept in an append-only record file (`records`), the one kind of file that
+//! tombstones, dead letters and snapshot sidecars share.
 
 pub(crate) mod active;
 pub(crate) mod archive;

@@ -176,6 +176,8 @@ pub(crate) struct Writer {
     /// The ids of the last appends (`log::dedup`), once rebuilt after open.
     dedup: Dedup,
     dedup_ready: bool,
+    /// The group's ids map, kept between groups (`GroupState::pending_ids`).
+    group_ids: HashMap<u64, (usize, usize)>,
 }
 
 enum Outcome {
@@ -198,7 +200,8 @@ struct GroupState<'g> {
     outcomes: Vec<Outcome>,
     /// Streams' versions after the group's earlier appends.
     pending: HashMap<&'g str, u64>,
-    /// Keys of the ids of the group's accepted appends: (request index, event index).
+    /// Keys of the ids of the group's accepted appends: (request index, event index). The
+    /// writer's map, lent to the group (its capacity kept from group to group).
     pending_ids: HashMap<u64, (usize, usize)>,
     position: u64,
 }
@@ -234,6 +237,7 @@ impl Writer {
             buf: Vec::new(),
             dedup: Dedup::new(cfg.dedup_appends, cfg.dedup_max_ids),
             dedup_ready: false,
+            group_ids: HashMap::new(),
         }
     }
 
@@ -475,9 +479,10 @@ impl Writer {
         let mut st = GroupState {
             outcomes: Vec::with_capacity(group.len()),
             pending: HashMap::new(),
-            pending_ids: HashMap::new(),
+            pending_ids: std::mem::take(&mut self.group_ids),
             position: self.next_position,
         };
+        st.pending_ids.clear();
         self.buf.clear();
         let mut i = 0;
         while i < group.len() {
@@ -490,6 +495,7 @@ impl Writer {
             }
             i += n;
         }
+        self.group_ids = std::mem::take(&mut st.pending_ids);
         (st.outcomes, st.position)
     }
 
@@ -625,6 +631,12 @@ impl Writer {
             self.dedup_ready = true;
         }
         let conflict = |reason: String| Error::IdempotencyConflict { stream: req.stream.to_string(), reason };
+        // The common case, a new append: no id in the group or in the window. No allocation.
+        let in_group_any =
+            !st.pending_ids.is_empty() && ids.iter().any(|id| st.pending_ids.contains_key(&dedup::key(id)));
+        if !in_group_any && ids.iter().all(|id| self.dedup.position_of(id).is_none()) {
+            return Ok(None);
+        }
         // The group's own earlier appends (not in the log yet).
         let in_group: Vec<Option<(usize, usize)>> =
             ids.iter().map(|id| st.pending_ids.get(&dedup::key(id)).copied()).collect();

@@ -27,7 +27,7 @@ impl Store {
         let (req, rx) = self.request(stream, expected, events)?;
         // Route and queue under the senders' read lock: a grow's cutover waits for it.
         let senders = self.senders.read();
-        let p = self.partition_of(stream);
+        let p = self.partition_given(stream, req.hash);
         self.shared.check_appends(p)?;
         let sender = senders.get(p as usize).ok_or(Error::Closed)?;
         sender.send(Queued::One(req)).map_err(|_| Error::Closed)?;
@@ -123,7 +123,10 @@ impl Store {
         let count = self.partition_count();
         let mut per_partition: Vec<Vec<AppendRequest>> = (0..count).map(|_| Vec::new()).collect();
         for req in queued {
-            let p = router::jump_consistent_hash(self.route_hash(&req.stream), count);
+            let p = router::jump_consistent_hash(
+                router::route_hash_given(self.shared.hash_id, &req.stream, req.hash),
+                count,
+            );
             if let Err(e) = self.shared.check_appends(p) {
                 // Refused until reopen: its future gets the reason.
                 let _ = req.reply.send(Err(e));

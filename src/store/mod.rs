@@ -163,6 +163,12 @@ impl Store {
         router::route_hash(self.shared.hash_id, stream)
     }
 
+    /// The partition of `stream`, whose [`router::stream_hash`] is `hash`.
+    pub(crate) fn partition_given(&self, stream: &str, hash: u64) -> u32 {
+        let route = router::route_hash_given(self.shared.hash_id, stream, hash);
+        router::jump_consistent_hash(route, self.partition_count())
+    }
+
     /// `Error::Closed` once [`Store::close`] has begun.
     fn check_open(&self) -> Result<()> {
         if self.shared.closing.load(Ordering::Acquire) { Err(Error::Closed) } else { Ok(()) }

@@ -18,7 +18,7 @@ use strata::compaction::CompactionOptions;
 use strata::projection::{Batch, BatchError, HandlerError, ProjectionOptions, RebuildReport};
 use strata::routing::stream_hash;
 use strata::{
-    Aggregate, ApplyError, Command as BusCommand, CommandBus, Durability, Error, EventData, Metrics, Options,
+    Aggregate, ApplyError, Command as BusCommand, CommandBus, Durability, Error, EventData, EventId, Metrics, Options,
     Projection, ProjectionEngine, RecordedEvent, Store, ViewCache,
 };
 
@@ -142,6 +142,9 @@ impl Aggregate for Account {
 /// `batch` deposits or withdrawals on one account; a withdrawal that would take the balance
 /// under the overdraft limit is refused (a business rule: `Error::Rejected`).
 struct Transact {
+    /// Derived from the client and its command count: a command the bus pushes back and the
+    /// client sends again keeps its id, so it is carried out at most once.
+    id: EventId,
     account: String,
     amounts: Vec<i64>,
     payload: usize,
@@ -154,6 +157,10 @@ impl BusCommand for Transact {
 
     fn stream(&self) -> &str {
         &self.account
+    }
+
+    fn id(&self) -> Option<EventId> {
+        Some(self.id)
     }
 
     fn decide(&self, a: &Account, _: Option<u64>) -> Result<Vec<EventData>, String> {
@@ -354,13 +361,16 @@ fn client(w: u64, work: Work, bus: &CommandBus, shared: &Shared) -> Result<(), E
     let owned: Vec<u64> = (w..work.streams).step_by(work.writers as usize).collect();
     let mut rng = fastrand::Rng::with_seed(w);
     let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let mut sent = 0u64;
     while !owned.is_empty()
         && !shared.stop.load(Ordering::Relaxed)
         && shared.next_command.fetch_add(1, Ordering::Relaxed) < shared.commands
     {
         let k = rng.usize(..owned.len());
         let amounts = (0..work.batch).map(|_| rng.i64(-120..=100)).collect();
-        let cmd = Transact { account: format!("account-{}", owned[k]), amounts, payload: work.payload };
+        sent += 1;
+        let id = EventId::from_u128(u128::from(w) << 64 | u128::from(sent));
+        let cmd = Transact { id, account: format!("account-{}", owned[k]), amounts, payload: work.payload };
         let t = Instant::now();
         loop {
             match bus.execute(&cmd) {
