@@ -118,3 +118,36 @@ fn dump_verify_stats_and_compact() {
     let (ok, _) = strata(&["verify"], &work.path().join("missing"));
     assert!(!ok);
 }
+
+/// `dump` shows event ids, correlation and causation, and the atomic-unit flag;
+/// `--correlation ID` keeps only one flow's events.
+#[test]
+fn dump_shows_ids_and_follows_a_flow() {
+    use strata::{EventData, EventId, ExpectedVersion, Options, Store};
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("store");
+    let flow = EventId::from_u128(0xf10);
+    {
+        let store = Store::open(&dir, Options::default().create_if_missing(true).partitions(1)).unwrap();
+        let root = EventData::new("Placed", "{}").with_id(flow);
+        store.append("order-1", ExpectedVersion::NoStream, &[root]).unwrap();
+        let parent = store.read_stream("order-1", 0, 1).unwrap().remove(0);
+        store
+            .append_atomic([
+                ("{o1}/pay", ExpectedVersion::NoStream, vec![EventData::new("Paid", "1").caused_by(&parent)]),
+                ("{o1}/ship", ExpectedVersion::NoStream, vec![EventData::new("Asked", "2").caused_by(&parent)]),
+            ])
+            .unwrap();
+        store.append("other", ExpectedVersion::NoStream, &[EventData::new("Unrelated", "3")]).unwrap();
+        store.close().unwrap();
+    }
+    let (ok, all) = strata(&["dump"], &dir);
+    assert!(ok, "{all}");
+    assert!(all.contains(&format!("id {flow}")), "{all}");
+    assert!(all.contains(&format!("correlation {flow} causation {flow}")), "{all}");
+    assert!(all.contains("(atomic unit continues)"), "{all}");
+    let (ok, one) = strata(&["dump", "--correlation", &flow.to_string()], &dir);
+    assert!(ok, "{one}");
+    assert!(one.contains("Placed") && one.contains("Paid") && one.contains("Asked"), "{one}");
+    assert!(!one.contains("Unrelated"), "{one}");
+}

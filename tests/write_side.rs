@@ -353,3 +353,53 @@ fn a_grow_keeps_co_located_streams_together() {
     assert!(moved > 0, "no stream moved");
     assert!(store.verify().is_empty());
 }
+
+#[test]
+fn a_command_is_committed_at_most_once() {
+    use strata::{Command, CommandBus, bus::BusOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), opts(2, 1 << 20)).unwrap());
+    // Store::commit_command: a retry with the same loaded state (already past the events)
+    // and one with a stale state (loaded before the first commit) both get the first result.
+    let cmd = EventId::from_u128(77);
+    let events = || vec![EventData::new("Tick", "a"), EventData::new("Tick", "b")];
+    let mut stale = store.load::<Tally<0, 1>>("t-1").unwrap();
+    let mut loaded = store.load::<Tally<0, 1>>("t-1").unwrap();
+    let first = store.commit_command(&mut loaded, cmd, events()).unwrap();
+    let again = store.commit_command(&mut loaded, cmd, events()).unwrap();
+    assert!(again.duplicate && again.first_position == first.first_position);
+    let late = store.commit_command(&mut stale, cmd, events()).unwrap();
+    assert!(late.duplicate);
+    assert_eq!(*stale.state(), Tally::replayed(&store, "t-1"));
+    assert_eq!(*loaded.state(), Tally::replayed(&store, "t-1"));
+    assert_eq!(store.stream_version("t-1").unwrap(), Some(1));
+    let e = store.read_stream("t-1", 0, 1).unwrap().remove(0);
+    assert_eq!((e.id, e.causation_id), (Some(EventId::derive(cmd, "t-1", 0)), Some(cmd)));
+
+    // The bus: a command with an id, sent twice (a client retry), is carried out once.
+    struct Tick(EventId);
+    impl Command for Tick {
+        type Aggregate = Tally<0, 1>;
+        fn stream(&self) -> &str {
+            "t-2"
+        }
+        fn decide(&self, _: &Tally<0, 1>, _: Option<u64>) -> Result<Vec<EventData>, String> {
+            Ok(vec![EventData::new("Tick", "x")])
+        }
+        fn id(&self) -> Option<EventId> {
+            Some(self.0)
+        }
+        fn correlation_id(&self) -> Option<EventId> {
+            Some(EventId::from_u128(5))
+        }
+    }
+    let bus = CommandBus::new(store.clone(), None, BusOptions::default()).unwrap();
+    let a = bus.execute(&Tick(EventId::from_u128(1))).unwrap().unwrap();
+    let b = bus.execute(&Tick(EventId::from_u128(1))).unwrap().unwrap();
+    assert!(!a.duplicate && b.duplicate && a.first_position == b.first_position);
+    assert!(!bus.execute(&Tick(EventId::from_u128(2))).unwrap().unwrap().duplicate);
+    let got = store.read_stream("t-2", 0, 10).unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].correlation_id, Some(EventId::from_u128(5)));
+    assert_eq!(got[0].causation_id, Some(EventId::from_u128(1)));
+}
