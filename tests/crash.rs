@@ -143,7 +143,14 @@ fn payload(stream: &str, v: u64, count: u64, pad: usize) -> Vec<u8> {
 
 /// Runs this test binary's test `name` as a child with `env` set, lets it work for a random
 /// `min_ms..min_ms + spread_ms`, and kills it with SIGKILL (checking it did not stop by itself).
-fn run_and_kill(name: &str, env: &[(&str, &Path)], min_ms: u64, spread_ms: u64, rng: &mut u64, crash: usize) {
+fn run_and_kill<V: AsRef<std::ffi::OsStr>>(
+    name: &str,
+    env: &[(&str, V)],
+    min_ms: u64,
+    spread_ms: u64,
+    rng: &mut u64,
+    crash: usize,
+) {
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
     cmd.args([name, "--exact", "--nocapture"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     for (k, v) in env {
@@ -536,23 +543,12 @@ fn kill_9_retries_write_each_command_once() {
     for crash in 0..crashes {
         let log = work.path().join(format!("run-{crash}.log"));
         let start_text = next.to_string();
-        let env = [("STRATA_RETRY_CRASH_DIR", dir.as_path()), ("STRATA_RETRY_CRASH_LOG", log.as_path())];
-        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-        cmd.args(["kill_9_retries_write_each_command_once", "--exact", "--nocapture"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .env("STRATA_RETRY_CRASH_START", &start_text);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        std::thread::sleep(Duration::from_millis(150 + rng % 250));
-        child.kill().unwrap();
-        let status = child.wait().unwrap();
-        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "crash {crash}: child stopped");
+        let env = [
+            ("STRATA_RETRY_CRASH_DIR", dir.as_os_str()),
+            ("STRATA_RETRY_CRASH_LOG", log.as_os_str()),
+            ("STRATA_RETRY_CRASH_START", std::ffi::OsStr::new(&start_text)),
+        ];
+        run_and_kill("kill_9_retries_write_each_command_once", &env, 150, 250, &mut rng, crash);
 
         let store = Store::open(&dir, retry_options()).unwrap();
         let text = std::fs::read_to_string(&log).unwrap_or_default();

@@ -210,14 +210,14 @@ impl Store {
             return Err(Error::AppendTooLarge { size: bytes, limit: self.shared.limits.max_append_bytes });
         }
         let senders = self.senders.read();
-        let p = self.partition_of(&first.stream);
+        let p = self.partition_given(&first.stream, first.hash);
         for (i, r) in reqs.iter().enumerate() {
             if let Some(twice) = reqs.get(..i).and_then(|before| before.iter().find(|b| b.stream == r.stream)) {
                 return Err(Error::NotColocated {
                     reason: format!("stream {:?} is named twice; append its events as one part", twice.stream),
                 });
             }
-            let q = self.partition_of(&r.stream);
+            let q = self.partition_given(&r.stream, r.hash);
             if q != p {
                 return Err(Error::NotColocated {
                     reason: format!(

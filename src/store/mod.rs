@@ -155,7 +155,7 @@ impl Store {
     /// The partition that holds `stream_id`. Streams whose ids share a co-location key
     /// (`{order-17}/payments`, `{order-17}/shipping`: the part in braces) always share one.
     pub fn partition_of(&self, stream_id: &str) -> u32 {
-        router::jump_consistent_hash(self.route_hash(stream_id), self.partition_count())
+        self.partition_given(stream_id, router::stream_hash(stream_id))
     }
 
     /// The hash `stream` is routed by (its co-location key's, in stores of routing scheme 2).
