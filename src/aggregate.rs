@@ -35,7 +35,7 @@ use crate::format::batch::check_stream_id;
 use crate::format::snapshot::{MAX_SNAPSHOT_BYTES, Meta};
 use crate::snapshot::Pending;
 use crate::store::Store;
-use crate::store::seam::Log;
+use crate::store::seam::{Log, Visible};
 
 /// The error an [`Aggregate::apply`] may return.
 pub type ApplyError = Box<dyn std::error::Error + Send + Sync>;
@@ -127,6 +127,34 @@ pub enum SnapshotIgnored {
         /// What went wrong.
         reason: String,
     },
+    /// The stream's metadata ([`Store::set_stream_metadata`], [`Store::soft_delete`]) hides
+    /// some of its events, which a snapshot folds in: the state is replayed from the visible
+    /// events, and no snapshot of it is taken.
+    Retention,
+    /// A load as of a point ([`Store::load_as_of`]) before the snapshot.
+    PastPoint,
+}
+
+/// The point in a stream's history that [`Store::load_as_of`] loads the aggregate at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// Just after the event at this version.
+    Version(u64),
+    /// Just after the last event appended at or before this time.
+    Time(std::time::SystemTime),
+}
+
+impl AsOf {
+    /// The last version and the last timestamp (ns) the point takes in.
+    fn bounds(self) -> (u64, u64) {
+        match self {
+            AsOf::Version(v) => (v, u64::MAX),
+            AsOf::Time(t) => {
+                let ns = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+                (u64::MAX, u64::try_from(ns).unwrap_or(u64::MAX))
+            }
+        }
+    }
 }
 
 /// Where a loaded aggregate's state came from.
@@ -169,6 +197,9 @@ pub struct Loaded<A> {
     replace_pending: bool,
     /// A commit's events were appended but could not be applied: the state is behind.
     broken: Option<Error>,
+    /// No snapshot may be taken of this state: it is as of a point, or the stream's metadata
+    /// hides events of it.
+    no_snapshots: bool,
 }
 
 impl<A> Loaded<A> {
@@ -219,6 +250,7 @@ impl<A> Loaded<A> {
             since_snapshot: 0,
             replace_pending: false,
             broken: None,
+            no_snapshots: false,
         }
     }
 }
@@ -246,8 +278,43 @@ impl Store {
     /// loaded state is queued for the background snapshotter (encoding it on this thread).
     ///
     /// Errors: [`Error::InvalidStreamId`], read errors of the log, [`Error::Apply`].
+    ///
+    /// A stream with metadata that hides events ([`Store::set_stream_metadata`],
+    /// [`Store::soft_delete`]) is folded from its visible events only, without snapshots
+    /// ([`SnapshotIgnored::Retention`]); its [`Loaded::version`] is still its last version, so
+    /// that a commit continues the stream (a soft-deleted stream loads as the default state).
     pub fn load<A: Aggregate>(&self, stream: &str) -> Result<Loaded<A>> {
         load(self, stream)
+    }
+
+    /// Loads the aggregate of `stream` as it was at a point: after the event at a version, or
+    /// after the events appended by a time. The stream's latest snapshot is used if it lies at
+    /// or before the point (the sidecar keeps one snapshot per stream), else the events are
+    /// replayed from the start; archived events are read like any others. The state is not
+    /// snapshotted. Committing to it succeeds only if the point is the stream's last version.
+    ///
+    /// ```
+    /// use strata::{AsOf, EventData, ExpectedVersion, Options, Store};
+    /// # use strata::{Aggregate, ApplyError, RecordedEvent};
+    /// # #[derive(Default)] struct Total(u64);
+    /// # impl Aggregate for Total {
+    /// #     const SCHEMA: u32 = 1;
+    /// #     fn apply(&mut self, e: &RecordedEvent) -> Result<(), ApplyError> {
+    /// #         self.0 += std::str::from_utf8(&e.payload)?.parse::<u64>()?; Ok(())
+    /// #     }
+    /// #     fn encode(&self) -> Vec<u8> { self.0.to_le_bytes().to_vec() }
+    /// #     fn decode(_: u32, b: &[u8]) -> Option<Self> { Some(Total(u64::from_le_bytes(b.try_into().ok()?))) }
+    /// # }
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+    /// let deposits: Vec<_> = [10, 20, 30].iter().map(|n| EventData::new("Deposited", n.to_string())).collect();
+    /// store.append("account-1", ExpectedVersion::NoStream, &deposits)?;
+    /// let then = store.load_as_of::<Total>("account-1", AsOf::Version(1))?;
+    /// assert_eq!((then.state().0, then.version()), (30, Some(1)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn load_as_of<A: Aggregate>(&self, stream: &str, point: AsOf) -> Result<Loaded<A>> {
+        load_at(self, stream, Some(point))
     }
 
     /// Appends `events` to the aggregate's stream, expecting the version it was loaded at,
@@ -315,13 +382,27 @@ pub(crate) fn stamp(
 
 /// [`Store::load`], on any log.
 pub(crate) fn load<A: Aggregate>(log: &dyn Log, stream: &str) -> Result<Loaded<A>> {
+    load_at(log, stream, None)
+}
+
+/// [`Store::load`] (`point` `None`) and [`Store::load_as_of`], on any log.
+pub(crate) fn load_at<A: Aggregate>(log: &dyn Log, stream: &str, point: Option<AsOf>) -> Result<Loaded<A>> {
     check_stream_id(stream)?;
+    let vis = log.visibility(stream)?;
+    let bounds = point.map_or((u64::MAX, u64::MAX), AsOf::bounds);
+    let no_snapshots = point.is_some() || vis.hides_any();
     let counters = log.snapshot_counters();
     let use_ = match log.latest_snapshot(stream) {
         Ok(None) => SnapshotUse::None,
         Err(reason) => SnapshotUse::Ignored { version: None, reason: SnapshotIgnored::Unreadable { reason } },
         Ok(Some(snap)) if snap.meta.aggregate != type_tag::<A>() => {
             SnapshotUse::Ignored { version: Some(snap.meta.version), reason: SnapshotIgnored::OtherAggregate }
+        }
+        Ok(Some(snap)) if vis.hides_any() => {
+            SnapshotUse::Ignored { version: Some(snap.meta.version), reason: SnapshotIgnored::Retention }
+        }
+        Ok(Some(snap)) if snap.meta.version > bounds.0 || snap.meta.event_time > bounds.1 => {
+            SnapshotUse::Ignored { version: Some(snap.meta.version), reason: SnapshotIgnored::PastPoint }
         }
         Ok(Some(snap)) => {
             let version = snap.meta.version;
@@ -335,9 +416,11 @@ pub(crate) fn load<A: Aggregate>(log: &dyn Log, stream: &str) -> Result<Loaded<A
                     loaded.version = Some(version);
                     loaded.last_position = snap.meta.position;
                     loaded.last_time = snap.meta.event_time;
+                    loaded.no_snapshots = no_snapshots;
                     // Read from the snapshot's own event: it must be the one the snapshot
                     // was taken after (the anchor), or the snapshot is stale.
-                    if replay(log, &mut loaded, Some((snap.meta.position, snap.meta.event_time)))? {
+                    let anchor = Some((snap.meta.position, snap.meta.event_time));
+                    if replay(log, &mut loaded, anchor, vis, bounds)? {
                         counters.used.fetch_add(1, Ordering::Relaxed);
                         snapshot_by_policy(log, &mut loaded);
                         return Ok(loaded);
@@ -347,13 +430,16 @@ pub(crate) fn load<A: Aggregate>(log: &dyn Log, stream: &str) -> Result<Loaded<A
             }
         }
     };
-    let ignored = matches!(use_, SnapshotUse::Ignored { .. });
+    // Ignoring a snapshot for what the load asks (a point, retention) is no fault of it.
+    let ignored = matches!(&use_, SnapshotUse::Ignored { reason, .. }
+        if !matches!(reason, SnapshotIgnored::Retention | SnapshotIgnored::PastPoint));
     if ignored {
         counters.ignored.fetch_add(1, Ordering::Relaxed);
     }
     let mut loaded = Loaded::new(stream, A::default(), use_);
-    replay(log, &mut loaded, None)?;
-    if ignored && loaded.version.is_some() {
+    loaded.no_snapshots = no_snapshots;
+    replay(log, &mut loaded, None, vis, bounds)?;
+    if ignored && loaded.version.is_some() && !no_snapshots {
         // Replace the unusable snapshot, whatever the policy says and whatever its version
         // (if the queue is full, the next snapshot of this `Loaded` replaces it).
         loaded.replace_pending = true;
@@ -367,11 +453,21 @@ pub(crate) fn load<A: Aggregate>(log: &dyn Log, stream: &str) -> Result<Loaded<A
 /// Applies the stream's events after `loaded.version` (all of them if `None`), straight from
 /// the log through one reused event (no allocation per event). With an `anchor` (position,
 /// timestamp), the read starts at `loaded.version` itself, whose event must have that
-/// position and timestamp: returns `false`, having applied nothing, if it does not.
-fn replay<A: Aggregate>(log: &dyn Log, loaded: &mut Loaded<A>, anchor: Option<(u64, u64)>) -> Result<bool> {
+/// position and timestamp: returns `false`, having applied nothing, if it does not. Events
+/// `vis` hides are passed over (the version moves past them, the state does not), and the
+/// replay ends after the last event within `bounds` (version, timestamp).
+fn replay<A: Aggregate>(
+    log: &dyn Log,
+    loaded: &mut Loaded<A>,
+    anchor: Option<(u64, u64)>,
+    vis: Visible,
+    bounds: (u64, u64),
+) -> Result<bool> {
     let from = match (anchor, loaded.version) {
         (Some(_), Some(v)) => v,
-        (_, v) => v.map_or(0, |v| v + 1),
+        // What is hidden is a prefix: start at the last hidden event (the version moves to
+        // it), not at the beginning.
+        (_, v) => v.map_or(0, |v| v + 1).max(vis.from_version.saturating_sub(1)),
     };
     let mut event = RecordedEvent::empty();
     let mut anchored = anchor.is_none();
@@ -384,14 +480,20 @@ fn replay<A: Aggregate>(log: &dyn Log, loaded: &mut Loaded<A>, anchor: Option<(u
             anchored = anchor == Some((e.position, e.timestamp_nanos)) && e.version == from;
             return if anchored { ControlFlow::Continue(()) } else { ControlFlow::Break(()) };
         }
-        e.copy_into(&mut event);
-        if let Err(err) = apply(&mut loaded.state, &event) {
-            failed = Some(err);
+        if e.version > bounds.0 || e.timestamp_nanos > bounds.1 {
             return ControlFlow::Break(());
         }
         loaded.version = Some(e.version);
         loaded.last_position = e.position;
         loaded.last_time = e.timestamp_nanos;
+        if !vis.shows(e.version, e.timestamp_nanos) {
+            return ControlFlow::Continue(());
+        }
+        e.copy_into(&mut event);
+        if let Err(err) = apply(&mut loaded.state, &event) {
+            failed = Some(err);
+            return ControlFlow::Break(());
+        }
         loaded.replayed += 1;
         loaded.since_snapshot += 1;
         ControlFlow::Continue(())
@@ -473,6 +575,9 @@ fn queue_snapshot<A: Aggregate>(log: &dyn Log, loaded: &mut Loaded<A>, wait: boo
         return Err(e.clone());
     }
     let Some(version) = loaded.version else { return Ok(false) };
+    if loaded.no_snapshots {
+        return Ok(false);
+    }
     if log.is_deleted(&loaded.stream) {
         return Err(Error::StreamDeleted { stream: loaded.stream.clone() });
     }

@@ -175,6 +175,33 @@ pub enum Error {
         /// Which streams, and where they live.
         reason: String,
     },
+    /// [`Store::set_stream_metadata`](crate::Store::set_stream_metadata) (or a soft delete)
+    /// expected another metadata version: nothing was written.
+    #[error("stream {stream:?}: metadata version is {actual:?}, expected {expected:?}")]
+    WrongMetadataVersion {
+        /// The stream whose metadata was set.
+        stream: String,
+        /// What the caller expected (`NoStream`: no metadata yet; `Exact(v)`: version `v`).
+        expected: ExpectedVersion,
+        /// The metadata's version when the change was checked (`None`: it had none).
+        actual: Option<u64>,
+    },
+    /// Stream metadata that cannot be stored (custom bytes over
+    /// [`limits::MAX_STREAM_METADATA_BYTES`](crate::limits::MAX_STREAM_METADATA_BYTES)).
+    #[error("stream {stream:?}: invalid metadata: {reason}")]
+    InvalidMetadata {
+        /// The stream whose metadata was set.
+        stream: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Bytes given to [`Cursor::from_bytes`](crate::subscription::Cursor::from_bytes) are not
+    /// a cursor this build reads.
+    #[error("invalid cursor: {reason}")]
+    InvalidCursor {
+        /// What is wrong.
+        reason: String,
+    },
     /// No such partition.
     #[error("partition {partition} does not exist (the store has {count})")]
     NoSuchPartition {
@@ -306,6 +333,12 @@ pub enum ErrorKind {
     IdempotencyConflict,
     /// [`Error::NotColocated`].
     NotColocated,
+    /// [`Error::WrongMetadataVersion`].
+    WrongMetadataVersion,
+    /// [`Error::InvalidMetadata`].
+    InvalidMetadata,
+    /// [`Error::InvalidCursor`].
+    InvalidCursor,
     /// [`Error::NoSuchPartition`].
     NoSuchPartition,
     /// [`Error::InvalidOptions`].
@@ -352,6 +385,9 @@ impl ErrorKind {
             ErrorKind::Overflow => "overflow",
             ErrorKind::IdempotencyConflict => "idempotency_conflict",
             ErrorKind::NotColocated => "not_colocated",
+            ErrorKind::WrongMetadataVersion => "wrong_metadata_version",
+            ErrorKind::InvalidMetadata => "invalid_metadata",
+            ErrorKind::InvalidCursor => "invalid_cursor",
             ErrorKind::NoSuchPartition => "no_such_partition",
             ErrorKind::InvalidOptions => "invalid_options",
             ErrorKind::Apply => "apply",
@@ -416,6 +452,9 @@ impl Error {
             Error::Overflow { .. } => ErrorKind::Overflow,
             Error::IdempotencyConflict { .. } => ErrorKind::IdempotencyConflict,
             Error::NotColocated { .. } => ErrorKind::NotColocated,
+            Error::WrongMetadataVersion { .. } => ErrorKind::WrongMetadataVersion,
+            Error::InvalidMetadata { .. } => ErrorKind::InvalidMetadata,
+            Error::InvalidCursor { .. } => ErrorKind::InvalidCursor,
             Error::NoSuchPartition { .. } => ErrorKind::NoSuchPartition,
             Error::InvalidOptions(_) => ErrorKind::InvalidOptions,
             Error::Apply { .. } => ErrorKind::Apply,

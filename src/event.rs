@@ -414,3 +414,46 @@ impl AppendResult {
         ExpectedVersion::Exact(self.last_version)
     }
 }
+
+/// A stream's retention and user metadata, set by
+/// [`Store::set_stream_metadata`](crate::Store::set_stream_metadata) (KurrentDB's `$maxAge`,
+/// `$maxCount` and `$tb`). Every read of the stream's events honours it: stream reads, loads,
+/// subscriptions and category or event-type reads show only the events it keeps, and
+/// compaction reclaims the ones it hides. The events' versions do not change: a stream whose
+/// first visible version is 40 reads from version 40, and appends go on after its last event.
+///
+/// ```
+/// # use std::time::Duration;
+/// use strata::StreamMetadata;
+/// let keep_recent = StreamMetadata { max_count: Some(100), max_age: Some(Duration::from_secs(86_400)), ..Default::default() };
+/// assert_eq!(keep_recent.truncate_before, None);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamMetadata {
+    /// Events older than this (by their timestamp, at the time of the read) are hidden.
+    pub max_age: Option<std::time::Duration>,
+    /// Only the newest `max_count` events are visible.
+    pub max_count: Option<u64>,
+    /// Versions below this are hidden.
+    pub truncate_before: Option<u64>,
+    /// Bytes of the application's own (at most
+    /// [`limits::MAX_STREAM_METADATA_BYTES`](crate::limits::MAX_STREAM_METADATA_BYTES)), kept
+    /// with the metadata and returned as given.
+    pub custom: Vec<u8>,
+}
+
+/// A stream's metadata as stored (see [`Store::stream_metadata`](crate::Store::stream_metadata)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamMetaRecord {
+    /// The metadata's version: 0 for the first, then one more per change. Pass
+    /// `ExpectedVersion::Exact(version)` to change it.
+    pub version: u64,
+    /// When it was written: nanoseconds since the Unix epoch.
+    pub written_at: u64,
+    /// The metadata.
+    pub metadata: StreamMetadata,
+    /// When the stream was last soft-deleted ([`Store::soft_delete`](crate::Store::soft_delete)),
+    /// if it was: from then on it reads as empty until it is appended to again.
+    pub soft_deleted_at: Option<u64>,
+}

@@ -47,7 +47,7 @@
 //! 5. `snapshot/` and `compaction/`, beside each other;
 //! 6. `store/`: the facade, and the log seam (`store::seam`) through which everything above
 //!    reaches the log;
-//! 7. `aggregate` and `projection/`;
+//! 7. `aggregate`, `projection/` and `subscription/`;
 //! 8. `bus` and `cache`;
 //! 9. `metrics/`;
 //! 10. the CLI (`bin/strata/`) and the fuzzing entry points.
@@ -80,6 +80,7 @@ pub mod store;
 // Floor 7.
 mod aggregate;
 pub mod projection;
+pub mod subscription;
 // Floor 8.
 pub mod bus;
 pub mod cache;
@@ -90,16 +91,20 @@ pub mod metrics;
 #[doc(hidden)]
 pub mod fuzzing;
 
-pub use aggregate::{Aggregate, ApplyError, Loaded, SnapshotIgnored, SnapshotUse};
+pub use aggregate::{Aggregate, ApplyError, AsOf, Loaded, SnapshotIgnored, SnapshotUse};
 pub use bus::{Command, CommandBus};
 pub use cache::ViewCache;
 pub use error::{Error, ErrorKind, Result};
-pub use event::{AppendResult, EventData, EventId, EventView, ExpectedVersion, ParseEventIdError, RecordedEvent};
+pub use event::{
+    AppendResult, EventData, EventId, EventView, ExpectedVersion, ParseEventIdError, RecordedEvent, StreamMetaRecord,
+    StreamMetadata,
+};
 pub use log::writer::Durability;
 pub use metrics::Metrics;
 pub use projection::{Projection, ProjectionEngine};
 pub use report::RecoveryAction;
 pub use store::{AppendFuture, Options, Store};
+pub use subscription::{Cursor, Filter, Subscription};
 
 /// The store's limits and defaults: what a stream id, an event, an append and a snapshot may
 /// hold, and what a new store is created with.
@@ -107,6 +112,7 @@ pub mod limits {
     pub use crate::format::FORMAT_VERSION;
     pub use crate::format::batch::{MAX_EVENT_TYPE_LEN, MAX_STREAM_ID_LEN};
     pub use crate::format::snapshot::MAX_SNAPSHOT_BYTES;
+    pub use crate::format::stream_meta::MAX_CUSTOM as MAX_STREAM_METADATA_BYTES;
     pub use crate::store::{
         DEFAULT_MAX_APPEND_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_PARTITIONS, DEFAULT_SEGMENT_BYTES,
     };

@@ -3,6 +3,7 @@
 //! projection engine uses its own for progress and checkpoint rounds.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -16,6 +17,8 @@ pub(crate) struct HeadSignal {
     waiters: AtomicUsize,
     lock: Mutex<()>,
     cv: Condvar,
+    /// Tasks waiting (subscriptions' futures), woken by the next bump; `waiters` counts them.
+    wakers: Mutex<Vec<Waker>>,
 }
 
 impl HeadSignal {
@@ -32,7 +35,26 @@ impl HeadSignal {
             // Taking the lock orders this wake-up after a waiter's check of `seq`.
             let _guard = self.lock.lock();
             self.cv.notify_all();
+            let wakers = std::mem::take(&mut *self.wakers.lock());
+            self.waiters.fetch_sub(wakers.len(), Ordering::SeqCst);
+            for w in wakers {
+                w.wake();
+            }
         }
+    }
+
+    /// Has `waker` woken by the next bump. Returns whether the sequence number is still
+    /// `seen` (if not, there is nothing to wait for, and the waker may be woken for
+    /// nothing). A registered waker counts as a waiter until that bump.
+    pub fn register(&self, seen: u64, waker: &Waker) -> bool {
+        let _guard = self.lock.lock();
+        let mut wakers = self.wakers.lock();
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+            self.waiters.fetch_add(1, Ordering::SeqCst);
+        }
+        // After counting as a waiter: a bump from here on sees the count and wakes it.
+        self.seq.load(Ordering::SeqCst) == seen
     }
 
     /// Waits until the sequence number differs from `seen`, or `timeout` passes.

@@ -24,6 +24,7 @@ const FLOORS: &[(&str, u32)] = &[
     ("store", 6),
     ("aggregate", 7),
     ("projection", 7),
+    ("subscription", 7),
     ("bus", 8),
     ("cache", 8),
     ("metrics", 9),

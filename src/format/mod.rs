@@ -12,6 +12,7 @@ pub(crate) mod active_index;
 pub(crate) mod archive;
 pub(crate) mod batch;
 pub(crate) mod checkpoint;
+pub(crate) mod cursor;
 pub(crate) mod dlq;
 pub(crate) mod header;
 pub(crate) mod index;
@@ -20,6 +21,7 @@ pub(crate) mod poison;
 pub(crate) mod records;
 pub(crate) mod segment;
 pub(crate) mod snapshot;
+pub(crate) mod stream_meta;
 pub(crate) mod tombstone;
 
 /// The newest format version this build writes and reads (shared by every file kind).

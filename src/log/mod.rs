@@ -4,8 +4,9 @@
 //! partition (`read`) through its segments (`view`: open, sealed or archived) to events
 //! (`events`); opening recovers a partition (`recovery`), rebuilding the active segment's
 //! index from its journal (`journal`). Beside the log: each partition's deleted streams
-//! (`tombstones`), kept in an append-only record file (`records`), the one kind of file that
-//! tombstones, dead letters and snapshot sidecars share.
+//! (`tombstones`) and its streams' retention rules and soft deletes (`stream_meta`), kept in
+//! append-only record files (`records`), the one kind of file that tombstones, stream
+//! metadata, dead letters and snapshot sidecars share.
 
 pub(crate) mod active;
 pub(crate) mod archive;
@@ -20,6 +21,7 @@ pub(crate) mod recovery;
 pub(crate) mod sealed;
 pub(crate) mod sealer;
 pub(crate) mod segment;
+pub(crate) mod stream_meta;
 pub(crate) mod tombstones;
 pub(crate) mod view;
 pub(crate) mod writer;

@@ -17,6 +17,7 @@ use crate::log::active::OpenSegment;
 use crate::log::journal::Journal;
 use crate::log::recovery::{self, Files, Recovered};
 use crate::log::segment::{Segment, State, View};
+use crate::log::stream_meta::StreamMetas;
 use crate::log::tombstones::Tombstones;
 use crate::report::Report;
 use crate::sync::HeadSignal;
@@ -50,6 +51,8 @@ pub(crate) struct Partition {
     pub stats: WriteCounters,
     /// The partition's deleted streams.
     pub tombstones: Tombstones,
+    /// The partition's stream metadata (retention rules, soft deletes).
+    pub metas: StreamMetas,
     /// The archive slot whose decompressed data the last partition read kept (one per
     /// partition, so that reads stepping through archives hold at most one in memory).
     pub(crate) scan_pin: Mutex<Option<Arc<Vec<u8>>>>,
@@ -146,6 +149,7 @@ impl Partition {
             *last = active.clone();
         }
         let tombstones = Tombstones::open(&dir, id, io.clone(), &report)?;
+        let metas = StreamMetas::open(&dir, id, io.clone(), &report)?;
         let part = Arc::new(Partition {
             id,
             dir,
@@ -159,6 +163,7 @@ impl Partition {
             poison: Mutex::new(None),
             stats: WriteCounters::default(),
             tombstones,
+            metas,
             scan_pin: Mutex::new(None),
             compaction: Mutex::new(()),
             scanned_at_open: scanned,

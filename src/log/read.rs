@@ -6,12 +6,15 @@
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
+use crate::clock::now_nanos;
 use crate::error::{Error, Result};
 use crate::event::{EventView, RecordedEvent};
 use crate::format::batch::BatchView;
 use crate::log::events::{each_event, emit};
 use crate::log::partition::Partition;
 use crate::log::segment::View;
+use crate::log::stream_meta::{self, Visible};
+use crate::router::stream_hash;
 
 impl Partition {
     /// The stream's last version in the segments before `before_base` (newest first).
@@ -40,7 +43,13 @@ impl Partition {
         for (seg, end) in self.snapshot() {
             self.view(&seg, end)?.stream_ids(&seg, end, &mut all)?;
         }
-        Ok(all.into_iter().filter(|s| keep(s) && self.tombstones.deleted_at(s).is_none()).collect())
+        // A soft-deleted stream not appended to since reads as deleted.
+        let soft_deleted = |s: &str| {
+            self.metas.with(s, |m| (m.deleted_at > 0).then_some(m.truncate_before)).flatten().is_some_and(|tb| {
+                self.last_version_before(s, stream_hash(s), u64::MAX).is_ok_and(|last| last.is_none_or(|l| l < tb))
+            })
+        };
+        Ok(all.into_iter().filter(|s| keep(s) && self.tombstones.deleted_at(s).is_none() && !soft_deleted(s)).collect())
     }
 
     /// Refuses stream reads of a deleted stream.
@@ -51,16 +60,36 @@ impl Partition {
         }
     }
 
+    /// What a read of `stream` shows now (its metadata's rules, `stream_meta::Visible`).
+    pub fn visibility(&self, stream: &str, hash: u64) -> Result<Visible> {
+        let Some(rec) = self.metas.get(stream) else { return Ok(Visible::ALL) };
+        let last = if rec.max_count > 0 { self.last_version_before(stream, hash, u64::MAX)? } else { None };
+        Ok(stream_meta::visible(&rec, last, now_nanos()))
+    }
+
+    /// Up to `limit` of the stream's visible events from version `from` on, oldest first.
     pub fn read_stream(&self, stream: &str, hash: u64, from: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
         self.live(stream)?;
+        let vis = self.visibility(stream, hash)?;
+        let mut from = from.max(vis.from_version);
         let mut out = Vec::new();
-        for (seg, end) in self.snapshot() {
-            if out.len() >= limit {
-                break;
+        // Events hidden by age are a prefix of what is left: read past them.
+        loop {
+            let want = limit - out.len();
+            let mut page = Vec::new();
+            for (seg, end) in self.snapshot() {
+                if page.len() >= want {
+                    break;
+                }
+                self.view(&seg, end)?.read_stream(&seg, stream, hash, from, end, want, &mut page)?;
             }
-            self.view(&seg, end)?.read_stream(&seg, stream, hash, from, end, limit, &mut out)?;
+            let (got, next) = (page.len(), page.last().map(|e| e.version + 1));
+            out.extend(page.into_iter().filter(|e| vis.shows(e.version, e.timestamp_nanos)));
+            match next {
+                Some(next) if got == want && out.len() < limit => from = next,
+                _ => return Ok(out),
+            }
         }
-        Ok(out)
     }
 
     /// Calls `f(batch, skip, take)` for the batches holding the stream's events from version
@@ -89,12 +118,18 @@ impl Partition {
 
     pub fn read_stream_back(&self, stream: &str, hash: u64, from: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
         self.live(stream)?;
+        let vis = self.visibility(stream, hash)?;
         let mut out = Vec::new();
         for (seg, end) in self.snapshot().into_iter().rev() {
             if out.len() >= limit {
                 break;
             }
             self.view(&seg, end)?.read_stream_back(&seg, stream, hash, from, end, limit, &mut out)?;
+            // What is hidden is a prefix of the stream: the newest-first read ends at it.
+            if let Some(k) = out.iter().position(|e| !vis.shows(e.version, e.timestamp_nanos)) {
+                out.truncate(k);
+                break;
+            }
         }
         Ok(out)
     }

@@ -68,6 +68,11 @@ impl Tombstones {
         self.deleted.read().get(stream).copied()
     }
 
+    /// How many streams are deleted.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
     /// Every deleted stream, with when it was deleted.
     pub fn all(&self) -> Vec<(String, u64)> {
         self.deleted.read().iter().map(|(s, t)| (s.clone(), *t)).collect()

@@ -341,6 +341,8 @@ impl Writer {
             Ok(()) => {
                 self.synced_offset = self.write_offset;
                 self.part.durable_head.store(self.next_position, Ordering::Release);
+                // Subscribers see only durable events: wake them.
+                self.part.signal.bump();
                 self.last_sync = Instant::now();
                 self.part.stats.syncs.fetch_add(1, Ordering::Relaxed);
                 self.journal.synced(&self.part.io);
@@ -802,6 +804,7 @@ impl Writer {
             }
             self.synced_offset = self.write_offset;
             self.part.durable_head.store(self.next_position, Ordering::Release);
+            self.part.signal.bump();
         }
         let part = self.part.clone();
         let base = self.next_position;

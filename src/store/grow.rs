@@ -20,7 +20,8 @@
 //!    (`SMALL_TAIL`), or after the 8th (`MAX_ROUNDS`).
 //! 3. **Cuts over**: takes the routing lock for writing, so no append is routed by the old map
 //!    from then on; waits until every append queued before it is committed (a barrier through
-//!    each old writer); copies the rest; moves the tombstones of moved streams; makes the new
+//!    each old writer); copies the rest; moves the tombstones and the metadata of moved streams
+//!    (`Store::set_stream_metadata` and `soft_delete` wait for the routing lock); makes the new
 //!    partitions durable (a barrier that syncs); then writes the manifest with the new count,
 //!    `partition_epoch + 1`, and an epoch record: each old partition's head at the cutover
 //!    (`cut`) and each new partition's head (`live_from`: everything before it is a copy).
@@ -31,7 +32,8 @@
 //! orders routing against the cutover. An append holds it for reading while it computes its
 //! stream's partition from the routed count and queues its request (`submit`; an `append_many`
 //! routes and queues all of its appends under one hold); `Store::delete_stream` holds it for
-//! reading while it routes and writes the tombstone. Stream reads (`read_stream`,
+//! reading while it routes and writes the tombstone, and a metadata change while it writes its
+//! record. Stream reads (`read_stream`,
 //! `stream_version`, aggregate loads) do not take it: they route by the routed count in memory,
 //! which changes only at the commit. `read_partition`, `scan_partition`, `head`, `copied_until`
 //! and `cutover_heads` refuse a partition at or above the routed count
@@ -172,6 +174,7 @@ impl Store {
         loop {
             // Tombstones are permanent: most move here, so the cutover has few left to write.
             move_tombstones(&parts, self.shared.hash_id, from, new_count, &mut report)?;
+            move_metadata(&parts, self.shared.hash_id, from, new_count)?;
             let copied = self.copy_round(&parts, from, new_count, &mut cursors, &self.senders.read(), &mut report)?;
             report.rounds += 1;
             if copied < SMALL_TAIL || report.rounds >= MAX_ROUNDS {
@@ -186,6 +189,8 @@ impl Store {
         self.copy_round(&parts, from, new_count, &mut cursors, &senders, &mut report)?;
         report.cutover_events = report.copied_events - before;
         move_tombstones(&parts, self.shared.hash_id, from, new_count, &mut report)?;
+        // Metadata changes wait for the senders' lock, held here: this is its last move.
+        move_metadata(&parts, self.shared.hash_id, from, new_count)?;
         barrier(&senders, from..new_count)?;
         let committed = {
             let mut m = self.shared.manifest.lock().clone();
@@ -382,6 +387,19 @@ fn move_tombstones(parts: &[Arc<Partition>], hash_id: u32, from: u32, to: u32, r
             if part(parts, target)?.tombstones.delete(&stream, at)? {
                 report.moved_streams += 1;
             }
+        }
+    }
+    Ok(())
+}
+
+/// Writes in each moved stream's new partition its newest metadata record from its old one,
+/// with its version (a record there at least as new is kept).
+fn move_metadata(parts: &[Arc<Partition>], hash_id: u32, from: u32, to: u32) -> Result<()> {
+    for a in 0..from {
+        let old = part(parts, a)?;
+        for rec in old.metas.all() {
+            let Some(target) = moves_to(route_hash(hash_id, &rec.stream), a, from, to) else { continue };
+            part(parts, target)?.metas.put(&rec)?;
         }
     }
     Ok(())

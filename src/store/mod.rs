@@ -28,6 +28,7 @@ use crate::sync::HeadSignal;
 mod append;
 mod grow;
 mod maintenance;
+mod metadata;
 mod open;
 mod options;
 mod read;

@@ -18,9 +18,43 @@ use super::Store;
 
 impl Store {
     /// Up to `max_count` events of `stream` from version `from_version` on, oldest first.
+    /// Events the stream's metadata hides ([`Store::set_stream_metadata`],
+    /// [`Store::soft_delete`]) are left out.
     pub fn read_stream(&self, stream: &str, from_version: u64, max_count: usize) -> Result<Vec<RecordedEvent>> {
         let (hash, p) = self.route(stream)?;
         p.read_stream(stream, hash, from_version, max_count)
+    }
+
+    /// Up to `max_count` events of `stream` from version `from_version` on that were appended
+    /// at or before `until`, oldest first: the stream as it was then (a stream's timestamps
+    /// never decrease, so this is a prefix of what [`Store::read_stream`] returns).
+    ///
+    /// ```
+    /// # use std::time::SystemTime;
+    /// # use strata::{EventData, ExpectedVersion, Options, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+    /// store.append("doc-1", ExpectedVersion::NoStream, &[EventData::new("Drafted", "")])?;
+    /// let then = SystemTime::now();
+    /// # std::thread::sleep(std::time::Duration::from_millis(2));
+    /// store.append("doc-1", ExpectedVersion::Exact(0), &[EventData::new("Published", "")])?;
+    /// assert_eq!(store.read_stream_until("doc-1", 0, then, 10)?.len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn read_stream_until(
+        &self,
+        stream: &str,
+        from_version: u64,
+        until: std::time::SystemTime,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let ns = until.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let until = u64::try_from(ns).unwrap_or(u64::MAX);
+        let mut events = self.read_stream(stream, from_version, max_count)?;
+        if let Some(k) = events.iter().position(|e| e.timestamp_nanos > until) {
+            events.truncate(k);
+        }
+        Ok(events)
     }
 
     /// Up to `max_count` events of `stream` from version `from_version` (`None`: the last

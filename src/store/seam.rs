@@ -15,6 +15,7 @@ use crate::error::Result;
 use crate::event::{AppendResult, EventData, EventView, ExpectedVersion, RecordedEvent};
 use crate::io::Io;
 use crate::log::events::each_event;
+pub(crate) use crate::log::stream_meta::Visible;
 use crate::report::Report;
 use crate::snapshot::{Counters, Job, Pending, Stored};
 use crate::sync::HeadSignal;
@@ -97,6 +98,13 @@ pub(crate) trait Log: Send + Sync {
     /// Whether `stream` was deleted.
     fn is_deleted(&self, stream: &str) -> bool;
 
+    /// What a read of `stream` shows now: nothing if it was deleted, else what its metadata
+    /// (retention rules, soft delete) keeps.
+    fn visibility(&self, stream: &str) -> Result<Visible>;
+
+    /// Whether some stream is deleted or has metadata (if not, every event is visible).
+    fn hides_any(&self) -> bool;
+
     /// The latest snapshot of `stream`; `Err` says why one the log holds cannot be used.
     fn latest_snapshot(&self, stream: &str) -> std::result::Result<Option<Stored>, String>;
 
@@ -168,6 +176,14 @@ impl Log for Store {
 
     fn is_deleted(&self, stream: &str) -> bool {
         self.route(stream).is_ok_and(|(_, p)| p.tombstones.deleted_at(stream).is_some())
+    }
+
+    fn visibility(&self, stream: &str) -> Result<Visible> {
+        Store::visibility(self, stream)
+    }
+
+    fn hides_any(&self) -> bool {
+        Store::hides_any(self)
     }
 
     fn latest_snapshot(&self, stream: &str) -> std::result::Result<Option<Stored>, String> {

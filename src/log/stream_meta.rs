@@ -1,0 +1,210 @@
+//! Stream metadata: a partition's retention rules and soft deletes, durable before a change
+//! returns (FORMAT.md §19), and what they hide.
+//!
+//! A change checks the expected metadata version, appends the record (write + fdatasync) and
+//! only then takes effect, all under the file's lock. The newest record of each stream is kept
+//! in memory (the file is read whole at open, like the tombstones); a partition with no
+//! metadata answers [`StreamMetas::get`] with one atomic load, so reads of stores that never
+//! set any pay nothing.
+//!
+//! What a record hides is decided at read time ([`Visible`]): versions below
+//! `truncate_before`, all but the newest `max_count`, and events older than `max_age` at the
+//! time of the read. Within one stream timestamps never decrease (a grow's copies keep their
+//! original times, and are older than the stream's later events), so each of the three hides
+//! a prefix of the stream: what is visible is every version from `from_version` on whose
+//! timestamp is at least `min_time`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{Error, Result};
+use crate::event::{ExpectedVersion, StreamMetaRecord, StreamMetadata};
+use crate::format::stream_meta::{self as format, MetaRecord};
+use crate::io::Io;
+use crate::log::records::{self, RecordLog};
+use crate::report::Report;
+
+/// What of a stream a read shows: the versions from `from_version` on whose timestamps are at
+/// least `min_time`. `Visible::ALL` for a stream without metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Visible {
+    pub from_version: u64,
+    pub min_time: u64,
+}
+
+impl Visible {
+    pub const ALL: Visible = Visible { from_version: 0, min_time: 0 };
+
+    /// Whether the event at `version`, written at `time`, is shown.
+    pub fn shows(&self, version: u64, time: u64) -> bool {
+        version >= self.from_version && time >= self.min_time
+    }
+
+    /// Whether anything at all may be hidden.
+    pub fn hides_any(&self) -> bool {
+        *self != Visible::ALL
+    }
+}
+
+/// What `rec` shows of a stream whose last version is `last`, read at `now` (ns).
+pub(crate) fn visible(rec: &MetaRecord, last: Option<u64>, now: u64) -> Visible {
+    let mut from = rec.truncate_before;
+    if rec.max_count > 0 {
+        let len = last.map_or(0, |v| v + 1);
+        from = from.max(len.saturating_sub(rec.max_count));
+    }
+    let min_time = if rec.max_age > 0 { now.saturating_sub(rec.max_age) } else { 0 };
+    Visible { from_version: from, min_time }
+}
+
+/// The public form of a record.
+pub(crate) fn public(rec: &MetaRecord) -> StreamMetaRecord {
+    let opt = |v: u64| (v > 0).then_some(v);
+    StreamMetaRecord {
+        version: rec.meta_version,
+        written_at: rec.written_at,
+        metadata: StreamMetadata {
+            max_age: opt(rec.max_age).map(Duration::from_nanos),
+            max_count: opt(rec.max_count),
+            truncate_before: opt(rec.truncate_before),
+            custom: rec.custom.clone(),
+        },
+        soft_deleted_at: opt(rec.deleted_at),
+    }
+}
+
+/// One partition's stream metadata.
+#[derive(Debug)]
+pub(crate) struct StreamMetas {
+    partition: u32,
+    dir: PathBuf,
+    io: Io,
+    /// The file (`None` until the first change creates it).
+    file: Mutex<Option<RecordLog>>,
+    newest: RwLock<HashMap<String, MetaRecord>>,
+    /// `newest.len()`, read without the lock on the read paths.
+    count: AtomicUsize,
+}
+
+impl StreamMetas {
+    /// Reads `dir/stream-meta` if it exists, by the torn-tail rule of every record file
+    /// (`format::records`): a torn last record is cut off and reported; damage anywhere else
+    /// is an [`Error::Corruption`] (a lost record would show events a user hid).
+    pub fn open(dir: &Path, partition: u32, io: Io, report: &Report) -> Result<StreamMetas> {
+        let path = dir.join(format::FILE_NAME);
+        let mut newest: HashMap<String, MetaRecord> = HashMap::new();
+        let file = match records::open(&path, &io, report, &KIND)? {
+            None => None,
+            Some(opened) => {
+                let header = format::check_header(&opened.bytes).unwrap_or(partition);
+                if header != partition {
+                    return Err(Error::corruption(&path, 12, format!("stream metadata of partition {header}")));
+                }
+                for m in opened.records {
+                    match newest.get(&m.stream) {
+                        Some(old) if old.meta_version >= m.meta_version => {}
+                        _ => {
+                            newest.insert(m.stream.clone(), m);
+                        }
+                    }
+                }
+                Some(opened.log)
+            }
+        };
+        Ok(StreamMetas {
+            partition,
+            dir: dir.to_path_buf(),
+            io,
+            file: Mutex::new(file),
+            count: AtomicUsize::new(newest.len()),
+            newest: RwLock::new(newest),
+        })
+    }
+
+    /// Whether no stream of the partition has metadata.
+    pub fn is_empty(&self) -> bool {
+        self.count.load(Ordering::Acquire) == 0
+    }
+
+    /// The newest record of `stream`, if it has one.
+    pub fn get(&self, stream: &str) -> Option<MetaRecord> {
+        if self.is_empty() {
+            return None;
+        }
+        self.newest.read().get(stream).cloned()
+    }
+
+    /// Runs `f` on the newest record of `stream` (without copying it), if it has one.
+    pub fn with<T>(&self, stream: &str, f: impl FnOnce(&MetaRecord) -> T) -> Option<T> {
+        if self.is_empty() {
+            return None;
+        }
+        self.newest.read().get(stream).map(f)
+    }
+
+    /// Every stream's newest record.
+    pub fn all(&self) -> Vec<MetaRecord> {
+        self.newest.read().values().cloned().collect()
+    }
+
+    /// Writes the record `change` makes of `stream`'s current one, if its metadata version
+    /// satisfies `expected`, durably before it takes effect. Returns the new record.
+    pub fn change(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        now: u64,
+        change: impl FnOnce(Option<&MetaRecord>) -> Result<MetaRecord>,
+    ) -> Result<MetaRecord> {
+        let mut file = self.file.lock();
+        let current = self.newest.read().get(stream).cloned();
+        let actual = current.as_ref().map(|m| m.meta_version);
+        if !expected.matches(actual) {
+            return Err(Error::WrongMetadataVersion { stream: stream.to_owned(), expected, actual });
+        }
+        let mut rec = change(current.as_ref())?;
+        rec.stream = stream.to_owned();
+        rec.meta_version = actual.map_or(0, |v| v + 1);
+        rec.written_at = now;
+        self.write(&mut file, &rec)?;
+        Ok(rec)
+    }
+
+    /// Writes `rec` as it is unless the partition holds a record of its stream at least as
+    /// new (a grow moving a stream's metadata; idempotent). Returns whether it wrote.
+    pub fn put(&self, rec: &MetaRecord) -> Result<bool> {
+        let mut file = self.file.lock();
+        if self.newest.read().get(&rec.stream).is_some_and(|m| m.meta_version >= rec.meta_version) {
+            return Ok(false);
+        }
+        self.write(&mut file, rec)?;
+        Ok(true)
+    }
+
+    fn write(&self, file: &mut Option<RecordLog>, rec: &MetaRecord) -> Result<()> {
+        let log = match file {
+            Some(log) => log,
+            empty => {
+                let header = format::encode_header(self.partition);
+                empty.insert(RecordLog::create(&self.dir, format::FILE_NAME, &header, &self.io)?)
+            }
+        };
+        log.append(&format::encode(rec))?;
+        let mut newest = self.newest.write();
+        newest.insert(rec.stream.clone(), rec.clone());
+        self.count.store(newest.len(), Ordering::Release);
+        Ok(())
+    }
+}
+
+/// How a stream metadata file reads.
+const KIND: records::Kind<MetaRecord> = records::Kind {
+    min_record: format::MIN_RECORD,
+    max_record: format::MAX_RECORD,
+    scan: format::scan,
+    valid: |b| format::decode(b).is_ok(),
+};
