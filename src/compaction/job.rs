@@ -18,7 +18,14 @@
 //! reported in `CompactionReport::skipped`, and the segments before and after it are archived
 //! as runs of their own.
 //!
-//! `rewrite_archive` erases deleted streams from an archive: the new image is written under the
+//! Batches of deleted streams are left out of what is archived, and so are the batches whose
+//! events their stream's metadata all hides (`max_count`, `max_age`, `truncate_before`, a soft
+//! delete, as of the job's start): reclaimed, they are gone even if the rule is loosened later,
+//! as after a KurrentDB scavenge. Their audit record's `deleted_at` is when the tombstone, or
+//! the metadata rule, was written. A batch only partly hidden is kept whole (reads still hide
+//! its hidden events).
+//!
+//! `rewrite_archive` erases deleted streams (and hidden batches) from an archive: the new image is written under the
 //! same name, then opened and checked, and replaces the old one in memory (reads in flight keep
 //! the old mapping). A compaction that finds deleted streams also erases their snapshots, by a
 //! rewrite of the partition's sidecar under the sidecar's writer lock.
@@ -35,7 +42,9 @@ use crate::format::archive::{self as arc_format, AuditRecord, Reason, Source};
 use crate::format::batch;
 use crate::format::index;
 use crate::log::sealed::SealedSegment;
+use crate::log::stream_meta::Visible;
 use crate::log::{Archive, Partition, Segment, State, View};
+use crate::router::stream_hash;
 
 use super::build::{self, BatchRef, BuildOptions, Plan};
 use super::policy::{self, Weigh};
@@ -88,6 +97,9 @@ struct Job<'a, 'p> {
     snapshots: &'a dyn SnapshotIndex,
     /// The partition's deleted streams, with when they were deleted.
     deleted: HashMap<String, u64>,
+    /// The streams whose metadata hides some of their events now: what it shows, and when the
+    /// rule was written.
+    rules: HashMap<String, (Visible, u64)>,
     opts: &'a CompactionOptions,
     pace: &'a mut Pace<'p>,
     report: CompactionReport,
@@ -106,10 +118,17 @@ fn compact_partition(
 ) -> Result<CompactionReport> {
     let _one_at_a_time = part.compaction.lock();
     let deleted: HashMap<String, u64> = part.tombstones.all().into_iter().collect();
-    let mut job = Job { part, snapshots, deleted, opts, pace, report: CompactionReport::default() };
+    let mut rules = HashMap::new();
+    for rec in part.metas.all() {
+        let vis = part.visibility(&rec.stream, stream_hash(&rec.stream))?;
+        if vis.hides_any() && !deleted.contains_key(&rec.stream) {
+            rules.insert(rec.stream, (vis, rec.written_at));
+        }
+    }
+    let mut job = Job { part, snapshots, deleted, rules, opts, pace, report: CompactionReport::default() };
     let units = part.snapshot();
     let Some((_, sealed_units)) = units.split_last() else { return Ok(job.report) };
-    if !job.deleted.is_empty() {
+    if !job.deleted.is_empty() || !job.rules.is_empty() {
         job.erase_deleted(sealed_units)?;
     }
     let chosen = job.choose(sealed_units, force)?;
@@ -128,16 +147,30 @@ fn compact_partition(
 }
 
 impl Job<'_, '_> {
-    /// Deleted streams' snapshots go from the sidecar, and archives holding their events are
-    /// rewritten without them.
+    /// When `b` is to be erased: a batch of a deleted stream (when it was deleted), or one
+    /// whose events its stream's metadata all hides (when the rule was written). Batches
+    /// only partly hidden are kept whole.
+    fn erased_at(&self, b: &batch::BatchView<'_>) -> Option<u64> {
+        if let Some(at) = self.deleted.get(b.stream_id) {
+            return Some(*at);
+        }
+        let (vis, at) = self.rules.get(b.stream_id)?;
+        let last = b.first_version + u64::from(b.event_count).saturating_sub(1);
+        (!vis.shows(last, b.timestamp)).then_some(*at)
+    }
+
+    /// Deleted streams' snapshots go from the sidecar, and archives holding their events (or
+    /// events that metadata hides) are rewritten without them.
     fn erase_deleted(&mut self, sealed_units: &[(Arc<Segment>, u64)]) -> Result<()> {
-        match self.snapshots.erase(&|s| self.deleted.contains_key(s)) {
-            Ok(n) => self.report.snapshots_erased += n,
-            Err(e) => self.report.skipped.push(format!("erasing snapshots of deleted streams: {e}")),
+        if !self.deleted.is_empty() {
+            match self.snapshots.erase(&|s| self.deleted.contains_key(s)) {
+                Ok(n) => self.report.snapshots_erased += n,
+                Err(e) => self.report.skipped.push(format!("erasing snapshots of deleted streams: {e}")),
+            }
         }
         for (slot, _) in sealed_units {
             if let State::Archived(a) = slot.state() {
-                let done = policy::holds_deleted(slot, &a, &self.deleted)
+                let done = policy::holds_deleted(slot, &a, &self.deleted, &self.rules)
                     .and_then(|holds| if holds { self.rewrite_archive(slot, &a) } else { Ok(()) });
                 self.skip_damaged(done)?;
             }
@@ -166,6 +199,7 @@ impl Job<'_, '_> {
                 dir: &part.dir,
                 snapshots: self.snapshots,
                 deleted: &self.deleted,
+                rules: &self.rules,
                 opts: self.opts,
                 force,
                 now: now_nanos(),
@@ -276,8 +310,8 @@ impl Job<'_, '_> {
                 if failure.is_some() {
                     return;
                 }
-                if let Some(at) = self.deleted.get(b.stream_id) {
-                    erased.add(b.stream_id, *at, b.base_position, b.event_count);
+                if let Some(at) = self.erased_at(b) {
+                    erased.add(b.stream_id, at, b.base_position, b.event_count);
                     self.report.events_erased += u64::from(b.event_count);
                     return;
                 }
@@ -378,8 +412,8 @@ impl Job<'_, '_> {
             let b = batch::decode(bytes).map_err(|bad| {
                 Error::corruption(&a.path, 0, format!("batch at uncompressed offset {}: {bad}", p.offset))
             })?;
-            if let Some(at) = self.deleted.get(b.stream_id) {
-                erased.add(b.stream_id, *at, b.base_position, b.event_count);
+            if let Some(at) = self.erased_at(&b) {
+                erased.add(b.stream_id, at, b.base_position, b.event_count);
                 erased_events += u64::from(b.event_count);
             } else {
                 events += u64::from(b.event_count);

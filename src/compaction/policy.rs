@@ -13,7 +13,8 @@
 //! of FORMAT.md §14.1) that applies:
 //!
 //! 1. `Forced`, when compaction is forced: every sealed segment;
-//! 2. `Erasure`, when it holds an event of a deleted stream;
+//! 2. `Erasure`, when it holds an event of a deleted stream, or a batch whose events its
+//!    stream's metadata all hides by version (`truncate_before`, `max_count`, soft delete);
 //! 3. `Retained`, when its newest batch's timestamp is at least `retention` (default 7 days)
 //!    old and `require_snapshots` is off;
 //! 4. `RetainedAndSnapshotted`, when it is that old and every stream with events in it, deleted
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::format::archive::Reason;
 use crate::log::sealed::SealedSegment;
+use crate::log::stream_meta::Visible;
 use crate::log::{Archive, Segment, View};
 use crate::router::stream_hash;
 
@@ -41,6 +43,8 @@ pub(super) struct Weigh<'a> {
     pub snapshots: &'a dyn SnapshotIndex,
     /// The partition's deleted streams, with when they were deleted.
     pub deleted: &'a HashMap<String, u64>,
+    /// The streams whose metadata hides some of their events (see `job.rs`).
+    pub rules: &'a HashMap<String, (Visible, u64)>,
     pub opts: &'a CompactionOptions,
     /// Archive every sealed segment.
     pub force: bool,
@@ -58,6 +62,9 @@ pub(super) fn choose(w: &Weigh<'_>, slot: &Segment, sealed: &Arc<SealedSegment>,
         if view.last_version(slot, stream, stream_hash(stream), u64::MAX)?.is_some() {
             return Ok(Some(Reason::Erasure));
         }
+    }
+    if holds_hidden(&view, slot, w.rules)? {
+        return Ok(Some(Reason::Erasure));
     }
     let retention = u64::try_from(w.opts.retention.as_nanos()).unwrap_or(u64::MAX);
     let old = w.now.saturating_sub(sealed.last_timestamp(slot)?) >= retention;
@@ -85,11 +92,34 @@ fn snapshotted(w: &Weigh<'_>, last_versions: &[(&str, u64)]) -> Result<bool> {
     Ok(true)
 }
 
-/// Whether archive `a` (the slot `slot`) holds events of a deleted stream.
-pub(super) fn holds_deleted(slot: &Segment, a: &Arc<Archive>, deleted: &HashMap<String, u64>) -> Result<bool> {
+/// Whether archive `a` (the slot `slot`) holds events of a deleted stream, or a batch that a
+/// stream's metadata hides by version.
+pub(super) fn holds_deleted(
+    slot: &Segment,
+    a: &Arc<Archive>,
+    deleted: &HashMap<String, u64>,
+    rules: &HashMap<String, (Visible, u64)>,
+) -> Result<bool> {
     let view = View::Archived(a.clone());
     for stream in deleted.keys() {
         if view.last_version(slot, stream, stream_hash(stream), u64::MAX)?.is_some() {
+            return Ok(true);
+        }
+    }
+    holds_hidden(&view, slot, rules)
+}
+
+/// Whether `view` holds a batch whose events a stream's metadata all hides by version (its
+/// first batch there ends before the first visible version). Batches hidden by age alone are
+/// found when the segment is archived for another reason.
+fn holds_hidden(view: &View, slot: &Segment, rules: &HashMap<String, (Visible, u64)>) -> Result<bool> {
+    for (stream, (vis, _)) in rules {
+        if vis.from_version == 0 {
+            continue;
+        }
+        if let Some(end) = view.first_batch_end(slot, stream, stream_hash(stream))?
+            && end <= vis.from_version
+        {
             return Ok(true);
         }
     }

@@ -24,6 +24,10 @@
 //! A scan stops at the first invalid record: a torn append, if nothing valid follows.
 #![deny(clippy::indexing_slicing)]
 
+use std::time::Duration;
+
+use crate::event::{StreamMetaRecord, StreamMetadata};
+
 use super::batch::MAX_STREAM_ID_LEN;
 use super::header::{self, CRC_OFFSET, Frame, Malformed};
 use super::{align8, crc, le_u16, le_u32, le_u64, put_u16, put_u32, put_u64};
@@ -49,6 +53,24 @@ pub(crate) struct MetaRecord {
     pub max_age: u64,
     pub deleted_at: u64,
     pub custom: Vec<u8>,
+}
+
+impl MetaRecord {
+    /// The public form of the record.
+    pub(crate) fn public(&self) -> StreamMetaRecord {
+        let opt = |v: u64| (v > 0).then_some(v);
+        StreamMetaRecord {
+            version: self.meta_version,
+            written_at: self.written_at,
+            metadata: StreamMetadata {
+                max_age: opt(self.max_age).map(Duration::from_nanos),
+                max_count: opt(self.max_count),
+                truncate_before: opt(self.truncate_before),
+                custom: self.custom.clone(),
+            },
+            soft_deleted_at: opt(self.deleted_at),
+        }
+    }
 }
 
 /// The file's header frame.

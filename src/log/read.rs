@@ -14,6 +14,7 @@ use crate::log::events::{each_event, emit};
 use crate::log::partition::Partition;
 use crate::log::segment::View;
 use crate::log::stream_meta::{self, Visible};
+use crate::log::view::Select;
 use crate::router::stream_hash;
 
 impl Partition {
@@ -62,9 +63,9 @@ impl Partition {
 
     /// What a read of `stream` shows now (its metadata's rules, `stream_meta::Visible`).
     pub fn visibility(&self, stream: &str, hash: u64) -> Result<Visible> {
-        let Some(rec) = self.metas.get(stream) else { return Ok(Visible::ALL) };
-        let last = if rec.max_count > 0 { self.last_version_before(stream, hash, u64::MAX)? } else { None };
-        Ok(stream_meta::visible(&rec, last, now_nanos()))
+        let Some(rule) = self.metas.with(stream, stream_meta::Rule::of) else { return Ok(Visible::ALL) };
+        let last = if rule.max_count > 0 { self.last_version_before(stream, hash, u64::MAX)? } else { None };
+        Ok(rule.visible(last, now_nanos()))
     }
 
     /// Up to `limit` of the stream's visible events from version `from` on, oldest first.
@@ -176,6 +177,61 @@ impl Partition {
             self.unpin_scan();
         }
         Ok(taken)
+    }
+
+    /// Hands `f` the events at positions `from..end` of the batches `select` wants, borrowed,
+    /// in position order, until `limit` are given or `f` breaks; only those batches are read
+    /// where an index or summary finds them (`View::visit_streams`), and `f` judges the events
+    /// (a type selection hands over other events of the selected streams). Returns how many events
+    /// `f` was given and, unless `f` broke, the next position to look at: every event before
+    /// it was judged (it is `end` if the limit was not reached).
+    pub fn visit_kept<F>(
+        &self,
+        from: u64,
+        end: u64,
+        limit: usize,
+        select: Select<'_>,
+        f: &mut F,
+    ) -> Result<(usize, u64)>
+    where
+        F: FnMut(&EventView<'_>) -> ControlFlow<()> + ?Sized,
+    {
+        let id = self.id;
+        let snap = self.snapshot();
+        let start = snap.partition_point(|(s, _)| s.base <= from).saturating_sub(1);
+        let (mut taken, mut given, mut next) = (0usize, 0usize, from);
+        for (seg, seg_end) in snap.get(start..).unwrap_or(&[]) {
+            let seg_end = (*seg_end).min(end);
+            if seg.base >= end {
+                break;
+            }
+            if seg_end <= next {
+                continue;
+            }
+            let at = next.max(seg.base);
+            let view = self.view(seg, seg_end)?;
+            let _hold = match &view {
+                View::Archived(a) => Some(a.data()?),
+                _ => None,
+            };
+            let mut reached = at;
+            let (n, flow) = view.visit_streams(seg, select, at, seg_end, limit - taken, &mut |b, skip, take| {
+                reached = b.base_position + (skip + take) as u64;
+                if !select.keeps_stream(b.stream_id) {
+                    return ControlFlow::Continue(());
+                }
+                each_event(b, id, skip, take, &mut |e| {
+                    given += 1;
+                    f(e)
+                })
+            })?;
+            taken += n;
+            if flow.is_break() || taken >= limit {
+                return Ok((given, reached));
+            }
+            next = seg_end;
+        }
+        Ok((given, next.max(end)))
     }
 
     /// Reads back every file of the partition: every batch of every segment (CRC), every

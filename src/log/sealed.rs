@@ -33,6 +33,17 @@ pub(crate) struct SealedSegment {
     pub(crate) index: IndexBytes,
     pub(crate) streams: Range<usize>,
     pub(crate) positions: Range<usize>,
+    /// Which streams hold events of each type: built on the first event-type read of the
+    /// segment (one walk of its batches), kept while the segment is.
+    pub(crate) types: std::sync::OnceLock<TypeSummary>,
+}
+
+/// A sealed segment's event-type summary: for each event type, the streams (as the ordinals
+/// of their runs in the index's stream entries) with an event of that type in the segment.
+/// It holds one entry per distinct (stream, type) pair of the segment.
+#[derive(Debug, Default)]
+pub(crate) struct TypeSummary {
+    pub runs: std::collections::HashMap<Box<str>, Vec<u32>>,
 }
 
 /// A sealed segment's index: its file, mapped, or (when a rebuilt index could not be written,
@@ -72,9 +83,13 @@ impl Segment {
         let data = mmap::segment(&file)?;
         check_header(&self.path, &data, self.partition, self.base)?;
         match self.try_index(io, len, end_position) {
-            Ok((idx, streams, positions)) => {
-                Ok(SealedSegment { data, index: IndexBytes::Mapped(idx), streams, positions })
-            }
+            Ok((idx, streams, positions)) => Ok(SealedSegment {
+                data,
+                index: IndexBytes::Mapped(idx),
+                streams,
+                positions,
+                types: Default::default(),
+            }),
             Err(why) => {
                 drop(data);
                 self.rebuild(io, report, end_position, why)
@@ -173,14 +188,20 @@ impl Segment {
                 Error::corruption(&self.index_path, 0, format!("rebuilt index does not check out: {e}"))
             })?;
             let data = mmap::segment(&io.open_read(&self.path)?)?;
-            return Ok(SealedSegment { data, index: IndexBytes::Memory(image), streams, positions });
+            return Ok(SealedSegment {
+                data,
+                index: IndexBytes::Memory(image),
+                streams,
+                positions,
+                types: Default::default(),
+            });
         }
         report.push(RecoveryAction::RebuiltIndex { path: self.index_path.clone(), reason: why });
         let data = mmap::segment(&io.open_read(&self.path)?)?;
         let (idx, streams, positions) = self
             .try_index(io, end.data_end(), end_position)
             .map_err(|e| Error::corruption(&self.index_path, 0, format!("rebuilt index does not check out: {e}")))?;
-        Ok(SealedSegment { data, index: IndexBytes::Mapped(idx), streams, positions })
+        Ok(SealedSegment { data, index: IndexBytes::Mapped(idx), streams, positions, types: Default::default() })
     }
 
     /// Seals an open segment: trims the file to its data, writes the index file (temp, fsync,
@@ -205,7 +226,8 @@ impl Segment {
         let (idx, streams, positions) = self
             .try_index(io, data_end, end_position)
             .map_err(|e| Error::corruption(&self.index_path, 0, format!("fresh index does not check out: {e}")))?;
-        let sealed = SealedSegment { data, index: IndexBytes::Mapped(idx), streams, positions };
+        let sealed =
+            SealedSegment { data, index: IndexBytes::Mapped(idx), streams, positions, types: Default::default() };
         self.set_state(State::Sealed(Arc::new(sealed)));
         Ok(())
     }
@@ -282,6 +304,52 @@ impl SealedSegment {
             at += b.length;
         }
         Ok(newest)
+    }
+
+    /// The segment's event-type summary, built on first use by one walk of its batches.
+    pub fn type_summary(&self, seg: &Segment) -> Result<&TypeSummary> {
+        if let Some(t) = self.types.get() {
+            return Ok(t);
+        }
+        let entries = self.stream_entries(seg)?;
+        let mut ordinal: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+        for (k, run) in index::stream_runs(entries).enumerate() {
+            let Some(first) = run.first().map(StreamEntry::get) else { continue };
+            let id =
+                self.data.get(first.offset as usize..).and_then(batch::peek_stream_id).ok_or_else(|| {
+                    Error::corruption(&seg.path, first.offset, "indexed batch has no readable stream id")
+                })?;
+            ordinal.insert(id, k as u32);
+        }
+        let mut sets: std::collections::HashMap<Box<str>, std::collections::HashSet<u32>> = Default::default();
+        self.walk(seg, &mut |b, _| {
+            let Some(&k) = ordinal.get(b.stream_id) else { return };
+            for e in b.events() {
+                match sets.get_mut(e.event_type) {
+                    Some(set) => {
+                        set.insert(k);
+                    }
+                    None => {
+                        sets.entry(e.event_type.into()).or_default().insert(k);
+                    }
+                }
+            }
+        })?;
+        let mut summary = TypeSummary::default();
+        for (t, set) in sets {
+            let mut runs: Vec<u32> = set.into_iter().collect();
+            runs.sort_unstable();
+            summary.runs.insert(t, runs);
+        }
+        Ok(self.types.get_or_init(|| summary))
+    }
+
+    /// The index's stream entries.
+    pub fn stream_entries(&self, seg: &Segment) -> Result<&[StreamEntry]> {
+        self.index
+            .get(self.streams.clone())
+            .and_then(|b| bytemuck::try_cast_slice(b).ok())
+            .ok_or_else(|| Error::corruption(&seg.index_path, 0, "stream entries unreadable"))
     }
 
     /// Each stream with events in the segment, with its last version here, from the index

@@ -17,12 +17,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
-use crate::event::{ExpectedVersion, StreamMetaRecord, StreamMetadata};
+use crate::event::ExpectedVersion;
 use crate::format::stream_meta::{self as format, MetaRecord};
 use crate::io::Io;
 use crate::log::records::{self, RecordLog};
@@ -50,30 +49,28 @@ impl Visible {
     }
 }
 
-/// What `rec` shows of a stream whose last version is `last`, read at `now` (ns).
-pub(crate) fn visible(rec: &MetaRecord, last: Option<u64>, now: u64) -> Visible {
-    let mut from = rec.truncate_before;
-    if rec.max_count > 0 {
-        let len = last.map_or(0, |v| v + 1);
-        from = from.max(len.saturating_sub(rec.max_count));
-    }
-    let min_time = if rec.max_age > 0 { now.saturating_sub(rec.max_age) } else { 0 };
-    Visible { from_version: from, min_time }
+/// The rules of a record (copied out of it without its strings).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rule {
+    pub truncate_before: u64,
+    pub max_count: u64,
+    pub max_age: u64,
 }
 
-/// The public form of a record.
-pub(crate) fn public(rec: &MetaRecord) -> StreamMetaRecord {
-    let opt = |v: u64| (v > 0).then_some(v);
-    StreamMetaRecord {
-        version: rec.meta_version,
-        written_at: rec.written_at,
-        metadata: StreamMetadata {
-            max_age: opt(rec.max_age).map(Duration::from_nanos),
-            max_count: opt(rec.max_count),
-            truncate_before: opt(rec.truncate_before),
-            custom: rec.custom.clone(),
-        },
-        soft_deleted_at: opt(rec.deleted_at),
+impl Rule {
+    pub fn of(rec: &MetaRecord) -> Rule {
+        Rule { truncate_before: rec.truncate_before, max_count: rec.max_count, max_age: rec.max_age }
+    }
+
+    /// What the rule shows of a stream whose last version is `last`, read at `now` (ns).
+    pub fn visible(&self, last: Option<u64>, now: u64) -> Visible {
+        let mut from = self.truncate_before;
+        if self.max_count > 0 {
+            let len = last.map_or(0, |v| v + 1);
+            from = from.max(len.saturating_sub(self.max_count));
+        }
+        let min_time = if self.max_age > 0 { now.saturating_sub(self.max_age) } else { 0 };
+        Visible { from_version: from, min_time }
     }
 }
 

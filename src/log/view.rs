@@ -26,6 +26,25 @@ struct Wanted {
     count: u32,
 }
 
+/// Which batches a selective read wants: those of the streams a rule keeps (by id), or those
+/// of the streams with an event of one of some types (found through a sealed segment's event
+/// type summary; everywhere else every batch is handed over, for the caller to judge).
+#[derive(Clone, Copy)]
+pub(crate) enum Select<'a> {
+    Streams(&'a dyn Fn(&str) -> bool),
+    Types(&'a [String]),
+}
+
+impl Select<'_> {
+    /// Whether a batch of `stream` may hold wanted events.
+    pub fn keeps_stream(&self, stream: &str) -> bool {
+        match self {
+            Select::Streams(keep) => keep(stream),
+            Select::Types(_) => true,
+        }
+    }
+}
+
 /// Bytes of one or more batches, borrowed from a mapping or read into a buffer.
 enum Bytes<'a> {
     Mapped(&'a [u8]),
@@ -139,6 +158,20 @@ impl View {
                 }))
             }
         }
+    }
+
+    /// One past the last version of `stream`'s first batch in this sealed segment or
+    /// archive, if it has events here (`None` for the open segment).
+    pub fn first_batch_end(&self, seg: &Segment, stream: &str, hash: u64) -> Result<Option<u64>> {
+        let entries = match self {
+            View::Open(_) => return Ok(None),
+            View::Sealed(s) => self.sealed_entries(seg, s, stream, hash)?,
+            View::Archived(a) => self.find_stream(seg, a.streams(), None, stream, hash)?,
+        };
+        Ok(entries.first().map(|e| {
+            let e = e.get();
+            e.first_version + u64::from(e.event_count)
+        }))
     }
 
     /// Adds to `out` each stream with an event in this segment before position `end` (for
@@ -337,6 +370,111 @@ impl View {
                 format!("batch does not hold what the index says of stream {stream:?}"),
             ))
         }
+    }
+
+    /// Like [`View::visit_positions`], but only for the batches `select` wants, found through
+    /// the segment's stream index rather than by reading every batch: a sealed segment's
+    /// streams are listed from its index (each id peeked from the stream's first batch), or
+    /// taken from its event-type summary; the open segment's from its in-memory index; and only
+    /// the wanted streams' batches are read, in position order. `limit` counts their events
+    /// only. An archive, and the open segment for a type selection, are read whole
+    /// (`visit_positions`: `f` is then handed every batch, and must pass over those it does not
+    /// want).
+    #[allow(clippy::too_many_arguments)]
+    pub fn visit_streams(
+        &self,
+        seg: &Segment,
+        select: Select<'_>,
+        from: u64,
+        end: u64,
+        limit: usize,
+        f: &mut dyn FnMut(&BatchView<'_>, usize, usize) -> ControlFlow<()>,
+    ) -> Result<(usize, ControlFlow<()>)> {
+        // (offset, length if known), in position order.
+        let mut wanted: Vec<(u64, u32)> = Vec::new();
+        match (self, select) {
+            (View::Archived(_), _) | (View::Open(_), Select::Types(_)) => {
+                return self.visit_positions(seg, from, end, limit, f);
+            }
+            (View::Open(o), Select::Streams(keep)) => {
+                let mem = o.index.read();
+                let mut by_position: Vec<(u64, u64, u32)> = Vec::new();
+                for (name, entries) in &mem.streams {
+                    if !keep(name) {
+                        continue;
+                    }
+                    let lo = entries.partition_point(|e| e.position + u64::from(e.count) <= from);
+                    for e in entries.get(lo..).unwrap_or(&[]) {
+                        if e.position >= end {
+                            break;
+                        }
+                        by_position.push((e.position, e.offset, e.len));
+                    }
+                }
+                by_position.sort_unstable();
+                wanted.extend(by_position.into_iter().map(|(_, offset, len)| (offset, len)));
+            }
+            (View::Sealed(s), _) => {
+                let entries = s.stream_entries(seg)?;
+                let positions: &[PositionEntry] = s
+                    .index
+                    .get(s.positions.clone())
+                    .and_then(|b| bytemuck::try_cast_slice(b).ok())
+                    .ok_or_else(|| Error::corruption(&seg.index_path, 0, "position entries unreadable"))?;
+                // No batch holding a position >= `from` starts before this offset.
+                let k = positions.partition_point(|p| p.get().position <= from);
+                let start = k.checked_sub(1).and_then(|k| positions.get(k)).map_or(0, |p| p.get().offset);
+                let typed: Option<Vec<u32>> = match select {
+                    Select::Types(types) => {
+                        let summary = s.type_summary(seg)?;
+                        let mut runs: Vec<u32> =
+                            types.iter().filter_map(|t| summary.runs.get(t.as_str())).flatten().copied().collect();
+                        runs.sort_unstable();
+                        runs.dedup();
+                        Some(runs)
+                    }
+                    Select::Streams(_) => None,
+                };
+                for (k, run) in index::stream_runs(entries).enumerate() {
+                    let wanted_run = match (&typed, select) {
+                        (Some(runs), _) => runs.binary_search(&(k as u32)).is_ok(),
+                        (None, Select::Streams(keep)) => {
+                            let Some(first) = run.first().map(StreamEntry::get) else { continue };
+                            let id = s.data.get(first.offset as usize..).and_then(batch::peek_stream_id).ok_or_else(
+                                || {
+                                    Error::corruption(
+                                        &seg.path,
+                                        first.offset,
+                                        "indexed batch has no readable stream id",
+                                    )
+                                },
+                            )?;
+                            keep(id)
+                        }
+                        (None, Select::Types(_)) => true,
+                    };
+                    if wanted_run {
+                        wanted.extend(run.iter().map(|e| e.get().offset).filter(|&o| o >= start).map(|o| (o, 0)));
+                    }
+                }
+                wanted.sort_unstable();
+            }
+        }
+        let mut taken = 0usize;
+        for (offset, len) in wanted {
+            if taken >= limit {
+                break;
+            }
+            let bytes = self.bytes(seg, offset, len as usize)?;
+            let b = batch::decode(bytes.get()).map_err(|bad| Error::corruption(&seg.path, offset, bad.to_string()))?;
+            if b.base_position >= end {
+                break;
+            }
+            if offer(&b, from, end, limit, &mut taken, f).is_break() {
+                return Ok((taken, ControlFlow::Break(())));
+            }
+        }
+        Ok((taken, ControlFlow::Continue(())))
     }
 
     /// Calls `f(batch, skip, take)` for each batch holding positions `from..end`, in order,

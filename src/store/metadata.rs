@@ -11,7 +11,7 @@ use crate::clock::now_nanos;
 use crate::error::{Error, Result};
 use crate::event::{ExpectedVersion, StreamMetaRecord, StreamMetadata};
 use crate::format::stream_meta::{MAX_CUSTOM, MetaRecord};
-use crate::log::stream_meta::{self, Visible};
+use crate::log::stream_meta::Visible;
 use crate::router;
 
 use super::Store;
@@ -63,7 +63,7 @@ impl Store {
     /// The metadata of `stream`, if any was set.
     pub fn stream_metadata(&self, stream: &str) -> Result<Option<StreamMetaRecord>> {
         let (_, p) = self.route(stream)?;
-        Ok(p.metas.get(stream).as_ref().map(stream_meta::public))
+        Ok(p.metas.get(stream).as_ref().map(MetaRecord::public))
     }
 
     /// Soft-deletes `stream`, if its last version satisfies `expected` (as an append's does):
@@ -145,6 +145,6 @@ impl Store {
         for id in earlier {
             self.partition(id)?.metas.put(&rec)?;
         }
-        Ok(stream_meta::public(&rec))
+        Ok(rec.public())
     }
 }

@@ -16,6 +16,7 @@ use crate::event::{AppendResult, EventData, EventView, ExpectedVersion, Recorded
 use crate::io::Io;
 use crate::log::events::each_event;
 pub(crate) use crate::log::stream_meta::Visible;
+pub(crate) use crate::log::view::Select;
 use crate::report::Report;
 use crate::snapshot::{Counters, Job, Pending, Stored};
 use crate::sync::HeadSignal;
@@ -75,6 +76,21 @@ pub(crate) trait Log: Send + Sync {
         max: usize,
         f: &mut dyn FnMut(&EventView<'_>) -> ControlFlow<()>,
     ) -> Result<usize>;
+
+    /// Hands `f` events at positions `from..end` of `partition`, in position order, until
+    /// `max` are given or it breaks: at least those of the batches `select` wants (the streams
+    /// a rule keeps, or the streams with events of some types), reading only those batches
+    /// where the log has an index or summary of them; `f` judges each event. Returns how many
+    /// were given and, unless `f` broke, the position every event before which was judged.
+    fn scan_streams(
+        &self,
+        partition: u32,
+        from: u64,
+        end: u64,
+        max: usize,
+        select: Select<'_>,
+        f: &mut dyn FnMut(&EventView<'_>) -> ControlFlow<()>,
+    ) -> Result<(usize, u64)>;
 
     /// Up to `max` events of `partition` from position `from` on, copied out.
     fn read_partition(&self, partition: u32, from: u64, max: usize) -> Result<Vec<RecordedEvent>> {
@@ -155,6 +171,18 @@ impl Log for Store {
         f: &mut dyn FnMut(&EventView<'_>) -> ControlFlow<()>,
     ) -> Result<usize> {
         self.partition(partition)?.visit_events(from, max, f)
+    }
+
+    fn scan_streams(
+        &self,
+        partition: u32,
+        from: u64,
+        end: u64,
+        max: usize,
+        select: Select<'_>,
+        f: &mut dyn FnMut(&EventView<'_>) -> ControlFlow<()>,
+    ) -> Result<(usize, u64)> {
+        self.partition(partition)?.visit_kept(from, end, max, select, f)
     }
 
     fn heads(&self, partition: u32) -> Result<Heads> {

@@ -40,7 +40,7 @@ use crate::error::{Error, Result};
 use crate::event::{EventView, RecordedEvent};
 use crate::format::cursor;
 use crate::store::Store;
-use crate::store::seam::{Log, Origin, Visible};
+use crate::store::seam::{Log, Origin, Select, Visible};
 
 /// Where a subscription stands: for each partition, the next position to read. Store it
 /// (as [`Cursor::to_bytes`]) with what the subscriber did with the events before it, and
@@ -168,14 +168,27 @@ impl Filter {
         Filter(Kind::Predicate(Arc::new(keep)))
     }
 
+    /// Whether the filter can be served from the log's indexes: it judges events by their
+    /// stream id alone, or by their type.
+    fn selective(&self) -> bool {
+        matches!(self.0, Kind::StreamPrefix(_) | Kind::Category { .. } | Kind::EventTypes(_))
+    }
+
+    fn keeps_stream(&self, stream: &str) -> bool {
+        match &self.0 {
+            Kind::StreamPrefix(p) => stream.starts_with(p.as_str()),
+            Kind::Category { name, separator } => {
+                stream.split_once(*separator).is_some_and(|(category, _)| category == name)
+            }
+            _ => true,
+        }
+    }
+
     /// Whether the filter keeps `e`.
     pub fn matches(&self, e: &EventView<'_>) -> bool {
         match &self.0 {
             Kind::All => true,
-            Kind::StreamPrefix(p) => e.stream_id.starts_with(p.as_str()),
-            Kind::Category { name, separator } => {
-                e.stream_id.split_once(*separator).is_some_and(|(category, _)| category == name)
-            }
+            Kind::StreamPrefix(_) | Kind::Category { .. } => self.keeps_stream(e.stream_id),
             Kind::EventTypes(t) => t.iter().any(|t| t == e.event_type),
             Kind::Predicate(keep) => keep(e),
         }
@@ -455,7 +468,7 @@ impl<'a> Subscription<'a> {
                     Ok(v.shows(e.version, e.timestamp_nanos))
                 };
                 let mut failed = None;
-                log.scan_partition(p, from, SCAN_CHUNK, &mut |e| {
+                let mut judge = |e: &EventView<'_>| {
                     if e.position >= end {
                         return ControlFlow::Break(());
                     }
@@ -477,12 +490,29 @@ impl<'a> Subscription<'a> {
                     last = Some(e.position);
                     scanned += 1;
                     if stopped || given >= want { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
-                })?;
+                };
+                let keep = |s: &str| filter.keeps_stream(s);
+                let select = match &filter.0 {
+                    Kind::EventTypes(types) => Select::Types(types),
+                    _ => Select::Streams(&keep),
+                };
+                let next = if filter.selective() {
+                    // Only the wanted batches are read; everything before `judged` was looked
+                    // at, unless the scan stopped at an event.
+                    let (_, judged) = log.scan_streams(p, from, end, SCAN_CHUNK, select, &mut judge)?;
+                    if stopped || given >= want || failed.is_some() {
+                        last.map_or(from, |l| l + 1)
+                    } else {
+                        judged.max(last.map_or(from, |l| l + 1))
+                    }
+                } else {
+                    log.scan_partition(p, from, SCAN_CHUNK, &mut judge)?;
+                    // Nothing at [from, end) at all: compaction erased those positions.
+                    last.map_or(end, |l| l + 1)
+                };
                 if let Some(err) = failed {
                     return Err(err);
                 }
-                // Nothing at [from, end) at all: compaction erased those positions.
-                let next = last.map_or(end, |l| l + 1);
                 if let Some(pos) = self.positions.get_mut(p as usize) {
                     *pos = next;
                 }
