@@ -20,12 +20,12 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::event::EventId;
+use crate::event::{EventId, StreamMetaRecord};
 use crate::format::Aligned;
 use crate::format::archive::{self as arc, AuditRecord, Reason};
 use crate::format::batch::{self, BatchView, EventRef};
 use crate::format::index::PositionEntry;
-use crate::format::{checkpoint, dlq, index, manifest, poison, segment, snapshot, tombstone};
+use crate::format::{checkpoint, dlq, index, manifest, poison, segment, snapshot, stream_meta, tombstone};
 
 /// One record of an active segment's index journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +56,8 @@ pub enum FileKind {
     Snapshots,
     /// A partition's deleted streams (`tombstones`).
     Tombstones,
+    /// A partition's stream metadata and soft deletes (`stream-meta`).
+    StreamMeta,
     /// The store's manifest.
     Manifest,
     /// A projection's checkpoints.
@@ -77,6 +79,7 @@ pub fn kind_of(bytes: &[u8]) -> FileKind {
         Some(b"STRATARC") => FileKind::Archive,
         Some(b"STRATSNP") => FileKind::Snapshots,
         Some(b"STRATTMB") => FileKind::Tombstones,
+        Some(b"STRATSMD") => FileKind::StreamMeta,
         Some(b"STRATAMF") => FileKind::Manifest,
         Some(b"STRATCKP") => FileKind::Checkpoints,
         Some(b"STRATDLQ") => FileKind::DeadLetters,
@@ -354,6 +357,16 @@ pub enum Dump {
         /// Where valid records end, if before the end of the file, and why.
         damage: Option<(u64, String)>,
     },
+    /// A partition's stream metadata (FORMAT.md §19): every record, in file order, later
+    /// versions after earlier ones; a stream's newest record is the one in force.
+    StreamMetadata {
+        /// The partition.
+        partition: u32,
+        /// `(stream, record)`.
+        records: Vec<(String, StreamMetaRecord)>,
+        /// Where valid records end, if before the end of the file, and why.
+        damage: Option<(u64, String)>,
+    },
     /// A projection's checkpoints: the next position to handle, per partition.
     Checkpoints {
         /// Per partition.
@@ -425,6 +438,19 @@ pub fn dump(path: &Path, filter: &Filter) -> Result<Dump> {
             Ok(Dump::Tombstones {
                 partition,
                 deleted: records.into_iter().map(|t| (t.stream, t.deleted_at)).collect(),
+                damage: damage.map(|why| (end as u64, why)),
+            })
+        }
+        FileKind::StreamMeta => {
+            let partition = stream_meta::check_header(&bytes).map_err(|m| m.into_corruption(path))?;
+            let (records, end, damage) = stream_meta::scan(&bytes).map_err(|m| m.into_corruption(path))?;
+            Ok(Dump::StreamMetadata {
+                partition,
+                records: records
+                    .iter()
+                    .filter(|r| filter.stream.as_deref().is_none_or(|s| s == r.stream))
+                    .map(|r| (r.stream.clone(), r.public()))
+                    .collect(),
                 damage: damage.map(|why| (end as u64, why)),
             })
         }
@@ -644,7 +670,10 @@ pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
         out.extend(
             all.iter()
                 .filter(|f| {
-                    f.ends_with("snapshots.snap") || f.ends_with("tombstones") || f.ends_with(poison::FILE_NAME)
+                    f.ends_with("snapshots.snap")
+                        || f.ends_with("tombstones")
+                        || f.ends_with(stream_meta::FILE_NAME)
+                        || f.ends_with(poison::FILE_NAME)
                 })
                 .cloned(),
         );

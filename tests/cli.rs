@@ -1,7 +1,10 @@
 //! The `strata` binary: `load` runs end to end on a small workload and reports in JSON.
 //! `dump_verify_stats_and_compact` also grows a store of 2 partitions with
 //! `strata grow --partitions 3` (epoch 1), checks that `--partitions 2` is then refused, and
-//! runs `stats` and `verify` on the grown store.
+//! runs `stats` and `verify` on the grown store. `dump --json` and `stats --json` give
+//! objects that parse and say what the text says, soft and hard deletes and stream metadata
+//! included; `tail` follows a store it opens itself and, while another process holds the
+//! store, its segment files; its printed cursor resumes where it stopped.
 
 use std::process::Command;
 
@@ -150,4 +153,129 @@ fn dump_shows_ids_and_follows_a_flow() {
     assert!(ok, "{one}");
     assert!(one.contains("Placed") && one.contains("Paid") && one.contains("Asked"), "{one}");
     assert!(!one.contains("Unrelated"), "{one}");
+}
+
+fn strata_args(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_strata")).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "strata {args:?} panicked: {stderr}");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+}
+
+/// A store with a hard-deleted stream, a soft-deleted one and one with `max_count`.
+fn store_with_deletes_and_metadata(dir: &std::path::Path) {
+    use strata::{EventData, ExpectedVersion, Options, Store, StreamMetadata};
+    let store = Store::open(dir, Options::default().create_if_missing(true).partitions(1)).unwrap();
+    for i in 0..40u64 {
+        let stream = format!("order-{}", i % 4);
+        let ty = if i % 2 == 0 { "Placed" } else { "Paid" };
+        store.append(&stream, ExpectedVersion::Any, &[EventData::new(ty, format!("line {i}"))]).unwrap();
+    }
+    store.append("bin-1", ExpectedVersion::Any, &[EventData::new("Raw", vec![0xff, 0x00, 0xfe])]).unwrap();
+    store.delete_stream("order-0").unwrap();
+    store.soft_delete("order-1", ExpectedVersion::Any).unwrap();
+    let meta = StreamMetadata { max_count: Some(3), custom: b"owner=billing".to_vec(), ..Default::default() };
+    store.set_stream_metadata("order-2", ExpectedVersion::Any, meta).unwrap();
+    store.close().unwrap();
+}
+
+#[test]
+fn dump_and_stats_as_json_show_deletes_and_metadata() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("store");
+    store_with_deletes_and_metadata(&dir);
+    let d = dir.to_str().unwrap();
+
+    let (ok, text, err) = strata_args(&["dump", d]);
+    assert!(ok, "{err}");
+    assert!(text.contains("stream metadata of partition 0"), "{text}");
+    assert!(text.contains(r#""order-1" metadata v0"#) && text.contains("soft-deleted"), "{text}");
+    assert!(text.contains("max_count 3") && text.contains("custom owner=billing"), "{text}");
+
+    let (ok, text, err) = strata_args(&["dump", "--json", d]);
+    assert!(ok, "{err}");
+    let files: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: Vec<&str> = files.iter().filter_map(|f| f["kind"].as_str()).collect();
+    assert!(kinds.contains(&"manifest") && kinds.contains(&"segment") && kinds.contains(&"tombstones"), "{kinds:?}");
+    let meta = files.iter().find(|f| f["kind"] == "stream_metadata").expect("a stream metadata dump");
+    let records = meta["records"].as_array().unwrap();
+    let soft = records.iter().find(|r| r["stream"] == "order-1").unwrap();
+    assert_eq!(soft["soft_deleted"], true);
+    assert!(soft["soft_deleted_at_nanos"].as_u64().unwrap() > 0);
+    let capped = records.iter().find(|r| r["stream"] == "order-2").unwrap();
+    assert_eq!(capped["max_count"], 3);
+    assert_eq!(capped["custom"], "owner=billing");
+    let tomb = files.iter().find(|f| f["kind"] == "tombstones").unwrap();
+    assert_eq!(tomb["deleted"][0]["stream"], "order-0");
+    let seg = files.iter().find(|f| f["kind"] == "segment").unwrap();
+    let events: Vec<&serde_json::Value> =
+        seg["batches"].as_array().unwrap().iter().flat_map(|b| b["events"].as_array().unwrap()).collect();
+    assert_eq!(events.len(), 41);
+    assert!(events.iter().any(|e| e["payload"] == "line 7" && e["type"] == "Paid"));
+    // Bytes that are not UTF-8 go out as hex.
+    assert!(events.iter().any(|e| e["payload_hex"] == "ff00fe"), "{events:?}");
+
+    let (ok, text, err) = strata_args(&["stats", "--json", d]);
+    assert!(ok, "{err}");
+    let stats: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    let p = &stats["partitions"][0];
+    assert_eq!(stats["partition_count"], 1);
+    assert_eq!(p["deleted_streams"], 1, "{p}");
+    assert_eq!(p["soft_deleted_streams"], 1, "{p}");
+    assert_eq!(p["streams_with_metadata"], 2, "{p}");
+    let (ok, text, err) = strata_args(&["stats", d]);
+    assert!(ok, "{err}");
+    assert!(text.contains("soft-del") && text.contains("meta"), "{text}");
+}
+
+#[test]
+fn tail_follows_a_store_and_resumes_from_its_cursor() {
+    use strata::{EventData, ExpectedVersion, Options, Store};
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("store");
+    store_with_deletes_and_metadata(&dir);
+    let d = dir.to_str().unwrap();
+
+    // The store opened by tail itself: deleted and hidden events are passed over.
+    let (ok, text, err) = strata_args(&["tail", d, "--from", "start", "--idle-ms", "300", "--json"]);
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let of = |s: &str| lines.iter().filter(|l| l["stream"] == s).count();
+    assert_eq!((of("order-0"), of("order-1"), of("order-2"), of("order-3")), (0, 0, 3, 10), "{text}");
+    assert_eq!(of("bin-1"), 1);
+    let cursor = err.lines().find_map(|l| l.strip_prefix("cursor ")).expect("tail prints its cursor").to_owned();
+
+    // A type filter, text output, and a count.
+    let (ok, text, err) = strata_args(&["tail", d, "--from", "start", "--type", "Paid", "--count", "4"]);
+    assert!(ok, "{err}");
+    assert_eq!(text.lines().count(), 4, "{text}");
+    assert!(text.lines().all(|l| l.contains(" Paid: ")), "{text}");
+
+    // Events appended after the cursor: a resumed tail shows those only.
+    {
+        let store = Store::open(&dir, Options::default()).unwrap();
+        store.append("order-3", ExpectedVersion::Any, &[EventData::new("Shipped", "late")]).unwrap();
+        store.close().unwrap();
+    }
+    let (ok, text, err) = strata_args(&["tail", d, "--from", &cursor, "--idle-ms", "300"]);
+    assert!(ok, "{err}");
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("order-3 v10 Shipped: late"), "{text}");
+
+    // Another process (this one) holds the store: tail follows the segment files, and sees an
+    // event appended while it runs.
+    let store = Store::open(&dir, Options::default()).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["tail", d, "--from", "end", "--count", "1", "--idle-ms", "20000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    store.append("order-9", ExpectedVersion::NoStream, &[EventData::new("Placed", "live")]).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (text, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("following its segment files"), "{err}");
+    assert!(text.contains("order-9 v0 Placed: live"), "{text}");
 }

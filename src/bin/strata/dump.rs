@@ -9,8 +9,9 @@ use crate::common::{show, time};
 
 #[derive(clap::Args, Debug)]
 pub struct DumpArgs {
-    /// A segment (.log), index (.idx), index journal (.aix), archive (.arc), snapshot sidecar, tombstones or
-    /// checkpoints file; or a store or partition directory (every file in it, in log order).
+    /// A segment (.log), index (.idx), index journal (.aix), archive (.arc), snapshot sidecar,
+    /// tombstones, stream metadata or checkpoints file; or a store or partition directory
+    /// (every file in it, in log order).
     path: PathBuf,
     /// Only this stream's batches (and snapshots).
     #[arg(long)]
@@ -27,6 +28,9 @@ pub struct DumpArgs {
     /// Only the events of one flow: those whose correlation id, or own id, is this (a UUID).
     #[arg(long)]
     correlation: Option<strata::EventId>,
+    /// Print one JSON object per file (one per line) instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 fn print_batches(batches: &[BatchInfo], headers_only: bool) {
@@ -60,8 +64,36 @@ fn print_batches(batches: &[BatchInfo], headers_only: bool) {
     }
 }
 
-fn dump_one(path: &Path, filter: &Filter, headers: bool) -> strata::Result<()> {
+/// One stream metadata record as text: its version, when, and each rule it sets.
+pub fn meta_line(r: &strata::StreamMetaRecord) -> String {
+    let m = &r.metadata;
+    let mut line = format!("metadata v{} written {}", r.version, time(r.written_at));
+    if let Some(n) = m.max_count {
+        line.push_str(&format!(", max_count {n}"));
+    }
+    if let Some(a) = m.max_age {
+        line.push_str(&format!(", max_age {a:?}"));
+    }
+    if let Some(t) = m.truncate_before {
+        line.push_str(&format!(", truncate_before v{t}"));
+    }
+    if let Some(d) = r.soft_deleted_at {
+        line.push_str(&format!(", soft-deleted {}", time(d)));
+    }
+    if !m.custom.is_empty() {
+        line.push_str(&format!(", custom {}", show(&m.custom)));
+    }
+    line
+}
+
+fn dump_one(path: &Path, filter: &Filter, headers: bool, json: bool) -> strata::Result<()> {
     let d = inspect::dump(path, filter)?;
+    if json {
+        let mut v = crate::json::dump(&d, headers);
+        v["file"] = path.display().to_string().into();
+        out!("{v}");
+        return Ok(());
+    }
     let name = path.display();
     match d {
         Dump::Segment { partition, base_position, created, batches, damage } => {
@@ -176,6 +208,15 @@ fn dump_one(path: &Path, filter: &Filter, headers: bool) -> strata::Result<()> {
                 out!("  end: invalid bytes at byte {at}: {why}");
             }
         }
+        Dump::StreamMetadata { partition, records, damage } => {
+            out!("== {name}: stream metadata of partition {partition} (a stream's newest record is in force)");
+            for (stream, r) in records {
+                out!("  {stream:?} {}", meta_line(&r));
+            }
+            if let Some((at, why)) = damage {
+                out!("  end: invalid bytes at byte {at}: {why}");
+            }
+        }
         Dump::Checkpoints { positions } => {
             out!("== {name}: projection checkpoints (next position per partition)");
             for (p, pos) in positions.iter().enumerate() {
@@ -240,8 +281,12 @@ pub fn dump(args: DumpArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut failed = 0;
     for f in files {
-        if let Err(e) = dump_one(&f, &filter, args.headers) {
-            out!("== {}: {e}", f.display());
+        if let Err(e) = dump_one(&f, &filter, args.headers, args.json) {
+            if args.json {
+                out!("{}", serde_json::json!({ "file": f.display().to_string(), "error": e.to_string() }));
+            } else {
+                out!("== {}: {e}", f.display());
+            }
             failed += 1;
         }
     }

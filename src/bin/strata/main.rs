@@ -1,6 +1,6 @@
 //! The `strata` command-line tool: `load` (the end-to-end load, in `load.rs`) and the tools
 //! that look into a store from the outside, one file each: `dump`, `verify`, `stats`,
-//! `compact` and `grow`.
+//! `compact`, `grow` and `tail`.
 
 use clap::{Parser, Subcommand};
 
@@ -18,8 +18,10 @@ mod common;
 mod compact;
 mod dump;
 mod grow;
+mod json;
 mod load;
 mod stats;
+mod tail;
 mod verify;
 
 /// strata: an embeddable, log-structured event store.
@@ -43,11 +45,15 @@ enum Command {
     /// Check every CRC, index, snapshot sidecar and archive of a store; print "all ok" and
     /// exit 0, or list each problem with its file and offset and exit 1.
     Verify(verify::DirArgs),
-    /// Partitions, segments, archives, sizes, events and streams per partition, projection
-    /// checkpoints and lag.
-    Stats(verify::DirArgs),
+    /// Partitions, segments, archives, sizes, events and streams per partition, hard and soft
+    /// deletes, streams with metadata, projection checkpoints and lag (`--json` for one
+    /// object).
+    Stats(stats::StatsArgs),
     /// Run the compaction policy now, with progress.
     Compact(compact::CompactArgs),
+    /// Follow a store live, one line per event (or JSON with `--json`): every partition or
+    /// one, filtered by category or event type, from the start, the end or a saved cursor.
+    Tail(tail::TailArgs),
     /// Raise the partition count: move the streams whose partition changes (jump consistent
     /// hash moves about 1 - old/new of them), keeping their versions; resumes a grow that was
     /// interrupted.
@@ -67,6 +73,7 @@ fn main() {
         Command::Stats(args) => stats::stats(args),
         Command::Compact(args) => compact::compact(args),
         Command::Grow(args) => grow::grow(args),
+        Command::Tail(args) => tail::tail(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -38,9 +38,14 @@ fn problems(dir: &Path) -> Vec<String> {
                 }
             }
             Ok(Dump::Archive { problems, .. }) => out.extend(problems.into_iter().map(|p| format!("{name}: {p}"))),
-            // A sidecar's or tombstone file's last record may be a write a crash cut short:
-            // the engine cuts it (and refuses to open if valid records follow a bad one).
-            Ok(Dump::Snapshots { damage: Some((at, why)), .. } | Dump::Tombstones { damage: Some((at, why)), .. }) => {
+            // A sidecar's, tombstone or stream metadata file's last record may be a write a
+            // crash cut short: the engine cuts it (and refuses to open if valid records follow
+            // a bad one).
+            Ok(
+                Dump::Snapshots { damage: Some((at, why)), .. }
+                | Dump::Tombstones { damage: Some((at, why)), .. }
+                | Dump::StreamMetadata { damage: Some((at, why)), .. },
+            ) => {
                 out!("note: {name} ends in invalid bytes at byte {at} ({why}): a torn last write is cut off");
             }
             Ok(_) => {}
