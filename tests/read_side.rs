@@ -489,4 +489,18 @@ fn category_reads_through_the_indexes_match_a_filtered_scan() {
             assert_eq!(cursor, store.head_cursor().unwrap(), "pages of {page_size}");
         }
     }
+    // The open segment's type summary, built by the reads above, takes in what is appended
+    // after it: a new type on a new stream and on an old one, and more of an old type.
+    let end = store.head_cursor().unwrap();
+    store.append("refund-1", ExpectedVersion::NoStream, &[ev("Refunded", "r1")]).unwrap();
+    store.append("order-3", ExpectedVersion::Any, &[ev("Noted", "n"), ev("Refunded", "r2")]).unwrap();
+    store.append("acct-2", ExpectedVersion::Any, &[ev("Shipped", "s1")]).unwrap();
+    let payloads = |ty: &str| -> Vec<Vec<u8>> {
+        let (page, _) = store.read_event_type(ty, &end, 100).unwrap();
+        page.into_iter().map(|e| e.payload).collect()
+    };
+    let mut refunds = payloads("Refunded");
+    refunds.sort();
+    assert_eq!(refunds, [b"r1".to_vec(), b"r2".to_vec()]);
+    assert_eq!(payloads("Shipped"), [b"s1".to_vec()]);
 }

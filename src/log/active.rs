@@ -253,12 +253,25 @@ impl MemIndex {
     }
 }
 
+/// The event types of an open segment, for reads selected by type: built by the first such
+/// read and brought up to date by each later one, from where the last left off, so that
+/// every batch is read for it once and appends pay nothing.
+#[derive(Debug, Default)]
+pub(crate) struct OpenTypes {
+    /// Batches before this position are in `streams`.
+    pub scanned_to: u64,
+    /// Per event type, the streams with an event of that type in the segment.
+    pub streams: HashMap<Box<str>, std::collections::HashSet<Box<str>>>,
+}
+
 /// An open segment: its file, written by the partition writer, and read through a read-only
 /// map of it (a `pread` per batch cost more than the rest of a stream read).
 #[derive(Debug)]
 pub(crate) struct OpenSegment {
     pub file: Arc<FileHandle>,
     pub index: RwLock<MemIndex>,
+    /// Its event types, once a read has asked for them.
+    pub types: parking_lot::Mutex<OpenTypes>,
     /// The file mapped as it was when last (re)mapped; reads past its end use `pread`.
     map: RwLock<Option<Mmap>>,
     /// Set, under `map`'s lock, when the map is dropped for good: before the file is cut.
@@ -271,7 +284,13 @@ const REMAP_STEP: u64 = 4 << 20;
 
 impl OpenSegment {
     pub fn new(file: Arc<FileHandle>, index: MemIndex) -> OpenSegment {
-        OpenSegment { file, index: RwLock::new(index), map: RwLock::new(None), unmapped: Default::default() }
+        OpenSegment {
+            file,
+            index: RwLock::new(index),
+            types: Default::default(),
+            map: RwLock::new(None),
+            unmapped: Default::default(),
+        }
     }
 
     /// The bytes `[offset, offset + len)`, which the caller knows were written (they are

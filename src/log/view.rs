@@ -3,7 +3,7 @@
 //! stream's last version. The open segment is read only below the position the read was
 //! given (the head): the visibility rule (FORMAT.md, the commit protocol).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
@@ -12,7 +12,7 @@ use crate::event::RecordedEvent;
 use crate::format::batch::{self, BatchView};
 use crate::format::index::{self, PositionEntry, StreamEntry};
 use crate::format::segment as seg_format;
-use crate::log::active::MemEntry;
+use crate::log::active::{MemEntry, OpenSegment};
 use crate::log::events::{emit, offer};
 use crate::log::sealed::SealedSegment;
 use crate::log::segment::{Segment, View};
@@ -375,11 +375,11 @@ impl View {
     /// Like [`View::visit_positions`], but only for the batches `select` wants, found through
     /// the segment's stream index rather than by reading every batch: a sealed segment's
     /// streams are listed from its index (each id peeked from the stream's first batch), or
-    /// taken from its event-type summary; the open segment's from its in-memory index; and only
+    /// taken from its event-type summary; the open segment's from its in-memory index (for a
+    /// type selection, from its [`OpenTypes`](crate::log::active::OpenTypes) summary); and only
     /// the wanted streams' batches are read, in position order. `limit` counts their events
-    /// only. An archive, and the open segment for a type selection, are read whole
-    /// (`visit_positions`: `f` is then handed every batch, and must pass over those it does not
-    /// want).
+    /// only. An archive is read whole (`visit_positions`). Either way `f` may be handed batches
+    /// it does not want (a wanted stream's batches of other types), and must pass over them.
     #[allow(clippy::too_many_arguments)]
     pub fn visit_streams(
         &self,
@@ -393,10 +393,19 @@ impl View {
         // (offset, length if known), in position order.
         let mut wanted: Vec<(u64, u32)> = Vec::new();
         match (self, select) {
-            (View::Archived(_), _) | (View::Open(_), Select::Types(_)) => {
+            (View::Archived(_), _) => {
                 return self.visit_positions(seg, from, end, limit, f);
             }
-            (View::Open(o), Select::Streams(keep)) => {
+            (View::Open(o), select) => {
+                let typed = match select {
+                    Select::Types(types) => Some(self.open_type_streams(seg, o, types)?),
+                    Select::Streams(_) => None,
+                };
+                let keep = |name: &str| match (&typed, select) {
+                    (Some(streams), _) => streams.contains(name),
+                    (None, Select::Streams(keep)) => keep(name),
+                    (None, Select::Types(_)) => true,
+                };
                 let mem = o.index.read();
                 let mut by_position: Vec<(u64, u64, u32)> = Vec::new();
                 for (name, entries) in &mem.streams {
@@ -475,6 +484,38 @@ impl View {
             }
         }
         Ok((taken, ControlFlow::Continue(())))
+    }
+
+    /// The streams of the open segment `o` with an event of one of `types`, from its type
+    /// summary, which this first brings up to date with the batches appended since it was
+    /// last asked (reading those once).
+    fn open_type_streams(&self, seg: &Segment, o: &OpenSegment, types: &[String]) -> Result<HashSet<Box<str>>> {
+        let mut summary = o.types.lock();
+        let upto = o.index.read().end_position;
+        if upto > summary.scanned_to {
+            let from = summary.scanned_to;
+            let found = &mut summary.streams;
+            let _ = self.visit_positions(seg, from, upto, usize::MAX, &mut |b, _, _| {
+                for e in b.events() {
+                    let streams = match found.get_mut(e.event_type) {
+                        Some(s) => s,
+                        None => found.entry(e.event_type.into()).or_default(),
+                    };
+                    if !streams.contains(b.stream_id) {
+                        streams.insert(b.stream_id.into());
+                    }
+                }
+                ControlFlow::Continue(())
+            })?;
+            summary.scanned_to = upto;
+        }
+        let mut out = HashSet::new();
+        for t in types {
+            if let Some(streams) = summary.streams.get(t.as_str()) {
+                out.extend(streams.iter().cloned());
+            }
+        }
+        Ok(out)
     }
 
     /// Calls `f(batch, skip, take)` for each batch holding positions `from..end`, in order,
