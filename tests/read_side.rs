@@ -504,3 +504,30 @@ fn category_reads_through_the_indexes_match_a_filtered_scan() {
     assert_eq!(refunds, [b"r1".to_vec(), b"r2".to_vec()]);
     assert_eq!(payloads("Shipped"), [b"s1".to_vec()]);
 }
+
+/// Metadata changes keep what a soft delete hid; a truncation beyond the delete point is kept
+/// by the delete; `max_count: Some(0)` is refused with a typed error and changes nothing.
+#[test]
+fn soft_deletes_survive_later_metadata_and_bad_metadata_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), opts(1, 1 << 20)).unwrap();
+    append_n(&store, "cart-1", 5);
+    store.soft_delete("cart-1", ExpectedVersion::Exact(4)).unwrap();
+    let meta = StreamMetadata { max_count: Some(100), ..Default::default() };
+    let rec = store.set_stream_metadata("cart-1", ExpectedVersion::Any, meta).unwrap();
+    assert_eq!(rec.metadata.truncate_before, Some(5));
+    assert!(store.read_stream("cart-1", 0, 100).unwrap().is_empty(), "the soft delete still hides v0..=4");
+    append_n(&store, "cart-1", 2);
+    assert_eq!(versions(&store.read_stream("cart-1", 0, 100).unwrap()), [5, 6]);
+
+    append_n(&store, "cart-2", 3);
+    let meta = StreamMetadata { truncate_before: Some(10), ..Default::default() };
+    store.set_stream_metadata("cart-2", ExpectedVersion::NoStream, meta).unwrap();
+    let rec = store.soft_delete("cart-2", ExpectedVersion::Any).unwrap();
+    assert_eq!(rec.metadata.truncate_before, Some(10), "a soft delete never lowers a truncation");
+
+    let zero = StreamMetadata { max_count: Some(0), ..Default::default() };
+    let err = store.set_stream_metadata("cart-3", ExpectedVersion::Any, zero).unwrap_err();
+    assert_eq!(err.kind(), strata::ErrorKind::InvalidMetadata, "{err}");
+    assert_eq!(store.stream_metadata("cart-3").unwrap(), None);
+}

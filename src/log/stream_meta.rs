@@ -66,7 +66,7 @@ impl Rule {
     pub fn visible(&self, last: Option<u64>, now: u64) -> Visible {
         let mut from = self.truncate_before;
         if self.max_count > 0 {
-            let len = last.map_or(0, |v| v + 1);
+            let len = last.map_or(0, |v| v.saturating_add(1));
             from = from.max(len.saturating_sub(self.max_count));
         }
         let min_time = if self.max_age > 0 { now.saturating_sub(self.max_age) } else { 0 };
@@ -165,7 +165,14 @@ impl StreamMetas {
         }
         let mut rec = change(current.as_ref())?;
         rec.stream = stream.to_owned();
-        rec.meta_version = actual.map_or(0, |v| v + 1);
+        // A file can only hold the last version if it was made by hand; refuse, not wrap.
+        rec.meta_version = match actual {
+            None => 0,
+            Some(v) => v.checked_add(1).ok_or_else(|| Error::InvalidMetadata {
+                stream: stream.to_owned(),
+                reason: "its metadata is at the last version a record can hold".into(),
+            })?,
+        };
         rec.written_at = now;
         self.write(&mut file, &rec)?;
         Ok(rec)
@@ -205,3 +212,34 @@ const KIND: records::Kind<MetaRecord> = records::Kind {
     scan: format::scan,
     valid: |b| format::decode(b).is_ok(),
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pinned file of FORMAT.md §19 (`tests/fixtures/v1/stream-meta.bin`, partition 3:
+    /// `order-7` and `cart-1`, each changed once, `cart-1` soft-deleted at version 11), opened:
+    /// each stream's newest record is in force, and its rule hides what it says.
+    #[test]
+    fn the_pinned_file_opens_with_each_streams_newest_record() {
+        let pinned = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1/stream-meta.bin")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(format::FILE_NAME), &pinned).unwrap();
+        let report = Report::default();
+        let metas = StreamMetas::open(dir.path(), 3, Io::default(), &report).unwrap();
+        assert!(report.all().is_empty());
+        let order = metas.get("order-7").unwrap();
+        let cart = metas.get("cart-1").unwrap();
+        assert_eq!((order.meta_version, order.max_count), (1, 50));
+        assert_eq!(order.custom, br#"{"owner":"billing"}"#);
+        assert_eq!((cart.meta_version, cart.truncate_before), (1, 12));
+        assert!(cart.deleted_at > 0);
+        // cart-1, soft-deleted at version 11, shows nothing of its 12 events, and nothing
+        // older than 30 days; order-7 of 120 shows its newest 50.
+        let vis = Rule::of(&cart).visible(Some(11), cart.written_at);
+        assert_eq!((vis.from_version, vis.min_time), (12, cart.written_at - 30 * 86_400 * 1_000_000_000));
+        assert_eq!(Rule::of(&order).visible(Some(119), 0).from_version, 70);
+        // Another partition's file is refused.
+        assert!(StreamMetas::open(dir.path(), 4, Io::default(), &report).is_err());
+    }
+}

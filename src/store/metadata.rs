@@ -22,7 +22,9 @@ impl Store {
     /// `Any`), durably before this returns. Returns the new record; its `version` is what the
     /// next change expects. The stream need not have events. From the moment this returns,
     /// every read of the stream shows only what the rules keep (see [`StreamMetadata`]); a
-    /// soft delete is kept (a later [`Store::soft_delete`] replaces it).
+    /// soft delete is kept, and so is what it hid (the new `truncate_before` is at least the
+    /// delete's). `max_count: Some(0)` is refused ([`Error::InvalidMetadata`], as are custom
+    /// bytes over the limit).
     ///
     /// ```
     /// use strata::{EventData, ExpectedVersion, Options, Store, StreamMetadata};
@@ -49,9 +51,19 @@ impl Store {
                 reason: format!("{} bytes of custom metadata, at most {MAX_CUSTOM} are allowed", metadata.custom.len()),
             });
         }
+        if metadata.max_count == Some(0) {
+            return Err(Error::InvalidMetadata {
+                stream: stream.to_owned(),
+                reason: "max_count 0 would hide every event: soft_delete or truncate_before say that".into(),
+            });
+        }
         let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1);
         self.change_metadata(stream, expected, |current| MetaRecord {
-            truncate_before: metadata.truncate_before.unwrap_or(0),
+            // A soft delete is kept: what it hid stays hidden.
+            truncate_before: metadata
+                .truncate_before
+                .unwrap_or(0)
+                .max(current.filter(|c| c.deleted_at > 0).map_or(0, |c| c.truncate_before)),
             max_count: metadata.max_count.unwrap_or(0),
             max_age: metadata.max_age.map_or(0, nanos),
             deleted_at: current.map_or(0, |c| c.deleted_at),
@@ -71,8 +83,8 @@ impl Store {
     /// subscriptions, [`Store::streams`]) and compaction may reclaim its events, but it can be
     /// recreated: an append continues its versions (expect its last version, or `Any`), and
     /// reads then show the events from that append on, as in KurrentDB. It is recorded as
-    /// stream metadata (`truncate_before` = one past its last version), which keeps its other
-    /// rules. [`Store::delete_stream`] is the hard delete, for good.
+    /// stream metadata (`truncate_before` raised to one past its last version), which keeps
+    /// its other rules. [`Store::delete_stream`] is the hard delete, for good.
     ///
     /// ```
     /// # use strata::{EventData, ExpectedVersion, Options, Store};
@@ -95,7 +107,8 @@ impl Store {
         let at = now_nanos();
         self.change_metadata(stream, ExpectedVersion::Any, |current| {
             let keep = current.cloned().unwrap_or_default();
-            MetaRecord { truncate_before: last.map_or(0, |v| v + 1), deleted_at: at, ..keep }
+            let truncate_before = keep.truncate_before.max(last.map_or(0, |v| v + 1));
+            MetaRecord { truncate_before, deleted_at: at, ..keep }
         })
     }
 
