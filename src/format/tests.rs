@@ -7,8 +7,9 @@
 //! (pinned by `manifest-epochs.bin`), `checkpoint_bytes_are_pinned`,
 //! `dead_letter_queue_bytes_are_pinned`, `archive_bytes_are_pinned` (the zstd frames may change
 //! with the zstd version: encoding the fixture's own frames must give the fixture, and they
-//! must decompress to the pinned batches), `tombstone_bytes_are_pinned` and
-//! `poison_marker_bytes_are_pinned` pin the encoders.
+//! must decompress to the pinned batches), `tombstone_bytes_are_pinned`,
+//! `poison_marker_bytes_are_pinned`, `stream_meta_bytes_are_pinned` (the record in force when the
+//! file is opened: `log::stream_meta`'s `the_pinned_file_opens_with_each_streams_newest_record`) and `cursor_bytes_are_pinned` pin the encoders.
 //! `reserved_bytes_must_be_zero` checks the manifest's reserved bytes `[52, 60)`, and
 //! `checkpoint_file_extended_for_a_grow` a checkpoint file of 2 partitions extended with zeros
 //! to 5: it reads as 5 partitions, the new ones never written, before and after its header is
@@ -595,4 +596,90 @@ fn poison_marker_bytes_are_pinned() {
     let bytes = poison::encode(&m);
     assert_eq!(bytes.to_vec(), fixture("poison.bin", &bytes));
     assert_eq!(poison::decode(&bytes), Ok(m));
+}
+
+/// The stream metadata of partition 3: `order-7` given a `max_count` of 100 and custom bytes,
+/// `cart-1` a `truncate_before` of 5 and a `max_age` of 30 days, then `order-7` changed to a
+/// `max_count` of 50 (its custom bytes kept) and `cart-1` soft-deleted at version 11 (FORMAT.md
+/// §19).
+fn golden_stream_meta() -> (Vec<u8>, Vec<super::stream_meta::MetaRecord>) {
+    use super::stream_meta::{self as smd, MetaRecord};
+    let t = 1_764_150_000_000_000_000;
+    let custom = br#"{"owner":"billing"}"#.to_vec();
+    let thirty_days = 30 * 86_400 * 1_000_000_000;
+    let records = vec![
+        MetaRecord {
+            stream: "order-7".into(),
+            written_at: t,
+            max_count: 100,
+            custom: custom.clone(),
+            ..Default::default()
+        },
+        MetaRecord {
+            stream: "cart-1".into(),
+            written_at: t + 1,
+            truncate_before: 5,
+            max_age: thirty_days,
+            ..Default::default()
+        },
+        MetaRecord {
+            stream: "order-7".into(),
+            meta_version: 1,
+            written_at: t + 2,
+            max_count: 50,
+            custom,
+            ..Default::default()
+        },
+        MetaRecord {
+            stream: "cart-1".into(),
+            meta_version: 1,
+            written_at: t + 3,
+            truncate_before: 12,
+            max_age: thirty_days,
+            deleted_at: t + 3,
+            ..Default::default()
+        },
+    ];
+    let mut bytes = smd::encode_header(3).to_vec();
+    for r in &records {
+        bytes.extend(smd::encode(r));
+    }
+    (bytes, records)
+}
+
+#[test]
+fn stream_meta_bytes_are_pinned() {
+    use super::stream_meta as smd;
+    let (bytes, want) = golden_stream_meta();
+    let pinned = fixture("stream-meta.bin", &bytes);
+    assert_eq!(bytes, pinned, "the stream metadata encoder's output changed");
+    assert_eq!(pinned.len(), 64 + 96 + 72 + 96 + 72);
+    assert_eq!(smd::check_header(&pinned), Ok(3));
+    let (records, end, damage) = smd::scan(&pinned).unwrap();
+    assert_eq!((records, end, damage), (want.clone(), pinned.len(), None));
+    // A record cut short ends the scan there.
+    let (records, end, damage) = smd::scan(&pinned[..pinned.len() - 2]).unwrap();
+    assert_eq!((records.len(), end), (3, pinned.len() - 72));
+    assert!(damage.is_some());
+}
+
+#[test]
+fn cursor_bytes_are_pinned() {
+    use super::cursor;
+    let positions = [1500, 0, 77];
+    let bytes = cursor::encode(&positions);
+    let pinned = fixture("cursor.bin", &bytes);
+    assert_eq!(bytes, pinned, "the cursor encoder's output changed");
+    assert_eq!(pinned.len(), 16 + 8 * 3 + 4);
+    assert_eq!(cursor::decode(&pinned), Ok(positions.to_vec()));
+    // Every flipped bit and every cut is refused.
+    for bit in 0..pinned.len() * 8 {
+        let mut b = pinned.clone();
+        b[bit / 8] ^= 1 << (bit % 8);
+        assert!(cursor::decode(&b).is_err(), "bit {bit}");
+    }
+    for len in 0..pinned.len() {
+        assert!(cursor::decode(&pinned[..len]).is_err(), "cut to {len}");
+    }
+    assert_eq!(cursor::decode(&cursor::encode(&[])), Ok(vec![]));
 }
