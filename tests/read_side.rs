@@ -531,3 +531,34 @@ fn soft_deletes_survive_later_metadata_and_bad_metadata_is_refused() {
     assert_eq!(err.kind(), strata::ErrorKind::InvalidMetadata, "{err}");
     assert_eq!(store.stream_metadata("cart-3").unwrap(), None);
 }
+
+/// A stream soft-deleted with all its events in sealed segments: compaction erases what the
+/// delete hides but keeps the batch holding its last version, so after a reopen the stream's
+/// version still continues, the recreated stream's events are visible, and a second
+/// compaction erases none of them.
+#[test]
+fn compaction_after_a_soft_delete_keeps_the_streams_version() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), opts(1, 16 << 10)).unwrap();
+        for i in 0..200u64 {
+            store.append("soft-1", ExpectedVersion::Any, &[ev("E", format!("{i}:{}", "x".repeat(80)))]).unwrap();
+        }
+        store.soft_delete("soft-1", ExpectedVersion::Exact(199)).unwrap();
+        // Fill on, so that every batch of soft-1 is in a sealed segment.
+        append_n(&store, "other-1", 400);
+        let report = store.compact().unwrap();
+        assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+        assert_eq!(report.events_erased, 199, "all but the batch holding the last version");
+        store.close().unwrap();
+    }
+    let store = Store::open(dir.path(), opts(1, 16 << 10)).unwrap();
+    assert_eq!(store.stream_version("soft-1").unwrap(), Some(199));
+    assert!(store.read_stream("soft-1", 0, 1000).unwrap().is_empty());
+    let r = store.append("soft-1", ExpectedVersion::Exact(199), &[ev("E", "again")]).unwrap();
+    assert_eq!(r.first_version, 200);
+    append_n(&store, "other-1", 400);
+    let report = store.compact().unwrap();
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    assert_eq!(versions(&store.read_stream("soft-1", 0, 1000).unwrap()), [200]);
+}

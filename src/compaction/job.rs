@@ -42,7 +42,7 @@ use crate::format::archive::{self as arc_format, AuditRecord, Reason, Source};
 use crate::format::batch;
 use crate::format::index;
 use crate::log::sealed::SealedSegment;
-use crate::log::stream_meta::Visible;
+use crate::log::stream_meta::{Rule, Visible};
 use crate::log::{Archive, Partition, Segment, State, View};
 use crate::router::stream_hash;
 
@@ -97,9 +97,10 @@ struct Job<'a, 'p> {
     snapshots: &'a dyn SnapshotIndex,
     /// The partition's deleted streams, with when they were deleted.
     deleted: HashMap<String, u64>,
-    /// The streams whose metadata hides some of their events now: what it shows, and when the
-    /// rule was written.
-    rules: HashMap<String, (Visible, u64)>,
+    /// The streams whose metadata hides some of their events now: what it shows (judged
+    /// against the stream's last durable version), when the rule was written, and that last
+    /// durable version, whose batch is never erased.
+    rules: HashMap<String, (Visible, u64, u64)>,
     opts: &'a CompactionOptions,
     pace: &'a mut Pace<'p>,
     report: CompactionReport,
@@ -119,10 +120,20 @@ fn compact_partition(
     let _one_at_a_time = part.compaction.lock();
     let deleted: HashMap<String, u64> = part.tombstones.all().into_iter().collect();
     let mut rules = HashMap::new();
+    let now = now_nanos();
     for rec in part.metas.all() {
-        let vis = part.visibility(&rec.stream, stream_hash(&rec.stream))?;
-        if vis.hides_any() && !deleted.contains_key(&rec.stream) {
-            rules.insert(rec.stream, (vis, rec.written_at));
+        if deleted.contains_key(&rec.stream) {
+            continue;
+        }
+        // Against the durable end only: in `Buffered` mode events past it may yet be lost, and
+        // what they would push out of a `max_count` must stay.
+        let Some(last) = part.last_durable_version(&rec.stream, stream_hash(&rec.stream))? else { continue };
+        let vis = Rule::of(&rec).visible(Some(last), now);
+        // The batch holding the last version is kept whatever the rule hides: it is what
+        // tells the stream's version to the next append (FORMAT.md §19.5).
+        let vis = Visible { from_version: vis.from_version.min(last), ..vis };
+        if vis.hides_any() {
+            rules.insert(rec.stream, (vis, rec.written_at, last));
         }
     }
     let mut job = Job { part, snapshots, deleted, rules, opts, pace, report: CompactionReport::default() };
@@ -154,9 +165,9 @@ impl Job<'_, '_> {
         if let Some(at) = self.deleted.get(b.stream_id) {
             return Some(*at);
         }
-        let (vis, at) = self.rules.get(b.stream_id)?;
+        let (vis, at, stream_last) = self.rules.get(b.stream_id)?;
         let last = b.first_version + u64::from(b.event_count).saturating_sub(1);
-        (!vis.shows(last, b.timestamp)).then_some(*at)
+        (last < *stream_last && !vis.shows(last, b.timestamp)).then_some(*at)
     }
 
     /// Deleted streams' snapshots go from the sidecar, and archives holding their events (or

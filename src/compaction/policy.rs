@@ -44,7 +44,7 @@ pub(super) struct Weigh<'a> {
     /// The partition's deleted streams, with when they were deleted.
     pub deleted: &'a HashMap<String, u64>,
     /// The streams whose metadata hides some of their events (see `job.rs`).
-    pub rules: &'a HashMap<String, (Visible, u64)>,
+    pub rules: &'a HashMap<String, (Visible, u64, u64)>,
     pub opts: &'a CompactionOptions,
     /// Archive every sealed segment.
     pub force: bool,
@@ -98,7 +98,7 @@ pub(super) fn holds_deleted(
     slot: &Segment,
     a: &Arc<Archive>,
     deleted: &HashMap<String, u64>,
-    rules: &HashMap<String, (Visible, u64)>,
+    rules: &HashMap<String, (Visible, u64, u64)>,
 ) -> Result<bool> {
     let view = View::Archived(a.clone());
     for stream in deleted.keys() {
@@ -112,8 +112,8 @@ pub(super) fn holds_deleted(
 /// Whether `view` holds a batch whose events a stream's metadata all hides by version (its
 /// first batch there ends before the first visible version). Batches hidden by age alone are
 /// found when the segment is archived for another reason.
-fn holds_hidden(view: &View, slot: &Segment, rules: &HashMap<String, (Visible, u64)>) -> Result<bool> {
-    for (stream, (vis, _)) in rules {
+fn holds_hidden(view: &View, slot: &Segment, rules: &HashMap<String, (Visible, u64, u64)>) -> Result<bool> {
+    for (stream, (vis, _, _)) in rules {
         if vis.from_version == 0 {
             continue;
         }

@@ -31,7 +31,23 @@ impl Partition {
         Ok(None)
     }
 
-    /// The stream's last durable version.
+    /// The stream's last version below the partition's durable head (in `Sync` mode, the
+    /// head; in `Buffered` mode, what a crash now would keep).
+    pub fn last_durable_version(&self, stream: &str, hash: u64) -> Result<Option<u64>> {
+        let durable = self.durable_head.load(std::sync::atomic::Ordering::Acquire);
+        for (seg, end) in self.snapshot().into_iter().rev() {
+            if seg.base >= durable {
+                continue;
+            }
+            let end = end.min(durable);
+            if let Some(v) = self.view(&seg, end)?.last_version(&seg, stream, hash, end)? {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The stream's last version.
     pub fn last_version(&self, stream: &str, hash: u64) -> Result<Option<u64>> {
         self.live(stream)?;
         self.last_version_before(stream, hash, u64::MAX)
