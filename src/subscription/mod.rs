@@ -244,7 +244,7 @@ impl Store {
     /// assert_eq!(events.len(), 1);
     /// let saved = sub.cursor().to_bytes(); // store it; resume with Cursor::from_bytes
     /// # let _ = saved;
-    /// # Ok::<(), strata::Error>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn subscribe_all(&self, from: Cursor, filter: Filter) -> Subscription<'_> {
         Subscription::new(self, None, from.positions, filter)
@@ -417,11 +417,13 @@ impl<'a> Subscription<'a> {
         passed
     }
 
-    /// Hands `f` up to `max` events from the partitions in turn; returns whether every
-    /// partition followed was read up to its durable head (caught up).
+    /// Hands `f` up to `max` events from the partitions in turn; returns whether nothing more
+    /// can be read now: every partition followed is read up to its durable head, or waits on
+    /// a grow's gate that only new durable events in older partitions open (so the caller
+    /// waits for the head signal rather than calling again at once).
     fn pump(&mut self, max: usize, f: &mut dyn FnMut(&EventView<'_>) -> ControlFlow<()>) -> Result<bool> {
         if max == 0 {
-            return Ok(false);
+            return Ok(true);
         }
         self.cover();
         self.visibility.clear();
@@ -430,7 +432,6 @@ impl<'a> Subscription<'a> {
         let n = parts.len().max(1);
         let (mut delivered, mut scanned_total, mut stopped) = (0usize, 0usize, false);
         loop {
-            let mut behind = false;
             let mut progressed = false;
             let share = (max - delivered).div_ceil(n).max(1);
             for k in 0..parts.len() {
@@ -439,7 +440,6 @@ impl<'a> Subscription<'a> {
                 }
                 let Some(&p) = parts.get((self.turn + k) % n) else { continue };
                 if !self.gate_open(p) {
-                    behind = true;
                     continue;
                 }
                 let end = self.log.heads(p)?.durable;
@@ -519,11 +519,10 @@ impl<'a> Subscription<'a> {
                 delivered += given;
                 scanned_total += scanned;
                 progressed = true;
-                behind |= next < end;
             }
             self.turn = self.turn.wrapping_add(1);
             if !progressed || delivered >= max || stopped || scanned_total >= SCAN_PER_CALL {
-                return Ok(!behind && !progressed);
+                return Ok(!progressed);
             }
         }
     }
