@@ -278,4 +278,13 @@ fn tail_follows_a_store_and_resumes_from_its_cursor() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("following its segment files"), "{err}");
     assert!(text.contains("order-9 v0 Placed: live"), "{text}");
+    // Stopped by a count, the files-follow tail's cursor is at the first event it did not
+    // show: resumed, it shows the next one.
+    let (ok, text, err) = strata_args(&["tail", d, "--from", "start", "--count", "2"]);
+    assert!(ok && text.lines().count() == 2 && text.contains("line 1"), "{text}{err}");
+    let cursor = err.lines().find_map(|l| l.strip_prefix("cursor ")).expect("a cursor").to_owned();
+    let (ok, text, err) = strata_args(&["tail", d, "--from", &cursor, "--count", "1"]);
+    assert!(ok, "{err}");
+    assert!(text.contains("@2 ") && text.contains("order-2 v0 Placed: line 2"), "{text}");
+    drop(store);
 }

@@ -18,19 +18,21 @@ pub struct StatsArgs {
     pub json: bool,
 }
 
-/// A partition's stream metadata in force (each stream's newest record): how many streams
-/// have any, and how many of those are soft-deleted.
-fn metadata_counts(dir: &std::path::Path, partition: u32) -> (u64, u64) {
+/// The streams routed to `partition` with stream metadata in force (each stream's newest
+/// record; the copies a grow left in earlier partitions are not counted again), and how many
+/// of those read as soft-deleted now (not appended to since).
+fn metadata_counts(store: &Store, dir: &std::path::Path, partition: u32) -> strata::Result<(u64, u64)> {
     let file = dir.join(format!("p{partition:05}")).join("stream-meta");
     let Ok(Dump::StreamMetadata { records, .. }) = inspect::dump(&file, &Filter::default()) else {
-        return (0, 0);
+        return Ok((0, 0));
     };
-    let mut newest = std::collections::HashMap::new();
-    for (stream, r) in records {
-        newest.insert(stream, r);
+    let streams: std::collections::BTreeSet<String> =
+        records.into_iter().map(|(s, _)| s).filter(|s| store.partition_of(s) == partition).collect();
+    let mut soft = 0;
+    for s in &streams {
+        soft += u64::from(store.is_soft_deleted(s)?);
     }
-    let soft = newest.values().filter(|r| r.soft_deleted_at.is_some()).count();
-    (newest.len() as u64, soft as u64)
+    Ok((streams.len() as u64, soft))
 }
 
 pub fn stats(args: StatsArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -91,7 +93,7 @@ pub fn stats(args: StatsArgs) -> Result<(), Box<dyn std::error::Error>> {
             live += batch.len() as u64;
             seen.extend(batch.into_iter().map(|e| e.stream_id));
         }
-        let (with_meta, soft) = metadata_counts(&args.dir, s.partition);
+        let (with_meta, soft) = metadata_counts(&store, &args.dir, s.partition)?;
         row([
             s.partition.to_string(),
             s.segments.to_string(),

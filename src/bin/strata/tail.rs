@@ -255,8 +255,15 @@ fn follow_files(args: &TailArgs) -> Result<(), Box<dyn std::error::Error>> {
                 if files.get(k + 1).is_some_and(|(following, _)| *following <= *next) {
                     continue;
                 }
-                for b in batches_from(path, *next) {
+                'batches: for b in batches_from(path, *next) {
                     for (i, e) in b.events.iter().enumerate() {
+                        if e.position < *next {
+                            continue;
+                        }
+                        // The cursor stays at the first event not shown.
+                        if stop.done() {
+                            break 'batches;
+                        }
                         let view = EventView {
                             stream_id: &b.stream,
                             version: b.first_version + i as u64,
@@ -270,7 +277,8 @@ fn follow_files(args: &TailArgs) -> Result<(), Box<dyn std::error::Error>> {
                             correlation_id: e.correlation_id,
                             causation_id: e.causation_id,
                         };
-                        if e.position < *next || !keep.matches(&view) || stop.done() {
+                        *next = e.position + 1;
+                        if !keep.matches(&view) {
                             continue;
                         }
                         Line {
@@ -286,7 +294,6 @@ fn follow_files(args: &TailArgs) -> Result<(), Box<dyn std::error::Error>> {
                         stop.saw();
                         printed = true;
                     }
-                    *next = (*next).max(b.position + b.event_count);
                 }
             }
         }
