@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime};
 use common::{ev, opts};
 use strata::subscription::{Cursor, Filter};
 use strata::{
-    Aggregate, ApplyError, AsOf, Error, ExpectedVersion, Options, RecordedEvent, SnapshotIgnored, SnapshotUse, Store,
-    StreamMetadata,
+    Aggregate, ApplyError, AsOf, Durability, Error, ExpectedVersion, Options, RecordedEvent, SnapshotIgnored,
+    SnapshotUse, Store, StreamMetadata,
 };
 
 fn versions(events: &[RecordedEvent]) -> Vec<u64> {
@@ -561,4 +561,27 @@ fn compaction_after_a_soft_delete_keeps_the_streams_version() {
     let report = store.compact().unwrap();
     assert!(report.skipped.is_empty(), "{:?}", report.skipped);
     assert_eq!(versions(&store.read_stream("soft-1", 0, 1000).unwrap()), [200]);
+}
+
+/// Under `Buffered` durability a subscription judges `max_count` against the stream's last
+/// durable version: events not yet durable (which a crash may lose) do not push durable ones
+/// out of what it delivers.
+#[test]
+fn max_count_in_a_subscription_counts_back_from_the_durable_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let buffered = Durability::Buffered { sync_interval: Duration::from_secs(600) };
+    {
+        let store = Store::open(dir.path(), opts(1, 1 << 20).durability(buffered)).unwrap();
+        append_n(&store, "s-1", 10);
+        store.close().unwrap();
+    }
+    let store = Store::open(dir.path(), opts(1, 1 << 20).durability(buffered)).unwrap();
+    let meta = StreamMetadata { max_count: Some(2), ..Default::default() };
+    store.set_stream_metadata("s-1", ExpectedVersion::NoStream, meta).unwrap();
+    append_n(&store, "s-1", 5);
+    // A read sees the buffered events: the newest two of 15.
+    assert_eq!(versions(&store.read_stream("s-1", 0, 100).unwrap()), [13, 14]);
+    // The subscription sees only the durable ten, and of those the newest two.
+    let mut sub = store.subscribe_all(Cursor::start(), Filter::all());
+    assert_eq!(versions(&sub.poll(100).unwrap()), [8, 9]);
 }

@@ -84,6 +84,15 @@ impl Partition {
         Ok(rule.visible(last, now_nanos()))
     }
 
+    /// [`Partition::visibility`] as a reader of durable events only sees it: `max_count`
+    /// counted back from the stream's last durable version (events past the durable head may
+    /// yet be lost, and must not hide durable ones).
+    pub fn durable_visibility(&self, stream: &str, hash: u64) -> Result<Visible> {
+        let Some(rule) = self.metas.with(stream, stream_meta::Rule::of) else { return Ok(Visible::ALL) };
+        let last = if rule.max_count > 0 { self.last_durable_version(stream, hash)? } else { None };
+        Ok(rule.visible(last, now_nanos()))
+    }
+
     /// Up to `limit` of the stream's visible events from version `from` on, oldest first.
     pub fn read_stream(&self, stream: &str, hash: u64, from: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
         self.live(stream)?;

@@ -131,6 +131,15 @@ impl Store {
         p.visibility(stream, hash)
     }
 
+    /// [`Store::visibility`] for a reader of durable events only (subscriptions).
+    pub(crate) fn durable_visibility(&self, stream: &str) -> Result<Visible> {
+        let (hash, p) = self.route(stream)?;
+        if p.tombstones.deleted_at(stream).is_some() {
+            return Ok(Visible { from_version: u64::MAX, min_time: u64::MAX });
+        }
+        p.durable_visibility(stream, hash)
+    }
+
     /// Whether some stream is deleted or has metadata: if not, every event is visible, and
     /// a reader of partitions need not ask about each stream.
     pub(crate) fn hides_any(&self) -> bool {

@@ -118,6 +118,10 @@ pub(crate) trait Log: Send + Sync {
     /// (retention rules, soft delete) keeps.
     fn visibility(&self, stream: &str) -> Result<Visible>;
 
+    /// [`Log::visibility`] for a reader of durable events only: `max_count` counts back from
+    /// the stream's last durable version.
+    fn durable_visibility(&self, stream: &str) -> Result<Visible>;
+
     /// Whether some stream is deleted or has metadata (if not, every event is visible).
     fn hides_any(&self) -> bool;
 
@@ -208,6 +212,10 @@ impl Log for Store {
 
     fn visibility(&self, stream: &str) -> Result<Visible> {
         Store::visibility(self, stream)
+    }
+
+    fn durable_visibility(&self, stream: &str) -> Result<Visible> {
+        Store::durable_visibility(self, stream)
     }
 
     fn hides_any(&self) -> bool {

@@ -457,7 +457,7 @@ impl<'a> Subscription<'a> {
                     let v = match vis.iter().find(|(s, _)| s == e.stream_id) {
                         Some((_, v)) => *v,
                         None => {
-                            let v = log.visibility(e.stream_id)?;
+                            let v = log.durable_visibility(e.stream_id)?;
                             if vis.len() >= 64 {
                                 vis.clear();
                             }
