@@ -352,14 +352,23 @@ impl SealedSegment {
             .ok_or_else(|| Error::corruption(&seg.index_path, 0, "stream entries unreadable"))
     }
 
+    /// Where to start reading for positions `>= from`: the offset of the last position entry
+    /// at or before `from` (no batch holding such a position starts before it), else the
+    /// first batch's.
+    pub fn offset_for(&self, seg: &Segment, from: u64) -> Result<u64> {
+        let positions: &[PositionEntry] = self
+            .index
+            .get(self.positions.clone())
+            .and_then(|b| bytemuck::try_cast_slice(b).ok())
+            .ok_or_else(|| Error::corruption(&seg.index_path, 0, "position entries unreadable"))?;
+        let k = positions.partition_point(|p| p.get().position <= from);
+        Ok(k.checked_sub(1).and_then(|k| positions.get(k)).map_or(seg_format::HEADER_LEN as u64, |p| p.get().offset))
+    }
+
     /// Each stream with events in the segment, with its last version here, from the index
     /// (each stream's id peeked from its first batch; batches are checked when archived).
     pub fn stream_last_versions<'a>(&'a self, seg: &Segment) -> Result<Vec<(&'a str, u64)>> {
-        let entries: &[StreamEntry] = self
-            .index
-            .get(self.streams.clone())
-            .and_then(|b| bytemuck::try_cast_slice(b).ok())
-            .ok_or_else(|| Error::corruption(&seg.index_path, 0, "stream entries unreadable"))?;
+        let entries = self.stream_entries(seg)?;
         let mut out = Vec::new();
         for run in index::stream_runs(entries) {
             let (Some(first), Some(last)) = (run.first().map(StreamEntry::get), run.last().map(StreamEntry::get))

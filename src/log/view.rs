@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
 use crate::format::batch::{self, BatchView};
-use crate::format::index::{self, PositionEntry, StreamEntry};
+use crate::format::index::{self, StreamEntry};
 use crate::format::segment as seg_format;
 use crate::log::active::{MemEntry, OpenSegment};
 use crate::log::events::{emit, offer};
@@ -99,12 +99,7 @@ impl View {
         stream: &str,
         hash: u64,
     ) -> Result<&'a [StreamEntry]> {
-        let entries: &[StreamEntry] = s
-            .index
-            .get(s.streams.clone())
-            .and_then(|b| bytemuck::try_cast_slice(b).ok())
-            .ok_or_else(|| Error::corruption(&seg.index_path, 0, "stream entries unreadable"))?;
-        self.find_stream(seg, entries, Some(&s.data), stream, hash)
+        self.find_stream(seg, s.stream_entries(seg)?, Some(&s.data), stream, hash)
     }
 
     /// The entries of `stream` among an index's sorted `entries`, telling apart streams whose
@@ -425,14 +420,7 @@ impl View {
             }
             (View::Sealed(s), _) => {
                 let entries = s.stream_entries(seg)?;
-                let positions: &[PositionEntry] = s
-                    .index
-                    .get(s.positions.clone())
-                    .and_then(|b| bytemuck::try_cast_slice(b).ok())
-                    .ok_or_else(|| Error::corruption(&seg.index_path, 0, "position entries unreadable"))?;
-                // No batch holding a position >= `from` starts before this offset.
-                let k = positions.partition_point(|p| p.get().position <= from);
-                let start = k.checked_sub(1).and_then(|k| positions.get(k)).map_or(0, |p| p.get().offset);
+                let start = s.offset_for(seg, from)?;
                 let typed: Option<Vec<u32>> = match select {
                     Select::Types(types) => {
                         let summary = s.type_summary(seg)?;
@@ -532,19 +520,7 @@ impl View {
         let mut taken = 0usize;
         let (start_offset, data_end) = match self {
             View::Archived(a) => return a.visit_positions(from, end, limit, f),
-            View::Sealed(s) => {
-                let positions: &[PositionEntry] = s
-                    .index
-                    .get(s.positions.clone())
-                    .and_then(|b| bytemuck::try_cast_slice(b).ok())
-                    .ok_or_else(|| Error::corruption(&seg.index_path, 0, "position entries unreadable"))?;
-                let k = positions.partition_point(|p| p.get().position <= from);
-                let off = k
-                    .checked_sub(1)
-                    .and_then(|k| positions.get(k))
-                    .map_or(seg_format::HEADER_LEN as u64, |p| p.get().offset);
-                (off, s.data.len() as u64)
-            }
+            View::Sealed(s) => (s.offset_for(seg, from)?, s.data.len() as u64),
             View::Open(o) => {
                 let mem = o.index.read();
                 let k = mem.positions.partition_point(|p| p.position <= from);
