@@ -30,7 +30,8 @@ pub(crate) const HASH_ID_WHOLE: u32 = 1;
 /// assert_eq!(colocation_key("{}x"), "{}x");
 /// ```
 pub fn colocation_key(stream_id: &str) -> &str {
-    let Some(open) = stream_id.find('{') else { return stream_id };
+    // A byte search: `{` is ASCII, and this runs once per append.
+    let Some(open) = stream_id.bytes().position(|b| b == b'{') else { return stream_id };
     let rest = &stream_id[open + 1..];
     match rest.find('}') {
         Some(close) if close > 0 => &rest[..close],

@@ -145,6 +145,38 @@ async fn async_append_from_tokio() {
     }
 }
 
+/// The futures of one `append_many` share their answers: each can be awaited on its own, in
+/// any order, from different tasks, or waited on from a thread, and each gets its own result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_many_futures_are_awaited_in_any_order_from_any_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), opts(3, 1 << 20)).unwrap());
+    store.append("s-5", ExpectedVersion::NoStream, &[ev("T", "x")]).unwrap();
+    let event = [ev("T", "y")];
+    let mut futures: Vec<_> = store
+        .append_many((0..300).map(|i| (format!("s-{i}"), ExpectedVersion::NoStream, &event[..])))
+        .into_iter()
+        .collect();
+    // The last ones first, each in a task of its own; the first ones from a blocking thread.
+    let mut tasks = Vec::new();
+    for i in (100..300).rev() {
+        let f = futures.pop().unwrap();
+        tasks.push(tokio::spawn(async move { (i, f.await) }));
+    }
+    let blocking = tokio::task::spawn_blocking(move || futures.into_iter().map(|f| f.wait()).collect::<Vec<_>>());
+    for t in tasks {
+        let (i, r) = t.await.unwrap();
+        assert_eq!(r.unwrap().first_version, 0, "s-{i}");
+    }
+    for (i, r) in blocking.await.unwrap().into_iter().enumerate() {
+        match i {
+            5 => assert!(matches!(r, Err(Error::WrongExpectedVersion { .. })), "{r:?}"),
+            _ => assert_eq!(r.unwrap().first_version, 0, "s-{i}"),
+        }
+    }
+    assert_eq!(store.stream_count().unwrap(), 300);
+}
+
 #[test]
 fn buffered_mode_acknowledges_and_syncs_on_close() {
     let dir = tempfile::tempdir().unwrap();

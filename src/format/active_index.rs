@@ -29,7 +29,7 @@
 //! and the lengths and counts before it, and a stream's later batches continue its versions.
 #![deny(clippy::indexing_slicing)]
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 use super::batch::MAX_STREAM_ID_LEN;
 use super::header::{self, CRC_OFFSET, Frame, Malformed};
@@ -160,7 +160,7 @@ fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
 /// batches continuing its versions) starting at segment offset `from_offset` and position
 /// `from_position`.
 pub(crate) fn encode(from_offset: u64, from_position: u64, last_timestamp: u64, entries: &[Entry<'_>]) -> Vec<u8> {
-    let mut table: HashMap<&str, u32> = HashMap::new();
+    let mut table: HashMap<&str, u32> = HashMap::with_capacity(entries.len().min(1 << 16));
     let mut streams = Vec::new();
     let mut batches = Vec::with_capacity(entries.len() * 4);
     let (mut to_offset, mut to_position) = (from_offset, from_position);

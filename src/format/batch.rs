@@ -89,6 +89,20 @@ pub(crate) fn check_stream_id(stream: &str) -> Result<()> {
 /// left for the writer to fill with [`finish`]. Validates every limit first: on error nothing
 /// is produced.
 pub(crate) fn encode(stream: &str, events: &[EventData], limits: Limits) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    encode_into(&mut buf, stream, events, limits)?;
+    Ok(buf)
+}
+
+/// [`encode`] onto the end of `out` (which may hold other batches: the appends of one
+/// `append_many` share one buffer); returns where in `out` the batch lies. On error `out` is
+/// left as it was.
+pub(crate) fn encode_into(
+    out: &mut Vec<u8>,
+    stream: &str,
+    events: &[EventData],
+    limits: Limits,
+) -> Result<std::ops::Range<usize>> {
     check_stream_id(stream)?;
     if events.is_empty() {
         return Err(Error::EmptyAppend);
@@ -117,30 +131,32 @@ pub(crate) fn encode(stream: &str, events: &[EventData], limits: Limits) -> Resu
         return Err(Error::AppendTooLarge { size: padded, limit: limits.max_append_bytes });
     }
     let padded = padded as usize;
-    let mut buf = vec![0u8; padded];
-    put_u32(&mut buf, LENGTH_OFFSET, padded as u32);
-    put_u32(&mut buf, EVENT_COUNT_OFFSET, count);
-    put_u16(&mut buf, STREAM_ID_LEN_OFFSET, stream.len() as u16);
+    let start = out.len();
+    out.resize(start + padded, 0);
+    let Some(buf) = out.get_mut(start..) else { return Err(Error::Closed) };
+    put_u32(buf, LENGTH_OFFSET, padded as u32);
+    put_u32(buf, EVENT_COUNT_OFFSET, count);
+    put_u16(buf, STREAM_ID_LEN_OFFSET, stream.len() as u16);
     if let Some(b) = buf.get_mut(KIND_OFFSET) {
         *b = KIND_EVENTS;
     }
     let mut at = HEADER_LEN;
-    write_bytes(&mut buf, &mut at, stream.as_bytes());
+    write_bytes(buf, &mut at, stream.as_bytes());
     for e in events {
-        put_u16(&mut buf, at, e.event_type.len() as u16);
-        put_u16(&mut buf, at + 2, event_flags(e));
-        put_u32(&mut buf, at + 4, e.metadata.len() as u32);
-        put_u32(&mut buf, at + 8, e.payload.len() as u32);
+        put_u16(buf, at, e.event_type.len() as u16);
+        put_u16(buf, at + 2, event_flags(e));
+        put_u32(buf, at + 4, e.metadata.len() as u32);
+        put_u32(buf, at + 8, e.payload.len() as u32);
         at += EVENT_HEADER_LEN;
         for id in ids_of(e) {
-            write_bytes(&mut buf, &mut at, id.as_bytes());
+            write_bytes(buf, &mut at, id.as_bytes());
         }
-        write_bytes(&mut buf, &mut at, e.event_type.as_bytes());
-        write_bytes(&mut buf, &mut at, &e.metadata);
-        write_bytes(&mut buf, &mut at, &e.payload);
+        write_bytes(buf, &mut at, e.event_type.as_bytes());
+        write_bytes(buf, &mut at, &e.metadata);
+        write_bytes(buf, &mut at, &e.payload);
     }
     debug_assert_eq!(align8(at), padded);
-    Ok(buf)
+    Ok(start..start + padded)
 }
 
 /// The event's flags (which ids it carries).

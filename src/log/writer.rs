@@ -43,18 +43,54 @@ use crate::log::dedup::{self, Dedup};
 use crate::log::journal::Journal;
 use crate::log::partition::{GROUP_SIZE_BUCKETS, Partition, Tail, write_segment_file};
 use crate::log::prealloc::{FillJob, Preallocator};
+use crate::log::reply::{ReplyTo, answer_all};
 use crate::log::sealer::{SealJob, seal};
 use crate::log::segment::{Segment, State};
 
+/// An encoded batch on its way to the writer: its own buffer (a single append), or a range of
+/// one buffer shared by the appends of one `append_many`.
+pub(crate) enum BatchBytes {
+    Own(Vec<u8>),
+    Shared { buf: Arc<Vec<u8>>, range: std::ops::Range<usize> },
+}
+
+impl BatchBytes {
+    /// The bytes.
+    pub fn get(&self) -> &[u8] {
+        match self {
+            BatchBytes::Own(v) => v,
+            BatchBytes::Shared { buf, range } => buf.get(range.clone()).unwrap_or(&[]),
+        }
+    }
+}
+
+/// The stream an append is for: its own string (a single append), or a range of one string
+/// holding the stream ids of an `append_many`'s appends.
+pub(crate) enum StreamName {
+    Own(Box<str>),
+    Shared { names: Arc<str>, range: std::ops::Range<usize> },
+}
+
+impl StreamName {
+    /// The stream id.
+    pub fn get(&self) -> &str {
+        match self {
+            StreamName::Own(s) => s,
+            StreamName::Shared { names, range } => names.get(range.clone()).unwrap_or(""),
+        }
+    }
+}
+
 /// One append on its way to the writer.
 pub(crate) struct AppendRequest {
-    pub stream: Box<str>,
+    pub stream: StreamName,
     pub hash: u64,
     pub expected: ExpectedVersion,
-    /// The encoded batch; the writer fills in position, version, time, sync mark and CRC.
-    pub batch: Vec<u8>,
+    /// The encoded batch (its stream id included); the writer fills in position, version,
+    /// time, sync mark and CRC.
+    pub batch: BatchBytes,
     pub event_count: u32,
-    pub reply: oneshot::Sender<Result<AppendResult>>,
+    pub reply: ReplyTo,
     /// A copy of a moved stream's batch (see `grow`): keeps its original time.
     pub copied_at: Option<u64>,
     /// Not an append: answered once every request queued before it is committed and on disk
@@ -72,11 +108,25 @@ pub(crate) struct AppendRequest {
 pub(crate) type Reply = oneshot::Receiver<Result<AppendResult>>;
 
 impl AppendRequest {
-    /// An append of `batch` (encoded, `event_count` events) to `stream`.
+    /// An append of `batch` (encoded, `event_count` events, stream id inside) with a reply
+    /// channel of its own.
     pub fn new(stream: &str, hash: u64, expected: ExpectedVersion, batch: Vec<u8>, event_count: u32) -> (Self, Reply) {
         let (reply, rx) = oneshot::channel();
-        let req = AppendRequest {
-            stream: stream.into(),
+        let stream = StreamName::Own(stream.into());
+        (AppendRequest::to(stream, hash, expected, BatchBytes::Own(batch), event_count, ReplyTo::One(reply)), rx)
+    }
+
+    /// An append answered at `reply`.
+    pub fn to(
+        stream: StreamName,
+        hash: u64,
+        expected: ExpectedVersion,
+        batch: BatchBytes,
+        event_count: u32,
+        reply: ReplyTo,
+    ) -> Self {
+        AppendRequest {
+            stream,
             hash,
             expected,
             batch,
@@ -86,8 +136,12 @@ impl AppendRequest {
             barrier: false,
             ids: None,
             unit: 0,
-        };
-        (req, rx)
+        }
+    }
+
+    /// The stream appended to ("" for a barrier).
+    pub fn stream(&self) -> &str {
+        self.stream.get()
     }
 
     /// A barrier (see the `barrier` field).
@@ -111,12 +165,12 @@ impl Queued {
     fn into_group(self, group: &mut Vec<AppendRequest>) -> usize {
         match self {
             Queued::One(r) => {
-                let n = r.batch.len();
+                let n = r.batch.get().len();
                 group.push(r);
                 n
             }
             Queued::Many(v) => {
-                let n = v.iter().map(|r| r.batch.len()).sum();
+                let n = v.iter().map(|r| r.batch.get().len()).sum();
                 group.extend(v);
                 n
             }
@@ -290,7 +344,7 @@ impl Writer {
                             duplicate: false,
                         }),
                     };
-                    let _ = b.reply.send(reply);
+                    b.reply.send(reply);
                 }
             }
             if let Durability::Buffered { sync_interval } = self.cfg.durability
@@ -392,20 +446,21 @@ impl Writer {
     /// The stream's last version: from this group's earlier appends, the active segment, the
     /// lookup cache, or the sealed segments (then cached).
     fn current_version(&mut self, pending: &HashMap<&str, u64>, req: &AppendRequest) -> Result<Option<u64>> {
-        if let Some(&v) = pending.get(&*req.stream) {
+        let stream = req.stream();
+        if let Some(&v) = pending.get(stream) {
             return Ok(Some(v));
         }
-        if let Some(v) = self.open.index.read().last_version(&req.stream) {
+        if let Some(v) = self.open.index.read().last_version(stream) {
             return Ok(Some(v));
         }
-        if let Some(&v) = self.lookups.get(&*req.stream) {
+        if let Some(&v) = self.lookups.get(stream) {
             return Ok(v);
         }
-        let v = self.part.last_version_before(&req.stream, req.hash, self.segment.base)?;
+        let v = self.part.last_version_before(stream, req.hash, self.segment.base)?;
         if self.lookups.len() >= MAX_LOOKUP_CACHE {
             self.lookups.clear();
         }
-        self.lookups.insert(Arc::from(&*req.stream), v);
+        self.lookups.insert(Arc::from(stream), v);
         Ok(v)
     }
 
@@ -455,19 +510,17 @@ impl Writer {
                         Outcome::Rejected(e) => Err(e.clone()),
                     })
                     .collect();
-                for (req, reply) in group.drain(..).zip(replies) {
-                    let _ = req.reply.send(reply);
-                }
+                answer_all(group.drain(..).map(|req| req.reply).zip(replies));
             }
             Err(e) => {
-                for (req, outcome) in group.drain(..).zip(outcomes) {
+                answer_all(group.drain(..).zip(outcomes).map(|(req, outcome)| {
                     let reply = match outcome {
                         Outcome::Accepted { .. } | Outcome::DuplicateOf(_) => Err(e.clone()),
                         Outcome::Duplicate(r) => Ok(r),
                         Outcome::Rejected(r) => Err(r),
                     };
-                    let _ = req.reply.send(reply);
-                }
+                    (req.reply, reply)
+                }));
             }
         }
     }
@@ -480,7 +533,8 @@ impl Writer {
     fn check_and_encode(&mut self, group: &[AppendRequest], timestamp: u64) -> (Vec<Outcome>, u64) {
         let mut st = GroupState {
             outcomes: Vec::with_capacity(group.len()),
-            pending: HashMap::new(),
+            // Sized for the group: no rehash while it fills.
+            pending: HashMap::with_capacity(group.len()),
             pending_ids: std::mem::take(&mut self.group_ids),
             position: self.next_position,
         };
@@ -516,7 +570,7 @@ impl Writer {
         let first_outcome = st.outcomes.len();
         for k in start..start + n {
             let Some(req) = group.get(k) else { break };
-            undo.push((&req.stream, st.pending.get(&*req.stream).copied()));
+            undo.push((req.stream(), st.pending.get(req.stream()).copied()));
             let o = self.check_one(group, k, st, timestamp, k + 1 < start + n);
             st.outcomes.push(o);
         }
@@ -532,7 +586,7 @@ impl Writer {
                     .iter()
                     .zip(group.get(start..).unwrap_or(&[]))
                     .find(|(o, _)| !matches!(o, Outcome::Accepted { .. }))
-                    .map_or("", |(_, r)| &*r.stream);
+                    .map_or("", |(_, r)| r.stream());
                 Error::IdempotencyConflict {
                     stream: retried.to_owned(),
                     reason: "this part of an atomic append repeats a committed append, and another part does not"
@@ -567,8 +621,9 @@ impl Writer {
         continues: bool,
     ) -> Outcome {
         let Some(req) = group.get(index) else { return Outcome::Rejected(Error::Closed) };
-        if self.part.tombstones.deleted_at(&req.stream).is_some() {
-            return Outcome::Rejected(Error::StreamDeleted { stream: req.stream.to_string() });
+        let stream = req.stream();
+        if self.part.tombstones.deleted_at(stream).is_some() {
+            return Outcome::Rejected(Error::StreamDeleted { stream: stream.to_string() });
         }
         if let Some(ids) = req.ids.as_deref()
             && req.copied_at.is_none()
@@ -586,7 +641,7 @@ impl Writer {
         };
         if !req.expected.matches(current) {
             return Outcome::Rejected(Error::WrongExpectedVersion {
-                stream: req.stream.to_string(),
+                stream: stream.to_string(),
                 expected: req.expected,
                 actual: current,
             });
@@ -600,22 +655,23 @@ impl Writer {
             .and_then(|first| first.checked_add(count).map(|end| (first, end - 1)))
             .filter(|_| position.checked_add(count).is_some());
         let Some((first_version, last_version)) = numbers else {
-            return Outcome::Rejected(Error::Overflow { stream: req.stream.to_string() });
+            return Outcome::Rejected(Error::Overflow { stream: stream.to_string() });
         };
         let offset = self.write_offset + self.buf.len() as u64;
         let start = self.buf.len();
-        self.buf.extend_from_slice(&req.batch);
+        let bytes = req.batch.get();
+        self.buf.extend_from_slice(bytes);
         if let Some(b) = self.buf.get_mut(start..) {
             // A copy (grow) stands alone in its new partition, whatever unit it came from.
             batch::set_unit_continues(b, continues && req.copied_at.is_none());
             batch::finish(b, position, first_version, req.copied_at.unwrap_or(timestamp), self.synced_offset);
         }
-        st.pending.insert(&req.stream, last_version);
+        st.pending.insert(stream, last_version);
         for (i, id) in req.ids.iter().flatten().enumerate() {
             st.pending_ids.insert(dedup::key(id), (index, i));
         }
         st.position += count;
-        Outcome::Accepted { first_position: position, first_version, last_version, offset, len: req.batch.len() as u32 }
+        Outcome::Accepted { first_position: position, first_version, last_version, offset, len: bytes.len() as u32 }
     }
 
     /// Whether `req` (whose events all carry `ids`) retries an append already committed or
@@ -632,7 +688,7 @@ impl Writer {
             self.dedup.rebuild(&self.part)?;
             self.dedup_ready = true;
         }
-        let conflict = |reason: String| Error::IdempotencyConflict { stream: req.stream.to_string(), reason };
+        let conflict = |reason: String| Error::IdempotencyConflict { stream: req.stream().to_string(), reason };
         // The common case, a new append: no id in the group or in the window. No allocation.
         let in_group_any =
             !st.pending_ids.is_empty() && ids.iter().any(|id| st.pending_ids.contains_key(&dedup::key(id)));
@@ -644,7 +700,7 @@ impl Writer {
             ids.iter().map(|id| st.pending_ids.get(&dedup::key(id)).copied()).collect();
         if let Some(Some((j, 0))) = in_group.first().copied()
             && let Some(earlier) = group.get(j)
-            && earlier.stream == req.stream
+            && earlier.stream() == req.stream()
             && earlier.ids.as_deref() == Some(ids)
         {
             return Ok(Some(Outcome::DuplicateOf(j)));
@@ -701,7 +757,7 @@ impl Writer {
         let mut first = None;
         let mut last_version = 0;
         self.part.visit_events(p0, ids.len(), &mut |e| {
-            let same = e.stream_id == &*req.stream && ids.get(seen) == e.id.as_ref();
+            let same = e.stream_id == req.stream() && ids.get(seen) == e.id.as_ref();
             if first.is_none() {
                 first = Some((e.version, e.timestamp_nanos));
             } else if e.version != last_version + 1 {
@@ -759,7 +815,7 @@ impl Writer {
             let mut mem = self.open.index.write();
             for (req, outcome) in group.iter().zip(outcomes) {
                 if let Outcome::Accepted { first_position, first_version, offset, len, .. } = *outcome {
-                    let key = mem.insert(&req.stream, first_version, first_position, req.event_count, offset, len);
+                    let key = mem.insert(req.stream(), first_version, first_position, req.event_count, offset, len);
                     self.journal.push(key, first_version, req.event_count, len, req.copied_at.unwrap_or(timestamp));
                     if self.dedup_ready {
                         self.dedup.push(first_position, req.ids.as_deref());
@@ -859,7 +915,5 @@ impl Writer {
 
 /// Answers every request of `group` with `e`.
 fn fail_all(group: &mut Vec<AppendRequest>, e: &Error) {
-    for req in group.drain(..) {
-        let _ = req.reply.send(Err(e.clone()));
-    }
+    answer_all(group.drain(..).map(|req| (req.reply, Err(e.clone()))));
 }

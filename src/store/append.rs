@@ -7,9 +7,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use crate::error::{Error, Result};
-use crate::event::{AppendResult, EventData, ExpectedVersion};
+use std::sync::Arc;
+
+use crate::event::{AppendResult, EventData, EventId, ExpectedVersion};
 use crate::format::batch;
-use crate::log::{AppendRequest, Queued, Reply};
+use crate::log::reply::{Replies, ReplyTo};
+use crate::log::{AppendRequest, BatchBytes, Queued, Reply, StreamName};
 use crate::router::{self, stream_hash};
 
 use super::Store;
@@ -19,7 +22,7 @@ impl Store {
     fn request(&self, stream: &str, expected: ExpectedVersion, events: &[EventData]) -> Result<(AppendRequest, Reply)> {
         let batch = batch::encode(stream, events, self.shared.limits)?;
         let (mut req, rx) = AppendRequest::new(stream, stream_hash(stream), expected, batch, events.len() as u32);
-        req.ids = events.iter().map(|e| e.id).collect::<Option<Box<[_]>>>();
+        req.ids = ids_of(events);
         Ok((req, rx))
     }
 
@@ -106,52 +109,92 @@ impl Store {
         &self,
         appends: impl IntoIterator<Item = (S, ExpectedVersion, E)>,
     ) -> Vec<AppendFuture> {
-        let mut futures = Vec::new();
-        let mut queued: Vec<AppendRequest> = Vec::new();
+        // Every append is encoded into one shared buffer, and answered through one shared
+        // `Replies`: no allocation per append beyond its ids (`log::reply`).
+        struct Encoded {
+            range: std::ops::Range<usize>,
+            name: std::ops::Range<usize>,
+            hash: u64,
+            expected: ExpectedVersion,
+            event_count: u32,
+            ids: Option<Box<[EventId]>>,
+        }
+        let appends = appends.into_iter();
+        let mut futures = Vec::with_capacity(appends.size_hint().0);
+        let (mut buf, mut names) = (Vec::new(), String::new());
+        let mut encoded: Vec<Encoded> = Vec::with_capacity(appends.size_hint().0);
         for (stream, expected, events) in appends {
-            match self.request(stream.as_ref(), expected, events.as_ref()) {
-                Ok((req, rx)) => {
-                    queued.push(req);
-                    futures.push(AppendFuture { state: FutureState::Waiting(rx) });
+            let (stream, events) = (stream.as_ref(), events.as_ref());
+            match batch::encode_into(&mut buf, stream, events, self.shared.limits) {
+                Ok(range) => {
+                    if encoded.is_empty() {
+                        // Room for as many more of this size as are announced: one allocation.
+                        let more = futures.capacity().saturating_sub(futures.len() + 1);
+                        buf.reserve(range.len().saturating_mul(more));
+                        names.reserve(stream.len().saturating_mul(more + 1));
+                    }
+                    futures.push(AppendFuture { state: FutureState::Slot(encoded.len()) });
+                    let name = names.len()..names.len() + stream.len();
+                    names.push_str(stream);
+                    encoded.push(Encoded {
+                        range,
+                        name,
+                        hash: stream_hash(stream),
+                        expected,
+                        event_count: events.len() as u32,
+                        ids: ids_of(events),
+                    });
                 }
                 Err(e) => futures.push(AppendFuture { state: FutureState::Failed(Some(e)) }),
             }
         }
-        // Route under the senders' read lock (a grow's cutover waits for it), then one message
-        // per partition. A failed send drops the requests: their futures report `Closed`.
-        let senders = self.senders.read();
-        let count = self.partition_count();
-        let mut per_partition: Vec<Vec<AppendRequest>> = (0..count).map(|_| Vec::new()).collect();
-        for req in queued {
-            let p = router::jump_consistent_hash(
-                router::route_hash_given(self.shared.hash_id, &req.stream, req.hash),
-                count,
-            );
-            if let Err(e) = self.shared.check_appends(p) {
-                // Refused until reopen: its future gets the reason.
-                let _ = req.reply.send(Err(e));
-                continue;
-            }
-            if let Some(v) = per_partition.get_mut(p as usize) {
-                v.push(req);
+        let replies = Replies::new(encoded.len());
+        for f in &mut futures {
+            if let FutureState::Slot(i) = f.state {
+                f.state = FutureState::Shared(replies.clone(), i);
             }
         }
-        // Each message within a group's limits: a group is one write, and the writer checks
-        // for a segment roll only between groups.
+        let (buf, names): (_, Arc<str>) = (Arc::new(buf), names.into());
+        // Route and queue under the senders' read lock: a grow's cutover waits for it.
+        let senders = self.senders.read();
+        let count = self.partition_count();
+        // Each partition's appends go straight into its message, each message within a group's
+        // limits: a group is one write, and the writer checks for a segment roll only between
+        // groups.
         let cfg = &self.shared.writer_cfg;
-        for (sender, reqs) in senders.iter().zip(per_partition) {
-            let mut message: Vec<AppendRequest> = Vec::new();
-            let mut bytes = 0;
-            for req in reqs {
-                if !message.is_empty()
-                    && (message.len() >= cfg.max_group_appends || bytes + req.batch.len() > cfg.max_group_bytes)
-                {
-                    let _ = sender.send(Queued::Many(std::mem::take(&mut message)));
-                    bytes = 0;
-                }
-                bytes += req.batch.len();
-                message.push(req);
+        let room = (encoded.len() / count.max(1) as usize + encoded.len() / 8 + 4).min(cfg.max_group_appends);
+        let mut messages: Vec<(Vec<AppendRequest>, usize)> = (0..count).map(|_| (Vec::new(), 0)).collect();
+        for (i, e) in encoded.into_iter().enumerate() {
+            let p = router::jump_consistent_hash(
+                router::route_hash_given(self.shared.hash_id, names.get(e.name.clone()).unwrap_or(""), e.hash),
+                count,
+            );
+            let bytes = BatchBytes::Shared { buf: buf.clone(), range: e.range };
+            let name = StreamName::Shared { names: names.clone(), range: e.name };
+            let reply = ReplyTo::Slot(replies.slot(i));
+            let len = bytes.get().len();
+            let mut req = AppendRequest::to(name, e.hash, e.expected, bytes, e.event_count, reply);
+            req.ids = e.ids;
+            if let Err(e) = self.shared.check_appends(p) {
+                // Refused until reopen: its future gets the reason.
+                req.reply.send(Err(e));
+                continue;
             }
+            let (Some((message, size)), Some(sender)) = (messages.get_mut(p as usize), senders.get(p as usize)) else {
+                continue;
+            };
+            if !message.is_empty() && (message.len() >= cfg.max_group_appends || *size + len > cfg.max_group_bytes) {
+                // A failed send drops the requests: their futures report `Closed`.
+                let _ = sender.send(Queued::Many(std::mem::replace(message, Vec::with_capacity(room))));
+                *size = 0;
+            }
+            if message.capacity() == 0 {
+                message.reserve_exact(room);
+            }
+            *size += len;
+            message.push(req);
+        }
+        for (sender, (message, _)) in senders.iter().zip(messages) {
             if !message.is_empty() {
                 let _ = sender.send(Queued::Many(message));
             }
@@ -201,7 +244,7 @@ impl Store {
         let mut bytes = 0u64;
         for (stream, expected, events) in appends {
             let (req, rx) = self.request(stream.as_ref(), expected, events.as_ref())?;
-            bytes += req.batch.len() as u64;
+            bytes += req.batch.get().len() as u64;
             reqs.push(req);
             replies.push(rx);
         }
@@ -210,21 +253,21 @@ impl Store {
             return Err(Error::AppendTooLarge { size: bytes, limit: self.shared.limits.max_append_bytes });
         }
         let senders = self.senders.read();
-        let p = self.partition_given(&first.stream, first.hash);
+        let p = self.partition_given(first.stream(), first.hash);
         for (i, r) in reqs.iter().enumerate() {
-            if let Some(twice) = reqs.get(..i).and_then(|before| before.iter().find(|b| b.stream == r.stream)) {
+            if let Some(twice) = reqs.get(..i).and_then(|before| before.iter().find(|b| b.stream() == r.stream())) {
                 return Err(Error::NotColocated {
-                    reason: format!("stream {:?} is named twice; append its events as one part", twice.stream),
+                    reason: format!("stream {:?} is named twice; append its events as one part", twice.stream()),
                 });
             }
-            let q = self.partition_given(&r.stream, r.hash);
+            let q = self.partition_given(r.stream(), r.hash);
             if q != p {
                 return Err(Error::NotColocated {
                     reason: format!(
                         "stream {:?} lives in partition {p} and {:?} in partition {q}; only streams of one partition can be written atomically: give them a shared co-location key, such as {{{}}}/…",
-                        first.stream,
-                        r.stream,
-                        router::colocation_key(&first.stream)
+                        first.stream(),
+                        r.stream(),
+                        router::colocation_key(first.stream())
                     ),
                 });
             }
@@ -277,10 +320,15 @@ impl Store {
 
 enum FutureState {
     Waiting(oneshot::Receiver<Result<AppendResult>>),
+    /// Answer `.1` of an `append_many`'s shared replies.
+    Shared(Arc<Replies>, usize),
+    /// Only while `append_many` builds its futures: the index of a `Shared` one.
+    Slot(usize),
     Failed(Option<Error>),
 }
 
-/// A pending append from [`Store::append_async`]; resolves when the append is durable.
+/// A pending append from [`Store::append_async`] or [`Store::append_many`]; resolves when the
+/// append is durable.
 #[must_use = "an append future does nothing visible unless awaited or waited on"]
 pub struct AppendFuture {
     state: FutureState,
@@ -297,6 +345,8 @@ impl AppendFuture {
     pub fn wait(self) -> Result<AppendResult> {
         match self.state {
             FutureState::Waiting(rx) => rx.recv().map_err(|_| Error::Closed)?,
+            FutureState::Shared(replies, i) => replies.wait(i),
+            FutureState::Slot(_) => Err(Error::Closed),
             FutureState::Failed(e) => Err(e.unwrap_or(Error::Closed)),
         }
     }
@@ -306,13 +356,28 @@ impl Future for AppendFuture {
     type Output = Result<AppendResult>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.state {
+        let poll = match &mut self.state {
             FutureState::Failed(e) => Poll::Ready(Err(e.take().unwrap_or(Error::Closed))),
+            FutureState::Slot(_) => Poll::Ready(Err(Error::Closed)),
+            FutureState::Shared(replies, i) => replies.poll(*i, cx),
             FutureState::Waiting(rx) => match Pin::new(rx).poll(cx) {
                 Poll::Ready(Ok(r)) => Poll::Ready(r),
                 Poll::Ready(Err(_)) => Poll::Ready(Err(Error::Closed)),
                 Poll::Pending => Poll::Pending,
             },
+        };
+        if poll.is_ready() {
+            // Polled again after its answer, a future says `Closed` rather than wait forever.
+            self.state = FutureState::Failed(None);
         }
+        poll
     }
+}
+
+/// The events' ids, if every one has an id: the append is then idempotent.
+fn ids_of(events: &[EventData]) -> Option<Box<[EventId]>> {
+    if events.iter().any(|e| e.id.is_none()) {
+        return None;
+    }
+    events.iter().map(|e| e.id).collect()
 }

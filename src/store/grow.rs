@@ -331,21 +331,22 @@ impl Store {
                     req.copied_at = Some(b.timestamp);
                     // The copy joins its new partition's idempotency window.
                     req.ids = b.events().map(|e| e.id).collect::<Option<Box<[_]>>>();
-                    match senders.get(target as usize).map(|s| s.send(Queued::One(req))) {
-                        Some(Ok(())) => {
-                            let last = b.first_version + u64::from(b.event_count) - 1;
-                            pending.push((rx, u64::from(b.event_count), last));
-                            // Bound what waits in the writers' queues (batches may be large).
-                            queued_bytes += b.length;
-                            if queued_bytes >= CHUNK_BYTES {
-                                return ControlFlow::Break(());
-                            }
-                            ControlFlow::Continue(())
+                    let sent = match senders.get(target as usize) {
+                        Some(s) => s.send(Queued::One(req)).is_ok(),
+                        None => false,
+                    };
+                    if sent {
+                        let last = b.first_version + u64::from(b.event_count) - 1;
+                        pending.push((rx, u64::from(b.event_count), last));
+                        // Bound what waits in the writers' queues (batches may be large).
+                        queued_bytes += b.length;
+                        if queued_bytes >= CHUNK_BYTES {
+                            return ControlFlow::Break(());
                         }
-                        _ => {
-                            failed = Some(Error::Closed);
-                            ControlFlow::Break(())
-                        }
+                        ControlFlow::Continue(())
+                    } else {
+                        failed = Some(Error::Closed);
+                        ControlFlow::Break(())
                     }
                 })?;
                 for (rx, events, last) in pending {
