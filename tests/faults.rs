@@ -69,12 +69,17 @@ fn failed_background_sync_in_buffered_mode_poisons() {
     let buffered = Durability::Buffered { sync_interval: std::time::Duration::from_millis(1) };
     let store = Store::open(dir.path(), opts(1, 1 << 20).durability(buffered).fault_plan(plan.clone())).unwrap();
     fill(&store, "b", 3);
-    // The three are durable once a background sync ran after them.
+    // Wait until all three are durable: a subscription delivers only durable events. (A count
+    // of syncs is not enough: a sync may have run after the first append only, and the cut
+    // below would then take the other two as well.)
+    let mut sub = store.subscribe_partition(0, 0, strata::Filter::all()).unwrap();
+    let mut durable = 0;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while store.write_stats().syncs == 0 {
+    while durable < 3 {
         assert!(std::time::Instant::now() < deadline, "the background sync never ran");
-        std::thread::sleep(std::time::Duration::from_millis(1));
+        durable += sub.next_batch(10, std::time::Duration::from_millis(50)).unwrap().len();
     }
+    drop(sub);
     plan.inject(FaultOp::Sync, FaultKind::Eio, 0, Some(".log"), true);
     let _ = store.append("b", ExpectedVersion::Any, &[ev("Acked", "in the page cache only")]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
