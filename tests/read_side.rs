@@ -585,3 +585,166 @@ fn max_count_in_a_subscription_counts_back_from_the_durable_end() {
     let mut sub = store.subscribe_all(Cursor::start(), Filter::all());
     assert_eq!(versions(&sub.poll(100).unwrap()), [8, 9]);
 }
+
+/// What `visit_stream` hands over, copied out: it must be what `read_stream` returns.
+fn visited(store: &Store, stream: &str, from: u64) -> Result<Vec<RecordedEvent>, Error> {
+    let mut out = Vec::new();
+    let n = store.visit_stream(stream, from, |e| {
+        out.push(RecordedEvent {
+            stream_id: e.stream_id.to_owned(),
+            version: e.version,
+            partition: e.partition,
+            position: e.position,
+            timestamp_nanos: e.timestamp_nanos,
+            event_type: e.event_type.to_owned(),
+            metadata: e.metadata.to_vec(),
+            payload: e.payload.to_vec(),
+            id: e.id,
+            correlation_id: e.correlation_id,
+            causation_id: e.causation_id,
+        });
+        std::ops::ControlFlow::Continue(())
+    })?;
+    assert_eq!(n, out.len(), "{stream}: visit_stream's count");
+    Ok(out)
+}
+
+/// Checks `visit_stream` against `read_stream` for each stream from several versions, and
+/// that a break stops it at once.
+fn assert_visit_matches_read(store: &Store, streams: &[String]) {
+    for s in streams {
+        for from in [0, 1, 3, 7, 20, 1000] {
+            let read = store.read_stream(s, from, usize::MAX).unwrap();
+            assert_eq!(visited(store, s, from).unwrap(), read, "{s} from {from}");
+            let mut seen = Vec::new();
+            let n = store
+                .visit_stream(s, from, |e| {
+                    seen.push(e.version);
+                    if seen.len() == 2 { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) }
+                })
+                .unwrap();
+            assert_eq!(n, seen.len());
+            assert_eq!(seen, versions(&read).into_iter().take(2).collect::<Vec<_>>(), "{s} from {from}, broken");
+            // read_stream's limit, against the visit's order.
+            assert_eq!(store.read_stream(s, from, 3).unwrap(), read.iter().take(3).cloned().collect::<Vec<_>>());
+        }
+    }
+}
+
+#[test]
+fn visit_stream_shows_what_read_stream_shows_across_segments_metadata_and_archives() {
+    use strata::compaction::CompactionOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let compaction = CompactionOptions::default().retention(Duration::ZERO).require_snapshots(false).interval(None);
+    // Small segments: each stream's events lie in several sealed segments and the open one.
+    let store = Store::open(dir.path(), opts(2, 8 << 10).compaction(compaction)).unwrap();
+    let streams: Vec<String> = (0..8).map(|i| format!("s-{i}")).collect();
+    let append = |round: u64| {
+        for (k, s) in streams.iter().enumerate() {
+            // Batches of 1 to 3 events, some with ids, so that batches are cut inside.
+            let n = 1 + (round as usize + k) % 3;
+            let events: Vec<_> = (0..n)
+                .map(|j| {
+                    let e = ev(["A", "Bee", "A"][j], format!("{s}:{round}:{j}:{:>100}", ""))
+                        .with_metadata(vec![j as u8; j]);
+                    if (round + j as u64).is_multiple_of(2) {
+                        e.with_id(strata::EventId::from_u128(u128::from(round) << 8 | j as u128 | (k as u128) << 32))
+                    } else {
+                        e
+                    }
+                })
+                .collect();
+            match store.append(s, ExpectedVersion::Any, &events) {
+                Ok(_) | Err(Error::StreamDeleted { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    for round in 0..20 {
+        append(round);
+    }
+    let sealed = common::segments(dir.path(), 0).len() + common::segments(dir.path(), 1).len();
+    assert!(sealed > 4, "only {sealed} segments");
+    assert_visit_matches_read(&store, &streams);
+
+    // Metadata of every kind, a soft delete, a hard delete.
+    store
+        .set_stream_metadata("s-1", ExpectedVersion::Any, StreamMetadata { max_count: Some(5), ..Default::default() })
+        .unwrap();
+    store
+        .set_stream_metadata(
+            "s-2",
+            ExpectedVersion::Any,
+            StreamMetadata { truncate_before: Some(9), ..Default::default() },
+        )
+        .unwrap();
+    store
+        .set_stream_metadata(
+            "s-3",
+            ExpectedVersion::Any,
+            StreamMetadata { max_count: Some(4), truncate_before: Some(2), ..Default::default() },
+        )
+        .unwrap();
+    store.soft_delete("s-4", ExpectedVersion::Any).unwrap();
+    assert!(store.delete_stream("s-5").unwrap());
+    assert_eq!(versions(&store.read_stream("s-1", 0, 100).unwrap()).len(), 5);
+    assert!(store.read_stream("s-4", 0, 100).unwrap().is_empty());
+    assert!(matches!(visited(&store, "s-5", 0), Err(Error::StreamDeleted { .. })));
+    let live: Vec<String> = streams.iter().filter(|s| *s != "s-5").cloned().collect();
+    assert_visit_matches_read(&store, &live);
+
+    // Age: events before a pause are hidden.
+    std::thread::sleep(Duration::from_millis(300));
+    append(20);
+    store
+        .set_stream_metadata(
+            "s-6",
+            ExpectedVersion::Any,
+            StreamMetadata { max_age: Some(Duration::from_millis(200)), ..Default::default() },
+        )
+        .unwrap();
+    let recent = store.read_stream("s-6", 0, 100).unwrap();
+    assert!(!recent.is_empty() && recent.len() <= 3, "{:?}", versions(&recent));
+    assert_visit_matches_read(&store, &live);
+
+    // Through archives: the older segments are compacted, and more is appended after.
+    assert!(store.compact().unwrap().archives_written > 0);
+    for round in 21..24 {
+        append(round);
+    }
+    assert_visit_matches_read(&store, &live);
+    // And after a reopen.
+    drop(store);
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    assert_visit_matches_read(&store, &live);
+    assert!(matches!(
+        store.visit_stream("", 0, |_| std::ops::ControlFlow::Continue(())),
+        Err(Error::InvalidStreamId { .. })
+    ));
+    assert_eq!(store.visit_stream("no-such-stream", 0, |_| std::ops::ControlFlow::Continue(())).unwrap(), 0);
+}
+
+/// The open segment's index is walked a chunk of batches at a time: reads that start, end or
+/// are cut at any batch of a long stream there see every event once.
+#[test]
+fn stream_reads_of_a_long_stream_in_the_open_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), opts(1, 64 << 20)).unwrap();
+    append_n(&store, "other", 3);
+    for i in 0..150u64 {
+        let n = 1 + (i % 2) as usize;
+        store.append("long", ExpectedVersion::Any, &vec![ev("Tick", i.to_string()); n]).unwrap();
+        store.append("other", ExpectedVersion::Any, &[ev("Tock", i.to_string())]).unwrap();
+    }
+    let all = store.read_stream("long", 0, usize::MAX).unwrap();
+    assert_eq!(versions(&all), (0..225).collect::<Vec<_>>());
+    assert_visit_matches_read(&store, &["long".to_string(), "other".to_string()]);
+    for from in [0u64, 30, 31, 32, 33, 47, 48, 49, 95, 96, 97, 200, 224, 225] {
+        assert_eq!(visited(&store, "long", from).unwrap(), all.get(from as usize..).unwrap_or(&[]), "from {from}");
+        for limit in [0usize, 1, 31, 32, 33, 64, 65, 100] {
+            let got = store.read_stream("long", from, limit).unwrap();
+            let want: Vec<_> = all.iter().skip(from as usize).take(limit).cloned().collect();
+            assert_eq!(got, want, "from {from}, limit {limit}");
+        }
+    }
+}

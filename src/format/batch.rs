@@ -234,7 +234,11 @@ pub(crate) struct BatchView<'a> {
     pub stream_id: &'a str,
     /// The next batch belongs to the same atomic unit.
     pub continues: bool,
-    events: &'a [u8],
+    /// The first event, as `decode` found it when it checked the events: iterating a batch
+    /// of one event (the most common kind) splits nothing again.
+    first: EventRef<'a>,
+    /// The events after the first, checked.
+    rest: &'a [u8],
     /// The whole batch, header to padding.
     raw: &'a [u8],
 }
@@ -255,36 +259,53 @@ pub(crate) fn claimed_length(bytes: &[u8]) -> Option<usize> {
     le_u32(bytes, LENGTH_OFFSET).map(|l| l as usize)
 }
 
+/// Strings a decoder may already know, checked: a batch's stream id or event type equal to one
+/// of them is handed out as it instead of being checked as UTF-8 again (a scan knows the
+/// batch before, a stream read the stream it reads). Either may be empty.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Known<'a> {
+    pub stream_id: &'a str,
+    pub event_type: &'a str,
+}
+
 /// Decodes and fully checks the batch at the start of `bytes` (which may continue past it):
 /// length, CRC, header fields, and the structure of every event.
 pub(crate) fn decode(bytes: &[u8]) -> Result<BatchView<'_>, Bad> {
-    let Some(header) = bytes.get(..HEADER_LEN) else {
+    decode_with(bytes, Known::default())
+}
+
+/// [`decode`], given strings the caller knows ([`Known`]). Every check is made all the same;
+/// the strings handed out are equal byte for byte to the batch's own.
+pub(crate) fn decode_with<'a>(bytes: &'a [u8], known: Known<'a>) -> Result<BatchView<'a>, Bad> {
+    let Some(header) = bytes.first_chunk::<HEADER_LEN>() else {
         return if bytes.iter().all(|&b| b == 0) { Err(Bad::Zero) } else { Err(Bad::Truncated) };
     };
-    if header.iter().all(|&b| b == 0) {
+    // A batch's length is never 0: only then can the header be all zeros.
+    if le_u64(header, 0) == Some(0) && header.iter().all(|&b| b == 0) {
         return Err(Bad::Zero);
     }
-    let length = claimed_length(header).unwrap_or(0);
+    // Fields of the fixed-size header: offsets are constants, no bounds to check.
+    let u64_at = |off: usize| le_u64(header, off).unwrap_or(0);
+    let length = le_u32(header, LENGTH_OFFSET).unwrap_or(0) as usize;
     if length < HEADER_LEN + EVENT_HEADER_LEN + 1 || !length.is_multiple_of(8) {
         return Err(Bad::Invalid(format!("impossible batch length {length}")));
     }
     let Some(batch) = bytes.get(..length) else {
         return Err(Bad::Truncated);
     };
-    let stored = le_u32(batch, CRC_OFFSET).unwrap_or(0);
+    let stored = le_u32(header, CRC_OFFSET).unwrap_or(0);
     let actual = batch.get(LENGTH_OFFSET..).map(crc).unwrap_or(0);
     if stored != actual {
         return Err(Bad::Invalid(format!("checksum mismatch (stored {stored:#010x}, computed {actual:#010x})")));
     }
-    let field = |off| le_u64(batch, off).unwrap_or(0);
-    let base_position = field(BASE_POSITION_OFFSET);
-    let first_version = field(FIRST_VERSION_OFFSET);
-    let timestamp = field(TIMESTAMP_OFFSET);
-    let synced_offset = field(SYNCED_OFFSET_OFFSET);
-    let event_count = le_u32(batch, EVENT_COUNT_OFFSET).unwrap_or(0);
-    let stream_len = le_u16(batch, STREAM_ID_LEN_OFFSET).unwrap_or(0) as usize;
-    let kind = batch.get(KIND_OFFSET).copied().unwrap_or(0);
-    let flags = batch.get(FLAGS_OFFSET).copied().unwrap_or(0);
+    let base_position = u64_at(BASE_POSITION_OFFSET);
+    let first_version = u64_at(FIRST_VERSION_OFFSET);
+    let timestamp = u64_at(TIMESTAMP_OFFSET);
+    let synced_offset = u64_at(SYNCED_OFFSET_OFFSET);
+    let event_count = le_u32(header, EVENT_COUNT_OFFSET).unwrap_or(0);
+    let stream_len = le_u16(header, STREAM_ID_LEN_OFFSET).unwrap_or(0) as usize;
+    let kind = header[KIND_OFFSET];
+    let flags = header[FLAGS_OFFSET];
     if kind != KIND_EVENTS {
         return Err(Bad::Invalid(format!("unknown batch kind {kind}")));
     }
@@ -302,29 +323,38 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<BatchView<'_>, Bad> {
     if stream_len == 0 || stream_len > MAX_STREAM_ID_LEN {
         return Err(Bad::Invalid(format!("impossible stream id length {stream_len}")));
     }
-    let Some(stream_bytes) = batch.get(HEADER_LEN..HEADER_LEN + stream_len) else {
+    let Some((stream_bytes, events)) = batch.get(HEADER_LEN..).and_then(|b| b.split_at_checked(stream_len)) else {
         return Err(Bad::Invalid("stream id past the end of the batch".into()));
     };
-    let Ok(stream_id) = std::str::from_utf8(stream_bytes) else {
-        return Err(Bad::Invalid("stream id is not UTF-8".into()));
+    let stream_id = if same(known.stream_id.as_bytes(), stream_bytes) {
+        known.stream_id
+    } else {
+        let Ok(id) = std::str::from_utf8(stream_bytes) else {
+            return Err(Bad::Invalid("stream id is not UTF-8".into()));
+        };
+        if has_nul(stream_bytes) {
+            return Err(Bad::Invalid("stream id contains a NUL byte".into()));
+        }
+        id
     };
-    if stream_bytes.contains(&0) {
-        return Err(Bad::Invalid("stream id contains a NUL byte".into()));
-    }
-    let events = batch.get(HEADER_LEN + stream_len..).unwrap_or(&[]);
     // Walk the events once; after this, iteration cannot fail.
-    let mut rest = events;
-    for i in 0..event_count {
-        match split_event(rest) {
-            Ok((_, tail)) => rest = tail,
+    let (first, after_first) =
+        split_event(events, known.event_type).map_err(|why| Bad::Invalid(format!("event 0: {why}")))?;
+    let mut rest = after_first;
+    let mut last_type = first.event_type;
+    for i in 1..event_count {
+        match split_event(rest, last_type) {
+            Ok((e, tail)) => {
+                rest = tail;
+                last_type = e.event_type;
+            }
             Err(why) => return Err(Bad::Invalid(format!("event {i}: {why}"))),
         }
     }
     if rest.len() >= 8 || rest.iter().any(|&b| b != 0) {
         return Err(Bad::Invalid("bytes after the last event are not padding".into()));
     }
-    let events = events.get(..events.len() - rest.len()).unwrap_or(&[]);
-    let raw = bytes.get(..length).unwrap_or(&[]);
+    let after_first = after_first.get(..after_first.len() - rest.len()).unwrap_or(&[]);
     Ok(BatchView {
         length,
         base_position,
@@ -334,9 +364,38 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<BatchView<'_>, Bad> {
         event_count,
         stream_id,
         continues: flags & UNIT_CONTINUES != 0,
-        events,
-        raw,
+        first,
+        rest: after_first,
+        raw: batch,
     })
+}
+
+/// Whether `bytes` holds a zero byte, eight bytes at a time.
+fn has_nul(bytes: &[u8]) -> bool {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let (words, tail) = bytes.as_chunks::<8>();
+    let zero_in = |w: u64| w.wrapping_sub(LOW) & !w & HIGH != 0;
+    words.iter().any(|w| zero_in(u64::from_le_bytes(*w))) || tail.contains(&0)
+}
+
+/// `a == b`, for the short strings of a batch (ids and types): up to 16 bytes without a call
+/// to `memcmp` (two overlapping words from each end).
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    if a.len() > 16 {
+        return a == b;
+    }
+    match (a.first_chunk::<8>(), a.last_chunk::<8>(), b.first_chunk::<8>(), b.last_chunk::<8>()) {
+        (Some(a0), Some(a1), Some(b0), Some(b1)) => a0 == b0 && a1 == b1,
+        _ => match (a.first_chunk::<4>(), a.last_chunk::<4>(), b.first_chunk::<4>(), b.last_chunk::<4>()) {
+            (Some(a0), Some(a1), Some(b0), Some(b1)) => a0 == b0 && a1 == b1,
+            _ => a.iter().zip(b).all(|(x, y)| x == y),
+        },
+    }
 }
 
 /// The stream id a batch's header names, without checking the batch (`None` if the bytes are
@@ -347,51 +406,66 @@ pub(crate) fn peek_stream_id(bytes: &[u8]) -> Option<&str> {
     std::str::from_utf8(bytes.get(HEADER_LEN..HEADER_LEN.checked_add(len)?)?).ok()
 }
 
-fn split_event(bytes: &[u8]) -> Result<(EventRef<'_>, &[u8]), &'static str> {
-    let type_len = le_u16(bytes, 0).ok_or("event header cut short")? as usize;
-    let flags = le_u16(bytes, 2).ok_or("event header cut short")?;
-    let meta_len = le_u32(bytes, 4).ok_or("event header cut short")? as usize;
-    let payload_len = le_u32(bytes, 8).ok_or("event header cut short")? as usize;
+/// Splits the event at the start of `bytes` off the rest, checking its structure. An event
+/// type equal to `known` (a string already checked, from the same bytes) is taken from it
+/// rather than checked as UTF-8 again.
+#[inline]
+fn split_event<'a>(bytes: &'a [u8], known: &'a str) -> Result<(EventRef<'a>, &'a [u8]), &'static str> {
+    let (h, body) = bytes.split_first_chunk::<EVENT_HEADER_LEN>().ok_or("event header cut short")?;
+    let type_len = u16::from_le_bytes([h[0], h[1]]) as usize;
+    let flags = u16::from_le_bytes([h[2], h[3]]);
+    let meta_len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
+    let payload_len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
     if flags & !EVENT_FLAGS_KNOWN != 0 {
         return Err("unknown event flags");
     }
     if type_len > MAX_EVENT_TYPE_LEN {
         return Err("event type too long");
     }
-    let mut body = bytes.get(EVENT_HEADER_LEN..).ok_or("event header cut short")?;
-    let mut take_id = |flag: u16| -> Result<Option<EventId>, &'static str> {
-        if flags & flag == 0 {
-            return Ok(None);
-        }
-        let (id, rest) = body.split_first_chunk::<ID_LEN>().ok_or("event id past the end of the batch")?;
-        body = rest;
-        Ok(Some(EventId::from_bytes(*id)))
+    let mut body = body;
+    let (mut id, mut correlation_id, mut causation_id) = (None, None, None);
+    if flags != 0 {
+        let mut take_id = |flag: u16| -> Result<Option<EventId>, &'static str> {
+            if flags & flag == 0 {
+                return Ok(None);
+            }
+            let (id, rest) = body.split_first_chunk::<ID_LEN>().ok_or("event id past the end of the batch")?;
+            body = rest;
+            Ok(Some(EventId::from_bytes(*id)))
+        };
+        id = take_id(EVENT_HAS_ID)?;
+        correlation_id = take_id(EVENT_HAS_CORRELATION)?;
+        causation_id = take_id(EVENT_HAS_CAUSATION)?;
+    }
+    let (type_bytes, body) = body.split_at_checked(type_len).ok_or("event type past the end of the batch")?;
+    let event_type = if same(type_bytes, known.as_bytes()) {
+        known
+    } else {
+        std::str::from_utf8(type_bytes).map_err(|_| "event type is not UTF-8")?
     };
-    let id = take_id(EVENT_HAS_ID)?;
-    let correlation_id = take_id(EVENT_HAS_CORRELATION)?;
-    let causation_id = take_id(EVENT_HAS_CAUSATION)?;
-    let type_bytes = body.get(..type_len).ok_or("event type past the end of the batch")?;
-    let event_type = std::str::from_utf8(type_bytes).map_err(|_| "event type is not UTF-8")?;
-    let body = body.get(type_len..).unwrap_or(&[]);
-    let metadata = body.get(..meta_len).ok_or("metadata past the end of the batch")?;
-    let body = body.get(meta_len..).unwrap_or(&[]);
-    let payload = body.get(..payload_len).ok_or("payload past the end of the batch")?;
-    let rest = body.get(payload_len..).unwrap_or(&[]);
+    let (metadata, body) = body.split_at_checked(meta_len).ok_or("metadata past the end of the batch")?;
+    let (payload, rest) = body.split_at_checked(payload_len).ok_or("payload past the end of the batch")?;
     Ok((EventRef { event_type, metadata, payload, id, correlation_id, causation_id }, rest))
 }
 
 impl<'a> BatchView<'a> {
     /// The batch's events, in order.
     pub fn events(&self) -> impl Iterator<Item = EventRef<'a>> + 'a {
-        let mut rest = self.events;
-        let mut left = self.event_count;
+        let mut first = Some(self.first);
+        let mut known = self.first.event_type;
+        let mut rest = self.rest;
+        let mut left = self.event_count.saturating_sub(1);
         std::iter::from_fn(move || {
+            if let Some(e) = first.take() {
+                return Some(e);
+            }
             if left == 0 {
                 return None;
             }
             left -= 1;
-            let (event, tail) = split_event(rest).ok()?;
+            let (event, tail) = split_event(rest, known).ok()?;
             rest = tail;
+            known = event.event_type;
             Some(event)
         })
     }
@@ -399,6 +473,16 @@ impl<'a> BatchView<'a> {
     /// The whole encoded batch (for copying it elsewhere; the writer refills its header).
     pub fn raw(&self) -> &'a [u8] {
         self.raw
+    }
+
+    /// The strings of this batch, for decoding the next one ([`decode_with`]).
+    pub fn known(&self) -> Known<'a> {
+        Known { stream_id: self.stream_id, event_type: self.first.event_type }
+    }
+
+    /// The first event (every batch has one).
+    pub fn first(&self) -> &EventRef<'a> {
+        &self.first
     }
 
     /// Position one past the last event.

@@ -68,7 +68,12 @@ pub(crate) fn put_u64(buf: &mut [u8], off: usize, v: u64) {
 
 /// CRC-32 of `bytes`.
 pub(crate) fn crc(bytes: &[u8]) -> u32 {
-    crc32fast::hash(bytes)
+    // `crc32fast::hash` detects the CPU's features at every call (a tenth of a small batch's
+    // checksum); a hasher made once and cloned does not.
+    static HASHER: std::sync::OnceLock<crc32fast::Hasher> = std::sync::OnceLock::new();
+    let mut h = HASHER.get_or_init(crc32fast::Hasher::new).clone();
+    h.update(bytes);
+    h.finalize()
 }
 
 /// A copy of some bytes that starts 8-byte aligned, as a mapping does: decoders cast

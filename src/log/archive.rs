@@ -188,12 +188,14 @@ impl Archive {
         }
         let data = self.data()?;
         let mut taken = 0usize;
+        let mut known = batch::Known::default();
         for p in positions.get(k..).unwrap_or(&[]) {
             let p = p.get();
             if p.position >= end || taken >= limit {
                 break;
             }
-            let b = self.batch_at(&data, p.offset)?;
+            let b = self.batch_at(&data, p.offset, known)?;
+            known = b.known();
             if b.base_position != p.position {
                 return Err(self.mismatch(p.offset, "position"));
             }
@@ -204,9 +206,11 @@ impl Archive {
         Ok((taken, ControlFlow::Continue(())))
     }
 
-    fn batch_at<'a>(&self, data: &'a [u8], offset: u64) -> Result<BatchView<'a>> {
+    /// The checked batch at `offset` of the decompressed `data`, given strings already checked
+    /// in it ([`batch::Known`]).
+    fn batch_at<'a>(&self, data: &'a [u8], offset: u64, known: batch::Known<'a>) -> Result<BatchView<'a>> {
         let bytes = data.get(offset as usize..).unwrap_or(&[]);
-        batch::decode(bytes)
+        batch::decode_with(bytes, known)
             .map_err(|bad| Error::corruption(&self.path, 0, format!("batch at uncompressed offset {offset}: {bad}")))
     }
 
@@ -232,7 +236,7 @@ impl Archive {
             let mut at = b.data_start;
             let end = b.data_start + u64::from(b.data_len);
             while at < end {
-                match self.batch_at(data.get(..end as usize).unwrap_or(&[]), at) {
+                match self.batch_at(data.get(..end as usize).unwrap_or(&[]), at, batch::Known::default()) {
                     Ok(batch) => at += batch.length as u64,
                     Err(e) => {
                         problems.push(Error::corruption(&self.path, b.file_offset, format!("block {i}: {e}")));
@@ -243,7 +247,7 @@ impl Archive {
         }
         for e in self.streams() {
             let e = e.get();
-            match self.batch_at(&data, e.offset) {
+            match self.batch_at(&data, e.offset, batch::Known::default()) {
                 Ok(b) if b.first_version == e.first_version && b.event_count == e.event_count => {}
                 Ok(_) => problems.push(self.mismatch(e.offset, "stream")),
                 Err(err) => problems.push(err),
@@ -251,7 +255,7 @@ impl Archive {
         }
         for p in self.positions() {
             let p = p.get();
-            match self.batch_at(&data, p.offset) {
+            match self.batch_at(&data, p.offset, batch::Known::default()) {
                 Ok(b) if b.base_position == p.position => {}
                 Ok(_) => problems.push(self.mismatch(p.offset, "position")),
                 Err(err) => problems.push(err),

@@ -30,6 +30,10 @@ pub(crate) fn each_event<F>(b: &BatchView<'_>, partition: u32, skip: usize, take
 where
     F: FnMut(&EventView<'_>) -> ControlFlow<()> + ?Sized,
 {
+    if skip == 0 && take == 1 {
+        // One event (a batch of one, the most common kind): no iterator.
+        return f(&view(b, partition, 0, b.first()));
+    }
     for (i, e) in b.events().enumerate().skip(skip).take(take) {
         f(&view(b, partition, i, &e))?;
     }

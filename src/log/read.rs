@@ -93,39 +93,89 @@ impl Partition {
         Ok(rule.visible(last, now_nanos()))
     }
 
-    /// Up to `limit` of the stream's visible events from version `from` on, oldest first.
+    /// Up to `limit` of the stream's visible events from version `from` on, oldest first:
+    /// [`Partition::visit_visible`], copied out.
     pub fn read_stream(&self, stream: &str, hash: u64, from: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        // Room for a whole read of up to `RESERVE` events at once; what is left over is given
+        // back at the end (a stream shorter than the limit).
+        const RESERVE: usize = 256;
+        let mut out = Vec::with_capacity(limit.min(RESERVE));
+        let id = self.id;
+        self.visit_visible(stream, hash, from, limit, &mut |b, skip, take| {
+            emit(b, id, skip, take, &mut out);
+            ControlFlow::Continue(())
+        })?;
+        if out.capacity() > 2 * out.len() + 8 {
+            out.shrink_to_fit();
+        }
+        Ok(out)
+    }
+
+    /// Hands `f` the stream's visible events from version `from` on ([`Partition::visit_visible`]),
+    /// borrowed, oldest first, until `limit` are given or `f` breaks; returns how many were given.
+    pub fn visit_visible_events<F>(&self, stream: &str, hash: u64, from: u64, limit: usize, f: &mut F) -> Result<usize>
+    where
+        F: FnMut(&EventView<'_>) -> ControlFlow<()> + ?Sized,
+    {
+        let id = self.id;
+        let mut seen = 0;
+        self.visit_visible(stream, hash, from, limit, &mut |b, skip, take| {
+            each_event(b, id, skip, take, &mut |e| {
+                seen += 1;
+                f(e)
+            })
+        })?;
+        Ok(seen)
+    }
+
+    /// Calls `f(batch, skip, take)` for the batches holding the stream's visible events from
+    /// version `from` on, oldest first, where the batch's events `skip..skip + take` are the
+    /// visible ones wanted, until `f` has been offered `limit` events or breaks. What is
+    /// visible is what [`Partition::read_stream`] returns (it reads through this): nothing of
+    /// a deleted stream (an error), only what the stream's metadata
+    /// shows ([`Partition::visibility`]: a version prefix and an age prefix), and only what
+    /// the partition's head covers (each segment read up to its end in [`Partition::snapshot`]).
+    pub fn visit_visible(
+        &self,
+        stream: &str,
+        hash: u64,
+        from: u64,
+        limit: usize,
+        f: &mut dyn FnMut(&BatchView<'_>, usize, usize) -> ControlFlow<()>,
+    ) -> Result<()> {
         self.live(stream)?;
         let vis = self.visibility(stream, hash)?;
-        let mut from = from.max(vis.from_version);
-        let mut out = Vec::new();
-        if vis.min_time == 0 {
-            // Nothing hidden by age: every event from `from` on is shown, read straight out.
-            for (seg, end) in self.snapshot() {
-                if out.len() >= limit {
-                    break;
-                }
-                self.view(&seg, end)?.read_stream(&seg, stream, hash, from, end, limit, &mut out)?;
+        let from = from.max(vis.from_version);
+        let mut given = 0usize;
+        for (seg, end) in self.snapshot() {
+            if given >= limit {
+                break;
             }
-            return Ok(out);
+            let view = self.view(&seg, end)?;
+            let flow = if vis.min_time == 0 {
+                // Nothing hidden by age: every event from `from` on is shown.
+                let (n, flow) = view.visit_stream(&seg, stream, hash, from, end, limit - given, f)?;
+                given += n;
+                flow
+            } else {
+                // A batch's events share its timestamp: those hidden by age are whole batches
+                // (a prefix of the stream, but judged one by one all the same), not counted.
+                view.visit_stream(&seg, stream, hash, from, end, usize::MAX, &mut |b, skip, take| {
+                    if !vis.shows(b.first_version + skip as u64, b.timestamp) {
+                        return ControlFlow::Continue(());
+                    }
+                    let take = take.min(limit - given);
+                    given += take;
+                    f(b, skip, take)?;
+                    if given >= limit { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+                })?
+                .1
+            };
+            if flow.is_break() {
+                break;
+            }
         }
-        // Events hidden by age are a prefix of what is left: read past them.
-        loop {
-            let want = limit - out.len();
-            let mut page = Vec::new();
-            for (seg, end) in self.snapshot() {
-                if page.len() >= want {
-                    break;
-                }
-                self.view(&seg, end)?.read_stream(&seg, stream, hash, from, end, want, &mut page)?;
-            }
-            let (got, next) = (page.len(), page.last().map(|e| e.version + 1));
-            out.extend(page.into_iter().filter(|e| vis.shows(e.version, e.timestamp_nanos)));
-            match next {
-                Some(next) if got == want && out.len() < limit => from = next,
-                _ => return Ok(out),
-            }
-        }
+        Ok(())
     }
 
     /// Calls `f(batch, skip, take)` for the batches holding the stream's events from version

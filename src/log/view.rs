@@ -82,11 +82,20 @@ impl View {
         }
     }
 
-    /// Reads and checks the batch at `offset`, whose length is `len` if known.
-    fn with_batch<T>(&self, seg: &Segment, offset: u64, len: usize, f: impl FnOnce(&BatchView<'_>) -> T) -> Result<T> {
+    /// Reads and checks the batch at `offset`, whose length is `len` if known, and which is
+    /// expected to be of `stream` (a batch of that stream needs no UTF-8 check of its id).
+    fn with_batch<T>(
+        &self,
+        seg: &Segment,
+        offset: u64,
+        len: usize,
+        stream: &str,
+        f: impl FnOnce(&BatchView<'_>) -> T,
+    ) -> Result<T> {
         let bytes = self.bytes(seg, offset, len)?;
-        match batch::decode(bytes.get()) {
-            Ok(b) => Ok(f(&b)),
+        // Matched by reference: the checked batch is not moved out of the result.
+        match &batch::decode_with(bytes.get(), batch::Known { stream_id: stream, event_type: "" }) {
+            Ok(b) => Ok(f(b)),
             Err(bad) => Err(Error::corruption(&seg.path, offset, format!("indexed batch: {bad}"))),
         }
     }
@@ -124,7 +133,7 @@ impl View {
             // events instead of being reported.
             let start = usize::try_from(first.offset).unwrap_or(usize::MAX);
             let same = data.and_then(|d| d.get(start..)).and_then(batch::peek_stream_id) == Some(stream)
-                || self.with_batch(seg, first.offset, 0, |b| b.stream_id == stream)?;
+                || self.with_batch(seg, first.offset, 0, stream, |b| b.stream_id == stream)?;
             if same {
                 return Ok(entries.get(i..j).unwrap_or(&[]));
             }
@@ -203,14 +212,13 @@ impl View {
         Ok(())
     }
 
-    /// The batches of `stream` a read needs, in version order: forward, those holding
-    /// versions >= `from`; backward, those holding versions <= `from`; at most `limit` of them
-    /// (a batch holds at least one event). Only these are copied out of the index, so reading
-    /// the tail of a long stream does not copy its whole history.
+    /// The batches of `stream` a backward read needs, in version order: those holding
+    /// versions <= `from`, at most `limit` of them (a batch holds at least one event). Only
+    /// these are copied out of the index, so reading the tail of a long stream does not copy
+    /// its whole history. (Forward reads walk the index in place: [`View::visit_stream`].)
     /// In the open segment only batches before `end` (the head) count; a sealed segment or an
     /// archive holds only published batches.
-    #[allow(clippy::too_many_arguments)]
-    fn stream_batches(
+    fn stream_batches_back(
         &self,
         seg: &Segment,
         stream: &str,
@@ -218,26 +226,15 @@ impl View {
         from: u64,
         end: u64,
         limit: usize,
-        forward: bool,
     ) -> Result<Vec<Wanted>> {
-        fn pick<T>(all: &[T], key: impl Fn(&T) -> (u64, u32), from: u64, limit: usize, forward: bool) -> &[T] {
-            if forward {
-                let start = all.partition_point(|e| {
-                    let (first, count) = key(e);
-                    first + u64::from(count) <= from
-                });
-                let rest = all.get(start..).unwrap_or(&[]);
-                rest.get(..limit.min(rest.len())).unwrap_or(&[])
-            } else {
-                let end = all.partition_point(|e| key(e).0 <= from);
-                all.get(end.saturating_sub(limit)..end).unwrap_or(&[])
-            }
+        fn pick<T>(all: &[T], first: impl Fn(&T) -> u64, from: u64, limit: usize) -> &[T] {
+            let end = all.partition_point(|e| first(e) <= from);
+            all.get(end.saturating_sub(limit)..end).unwrap_or(&[])
         }
         match self {
             View::Open(o) => {
                 let mem = o.index.read();
-                let all = mem.visible(stream, end);
-                let picked = pick(all, |e| (e.first_version, e.count), from, limit, forward);
+                let picked = pick(mem.visible(stream, end), |e| e.first_version, from, limit);
                 Ok(picked
                     .iter()
                     .map(|e| Wanted { first_version: e.first_version, offset: e.offset, len: e.len, count: e.count })
@@ -249,8 +246,7 @@ impl View {
                     View::Archived(a) => self.find_stream(seg, a.streams(), None, stream, hash)?,
                     View::Open(_) => &[],
                 };
-                let picked = pick(all, |e| (e.get().first_version, e.get().event_count), from, limit, forward);
-                Ok(picked
+                Ok(pick(all, |e| e.get().first_version, from, limit)
                     .iter()
                     .map(|e| {
                         let e = e.get();
@@ -265,6 +261,10 @@ impl View {
     /// `from` before position `end`, in version order, where the batch's events
     /// `skip..skip + take` are the ones wanted, until `limit` events are taken or `f` breaks.
     /// Returns how many were taken, and whether `f` broke.
+    ///
+    /// Nothing is allocated: a sealed segment's or an archive's index entries are read in
+    /// place; the open segment's are copied out of its in-memory index a few at a time (its
+    /// lock is not held while `f` runs: `f` may be user code, and the writer takes that lock).
     #[allow(clippy::too_many_arguments)]
     pub fn visit_stream(
         &self,
@@ -277,41 +277,71 @@ impl View {
         f: &mut dyn FnMut(&BatchView<'_>, usize, usize) -> ControlFlow<()>,
     ) -> Result<(usize, ControlFlow<()>)> {
         let mut taken = 0;
-        for e in &self.stream_batches(seg, stream, hash, from, end, limit, true)? {
-            if taken >= limit {
-                break;
-            }
+        let mut visit = |e: &Wanted, taken: &mut usize| -> Result<ControlFlow<()>> {
             let skip = from.saturating_sub(e.first_version) as usize;
-            let take = (e.count as usize).saturating_sub(skip).min(limit - taken);
+            let take = (e.count as usize).saturating_sub(skip).min(limit - *taken);
             let mut flow = ControlFlow::Continue(());
             self.checked_stream_batch(seg, stream, e, |b| flow = f(b, skip, take))?;
-            taken += take;
-            if flow.is_break() {
-                return Ok((taken, flow));
+            *taken += take;
+            Ok(flow)
+        };
+        match self {
+            View::Open(o) => {
+                // Copied out a chunk at a time, from the first batch not yet visited.
+                const CHUNK: usize = 32;
+                let blank = Wanted { first_version: 0, offset: 0, len: 0, count: 0 };
+                let mut chunk = [blank; CHUNK];
+                let mut next = from;
+                while taken < limit {
+                    let n = {
+                        let mem = o.index.read();
+                        let all = mem.visible(stream, end);
+                        let start = all.partition_point(|e| e.first_version + u64::from(e.count) <= next);
+                        let rest = all.get(start..).unwrap_or(&[]);
+                        let n = rest.len().min(CHUNK).min(limit - taken);
+                        for (slot, e) in chunk.iter_mut().zip(rest.iter().take(n)) {
+                            *slot =
+                                Wanted { first_version: e.first_version, offset: e.offset, len: e.len, count: e.count };
+                        }
+                        n
+                    };
+                    for e in chunk.get(..n).unwrap_or(&[]) {
+                        if taken >= limit {
+                            break;
+                        }
+                        if visit(e, &mut taken)?.is_break() {
+                            return Ok((taken, ControlFlow::Break(())));
+                        }
+                        next = e.first_version + u64::from(e.count);
+                    }
+                    if n < CHUNK {
+                        break;
+                    }
+                }
+            }
+            View::Sealed(_) | View::Archived(_) => {
+                let all = match self {
+                    View::Sealed(s) => self.sealed_entries(seg, s, stream, hash)?,
+                    View::Archived(a) => self.find_stream(seg, a.streams(), None, stream, hash)?,
+                    View::Open(_) => &[],
+                };
+                let start = all.partition_point(|e| {
+                    let e = e.get();
+                    e.first_version + u64::from(e.event_count) <= from
+                });
+                for e in all.get(start..).unwrap_or(&[]) {
+                    if taken >= limit {
+                        break;
+                    }
+                    let e = e.get();
+                    let e = Wanted { first_version: e.first_version, offset: e.offset, len: 0, count: e.event_count };
+                    if visit(&e, &mut taken)?.is_break() {
+                        return Ok((taken, ControlFlow::Break(())));
+                    }
+                }
             }
         }
         Ok((taken, ControlFlow::Continue(())))
-    }
-
-    /// Appends to `out` the events of `stream` with version >= `from` before position `end`,
-    /// forward, until `out` holds `limit` events.
-    #[allow(clippy::too_many_arguments)]
-    pub fn read_stream(
-        &self,
-        seg: &Segment,
-        stream: &str,
-        hash: u64,
-        from: u64,
-        end: u64,
-        limit: usize,
-        out: &mut Vec<RecordedEvent>,
-    ) -> Result<()> {
-        let left = limit - out.len().min(limit);
-        let _ = self.visit_stream(seg, stream, hash, from, end, left, &mut |b, skip, take| {
-            emit(b, seg.partition, skip, take, out);
-            ControlFlow::Continue(())
-        })?;
-        Ok(())
     }
 
     /// Appends to `out` the events of `stream` with version <= `from` before position `end`,
@@ -328,7 +358,7 @@ impl View {
         out: &mut Vec<RecordedEvent>,
     ) -> Result<()> {
         let left = limit - out.len().min(limit);
-        for e in self.stream_batches(seg, stream, hash, from, end, left, false)?.iter().rev() {
+        for e in self.stream_batches_back(seg, stream, hash, from, end, left)?.iter().rev() {
             if out.len() >= limit {
                 break;
             }
@@ -349,8 +379,10 @@ impl View {
         e: &Wanted,
         f: impl FnOnce(&BatchView<'_>),
     ) -> Result<()> {
-        let ok = self.with_batch(seg, e.offset, e.len as usize, |b| {
-            if b.stream_id != stream || b.first_version != e.first_version || b.event_count != e.count {
+        let ok = self.with_batch(seg, e.offset, e.len as usize, stream, |b| {
+            // (A batch of `stream` holds the very `stream` given: `decode_with` knew it.)
+            let same_stream = std::ptr::eq(b.stream_id, stream) || b.stream_id == stream;
+            if !same_stream || b.first_version != e.first_version || b.event_count != e.count {
                 return false;
             }
             f(b);
@@ -540,19 +572,23 @@ impl View {
             let buf = bytes.get();
             let buf = buf.get(..want.min(buf.len())).unwrap_or(&[]);
             let mut at = 0usize;
+            // Strings of the batch before, in the same bytes: no second UTF-8 check for them.
+            let mut known = batch::Known::default();
             while let Some(rest) = buf.get(at..) {
                 if rest.is_empty() || taken >= limit {
                     break;
                 }
-                match batch::decode(rest) {
+                // Matched by reference: the checked batch is not moved out of the result.
+                match &batch::decode_with(rest, known) {
                     Ok(b) => {
                         if b.base_position >= end {
                             return Ok((taken, ControlFlow::Continue(())));
                         }
-                        if offer(&b, from, end, limit, &mut taken, f).is_break() {
+                        if offer(b, from, end, limit, &mut taken, f).is_break() {
                             return Ok((taken, ControlFlow::Break(())));
                         }
                         at += b.length;
+                        known = b.known();
                     }
                     Err(batch::Bad::Truncated) if at > 0 => break,
                     Err(batch::Bad::Truncated) => {

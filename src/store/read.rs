@@ -25,6 +25,39 @@ impl Store {
         p.read_stream(stream, hash, from_version, max_count)
     }
 
+    /// Hands `f` the events of `stream` from version `from_version` on, oldest first, borrowed
+    /// from the log instead of copied out: what [`Store::read_stream`] returns, with nothing
+    /// allocated per event. The same events are left out (a deleted stream is an error; what
+    /// the stream's metadata or a soft delete hides is not shown), and an event is shown only
+    /// once its partition's head covers it. `f` stops the read by returning
+    /// `ControlFlow::Break(())`. Returns how many events `f` was given.
+    ///
+    /// ```
+    /// # use std::ops::ControlFlow;
+    /// # use strata::{EventData, ExpectedVersion, Options, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+    /// let events: Vec<_> = (1..=5).map(|i| EventData::new("Deposited", i.to_string())).collect();
+    /// store.append("account-9", ExpectedVersion::NoStream, &events)?;
+    /// // The balance from version 1 on, stopping after three events.
+    /// let mut balance = 0;
+    /// let seen = store.visit_stream("account-9", 1, |e| {
+    ///     balance += std::str::from_utf8(e.payload).unwrap().parse::<u64>().unwrap();
+    ///     if e.version == 3 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    /// })?;
+    /// assert_eq!((seen, balance), (3, 2 + 3 + 4));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn visit_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        mut f: impl FnMut(&EventView<'_>) -> ControlFlow<()>,
+    ) -> Result<usize> {
+        let (hash, p) = self.route(stream)?;
+        p.visit_visible_events(stream, hash, from_version, usize::MAX, &mut f)
+    }
+
     /// Up to `max_count` events of `stream` from version `from_version` on that were appended
     /// at or before `until`, oldest first: the stream as it was then (a stream's timestamps
     /// never decrease, so this is a prefix of what [`Store::read_stream`] returns).
