@@ -60,6 +60,19 @@ pub fn batch_decode(data: &[u8]) {
         put_crc(v, 0, 4..len);
     });
     let Ok(b) = batch::decode(data) else { return };
+    // Decoding given known strings (as scans and stream reads do) changes nothing: neither
+    // strings equal to the batch's own, nor other ones.
+    let same = |k: batch::Known<'_>| {
+        let again = batch::decode_with(data, k).expect("a batch accepted once is accepted given known strings");
+        assert_eq!(again.raw(), b.raw());
+        assert_eq!(
+            (again.stream_id, again.event_count, again.base_position),
+            (b.stream_id, b.event_count, b.base_position)
+        );
+        assert!(again.events().eq(b.events()), "events differ given known strings");
+    };
+    same(b.known());
+    same(batch::Known { stream_id: "another-stream", event_type: "AnotherType" });
     let events: Vec<EventData> = b
         .events()
         .map(|e| {

@@ -244,7 +244,7 @@ pub(crate) struct BatchView<'a> {
 }
 
 /// One event inside a checked batch.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct EventRef<'a> {
     pub event_type: &'a str,
     pub metadata: &'a [u8],
