@@ -323,6 +323,22 @@ impl OpenSegment {
         Ok(buf)
     }
 
+    /// Calls `f` with the bytes `[offset, offset + len)` (which the caller knows were written),
+    /// lent from the map when it covers them, copied out ([`OpenSegment::read`]) otherwise.
+    /// A lent slice is read under the map's read lock: `f` must not read this segment again,
+    /// nor wait on anything (such as an append) that may need the writer; only internal
+    /// decoders, never user code, run as `f`.
+    pub fn with_bytes<T>(&self, offset: u64, len: usize, f: impl FnOnce(&[u8]) -> T) -> Result<T> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        {
+            let map = self.map.read();
+            if let Some(b) = map.as_ref().and_then(|m| m.get(start..start.saturating_add(len))) {
+                return Ok(f(b));
+            }
+        }
+        Ok(f(&self.read(offset, len)?))
+    }
+
     /// Drops the map for good, waiting for reads in progress: called before the file is cut
     /// back, so that no read touches a mapped page past the new end (which would be SIGBUS).
     pub fn unmap(&self) {

@@ -14,7 +14,7 @@ use crate::log::events::{each_event, emit};
 use crate::log::partition::Partition;
 use crate::log::segment::View;
 use crate::log::stream_meta::{self, Visible};
-use crate::log::view::Select;
+use crate::log::view::{Lend, Select};
 use crate::router::stream_hash;
 
 impl Partition {
@@ -101,7 +101,8 @@ impl Partition {
         const RESERVE: usize = 256;
         let mut out = Vec::with_capacity(limit.min(RESERVE));
         let id = self.id;
-        self.visit_visible(stream, hash, from, limit, &mut |b, skip, take| {
+        // `emit` only copies: the open segment may lend its batches.
+        self.visit_visible(stream, hash, from, limit, Lend::Internal, &mut |b, skip, take| {
             emit(b, id, skip, take, &mut out);
             ControlFlow::Continue(())
         })?;
@@ -119,7 +120,7 @@ impl Partition {
     {
         let id = self.id;
         let mut seen = 0;
-        self.visit_visible(stream, hash, from, limit, &mut |b, skip, take| {
+        self.visit_visible(stream, hash, from, limit, Lend::User, &mut |b, skip, take| {
             each_event(b, id, skip, take, &mut |e| {
                 seen += 1;
                 f(e)
@@ -141,6 +142,7 @@ impl Partition {
         hash: u64,
         from: u64,
         limit: usize,
+        lend: Lend,
         f: &mut dyn FnMut(&BatchView<'_>, usize, usize) -> ControlFlow<()>,
     ) -> Result<()> {
         self.live(stream)?;
@@ -154,13 +156,13 @@ impl Partition {
             let view = self.view(&seg, end)?;
             let flow = if vis.min_time == 0 {
                 // Nothing hidden by age: every event from `from` on is shown.
-                let (n, flow) = view.visit_stream(&seg, stream, hash, from, end, limit - given, f)?;
+                let (n, flow) = view.visit_stream(&seg, stream, hash, from, end, limit - given, lend, f)?;
                 given += n;
                 flow
             } else {
                 // A batch's events share its timestamp: those hidden by age are whole batches
                 // (a prefix of the stream, but judged one by one all the same), not counted.
-                view.visit_stream(&seg, stream, hash, from, end, usize::MAX, &mut |b, skip, take| {
+                view.visit_stream(&seg, stream, hash, from, end, usize::MAX, lend, &mut |b, skip, take| {
                     if !vis.shows(b.first_version + skip as u64, b.timestamp) {
                         return ControlFlow::Continue(());
                     }
@@ -195,7 +197,12 @@ impl Partition {
             if end <= min_position {
                 continue;
             }
-            if self.view(&seg, end)?.visit_stream(&seg, stream, hash, from, end, usize::MAX, f)?.1.is_break() {
+            if self
+                .view(&seg, end)?
+                .visit_stream(&seg, stream, hash, from, end, usize::MAX, Lend::User, f)?
+                .1
+                .is_break()
+            {
                 break;
             }
         }

@@ -441,7 +441,7 @@ mod tests {
         let read = |stream: &str, from: u64| {
             let mut out = Vec::new();
             let _ = view
-                .visit_stream(&seg, stream, 7, from, 30, 100, &mut |b, skip, take| {
+                .visit_stream(&seg, stream, 7, from, 30, 100, crate::log::view::Lend::User, &mut |b, skip, take| {
                     crate::log::events::emit(b, 0, skip, take, &mut out);
                     std::ops::ControlFlow::Continue(())
                 })

@@ -63,6 +63,17 @@ impl Bytes<'_> {
     }
 }
 
+/// Who reads a batch handed out of an open segment: that decides whether it may be lent from
+/// the segment's map (read under its lock) or must be copied out first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lend {
+    /// Code of this crate that only copies or decodes (`events::emit`): lent.
+    Internal,
+    /// Anything that may run user code (visitors, `Aggregate::apply`), which may read the
+    /// segment again or wait on the writer: copied.
+    User,
+}
+
 impl View {
     /// The bytes `[offset, offset + len)`; for a mapped segment `len` may run to the end.
     fn bytes(&self, seg: &Segment, offset: u64, len: usize) -> Result<Bytes<'_>> {
@@ -84,19 +95,28 @@ impl View {
 
     /// Reads and checks the batch at `offset`, whose length is `len` if known, and which is
     /// expected to be of `stream` (a batch of that stream needs no UTF-8 check of its id).
+    /// With [`Lend::Internal`] an open segment's batch is lent from its map rather than copied
+    /// out (`OpenSegment::with_bytes`: `f` then runs under the map's lock).
     fn with_batch<T>(
         &self,
         seg: &Segment,
         offset: u64,
         len: usize,
         stream: &str,
+        lend: Lend,
         f: impl FnOnce(&BatchView<'_>) -> T,
     ) -> Result<T> {
-        let bytes = self.bytes(seg, offset, len)?;
-        // Matched by reference: the checked batch is not moved out of the result.
-        match &batch::decode_with(bytes.get(), batch::Known { stream_id: stream, event_type: "" }) {
-            Ok(b) => Ok(f(b)),
-            Err(bad) => Err(Error::corruption(&seg.path, offset, format!("indexed batch: {bad}"))),
+        let known = batch::Known { stream_id: stream, event_type: "" };
+        let check = |bytes: &[u8]| {
+            // Matched by reference: the checked batch is not moved out of the result.
+            match &batch::decode_with(bytes, known) {
+                Ok(b) => Ok(f(b)),
+                Err(bad) => Err(Error::corruption(&seg.path, offset, format!("indexed batch: {bad}"))),
+            }
+        };
+        match (self, lend) {
+            (View::Open(o), Lend::Internal) => o.with_bytes(offset, len, check)?,
+            _ => check(self.bytes(seg, offset, len)?.get()),
         }
     }
 
@@ -133,7 +153,7 @@ impl View {
             // events instead of being reported.
             let start = usize::try_from(first.offset).unwrap_or(usize::MAX);
             let same = data.and_then(|d| d.get(start..)).and_then(batch::peek_stream_id) == Some(stream)
-                || self.with_batch(seg, first.offset, 0, stream, |b| b.stream_id == stream)?;
+                || self.with_batch(seg, first.offset, 0, stream, Lend::User, |b| b.stream_id == stream)?;
             if same {
                 return Ok(entries.get(i..j).unwrap_or(&[]));
             }
@@ -274,6 +294,7 @@ impl View {
         from: u64,
         end: u64,
         limit: usize,
+        lend: Lend,
         f: &mut dyn FnMut(&BatchView<'_>, usize, usize) -> ControlFlow<()>,
     ) -> Result<(usize, ControlFlow<()>)> {
         let mut taken = 0;
@@ -281,7 +302,7 @@ impl View {
             let skip = from.saturating_sub(e.first_version) as usize;
             let take = (e.count as usize).saturating_sub(skip).min(limit - *taken);
             let mut flow = ControlFlow::Continue(());
-            self.checked_stream_batch(seg, stream, e, |b| flow = f(b, skip, take))?;
+            self.checked_stream_batch(seg, stream, e, lend, |b| flow = f(b, skip, take))?;
             *taken += take;
             Ok(flow)
         };
@@ -363,7 +384,7 @@ impl View {
                 break;
             }
             let last = (from - e.first_version).min(u64::from(e.count) - 1) as usize;
-            self.checked_stream_batch(seg, stream, e, |b| {
+            self.checked_stream_batch(seg, stream, e, Lend::Internal, |b| {
                 let mut tmp = Vec::with_capacity(last + 1);
                 emit(b, seg.partition, 0, last + 1, &mut tmp);
                 out.extend(tmp.into_iter().rev().take(limit - out.len()));
@@ -377,9 +398,10 @@ impl View {
         seg: &Segment,
         stream: &str,
         e: &Wanted,
+        lend: Lend,
         f: impl FnOnce(&BatchView<'_>),
     ) -> Result<()> {
-        let ok = self.with_batch(seg, e.offset, e.len as usize, stream, |b| {
+        let ok = self.with_batch(seg, e.offset, e.len as usize, stream, lend, |b| {
             // (A batch of `stream` holds the very `stream` given: `decode_with` knew it.)
             let same_stream = std::ptr::eq(b.stream_id, stream) || b.stream_id == stream;
             if !same_stream || b.first_version != e.first_version || b.event_count != e.count {
