@@ -10,7 +10,9 @@
 //! 3. the read-path cost of stream metadata: warm 100-event `read_stream` p50 on the store,
 //!    and on a second one built alike with `max_count` set on every stream (hiding nothing:
 //!    the lookups are the whole cost), the two read in turn over rounds;
-//! 4. end-to-end latency from append to subscriber (append timestamp to delivery), p50 and p99,
+//! 4. warm 100-event stream reads, p50: `read_stream` (owned events) against `visit_stream`
+//!    (borrowed), in turn over rounds (`READ_SIDE_STREAMS_ONLY=1` runs only this part);
+//! 5. end-to-end latency from append to subscriber (append timestamp to delivery), p50 and p99,
 //!    with 1 and 64 subscribers, under `Sync` and `Buffered` (10 ms) durability: one appender
 //!    thread doing 2,000 single-event appends/s.
 //!
@@ -196,6 +198,54 @@ fn metadata_cost(plain: &Store, ruled: &Store, rounds: usize) {
     println!("  max_count (hiding nothing) on every stream: {b:.1} us ({:+.1}%)", (b / a - 1.0) * 100.0);
 }
 
+fn stream_reads(store: &Store, rounds: usize) {
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let picks: Vec<String> = (0..2000)
+        .map(|_| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            stream_id(rng % STREAMS)
+        })
+        .collect();
+    let p50 = |visit: bool| {
+        let mut lat: Vec<f64> = picks
+            .iter()
+            .map(|s| {
+                let t = Instant::now();
+                let n = if visit {
+                    let mut bytes = 0;
+                    let n = store
+                        .visit_stream(s, 0, |e| {
+                            bytes += e.payload.len();
+                            ControlFlow::Continue(())
+                        })
+                        .unwrap();
+                    assert_eq!(bytes, n * PAYLOAD);
+                    n
+                } else {
+                    store.read_stream(s, 0, 100).unwrap().len()
+                };
+                let us = t.elapsed().as_secs_f64() * 1e6;
+                assert_eq!(n, 100);
+                us
+            })
+            .collect();
+        median(&mut lat)
+    };
+    // Warm: every picked stream read once each way.
+    p50(false);
+    p50(true);
+    let (mut read, mut visit) = (vec![], vec![]);
+    for _ in 0..rounds {
+        read.push(p50(false));
+        visit.push(p50(true));
+    }
+    println!("warm 100-event stream reads, p50 ({} reads a round, {rounds} rounds each, interleaved):", picks.len());
+    println!("  read_stream (owned events):     {:.1} us", median(&mut read));
+    println!("  visit_stream (borrowed events): {:.1} us", median(&mut visit));
+}
+
 fn latency(durability: Durability, subscribers: usize, seconds: u64) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let opts = Options::default().create_if_missing(true).partitions(8).durability(durability);
@@ -249,6 +299,10 @@ fn main() {
     let t = Instant::now();
     let store = build(dir.path(), events);
     println!("built {events} events over {STREAMS} streams, 8 partitions, in {:.1?}", t.elapsed());
+    stream_reads(&store, rounds);
+    if std::env::var_os("READ_SIDE_STREAMS_ONLY").is_some() {
+        return;
+    }
     catch_up(&store, events, rounds);
     let dir2 = tempfile::tempdir().unwrap();
     let ruled = build(dir2.path(), events);
