@@ -4,7 +4,8 @@
 //!
 //! Callers never take a lock: an append is encoded and checksummed-ready in the caller's
 //! thread, pushed onto the partition's lock-free queue (crossbeam), and the caller waits on a
-//! one-shot. The writer drains the queue without waiting for more (no added latency at low
+//! one-shot; the appends of one `append_many` share one encoded buffer (`BatchBytes::Shared`)
+//! and one set of answers (`log::reply`), so they cost no allocation each. The writer drains the queue without waiting for more (no added latency at low
 //! load; bigger groups under load), up to `max_group_appends` appends and about
 //! `max_group_bytes` bytes. `Store::append_many` queues its appends bound for one partition as
 //! one message, which the writer takes whole, so they share a group (which can pass

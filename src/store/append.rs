@@ -4,11 +4,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use crate::error::{Error, Result};
-use std::sync::Arc;
-
 use crate::event::{AppendResult, EventData, EventId, ExpectedVersion};
 use crate::format::batch;
 use crate::log::reply::{Replies, ReplyTo};
@@ -128,10 +127,13 @@ impl Store {
             match batch::encode_into(&mut buf, stream, events, self.shared.limits) {
                 Ok(range) => {
                     if encoded.is_empty() {
-                        // Room for as many more of this size as are announced: one allocation.
+                        // Room for as many more of this size as are announced (one allocation
+                        // in the common case), but no more than `RESERVE_MAX` on a guess: a
+                        // large first append says little about the rest.
+                        const RESERVE_MAX: usize = 64 << 20;
                         let more = futures.capacity().saturating_sub(futures.len() + 1);
-                        buf.reserve(range.len().saturating_mul(more));
-                        names.reserve(stream.len().saturating_mul(more + 1));
+                        buf.reserve(range.len().saturating_mul(more).min(RESERVE_MAX));
+                        names.reserve(stream.len().saturating_mul(more + 1).min(RESERVE_MAX));
                     }
                     futures.push(AppendFuture { state: FutureState::Slot(encoded.len()) });
                     let name = names.len()..names.len() + stream.len();
