@@ -10,7 +10,7 @@
 //! 3. the read-path cost of stream metadata: warm 100-event `read_stream` p50 on the store,
 //!    and on a second one built alike with `max_count` set on every stream (hiding nothing:
 //!    the lookups are the whole cost), the two read in turn over rounds;
-//! 4. warm 100-event stream reads, p50: `read_stream` (owned events) against `visit_stream`
+//! 4. warm whole-stream reads (100 events at the default size), p50: `read_stream` (owned events) against `visit_stream`
 //!    (borrowed), in turn over rounds (`READ_SIDE_STREAMS_ONLY=1` runs only this part);
 //! 5. end-to-end latency from append to subscriber (append timestamp to delivery), p50 and p99,
 //!    with 1 and 64 subscribers, under `Sync` and `Buffered` (10 ms) durability: one appender
@@ -112,33 +112,29 @@ fn catch_up(store: &Store, events: u64, rounds: usize) {
         assert_eq!(n, events);
         poll.push(n as f64 / t.elapsed().as_secs_f64());
 
-        let t = Instant::now();
-        let (mut cursor, mut n) = (Cursor::start(), 0u64);
-        loop {
-            let (page, next) = store.read_category("order", &cursor, 4096).unwrap();
-            if page.is_empty() {
-                break;
+        // Every page of a paged read from the start: how many events, in how many ms.
+        let pages = |read: &dyn Fn(&Cursor) -> (Vec<strata::RecordedEvent>, Cursor)| {
+            let t = Instant::now();
+            let (mut cursor, mut n) = (Cursor::start(), 0u64);
+            loop {
+                let (page, next) = read(&cursor);
+                if page.is_empty() {
+                    break;
+                }
+                n += page.len() as u64;
+                cursor = next;
             }
-            n += page.len() as u64;
-            cursor = next;
-        }
+            (n, t.elapsed().as_secs_f64() * 1e3)
+        };
+        let (n, ms) = pages(&|c| store.read_category("order", c, 4096).unwrap());
         assert_eq!(n, events / 100);
-        filtered.push(t.elapsed().as_secs_f64() * 1e3);
+        filtered.push(ms);
 
         // The same 1%, selected by event type (the first call builds each sealed segment's
         // type summary).
-        let t = Instant::now();
-        let (mut cursor, mut n) = (Cursor::start(), 0u64);
-        loop {
-            let (page, next) = store.read_event_type("OrderPlaced", &cursor, 4096).unwrap();
-            if page.is_empty() {
-                break;
-            }
-            n += page.len() as u64;
-            cursor = next;
-        }
+        let (n, ms) = pages(&|c| store.read_event_type("OrderPlaced", c, 4096).unwrap());
         assert_eq!(n, events / 100);
-        typed.push(t.elapsed().as_secs_f64() * 1e3);
+        typed.push(ms);
 
         let t = Instant::now();
         let mut n = 0u64;
@@ -162,7 +158,8 @@ fn catch_up(store: &Store, events: u64, rounds: usize) {
     println!("  read_event_type matching 1%, later calls: {later:.0} ms ({:.1}x matching-only)", later / o);
 }
 
-fn metadata_cost(plain: &Store, ruled: &Store, rounds: usize) {
+fn metadata_cost(plain: &Store, ruled: &Store, events: u64, rounds: usize) {
+    let per_stream = (events / STREAMS) as usize;
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let picks: Vec<String> = (0..2000)
         .map(|_| {
@@ -174,14 +171,14 @@ fn metadata_cost(plain: &Store, ruled: &Store, rounds: usize) {
         .collect();
     let read = |store: &Store| {
         for s in &picks {
-            store.read_stream(s, 0, 100).unwrap();
+            store.read_stream(s, 0, per_stream).unwrap();
         }
         let mut lat: Vec<f64> = picks
             .iter()
             .map(|s| {
                 let t = Instant::now();
-                let n = store.read_stream(s, 0, 100).unwrap().len();
-                assert_eq!(n, 100);
+                let n = store.read_stream(s, 0, per_stream).unwrap().len();
+                assert_eq!(n, per_stream);
                 t.elapsed().as_secs_f64() * 1e6
             })
             .collect();
@@ -193,12 +190,16 @@ fn metadata_cost(plain: &Store, ruled: &Store, rounds: usize) {
         with.push(read(ruled));
     }
     let (a, b) = (median(&mut without), median(&mut with));
-    println!("warm 100-event read_stream p50 ({} reads a round, {rounds} rounds each, interleaved):", picks.len());
+    println!(
+        "warm {per_stream}-event read_stream p50 ({} reads a round, {rounds} rounds each, interleaved):",
+        picks.len()
+    );
     println!("  store without metadata:              {a:.1} us");
     println!("  max_count (hiding nothing) on every stream: {b:.1} us ({:+.1}%)", (b / a - 1.0) * 100.0);
 }
 
-fn stream_reads(store: &Store, rounds: usize) {
+fn stream_reads(store: &Store, events: u64, rounds: usize) {
+    let per_stream = (events / STREAMS) as usize;
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     let picks: Vec<String> = (0..2000)
         .map(|_| {
@@ -224,10 +225,10 @@ fn stream_reads(store: &Store, rounds: usize) {
                     assert_eq!(bytes, n * PAYLOAD);
                     n
                 } else {
-                    store.read_stream(s, 0, 100).unwrap().len()
+                    store.read_stream(s, 0, per_stream).unwrap().len()
                 };
                 let us = t.elapsed().as_secs_f64() * 1e6;
-                assert_eq!(n, 100);
+                assert_eq!(n, per_stream);
                 us
             })
             .collect();
@@ -241,7 +242,10 @@ fn stream_reads(store: &Store, rounds: usize) {
         read.push(p50(false));
         visit.push(p50(true));
     }
-    println!("warm 100-event stream reads, p50 ({} reads a round, {rounds} rounds each, interleaved):", picks.len());
+    println!(
+        "warm {per_stream}-event stream reads, p50 ({} reads a round, {rounds} rounds each, interleaved):",
+        picks.len()
+    );
     println!("  read_stream (owned events):     {:.1} us", median(&mut read));
     println!("  visit_stream (borrowed events): {:.1} us", median(&mut visit));
 }
@@ -299,7 +303,7 @@ fn main() {
     let t = Instant::now();
     let store = build(dir.path(), events);
     println!("built {events} events over {STREAMS} streams, 8 partitions, in {:.1?}", t.elapsed());
-    stream_reads(&store, rounds);
+    stream_reads(&store, events, rounds);
     if std::env::var_os("READ_SIDE_STREAMS_ONLY").is_some() {
         return;
     }
@@ -310,7 +314,7 @@ fn main() {
     for i in 0..STREAMS {
         ruled.set_stream_metadata(&stream_id(i), ExpectedVersion::NoStream, meta.clone()).unwrap();
     }
-    metadata_cost(&store, &ruled, rounds);
+    metadata_cost(&store, &ruled, events, rounds);
     drop((store, ruled));
     println!("append -> subscriber latency (2,000 appends/s for {seconds} s), p50 / p99:");
     for durability in [Durability::Sync, Durability::Buffered { sync_interval: Duration::from_millis(10) }] {

@@ -121,7 +121,11 @@ impl ReplyTo {
             ReplyTo::One(tx) => {
                 let _ = tx.send(r);
             }
-            ReplyTo::Slot(s) => answer_all(std::iter::once((ReplyTo::Slot(s), r))),
+            ReplyTo::Slot(mut s) => {
+                if let Some(replies) = s.replies.take() {
+                    replies.fill(std::iter::once((s.index, r)));
+                }
+            }
         }
     }
 }

@@ -119,7 +119,8 @@ impl Store {
             ids: Option<Box<[EventId]>>,
         }
         let appends = appends.into_iter();
-        let mut futures = Vec::with_capacity(appends.size_hint().0);
+        // Per append: its index among the encoded ones, or why it was refused before queuing.
+        let mut outcomes: Vec<Result<usize>> = Vec::with_capacity(appends.size_hint().0);
         let (mut buf, mut names) = (Vec::new(), String::new());
         let mut encoded: Vec<Encoded> = Vec::with_capacity(appends.size_hint().0);
         for (stream, expected, events) in appends {
@@ -131,11 +132,11 @@ impl Store {
                         // in the common case), but no more than `RESERVE_MAX` on a guess: a
                         // large first append says little about the rest.
                         const RESERVE_MAX: usize = 64 << 20;
-                        let more = futures.capacity().saturating_sub(futures.len() + 1);
+                        let more = outcomes.capacity().saturating_sub(outcomes.len() + 1);
                         buf.reserve(range.len().saturating_mul(more).min(RESERVE_MAX));
                         names.reserve(stream.len().saturating_mul(more + 1).min(RESERVE_MAX));
                     }
-                    futures.push(AppendFuture { state: FutureState::Slot(encoded.len()) });
+                    outcomes.push(Ok(encoded.len()));
                     let name = names.len()..names.len() + stream.len();
                     names.push_str(stream);
                     encoded.push(Encoded {
@@ -147,15 +148,17 @@ impl Store {
                         ids: ids_of(events),
                     });
                 }
-                Err(e) => futures.push(AppendFuture { state: FutureState::Failed(Some(e)) }),
+                Err(e) => outcomes.push(Err(e)),
             }
         }
         let replies = Replies::new(encoded.len());
-        for f in &mut futures {
-            if let FutureState::Slot(i) = f.state {
-                f.state = FutureState::Shared(replies.clone(), i);
-            }
-        }
+        let futures = outcomes
+            .into_iter()
+            .map(|o| match o {
+                Ok(i) => AppendFuture { state: FutureState::Shared(replies.clone(), i) },
+                Err(e) => AppendFuture { state: FutureState::Failed(Some(e)) },
+            })
+            .collect();
         let (buf, names): (_, Arc<str>) = (Arc::new(buf), names.into());
         // Route and queue under the senders' read lock: a grow's cutover waits for it.
         let senders = self.senders.read();
@@ -324,8 +327,6 @@ enum FutureState {
     Waiting(oneshot::Receiver<Result<AppendResult>>),
     /// Answer `.1` of an `append_many`'s shared replies.
     Shared(Arc<Replies>, usize),
-    /// Only while `append_many` builds its futures: the index of a `Shared` one.
-    Slot(usize),
     Failed(Option<Error>),
 }
 
@@ -348,7 +349,6 @@ impl AppendFuture {
         match self.state {
             FutureState::Waiting(rx) => rx.recv().map_err(|_| Error::Closed)?,
             FutureState::Shared(replies, i) => replies.wait(i),
-            FutureState::Slot(_) => Err(Error::Closed),
             FutureState::Failed(e) => Err(e.unwrap_or(Error::Closed)),
         }
     }
@@ -360,7 +360,6 @@ impl Future for AppendFuture {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let poll = match &mut self.state {
             FutureState::Failed(e) => Poll::Ready(Err(e.take().unwrap_or(Error::Closed))),
-            FutureState::Slot(_) => Poll::Ready(Err(Error::Closed)),
             FutureState::Shared(replies, i) => replies.poll(*i, cx),
             FutureState::Waiting(rx) => match Pin::new(rx).poll(cx) {
                 Poll::Ready(Ok(r)) => Poll::Ready(r),
