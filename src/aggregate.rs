@@ -37,6 +37,9 @@ use crate::snapshot::Pending;
 use crate::store::Store;
 use crate::store::seam::{Log, Visible};
 
+#[cfg(feature = "serde")]
+pub(crate) mod typed;
+
 /// The error an [`Aggregate::apply`] may return.
 pub type ApplyError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -223,6 +223,19 @@ pub enum Error {
         /// The aggregate's error.
         reason: String,
     },
+    /// A typed event could not be encoded, or a stored event could not be decoded (or
+    /// upcast) as the type asked for ([`typed`](crate::typed), feature `serde`).
+    #[error("event {event_type:?}{} could not be {}: {reason}", at.as_ref().map_or(String::new(), |(s, v)| format!(" (stream {s:?}, version {v})")), if *decoding { "decoded" } else { "encoded" })]
+    Codec {
+        /// The event's type.
+        event_type: String,
+        /// The stream and version of the stored event (`None` when encoding).
+        at: Option<(String, u64)>,
+        /// Decoding a stored event (`false`: encoding a new one).
+        decoding: bool,
+        /// What the codec or upcaster said.
+        reason: String,
+    },
     /// An aggregate's encoded state is larger than a snapshot may be.
     #[error("snapshot of {size} bytes is over the limit of {max}")]
     SnapshotTooLarge {
@@ -345,6 +358,8 @@ pub enum ErrorKind {
     InvalidOptions,
     /// [`Error::Apply`].
     Apply,
+    /// [`Error::Codec`].
+    Codec,
     /// [`Error::SnapshotTooLarge`].
     SnapshotTooLarge,
     /// [`Error::Overloaded`].
@@ -391,6 +406,7 @@ impl ErrorKind {
             ErrorKind::NoSuchPartition => "no_such_partition",
             ErrorKind::InvalidOptions => "invalid_options",
             ErrorKind::Apply => "apply",
+            ErrorKind::Codec => "codec",
             ErrorKind::SnapshotTooLarge => "snapshot_too_large",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::RateLimited => "rate_limited",
@@ -458,6 +474,7 @@ impl Error {
             Error::NoSuchPartition { .. } => ErrorKind::NoSuchPartition,
             Error::InvalidOptions(_) => ErrorKind::InvalidOptions,
             Error::Apply { .. } => ErrorKind::Apply,
+            Error::Codec { .. } => ErrorKind::Codec,
             Error::SnapshotTooLarge { .. } => ErrorKind::SnapshotTooLarge,
             Error::Overloaded { .. } => ErrorKind::Overloaded,
             Error::RateLimited { .. } => ErrorKind::RateLimited,

@@ -39,7 +39,8 @@
 //!
 //! The source is layered, and the folders are the layers. From the bottom:
 //!
-//! 1. base: `error`, `event`, `router`, `clock`, `sync`, `report`;
+//! 1. base: `error`, `event`, `router`, `clock`, `sync`, `report`, and `codec` (typed
+//!    events, feature `serde`);
 //! 2. `io/`: the file seam, fault injection, the lock, and `mmap` (the only `unsafe`);
 //! 3. `format/`: the bytes of every file, encoders beside decoders;
 //! 4. `log/`: the engine core: partitions, segments, the write path (`writer`), the read
@@ -60,6 +61,8 @@
 
 // Floor 1: base.
 mod clock;
+#[cfg(feature = "serde")]
+mod codec;
 mod error;
 mod event;
 mod report;
@@ -135,7 +138,78 @@ pub mod faults {
     pub use crate::io::sim::{CutReport, SimDisk, StepKind};
 }
 
-/// The README's example is compiled as a doctest, so it cannot rot.
-#[cfg(doctest)]
+#[cfg(feature = "serde")]
+pub mod typed {
+    //! Typed events (feature `serde`): domain events as Rust types, encoded with serde, read back
+    //! through upcasters as their newest shape.
+    //!
+    //! A [`DomainEvent`] is usually an enum with one variant per event type. It is stored as a
+    //! normal strata event:
+    //! - the **event type** is the variant's name (serde's, so `#[serde(rename = "...")]` counts);
+    //! - the **payload** is the variant's content alone, in the event's [`Codec`]: JSON
+    //!   `{"cents":10}` for `Deposited { cents: 10 }` (or postcard bytes);
+    //! - the **metadata** starts with an 8-byte envelope naming the codec and the event's schema
+    //!   version, followed by the application's own metadata, if any (FORMAT.md §22).
+    //!
+    //! Events written through the byte API with a JSON payload in the same shape, by strata or
+    //! any other writer, decode as well: an event without the envelope reads as JSON at schema 1.
+    //!
+    //! ```
+    //! use serde::{Deserialize, Serialize};
+    //! use strata::typed::DomainEvent;
+    //! use strata::{EventData, ExpectedVersion, Options, Store};
+    //!
+    //! #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    //! enum AccountEvent {
+    //!     Opened { owner: String },
+    //!     Deposited { cents: u64 },
+    //!     Closed,
+    //! }
+    //! impl DomainEvent for AccountEvent {}
+    //!
+    //! let dir = tempfile::tempdir()?;
+    //! let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+    //! let events = [AccountEvent::Opened { owner: "ada".into() }, AccountEvent::Deposited { cents: 250 }];
+    //! let data = events.iter().map(EventData::encode).collect::<Result<Vec<_>, _>>()?;
+    //! store.append("account-1", ExpectedVersion::NoStream, &data)?;
+    //!
+    //! let stored = store.read_stream("account-1", 0, 10)?;
+    //! assert_eq!(stored[1].event_type, "Deposited");
+    //! assert_eq!(stored[1].payload, br#"{"cents":250}"#);
+    //! assert_eq!(stored[1].decode::<AccountEvent>()?, AccountEvent::Deposited { cents: 250 });
+    //! # Ok::<(), Box<dyn std::error::Error>>(())
+    //! ```
+    //!
+    //! On top of it: [`TypedAggregate`](TypedAggregate), whose `apply` receives the
+    //! decoded event, and [`TypedProjection`](TypedProjection), whose handler does.
+    //!
+    //! # Schema changes
+    //!
+    //! Events are facts: they are never rewritten. When an event's shape changes, raise its
+    //! [`DomainEvent::schema_version`] and register an upcaster from the old schema in
+    //! [`DomainEvent::upcasters`]; every typed read (loads, projections, subscriptions, reads of
+    //! archived events) runs the chain of upcasters before decoding. Snapshots are another matter:
+    //! a snapshot holds an aggregate's *state*, built from already-upcast events, under its own
+    //! tag (`TypedAggregate::SCHEMA`). Upcasting events never invalidates a snapshot; changing the
+    //! state's shape does, and then the state's `SCHEMA` is raised: snapshots under the old tag
+    //! are refused (or converted by `TypedAggregate::upgrade_snapshot`) and the state is rebuilt
+    //! from the events, through the upcasters, and snapshotted again.
+    //!
+    //! # Codecs
+    //!
+    //! JSON ([`Codec::Json`], the default) is readable by any tool and tolerant of added fields
+    //! (`#[serde(default)]`). postcard ([`Codec::Postcard`]) is compact and fast, but not
+    //! self-describing: a field added, removed or reordered in a postcard event is a new schema
+    //! version, with an upcaster. Variants are stored by name in both, so reordering an enum's
+    //! variants is always safe.
+
+    pub use crate::aggregate::typed::TypedAggregate;
+    pub use crate::codec::{Codec, DomainEvent, ENVELOPE_LEN, Envelope, Upcasters, encode_all};
+    pub use crate::projection::typed::TypedProjection;
+}
+
+/// The README's examples are compiled as doctests, so they cannot rot (the first screen's
+/// example uses typed events, hence the feature).
+#[cfg(all(doctest, feature = "serde"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

@@ -20,6 +20,8 @@ mod dlq;
 mod engine;
 mod rebuild;
 mod state;
+#[cfg(feature = "serde")]
+pub(crate) mod typed;
 mod worker;
 
 pub use engine::ProjectionEngine;

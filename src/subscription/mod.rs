@@ -163,6 +163,18 @@ impl Filter {
         Filter(Kind::EventTypes(types.into_iter().map(Into::into).collect()))
     }
 
+    /// The events of a [`DomainEvent`](crate::typed::DomainEvent) type (feature `serde`): the
+    /// types of its variants, and those its upcasters start from, served from the log's
+    /// indexes like [`Filter::event_types`]. A type whose names serde does not tell (an
+    /// untagged enum) is filtered by its [`handles`](crate::typed::DomainEvent::handles).
+    #[cfg(feature = "serde")]
+    pub fn domain<E: crate::codec::DomainEvent>() -> Filter {
+        match crate::codec::event_types::<E>() {
+            Some(types) => Filter(Kind::EventTypes(types)),
+            None => Filter::predicate(|e| E::handles(e.event_type)),
+        }
+    }
+
     /// Events `keep` keeps.
     pub fn predicate(keep: impl Fn(&EventView<'_>) -> bool + Send + Sync + 'static) -> Filter {
         Filter(Kind::Predicate(Arc::new(keep)))
