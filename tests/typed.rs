@@ -459,6 +459,10 @@ impl TypedProjection for Balances {
         *self.cents.lock().unwrap().entry(recorded.stream_id.clone()).or_default() += delta;
         Ok(())
     }
+
+    fn wants(&self, recorded: &RecordedEvent) -> bool {
+        recorded.stream_id.starts_with("account-")
+    }
 }
 
 #[test]
@@ -478,6 +482,8 @@ fn projections_get_upcast_events_skip_others_and_dead_letter_what_does_not_decod
             .unwrap();
     }
     store.append("account-3", ExpectedVersion::Any, &[EventData::new("Deposited", "{oops")]).unwrap();
+    // Another aggregate's event with a colliding type name, outside the streams it wants.
+    store.append("ledger-1", ExpectedVersion::Any, &[EventData::new("Deposited", "not json")]).unwrap();
     let engine = ProjectionEngine::new(store.clone(), 2);
     let p = Arc::new(Balances::default());
     let options = ProjectionOptions::default().retry(2, Duration::from_millis(1)).on_failure(OnFailure::DeadLetter);

@@ -45,6 +45,14 @@ pub trait TypedProjection: Send + Sync + 'static {
     /// Handles one event of its type.
     fn handle(&self, event: &Self::Event, recorded: &RecordedEvent) -> Result<(), HandlerError>;
 
+    /// Whether to decode and handle `recorded`, an event of one of its types (by default,
+    /// all of them). Narrow it when another aggregate's events share a type name, say to the
+    /// streams of one category: `recorded.stream_id.starts_with("account-")`.
+    fn wants(&self, recorded: &RecordedEvent) -> bool {
+        let _ = recorded;
+        true
+    }
+
     /// [`Projection::reset`].
     fn reset(&self) -> Result<(), HandlerError> {
         Ok(())
@@ -59,7 +67,7 @@ pub trait TypedProjection: Send + Sync + 'static {
 
 impl<P: TypedProjection> Projection for P {
     fn handle(&self, event: &RecordedEvent) -> Result<(), HandlerError> {
-        if !P::Event::handles(&event.event_type) {
+        if !P::Event::handles(&event.event_type) || !self.wants(event) {
             return Ok(());
         }
         let decoded: P::Event = event.decode()?;
