@@ -224,7 +224,7 @@ pub enum Error {
         reason: String,
     },
     /// A typed event could not be encoded, or a stored event could not be decoded (or
-    /// upcast) as the type asked for ([`typed`](crate::typed), feature `serde`).
+    /// upcast) as the type asked for (`strata::typed`, feature `serde`).
     #[error("event {event_type:?}{} could not be {}: {reason}", at.as_ref().map_or(String::new(), |(s, v)| format!(" (stream {s:?}, version {v})")), if *decoding { "decoded" } else { "encoded" })]
     Codec {
         /// The event's type.

@@ -27,7 +27,9 @@
 //! - [`ViewCache`] ([`cache`]): a read-through cache for hot views; [`Metrics`] ([`metrics`]):
 //!   everything measured, in one snapshot and as Prometheus text;
 //! - [`compaction`] of old segments into compressed archives, and [`inspect`] to read any
-//!   strata file without opening its store.
+//!   strata file without opening its store;
+//! - `typed` (feature `serde`): domain events as Rust types (JSON or postcard), upcasters for
+//!   old shapes, and typed aggregates and projections.
 //!
 //! The everyday types are at the root; the rest is grouped by what it belongs to: the
 //! [`store`] module holds what `Store` methods return besides events (iterators, reports,
@@ -180,8 +182,8 @@ pub mod typed {
     //! # Ok::<(), Box<dyn std::error::Error>>(())
     //! ```
     //!
-    //! On top of it: [`TypedAggregate`](TypedAggregate), whose `apply` receives the
-    //! decoded event, and [`TypedProjection`](TypedProjection), whose handler does.
+    //! On top of it: [`TypedAggregate`], whose `apply` receives the
+    //! decoded event, and [`TypedProjection`], whose handler does.
     //!
     //! # Schema changes
     //!
