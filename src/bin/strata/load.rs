@@ -4,6 +4,7 @@
 //! report.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,6 +80,16 @@ pub struct LoadArgs {
     /// Print the report as one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Serve the store's metrics (Prometheus text, format 0.0.4) on `GET /metrics` at this
+    /// address while the load runs, e.g. 127.0.0.1:9464; port 0 picks a free one. The
+    /// address is printed on stderr at the start (`metrics: http://ADDR/metrics`). Loopback
+    /// addresses only, unless --metrics-public.
+    #[arg(long, value_name = "IP:PORT")]
+    metrics_addr: Option<SocketAddr>,
+    /// Allow a --metrics-addr that is not loopback (e.g. 0.0.0.0:9464): the metrics are then
+    /// served to whoever can reach it, without authentication.
+    #[arg(long, requires = "metrics_addr")]
+    metrics_public: bool,
 }
 
 fn default_dir() -> PathBuf {
@@ -232,11 +243,24 @@ pub fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.writers == 0 || args.streams == 0 || args.batch == 0 {
         return Err("writers, streams and batch must be positive".into());
     }
+    // Bound before the store exists: a refused or busy address fails the load at once.
+    let listener = args.metrics_addr.map(|a| crate::serve::bind(a, args.metrics_public)).transpose()?;
     let dir = args.dir.clone().unwrap_or_else(default_dir);
     let store = Arc::new(Store::open(&dir, store_options(&args))?);
     let (engine, balances, cache) = start_projections(&store, args.streams)?;
     let bus_options = BusOptions::default().max_in_flight(args.writers * 2).gate_on("balances");
     let bus = Arc::new(CommandBus::new(store.clone(), Some(engine.clone()), bus_options)?);
+    let server = match listener {
+        Some(listener) => {
+            eprintln!("metrics: http://{}/metrics", listener.local_addr()?);
+            let (store, engine, bus, cache) = (store.clone(), engine.clone(), bus.clone(), cache.clone());
+            let render = move || {
+                Metrics::collect(&store, Some(&engine), Some(&bus), &[("balances", cache.stats())]).prometheus()
+            };
+            Some(crate::serve::serve(listener, render))
+        }
+        None => None,
+    };
 
     let shared = Arc::new(Shared {
         commands: args.events.div_ceil(args.batch as u64),
@@ -286,6 +310,10 @@ pub fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         archives: ArchiveTotals::of(&store)?,
         bytes: 0,
     };
+    // The endpoint holds the store, engine and bus: it ends before they are closed.
+    if let Some(server) = server {
+        server.stop();
+    }
     drop(bus);
     Arc::try_unwrap(engine).map_err(|_| "engine still shared")?.stop()?;
     drop(balances);
