@@ -351,3 +351,83 @@ fn load_serves_metrics_while_it_runs() {
     assert!(!ok && err.contains("not a loopback address") && err.contains("--metrics-public"), "{err}");
     assert!(!refused.exists(), "refused before a store was made");
 }
+
+/// `load --report DIR` writes DIR/index.html: the parameters, the text report, and one SVG
+/// plot per title, each with its data (lines of many points, the histogram's bars).
+#[cfg(feature = "report")]
+#[test]
+fn load_writes_an_html_report() {
+    let work = tempfile::tempdir().unwrap();
+    let (store, out) = (work.path().join("store"), work.path().join("report"));
+    let (ok, json, err) = strata_args(&[
+        "load",
+        "--events",
+        "20000",
+        "--streams",
+        "200",
+        "--writers",
+        "4",
+        "--partitions",
+        "2",
+        "--segment-mib",
+        "1",
+        "--hot-mib",
+        "1",
+        "--compact-every",
+        "0.5",
+        "--json",
+        "--dir",
+        store.to_str().unwrap(),
+        "--report",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(json.trim().starts_with('{') && json.trim().ends_with('}'), "stdout stays one JSON object: {json}");
+    let page = out.join("index.html");
+    assert!(err.contains(&format!("report: {}", page.display())), "{err}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
+    assert!(html.contains("durable events") && html.contains("command latency"), "the text report is in the page");
+    let samples: usize = html
+        .split("samples</span> ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the sample count");
+    assert!(samples >= 20, "{samples} samples");
+    let titles = [
+        "Throughput: events/s",
+        "Command latency per interval",
+        "Command latency histogram",
+        "Projection lag against the SLA",
+        "Read model cache hit ratio",
+        "Compaction and archive bytes",
+    ];
+    let svgs: Vec<&str> = html.split("<svg").skip(1).map(|s| s.split("</svg>").next().unwrap()).collect();
+    assert_eq!(svgs.len(), titles.len(), "one <svg> per plot");
+    // Points of the lines of data: axes and ticks are lines of two points.
+    let line_points = |svg: &str| -> usize {
+        let lines = svg.split("<polyline").skip(1).filter_map(|p| p.split("points=\"").nth(1));
+        lines.map(|pts| pts.split('"').next().unwrap().split_whitespace().count()).filter(|&n| n > 2).sum()
+    };
+    for (svg, title) in svgs.iter().zip(titles) {
+        assert!(svg.contains(title), "{title} in its plot");
+        if title.contains("histogram") {
+            assert!(svg.matches("<rect").count() > 5, "the histogram has bars");
+        } else {
+            assert!(line_points(svg) >= 10, "{title}: lines of data ({} points)", line_points(svg));
+        }
+    }
+    assert!(svgs[3].contains("SLA of balances"), "the lag plot shows the SLA");
+}
+
+/// Without the `report` feature, `--report` says how to get it, before making a store.
+#[cfg(not(feature = "report"))]
+#[test]
+fn load_report_needs_its_feature() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    let (ok, _, err) = strata_args(&["load", "--events", "10", "--dir", store.to_str().unwrap(), "--report", "r"]);
+    assert!(!ok && err.contains("--features report"), "{err}");
+    assert!(!store.exists());
+}
