@@ -288,3 +288,146 @@ fn tail_follows_a_store_and_resumes_from_its_cursor() {
     assert!(text.contains("@2 ") && text.contains("order-2 v0 Placed: line 2"), "{text}");
     drop(store);
 }
+
+/// One raw HTTP/1.1 GET of `path` from `addr`: the whole answer (status line, head, body).
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// `load --metrics-addr 127.0.0.1:0` prints the address it bound and serves the store's
+/// Prometheus text on `GET /metrics` while it runs (anything else: 404); an address that is
+/// not loopback is refused without `--metrics-public`, before any store is made.
+#[test]
+fn load_serves_metrics_while_it_runs() {
+    use std::io::BufRead;
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("store");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["load", "--events", "5000000", "--duration", "3", "--streams", "40", "--writers", "4"])
+        .args(["--partitions", "2", "--json", "--metrics-addr", "127.0.0.1:0", "--dir"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // stderr read on a thread: the first line's address comes back, the rest is kept.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let rest = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if let Some(url) = line.strip_prefix("metrics: http://") {
+                let _ = tx.send(url.trim_end_matches("/metrics").to_owned());
+            }
+            all += &line;
+            all.push('\n');
+        }
+        all
+    });
+    let addr = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the metrics address on stderr");
+    assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"), "{addr}");
+    let answer = http_get(&addr, "/metrics");
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer:.500}");
+    assert!(answer.contains("Content-Type: text/plain; version=0.0.4"), "{answer:.500}");
+    assert!(answer.contains("# TYPE strata_events_total counter\nstrata_events_total "), "{answer:.2000}");
+    assert!(answer.contains("strata_append_seconds_bucket{le="), "{answer:.2000}");
+    let answer = http_get(&addr, "/nothing");
+    assert!(answer.starts_with("HTTP/1.1 404 Not Found\r\n"), "{answer}");
+    let out = child.wait_with_output().unwrap();
+    let err = rest.join().unwrap();
+    assert!(out.status.success(), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).trim().starts_with("{\"dir\""), "stdout stays one JSON object");
+
+    let refused = work.path().join("refused");
+    let (ok, _, err) =
+        strata_args(&["load", "--events", "10", "--metrics-addr", "0.0.0.0:0", "--dir", refused.to_str().unwrap()]);
+    assert!(!ok && err.contains("not a loopback address") && err.contains("--metrics-public"), "{err}");
+    assert!(!refused.exists(), "refused before a store was made");
+}
+
+/// `load --report DIR` writes DIR/index.html: the parameters, the text report, and one SVG
+/// plot per title, each with its data (lines of many points, the histogram's bars).
+#[cfg(feature = "report")]
+#[test]
+fn load_writes_an_html_report() {
+    let work = tempfile::tempdir().unwrap();
+    let (store, out) = (work.path().join("store"), work.path().join("report"));
+    let (ok, json, err) = strata_args(&[
+        "load",
+        "--events",
+        "20000",
+        "--streams",
+        "200",
+        "--writers",
+        "4",
+        "--partitions",
+        "2",
+        "--segment-mib",
+        "1",
+        "--hot-mib",
+        "1",
+        "--compact-every",
+        "0.5",
+        "--json",
+        "--dir",
+        store.to_str().unwrap(),
+        "--report",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(json.trim().starts_with('{') && json.trim().ends_with('}'), "stdout stays one JSON object: {json}");
+    let page = out.join("index.html");
+    assert!(err.contains(&format!("report: {}", page.display())), "{err}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
+    assert!(html.contains("durable events") && html.contains("command latency"), "the text report is in the page");
+    let samples: usize = html
+        .split("samples</span> ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the sample count");
+    assert!(samples >= 20, "{samples} samples");
+    let titles = [
+        "Throughput: events/s",
+        "Command latency per interval",
+        "Command latency histogram",
+        "Projection lag against the SLA",
+        "Read model cache hit ratio",
+        "Compaction and archive bytes",
+    ];
+    let svgs: Vec<&str> = html.split("<svg").skip(1).map(|s| s.split("</svg>").next().unwrap()).collect();
+    assert_eq!(svgs.len(), titles.len(), "one <svg> per plot");
+    // Points of the lines of data: axes and ticks are lines of two points.
+    let line_points = |svg: &str| -> usize {
+        let lines = svg.split("<polyline").skip(1).filter_map(|p| p.split("points=\"").nth(1));
+        lines.map(|pts| pts.split('"').next().unwrap().split_whitespace().count()).filter(|&n| n > 2).sum()
+    };
+    for (svg, title) in svgs.iter().zip(titles) {
+        assert!(svg.contains(title), "{title} in its plot");
+        if title.contains("histogram") {
+            assert!(svg.matches("<rect").count() > 5, "the histogram has bars");
+        } else {
+            assert!(line_points(svg) >= 10, "{title}: lines of data ({} points)", line_points(svg));
+        }
+    }
+    assert!(svgs[3].contains("SLA of balances"), "the lag plot shows the SLA");
+}
+
+/// Without the `report` feature, `--report` says how to get it, before making a store.
+#[cfg(not(feature = "report"))]
+#[test]
+fn load_report_needs_its_feature() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    let (ok, _, err) = strata_args(&["load", "--events", "10", "--dir", store.to_str().unwrap(), "--report", "r"]);
+    assert!(!ok && err.contains("--features report"), "{err}");
+    assert!(!store.exists());
+}

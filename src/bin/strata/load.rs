@@ -4,6 +4,8 @@
 //! report.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 use clap::ValueEnum;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
+use series::{Sample, Series};
 use strata::bus::{BusOptions, BusStats};
 use strata::cache::CacheStats;
 use strata::compaction::CompactionOptions;
@@ -21,6 +24,10 @@ use strata::{
     Aggregate, ApplyError, Command as BusCommand, CommandBus, Durability, Error, EventData, EventId, Metrics, Options,
     Projection, ProjectionEngine, RecordedEvent, Store, ViewCache,
 };
+
+#[cfg(feature = "report")]
+mod report;
+mod series;
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
 pub enum DurabilityArg {
@@ -79,6 +86,22 @@ pub struct LoadArgs {
     /// Print the report as one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Also write DIR/index.html: a self-contained page of SVG plots of the run (events/s,
+    /// command latency percentiles and histogram, projection lag against its SLA, cache hit
+    /// ratio, compaction and archive bytes, sampled once per interval) under its parameters
+    /// and this report. Needs a build with `--features report`.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
+    /// Serve the store's metrics (Prometheus text, format 0.0.4) on `GET /metrics` at this
+    /// address while the load runs, e.g. 127.0.0.1:9464; port 0 picks a free one. The
+    /// address is printed on stderr at the start (`metrics: http://ADDR/metrics`). Loopback
+    /// addresses only, unless --metrics-public.
+    #[arg(long, value_name = "IP:PORT")]
+    metrics_addr: Option<SocketAddr>,
+    /// Allow a --metrics-addr that is not loopback (e.g. 0.0.0.0:9464): the metrics are then
+    /// served to whoever can reach it, without authentication.
+    #[arg(long, requires = "metrics_addr")]
+    metrics_public: bool,
 }
 
 fn default_dir() -> PathBuf {
@@ -232,11 +255,27 @@ pub fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.writers == 0 || args.streams == 0 || args.batch == 0 {
         return Err("writers, streams and batch must be positive".into());
     }
+    if args.report.is_some() && !cfg!(feature = "report") {
+        return Err(NO_REPORT.into());
+    }
+    // Bound before the store exists: a refused or busy address fails the load at once.
+    let listener = args.metrics_addr.map(|a| crate::serve::bind(a, args.metrics_public)).transpose()?;
     let dir = args.dir.clone().unwrap_or_else(default_dir);
     let store = Arc::new(Store::open(&dir, store_options(&args))?);
     let (engine, balances, cache) = start_projections(&store, args.streams)?;
     let bus_options = BusOptions::default().max_in_flight(args.writers * 2).gate_on("balances");
     let bus = Arc::new(CommandBus::new(store.clone(), Some(engine.clone()), bus_options)?);
+    let server = match listener {
+        Some(listener) => {
+            eprintln!("metrics: http://{}/metrics", listener.local_addr()?);
+            let (store, engine, bus, cache) = (store.clone(), engine.clone(), bus.clone(), cache.clone());
+            let render = move || {
+                Metrics::collect(&store, Some(&engine), Some(&bus), &[("balances", cache.stats())]).prometheus()
+            };
+            Some(crate::serve::serve(listener, render))
+        }
+        None => None,
+    };
 
     let shared = Arc::new(Shared {
         commands: args.events.div_ceil(args.batch as u64),
@@ -244,6 +283,10 @@ pub fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         written: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+        intervals: match args.report {
+            Some(_) => (0..args.writers).map(|_| Mutex::new(series::interval_histogram())).collect(),
+            None => Vec::new(),
+        },
     });
     let work = Work { writers: args.writers as u64, streams: args.streams, batch: args.batch, payload: args.payload };
     let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(args.events) };
@@ -256,8 +299,17 @@ pub fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     let reader = spawn_reader(balances.clone(), shared.clone(), args.streams);
-    let deadline = args.duration.map(Duration::from_secs_f64);
-    let lag = watch(&clients, &shared, &store, &engine, &bar, start, deadline)?;
+    let watcher = Watch {
+        shared: &shared,
+        store: &store,
+        engine: &engine,
+        cache: &cache,
+        bar: &bar,
+        start,
+        deadline: args.duration.map(Duration::from_secs_f64),
+    };
+    let mut series = args.report.as_ref().map(|_| Series::new());
+    let lag = watcher.run(&clients, series.as_mut())?;
     for h in clients {
         h.join().map_err(|_| "a writer thread panicked")??;
     }
@@ -286,6 +338,10 @@ pub fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         archives: ArchiveTotals::of(&store)?,
         bytes: 0,
     };
+    // The endpoint holds the store, engine and bus: it ends before they are closed.
+    if let Some(server) = server {
+        server.stop();
+    }
     drop(bus);
     Arc::try_unwrap(engine).map_err(|_| "engine still shared")?.stop()?;
     drop(balances);
@@ -294,9 +350,33 @@ pub fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
     if args.json {
         report.print_json(&args);
     } else {
-        report.print_text(&args);
+        print!("{}", report.text(&args));
+    }
+    if let (Some(out), Some(series)) = (&args.report, &series) {
+        let page = write_report(out, &args, &report, series)?;
+        eprintln!("report: {}", page.display());
     }
     Ok(())
+}
+
+const NO_REPORT: &str =
+    "--report needs the report feature: build with `cargo build --release --features report` (plots by plotters)";
+
+/// Writes `out/index.html`; returns its path.
+#[cfg(feature = "report")]
+fn write_report(
+    out: &Path,
+    args: &LoadArgs,
+    report: &Report,
+    series: &Series,
+) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    report::write(out, args, report, series)
+}
+
+/// Without the feature, no page (refused before the load starts).
+#[cfg(not(feature = "report"))]
+fn write_report(_: &Path, _: &LoadArgs, _: &Report, _: &Series) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    Err(NO_REPORT.into())
 }
 
 /// The new store's options, from the command line.
@@ -320,6 +400,9 @@ fn store_options(args: &LoadArgs) -> Options {
         )
 }
 
+/// The lag the balances projection may reach before the bus holds commands back.
+const BALANCES_SLA: Duration = Duration::from_secs(5);
+
 type Projections = (Arc<ProjectionEngine>, Arc<Balances>, Arc<ViewCache<String, i64>>);
 
 /// Two projections on a worker pool: the balances read model (critical: commands wait while it
@@ -330,19 +413,22 @@ fn start_projections(store: &Arc<Store>, streams: u64) -> Result<Projections, Er
     let cache = Arc::new(ViewCache::new(streams as usize / 4 + 1));
     let balances =
         Arc::new(Balances { shards: (0..64).map(|_| Mutex::new(HashMap::new())).collect(), cache: cache.clone() });
-    engine.register("balances", balances.clone(), ProjectionOptions::default().sla(Duration::from_secs(5)))?;
+    engine.register("balances", balances.clone(), ProjectionOptions::default().sla(BALANCES_SLA))?;
     engine.register("activity", Arc::new(Activity::default()), ProjectionOptions::default())?;
     Ok((engine, balances, cache))
 }
 
 /// What the clients share: how many commands to send and the next one's number, the events
-/// acknowledged, the stop flag and the command latencies (µs).
+/// acknowledged, the stop flag and the command latencies (µs): of the whole run, merged by
+/// each client at its end, and (with `--report`) of the current interval, one histogram per
+/// client, which only that client and the sampler lock.
 struct Shared {
     commands: u64,
     next_command: AtomicU64,
     written: AtomicU64,
     stop: AtomicBool,
     latency: Mutex<Histogram<u64>>,
+    intervals: Vec<Mutex<Histogram<u32>>>,
 }
 
 /// The shape of the clients' work.
@@ -361,6 +447,7 @@ fn client(w: u64, work: Work, bus: &CommandBus, shared: &Shared) -> Result<(), E
     let owned: Vec<u64> = (w..work.streams).step_by(work.writers as usize).collect();
     let mut rng = fastrand::Rng::with_seed(w);
     let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let interval = shared.intervals.get(w as usize);
     let mut sent = 0u64;
     while !owned.is_empty()
         && !shared.stop.load(Ordering::Relaxed)
@@ -375,7 +462,11 @@ fn client(w: u64, work: Work, bus: &CommandBus, shared: &Shared) -> Result<(), E
         loop {
             match bus.execute(&cmd) {
                 Ok(r) => {
-                    let _ = local.record(t.elapsed().as_micros().max(1) as u64);
+                    let micros = t.elapsed().as_micros().max(1) as u64;
+                    let _ = local.record(micros);
+                    if let Some(h) = interval {
+                        let _ = h.lock().expect("histogram lock").record(micros);
+                    }
                     if r.is_some() {
                         shared.written.fetch_add(work.batch as u64, Ordering::Relaxed);
                     }
@@ -417,33 +508,84 @@ struct Lag {
     events: u64,
 }
 
-/// Until every client is done: shows progress and the projections' lag every 100 ms, and
-/// stops the clients at the deadline.
-fn watch<T>(
-    clients: &[std::thread::JoinHandle<T>],
-    shared: &Shared,
-    store: &Store,
-    engine: &ProjectionEngine,
-    bar: &ProgressBar,
+/// What the watching thread looks at.
+struct Watch<'a> {
+    shared: &'a Shared,
+    store: &'a Store,
+    engine: &'a ProjectionEngine,
+    cache: &'a ViewCache<String, i64>,
+    bar: &'a ProgressBar,
     start: Instant,
     deadline: Option<Duration>,
-) -> Result<Lag, Error> {
-    let mut lag = Lag::default();
-    while clients.iter().any(|h| !h.is_finished()) {
-        std::thread::sleep(Duration::from_millis(100));
-        bar.set_position(shared.written.load(Ordering::Relaxed).min(bar.length().unwrap_or(u64::MAX)));
-        for name in ["balances", "activity"] {
-            let st = engine.status(name)?;
-            lag.time = lag.time.max(st.max_lag);
-            lag.events = lag.events.max(st.max_lag_events);
+}
+
+/// The projections whose lag is watched (and plotted), in this order.
+const PROJECTIONS: [&str; 2] = ["balances", "activity"];
+
+impl Watch<'_> {
+    /// Until every client is done: shows progress and the projections' lag every 100 ms,
+    /// stops the clients at the deadline and, given a series, samples into it at its
+    /// interval (and once more at the end).
+    fn run<T>(&self, clients: &[std::thread::JoinHandle<T>], mut series: Option<&mut Series>) -> Result<Lag, Error> {
+        const POLL: Duration = Duration::from_millis(100);
+        let mut lag = Lag::default();
+        // The largest lag of each projection since the last sample.
+        let mut interval_lag = [Duration::ZERO; 2];
+        let mut next_sample = self.start + series.as_ref().map_or(POLL, |s| s.tick);
+        while clients.iter().any(|h| !h.is_finished()) {
+            let now = Instant::now();
+            let wake = if series.is_some() { next_sample.min(now + POLL) } else { now + POLL };
+            std::thread::sleep(wake.saturating_duration_since(now));
+            let bar = self.bar;
+            bar.set_position(self.shared.written.load(Ordering::Relaxed).min(bar.length().unwrap_or(u64::MAX)));
+            for (name, seen) in PROJECTIONS.iter().zip(&mut interval_lag) {
+                let st = self.engine.status(name)?;
+                lag.time = lag.time.max(st.max_lag);
+                lag.events = lag.events.max(st.max_lag_events);
+                *seen = (*seen).max(st.max_lag);
+            }
+            let s = self.store.write_stats();
+            bar.set_message(format!(
+                "{:.1} appends/group, projection lag {} events",
+                s.appends_per_group(),
+                lag.events
+            ));
+            if let Some(series) = series.as_deref_mut()
+                && Instant::now() >= next_sample
+            {
+                series.push(self.sample(std::mem::take(&mut interval_lag)));
+                next_sample = self.start + series.samples.last().map_or(Duration::ZERO, |s| s.at) + series.tick;
+            }
+            if self.deadline.is_some_and(|d| self.start.elapsed() >= d) {
+                self.shared.stop.store(true, Ordering::Relaxed);
+            }
         }
-        let s = store.write_stats();
-        bar.set_message(format!("{:.1} appends/group, projection lag {} events", s.appends_per_group(), lag.events));
-        if deadline.is_some_and(|d| start.elapsed() >= d) {
-            shared.stop.store(true, Ordering::Relaxed);
+        if let Some(series) = series {
+            series.push(self.sample(interval_lag));
+        }
+        Ok(lag)
+    }
+
+    /// The load now; takes (and empties) the clients' interval histograms.
+    fn sample(&self, lag: [Duration; 2]) -> Sample {
+        let mut latency = series::interval_histogram();
+        for h in &self.shared.intervals {
+            let mut h = h.lock().expect("histogram lock");
+            latency.add(&*h).expect("same bounds");
+            h.reset();
+        }
+        let (cache, compaction) = (self.cache.stats(), self.store.compaction_stats());
+        Sample {
+            at: self.start.elapsed(),
+            events: self.shared.written.load(Ordering::Relaxed),
+            latency,
+            lag,
+            cache_hits: cache.hits,
+            cache_misses: cache.misses,
+            compacted_bytes: compaction.bytes_in,
+            archive_bytes: compaction.bytes_out,
         }
     }
-    Ok(lag)
 }
 
 /// Waits for both projections to catch up, then times a full parallel rebuild of the activity
@@ -580,67 +722,79 @@ impl Report {
         );
     }
 
-    fn print_text(&self, args: &LoadArgs) {
+    /// The text report.
+    fn text(&self, args: &LoadArgs) -> String {
+        let mut t = String::new();
         let (w, b, s, a) = (&self.metrics.write, &self.bus, &self.metrics.snapshots, &self.archives);
         let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
-        println!(
+        let _ = writeln!(
+            t,
             "strata load: {} clients, {} partitions, {} accounts, commands of {} events of {} bytes",
             args.writers, args.partitions, args.streams, args.batch, args.payload
         );
-        println!("  store                {}", self.dir.display());
-        println!(
+        let _ = writeln!(t, "  store                {}", self.dir.display());
+        let _ = writeln!(
+            t,
             "  durable events       {} in {:.2} s = {:.0} events/s ({} commands)",
             self.events,
             self.elapsed.as_secs_f64(),
             self.events_per_sec(),
             b.accepted
         );
-        println!(
+        let _ = writeln!(
+            t,
             "  command latency      p50 {:.3} ms   p99 {:.3} ms   p99.9 {:.3} ms   max {:.3} ms  (load + decide + durable append)",
             self.latency_ms(0.5),
             self.latency_ms(0.99),
             self.latency_ms(0.999),
             self.max_latency_ms()
         );
-        println!("  append latency       p99 <= {:.3} ms (histogram bucket)", self.append_p99_ms());
-        println!(
+        let _ = writeln!(t, "  append latency       p99 <= {:.3} ms (histogram bucket)", self.append_p99_ms());
+        let _ = writeln!(
+            t,
             "  group commits        {} ({:.1} appends each), {} fdatasync",
             w.group_commits,
             w.appends_per_group(),
             w.syncs
         );
-        println!("  snapshots            {} written, {} loads started from one", s.written, s.used);
-        println!(
+        let _ = writeln!(t, "  snapshots            {} written, {} loads started from one", s.written, s.used);
+        let _ = writeln!(
+            t,
             "  projections          max lag {:.1} ms ({} events); activity rebuilt in {:.2} s ({} events)",
             self.lag.time.as_secs_f64() * 1000.0,
             self.lag.events,
             self.rebuild.duration.as_secs_f64(),
             self.rebuild.events
         );
-        println!(
+        let _ = writeln!(
+            t,
             "  read model cache     hit ratio {:.1}% ({} hits, {} misses)",
             self.cache.hit_ratio() * 100.0,
             self.cache.hits,
             self.cache.misses
         );
-        println!(
+        let _ = writeln!(
+            t,
             "  rejections           overloaded {}, rate limited {}, lagging {}, business rule {}",
             b.overloaded, b.rate_limited, b.lagging, b.rejected
         );
-        println!(
+        let _ = writeln!(
+            t,
             "  bytes on disk        {:.1} MiB ({:.0} bytes per event)",
             mib(self.bytes),
             self.bytes as f64 / self.events.max(1) as f64
         );
-        match a.ratio() {
-            Some(ratio) => println!(
+        let _ = match a.ratio() {
+            Some(ratio) => writeln!(
+                t,
                 "  archives             {} holding {} events: {:.1} MiB of batches in {:.1} MiB, ratio {ratio:.2}",
                 a.archives,
                 a.events,
                 mib(a.batch_bytes),
                 mib(a.file_bytes)
             ),
-            None => println!("  archives             none (no sealed segment was snapshotted past yet)"),
-        }
+            None => writeln!(t, "  archives             none (no sealed segment was snapshotted past yet)"),
+        };
+        t
     }
 }

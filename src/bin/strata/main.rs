@@ -20,6 +20,7 @@ mod dump;
 mod grow;
 mod json;
 mod load;
+mod serve;
 mod stats;
 mod tail;
 mod verify;
