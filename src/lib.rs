@@ -39,7 +39,7 @@
 //!
 //! The source is layered, and the folders are the layers. From the bottom:
 //!
-//! 1. base: `error`, `event`, `router`, `clock`, `sync`, `report`;
+//! 1. base: `error`, `event`, `router`, `clock`, `sync`, `report`, `trace`;
 //! 2. `io/`: the file seam, fault injection, the lock, and `mmap` (the only `unsafe`);
 //! 3. `format/`: the bytes of every file, encoders beside decoders;
 //! 4. `log/`: the engine core: partitions, segments, the write path (`writer`), the read
@@ -65,6 +65,7 @@ mod event;
 mod report;
 mod router;
 mod sync;
+mod trace;
 // Floor 2.
 mod io;
 // Floor 3.

@@ -15,6 +15,7 @@ const FLOORS: &[(&str, u32)] = &[
     ("clock", 1),
     ("sync", 1),
     ("report", 1),
+    ("trace", 1),
     ("io", 2),
     ("format", 3),
     ("log", 4),
