@@ -390,6 +390,28 @@ pub(crate) fn load<A: Aggregate>(log: &dyn Log, stream: &str) -> Result<Loaded<A
 
 /// [`Store::load`] (`point` `None`) and [`Store::load_as_of`], on any log.
 pub(crate) fn load_at<A: Aggregate>(log: &dyn Log, stream: &str, point: Option<AsOf>) -> Result<Loaded<A>> {
+    crate::trace::span!(_load, DEBUG, "strata::load", "load", stream, aggregate = A::name());
+    crate::trace::timer!(started, DEBUG);
+    #[cfg(feature = "tracing")]
+    let traced = |l: &Loaded<A>| {
+        let (snapshot, snapshot_version, ignored) = match &l.snapshot {
+            SnapshotUse::None => ("none", None, None),
+            SnapshotUse::Used { version } => ("used", Some(*version), None),
+            SnapshotUse::Ignored { version, reason } => ("ignored", *version, Some(tracing::field::debug(reason))),
+        };
+        crate::trace::event!(
+            DEBUG,
+            "strata::load",
+            version = l.version,
+            replayed = l.replayed,
+            snapshot,
+            snapshot_version,
+            ignored,
+            as_of = point.is_some(),
+            duration_us = started.us(),
+            "loaded"
+        );
+    };
     check_stream_id(stream)?;
     let vis = log.visibility(stream)?;
     let bounds = point.map_or((u64::MAX, u64::MAX), AsOf::bounds);
@@ -426,6 +448,8 @@ pub(crate) fn load_at<A: Aggregate>(log: &dyn Log, stream: &str, point: Option<A
                     if replay(log, &mut loaded, anchor, vis, bounds)? {
                         counters.used.fetch_add(1, Ordering::Relaxed);
                         snapshot_by_policy(log, &mut loaded);
+                        #[cfg(feature = "tracing")]
+                        traced(&loaded);
                         return Ok(loaded);
                     }
                     SnapshotUse::Ignored { version: Some(version), reason: SnapshotIgnored::Stale }
@@ -450,6 +474,8 @@ pub(crate) fn load_at<A: Aggregate>(log: &dyn Log, stream: &str, point: Option<A
     } else {
         snapshot_by_policy(log, &mut loaded);
     }
+    #[cfg(feature = "tracing")]
+    traced(&loaded);
     Ok(loaded)
 }
 

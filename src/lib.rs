@@ -37,12 +37,42 @@
 //!
 //! The on-disk format is specified in FORMAT.md.
 //!
+//! # Tracing
+//!
+//! With the `tracing` feature, strata sends spans and events through the [`tracing`
+//! crate](https://docs.rs/tracing) (without it, none of this is compiled in). Durations are
+//! `duration_us` (microseconds; measured only while a subscriber wants the level); failures
+//! are WARN events. Counters stay in [`Metrics`].
+//!
+//! | target | span / event (level) | fields |
+//! |---|---|---|
+//! | `strata::append` | `group commit` (DEBUG) | partition, appends, accepted, events, first_position, bytes, write_us, sync_us, durability |
+//! | | `background sync` (DEBUG), `segment rolled` (DEBUG) | partition, bytes, sync_us; partition, base |
+//! | | `group commit failed`, `partition poisoned` (WARN) | partition, appends, error; partition, cause |
+//! | `strata::recovery` | span `open` (INFO) | dir |
+//! | | `active segment recovered` (DEBUG) | partition, segment, data_end, journaled_bytes, scanned_bytes, torn_bytes, duration_us |
+//! | | `store opened` (INFO) | partitions, positions (sum of heads), scanned_bytes, torn_bytes, repairs, duration_us |
+//! | `strata::load` | span `load` (DEBUG) | stream, aggregate |
+//! | | `loaded` (DEBUG) | version, replayed, snapshot (none, used, ignored), snapshot_version, ignored (why), as_of, duration_us |
+//! | `strata::projection` | span `batch` (DEBUG) | projection, partition, from |
+//! | | `batch` (DEBUG) | events, first_position, next_position, dead_lettered, outcome (ok, dead_lettered, stopped, interrupted, gap, closed), duration_us |
+//! | | `handler failed` (WARN) | projection, partition, position, index, attempt, error |
+//! | | `dead-lettered` (WARN) | projection, partition, position, stream, version, attempts, error |
+//! | | `projection stopped` (WARN) | projection, partition, position, reason |
+//! | `strata::compaction` | span `compact` (INFO) | force, partitions |
+//! | | `partition compacted` (DEBUG) | partition, segments, archives, rewritten, events_archived, events_erased, bytes_in, bytes_out, skipped, duration_us |
+//! | | `compaction done` (INFO; DEBUG if it did nothing) | the same totals, snapshots_erased |
+//! | `strata::grow` | span `grow` (INFO), `copy round` (DEBUG) | from, to; round, copied_events |
+//! | | `grow done` (INFO) | from, to, epoch, moved_streams, copied_events, already_copied, rounds, cutover_events, cutover_us, resumed, duration_us |
+//!
+//! A projection's and an aggregate's own events nest in the `batch` and `load` spans.
+//!
 //! # The floors of the house
 //!
 //! The source is layered, and the folders are the layers. From the bottom:
 //!
-//! 1. base: `error`, `event`, `router`, `clock`, `sync`, `report`, and `codec` (typed
-//!    events, feature `serde`);
+//! 1. base: `error`, `event`, `router`, `clock`, `sync`, `report`, `trace`, and `codec`
+//!    (typed events, feature `serde`);
 //! 2. `io/`: the file seam, fault injection, the lock, and `mmap` (the only `unsafe`);
 //! 3. `format/`: the bytes of every file, encoders beside decoders;
 //! 4. `log/`: the engine core: partitions, segments, the write path (`writer`), the read
@@ -70,6 +100,7 @@ mod event;
 mod report;
 mod router;
 mod sync;
+mod trace;
 // Floor 2.
 mod io;
 // Floor 3.

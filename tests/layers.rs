@@ -16,6 +16,7 @@ const FLOORS: &[(&str, u32)] = &[
     ("sync", 1),
     ("report", 1),
     ("codec", 1),
+    ("trace", 1),
     ("io", 2),
     ("format", 3),
     ("log", 4),

@@ -498,6 +498,7 @@ pub(crate) fn compact_store(
     stop: &AtomicBool,
     progress: &mut dyn FnMut(CompactionProgress),
 ) -> Result<CompactionReport> {
+    crate::trace::span!(_compact, INFO, "strata::compaction", "compact", force, partitions = partitions.len());
     let started = Instant::now();
     let mut total = CompactionReport::default();
     let mut pace = Pace::new(opts.throttle, stop, progress);
@@ -505,9 +506,77 @@ pub(crate) fn compact_store(
         if stop.load(Ordering::Acquire) {
             break;
         }
-        let r = compact_partition(part, *snapshots, opts, force, &mut pace)?;
+        crate::trace::timer!(one, DEBUG);
+        let r = compact_partition(part, *snapshots, opts, force, &mut pace);
+        #[cfg(feature = "tracing")]
+        trace_partition(part.id, &r, one.us());
+        let r = r?;
         total.add(&r);
     }
     total.elapsed = started.elapsed();
+    #[cfg(feature = "tracing")]
+    trace_store(&total);
     Ok(total)
+}
+
+/// The trace event of one partition's compaction (feature `tracing`), and one warning per
+/// file it skipped or for its failure.
+#[cfg(feature = "tracing")]
+fn trace_partition(partition: u32, r: &Result<CompactionReport>, duration_us: u64) {
+    let r = match r {
+        Ok(r) => r,
+        Err(e) => {
+            crate::trace::event!(WARN, "strata::compaction", partition, error = %e, "compaction failed");
+            return;
+        }
+    };
+    for why in &r.skipped {
+        crate::trace::event!(WARN, "strata::compaction", partition, reason = %why, "damaged file skipped");
+    }
+    crate::trace::event!(
+        DEBUG,
+        "strata::compaction",
+        partition,
+        segments = r.segments_archived,
+        archives = r.archives_written,
+        rewritten = r.archives_rewritten,
+        events_archived = r.events_archived,
+        events_erased = r.events_erased,
+        bytes_in = r.bytes_in,
+        bytes_out = r.bytes_out,
+        skipped = r.skipped.len(),
+        duration_us,
+        "partition compacted"
+    );
+}
+
+/// The trace event of a whole compaction (feature `tracing`): at INFO if it did something,
+/// at DEBUG if not (the background compactor runs every `interval`).
+#[cfg(feature = "tracing")]
+fn trace_store(r: &CompactionReport) {
+    let did = r.segments_archived + r.archives_written + r.events_erased + r.snapshots_erased > 0;
+    macro_rules! done {
+        ($level:ident) => {
+            crate::trace::event!(
+                $level,
+                "strata::compaction",
+                segments = r.segments_archived,
+                archives = r.archives_written,
+                rewritten = r.archives_rewritten,
+                events_archived = r.events_archived,
+                events_erased = r.events_erased,
+                snapshots_erased = r.snapshots_erased,
+                bytes_in = r.bytes_in,
+                bytes_out = r.bytes_out,
+                skipped = r.skipped.len(),
+                duration_us = r.elapsed.as_micros() as u64,
+                "compaction done"
+            )
+        };
+    }
+    if did || !r.skipped.is_empty() {
+        done!(INFO);
+    } else {
+        done!(DEBUG);
+    }
 }

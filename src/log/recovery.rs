@@ -126,6 +126,14 @@ pub(crate) fn poison_marker(dir: &Path, id: u32, active_base: u64, io: &Io, repo
         if len > m.durable_end {
             file.set_len(m.durable_end)?;
             file.sync_data()?;
+            crate::trace::event!(
+                WARN,
+                "strata::recovery",
+                partition = id,
+                segment = active_base,
+                cut_bytes = len - m.durable_end,
+                "poison marker applied: cut to the durable end"
+            );
             report.push(RecoveryAction::TruncatedTornTail {
                 path: seg,
                 offset: m.durable_end,
@@ -198,6 +206,7 @@ pub(crate) fn recover_active(
     report: &Report,
     journal_interval: u64,
 ) -> Result<Recovered> {
+    crate::trace::timer!(started, DEBUG);
     let path = dir.join(seg_format::file_name(base));
     let file = io.open_rw(&path)?;
     let file_len = file.len()?;
@@ -238,6 +247,8 @@ pub(crate) fn recover_active(
     let data_end = end.data_end();
     // Zeros after the data are preallocated space and stay; a torn write is cut off.
     let mut file_len = file_len;
+    #[cfg(feature = "tracing")]
+    let torn_bytes = if matches!(end, End::TornTail { .. }) { file_len - data_end } else { 0 };
     if let End::TornTail { reason, .. } = end {
         file.set_len(data_end)?;
         report.push(RecoveryAction::TruncatedTornTail {
@@ -266,6 +277,18 @@ pub(crate) fn recover_active(
     }
     journal.write(io);
     let scanned = data_end.saturating_sub(start);
+    crate::trace::event!(
+        DEBUG,
+        "strata::recovery",
+        partition = id,
+        segment = base,
+        data_end,
+        journaled_bytes = start.saturating_sub(seg_format::HEADER_LEN as u64),
+        scanned_bytes = scanned,
+        torn_bytes,
+        duration_us = started.us(),
+        "active segment recovered"
+    );
     Ok(Recovered { open: OpenSegment::new(Arc::new(file), mem), data_end, last_timestamp, file_len, journal, scanned })
 }
 

@@ -233,6 +233,10 @@ pub(crate) struct Writer {
     dedup_ready: bool,
     /// The group's ids map, kept between groups (`GroupState::pending_ids`).
     group_ids: HashMap<u64, (usize, usize)>,
+    /// The last group's write and sync times, in microseconds, for its trace event (0 when
+    /// no subscriber wants it).
+    #[cfg(feature = "tracing")]
+    group_us: (u64, u64),
 }
 
 enum Outcome {
@@ -293,6 +297,8 @@ impl Writer {
             dedup: Dedup::new(cfg.dedup_appends, cfg.dedup_max_ids),
             dedup_ready: false,
             group_ids: HashMap::new(),
+            #[cfg(feature = "tracing")]
+            group_us: (0, 0),
         }
     }
 
@@ -392,8 +398,17 @@ impl Writer {
         if self.poisoned.is_some() || self.synced_offset >= self.write_offset {
             return;
         }
+        crate::trace::timer!(sync, DEBUG);
         match self.open.file.sync_data() {
             Ok(()) => {
+                crate::trace::event!(
+                    DEBUG,
+                    "strata::append",
+                    partition = self.part.id,
+                    bytes = self.write_offset - self.synced_offset,
+                    sync_us = sync.us(),
+                    "background sync"
+                );
                 self.synced_offset = self.write_offset;
                 self.part.durable_head.store(self.next_position, Ordering::Release);
                 // Subscribers see only durable events: wake them.
@@ -436,6 +451,7 @@ impl Writer {
         // The window may name appends the cut removed.
         self.dedup.clear();
         self.dedup_ready = false;
+        crate::trace::event!(WARN, "strata::append", partition = self.part.id, cause = %cause, "partition poisoned");
         *self.part.poison.lock() = Some(cause.clone());
         self.poisoned = Some(cause);
     }
@@ -481,9 +497,15 @@ impl Writer {
         }
         let timestamp = now_nanos().max(self.last_timestamp);
         let (outcomes, end_position) = self.check_and_encode(group, timestamp);
+        #[cfg(feature = "tracing")]
+        {
+            self.group_us = (0, 0);
+        }
         let result = if self.buf.is_empty() { Ok(()) } else { self.write_and_sync() };
         match result {
             Ok(()) => {
+                #[cfg(feature = "tracing")]
+                let first_position = self.next_position;
                 if !self.buf.is_empty() {
                     self.publish(group, &outcomes, end_position, timestamp);
                 }
@@ -512,8 +534,30 @@ impl Writer {
                     })
                     .collect();
                 answer_all(group.drain(..).map(|req| req.reply).zip(replies));
+                crate::trace::event!(
+                    DEBUG,
+                    "strata::append",
+                    partition = self.part.id,
+                    appends = outcomes.len(),
+                    accepted = outcomes.iter().filter(|o| matches!(o, Outcome::Accepted { .. })).count(),
+                    events = end_position - first_position,
+                    first_position,
+                    bytes = self.buf.len(),
+                    write_us = self.group_us.0,
+                    sync_us = self.group_us.1,
+                    durability = if self.cfg.durability == Durability::Sync { "sync" } else { "buffered" },
+                    "group commit"
+                );
             }
             Err(e) => {
+                crate::trace::event!(
+                    WARN,
+                    "strata::append",
+                    partition = self.part.id,
+                    appends = outcomes.len(),
+                    error = %e,
+                    "group commit failed"
+                );
                 answer_all(group.drain(..).zip(outcomes).map(|(req, outcome)| {
                     let reply = match outcome {
                         Outcome::Accepted { .. } | Outcome::DuplicateOf(_) => Err(e.clone()),
@@ -786,6 +830,7 @@ impl Writer {
     /// poisoned, except for a full disk whose partial write could be cut off again.
     fn write_and_sync(&mut self) -> Result<()> {
         let file = self.open.file.clone();
+        crate::trace::timer!(write, DEBUG);
         self.prealloc.make_room(self.write_offset + self.buf.len() as u64);
         if let Err(e) = file.write_all_at(&self.buf, self.write_offset) {
             if matches!(e, Error::StorageFull { .. }) && file.set_len(self.write_offset).is_ok() {
@@ -797,7 +842,12 @@ impl Writer {
             return Err(self.poisoned_error());
         }
         self.write_offset += self.buf.len() as u64;
+        #[cfg(feature = "tracing")]
+        {
+            self.group_us.0 = write.us();
+        }
         if self.cfg.durability == Durability::Sync {
+            crate::trace::timer!(sync, DEBUG);
             if let Err(e) = file.sync_data() {
                 self.poison(&e);
                 return Err(self.poisoned_error());
@@ -805,6 +855,10 @@ impl Writer {
             self.synced_offset = self.write_offset;
             self.last_sync = Instant::now();
             self.part.stats.syncs.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "tracing")]
+            {
+                self.group_us.1 = sync.us();
+            }
         }
         self.prealloc.after_write(&file, &self.part.io, self.write_offset);
         Ok(())
@@ -892,6 +946,7 @@ impl Writer {
         let segment = Arc::new(Segment::new(part.id, &part.dir, base, State::Open(open.clone())));
         part.segments.write().push(segment.clone());
         self.journal.roll(base, &part.io);
+        crate::trace::event!(DEBUG, "strata::append", partition = part.id, base, "segment rolled");
         let old_segment = std::mem::replace(&mut self.segment, segment);
         let old_open = std::mem::replace(&mut self.open, open);
         self.write_offset = seg_format::HEADER_LEN as u64;

@@ -71,6 +71,8 @@ fn handle(inner: &Inner, t: &Task) {
     let reg = &t.projection;
     let mut buffer = t.buffer.lock();
     let from = t.next.load(Ordering::Acquire);
+    #[cfg(feature = "tracing")]
+    let mut trace = BatchTrace::start(t, from);
     let head_before = inner.log.heads(t.partition).map_or(from, |h| h.head);
     let mut n = 0usize;
     let read = inner.log.scan_partition(t.partition, from, reg.options.batch, &mut |e| {
@@ -89,6 +91,10 @@ fn handle(inner: &Inner, t: &Task) {
             return;
         }
         Ok(_) => {}
+    }
+    #[cfg(feature = "tracing")]
+    {
+        trace.read = n;
     }
     if n == 0 && head_before > from {
         // Nothing at [from, head): compaction erased those positions (a deleted stream's
@@ -109,6 +115,10 @@ fn handle(inner: &Inner, t: &Task) {
             if let Err(why) = dead_letter(reg, e, 0, "its stream is parked") {
                 stop_task(inner, t, why);
                 return;
+            }
+            #[cfg(feature = "tracing")]
+            {
+                trace.dead_lettered += 1;
             }
             advance(inner, t, std::slice::from_ref(e));
             start += 1;
@@ -133,11 +143,19 @@ fn handle(inner: &Inner, t: &Task) {
                     stop_task(inner, t, why);
                     return;
                 }
+                #[cfg(feature = "tracing")]
+                {
+                    trace.dead_lettered += 1;
+                }
                 // The dead letter is durable: the projection goes on past the event.
                 advance(inner, t, std::slice::from_ref(e));
                 start += failed + 1;
             }
         }
+    }
+    #[cfg(feature = "tracing")]
+    {
+        trace.done = true;
     }
 }
 
@@ -181,6 +199,17 @@ fn handle_run(
                     attempts = 0;
                 }
                 attempts += 1;
+                crate::trace::event!(
+                    WARN,
+                    "strata::projection",
+                    projection = %reg.name,
+                    partition = t.partition,
+                    position = run.get(failed).map_or(0, |e| e.position),
+                    index,
+                    attempt = attempts,
+                    error = %error,
+                    "handler failed"
+                );
                 if inner.stop.load(Ordering::Acquire) {
                     return Err(None);
                 }
@@ -222,7 +251,21 @@ pub(super) fn guarded(
 fn dead_letter(reg: &Registered, e: &RecordedEvent, attempts: u32, error: &str) -> std::result::Result<(), String> {
     let Some(dlq) = &reg.dlq else { return Err(format!("no dead-letter queue for: {error}")) };
     match dlq.add(e, attempts, error, reg.options.on_failure == OnFailure::Park) {
-        Ok(Added::Written | Added::Known) => Ok(()),
+        Ok(Added::Written | Added::Known) => {
+            crate::trace::event!(
+                WARN,
+                "strata::projection",
+                projection = %reg.name,
+                partition = e.partition,
+                position = e.position,
+                stream = %e.stream_id,
+                version = e.version,
+                attempts,
+                error,
+                "dead-lettered"
+            );
+            Ok(())
+        }
         Ok(Added::Full(max)) => Err(format!(
             "the dead-letter queue holds its limit of {max} letters (ProjectionOptions::max_dead_letters): \
              replay or discard them, then register the projection again; the event at position {} failed: {error}",
@@ -234,6 +277,15 @@ fn dead_letter(reg: &Registered, e: &RecordedEvent, attempts: u32, error: &str) 
 
 /// Stops a task (until the projection is registered again) and wakes whoever waits on it.
 pub(super) fn stop_task(inner: &Inner, t: &Task, why: String) {
+    crate::trace::event!(
+        WARN,
+        "strata::projection",
+        projection = %t.projection.name,
+        partition = t.partition,
+        position = t.next.load(Ordering::Acquire),
+        reason = %why,
+        "projection stopped"
+    );
     *t.error.lock() = Some(why);
     inner.progress.bump();
 }
@@ -248,5 +300,71 @@ fn advance(inner: &Inner, t: &Task, done: &[RecordedEvent]) {
     inner.progress.bump();
     if reg.checkpoints.is_some() {
         inner.dirty.bump();
+    }
+}
+
+/// A batch's trace (feature `tracing`): its span, entered while `handle` runs, and the event
+/// that sums the batch up, sent when `handle` returns, whichever way it does.
+#[cfg(feature = "tracing")]
+struct BatchTrace<'a> {
+    t: &'a Task,
+    from: u64,
+    /// Events read for the batch.
+    read: usize,
+    dead_lettered: u32,
+    /// `handle` went through the whole batch.
+    done: bool,
+    started: crate::trace::Timer,
+    _span: tracing::span::EnteredSpan,
+}
+
+#[cfg(feature = "tracing")]
+impl<'a> BatchTrace<'a> {
+    fn start(t: &'a Task, from: u64) -> BatchTrace<'a> {
+        let name = t.projection.name.as_str();
+        crate::trace::span!(
+            span,
+            DEBUG,
+            "strata::projection",
+            "batch",
+            projection = name,
+            partition = t.partition,
+            from
+        );
+        crate::trace::timer!(started, DEBUG);
+        BatchTrace { t, from, read: 0, dead_lettered: 0, done: false, started, _span: span }
+    }
+}
+
+#[cfg(feature = "tracing")]
+impl Drop for BatchTrace<'_> {
+    fn drop(&mut self) {
+        let next = self.t.next.load(Ordering::Acquire);
+        let outcome = if self.t.error.lock().is_some() {
+            "stopped"
+        } else if self.read == 0 {
+            // The store closed under the engine, or compaction erased the positions read.
+            if next == self.from { "closed" } else { "gap" }
+        } else if !self.done {
+            // The engine is stopping: the rest is handled after a restart.
+            "interrupted"
+        } else if self.dead_lettered > 0 {
+            "dead_lettered"
+        } else {
+            "ok"
+        };
+        crate::trace::event!(
+            DEBUG,
+            "strata::projection",
+            projection = self.t.projection.name.as_str(),
+            partition = self.t.partition,
+            events = self.read,
+            first_position = self.from,
+            next_position = next,
+            dead_lettered = self.dead_lettered,
+            outcome,
+            duration_us = self.started.us(),
+            "batch"
+        );
     }
 }

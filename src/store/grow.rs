@@ -136,6 +136,8 @@ impl Store {
         // After a commit whose directory sync failed twice, only a reopen knows the layout.
         self.shared.check_appends(0)?;
         let from = self.partition_count();
+        crate::trace::span!(_grow, INFO, "strata::grow", "grow", from, to = new_count);
+        crate::trace::timer!(started, INFO);
         let pending = self.shared.manifest.lock().growing_to;
         if new_count == from && pending == 0 {
             return Ok(GrowReport {
@@ -177,6 +179,7 @@ impl Store {
             move_metadata(&parts, self.shared.hash_id, from, new_count)?;
             let copied = self.copy_round(&parts, from, new_count, &mut cursors, &self.senders.read(), &mut report)?;
             report.rounds += 1;
+            crate::trace::event!(DEBUG, "strata::grow", round = report.rounds, copied_events = copied, "copy round");
             if copied < SMALL_TAIL || report.rounds >= MAX_ROUNDS {
                 break;
             }
@@ -234,6 +237,22 @@ impl Store {
         report.cutover = paused.elapsed();
         // Wake projection workers: they pick up the new partitions.
         self.shared.signal.bump();
+        crate::trace::event!(
+            INFO,
+            "strata::grow",
+            from,
+            to = new_count,
+            epoch = report.epoch,
+            moved_streams = report.moved_streams,
+            copied_events = report.copied_events,
+            already_copied = report.already_copied,
+            rounds = report.rounds,
+            cutover_events = report.cutover_events,
+            cutover_us = report.cutover.as_micros() as u64,
+            resumed = report.resumed,
+            duration_us = started.us(),
+            "grow done"
+        );
         Ok(report)
     }
 

@@ -62,6 +62,8 @@ impl Store {
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
+        crate::trace::span!(_open, INFO, "strata::recovery", "open", dir = %dir.display());
+        crate::trace::timer!(started, INFO);
         let io = Io::with_faults(options.faults.clone()).with_sim(options.sim.clone());
         let (manifest, lock) = manifest_and_lock(&dir, &options, &io)?;
         let created_with = manifest.epochs.first().map_or(manifest.partition_count, |e| e.from);
@@ -116,6 +118,26 @@ impl Store {
             growing: Mutex::new(()),
         };
         store.start_threads(tails, snapshot_jobs, options.snapshot_rewrite_bytes)?;
+        #[cfg(feature = "tracing")]
+        {
+            let parts = store.shared.parts();
+            let repairs = store.shared.report.all();
+            let torn = |a: &crate::report::RecoveryAction| match a {
+                crate::report::RecoveryAction::TruncatedTornTail { discarded_bytes, .. } => *discarded_bytes,
+                _ => 0,
+            };
+            crate::trace::event!(
+                INFO,
+                "strata::recovery",
+                partitions = parts.len(),
+                positions = parts.iter().map(|p| p.head()).sum::<u64>(),
+                scanned_bytes = parts.iter().map(|p| p.scanned_at_open).sum::<u64>(),
+                torn_bytes = repairs.iter().map(torn).sum::<u64>(),
+                repairs = repairs.len(),
+                duration_us = started.us(),
+                "store opened"
+            );
+        }
         Ok(store)
     }
 
