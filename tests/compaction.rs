@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
-use strata::compaction::CompactionOptions;
+use strata::compaction::{CompactionOptions, Reason};
 use strata::projection::ProjectionOptions;
 use strata::{Error, EventData, ExpectedVersion, Options, ProjectionEngine, RecordedEvent, RecoveryAction, Store};
 
@@ -163,42 +163,71 @@ fn archived_reads_equal_the_reads_before() {
     assert!(text.contains("strata_compaction_runs_total 1"), "{text}");
 }
 
+/// The position ranges of a partition's archives, and why each was made (read from the files).
+fn archives(dir: &Path, partition: u32) -> Vec<(u64, u64, Reason)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir.join(format!("p{partition:05}"))).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "arc")
+            && let strata::inspect::Dump::Archive { base_position, end_position, reason, .. } =
+                strata::inspect::dump(&path, &Default::default()).unwrap()
+        {
+            out.push((base_position, end_position, reason));
+        }
+    }
+    out
+}
+
 #[test]
 fn age_and_snapshot_policy() {
     type T = Tally<5>;
     let dir = tempfile::tempdir().unwrap();
-    let policy = eager().require_snapshots(true);
+    // Long enough that a loaded machine does not take the in-use stream for a cold one.
+    let retention = Duration::from_millis(1500);
+    let policy = eager().require_snapshots(true).retention(retention);
     let store = Store::open(dir.path(), store_opts(policy.clone())).unwrap();
-    // Streams committed through aggregates, snapshotted every 5 events...
+    // Streams committed through aggregates, snapshotted every 5 events, and one stream
+    // never snapshotted, appended to alongside them.
+    let lone = "acct-lone";
     for round in 0..60u64 {
         for s in 0..30 {
             let stream = format!("acct-{s}");
             let mut t = store.load::<T>(&stream).unwrap();
             store.commit(&mut t, &[ev("Moved", json(&stream, round))]).unwrap();
         }
-    }
-    // ...and one stream never snapshotted, appended to after them.
-    let lone = "acct-lone";
-    for i in 0..1500u64 {
-        store.append(lone, ExpectedVersion::Any, &[ev("Moved", json(lone, i))]).unwrap();
+        for i in 0..25 {
+            store.append(lone, ExpectedVersion::Any, &[ev("Moved", json(lone, round * 25 + i))]).unwrap();
+        }
     }
     store.flush_snapshots().unwrap();
     drop(store);
+    std::thread::sleep(retention + Duration::from_millis(100));
     let store = Store::open(dir.path(), store_opts(policy.clone())).unwrap();
-    // The segments holding the lone stream's events stay hot; the others are archived.
+    // The lone stream is in use (appended to within the retention period): the segments
+    // holding its events stay hot; the others are archived.
+    store.append(lone, ExpectedVersion::Any, &[ev("Moved", json(lone, 1500))]).unwrap();
     let lp = store.partition_of(lone) as usize;
     let r = store.compact().unwrap();
-    assert!(r.segments_archived > 0, "{r:?}");
     let storage = store.storage().unwrap();
-    assert!(storage[lp].archived_events + 1500 <= store.head(lp as u32).unwrap(), "{storage:?}");
-    // Snapshot it, and its segments qualify too.
-    let mut t = store.load::<T>(lone).unwrap();
-    store.snapshot(&mut t).unwrap();
-    store.flush_snapshots().unwrap();
+    assert!(r.segments_archived > 0, "{r:?}");
+    let lone_events = store.read_stream(lone, 0, 10_000).unwrap();
+    let archived_lone = || {
+        let ranges = archives(dir.path(), lp as u32);
+        lone_events.iter().filter(|e| ranges.iter().any(|(from, to, _)| (*from..*to).contains(&e.position))).count()
+    };
+    assert_eq!(archived_lone(), 0, "no segment with the lone stream's events was archived: {storage:?}");
+    // Idle for the retention period, it is cold: its segments are archived without a
+    // snapshot, and it loads from the archives as it did from the segments.
+    std::thread::sleep(retention + Duration::from_millis(100));
     let r = store.compact().unwrap();
     assert!(r.segments_archived > 0, "{r:?} {storage:?}");
-    assert!(store.storage().unwrap()[lp].archived_events > storage[lp].archived_events);
+    let after = store.storage().unwrap();
+    assert!(after[lp].archived_events > storage[lp].archived_events, "{after:?}");
+    assert!(archived_lone() > 0);
+    let reasons: Vec<Reason> = archives(dir.path(), lp as u32).into_iter().map(|a| a.2).collect();
+    assert!(reasons.contains(&Reason::RetainedCold), "{reasons:?}");
     assert_eq!(store.load::<T>(lone).unwrap().state(), &T::replayed(&store, lone));
+    assert_eq!(store.read_stream(lone, 0, 10_000).unwrap(), lone_events);
     drop(store);
     // A long retention keeps everything hot.
     let store = Store::open(dir.path(), store_opts(policy.clone().retention(Duration::from_secs(3600)))).unwrap();

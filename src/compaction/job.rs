@@ -205,6 +205,27 @@ impl Job<'_, '_> {
         }
         let mut hot: u64 = candidates.iter().map(|c| c.2.len()).sum();
         let mut chosen = Vec::new();
+        let now = now_nanos();
+        let retention = u64::try_from(self.opts.retention.as_nanos()).unwrap_or(u64::MAX);
+        // A stream's coldness is looked up once per job: its last version, then that event's
+        // timestamp (one index walk and one read, only for streams without a snapshot past
+        // an old segment).
+        let coldness = std::cell::RefCell::new(HashMap::<String, bool>::new());
+        let cold = |stream: &str| -> Result<bool> {
+            if let Some(known) = coldness.borrow().get(stream) {
+                return Ok(*known);
+            }
+            let hash = stream_hash(stream);
+            let newest = match part.last_version(stream, hash)? {
+                Some(v) => part.read_stream(stream, hash, v, 1)?.first().map(|e| e.timestamp_nanos),
+                None => None,
+            };
+            // No visible last event: hidden by its metadata (a soft delete, an age), so it is
+            // read by no one now and archiving it changes no read.
+            let is_cold = newest.is_none_or(|t| now.saturating_sub(t) >= retention);
+            coldness.borrow_mut().insert(stream.to_owned(), is_cold);
+            Ok(is_cold)
+        };
         for (slot, end, sealed) in candidates {
             let weigh = Weigh {
                 dir: &part.dir,
@@ -213,7 +234,8 @@ impl Job<'_, '_> {
                 rules: &self.rules,
                 opts: self.opts,
                 force,
-                now: now_nanos(),
+                now,
+                cold: &cold,
             };
             match policy::choose(&weigh, &slot, &sealed, hot) {
                 Ok(Some(reason)) => {

@@ -10,7 +10,10 @@ use crate::error::{Error, Result};
 /// A sealed segment is archived when any of these holds:
 /// - its newest event is older than [`retention`](CompactionOptions::retention) and, with
 ///   [`require_snapshots`](CompactionOptions::require_snapshots) (the default), every stream
-///   with events in it has a snapshot at or past its last event there;
+///   with events in it has a snapshot at or past its last event there, or is cold: its newest
+///   event anywhere is older than the retention period too (a cold aggregate, never
+///   snapshotted, does not keep its segments hot for ever; its events stay readable from the
+///   archive);
 /// - the partition's sealed, unarchived segments hold more than
 ///   [`max_hot_bytes`](CompactionOptions::max_hot_bytes) (oldest first);
 /// - it holds events of a deleted stream (they are erased).
@@ -62,7 +65,8 @@ impl CompactionOptions {
     }
 
     /// Archive a segment by age only once every stream in it has a snapshot at or past its
-    /// events there (default `true`): aggregate loads then never read archives.
+    /// events there, or is cold (no event within the retention period) (default `true`): loads
+    /// of aggregates in use then never read archives; loads of cold ones may.
     pub fn require_snapshots(mut self, yes: bool) -> CompactionOptions {
         self.require_snapshots = yes;
         self

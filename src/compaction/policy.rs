@@ -20,7 +20,14 @@
 //! 4. `RetainedAndSnapshotted`, when it is that old and every stream with events in it, deleted
 //!    streams excepted, has a snapshot whose version is at least its last version in the
 //!    segment;
-//! 5. `HotBytes`, when the sealed, unarchived segments not chosen so far (this one included)
+//! 5. `RetainedCold`, when it is that old and every such stream either has that snapshot or is
+//!    cold: its newest event in the whole partition is at least `retention` old too. A cold
+//!    aggregate (an account that never reached its 100th event, and is no longer used) does
+//!    not keep its segment hot for ever: its events are archived without a snapshot, and stay
+//!    readable from the archive (a load of it replays from there, slower, which is what a
+//!    cold aggregate can afford). A stream appended to within the retention period still
+//!    needs its snapshot;
+//! 6. `HotBytes`, when the sealed, unarchived segments not chosen so far (this one included)
 //!    hold more than `max_hot_bytes` bytes (default: no bound).
 
 use std::collections::HashMap;
@@ -49,6 +56,9 @@ pub(super) struct Weigh<'a> {
     /// Archive every sealed segment.
     pub force: bool,
     pub now: u64,
+    /// Whether a stream is cold: its newest event in the partition is at least `retention`
+    /// old (or not visible at all).
+    pub cold: &'a dyn Fn(&str) -> Result<bool>,
 }
 
 /// Why `sealed` (the segment of `slot`) is to be archived now, if it is; `hot` is the bytes
@@ -71,25 +81,42 @@ pub(super) fn choose(w: &Weigh<'_>, slot: &Segment, sealed: &Arc<SealedSegment>,
     if old && !w.opts.require_snapshots {
         return Ok(Some(Reason::Retained));
     }
-    if old && snapshotted(w, &sealed.stream_last_versions(slot)?)? {
-        return Ok(Some(Reason::RetainedAndSnapshotted));
+    if old {
+        match covered(w, &sealed.stream_last_versions(slot)?)? {
+            Covered::All => return Ok(Some(Reason::RetainedAndSnapshotted)),
+            Covered::WithCold => return Ok(Some(Reason::RetainedCold)),
+            Covered::No => {}
+        }
     }
     Ok(w.opts.max_hot_bytes.is_some_and(|m| hot > m).then_some(Reason::HotBytes))
 }
 
-/// Whether every stream has a snapshot at or past `last_versions` (deleted ones need none).
-fn snapshotted(w: &Weigh<'_>, last_versions: &[(&str, u64)]) -> Result<bool> {
+/// How a segment's streams are covered.
+enum Covered {
+    /// Each by a snapshot at or past its last version there.
+    All,
+    /// Each by such a snapshot, or cold, and some are cold.
+    WithCold,
+    /// Some stream neither.
+    No,
+}
+
+/// Whether every stream has a snapshot at or past `last_versions`, or is cold (deleted ones
+/// need neither).
+fn covered(w: &Weigh<'_>, last_versions: &[(&str, u64)]) -> Result<Covered> {
+    let mut cold = false;
     for (stream, last) in last_versions {
         if w.deleted.contains_key(*stream) {
             continue;
         }
         match w.snapshots.latest_version(stream) {
             Ok(Some(v)) if v >= *last => {}
-            Ok(_) => return Ok(false),
+            Ok(_) if (w.cold)(stream)? => cold = true,
+            Ok(_) => return Ok(Covered::No),
             Err(why) => return Err(Error::corruption(w.dir, 0, why)),
         }
     }
-    Ok(true)
+    Ok(if cold { Covered::WithCold } else { Covered::All })
 }
 
 /// Whether archive `a` (the slot `slot`) holds events of a deleted stream, or a batch that a

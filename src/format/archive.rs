@@ -61,9 +61,14 @@ pub(crate) fn file_name(base: u64) -> String {
 
 /// Why a range was archived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Reason {
     /// Older than the retention period, and every stream in it snapshotted past it.
     RetainedAndSnapshotted,
+    /// Older than the retention period, and every stream in it either snapshotted past it or
+    /// cold: its newest event anywhere is older than the retention period too, so it was
+    /// archived without a snapshot (its events stay readable from the archive).
+    RetainedCold,
     /// Older than the retention period.
     Retained,
     /// The partition held more sealed bytes than the configured bound.
@@ -82,6 +87,7 @@ impl Reason {
             Reason::HotBytes => 3,
             Reason::Erasure => 4,
             Reason::Forced => 5,
+            Reason::RetainedCold => 6,
         }
     }
 
@@ -92,6 +98,7 @@ impl Reason {
             3 => Reason::HotBytes,
             4 => Reason::Erasure,
             5 => Reason::Forced,
+            6 => Reason::RetainedCold,
             _ => return None,
         })
     }
@@ -105,6 +112,7 @@ impl std::fmt::Display for Reason {
             Reason::HotBytes => "over the bound on uncompressed bytes",
             Reason::Erasure => "held events of deleted streams",
             Reason::Forced => "compaction was forced",
+            Reason::RetainedCold => "older than the retention period, its streams snapshotted past it or cold",
         })
     }
 }
