@@ -45,6 +45,38 @@ fn load_runs_end_to_end_and_reports() {
     assert!(!again.status.success());
 }
 
+/// With no bound on hot bytes, the load still archives: its accounts go quiet as the window of
+/// active ones moves on, and a quiet (cold) account needs no snapshot to be archived.
+#[test]
+fn load_archives_cold_accounts_without_a_hot_bytes_bound() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("store");
+    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["load", "--events", "60000", "--streams", "400", "--writers", "4", "--partitions", "2"])
+        .args(["--segment-mib", "1", "--retention", "0.3", "--compact-every", "0.3", "--json", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8(out.stdout).unwrap();
+    let reasons = line
+        .split("\"archive_reasons\":{")
+        .nth(1)
+        .and_then(|r| r.split('}').next())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(reasons.contains("\"cold\":"), "cold accounts' segments were archived: {line}");
+    assert!(!line.contains("\"hot_bytes\""), "{line}");
+    // Everything acknowledged is still there, archived or not.
+    let store = strata::Store::open(&dir, strata::Options::default()).unwrap();
+    let mut read = 0;
+    for a in 0..400 {
+        read += store.read_stream(&format!("account-{a}"), 0, usize::MAX).unwrap().len();
+    }
+    let held: u64 = (0..store.partition_count()).map(|p| store.head(p).unwrap()).sum();
+    assert_eq!(read as u64, held);
+    assert!(store.storage().unwrap().iter().map(|p| p.archived_events).sum::<u64>() > 0);
+}
+
 fn strata(args: &[&str], dir: &std::path::Path) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_strata")).args(args).arg(dir).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();

@@ -78,10 +78,20 @@ pub struct LoadArgs {
     /// snapshotted past them become archives); 0 turns compaction off.
     #[arg(long, default_value_t = 2.0)]
     compact_every: f64,
-    /// Keep at most this many MiB of sealed segments per partition hot: older ones are
-    /// archived even if some account in them was never snapshotted (a rarely used account
-    /// may never reach its 100th event).
-    #[arg(long, default_value_t = 16)]
+    /// Share of the accounts in use at a time (0 to 1): the window of active accounts moves
+    /// through all of them over the run, so the early ones go quiet (cold), as customers do.
+    /// 1: every account all the time.
+    #[arg(long, default_value_t = 0.125)]
+    active_share: f64,
+    /// Seconds after which events are old enough to archive: a sealed segment is archived once
+    /// its newest event is this old and each of its accounts is snapshotted past it or cold (no
+    /// command within this time either: an account that never reaches its 100th event does not
+    /// keep its segments hot).
+    #[arg(long, default_value_t = 2.0)]
+    retention: f64,
+    /// Keep at most this many MiB of sealed segments per partition hot, archiving the oldest
+    /// whatever the policy says (0, the default: no bound).
+    #[arg(long, default_value_t = 0)]
     hot_mib: u64,
     /// Print the report as one JSON object instead of text.
     #[arg(long)]
@@ -287,8 +297,16 @@ pub fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
             Some(_) => (0..args.writers).map(|_| Mutex::new(series::interval_histogram())).collect(),
             None => Vec::new(),
         },
+        started: Instant::now(),
+        duration: args.duration.map(|d| Duration::from_secs_f64(d.max(0.0))),
     });
-    let work = Work { writers: args.writers as u64, streams: args.streams, batch: args.batch, payload: args.payload };
+    let work = Work {
+        writers: args.writers as u64,
+        streams: args.streams,
+        batch: args.batch,
+        payload: args.payload,
+        active_share: args.active_share.clamp(0.0, 1.0),
+    };
     let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(args.events) };
     bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} events ({per_sec}) {msg}")?);
     let start = Instant::now();
@@ -335,7 +353,7 @@ pub fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         cache: cache.stats(),
         lag,
         rebuild,
-        archives: ArchiveTotals::of(&store)?,
+        archives: ArchiveTotals::of(&store, &dir)?,
         bytes: 0,
     };
     // The endpoint holds the store, engine and bus: it ends before they are closed.
@@ -394,8 +412,8 @@ fn store_options(args: &LoadArgs) -> Options {
         .segment_bytes(args.segment_mib.max(1) << 20)
         .compaction(
             CompactionOptions::default()
-                .retention(Duration::ZERO)
-                .max_hot_bytes(Some(args.hot_mib << 20))
+                .retention(Duration::from_secs_f64(args.retention.max(0.0)))
+                .max_hot_bytes((args.hot_mib > 0).then(|| args.hot_mib << 20))
                 .interval((args.compact_every > 0.0).then(|| Duration::from_secs_f64(args.compact_every))),
         )
 }
@@ -429,6 +447,10 @@ struct Shared {
     stop: AtomicBool,
     latency: Mutex<Histogram<u64>>,
     intervals: Vec<Mutex<Histogram<u32>>>,
+    /// When the clients started, and the run's time limit (which moves the active accounts
+    /// when it, not the command count, ends the run).
+    started: Instant,
+    duration: Option<Duration>,
 }
 
 /// The shape of the clients' work.
@@ -438,6 +460,7 @@ struct Work {
     streams: u64,
     batch: usize,
     payload: usize,
+    active_share: f64,
 }
 
 /// Client `w`: it works on accounts `w`, `w + writers`, ...; each command loads its account
@@ -449,11 +472,20 @@ fn client(w: u64, work: Work, bus: &CommandBus, shared: &Shared) -> Result<(), E
     let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     let interval = shared.intervals.get(w as usize);
     let mut sent = 0u64;
-    while !owned.is_empty()
-        && !shared.stop.load(Ordering::Relaxed)
-        && shared.next_command.fetch_add(1, Ordering::Relaxed) < shared.commands
-    {
-        let k = rng.usize(..owned.len());
+    // The accounts in use: a window of `active_share` of them, moving from the first to the
+    // last as the run goes on (by commands sent, or by time under a duration limit).
+    let window = ((owned.len() as f64 * work.active_share).ceil() as usize).clamp(1, owned.len().max(1));
+    loop {
+        let n = shared.next_command.fetch_add(1, Ordering::Relaxed);
+        if owned.is_empty() || shared.stop.load(Ordering::Relaxed) || n >= shared.commands {
+            break;
+        }
+        let by_count = n as f64 / shared.commands.max(1) as f64;
+        let by_time =
+            shared.duration.map_or(0.0, |d| shared.started.elapsed().as_secs_f64() / d.as_secs_f64().max(1e-9));
+        let progress = by_count.max(by_time).min(1.0);
+        let start = ((owned.len() - window) as f64 * progress) as usize;
+        let k = start + rng.usize(..window);
         let amounts = (0..work.batch).map(|_| rng.i64(-120..=100)).collect();
         sent += 1;
         let id = EventId::from_u128(u128::from(w) << 64 | u128::from(sent));
@@ -625,12 +657,26 @@ struct ArchiveTotals {
     batch_bytes: u64,
     /// Bytes of the archive files.
     file_bytes: u64,
+    /// Archives by why they were made (FORMAT.md §14.1), read from their headers.
+    reasons: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl ArchiveTotals {
-    fn of(store: &Store) -> Result<ArchiveTotals, Error> {
+    fn of(store: &Store, dir: &Path) -> Result<ArchiveTotals, Box<dyn std::error::Error>> {
         let storage = store.storage()?;
+        let mut reasons = std::collections::BTreeMap::new();
+        // Read from the files, as `strata dump` does; a filter matching no stream keeps the
+        // batches out of the answer.
+        let none = strata::inspect::Filter { stream: Some(String::new()), ..Default::default() };
+        for path in strata::inspect::files(dir)? {
+            if path.extension().is_some_and(|e| e == "arc")
+                && let strata::inspect::Dump::Archive { reason, .. } = strata::inspect::dump(&path, &none)?
+            {
+                *reasons.entry(reason_name(reason)).or_default() += 1;
+            }
+        }
         Ok(ArchiveTotals {
+            reasons,
             archives: storage.iter().map(|p| p.archives).sum(),
             events: storage.iter().map(|p| p.archived_events).sum(),
             batch_bytes: storage.iter().map(|p| p.archived_bytes).sum(),
@@ -641,6 +687,20 @@ impl ArchiveTotals {
     /// Batch bytes per archive byte; `None` without archives.
     fn ratio(&self) -> Option<f64> {
         (self.file_bytes > 0).then(|| self.batch_bytes as f64 / self.file_bytes as f64)
+    }
+}
+
+/// The short name of an archive's reason, for the report.
+fn reason_name(reason: strata::compaction::Reason) -> &'static str {
+    use strata::compaction::Reason;
+    match reason {
+        Reason::RetainedAndSnapshotted => "snapshotted",
+        Reason::RetainedCold => "cold",
+        Reason::Retained => "aged",
+        Reason::HotBytes => "hot_bytes",
+        Reason::Erasure => "erasure",
+        Reason::Forced => "forced",
+        _ => "other",
     }
 }
 
@@ -688,7 +748,7 @@ impl Report {
 \"appends_per_group\":{:.2},\"fsyncs\":{},\"max_projection_lag_ms\":{:.1},\"max_projection_lag_events\":{},\
 \"rebuild_seconds\":{:.3},\"rebuild_events\":{},\"cache_hit_ratio\":{:.4},\"rejected\":{{\"overloaded\":{},\"rate_limited\":{},\
 \"lagging\":{},\"business\":{}}},\"snapshots_written\":{},\"snapshot_loads\":{},\"bytes_on_disk\":{},\"archive_ratio\":{ratio},\
-\"archives\":{},\"archived_events\":{},\"writers\":{},\"partitions\":{},\"payload\":{},\"batch\":{}}}",
+\"archives\":{},\"archive_reasons\":{{{}}},\"archived_events\":{},\"writers\":{},\"partitions\":{},\"payload\":{},\"batch\":{}}}",
             self.dir.display().to_string(),
             self.events,
             b.accepted,
@@ -714,6 +774,7 @@ impl Report {
             s.used,
             self.bytes,
             a.archives,
+            a.reasons.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect::<Vec<_>>().join(","),
             a.events,
             args.writers,
             args.partitions,
@@ -787,11 +848,13 @@ impl Report {
         let _ = match a.ratio() {
             Some(ratio) => writeln!(
                 t,
-                "  archives             {} holding {} events: {:.1} MiB of batches in {:.1} MiB, ratio {ratio:.2}",
+                "  archives             {} holding {} events: {:.1} MiB of batches in {:.1} MiB, ratio {ratio:.2}; by \
+                 reason: {}",
                 a.archives,
                 a.events,
                 mib(a.batch_bytes),
-                mib(a.file_bytes)
+                mib(a.file_bytes),
+                a.reasons.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
             ),
             None => writeln!(t, "  archives             none (no sealed segment was snapshotted past yet)"),
         };

@@ -177,9 +177,9 @@ fn page(args: &LoadArgs, report: &Report, series: &Series) -> Res<String> {
     plots.push((
         line_chart(TITLES[5], "MiB, total", x_end, y, &[compacted, archived])?,
         format!(
-            "Totals of the background compactions while the load ran (every {} s; at most {} MiB of sealed segments \
-         kept hot per partition). After the load and a last compaction: {after}.",
-            args.compact_every, args.hot_mib
+            "Totals of the background compactions while the load ran (every {} s; events archivable after {} s, \
+         their accounts snapshotted past them or cold). After the load and a last compaction: {after}.",
+            args.compact_every, args.retention
         ),
     ));
 
@@ -341,7 +341,7 @@ fn escape(s: &str) -> String {
 
 fn html(args: &LoadArgs, report: &Report, series: &Series, plots: &[(String, String)]) -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    let params: [(&str, String); 13] = [
+    let params: [(&str, String); 14] = [
         ("events", args.events.to_string()),
         ("streams (accounts)", args.streams.to_string()),
         ("writers (clients)", args.writers.to_string()),
@@ -353,7 +353,15 @@ fn html(args: &LoadArgs, report: &Report, series: &Series, plots: &[(String, Str
         ("preallocate", (!args.no_preallocate).to_string()),
         ("segment size", format!("{} MiB", args.segment_mib)),
         ("compaction every", format!("{} s", args.compact_every)),
-        ("hot sealed segments", format!("{} MiB per partition", args.hot_mib)),
+        ("retention", format!("{} s", args.retention)),
+        (
+            "hot sealed segments",
+            if args.hot_mib > 0 {
+                format!("at most {} MiB per partition", args.hot_mib)
+            } else {
+                "no bound".to_owned()
+            },
+        ),
         ("samples", format!("{}, every {} ms", series.samples.len(), series.tick.as_millis())),
     ];
     let mut h = String::new();
