@@ -157,7 +157,7 @@ fn main() -> Result<(), Failure> {
         read_took.as_secs_f64() * 1e3
     );
     if cfg!(debug_assertions) {
-        println!("  (an unoptimized build: `cargo run --release --example rebuild` for real timings)");
+        println!("  (a build with debug assertions: `cargo run --release --example rebuild` for real timings)");
     }
     Ok(())
 }
