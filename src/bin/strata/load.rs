@@ -413,7 +413,7 @@ fn store_options(args: &LoadArgs) -> Options {
         .compaction(
             CompactionOptions::default()
                 .retention(Duration::from_secs_f64(args.retention.max(0.0)))
-                .max_hot_bytes((args.hot_mib > 0).then(|| args.hot_mib << 20))
+                .max_hot_bytes((args.hot_mib > 0).then_some(args.hot_mib << 20))
                 .interval((args.compact_every > 0.0).then(|| Duration::from_secs_f64(args.compact_every))),
         )
 }
