@@ -193,7 +193,7 @@ impl Store {
     /// let events: Vec<_> = (0..1000).map(|i| EventData::new("Tick", i.to_string())).collect();
     /// store.append("clock", ExpectedVersion::NoStream, &events)?;
     /// let total: usize = store.iter_stream("clock", 10).map(|e| e.map(|e| e.payload.len())).sum::<Result<_, _>>()?;
-    /// assert_eq!(total, (10..1000).map(|i: i32| i.to_string().len()).sum());
+    /// assert_eq!(total, (10..1000).map(|i: i32| i.to_string().len()).sum::<usize>());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn iter_stream(&self, stream: &str, from_version: u64) -> StreamEvents<'_> {
