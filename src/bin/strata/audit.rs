@@ -70,6 +70,19 @@ impl Erasure {
             .collect()
     }
 
+    /// "N events at positions a..=b, deleted T, erased T'": what `dump` prints too.
+    pub fn what(&self) -> String {
+        format!(
+            "{} event{} at positions {}..={}, deleted {}, erased {}",
+            self.events,
+            if self.events == 1 { "" } else { "s" },
+            self.first_position,
+            self.last_position,
+            time(self.deleted_at),
+            time(self.erased_at)
+        )
+    }
+
     /// As JSON, times as text and `*_nanos`.
     pub fn json(&self) -> Value {
         let mut o = serde_json::Map::new();

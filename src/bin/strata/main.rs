@@ -42,7 +42,9 @@ enum Command {
     Load(load::LoadArgs),
     /// Print a file's (or every file of a store or partition directory's) headers, batches
     /// and records: positions, streams, versions, types, sizes, payloads as text or hex. On
-    /// archives, what they were made from, why, and what was erased from them.
+    /// archives, what they were made from, why, and what was erased from them. With `--stream`
+    /// over a directory, ends with that stream's whole history per partition (archived and hot
+    /// events, versions, positions) and the erasure audit records about it.
     Dump(dump::DumpArgs),
     /// List what was erased and when: every erasure audit record of every partition's
     /// archives (stream, events, positions, when deleted, when erased), oldest erasure first,
