@@ -4,7 +4,9 @@
 //! runs `stats` and `verify` on the grown store. `dump --json` and `stats --json` give
 //! objects that parse and say what the text says, soft and hard deletes and stream metadata
 //! included; `tail` follows a store it opens itself and, while another process holds the
-//! store, its segment files; its printed cursor resumes where it stopped.
+//! store, its segment files; its printed cursor resumes where it stopped. `audit` lists the
+//! erasure audit records of every archive (and reports a damaged one), and `dump --stream`
+//! a stream's whole history across archives and segments.
 
 use std::process::Command;
 
@@ -319,6 +321,209 @@ fn tail_follows_a_store_and_resumes_from_its_cursor() {
     assert!(ok, "{err}");
     assert!(text.contains("@2 ") && text.contains("order-2 v0 Placed: line 2"), "{text}");
     drop(store);
+}
+
+/// The facts of one deleted stream: its partition, how many events it had, its first and
+/// last positions.
+struct Gone {
+    stream: &'static str,
+    partition: u64,
+    events: u64,
+    first: u64,
+    last: u64,
+}
+
+/// A closed store of 2 partitions whose older segments are archived: `acct-0` .. `acct-7`
+/// appended; `acct-3` deleted, then compacted (erased from sealed segments); `acct-5` deleted
+/// after that, compacted again (its archives rewritten); then more events for `acct-0`, which
+/// stay in the active segment. Returns the deleted streams' facts and `acct-0`'s event count.
+fn store_with_erasures(dir: &std::path::Path) -> (Vec<Gone>, u64) {
+    use std::time::Duration;
+    use strata::compaction::CompactionOptions;
+    use strata::{Durability, EventData, ExpectedVersion, Options, Store};
+    let opts = || {
+        Options::default()
+            .create_if_missing(true)
+            .partitions(2)
+            .segment_bytes(64 << 10)
+            .durability(Durability::Buffered { sync_interval: Duration::from_millis(5) })
+            .compaction(
+                CompactionOptions::default()
+                    .retention(Duration::ZERO)
+                    .require_snapshots(false)
+                    .interval(None)
+                    .max_archive_bytes(64 << 10),
+            )
+    };
+    let payload = |s: &str, i: u64| format!(r#"{{"account":"{s}","n":{i},"memo":"transfer number {i}"}}"#);
+    let store = Store::open(dir, opts()).unwrap();
+    let mut acct0 = 0;
+    let mut append = |store: &Store, s: &str, i: u64| {
+        store.append(s, ExpectedVersion::Any, &[EventData::new("Moved", payload(s, i))]).unwrap();
+        acct0 += u64::from(s == "acct-0");
+    };
+    // Every stream first, then the live ones only, so that the deleted streams' events all lie
+    // in segments that are sealed, far from each partition's head, and so are erased.
+    for i in 0..1200u64 {
+        append(&store, &format!("acct-{}", i % 8), i);
+    }
+    for i in 0..3600u64 {
+        let s = ["acct-0", "acct-1", "acct-2", "acct-4", "acct-6", "acct-7"][i as usize % 6];
+        append(&store, s, i);
+    }
+    let facts = |store: &Store, stream: &'static str| {
+        let events = store.read_stream(stream, 0, usize::MAX).unwrap();
+        let p = store.partition_of(stream);
+        assert!(store.head(p).unwrap() > events.last().unwrap().position + 600, "{stream}: filler after it");
+        Gone {
+            stream,
+            partition: u64::from(p),
+            events: events.len() as u64,
+            first: events[0].position,
+            last: events.last().unwrap().position,
+        }
+    };
+    let gone = vec![facts(&store, "acct-3"), facts(&store, "acct-5")];
+    store.close().unwrap();
+    // Reopened, every full segment is sealed.
+    let store = Store::open(dir, opts()).unwrap();
+    assert!(store.delete_stream("acct-3").unwrap());
+    let r = store.compact().unwrap();
+    assert_eq!(r.events_erased, gone[0].events, "{r:?}");
+    assert!(store.delete_stream("acct-5").unwrap());
+    let r = store.compact().unwrap();
+    assert!(r.archives_rewritten > 0 && r.events_erased == gone[1].events, "{r:?}");
+    for i in 0..20 {
+        append(&store, "acct-0", 10_000 + i);
+    }
+    store.close().unwrap();
+    (gone, acct0)
+}
+
+/// `audit` lists exactly the erased streams' records, with their counts and positions, oldest
+/// erasure first, in text and `--json`; `dump --stream` shows a live stream's whole history,
+/// archived and hot, in version order, and a deleted stream's audit records; a damaged archive
+/// is a problem `audit` reports (exit 1) while listing the records of the others.
+#[test]
+fn audit_lists_erasures_and_dump_shows_a_streams_whole_history() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("store");
+    let (gone, acct0) = store_with_erasures(&dir);
+    let d = dir.to_str().unwrap();
+    let archives: Vec<std::path::PathBuf> = (0..2)
+        .flat_map(|p| std::fs::read_dir(dir.join(format!("p{p:05}"))).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|f| f.extension().is_some_and(|e| e == "arc"))
+        .collect();
+
+    let (ok, text, err) = strata_args(&["audit", "--json", d]);
+    assert!(ok, "{text}{err}");
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (summary, records) = lines.split_last().unwrap();
+    assert!(records.iter().all(|r| r["kind"] == "erasure"), "{text}");
+    let mut streams: Vec<&str> = records.iter().map(|r| r["stream"].as_str().unwrap()).collect();
+    streams.dedup();
+    assert_eq!(streams, ["acct-3", "acct-5"], "exactly the erased streams, oldest erasure first: {text}");
+    let erased_at: Vec<u64> = records.iter().map(|r| r["erased_at_nanos"].as_u64().unwrap()).collect();
+    assert!(erased_at.windows(2).all(|w| w[0] <= w[1]), "sorted by erasure time: {text}");
+    for g in &gone {
+        let of: Vec<&serde_json::Value> = records.iter().filter(|r| r["stream"] == g.stream).collect();
+        let n = |r: &serde_json::Value, k: &str| r[k].as_u64().unwrap();
+        assert_eq!(of.iter().map(|r| n(r, "events")).sum::<u64>(), g.events, "{}: {text}", g.stream);
+        assert_eq!(of.iter().map(|r| n(r, "first_position")).min(), Some(g.first), "{}: {text}", g.stream);
+        assert_eq!(of.iter().map(|r| n(r, "last_position")).max(), Some(g.last), "{}: {text}", g.stream);
+        assert!(of.iter().all(|r| n(r, "partition") == g.partition), "{text}");
+        assert!(of.iter().all(|r| n(r, "deleted_at_nanos") <= n(r, "erased_at_nanos")), "{text}");
+        assert!(of.iter().all(|r| r["erased_at"].as_str().unwrap().ends_with('Z')), "RFC 3339: {text}");
+    }
+    let total = gone[0].events + gone[1].events;
+    assert_eq!(summary["kind"], "summary");
+    let facts = [&summary["records"], &summary["streams"], &summary["events_erased"], &summary["problems"]];
+    assert_eq!(serde_json::json!(facts), serde_json::json!([records.len(), 2, total, 0]), "{summary}");
+    assert_eq!(summary["archives_read"], archives.len(), "{summary}");
+
+    // The same in text, and one stream's only.
+    let (ok, text, err) = strata_args(&["audit", d]);
+    assert!(ok, "{text}{err}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("erased ")).count(), records.len(), "{text}");
+    let last = text.lines().last().unwrap();
+    assert!(last.contains("of 2 streams") && last.contains(&format!("{total} events erased")), "{text}");
+    assert!(last.contains(&format!("{} archives read", archives.len())), "{text}");
+    let (ok, text, err) = strata_args(&["audit", "--stream", "acct-5", d]);
+    assert!(ok, "{text}{err}");
+    assert!(text.lines().filter(|l| l.starts_with("erased ")).all(|l| l.contains(r#""acct-5" of partition"#)));
+    assert!(text.contains(&format!("of 1 stream, {} events erased", gone[1].events)), "{text}");
+
+    // A live stream's whole history: archived events, then the active segment's, in order.
+    let (ok, text, err) = strata_args(&["dump", "--stream", "acct-0", "--headers", d]);
+    assert!(ok, "{err}");
+    let mut versions = Vec::new();
+    let mut positions = Vec::new();
+    for l in text.lines().filter(|l| l.contains(r#" "acct-0" v"#)) {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        positions.push(words[2].parse::<u64>().unwrap());
+        let (a, b) = words[4].trim_start_matches('v').split_once("..=").unwrap();
+        versions.push((a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap()));
+    }
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "position order: {text:.3000}");
+    assert_eq!(versions.first().map(|v| v.0), Some(0), "{text:.3000}");
+    assert!(versions.windows(2).all(|w| w[1].0 == w[0].1 + 1), "versions without a gap: {text:.3000}");
+    assert_eq!(versions.last().map(|v| v.1), Some(acct0 - 1), "{text:.3000}");
+    let history = text.lines().find(|l| l.starts_with(r#"== history of stream "acct-0""#)).expect(&text);
+    assert!(history.contains(&format!("{acct0} events, versions 0..={}", acct0 - 1)), "{history}");
+    assert!(!history.contains(" 0 in ") && history.contains("in 1 segment"), "archived and hot: {history}");
+
+    // A deleted stream: its erasure, in text and as JSON.
+    let g = &gone[0];
+    let (ok, text, err) = strata_args(&["dump", "--stream", g.stream, d]);
+    assert!(ok, "{err}");
+    assert!(!text.contains(r#""acct-3" v"#), "no event of it is left: {text:.3000}");
+    let history = format!(r#"== history of stream "acct-3" in partition {} (deleted "#, g.partition);
+    assert!(text.contains(&history) && text.contains("no events left"), "{text}");
+    let of: Vec<&serde_json::Value> = records.iter().filter(|r| r["stream"] == g.stream).collect();
+    for r in &of {
+        let n = r["events"].as_u64().unwrap();
+        let line = format!(
+            "  erased: {n} event{} at positions {}..={}, deleted {}, erased {} ({})",
+            if n == 1 { "" } else { "s" },
+            r["first_position"],
+            r["last_position"],
+            r["deleted_at"].as_str().unwrap(),
+            r["erased_at"].as_str().unwrap(),
+            r["file"].as_str().unwrap()
+        );
+        assert!(text.contains(&line), "{line} in {text}");
+    }
+    let (ok, text, err) = strata_args(&["dump", "--json", "--stream", g.stream, d]);
+    assert!(ok, "{err}");
+    let h: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        serde_json::json!([h["kind"], h["stream"], h["events"]]),
+        serde_json::json!(["stream_history", g.stream, 0])
+    );
+    assert_eq!(h["erased"].as_array().unwrap().len(), of.len(), "{h}");
+
+    // Damage one archive's first block in its middle: audit says so, fails, and still lists
+    // the other archives' records.
+    let target = archives.iter().max_by_key(|a| std::fs::metadata(a).unwrap().len()).unwrap();
+    let mut bytes = std::fs::read(target).unwrap();
+    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    let meta = u64_at(&bytes, bytes.len() - 64) as usize;
+    let (frame, len) =
+        (u64_at(&bytes, meta) as usize, u32::from_le_bytes(bytes[meta + 16..meta + 20].try_into().unwrap()));
+    bytes[frame + len as usize / 2] ^= 0x55;
+    std::fs::write(target, &bytes).unwrap();
+    let (ok, text, err) = strata_args(&["audit", "--json", d]);
+    assert!(!ok, "a damaged archive fails the audit: {text}{err}");
+    let after: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let problems: Vec<&serde_json::Value> = after.iter().filter(|l| l["kind"] == "problem").collect();
+    assert_eq!(problems.len(), 1, "{text}");
+    assert_eq!(problems[0]["file"], target.display().to_string(), "{text}");
+    let others = |r: &&serde_json::Value| r["file"] != target.display().to_string();
+    let still: Vec<&serde_json::Value> = after.iter().filter(|l| l["kind"] == "erasure").filter(others).collect();
+    assert_eq!(still, records.iter().filter(others).collect::<Vec<_>>(), "{text}");
+    let (ok, text, _) = strata_args(&["audit", d]);
+    assert!(!ok && text.contains("PROBLEM: ") && text.contains("1 problem(s)"), "{text}");
 }
 
 /// One raw HTTP/1.1 GET of `path` from `addr`: the whole answer (status line, head, body).

@@ -1,10 +1,12 @@
-//! `strata dump`: every header, batch and record of a file, or of every file of a store.
+//! `strata dump`: every header, batch and record of a file, or of every file of a store; with
+//! `--stream` over a directory, that stream's whole history at the end, erasures included.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use strata::inspect::{self, BatchInfo, Dump, Filter};
 
+use crate::audit::Erasure;
 use crate::common::{show, time};
 
 #[derive(clap::Args, Debug)]
@@ -13,7 +15,9 @@ pub struct DumpArgs {
     /// tombstones, stream metadata or checkpoints file; or a store or partition directory
     /// (every file in it, in log order).
     path: PathBuf,
-    /// Only this stream's batches (and snapshots).
+    /// Only this stream's batches (and snapshots). Over a directory, the files are followed by
+    /// the stream's history per partition: its events in archives and segments, their
+    /// versions and positions, and the erasure audit records about it.
     #[arg(long)]
     stream: Option<String>,
     /// Only batches with events at or after this position.
@@ -86,13 +90,12 @@ pub fn meta_line(r: &strata::StreamMetaRecord) -> String {
     line
 }
 
-fn dump_one(path: &Path, filter: &Filter, headers: bool, json: bool) -> strata::Result<()> {
-    let d = inspect::dump(path, filter)?;
+fn dump_one(path: &Path, d: Dump, headers: bool, json: bool) {
     if json {
         let mut v = crate::json::dump(&d, headers);
         v["file"] = path.display().to_string().into();
         out!("{v}");
-        return Ok(());
+        return;
     }
     let name = path.display();
     match d {
@@ -270,7 +273,164 @@ fn dump_one(path: &Path, filter: &Filter, headers: bool, json: bool) -> strata::
         }
         _ => out!("== {name}: (unknown dump)"),
     }
-    Ok(())
+}
+
+/// The partition a file of a partition directory (`p00001/...`) belongs to.
+fn partition_of(path: &Path) -> Option<u32> {
+    let dir = path.parent()?.file_name()?.to_str()?;
+    dir.strip_prefix('p').filter(|n| n.len() == 5).and_then(|n| n.parse().ok())
+}
+
+/// One partition's share of a stream's history: its batches in the order the files gave
+/// them (position order: files by first position, each file's batches by position).
+#[derive(Default)]
+struct PartitionHistory {
+    events: u64,
+    archived: u64,
+    archives: u64,
+    segments: u64,
+    positions: Option<(u64, u64)>,
+    /// Contiguous runs of versions, `(first, last)`, in position order.
+    versions: Vec<(u64, u64)>,
+    erased: Vec<Erasure>,
+    /// When the stream was deleted there, by the partition's tombstones.
+    deleted_at: Option<u64>,
+    /// Files of the partition that could not be read whole: the history may lack events.
+    incomplete: Vec<PathBuf>,
+}
+
+/// What `dump DIR --stream S` adds after the files: S's whole history per partition, in
+/// archives and segments alike, and the erasure audit records about it.
+struct History {
+    stream: String,
+    partitions: std::collections::BTreeMap<u32, PartitionHistory>,
+}
+
+impl History {
+    fn add(&mut self, path: &Path, d: &Dump) {
+        let (partition, batches, archive, unread) = match d {
+            Dump::Segment { partition, batches, damage, .. } => {
+                // The active segment may end in a write in progress: not a gap in history.
+                (*partition, batches, false, damage.is_some() && !self.is_last_segment(path))
+            }
+            Dump::Archive { partition, batches, problems, .. } => (*partition, batches, true, !problems.is_empty()),
+            Dump::Tombstones { partition, deleted, .. } => {
+                if let Some((_, at)) = deleted.iter().find(|(s, _)| *s == self.stream) {
+                    self.partitions.entry(*partition).or_default().deleted_at = Some(*at);
+                }
+                return;
+            }
+            _ => return,
+        };
+        let h = self.partitions.entry(partition).or_default();
+        h.erased.extend(Erasure::of(path, d).into_iter().filter(|e| e.stream == self.stream));
+        if unread {
+            h.incomplete.push(path.to_path_buf());
+        }
+        if batches.is_empty() {
+            return;
+        }
+        if archive {
+            h.archives += 1
+        } else {
+            h.segments += 1
+        }
+        for b in batches {
+            h.events += b.event_count;
+            if archive {
+                h.archived += b.event_count;
+            }
+            let last = b.position + b.event_count - 1;
+            h.positions = Some(h.positions.map_or((b.position, last), |(first, _)| (first, last)));
+            let (from, to) = (b.first_version, b.first_version + b.event_count - 1);
+            match h.versions.last_mut() {
+                Some(run) if run.1.checked_add(1) == Some(from) => run.1 = to,
+                _ => h.versions.push((from, to)),
+            }
+        }
+    }
+
+    fn failed(&mut self, path: &Path) {
+        if let Some(p) = partition_of(path) {
+            self.partitions.entry(p).or_default().incomplete.push(path.to_path_buf());
+        }
+    }
+
+    /// Whether `path` is its partition's last segment (torn tails are repaired there, not lost).
+    fn is_last_segment(&self, path: &Path) -> bool {
+        let Some(dir) = path.parent() else { return false };
+        let Ok(entries) = std::fs::read_dir(dir) else { return false };
+        let last = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .max();
+        last.as_deref() == Some(path)
+    }
+
+    fn print(mut self, json: bool) {
+        self.partitions
+            .retain(|_, h| h.events > 0 || !h.erased.is_empty() || h.deleted_at.is_some() || !h.incomplete.is_empty());
+        if self.partitions.is_empty() {
+            if json {
+                out!("{}", serde_json::json!({ "kind": "stream_history", "stream": self.stream, "partition": null }));
+            } else {
+                out!("== history of stream {:?}: no events and no erasure records in these files", self.stream);
+            }
+            return;
+        }
+        for (partition, mut h) in self.partitions {
+            h.erased.sort_by_key(|e| (e.first_position, e.erased_at));
+            if json {
+                out!(
+                    "{}",
+                    serde_json::json!({
+                        "kind": "stream_history",
+                        "stream": self.stream,
+                        "partition": partition,
+                        "events": h.events,
+                        "archived_events": h.archived,
+                        "segment_events": h.events - h.archived,
+                        "archives": h.archives,
+                        "segments": h.segments,
+                        "versions": h.versions.iter().map(|(a, b)| [a, b]).collect::<Vec<_>>(),
+                        "first_position": h.positions.map(|p| p.0),
+                        "last_position": h.positions.map(|p| p.1),
+                        "deleted_at": h.deleted_at.map(time),
+                        "deleted_at_nanos": h.deleted_at,
+                        "erased": h.erased.iter().map(Erasure::json).collect::<Vec<_>>(),
+                        "incomplete": h.incomplete.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                    })
+                );
+                continue;
+            }
+            let held = match h.positions {
+                None => "no events left".to_owned(),
+                Some((first, last)) => {
+                    let runs: Vec<String> = h.versions.iter().map(|(a, b)| format!("{a}..={b}")).collect();
+                    format!(
+                        "{} event{}, versions {}, positions {first}..={last}; {} in {} archive{}, {} in {} segment{}",
+                        h.events,
+                        if h.events == 1 { "" } else { "s" },
+                        runs.join(", "),
+                        h.archived,
+                        h.archives,
+                        if h.archives == 1 { "" } else { "s" },
+                        h.events - h.archived,
+                        h.segments,
+                        if h.segments == 1 { "" } else { "s" },
+                    )
+                }
+            };
+            let deleted = h.deleted_at.map_or(String::new(), |t| format!(" (deleted {})", time(t)));
+            out!("== history of stream {:?} in partition {partition}{deleted}: {held}", self.stream);
+            for e in &h.erased {
+                out!("  erased: {} ({})", e.what(), e.file.display());
+            }
+            for f in &h.incomplete {
+                out!("  INCOMPLETE: {} could not be read whole (see above)", f.display());
+            }
+        }
+    }
 }
 
 pub fn dump(args: DumpArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -279,16 +439,37 @@ pub fn dump(args: DumpArgs) -> Result<(), Box<dyn std::error::Error>> {
     if files.is_empty() {
         return Err(format!("{} holds no strata files", args.path.display()).into());
     }
+    // A stream's whole history, when asked for over a directory's files.
+    let mut history = match &args.stream {
+        Some(s) if args.path.is_dir() => {
+            Some(History { stream: s.clone(), partitions: std::collections::BTreeMap::new() })
+        }
+        _ => None,
+    };
     let mut failed = 0;
     for f in files {
-        if let Err(e) = dump_one(&f, &filter, args.headers, args.json) {
-            if args.json {
-                out!("{}", serde_json::json!({ "file": f.display().to_string(), "error": e.to_string() }));
-            } else {
-                out!("== {}: {e}", f.display());
+        match inspect::dump(&f, &filter) {
+            Ok(d) => {
+                if let Some(h) = history.as_mut() {
+                    h.add(&f, &d);
+                }
+                dump_one(&f, d, args.headers, args.json);
             }
-            failed += 1;
+            Err(e) => {
+                if args.json {
+                    out!("{}", serde_json::json!({ "file": f.display().to_string(), "error": e.to_string() }));
+                } else {
+                    out!("== {}: {e}", f.display());
+                }
+                if let Some(h) = history.as_mut() {
+                    h.failed(&f);
+                }
+                failed += 1;
+            }
         }
+    }
+    if let Some(h) = history {
+        h.print(args.json);
     }
     if failed > 0 {
         return Err(format!("{failed} file(s) could not be read").into());

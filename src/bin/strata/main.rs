@@ -1,5 +1,5 @@
 //! The `strata` command-line tool: `load` (the end-to-end load, in `load.rs`) and the tools
-//! that look into a store from the outside, one file each: `dump`, `verify`, `stats`,
+//! that look into a store from the outside, one file each: `dump`, `audit`, `verify`, `stats`,
 //! `compact`, `grow` and `tail`.
 
 use clap::{Parser, Subcommand};
@@ -14,6 +14,7 @@ macro_rules! out {
     };
 }
 
+mod audit;
 mod common;
 mod compact;
 mod dump;
@@ -41,8 +42,15 @@ enum Command {
     Load(load::LoadArgs),
     /// Print a file's (or every file of a store or partition directory's) headers, batches
     /// and records: positions, streams, versions, types, sizes, payloads as text or hex. On
-    /// archives, what they were made from, why, and what was erased from them.
+    /// archives, what they were made from, why, and what was erased from them. With `--stream`
+    /// over a directory, ends with that stream's whole history per partition (archived and hot
+    /// events, versions, positions) and the erasure audit records about it.
     Dump(dump::DumpArgs),
+    /// List what was erased and when: every erasure audit record of every partition's
+    /// archives (stream, events, positions, when deleted, when erased), oldest erasure first,
+    /// then a summary; read-only, safe beside a running store. Exits 1 if an archive could not
+    /// be read, listing the others.
+    Audit(audit::AuditArgs),
     /// Check every CRC, index, snapshot sidecar and archive of a store; print "all ok" and
     /// exit 0, or list each problem with its file and offset and exit 1.
     Verify(verify::DirArgs),
@@ -66,6 +74,11 @@ fn main() {
     let result = match cli.command {
         Command::Load(args) => load::load(args),
         Command::Dump(args) => dump::dump(args),
+        Command::Audit(args) => match audit::audit(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => Err(e),
+        },
         Command::Verify(args) => match verify::verify(args) {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),
