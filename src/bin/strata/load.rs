@@ -475,9 +475,10 @@ fn client(w: u64, work: Work, bus: &CommandBus, shared: &Shared) -> Result<(), E
     // The accounts in use: a window of `active_share` of them, moving from the first to the
     // last as the run goes on (by commands sent, or by time under a duration limit).
     let window = ((owned.len() as f64 * work.active_share).ceil() as usize).clamp(1, owned.len().max(1));
-    loop {
+    while !owned.is_empty() && !shared.stop.load(Ordering::Relaxed) {
+        // Taken only by a client that will send it, so the run sends exactly `commands`.
         let n = shared.next_command.fetch_add(1, Ordering::Relaxed);
-        if owned.is_empty() || shared.stop.load(Ordering::Relaxed) || n >= shared.commands {
+        if n >= shared.commands {
             break;
         }
         let by_count = n as f64 / shared.commands.max(1) as f64;
