@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
+use strata::compaction::AuditRecord;
 use strata::inspect::{self, Dump, Filter};
 
 use crate::common::time;
@@ -35,18 +36,8 @@ pub struct Erasure {
     pub file: PathBuf,
     /// Its partition.
     pub partition: u32,
-    /// The deleted stream.
-    pub stream: String,
-    /// How many of its events were erased from the archive's range by one write.
-    pub events: u64,
-    /// Position of the first erased event.
-    pub first_position: u64,
-    /// Position of the last erased event.
-    pub last_position: u64,
-    /// When the stream was deleted (nanoseconds since the Unix epoch).
-    pub deleted_at: u64,
-    /// When its events were erased (nanoseconds since the Unix epoch).
-    pub erased_at: u64,
+    /// The record, as the archive holds it.
+    pub record: AuditRecord,
 }
 
 impl Erasure {
@@ -55,31 +46,19 @@ impl Erasure {
         let Dump::Archive { partition, audit, .. } = d else {
             return Vec::new();
         };
-        audit
-            .iter()
-            .map(|a| Erasure {
-                file: file.to_path_buf(),
-                partition: *partition,
-                stream: a.stream.clone(),
-                events: a.events,
-                first_position: a.first_position,
-                last_position: a.last_position,
-                deleted_at: a.deleted_at,
-                erased_at: a.erased_at,
-            })
-            .collect()
+        audit.iter().map(|a| Erasure { file: file.to_path_buf(), partition: *partition, record: a.clone() }).collect()
     }
 
     /// "N events at positions a..=b, deleted T, erased T'": what `dump` prints too.
     pub fn what(&self) -> String {
         format!(
             "{} event{} at positions {}..={}, deleted {}, erased {}",
-            self.events,
-            if self.events == 1 { "" } else { "s" },
-            self.first_position,
-            self.last_position,
-            time(self.deleted_at),
-            time(self.erased_at)
+            self.record.events,
+            if self.record.events == 1 { "" } else { "s" },
+            self.record.first_position,
+            self.record.last_position,
+            time(self.record.deleted_at),
+            time(self.record.erased_at)
         )
     }
 
@@ -89,12 +68,12 @@ impl Erasure {
         o.insert("kind".into(), "erasure".into());
         o.insert("partition".into(), self.partition.into());
         o.insert("file".into(), self.file.display().to_string().into());
-        o.insert("stream".into(), self.stream.clone().into());
-        o.insert("events".into(), self.events.into());
-        o.insert("first_position".into(), self.first_position.into());
-        o.insert("last_position".into(), self.last_position.into());
-        put_time(&mut o, "deleted_at", self.deleted_at);
-        put_time(&mut o, "erased_at", self.erased_at);
+        o.insert("stream".into(), self.record.stream.clone().into());
+        o.insert("events".into(), self.record.events.into());
+        o.insert("first_position".into(), self.record.first_position.into());
+        o.insert("last_position".into(), self.record.last_position.into());
+        put_time(&mut o, "deleted_at", self.record.deleted_at);
+        put_time(&mut o, "erased_at", self.record.erased_at);
         Value::Object(o)
     }
 }
@@ -119,7 +98,8 @@ pub fn audit(args: AuditArgs) -> Result<bool, Box<dyn std::error::Error>> {
             Ok(d @ Dump::Archive { .. }) => {
                 read += 1;
                 let kept = Erasure::of(f, &d);
-                records.extend(kept.into_iter().filter(|r| args.stream.as_deref().is_none_or(|s| s == r.stream)));
+                records
+                    .extend(kept.into_iter().filter(|r| args.stream.as_deref().is_none_or(|s| s == r.record.stream)));
                 if let Dump::Archive { problems: p, .. } = d {
                     problems.extend(p.into_iter().map(|p| (f.clone(), format!("{}: {p}", f.display()))));
                 }
@@ -129,15 +109,15 @@ pub fn audit(args: AuditArgs) -> Result<bool, Box<dyn std::error::Error>> {
         }
     }
     records.sort_by(|a, b| {
-        (a.erased_at, a.partition, a.first_position, &a.stream).cmp(&(
-            b.erased_at,
+        (a.record.erased_at, a.partition, a.record.first_position, &a.record.stream).cmp(&(
+            b.record.erased_at,
             b.partition,
-            b.first_position,
-            &b.stream,
+            b.record.first_position,
+            &b.record.stream,
         ))
     });
-    let streams = records.iter().map(|r| r.stream.as_str()).collect::<std::collections::BTreeSet<_>>().len();
-    let events: u64 = records.iter().map(|r| r.events).sum();
+    let streams = records.iter().map(|r| r.record.stream.as_str()).collect::<std::collections::BTreeSet<_>>().len();
+    let events: u64 = records.iter().map(|r| r.record.events).sum();
     if args.json {
         for r in &records {
             out!("{}", r.json());
@@ -160,14 +140,14 @@ pub fn audit(args: AuditArgs) -> Result<bool, Box<dyn std::error::Error>> {
         for r in &records {
             out!(
                 "erased {}: {:?} of partition {}, {} event{} at positions {}..={}, deleted {} ({})",
-                time(r.erased_at),
-                r.stream,
+                time(r.record.erased_at),
+                r.record.stream,
                 r.partition,
-                r.events,
-                if r.events == 1 { "" } else { "s" },
-                r.first_position,
-                r.last_position,
-                time(r.deleted_at),
+                r.record.events,
+                if r.record.events == 1 { "" } else { "s" },
+                r.record.first_position,
+                r.record.last_position,
+                time(r.record.deleted_at),
                 r.file.display()
             );
         }

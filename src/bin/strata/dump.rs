@@ -323,7 +323,7 @@ impl History {
             _ => return,
         };
         let h = self.partitions.entry(partition).or_default();
-        h.erased.extend(Erasure::of(path, d).into_iter().filter(|e| e.stream == self.stream));
+        h.erased.extend(Erasure::of(path, d).into_iter().filter(|e| e.record.stream == self.stream));
         if unread {
             h.incomplete.push(path.to_path_buf());
         }
@@ -379,7 +379,7 @@ impl History {
             return;
         }
         for (partition, mut h) in self.partitions {
-            h.erased.sort_by_key(|e| (e.first_position, e.erased_at));
+            h.erased.sort_by_key(|e| (e.record.first_position, e.record.erased_at));
             if json {
                 out!(
                     "{}",
