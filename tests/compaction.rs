@@ -226,6 +226,7 @@ fn age_and_snapshot_policy() {
     assert!(archived_lone() > 0);
     let reasons: Vec<Reason> = archives(dir.path(), lp as u32).into_iter().map(|a| a.2).collect();
     assert!(reasons.contains(&Reason::RetainedCold), "{reasons:?}");
+    assert!(after[lp].archives_by_reason.iter().any(|(r, n)| *r == Reason::RetainedCold && *n > 0), "{after:?}");
     assert_eq!(store.load::<T>(lone).unwrap().state(), &T::replayed(&store, lone));
     assert_eq!(store.read_stream(lone, 0, 10_000).unwrap(), lone_events);
     drop(store);

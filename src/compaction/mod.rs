@@ -188,6 +188,8 @@ pub struct PartitionStorage {
     pub deleted_streams: u64,
     /// Archive files that could not be opened (their ranges cannot be read).
     pub unreadable_archives: u64,
+    /// The archives by why they were made (FORMAT.md §14.1), in the order first met.
+    pub archives_by_reason: Vec<(Reason, u64)>,
 }
 
 impl PartitionStorage {
@@ -212,6 +214,10 @@ pub(crate) fn storage(part: &Partition) -> Result<PartitionStorage> {
                 s.archived_bytes += a.data_len();
                 s.archived_events += a.events();
                 s.erased_events = a.audit().iter().fold(s.erased_events, |sum, r| sum.saturating_add(r.events));
+                match s.archives_by_reason.iter_mut().find(|(r, _)| *r == a.header.reason) {
+                    Some((_, n)) => *n += 1,
+                    None => s.archives_by_reason.push((a.header.reason, 1)),
+                }
             }
             State::Failed(_) if slot.is_archive() => s.unreadable_archives += 1,
             _ => {

@@ -683,3 +683,24 @@ fn cursor_bytes_are_pinned() {
     }
     assert_eq!(cursor::decode(&cursor::encode(&[])), Ok(vec![]));
 }
+
+/// The archive reasons' codes are part of the format (FORMAT.md §14.1): each has its code,
+/// each code reads back as its reason, and the next code is refused.
+#[test]
+fn archive_reason_codes_are_pinned() {
+    use super::archive::Reason;
+    let codes = [
+        (Reason::RetainedAndSnapshotted, 1),
+        (Reason::Retained, 2),
+        (Reason::HotBytes, 3),
+        (Reason::Erasure, 4),
+        (Reason::Forced, 5),
+        (Reason::RetainedCold, 6),
+    ];
+    for (reason, code) in codes {
+        assert_eq!(reason.code(), code);
+        assert_eq!(Reason::from_code(code), Some(reason));
+    }
+    assert_eq!(Reason::from_code(0), None);
+    assert_eq!(Reason::from_code(7), None);
+}

@@ -353,7 +353,7 @@ pub fn load(args: LoadArgs) -> Result<(), Box<dyn std::error::Error>> {
         cache: cache.stats(),
         lag,
         rebuild,
-        archives: ArchiveTotals::of(&store, &dir)?,
+        archives: ArchiveTotals::of(&store)?,
         bytes: 0,
     };
     // The endpoint holds the store, engine and bus: it ends before they are closed.
@@ -658,23 +658,16 @@ struct ArchiveTotals {
     batch_bytes: u64,
     /// Bytes of the archive files.
     file_bytes: u64,
-    /// Archives by why they were made (FORMAT.md §14.1), read from their headers.
+    /// Archives by why they were made (FORMAT.md §14.1).
     reasons: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl ArchiveTotals {
-    fn of(store: &Store, dir: &Path) -> Result<ArchiveTotals, Box<dyn std::error::Error>> {
+    fn of(store: &Store) -> Result<ArchiveTotals, Error> {
         let storage = store.storage()?;
         let mut reasons = std::collections::BTreeMap::new();
-        // Read from the files, as `strata dump` does; a filter matching no stream keeps the
-        // batches out of the answer.
-        let none = strata::inspect::Filter { stream: Some(String::new()), ..Default::default() };
-        for path in strata::inspect::files(dir)? {
-            if path.extension().is_some_and(|e| e == "arc")
-                && let strata::inspect::Dump::Archive { reason, .. } = strata::inspect::dump(&path, &none)?
-            {
-                *reasons.entry(reason_name(reason)).or_default() += 1;
-            }
+        for (reason, n) in storage.iter().flat_map(|p| &p.archives_by_reason) {
+            *reasons.entry(reason_name(*reason)).or_default() += n;
         }
         Ok(ArchiveTotals {
             reasons,
