@@ -54,7 +54,10 @@ fn load_archives_cold_accounts_without_a_hot_bytes_bound() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("store");
     let out = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["load", "--events", "60000", "--streams", "400", "--writers", "4", "--partitions", "2"])
+        // Bounded by time: the early accounts must have been quiet past the retention period
+        // by the end, however fast the machine is.
+        .args(["load", "--events", "100000000", "--duration", "1.5", "--streams", "400", "--writers", "4"])
+        .args(["--partitions", "2"])
         .args(["--segment-mib", "1", "--retention", "0.3", "--compact-every", "0.3", "--json", "--dir"])
         .arg(&dir)
         .output()
@@ -596,10 +599,14 @@ fn load_serves_metrics_while_it_runs() {
 fn load_writes_an_html_report() {
     let work = tempfile::tempdir().unwrap();
     let (store, out) = (work.path().join("store"), work.path().join("report"));
+    // Bounded by time, not by events: a run of a fixed length has enough samples however
+    // fast the machine is (20,000 events once took under 0.4 s, 17 samples).
     let (ok, json, err) = strata_args(&[
         "load",
         "--events",
-        "20000",
+        "100000000",
+        "--duration",
+        "1.5",
         "--streams",
         "200",
         "--writers",
