@@ -341,6 +341,34 @@ pub fn dlq_scan(data: &[u8]) {
     assert_eq!(at, end);
 }
 
+/// Archive block columns (FORMAT.md §14.2). With the first byte odd, the rest is taken as
+/// batches: whatever `split` takes apart, `join` must give back (with each batch's CRC as
+/// `join` computes it). Otherwise the next 3 bytes are a block length and the rest columns:
+/// `join` must refuse them or give exactly that many bytes, never panic or write past it.
+pub fn archive_columns(data: &[u8]) {
+    use crate::format::columns;
+    match data.split_first() {
+        Some((mode, rest)) if mode & 1 == 1 => {
+            let Some(cols) = columns::split(rest) else { return };
+            let back = columns::join(&cols.concat(), rest.len()).expect("split columns join");
+            assert_eq!(back.len(), rest.len());
+            let mut at = 0;
+            while at < rest.len() {
+                let len = batch::claimed_length(&rest[at..]).expect("a whole batch");
+                assert_eq!(back[at + 4..at + len], rest[at + 4..at + len], "batch at {at}");
+                at += len;
+            }
+        }
+        Some((_, rest)) if rest.len() >= 3 => {
+            let data_len = u32::from_le_bytes([rest[0], rest[1], rest[2], 0]) as usize;
+            if let Ok(out) = columns::join(&rest[3..], data_len) {
+                assert_eq!(out.len(), data_len);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Decodes bytes as an archive; what it accepts must decompress block by block (or fail
 /// typed), and every index entry must point at a batch or be reported.
 pub fn archive_decode(data: &[u8]) {

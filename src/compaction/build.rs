@@ -17,8 +17,9 @@ use std::path::Path;
 
 use crate::clock::now_nanos;
 use crate::error::{Error, Result};
-use crate::format::archive::{self as format, AuditRecord, Header, Reason, Source};
+use crate::format::archive::{self as format, ARCHIVE_VERSION, AuditRecord, Block, Header, Reason, Source};
 use crate::format::batch::BatchView;
+use crate::format::columns::{self, LAYOUT_BATCHES};
 use crate::format::index::{PositionEntry, StreamEntry};
 use crate::router::stream_hash;
 
@@ -75,48 +76,60 @@ pub(crate) fn build(
         zstd::bulk::Compressor::with_dictionary(opts.level, &dictionary)
     }
     .map_err(|e| Error::io("zstd", Path::new("archive"), e))?;
-    let mut streams = Vec::with_capacity(batches.len());
+    let mut streams: Vec<StreamEntry> = Vec::with_capacity(batches.len());
     let mut positions = Vec::with_capacity(batches.len());
-    let mut blocks: Vec<(Vec<u8>, u64, u32)> = Vec::new();
+    let mut blocks: Vec<Block> = Vec::new();
     let mut block = Vec::with_capacity(opts.block_bytes);
     let mut block_start = 0u64;
     let mut tag = 0u32;
     let mut prev: Option<(u64, &str)> = None;
-    let mut flush = |block: &mut Vec<u8>, start: &mut u64, blocks: &mut Vec<(Vec<u8>, u64, u32)>| -> Result<()> {
-        if block.is_empty() {
-            return Ok(());
-        }
-        let frame = compressor.compress(block).map_err(|e| Error::io("zstd compress", Path::new("archive"), e))?;
-        progress(block.len() as u64);
-        blocks.push((frame, *start, block.len() as u32));
-        *start += block.len() as u64;
-        block.clear();
-        Ok(())
-    };
+    // Whether the last stream entry may take in the next batch: it is of the same stream, in
+    // the same block, and the batch's versions follow on from it.
+    let mut span_open = false;
     for b in &batches {
         if !block.is_empty() && block.len() + b.bytes.len() > opts.block_bytes {
-            flush(&mut block, &mut block_start, &mut blocks)?;
+            blocks.push(compress_block(&mut compressor, &block, block_start)?);
+            progress(block.len() as u64);
+            block_start += block.len() as u64;
+            block.clear();
+            span_open = false;
         }
+        let same_stream = matches!(prev, Some((h, s)) if h == b.hash && s == b.stream);
         tag = match prev {
-            Some((h, s)) if h == b.hash && s != b.stream => tag + 1,
+            Some((h, _)) if h == b.hash && !same_stream => tag + 1,
             Some((h, _)) if h == b.hash => tag,
             _ => 0,
         };
         prev = Some((b.hash, b.stream));
         let offset = block_start + block.len() as u64;
-        streams.push(StreamEntry {
-            stream_hash: b.hash,
-            first_version: b.first_version,
-            offset,
-            event_count: b.count,
-            tag,
-        });
+        match streams.last_mut() {
+            Some(last)
+                if span_open
+                    && same_stream
+                    && last.first_version.checked_add(u64::from(last.event_count)) == Some(b.first_version)
+                    && last.event_count.checked_add(b.count).is_some() =>
+            {
+                last.event_count += b.count;
+            }
+            _ => streams.push(StreamEntry {
+                stream_hash: b.hash,
+                first_version: b.first_version,
+                offset,
+                event_count: b.count,
+                tag,
+            }),
+        }
+        span_open = true;
         positions.push(PositionEntry { position: b.position, offset });
         block.extend_from_slice(b.bytes);
     }
-    flush(&mut block, &mut block_start, &mut blocks)?;
+    if !block.is_empty() {
+        blocks.push(compress_block(&mut compressor, &block, block_start)?);
+        progress(block.len() as u64);
+    }
     positions.sort_unstable_by_key(|p| p.position);
     let header = Header {
+        version: ARCHIVE_VERSION,
         partition: plan.partition,
         base_position: plan.base,
         end_position: plan.end,
@@ -137,6 +150,30 @@ pub(crate) fn build(
             audit: plan.audit,
         },
     ))
+}
+
+/// Compresses one block of batches (FORMAT.md §14.2): as columns, each its own zstd frame, if
+/// the batches split into columns that are smaller and give them back byte for byte;
+/// otherwise as they are, after their layout byte, in one frame.
+fn compress_block(compressor: &mut zstd::bulk::Compressor<'_>, data: &[u8], data_start: u64) -> Result<Block> {
+    let zstd_error = |e| Error::io("zstd compress", Path::new("archive"), e);
+    let split = columns::split(data)
+        .filter(|c| c.len() <= data.len() && columns::join(&c.concat(), data.len()).as_deref() == Ok(data));
+    let mut frames = Vec::new();
+    match split {
+        Some(c) => {
+            for part in c.parts().into_iter().filter(|p| !p.is_empty()) {
+                frames.extend_from_slice(&compressor.compress(part).map_err(zstd_error)?);
+            }
+        }
+        None => {
+            let mut plain = Vec::with_capacity(data.len() + 1);
+            plain.push(LAYOUT_BATCHES);
+            plain.extend_from_slice(data);
+            frames = compressor.compress(&plain).map_err(zstd_error)?;
+        }
+    }
+    Ok(Block { frames, data_start, data_len: data.len() as u32, data_crc: crate::format::crc(data) })
 }
 
 /// Trains a zstd dictionary on an even sample of the batches; empty if there are too few

@@ -3,7 +3,8 @@
 //! ```text
 //! header (64 bytes)
 //! 0   8  magic           b"STRATARC"
-//! 8   4  version         FORMAT_VERSION
+//! 8   4  version         1 or 2 (ARCHIVE_VERSION, what this build writes): the blocks'
+//!                        layout and what a stream entry stands for
 //! 12  4  partition
 //! 16  8  base_position   first position of the range the archive stands for
 //! 24  8  end_position    one past its last position
@@ -15,11 +16,15 @@
 //! 56  4  block_bytes     the uncompressed block size the writer aimed at
 //! 60  4  header_crc      CRC-32 of bytes [0, 60)
 //! 64  .. dictionary, zero-padded to 8
-//!     .. blocks: each one zstd frame of whole batches, zero-padded to 8
+//!     .. blocks, each zero-padded to 8. Version 1: one zstd frame of whole batches.
+//!        Version 2: zstd frames that decompress to a layout byte, then either the batches
+//!        (layout 1) or the batches taken apart into columns (layout 2, `format::columns`)
 //! meta (8-aligned, at meta_offset)
 //!     block_count    x BlockEntry (32 bytes)
 //!     stream_entries x StreamEntry (32 bytes), offsets into the uncompressed data,
-//!                      sorted by (stream_hash, tag, first_version), like the data itself
+//!                      sorted by (stream_hash, tag, first_version), like the data itself;
+//!                      version 1: one per batch; version 2: one per span of a stream's
+//!                      consecutive batches (versions following on) inside one block
 //!     position_entries x PositionEntry (16 bytes): one per batch, sorted by position
 //!     source_count   x Source (16 bytes): the files the archive was made from
 //!     audit records  (audit_len bytes): the streams erased from the range
@@ -32,7 +37,7 @@
 //! 32  8  position_entries
 //! 40  4  audit_len
 //! 44  4  meta_crc        CRC-32 of the meta section
-//! 48  4  version         FORMAT_VERSION
+//! 48  4  version         the header's
 //! 52  4  footer_crc      CRC-32 of footer bytes [0, 52)
 //! 56  8  magic           b"STRATARC"
 //! ```
@@ -42,11 +47,15 @@ use std::io::Read;
 
 use bytemuck::{Pod, Zeroable};
 
+use super::batch;
+use super::columns::{self, LAYOUT_BATCHES, LAYOUT_COLUMNS};
 use super::header::{self, Frame, Malformed};
 use super::index::{PositionEntry, StreamEntry};
-use super::{FORMAT_VERSION, align8, crc, le_u16, le_u32, le_u64, put_u16, put_u32, put_u64};
+use super::{align8, crc, le_u16, le_u32, le_u64, put_u16, put_u32, put_u64};
 
 pub(crate) const MAGIC: &[u8; 8] = b"STRATARC";
+/// The archive version this build writes: block layouts and stream spans (FORMAT.md §14).
+pub(crate) const ARCHIVE_VERSION: u32 = 2;
 pub(crate) use super::header::HEADER_LEN;
 pub(crate) const FOOTER_LEN: usize = 64;
 /// Largest uncompressed block: one batch may be up to 2 GiB, and is never split.
@@ -129,7 +138,9 @@ pub(crate) struct BlockEntry {
     pub data_len: u32,
     /// CRC-32 of the compressed bytes.
     pub crc: u32,
-    pub reserved: u32,
+    /// Version 2: CRC-32 of the block's `data_len` bytes of batches, as they are read back
+    /// (version 1: zero, not read).
+    pub data_crc: u32,
 }
 
 impl BlockEntry {
@@ -140,7 +151,7 @@ impl BlockEntry {
             compressed_len: u32::from_le(self.compressed_len),
             data_len: u32::from_le(self.data_len),
             crc: u32::from_le(self.crc),
-            reserved: u32::from_le(self.reserved),
+            data_crc: u32::from_le(self.data_crc),
         }
     }
 
@@ -151,7 +162,7 @@ impl BlockEntry {
             compressed_len: self.compressed_len.to_le(),
             data_len: self.data_len.to_le(),
             crc: self.crc.to_le(),
-            reserved: self.reserved.to_le(),
+            data_crc: self.data_crc.to_le(),
         }
     }
 }
@@ -185,6 +196,8 @@ pub struct AuditRecord {
 /// The header's fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Header {
+    /// 1 or 2 ([`ARCHIVE_VERSION`]).
+    pub version: u32,
     pub partition: u32,
     pub base_position: u64,
     pub end_position: u64,
@@ -195,11 +208,21 @@ pub(crate) struct Header {
     pub block_bytes: u32,
 }
 
+/// One block, already compressed.
+#[derive(Debug, Clone)]
+pub(crate) struct Block {
+    /// Its zstd frames, back to back.
+    pub frames: Vec<u8>,
+    pub data_start: u64,
+    pub data_len: u32,
+    /// CRC-32 of its batches (version 2; 0 for version 1).
+    pub data_crc: u32,
+}
+
 /// Everything an encoder needs besides the header: the blocks already compressed.
 pub(crate) struct Parts<'a> {
     pub dictionary: &'a [u8],
-    /// Compressed frames, with `(data_start, data_len)` each.
-    pub blocks: &'a [(Vec<u8>, u64, u32)],
+    pub blocks: &'a [Block],
     pub streams: &'a [StreamEntry],
     pub positions: &'a [PositionEntry],
     pub sources: &'a [Source],
@@ -208,11 +231,11 @@ pub(crate) struct Parts<'a> {
 
 /// Encodes a complete archive file.
 pub(crate) fn encode(h: &Header, parts: &Parts<'_>) -> Vec<u8> {
-    let compressed: usize = parts.blocks.iter().map(|b| align8(b.0.len())).sum();
+    let compressed: usize = parts.blocks.iter().map(|b| align8(b.frames.len())).sum();
     let mut out = Vec::with_capacity(
         HEADER_LEN + align8(parts.dictionary.len()) + compressed + parts.blocks.len() * 32 + parts.streams.len() * 32,
     );
-    let mut head = header::begin(MAGIC);
+    let mut head = header::begin_version(MAGIC, h.version);
     put_u32(&mut head, 12, h.partition);
     put_u64(&mut head, 16, h.base_position);
     put_u64(&mut head, 24, h.end_position);
@@ -227,17 +250,17 @@ pub(crate) fn encode(h: &Header, parts: &Parts<'_>) -> Vec<u8> {
     out.resize(align8(out.len()), 0);
     let mut entries = Vec::with_capacity(parts.blocks.len());
     let mut data_len = 0u64;
-    for (frame, start, len) in parts.blocks {
+    for b in parts.blocks {
         entries.push(BlockEntry {
             file_offset: out.len() as u64,
-            data_start: *start,
-            compressed_len: frame.len() as u32,
-            data_len: *len,
-            crc: crc(frame),
-            reserved: 0,
+            data_start: b.data_start,
+            compressed_len: b.frames.len() as u32,
+            data_len: b.data_len,
+            crc: crc(&b.frames),
+            data_crc: if h.version >= 2 { b.data_crc } else { 0 },
         });
-        data_len = start + u64::from(*len);
-        out.extend_from_slice(frame);
+        data_len = b.data_start + u64::from(b.data_len);
+        out.extend_from_slice(&b.frames);
         out.resize(align8(out.len()), 0);
     }
     let meta_offset = out.len();
@@ -285,7 +308,7 @@ pub(crate) fn encode(h: &Header, parts: &Parts<'_>) -> Vec<u8> {
     put_u64(footer, 32, parts.positions.len() as u64);
     put_u32(footer, 40, audit_len as u32);
     put_u32(footer, 44, meta_crc);
-    put_u32(footer, 48, FORMAT_VERSION);
+    put_u32(footer, 48, h.version);
     let footer_crc = footer.get(..52).map(crc).unwrap_or(0);
     put_u32(footer, 52, footer_crc);
     if let Some(m) = footer.get_mut(56..64) {
@@ -318,6 +341,7 @@ pub(crate) fn decode_header(bytes: &[u8]) -> Result<Header, Malformed> {
         return corrupt(40, format!("archive ends at {end_position}, past its compaction's end {job_end}"));
     }
     Ok(Header {
+        version: le_u32(h, header::VERSION_OFFSET).unwrap_or(0),
         partition: le_u32(h, 12).unwrap_or(0),
         base_position,
         end_position,
@@ -360,8 +384,15 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Layout, Malformed> {
         return corrupt(f_at, "archive footer checksum mismatch");
     }
     // The footer's version, covered by the footer's CRC, follows the one rule too.
-    header::check_version(le_u32(footer, 48).unwrap_or(0), "archive footer")
+    let footer_version = le_u32(footer, 48).unwrap_or(0);
+    header::check_version(footer_version, "archive footer")
         .map_err(|m| Malformed { offset: (f_at + 48) as u64, ..m })?;
+    if footer_version != header.version {
+        return corrupt(
+            f_at + 48,
+            format!("archive footer says version {footer_version}, its header {}", header.version),
+        );
+    }
     let meta_offset = le_u64(footer, 0).unwrap_or(u64::MAX);
     let data_len = le_u64(footer, 8).unwrap_or(0);
     let block_count = le_u32(footer, 16).unwrap_or(0) as u64;
@@ -506,9 +537,10 @@ pub(crate) fn cast<'a, T: Pod>(bytes: &'a [u8], range: &std::ops::Range<usize>) 
         .ok_or_else(|| Malformed::damaged(range.start as u64, "archive section is misaligned or out of bounds"))
 }
 
-/// Decompresses block `i` of a checked archive image, checking its CRC and length. Memory
-/// grows only as far as the frame really decompresses, and never past the block's recorded
-/// length. An error names the block's file offset.
+/// Decompresses block `i` of a checked archive image into its batches, checking the frame's
+/// CRC, the length and (version 2) the batches' CRC after putting back columns. Memory grows
+/// only as far as the frames really decompress, and never past the block's recorded length
+/// (plus its layout byte). An error names the block's file offset.
 pub(crate) fn decompress_block(bytes: &[u8], layout: &Layout, i: usize) -> Result<Vec<u8>, (u64, String)> {
     let blocks: &[BlockEntry] = cast(bytes, &layout.blocks).unwrap_or(&[]);
     let Some(b) = blocks.get(i).map(BlockEntry::get) else { return Err((0, format!("no block {i}"))) };
@@ -519,17 +551,77 @@ pub(crate) fn decompress_block(bytes: &[u8], layout: &Layout, i: usize) -> Resul
     if crc(frame) != b.crc {
         return Err((b.file_offset, format!("block {i} checksum mismatch")));
     }
-    let mut out = Vec::with_capacity((b.data_len as usize).min(4 << 20));
+    let version = layout.header.version;
+    // Version 2 blocks begin with their layout byte; neither layout is longer than that plus
+    // the batches (the writer keeps columns only when they are smaller).
+    let expected = b.data_len as usize + usize::from(version >= 2);
+    let mut out = Vec::with_capacity(expected.min(4 << 20));
     let dict = bytes.get(layout.dictionary.clone()).unwrap_or(&[]);
-    let limit = u64::from(b.data_len) + 1;
+    let limit = expected as u64 + 1;
+    // Concatenated frames decompress to their contents, concatenated (RFC 8878 §3.1).
     let read = if dict.is_empty() {
         zstd::stream::read::Decoder::with_buffer(frame).and_then(|d| d.take(limit).read_to_end(&mut out))
     } else {
         zstd::stream::read::Decoder::with_dictionary(frame, dict).and_then(|d| d.take(limit).read_to_end(&mut out))
     };
     read.map_err(|e| (b.file_offset, format!("block {i} does not decompress: {e}")))?;
-    if out.len() != b.data_len as usize {
-        return Err((b.file_offset, format!("block {i} decompresses to {} bytes, not {}", out.len(), b.data_len)));
+    if version < 2 {
+        if out.len() != expected {
+            return Err((b.file_offset, format!("block {i} decompresses to {} bytes, not {expected}", out.len())));
+        }
+        return Ok(out);
+    }
+    if out.len() > expected {
+        return Err((b.file_offset, format!("block {i} decompresses to more than {expected} bytes")));
+    }
+    let data = match out.first().copied() {
+        Some(LAYOUT_BATCHES) => {
+            if out.len() != expected {
+                return Err((b.file_offset, format!("block {i} decompresses to {} bytes, not {expected}", out.len())));
+            }
+            out.remove(0);
+            out
+        }
+        Some(LAYOUT_COLUMNS) => columns::join(&out, b.data_len as usize)
+            .map_err(|why| (b.file_offset, format!("block {i}'s columns do not give its batches: {why}")))?,
+        Some(other) => return Err((b.file_offset, format!("block {i} has unknown layout {other}"))),
+        None => return Err((b.file_offset, format!("block {i} decompresses to nothing"))),
+    };
+    if crc(&data) != b.data_crc {
+        return Err((b.file_offset, format!("block {i}'s batches do not match their checksum")));
+    }
+    Ok(data)
+}
+
+/// The batches a stream entry stands for (FORMAT.md §14.3; in version 1, one): read from
+/// `bytes`, the data from the entry's offset to the end of its block, each as `(offset from
+/// there, first_version, event_count)`. Only their headers are peeked: a read checks each
+/// batch it uses. The batches must follow on from the entry's `first_version` and hold its
+/// `event_count` events.
+pub(crate) fn span_batches(bytes: &[u8], e: &StreamEntry) -> Result<Vec<(usize, u64, u32)>, String> {
+    let mut out = Vec::new();
+    let (mut at, mut version, mut left) = (0usize, e.first_version, e.event_count);
+    while left > 0 {
+        let b = bytes.get(at..).unwrap_or(&[]);
+        let length = batch::claimed_length(b).unwrap_or(0);
+        let first = le_u64(b, batch::FIRST_VERSION_OFFSET);
+        let count = le_u32(b, batch::EVENT_COUNT_OFFSET).unwrap_or(0);
+        if first != Some(version)
+            || count == 0
+            || count > left
+            || length < batch::HEADER_LEN
+            || !length.is_multiple_of(8)
+            || length > b.len()
+        {
+            return Err(format!(
+                "the batches from the entry's offset do not hold versions {}.. ({} events) of one block",
+                e.first_version, e.event_count
+            ));
+        }
+        out.push((at, version, count));
+        at += length;
+        version = version.saturating_add(u64::from(count));
+        left -= count;
     }
     Ok(out)
 }

@@ -9,7 +9,7 @@
 //! ```
 #![deny(clippy::indexing_slicing)]
 
-use super::{FORMAT_VERSION, crc, le_u32, le_u64, put_u32, put_u64};
+use super::{BASE_VERSION, crc, le_u32, le_u64, put_u32, put_u64};
 
 pub(crate) const MAGIC: &[u8; 8] = b"STRATCUR";
 /// Most partitions a cursor holds positions for.
@@ -21,7 +21,7 @@ pub(crate) fn encode(positions: &[u64]) -> Vec<u8> {
     if let Some(m) = b.get_mut(..8) {
         m.copy_from_slice(MAGIC);
     }
-    put_u32(&mut b, 8, FORMAT_VERSION);
+    put_u32(&mut b, 8, BASE_VERSION);
     put_u32(&mut b, 12, n as u32);
     for (i, p) in positions.iter().take(n).enumerate() {
         put_u64(&mut b, 16 + 8 * i, *p);
@@ -37,8 +37,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<u64>, String> {
         return Err("not a strata cursor (bad magic)".into());
     }
     let version = le_u32(bytes, 8).ok_or("cursor cut short")?;
-    if version != FORMAT_VERSION {
-        return Err(format!("cursor of format version {version}, this build reads {FORMAT_VERSION}"));
+    if version != BASE_VERSION {
+        return Err(format!("cursor of format version {version}, this build reads {BASE_VERSION}"));
     }
     let n = le_u32(bytes, 12).ok_or("cursor cut short")? as usize;
     if n > MAX_CURSOR_PARTITIONS || bytes.len() != 16 + 8 * n + 4 {

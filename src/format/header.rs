@@ -20,7 +20,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::Path;
 
-use super::{FORMAT_VERSION, crc, le_u32, put_u32};
+use super::{BASE_VERSION, FORMAT_VERSION, crc, le_u32, put_u32};
 use crate::error::Error;
 
 /// Length of the common header.
@@ -131,14 +131,19 @@ pub(crate) fn check_version(version: u32, what: &str) -> Result<(), Malformed> {
     Ok(())
 }
 
-/// A header with `magic` and the version set, its fields and reserved bytes zero: the
-/// encoder puts its fields in, then [`seal`]s it.
+/// A header with `magic` and the version the kind is written at (1 for all but archives),
+/// its fields and reserved bytes zero: the encoder puts its fields in, then [`seal`]s it.
 pub(crate) fn begin(magic: &[u8; 8]) -> [u8; HEADER_LEN] {
+    begin_version(magic, BASE_VERSION)
+}
+
+/// [`begin`], at `version`.
+pub(crate) fn begin_version(magic: &[u8; 8], version: u32) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     if let Some(m) = h.get_mut(..8) {
         m.copy_from_slice(magic);
     }
-    put_u32(&mut h, VERSION_OFFSET, FORMAT_VERSION);
+    put_u32(&mut h, VERSION_OFFSET, version);
     h
 }
 

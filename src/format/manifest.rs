@@ -25,7 +25,7 @@
 #![deny(clippy::indexing_slicing)]
 
 use super::header::{self, Malformed};
-use super::{FORMAT_VERSION, crc, le_u32, le_u64, put_u32, put_u64};
+use super::{BASE_VERSION, crc, le_u32, le_u64, put_u32, put_u64};
 use crate::router::HASH_ID;
 
 pub(crate) const MAGIC: &[u8; 8] = b"STRATAMF";
@@ -76,7 +76,7 @@ impl Manifest {
         if let Some(b) = m.get_mut(..8) {
             b.copy_from_slice(MAGIC);
         }
-        put_u32(&mut m, 8, FORMAT_VERSION);
+        put_u32(&mut m, 8, BASE_VERSION);
         put_u32(&mut m, 12, len as u32);
         put_u32(&mut m, 16, self.partition_count);
         put_u32(&mut m, 20, self.hash_id);

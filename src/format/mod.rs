@@ -12,6 +12,7 @@ pub(crate) mod active_index;
 pub(crate) mod archive;
 pub(crate) mod batch;
 pub(crate) mod checkpoint;
+pub(crate) mod columns;
 pub(crate) mod cursor;
 pub(crate) mod dlq;
 pub(crate) mod header;
@@ -24,8 +25,13 @@ pub(crate) mod snapshot;
 pub(crate) mod stream_meta;
 pub(crate) mod tombstone;
 
-/// The newest format version this build writes and reads (shared by every file kind).
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format version this build reads, one number for every file kind (FORMAT.md
+/// §1.1). Version 2 changed archives only (their blocks and stream entries): every other kind
+/// reads the same at 1 and 2 and is still written at 1, so that builds of version 1 read it.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The version written for every file kind but archives (`archive::ARCHIVE_VERSION`).
+pub(crate) const BASE_VERSION: u32 = 1;
 
 /// Reads a little-endian `u16` at `off`, or `None` past the end.
 pub(crate) fn le_u16(bytes: &[u8], off: usize) -> Option<u16> {

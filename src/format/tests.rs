@@ -26,7 +26,12 @@ use super::segment;
 use crate::event::EventData;
 
 fn fixture(name: &str, bytes: &[u8]) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1").join(name);
+    fixture_at("v1", name, bytes)
+}
+
+/// A fixture of `tests/fixtures/{version}`.
+fn fixture_at(version: &str, name: &str, bytes: &[u8]) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(version).join(name);
     if std::env::var_os("STRATA_BLESS").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, bytes).unwrap();
@@ -405,19 +410,60 @@ fn golden_archive_blocks() -> (Vec<u8>, Vec<u8>) {
     (first_block, other)
 }
 
-fn golden_archive(frames: Option<[Vec<u8>; 2]>) -> Vec<u8> {
-    use super::archive::{self, AuditRecord, Header, Parts, Reason, Source};
+/// The golden archive's two blocks compressed as `version` writes them: in version 1 each
+/// one frame of its batches; in version 2 the first as columns (a frame per column) and the
+/// second as it is, after its layout byte (FORMAT.md §14.2).
+fn golden_archive_frames(version: u32) -> [Vec<u8>; 2] {
+    use super::columns;
     let (a, b) = golden_archive_blocks();
-    let frames = frames.unwrap_or_else(|| [zstd::bulk::compress(&a, 3).unwrap(), zstd::bulk::compress(&b, 3).unwrap()]);
+    if version == 1 {
+        return [zstd::bulk::compress(&a, 3).unwrap(), zstd::bulk::compress(&b, 3).unwrap()];
+    }
+    let cols = columns::split(&a).unwrap();
+    let first: Vec<u8> =
+        cols.parts().iter().filter(|p| !p.is_empty()).flat_map(|p| zstd::bulk::compress(p, 3).unwrap()).collect();
+    let mut plain = vec![columns::LAYOUT_BATCHES];
+    plain.extend_from_slice(&b);
+    [first, zstd::bulk::compress(&plain, 3).unwrap()]
+}
+
+fn golden_archive(frames: Option<[Vec<u8>; 2]>) -> Vec<u8> {
+    golden_archive_at(1, frames)
+}
+
+/// Two streams' batches, in two blocks (see [`golden_archive_blocks`]), at `version`: in
+/// version 2 the stream entries stand for spans (order-7's two batches of the first block are
+/// one entry, FORMAT.md §14.3).
+fn golden_archive_at(version: u32, frames: Option<[Vec<u8>; 2]>) -> Vec<u8> {
+    use super::archive::{self, AuditRecord, Block, Header, Parts, Reason, Source};
+    let (a, b) = golden_archive_blocks();
+    let frames = frames.unwrap_or_else(|| golden_archive_frames(version));
     let hash = crate::router::stream_hash;
-    let blocks = [(frames[0].clone(), 0u64, a.len() as u32), (frames[1].clone(), a.len() as u64, b.len() as u32)];
-    let mut streams = vec![
-        StreamEntry { stream_hash: hash("order-7"), first_version: 5, offset: 0, event_count: 2, tag: 0 },
-        StreamEntry { stream_hash: hash("order-7"), first_version: 7, offset: 0, event_count: 1, tag: 0 },
-        StreamEntry { stream_hash: hash("cart-1"), first_version: 0, offset: a.len() as u64, event_count: 1, tag: 0 },
+    let crc = |d: &[u8]| if version >= 2 { super::crc(d) } else { 0 };
+    let blocks = [
+        Block { frames: frames[0].clone(), data_start: 0, data_len: a.len() as u32, data_crc: crc(&a) },
+        Block { frames: frames[1].clone(), data_start: a.len() as u64, data_len: b.len() as u32, data_crc: crc(&b) },
     ];
+    let order = |first_version, offset, event_count| StreamEntry {
+        stream_hash: hash("order-7"),
+        first_version,
+        offset,
+        event_count,
+        tag: 0,
+    };
     // The second order-7 batch follows the golden one inside the first block.
-    streams[1].offset = golden_batch().len() as u64;
+    let mut streams = if version >= 2 {
+        vec![order(5, 0, 3)]
+    } else {
+        vec![order(5, 0, 2), order(7, golden_batch().len() as u64, 1)]
+    };
+    streams.push(StreamEntry {
+        stream_hash: hash("cart-1"),
+        first_version: 0,
+        offset: a.len() as u64,
+        event_count: 1,
+        tag: 0,
+    });
     streams.sort_by_key(|e| (e.stream_hash, e.tag, e.first_version));
     let positions = [
         PositionEntry { position: 1000, offset: 0 },
@@ -425,6 +471,7 @@ fn golden_archive(frames: Option<[Vec<u8>; 2]>) -> Vec<u8> {
         PositionEntry { position: 1004, offset: golden_batch().len() as u64 },
     ];
     let header = Header {
+        version,
         partition: 2,
         base_position: 1000,
         end_position: 1010,
@@ -453,34 +500,82 @@ fn golden_archive(frames: Option<[Vec<u8>; 2]>) -> Vec<u8> {
     archive::encode(&header, &parts)
 }
 
-#[test]
-fn archive_bytes_are_pinned() {
+/// The fixture of `version`: its layout around the frames is pinned, and its blocks give back
+/// the golden batches; a flipped bit in a frame is caught by the block CRC, in the index by
+/// the meta CRC.
+fn check_pinned_archive(version: u32) {
     use super::archive::{self, BlockEntry};
-    let pinned = fixture("archive.bin", &golden_archive(None));
+    let dir = format!("v{version}");
+    let pinned = fixture_at(&dir, "archive.bin", &golden_archive_at(version, None));
     let mut aligned = vec![0u64; pinned.len().div_ceil(8)];
     let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut aligned);
     let bytes = &mut bytes[..pinned.len()];
     bytes.copy_from_slice(&pinned);
     let layout = archive::decode(bytes).unwrap();
+    assert_eq!(layout.header.version, version);
     assert_eq!((layout.header.partition, layout.header.base_position, layout.header.end_position), (2, 1000, 1010));
     let blocks: &[BlockEntry] = archive::cast(bytes, &layout.blocks).unwrap();
     let frame = |i: usize| {
         let b = blocks[i].get();
         bytes[b.file_offset as usize..(b.file_offset + u64::from(b.compressed_len)) as usize].to_vec()
     };
-    assert_eq!(golden_archive(Some([frame(0), frame(1)])), pinned, "the archive encoder's layout changed");
+    assert_eq!(golden_archive_at(version, Some([frame(0), frame(1)])), pinned, "the archive encoder's layout changed");
     let (a, b) = golden_archive_blocks();
-    assert_eq!(crate::format::archive::decompress_block(bytes, &layout, 0).unwrap(), a);
-    assert_eq!(crate::format::archive::decompress_block(bytes, &layout, 1).unwrap(), b);
+    assert_eq!(archive::decompress_block(bytes, &layout, 0).unwrap(), a);
+    assert_eq!(archive::decompress_block(bytes, &layout, 1).unwrap(), b);
     let audit = archive::audit_records(bytes, &layout).unwrap();
     assert_eq!((audit[0].stream.as_str(), audit[0].events), ("customer-3", 3));
-    // A flipped bit in a frame is caught by the block CRC, in the index by the meta CRC.
     let at = blocks[1].get().file_offset as usize + 3;
     bytes[at] ^= 1;
-    assert!(crate::format::archive::decompress_block(bytes, &layout, 1).unwrap_err().1.contains("checksum"));
+    assert!(archive::decompress_block(bytes, &layout, 1).unwrap_err().1.contains("checksum"));
     bytes[at] ^= 1;
     bytes[layout.streams.start + 3] ^= 1;
     assert!(archive::decode(bytes).is_err());
+}
+
+#[test]
+fn archive_bytes_are_pinned() {
+    check_pinned_archive(1);
+}
+
+/// Version 2 (FORMAT.md §14): a block of columns and a block as it is, stream spans, and each
+/// block's data CRC. Columns that give other batches than the data CRC says are refused.
+#[test]
+fn archive_v2_bytes_are_pinned() {
+    use super::archive;
+    check_pinned_archive(2);
+    let (a, _) = golden_archive_blocks();
+    if std::env::var_os("STRATA_BLESS").is_some() {
+        // Seeds of the fuzz targets that read these bytes.
+        let seeds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+        std::fs::write(seeds.join("archive_decode/golden-v2.bin"), golden_archive_at(2, None)).unwrap();
+        std::fs::create_dir_all(seeds.join("archive_columns")).unwrap();
+        let mut batches = vec![1u8];
+        batches.extend_from_slice(&a);
+        std::fs::write(seeds.join("archive_columns/batches.bin"), batches).unwrap();
+        let mut cols = vec![0u8];
+        cols.extend_from_slice(&(a.len() as u32).to_le_bytes()[..3]);
+        cols.extend_from_slice(&super::columns::split(&a).unwrap().concat());
+        std::fs::write(seeds.join("archive_columns/columns.bin"), cols).unwrap();
+    }
+    let mut cols = super::columns::split(&a).unwrap();
+    let last = cols.payloads.len() - 1;
+    cols.payloads[last] ^= 1;
+    let first: Vec<u8> =
+        cols.parts().iter().filter(|p| !p.is_empty()).flat_map(|p| zstd::bulk::compress(p, 3).unwrap()).collect();
+    let [_, second] = golden_archive_frames(2);
+    let image = super::Aligned::new(&golden_archive_at(2, Some([first, second])));
+    let layout = archive::decode(image.bytes()).unwrap();
+    let err = archive::decompress_block(image.bytes(), &layout, 0).unwrap_err();
+    assert!(err.1.contains("do not match their checksum"), "{err:?}");
+    // The footer's version must be the header's.
+    let mut bytes = golden_archive_at(2, None);
+    let f = bytes.len() - 64;
+    bytes[f + 48] = 1;
+    let sum = super::crc(&bytes[f..f + 52]);
+    bytes[f + 52..f + 56].copy_from_slice(&sum.to_le_bytes());
+    let err = archive::decode(super::Aligned::new(&bytes).bytes()).unwrap_err();
+    assert!(err.what.contains("footer says version 1"), "{err:?}");
 }
 
 #[test]
@@ -586,6 +681,19 @@ fn an_archive_block_that_decompresses_past_its_length_is_refused() {
     let err = archive::decompress_block(image.bytes(), &layout, 1).unwrap_err();
     // It stopped one byte past the recorded length, not at 256 MiB.
     assert!(err.1.contains(&format!("decompresses to {} bytes, not {}", b.len() + 1, b.len())), "{err:?}");
+    assert!(archive::decompress_block(image.bytes(), &layout, 0).is_ok());
+}
+
+/// The bomb in a version 2 block: stopped one byte past the block's length and layout byte.
+#[test]
+fn an_archive_v2_block_that_decompresses_past_its_length_is_refused() {
+    use super::archive;
+    let bomb = zstd::bulk::compress(&vec![2u8; 256 << 20], 3).unwrap();
+    let [first, _] = golden_archive_frames(2);
+    let image = super::Aligned::new(&golden_archive_at(2, Some([first, bomb])));
+    let layout = archive::decode(image.bytes()).unwrap();
+    let err = archive::decompress_block(image.bytes(), &layout, 1).unwrap_err();
+    assert!(err.1.contains("decompresses to more than"), "{err:?}");
     assert!(archive::decompress_block(image.bytes(), &layout, 0).is_ok());
 }
 

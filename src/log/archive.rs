@@ -245,12 +245,31 @@ impl Archive {
                 }
             }
         }
+        // Each stream entry stands for batches of its stream inside one block (one in
+        // version 1), their versions following on.
+        let blocks = self.blocks();
         for e in self.streams() {
             let e = e.get();
-            match self.batch_at(&data, e.offset, batch::Known::default()) {
-                Ok(b) if b.first_version == e.first_version && b.event_count == e.event_count => {}
-                Ok(_) => problems.push(self.mismatch(e.offset, "stream")),
-                Err(err) => problems.push(err),
+            let i = blocks.partition_point(|b| b.get().data_start <= e.offset).saturating_sub(1);
+            let end = blocks.get(i).map(|b| b.get().data_start + u64::from(b.get().data_len)).unwrap_or(0);
+            let span = data.get(e.offset as usize..end as usize).unwrap_or(&[]);
+            let batches = match format::span_batches(span, &e) {
+                Ok(batches) => batches,
+                Err(_) => {
+                    problems.push(self.mismatch(e.offset, "stream"));
+                    continue;
+                }
+            };
+            let mut stream = None;
+            for (rel, first_version, count) in batches {
+                match self.batch_at(&data, e.offset + rel as u64, batch::Known::default()) {
+                    Ok(b)
+                        if b.first_version == first_version
+                            && b.event_count == count
+                            && *stream.get_or_insert(b.stream_id) == b.stream_id => {}
+                    Ok(_) => problems.push(self.mismatch(e.offset, "stream")),
+                    Err(err) => problems.push(err),
+                }
             }
         }
         for p in self.positions() {

@@ -9,10 +9,12 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
+use crate::format::archive as arc_format;
 use crate::format::batch::{self, BatchView};
 use crate::format::index::{self, StreamEntry};
 use crate::format::segment as seg_format;
 use crate::log::active::{MemEntry, OpenSegment};
+use crate::log::archive::Archive;
 use crate::log::events::{emit, offer};
 use crate::log::sealed::SealedSegment;
 use crate::log::segment::{Segment, View};
@@ -43,6 +45,18 @@ impl Select<'_> {
             Select::Types(_) => true,
         }
     }
+}
+
+/// The batches an archive's stream entry stands for (FORMAT.md §14.3: in version 2, a span of
+/// a stream's consecutive batches in one block), found in its decompressed block.
+fn archived_batches(seg: &Segment, a: &Archive, e: StreamEntry) -> Result<Vec<Wanted>> {
+    let (block, at) = a.at(e.offset)?;
+    let batches = arc_format::span_batches(block.get(at..).unwrap_or(&[]), &e)
+        .map_err(|why| Error::corruption(&seg.path, e.offset, format!("archive stream entry: {why}")))?;
+    Ok(batches
+        .into_iter()
+        .map(|(rel, first_version, count)| Wanted { first_version, offset: e.offset + rel as u64, len: 0, count })
+        .collect())
 }
 
 /// Bytes of one or more batches, borrowed from a mapping or read into a buffer.
@@ -190,7 +204,13 @@ impl View {
         let entries = match self {
             View::Open(_) => return Ok(None),
             View::Sealed(s) => self.sealed_entries(seg, s, stream, hash)?,
-            View::Archived(a) => self.find_stream(seg, a.streams(), None, stream, hash)?,
+            View::Archived(a) => {
+                // An archive's entry may stand for several batches: the first is read.
+                let entries = self.find_stream(seg, a.streams(), None, stream, hash)?;
+                let Some(first) = entries.first() else { return Ok(None) };
+                let batches = archived_batches(seg, a, first.get())?;
+                return Ok(batches.first().map(|w| w.first_version + u64::from(w.count)));
+            }
         };
         Ok(entries.first().map(|e| {
             let e = e.get();
@@ -260,12 +280,8 @@ impl View {
                     .map(|e| Wanted { first_version: e.first_version, offset: e.offset, len: e.len, count: e.count })
                     .collect())
             }
-            View::Sealed(_) | View::Archived(_) => {
-                let all = match self {
-                    View::Sealed(s) => self.sealed_entries(seg, s, stream, hash)?,
-                    View::Archived(a) => self.find_stream(seg, a.streams(), None, stream, hash)?,
-                    View::Open(_) => &[],
-                };
+            View::Sealed(s) => {
+                let all = self.sealed_entries(seg, s, stream, hash)?;
                 Ok(pick(all, |e| e.get().first_version, from, limit)
                     .iter()
                     .map(|e| {
@@ -273,6 +289,15 @@ impl View {
                         Wanted { first_version: e.first_version, offset: e.offset, len: 0, count: e.event_count }
                     })
                     .collect())
+            }
+            View::Archived(a) => {
+                // `limit` entries stand for at least `limit` batches: those are picked again.
+                let all = self.find_stream(seg, a.streams(), None, stream, hash)?;
+                let mut batches = Vec::new();
+                for e in pick(all, |e| e.get().first_version, from, limit) {
+                    batches.extend(archived_batches(seg, a, e.get())?);
+                }
+                Ok(pick(&batches, |w| w.first_version, from, limit).to_vec())
             }
         }
     }
@@ -355,9 +380,19 @@ impl View {
                         break;
                     }
                     let e = e.get();
-                    let e = Wanted { first_version: e.first_version, offset: e.offset, len: 0, count: e.event_count };
-                    if visit(&e, &mut taken)?.is_break() {
-                        return Ok((taken, ControlFlow::Break(())));
+                    let one = Wanted { first_version: e.first_version, offset: e.offset, len: 0, count: e.event_count };
+                    // An archive's entry may stand for several batches of its block.
+                    let batches = match self {
+                        View::Archived(a) => archived_batches(seg, a, e)?,
+                        _ => vec![one],
+                    };
+                    for w in batches.iter().filter(|w| w.first_version + u64::from(w.count) > from) {
+                        if taken >= limit {
+                            break;
+                        }
+                        if visit(w, &mut taken)?.is_break() {
+                            return Ok((taken, ControlFlow::Break(())));
+                        }
                     }
                 }
             }
