@@ -5,6 +5,10 @@
 //! event a ~250-byte JSON payload with a correlation id in its metadata, appended one event
 //! per append, interleaved across streams as live traffic would be.
 //!
+//! Before the timed runs it prints the ratio and throughput of one compaction of that store,
+//! and of the same store with random bytes in place of each event's payload and metadata
+//! (where the goal is to lose nothing: archives no larger than the segments).
+//!
 //! `cargo bench --bench compaction`; `STRATA_BENCH_DICT=1` also measures per-archive
 //! dictionaries.
 
@@ -65,8 +69,15 @@ fn event(rng: &mut Rng, account: usize, version: u64) -> EventData {
     EventData::new(kind, payload.into_bytes()).with_metadata(metadata.into_bytes())
 }
 
-/// Fills a store at `dir` and closes it.
-fn build(dir: &Path) {
+/// An event of the same sizes as [`event`]'s, its payload and metadata random bytes.
+fn random_event(rng: &mut Rng, account: usize, version: u64) -> EventData {
+    let json = event(rng, account, version);
+    let mut noise = |n: usize| (0..n).map(|_| rng.next() as u8).collect::<Vec<u8>>();
+    EventData::new(json.event_type, noise(json.payload.len())).with_metadata(noise(json.metadata.len()))
+}
+
+/// Fills a store at `dir` with `event`s and closes it.
+fn build(dir: &Path, event: fn(&mut Rng, usize, u64) -> EventData) {
     let store = Store::open(dir, options(CompactionOptions::default())).unwrap();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for version in 0..PER_STREAM {
@@ -96,10 +107,36 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Compacts a copy of `template` at `dir` once, printing the ratio and throughput.
+fn probe(name: &str, template: &Path, dir: &Path, cfg: &CompactionOptions) -> strata::compaction::CompactionReport {
+    let _ = std::fs::remove_dir_all(dir);
+    copy_dir(template, dir);
+    let store = Store::open(dir, options(cfg.clone())).unwrap();
+    let r = store.compact_with(true, &mut |_| {}).unwrap();
+    let storage = store.storage().unwrap();
+    let archived: u64 = storage.iter().map(|p| p.archived_bytes).sum();
+    let archive_bytes: u64 = storage.iter().map(|p| p.archive_bytes).sum();
+    eprintln!(
+        "{name}: {} segments ({} MB) -> {} archives ({} MB): ratio {:.3} (segment bytes / archive bytes), \
+         {:.3} (batch bytes / archive bytes), {:.0} MB/s",
+        r.segments_archived,
+        r.bytes_in >> 20,
+        r.archives_written,
+        r.bytes_out >> 20,
+        r.ratio(),
+        archived as f64 / archive_bytes as f64,
+        r.bytes_in as f64 / r.elapsed.as_secs_f64() / 1e6,
+    );
+    r
+}
+
 fn bench(c: &mut Criterion) {
     let root = tempfile::tempdir().unwrap();
     let template = root.path().join("template");
-    build(&template);
+    build(&template, event);
+    let random = root.path().join("random");
+    build(&random, random_event);
+    probe("random-zstd3-64k", &random, &root.path().join("probe"), &CompactionOptions::default());
     let mut configs = vec![("zstd3-64k", CompactionOptions::default())];
     if std::env::var_os("STRATA_BENCH_DICT").is_some() {
         configs.push(("zstd3-64k-dict", CompactionOptions::default().dictionary(true)));
@@ -114,26 +151,7 @@ fn bench(c: &mut Criterion) {
     group.sample_size(10);
     for (name, cfg) in &configs {
         // One untimed run for the ratio (and the throughput unit).
-        let dir = root.path().join("probe");
-        let _ = std::fs::remove_dir_all(&dir);
-        copy_dir(&template, &dir);
-        let store = Store::open(&dir, options(cfg.clone())).unwrap();
-        let r = store.compact_with(true, &mut |_| {}).unwrap();
-        let storage = store.storage().unwrap();
-        let archived: u64 = storage.iter().map(|p| p.archived_bytes).sum();
-        let archive_bytes: u64 = storage.iter().map(|p| p.archive_bytes).sum();
-        eprintln!(
-            "{name}: {} segments ({} MB) -> {} archives ({} MB): ratio {:.2} (segment bytes / archive bytes), \
-             {:.2} (batch bytes / archive bytes), {:.0} MB/s",
-            r.segments_archived,
-            r.bytes_in >> 20,
-            r.archives_written,
-            r.bytes_out >> 20,
-            r.ratio(),
-            archived as f64 / archive_bytes as f64,
-            r.bytes_in as f64 / r.elapsed.as_secs_f64() / 1e6,
-        );
-        drop(store);
+        let r = probe(name, &template, &root.path().join("probe"), cfg);
         group.throughput(Throughput::Bytes(r.bytes_in));
         group.bench_function(BenchmarkId::new("compact", name), |b| {
             b.iter_custom(|iters| {

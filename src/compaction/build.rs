@@ -5,13 +5,24 @@
 //! `build` cuts the batches into blocks in layout order: a batch is added to the current block
 //! unless the block already holds a batch and the two together would exceed `block_bytes`
 //! (`CompactionOptions::block_bytes`), in which case the block is closed and the batch begins
-//! the next one. Each block is compressed at the configured level (1 ..= 22, default 3).
+//! the next one. Each block is taken apart into columns (`format::columns::split`) and each
+//! column compressed as its own frame at the configured level (1 ..= 22, default 3); the
+//! columns are put back (`columns::join`) and compared with the batches first, so a block
+//! whose batches they would not give back byte for byte (a batch with a bad CRC, non-zero
+//! padding, an unknown flag) is compressed as it is instead. Splitting, checking and the
+//! four frames cost about a third of the single-frame throughput (benches/compaction.rs:
+//! 157 MB/s before, 104 after, on the JSON events), and halve the archive's size.
+//!
+//! Stream entries stand for spans (FORMAT.md §14.3): a batch joins the last entry when it is
+//! of the same stream, in the same block, and its versions follow on, so an archive holds
+//! about one entry per stream and block rather than one per batch.
 //!
 //! With `CompactionOptions::dictionary(true)` (default `false`), a zstd dictionary is trained
 //! for each archive (each piece of a compaction) from an even sample of its batches (every
 //! `max(total / 1 MiB, 1)`-th batch in layout order, `total` being the bytes of its batches), at
-//! most 16 KiB (`DICT_BYTES`), by zstd's trainer (`zstd::dict::from_samples`). No dictionary is
-//! trained for fewer than 64 batches or fewer than 128 KiB, and a failed training means none.
+//! most 16 KiB (`DICT_BYTES`), by zstd's trainer (`zstd::dict::from_samples`), and every frame
+//! is compressed with it. No dictionary is trained for fewer than 64 batches or fewer than 128
+//! KiB, and a failed training means none. (It is trained on whole batches, not on columns.)
 
 use std::path::Path;
 
