@@ -238,7 +238,6 @@ impl Partition {
         let snap = self.snapshot();
         let start = snap.partition_point(|(s, _)| s.base <= from).saturating_sub(1);
         let mut taken = 0;
-        let mut archived = false;
         for (seg, end) in snap.get(start..).unwrap_or(&[]) {
             if taken >= limit {
                 break;
@@ -247,26 +246,14 @@ impl Partition {
                 continue;
             }
             let from = from.max(seg.base);
+            // An archive's blocks come from the store's block cache: the next step of the
+            // reader finds them there.
             let view = self.view(seg, *end)?;
-            // An archive is read from its decompressed data: hold it for this read, and keep
-            // it for the next step of the reader (releasing the one kept before).
-            let _hold = match &view {
-                View::Archived(a) => {
-                    let data = a.data()?;
-                    *self.scan_pin.lock() = Some(data.clone());
-                    Some(data)
-                }
-                _ => None,
-            };
-            archived = _hold.is_some();
             let (n, flow) = view.visit_positions(seg, from, *end, limit - taken, f)?;
             taken += n;
             if flow.is_break() {
                 break;
             }
-        }
-        if !archived {
-            self.unpin_scan();
         }
         Ok(taken)
     }
@@ -302,10 +289,6 @@ impl Partition {
             }
             let at = next.max(seg.base);
             let view = self.view(seg, seg_end)?;
-            let _hold = match &view {
-                View::Archived(a) => Some(a.data()?),
-                _ => None,
-            };
             let mut reached = at;
             let (n, flow) = view.visit_streams(seg, select, at, seg_end, limit - taken, &mut |b, skip, take| {
                 reached = b.base_position + (skip + take) as u64;
@@ -353,17 +336,15 @@ impl Partition {
     }
 
     /// Loads what is checked on first use rather than at open: every sealed segment with its
-    /// index (rebuilt if damaged). Repairs go to the report; damage that cannot be repaired
+    /// index (rebuilt if damaged), every archive's meta section. Repairs go to the report; damage
+    /// that cannot be repaired
     /// stays for the reads (and `verify`) to return.
     pub fn load_lazily_checked(&self) {
         for (seg, end) in self.snapshot() {
-            let _ = self.view(&seg, end);
+            if let Ok(View::Archived(a)) = self.view(&seg, end) {
+                let _ = a.checked();
+            }
         }
-    }
-
-    /// Releases the decompressed archive data kept for partition reads, if any.
-    pub fn unpin_scan(&self) {
-        self.scan_pin.lock().take();
     }
 
     /// Hands `f` the events from position `from` on, borrowed, in position order, until

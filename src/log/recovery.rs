@@ -23,6 +23,7 @@ use crate::format::segment::{self as seg_format, End, Mode};
 use crate::io::{FileHandle, Io, mmap};
 use crate::log::active::{MemIndex, OpenSegment};
 use crate::log::archive::Archive;
+use crate::log::block_cache::BlockCache;
 use crate::log::journal::Journal;
 use crate::log::segment::{Segment, State};
 use crate::report::{RecoveryAction, Report};
@@ -402,8 +403,10 @@ pub(crate) fn reconcile_archives(
     report: &Report,
     bases: &mut Vec<u64>,
     archive_bases: Vec<u64>,
+    cache: &Arc<BlockCache>,
 ) -> Result<Vec<OpenedArchive>> {
-    let mut archives = open_archives(dir, id, io, archive_bases)?;
+    let mut archives = open_archives(dir, id, io, archive_bases, cache)?;
+    check_where_interrupted(&mut archives, bases)?;
     let mut finished = Vec::new();
     let mut rolled_back = Vec::new();
     let mut drop_archives = Vec::new();
@@ -469,24 +472,97 @@ pub(crate) fn reconcile_archives(
     Ok(archives)
 }
 
-/// Opens the partition's archives, by first position. An I/O error (too many open files, no
-/// memory for a mapping) says nothing about an archive: it fails the open rather than have
-/// reconciliation decide on partial knowledge. Damage is kept, as the archive's error.
-fn open_archives(dir: &Path, id: u32, io: &Io, archive_bases: Vec<u64>) -> Result<Vec<OpenedArchive>> {
+/// Opens the partition's archives, by first position, reading each one's header and footer
+/// only. An I/O error (too many open files) says nothing about an archive: it fails the open
+/// rather than have reconciliation decide on partial knowledge. Damage is kept, as the
+/// archive's error.
+fn open_archives(
+    dir: &Path,
+    id: u32,
+    io: &Io,
+    archive_bases: Vec<u64>,
+    cache: &Arc<BlockCache>,
+) -> Result<Vec<OpenedArchive>> {
     let mut archives: Vec<OpenedArchive> = archive_bases
         .into_iter()
         .map(|b| {
             let path = dir.join(arc_format::file_name(b));
-            (b, Archive::open(&path, io, id, b).map(Arc::new))
+            (b, Archive::open(&path, io, id, b, cache).map(Arc::new))
         })
         .collect();
     archives.sort_by_key(|a| a.0);
-    if let Some((_, Err(e))) =
-        archives.iter().find(|(_, a)| matches!(a, Err(Error::Io { .. } | Error::StorageFull { .. })))
-    {
-        return Err(e.clone());
-    }
+    fail_on_io(&archives)?;
     Ok(archives)
+}
+
+fn fail_on_io(archives: &[OpenedArchive]) -> Result<()> {
+    match archives.iter().find(|(_, a)| matches!(a, Err(Error::Io { .. } | Error::StorageFull { .. }))) {
+        Some((_, Err(e))) => Err(e.clone()),
+        _ => Ok(()),
+    }
+}
+
+/// Checks the meta section (FORMAT.md §14.5 steps 10–14) of each archive that may belong to
+/// an interrupted compaction, as every archive's was before its sources were read: one that
+/// does not check out becomes unreadable (its error kept), as if it had not opened. The
+/// others keep theirs for their first use.
+///
+/// Which ones may: a compaction's archives share its `job_end` (a header field), and its
+/// range `[first source's base, job_end)` holds nothing but its sources and its archives
+/// (it was a run of consecutive segments). So if one of its sources is still there, it is
+/// reached from each of its archives, in the files sorted by first position, through that
+/// compaction's archives only: a segment below `job_end` found that way, stepping over
+/// archives with the same `job_end` (or unreadable ones, which might be its), marks the
+/// archives stepped over. That finds every archive that `interrupted_jobs` would group,
+/// and, after a clean close, only those beside a segment left unarchived (a damaged one,
+/// say): open reads 128 bytes of the others.
+fn check_where_interrupted(archives: &mut [OpenedArchive], bases: &[u64]) -> Result<()> {
+    // Every file by first position: `Some(k)` the archive `archives[k]`, `None` a segment.
+    let mut files: Vec<(u64, Option<usize>)> = bases.iter().map(|&b| (b, None)).collect();
+    files.extend(archives.iter().enumerate().map(|(k, (b, _))| (*b, Some(k))));
+    files.sort_unstable();
+    let job_end = |k: usize| archives.get(k).and_then(|(_, a)| a.as_ref().ok()).map(|a| a.header.job_end);
+    let mut check = vec![false; archives.len()];
+    let mut i = 0;
+    while i < files.len() {
+        let Some((_, Some(k))) = files.get(i).copied() else {
+            i += 1;
+            continue;
+        };
+        let Some(end) = job_end(k) else {
+            i += 1;
+            continue;
+        };
+        // The run of files around `i` that may be this compaction's archives.
+        let same = |f: Option<&(u64, Option<usize>)>| match f {
+            Some((_, Some(j))) => job_end(*j).is_none_or(|e| e == end),
+            _ => false,
+        };
+        let (mut lo, mut hi) = (i, i + 1);
+        while lo > 0 && same(files.get(lo - 1)) {
+            lo -= 1;
+        }
+        while same(files.get(hi)) {
+            hi += 1;
+        }
+        let segment_below = |f: Option<&(u64, Option<usize>)>| matches!(f, Some((b, None)) if *b < end);
+        if (lo > 0 && segment_below(files.get(lo - 1))) || segment_below(files.get(hi)) {
+            for (_, k) in files.get(lo..hi).unwrap_or(&[]) {
+                if let Some(c) = k.and_then(|k| check.get_mut(k)) {
+                    *c = true;
+                }
+            }
+        }
+        i = hi;
+    }
+    for ((_, a), _) in archives.iter_mut().zip(&check).filter(|(_, c)| **c) {
+        if let Ok(archive) = a
+            && let Err(e) = archive.checked()
+        {
+            *a = Err(e);
+        }
+    }
+    fail_on_io(archives)
 }
 
 /// The compactions with a source segment still present, by (first source, job end): each
@@ -497,7 +573,11 @@ fn interrupted_jobs(archives: &[OpenedArchive], bases: &[u64]) -> Jobs {
     let mut jobs = Jobs::new();
     for (k, (_, a)) in archives.iter().enumerate() {
         let Ok(a) = a else { continue };
-        let sources: Vec<u64> = a.sources().iter().map(|s| s.base_position).collect();
+        // Only archives `check_where_interrupted` checked can have a source present.
+        if !a.is_checked() {
+            continue;
+        }
+        let sources: Vec<u64> = a.sources().unwrap_or_default().iter().map(|s| s.base_position).collect();
         let Some(&first) = sources.first() else { continue };
         if sources.iter().any(|s| bases.contains(s)) {
             let job = jobs.entry((first, a.header.job_end)).or_insert_with(|| (sources.clone(), Vec::new()));

@@ -175,7 +175,7 @@ impl View {
                 }))
             }
             View::Archived(a) => {
-                let entries = self.find_stream(seg, a.streams(), None, stream, hash)?;
+                let entries = self.find_stream(seg, a.streams()?, None, stream, hash)?;
                 Ok(entries.last().map(|e| {
                     let e = e.get();
                     e.first_version + u64::from(e.event_count) - 1
@@ -190,7 +190,7 @@ impl View {
         let entries = match self {
             View::Open(_) => return Ok(None),
             View::Sealed(s) => self.sealed_entries(seg, s, stream, hash)?,
-            View::Archived(a) => self.find_stream(seg, a.streams(), None, stream, hash)?,
+            View::Archived(a) => self.find_stream(seg, a.streams()?, None, stream, hash)?,
         };
         Ok(entries.first().map(|e| {
             let e = e.get();
@@ -218,7 +218,7 @@ impl View {
                 }
             }
             View::Archived(a) => {
-                for first in index::stream_runs(a.streams()).filter_map(|run| run.first().map(StreamEntry::get)) {
+                for first in index::stream_runs(a.streams()?).filter_map(|run| run.first().map(StreamEntry::get)) {
                     let (block, at) = a.at(first.offset)?;
                     let name = block.get(at..).and_then(batch::peek_stream_id).ok_or_else(|| {
                         Error::corruption(&seg.path, 0, format!("no stream id at uncompressed offset {}", first.offset))
@@ -263,7 +263,7 @@ impl View {
             View::Sealed(_) | View::Archived(_) => {
                 let all = match self {
                     View::Sealed(s) => self.sealed_entries(seg, s, stream, hash)?,
-                    View::Archived(a) => self.find_stream(seg, a.streams(), None, stream, hash)?,
+                    View::Archived(a) => self.find_stream(seg, a.streams()?, None, stream, hash)?,
                     View::Open(_) => &[],
                 };
                 Ok(pick(all, |e| e.get().first_version, from, limit)
@@ -343,7 +343,7 @@ impl View {
             View::Sealed(_) | View::Archived(_) => {
                 let all = match self {
                     View::Sealed(s) => self.sealed_entries(seg, s, stream, hash)?,
-                    View::Archived(a) => self.find_stream(seg, a.streams(), None, stream, hash)?,
+                    View::Archived(a) => self.find_stream(seg, a.streams()?, None, stream, hash)?,
                     View::Open(_) => &[],
                 };
                 let start = all.partition_point(|e| {
