@@ -336,9 +336,8 @@ impl Partition {
     }
 
     /// Loads what is checked on first use rather than at open: every sealed segment with its
-    /// index (rebuilt if damaged), every archive's meta section. Repairs go to the report; damage
-    /// that cannot be repaired
-    /// stays for the reads (and `verify`) to return.
+    /// index (rebuilt if damaged), every archive's meta section. Repairs go to the report;
+    /// damage that cannot be repaired stays for the reads (and `verify`) to return.
     pub fn load_lazily_checked(&self) {
         for (seg, end) in self.snapshot() {
             if let Ok(View::Archived(a)) = self.view(&seg, end) {
