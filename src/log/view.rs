@@ -184,6 +184,17 @@ impl View {
         }
     }
 
+    /// The first version of `stream` in this segment before position `end`, if it has events
+    /// there.
+    pub fn first_version(&self, seg: &Segment, stream: &str, hash: u64, end: u64) -> Result<Option<u64>> {
+        let entries = match self {
+            View::Open(o) => return Ok(o.index.read().visible(stream, end).first().map(|e| e.first_version)),
+            View::Sealed(s) => self.sealed_entries(seg, s, stream, hash)?,
+            View::Archived(a) => self.find_stream(seg, a.streams()?, None, stream, hash)?,
+        };
+        Ok(entries.first().map(|e| e.get().first_version))
+    }
+
     /// One past the last version of `stream`'s first batch in this sealed segment or
     /// archive, if it has events here (`None` for the open segment).
     pub fn first_batch_end(&self, seg: &Segment, stream: &str, hash: u64) -> Result<Option<u64>> {
