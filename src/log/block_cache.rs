@@ -101,7 +101,12 @@ impl BlockCache {
 
     /// Block `block` of archive `archive`: from memory, or from `load` (which decompresses it;
     /// an error is returned and nothing kept).
-    pub fn get_or_load<E>(&self, archive: u64, block: u32, load: impl FnOnce() -> Result<Vec<u8>, E>) -> Result<Block, E> {
+    pub fn get_or_load<E>(
+        &self,
+        archive: u64,
+        block: u32,
+        load: impl FnOnce() -> Result<Vec<u8>, E>,
+    ) -> Result<Block, E> {
         let mut loaded = false;
         let got = self.cache.get_or_insert_with(&(archive, block), || {
             loaded = true;

@@ -262,11 +262,7 @@ impl Partition {
                 continue;
             }
             let Some(view) = self.stream_view(&snap, k, stream, hash)? else { continue };
-            if view
-                .visit_stream(seg, stream, hash, from, *end, usize::MAX, Lend::User, f)?
-                .1
-                .is_break()
-            {
+            if view.visit_stream(seg, stream, hash, from, *end, usize::MAX, Lend::User, f)?.1.is_break() {
                 break;
             }
         }

@@ -636,7 +636,8 @@ mod tests {
                 block_bytes: 0,
             };
             let sources = [Source { base_position: base, bytes: 4096 }];
-            let parts = Parts { dictionary: &[], blocks: &[], streams: &[], positions: &[], sources: &sources, audit: &[] };
+            let parts =
+                Parts { dictionary: &[], blocks: &[], streams: &[], positions: &[], sources: &sources, audit: &[] };
             std::fs::write(dir.join(arc_format::file_name(base)), arc_format::encode(&h, &parts)).unwrap();
         }
         partition::write_segment_file(dir, 0, n, &io).unwrap();
@@ -703,7 +704,8 @@ mod tests {
                 block_bytes: 0,
             };
             let sources = [Source { base_position: 50, bytes: 4096 }];
-            let parts = Parts { dictionary: &[], blocks: &[], streams: &[], positions: &[], sources: &sources, audit: &[] };
+            let parts =
+                Parts { dictionary: &[], blocks: &[], streams: &[], positions: &[], sources: &sources, audit: &[] };
             std::fs::write(dir.join(arc_format::file_name(base)), arc_format::encode(&h, &parts)).unwrap();
         }
         // The segment at 50 (written as the active one) is the source; the active one is at 60.

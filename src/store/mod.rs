@@ -38,7 +38,8 @@ mod stats;
 pub use append::AppendFuture;
 pub use grow::GrowReport;
 pub use options::{
-    DEFAULT_ARCHIVE_CACHE_BYTES, DEFAULT_MAX_APPEND_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_PARTITIONS, DEFAULT_SEGMENT_BYTES, Options,
+    DEFAULT_ARCHIVE_CACHE_BYTES, DEFAULT_MAX_APPEND_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_PARTITIONS,
+    DEFAULT_SEGMENT_BYTES, Options,
 };
 pub use read::{PartitionEvents, StreamEvents, Streams};
 pub use stats::{Histogram, LATENCY_BOUNDS_MICROS, PartitionMetrics, WriteStats};
