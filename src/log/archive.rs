@@ -1,16 +1,29 @@
-//! Archives as the engine holds them: memory-mapped and checked on open, read one
-//! decompressed block at a time (stream reads) or decompressed whole (partition reads).
-//! Compaction builds them (`compaction::build`). The format is FORMAT.md §14.
+//! Archives as the engine holds them: their headers and footers checked at open, their meta
+//! sections mapped and checked on first use, their blocks read one at a time through the
+//! store's block cache. Compaction builds them (`compaction::build`). The format is FORMAT.md
+//! §14.
 //!
-//! `Archive::open` maps the file, checks it (`format::archive::decode`) and then its partition
-//! and base against the directory and file name. Only the header, the footer and the meta
-//! section are read, about 48 bytes per archived batch, never the blocks. Each archive keeps
-//! its 4 most recently used decompressed blocks (`CACHED_BLOCKS`) for stream reads. A partition
-//! read (`Archive::visit_positions`) decompresses nothing if no position entry from its start
-//! on lies below its end; otherwise it decompresses the whole data, block by block, and keeps it
-//! for the next step of the read (at most one archive per partition is kept so), so a partition
-//! read through an archive holds about `max_archive_bytes` in memory. `Archive::verify`
-//! decompresses everything and checks each block's batches and each entry against its batch.
+//! `Archive::open` reads 128 bytes: the header and the footer (`format::archive::decode_ends`,
+//! FORMAT.md §14.5 steps 1–9), then checks the partition and base against the directory and
+//! file name. The first use of anything else (`Archive::checked`: stream, position or block
+//! entries, sources, audit records) maps the file and checks the meta section once
+//! (`format::archive::check_meta`, steps 10–14), as a sealed segment's index is checked on
+//! first use; damage found then is kept and returned by every later use (`Store::storage`
+//! counts the archive as unreadable), an I/O error is tried again. `Archive::open_checked`
+//! does both at once: after compaction writes an archive, and at open for the archives of a
+//! compaction a crash may have interrupted (`recovery::check_where_interrupted`), whose
+//! sources reconciliation needs.
+//!
+//! Blocks are decompressed into the store's `BlockCache`, keyed by the archive's id (given
+//! at open, never reused) and block number, and leave it when the archive is dropped. A
+//! stream read takes the blocks holding its batches. A partition read
+//! (`Archive::visit_positions`) walks the position entries, which point all over the data
+//! (it is in stream order), and holds each block it has taken until it returns, so a cache
+//! smaller than an archive costs it one decompression per block, not one per batch; between
+//! the steps of a reader the blocks stay in the cache, shared with every other reader (no
+//! per-partition pin: readers of different archives do not evict each other). `Archive::data`
+//! (a rewrite's input) concatenates the blocks. `Archive::verify` decompresses everything,
+//! outside the cache, and checks each block's batches and each entry against its batch.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
