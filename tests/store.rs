@@ -234,14 +234,23 @@ fn newer_format_and_foreign_manifest_are_refused() {
     Store::open(dir.path(), opts(1, 1 << 20)).unwrap().close().unwrap();
     let manifest = dir.path().join("MANIFEST");
     let good = std::fs::read(&manifest).unwrap();
-    let mut newer = good.clone();
-    newer[8..12].copy_from_slice(&2u32.to_le_bytes());
-    let sum = crc32fast::hash(&newer[..60]);
-    newer[60..].copy_from_slice(&sum.to_le_bytes());
-    std::fs::write(&manifest, &newer).unwrap();
+    let at_version = |v: u32| {
+        let mut m = good.clone();
+        m[8..12].copy_from_slice(&v.to_le_bytes());
+        let sum = crc32fast::hash(&m[..60]);
+        m[60..].copy_from_slice(&sum.to_le_bytes());
+        m
+    };
+    // Written at 1 (version 2 changed archives only), and read the same at 2.
+    assert_eq!(good[8..12], 1u32.to_le_bytes());
+    let newest = strata::limits::FORMAT_VERSION;
+    assert_eq!(newest, 2);
+    std::fs::write(&manifest, at_version(newest)).unwrap();
+    Store::open(dir.path(), Options::default()).unwrap().close().unwrap();
+    std::fs::write(&manifest, at_version(newest + 1)).unwrap();
     assert!(matches!(
         Store::open(dir.path(), Options::default()),
-        Err(Error::UnsupportedVersion { found: 2, supported: 1, .. })
+        Err(Error::UnsupportedVersion { found: 3, supported: 2, .. })
     ));
     std::fs::write(&manifest, b"{\"this\": \"is somebody else's file\"}").unwrap();
     assert!(matches!(Store::open(dir.path(), Options::default()), Err(Error::NotAStore { .. })));

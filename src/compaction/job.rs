@@ -409,7 +409,7 @@ impl Job<'_, '_> {
         let Some(first) = run.first() else { return Ok(()) };
         let mut slots = Vec::with_capacity(written.len());
         for (base, path) in written {
-            let a = Archive::open(path, &part.io, part.id, *base)?;
+            let a = Archive::open_checked(path, &part.io, part.id, *base, &part.archive_cache)?;
             slots.push(Arc::new(Segment::archived(part.id, &part.dir, *base, State::Archived(Arc::new(a)))));
         }
         let mut segments = part.segments.write();
@@ -433,13 +433,15 @@ impl Job<'_, '_> {
     /// rename replaces it atomically).
     fn rewrite_archive(&mut self, slot: &Arc<Segment>, a: &Arc<Archive>) -> Result<()> {
         let part = self.part;
+        // (This also maps the old file, with its meta section, before the rename replaces it:
+        // readers holding the old archive go on reading the old file.)
         let data = a.data()?;
         self.pace.plan(data.len() as u64);
         let mut keep = Vec::new();
         let mut erased = Erased::default();
         let mut erased_events = 0;
         let mut events = 0;
-        for p in a.positions() {
+        for p in a.positions()? {
             let p = p.get();
             let bytes = data.get(p.offset as usize..).unwrap_or(&[]);
             let b = batch::decode(bytes).map_err(|bad| {
@@ -453,9 +455,9 @@ impl Job<'_, '_> {
                 keep.push(build::batch_ref(&b, bytes));
             }
         }
-        let mut audit = a.audit();
+        let mut audit = a.audit()?;
         audit.extend(erased.take());
-        let sources = a.sources();
+        let sources = a.sources()?;
         let h = a.header;
         let plan = Plan {
             partition: part.id,
@@ -470,7 +472,7 @@ impl Job<'_, '_> {
         let pace = &mut *self.pace;
         let image = build::build(&plan, keep, opts, &mut |n| pace.done(n))?;
         part.io.write_atomic(&part.dir, &arc_format::file_name(h.base_position), &image)?;
-        let fresh = Archive::open(&a.path, &part.io, part.id, h.base_position)?;
+        let fresh = Archive::open_checked(&a.path, &part.io, part.id, h.base_position, &part.archive_cache)?;
         slot.set_state(State::Archived(Arc::new(fresh)));
         let report = &mut self.report;
         report.archives_written += 1;

@@ -208,12 +208,15 @@ pub(crate) fn storage(part: &Partition) -> Result<PartitionStorage> {
     };
     for (slot, _) in part.snapshot() {
         match slot.state() {
+            State::Archived(a) if a.is_damaged() => s.unreadable_archives += 1,
             State::Archived(a) => {
                 s.archives += 1;
                 s.archive_bytes += a.file_len();
                 s.archived_bytes += a.data_len();
-                s.archived_events += a.events();
-                s.erased_events = a.audit().iter().fold(s.erased_events, |sum, r| sum.saturating_add(r.events));
+                // (This checks each archive's meta section, if no read has yet.)
+                s.archived_events += a.events().unwrap_or(0);
+                s.erased_events =
+                    a.audit().unwrap_or_default().iter().fold(s.erased_events, |sum, r| sum.saturating_add(r.events));
                 match s.archives_by_reason.iter_mut().find(|(r, _)| *r == a.header.reason) {
                     Some((_, n)) => *n += 1,
                     None => s.archives_by_reason.push((a.header.reason, 1)),

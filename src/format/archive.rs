@@ -366,17 +366,35 @@ pub(crate) struct Layout {
     pub data_len: u64,
 }
 
+/// What the header and the footer say, checked (FORMAT.md §14.5 steps 1–9): the sections'
+/// byte ranges, and the meta section's CRC to check it against on first use ([`check_meta`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ends {
+    pub layout: Layout,
+    pub meta_crc: u32,
+}
+
 /// Checks a whole archive except the compressed blocks' contents (each block is checked
 /// against its CRC when it is read): header, footer, the meta section's CRC, and that every
 /// entry points inside the file and the data, in order.
 pub(crate) fn decode(bytes: &[u8]) -> Result<Layout, Malformed> {
-    let header = decode_header(bytes)?;
-    let len = bytes.len();
-    if len < HEADER_LEN + FOOTER_LEN {
+    let head = bytes.get(..HEADER_LEN.min(bytes.len())).unwrap_or(&[]);
+    let foot = bytes.get(bytes.len().saturating_sub(FOOTER_LEN)..).unwrap_or(&[]);
+    let ends = decode_ends(head, foot, bytes.len() as u64)?;
+    check_meta(bytes, &ends)?;
+    Ok(ends.layout)
+}
+
+/// Checks an archive's header and footer (FORMAT.md §14.5 steps 1–9) from its first bytes
+/// `head` (up to 64), its last bytes `foot` (up to 64) and its length `len`: what open reads.
+pub(crate) fn decode_ends(head: &[u8], foot: &[u8], len: u64) -> Result<Ends, Malformed> {
+    let header = decode_header(head)?;
+    let Ok(len) = usize::try_from(len) else { return corrupt(usize::MAX, "archive is too long") };
+    if len < HEADER_LEN + FOOTER_LEN || foot.len() != FOOTER_LEN {
         return corrupt(len, "archive is too short for its footer");
     }
     let f_at = len - FOOTER_LEN;
-    let footer = bytes.get(f_at..).unwrap_or(&[]);
+    let footer = foot;
     if footer.get(56..64) != Some(MAGIC.as_slice()) {
         return corrupt(f_at, "no archive magic in the footer (a torn or truncated archive)");
     }
@@ -413,11 +431,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Layout, Malformed> {
     {
         return corrupt(f_at, "archive footer's section sizes do not add up to the file's length");
     }
-    let meta_offset = meta_offset as usize;
-    if bytes.get(meta_offset..f_at).map(crc) != le_u32(footer, 44) {
-        return corrupt(meta_offset, "archive index checksum mismatch");
-    }
-    let mut at = meta_offset;
+    let mut at = meta_offset as usize;
     let mut section = |n: u64, size: usize| {
         let start = at;
         at += n as usize * size;
@@ -438,10 +452,27 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Layout, Malformed> {
         audit,
         data_len,
     };
-    check_blocks(bytes, &layout, dict_end, meta_offset)?;
-    check_entries(bytes, &layout)?;
-    audit_records(bytes, &layout)?;
-    Ok(layout)
+    Ok(Ends { layout, meta_crc: le_u32(footer, 44).unwrap_or(0) })
+}
+
+/// Checks the meta section of the whole archive image `bytes`, whose ends `decode_ends`
+/// checked (FORMAT.md §14.5 steps 10–14): its CRC, the block entries, the stream and
+/// position entries and the audit records.
+pub(crate) fn check_meta(bytes: &[u8], ends: &Ends) -> Result<(), Malformed> {
+    let layout = &ends.layout;
+    let meta_offset = layout.blocks.start;
+    let f_at = layout.audit.end;
+    if bytes.len() != f_at + FOOTER_LEN {
+        return corrupt(bytes.len(), "archive changed length since its footer was read");
+    }
+    if bytes.get(meta_offset..f_at).map(crc) != Some(ends.meta_crc) {
+        return corrupt(meta_offset, "archive index checksum mismatch");
+    }
+    let dict_end = layout.dictionary.end as u64;
+    check_blocks(bytes, layout, dict_end, meta_offset)?;
+    check_entries(bytes, layout)?;
+    audit_records(bytes, layout)?;
+    Ok(())
 }
 
 fn check_blocks(bytes: &[u8], l: &Layout, dict_end: u64, meta_offset: usize) -> Result<(), Malformed> {

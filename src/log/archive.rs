@@ -1,54 +1,82 @@
-//! Archives as the engine holds them: memory-mapped and checked on open, read one
-//! decompressed block at a time (stream reads) or decompressed whole (partition reads).
-//! Compaction builds them (`compaction::build`). The format is FORMAT.md §14.
+//! Archives as the engine holds them: their headers and footers checked at open, their meta
+//! sections mapped and checked on first use, their blocks read one at a time through the
+//! store's block cache. Compaction builds them (`compaction::build`). The format is FORMAT.md
+//! §14.
 //!
-//! `Archive::open` maps the file, checks it (`format::archive::decode`) and then its partition
-//! and base against the directory and file name. Only the header, the footer and the meta
-//! section are read, about 48 bytes per archived batch, never the blocks. Each archive keeps
-//! its 4 most recently used decompressed blocks (`CACHED_BLOCKS`) for stream reads. A partition
-//! read (`Archive::visit_positions`) decompresses nothing if no position entry from its start
-//! on lies below its end; otherwise it decompresses the whole data, block by block, and keeps it
-//! for the next step of the read (at most one archive per partition is kept so), so a partition
-//! read through an archive holds about `max_archive_bytes` in memory. `Archive::verify`
-//! decompresses everything and checks each block's batches and each entry against its batch.
+//! `Archive::open` reads 128 bytes: the header and the footer (`format::archive::decode_ends`,
+//! FORMAT.md §14.5 steps 1–9), then checks the partition and base against the directory and
+//! file name. The first use of anything else (`Archive::checked`: stream, position or block
+//! entries, sources, audit records) maps the file and checks the meta section once
+//! (`format::archive::check_meta`, steps 10–14), as a sealed segment's index is checked on
+//! first use; damage found then is kept and returned by every later use (`Store::storage`
+//! counts the archive as unreadable), an I/O error is tried again. `Archive::open_checked`
+//! does both at once: after compaction writes an archive, and at open for the archives of a
+//! compaction a crash may have interrupted (`recovery::check_where_interrupted`), whose
+//! sources reconciliation needs.
+//!
+//! Blocks are decompressed into the store's `BlockCache`, keyed by the archive's id (given
+//! at open, never reused) and block number, and leave it when the archive is dropped. A
+//! stream read takes the blocks holding its batches. A partition read
+//! (`Archive::visit_positions`) walks the position entries, which point all over the data
+//! (it is in stream order), and holds each block it has taken until it returns, so a cache
+//! smaller than an archive costs it one decompression per block, not one per batch; between
+//! the steps of a reader the blocks stay in the cache, shared with every other reader (no
+//! per-partition pin: readers of different archives do not evict each other). `Archive::data`
+//! (a rewrite's input) concatenates the blocks. `Archive::verify` decompresses everything,
+//! outside the cache, and checks each block's batches, each position entry against its batch
+//! and each stream entry against the span of batches it stands for (FORMAT.md §14.3).
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use memmap2::Mmap;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::format::archive::{self as format, AuditRecord, BlockEntry, Header, Layout, Source};
+use crate::format::archive::{self as format, AuditRecord, BlockEntry, Ends, Header, Source};
 use crate::format::batch::{self, BatchView};
 use crate::format::index::{PositionEntry, StreamEntry};
 use crate::io::{Io, mmap};
+use crate::log::block_cache::{Block, BlockCache};
 use crate::log::events::offer;
 
-/// Decompressed blocks kept per archive for stream reads.
-const CACHED_BLOCKS: usize = 4;
+/// Ids of opened archives, the block cache's keys: never reused in a process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// A checked archive file.
+/// An archive file whose header and footer were checked at open; the rest (its meta section)
+/// is mapped and checked on first use.
 #[derive(Debug)]
 pub(crate) struct Archive {
     pub path: PathBuf,
     pub header: Header,
-    map: Mmap,
-    layout: Layout,
-    cache: Mutex<Vec<(usize, Arc<Vec<u8>>)>>,
-    /// The whole data, while some reader (or a partition's pin) holds it.
-    scan: Mutex<std::sync::Weak<Vec<u8>>>,
+    /// Its key in the block cache.
+    id: u64,
+    ends: Ends,
+    file_len: u64,
+    io: Io,
+    cache: Arc<BlockCache>,
+    /// The file mapped with its meta section checked, or the damage that check found (an I/O
+    /// error is not kept: the next use tries again).
+    meta: OnceLock<std::result::Result<Mmap, Error>>,
+    loading: Mutex<()>,
 }
 
 impl Archive {
-    /// Maps and checks the archive at `path`, which must belong to `partition` and start at
-    /// position `base`.
-    pub fn open(path: &Path, io: &Io, partition: u32, base: u64) -> Result<Archive> {
+    /// Checks the header and footer of the archive at `path`, which must belong to
+    /// `partition` and start at position `base`: 128 bytes read, the meta section is checked
+    /// on first use ([`Archive::checked`]).
+    pub fn open(path: &Path, io: &Io, partition: u32, base: u64, cache: &Arc<BlockCache>) -> Result<Archive> {
         let file = io.open_read(path)?;
-        let map = mmap::archive(&file)?;
-        let layout = format::decode(&map).map_err(|m| m.into_error(path))?;
-        let h = layout.header;
+        let len = file.len()?;
+        let mut head = vec![0u8; len.min(format::HEADER_LEN as u64) as usize];
+        file.read_exact_at(&mut head, 0)?;
+        let foot_len = len.min(format::FOOTER_LEN as u64);
+        let mut foot = vec![0u8; foot_len as usize];
+        file.read_exact_at(&mut foot, len - foot_len)?;
+        let ends = format::decode_ends(&head, &foot, len).map_err(|m| m.into_error(path))?;
+        let h = ends.layout.header;
         if h.partition != partition || h.base_position != base {
             return Err(Error::corruption(
                 path,
@@ -62,118 +90,152 @@ impl Archive {
         Ok(Archive {
             path: path.to_path_buf(),
             header: h,
-            map,
-            layout,
-            cache: Mutex::new(Vec::new()),
-            scan: Mutex::new(std::sync::Weak::new()),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            ends,
+            file_len: len,
+            io: io.clone(),
+            cache: cache.clone(),
+            meta: OnceLock::new(),
+            loading: Mutex::new(()),
         })
     }
 
-    fn section<T: bytemuck::Pod>(&self, range: &std::ops::Range<usize>) -> &[T] {
-        // Checked by `format::decode` when the archive was opened.
-        format::cast(&self.map, range).unwrap_or(&[])
+    /// [`Archive::open`], then the meta section checked at once (after writing one, and at
+    /// open for the archives of a compaction a crash may have interrupted).
+    pub fn open_checked(path: &Path, io: &Io, partition: u32, base: u64, cache: &Arc<BlockCache>) -> Result<Archive> {
+        let a = Archive::open(path, io, partition, base, cache)?;
+        a.checked()?;
+        Ok(a)
     }
 
-    pub fn blocks(&self) -> &[BlockEntry] {
-        self.section(&self.layout.blocks)
+    /// The file, mapped, its meta section checked (FORMAT.md §14.5 steps 10–14): on first use,
+    /// once. Damage is kept and returned to every later use; an I/O error is tried again.
+    pub fn checked(&self) -> Result<&Mmap> {
+        if let Some(m) = self.meta.get() {
+            return m.as_ref().map_err(Clone::clone);
+        }
+        let _loading = self.loading.lock();
+        if let Some(m) = self.meta.get() {
+            return m.as_ref().map_err(Clone::clone);
+        }
+        let file = self.io.open_read(&self.path)?;
+        let map = mmap::archive(&file)?;
+        self.cache.meta_loaded();
+        let checked = if map.len() as u64 != self.file_len {
+            Err(Error::corruption(
+                &self.path,
+                map.len() as u64,
+                format!("archive is {} bytes long, it was {} at open", map.len(), self.file_len),
+            ))
+        } else {
+            format::check_meta(&map, &self.ends).map_err(|m| m.into_error(&self.path)).map(|()| map)
+        };
+        self.meta.get_or_init(|| checked).as_ref().map_err(Clone::clone)
+    }
+
+    /// Whether its meta section was checked and found sound.
+    pub fn is_checked(&self) -> bool {
+        matches!(self.meta.get(), Some(Ok(_)))
+    }
+
+    /// Whether its meta section was checked and found damaged (`Store::storage` counts it
+    /// as unreadable).
+    pub fn is_damaged(&self) -> bool {
+        matches!(self.meta.get(), Some(Err(_)))
+    }
+
+    fn section<T: bytemuck::Pod>(&self, range: &std::ops::Range<usize>) -> Result<&[T]> {
+        // Checked (`format::check_meta`) before it is handed out.
+        Ok(format::cast(self.checked()?, range).unwrap_or(&[]))
+    }
+
+    pub fn blocks(&self) -> Result<&[BlockEntry]> {
+        self.section(&self.ends.layout.blocks)
     }
 
     /// One entry per batch of each stream, in the archive's (stream) order.
-    pub fn streams(&self) -> &[StreamEntry] {
-        self.section(&self.layout.streams)
+    pub fn streams(&self) -> Result<&[StreamEntry]> {
+        self.section(&self.ends.layout.streams)
     }
 
     /// One entry per batch, in position order.
-    pub fn positions(&self) -> &[PositionEntry] {
-        self.section(&self.layout.positions)
+    pub fn positions(&self) -> Result<&[PositionEntry]> {
+        self.section(&self.ends.layout.positions)
     }
 
-    pub fn sources(&self) -> Vec<Source> {
-        self.section::<Source>(&self.layout.sources)
+    pub fn sources(&self) -> Result<Vec<Source>> {
+        Ok(self
+            .section::<Source>(&self.ends.layout.sources)?
             .iter()
             .map(|s| Source { base_position: u64::from_le(s.base_position), bytes: u64::from_le(s.bytes) })
-            .collect()
+            .collect())
     }
 
-    pub fn audit(&self) -> Vec<AuditRecord> {
-        format::audit_records(&self.map, &self.layout).unwrap_or_default()
+    pub fn audit(&self) -> Result<Vec<AuditRecord>> {
+        Ok(format::audit_records(self.checked()?, &self.ends.layout).unwrap_or_default())
     }
 
-    /// Uncompressed bytes of the batches it holds.
+    /// Uncompressed bytes of the batches it holds (from the footer).
     pub fn data_len(&self) -> u64 {
-        self.layout.data_len
+        self.ends.layout.data_len
     }
 
     /// Size of the file.
     pub fn file_len(&self) -> u64 {
-        self.map.len() as u64
+        self.file_len
     }
 
     /// Events it holds.
-    pub fn events(&self) -> u64 {
-        self.streams().iter().map(|e| u64::from(e.get().event_count)).sum()
+    pub fn events(&self) -> Result<u64> {
+        Ok(self.streams()?.iter().map(|e| u64::from(e.get().event_count)).sum())
     }
 
-    /// Decompresses block `i`, checking its CRC and length. Memory grows only as far as the
-    /// frame really decompresses, and never past the block's recorded length.
-    fn decompress(&self, i: usize) -> Result<Vec<u8>> {
-        format::decompress_block(&self.map, &self.layout, i)
-            .map_err(|(offset, why)| Error::corruption(&self.path, offset, why))
+    /// Block `i`, decompressed: from the store's block cache, or decompressed into it
+    /// (checking its CRC and length; memory grows only as far as the frame really
+    /// decompresses, and never past the block's recorded length).
+    fn block(&self, i: usize) -> Result<Block> {
+        let map = self.checked()?;
+        self.cache.get_or_load(self.id, i as u32, || {
+            format::decompress_block(map, &self.ends.layout, i)
+                .map_err(|(offset, why)| Error::corruption(&self.path, offset, why))
+        })
     }
 
-    /// Block `i`, decompressed (from the cache of recent blocks if it is there).
-    fn block(&self, i: usize) -> Result<Arc<Vec<u8>>> {
-        {
-            let mut cache = self.cache.lock();
-            if let Some(k) = cache.iter().position(|(b, _)| *b == i) {
-                let hit = cache.remove(k);
-                let data = hit.1.clone();
-                cache.push(hit);
-                return Ok(data);
-            }
-        }
-        let data = Arc::new(self.decompress(i)?);
-        let mut cache = self.cache.lock();
-        if cache.len() >= CACHED_BLOCKS {
-            cache.remove(0);
-        }
-        cache.push((i, data.clone()));
-        Ok(data)
-    }
-
-    /// The decompressed block holding uncompressed offset `offset`, and where in it the
-    /// offset lies.
-    pub fn at(&self, offset: u64) -> Result<(Arc<Vec<u8>>, usize)> {
-        let blocks = self.blocks();
+    /// The number of the block holding uncompressed offset `offset`.
+    fn block_of(&self, offset: u64) -> Result<usize> {
+        let blocks = self.blocks()?;
         let i = blocks.partition_point(|b| b.get().data_start <= offset).saturating_sub(1);
-        let b = blocks.get(i).map(BlockEntry::get);
-        match b {
-            Some(b) if offset < b.data_start + u64::from(b.data_len) => {
-                Ok((self.block(i)?, (offset - b.data_start) as usize))
-            }
+        match blocks.get(i).map(BlockEntry::get) {
+            Some(b) if offset < b.data_start + u64::from(b.data_len) => Ok(i),
             _ => Err(Error::corruption(&self.path, 0, format!("no block holds uncompressed offset {offset}"))),
         }
     }
 
-    /// All of the archive's batches, decompressed; shared with every reader that holds it
-    /// (a partition keeps the last one its reads went through, see `Partition::visit_from`,
-    /// so that a read going through the archive in steps decompresses it once).
-    pub fn data(&self) -> Result<Arc<Vec<u8>>> {
-        let mut scan = self.scan.lock();
-        if let Some(d) = scan.upgrade() {
-            return Ok(d);
-        }
+    /// The decompressed block holding uncompressed offset `offset`, and where in it the
+    /// offset lies.
+    pub fn at(&self, offset: u64) -> Result<(Block, usize)> {
+        let i = self.block_of(offset)?;
+        let start = self.blocks()?.get(i).map_or(0, |b| b.get().data_start);
+        Ok((self.block(i)?, (offset - start) as usize))
+    }
+
+    /// All of the archive's batches, decompressed into one buffer (for a rewrite; reads go
+    /// block by block through the cache).
+    pub fn data(&self) -> Result<Vec<u8>> {
         let mut all = Vec::new();
-        for i in 0..self.blocks().len() {
-            all.extend_from_slice(&self.decompress(i)?);
+        for i in 0..self.blocks()?.len() {
+            all.extend_from_slice(&self.block(i)?);
         }
-        let all = Arc::new(all);
-        *scan = Arc::downgrade(&all);
         Ok(all)
     }
 
     /// Calls `f(batch, skip, take)` for each batch holding positions `from..end`, in position
     /// order (see `View::visit_positions`). Erased streams leave gaps in the positions.
+    ///
+    /// The batches are in stream order in the data, so a walk in position order goes from
+    /// block to block: each block it needs is taken from the cache (or decompressed into it)
+    /// once, and held until the walk ends, so that a cache smaller than the archive does not
+    /// make it decompress a block again for each of its batches.
     pub fn visit_positions(
         &self,
         from: u64,
@@ -181,21 +243,32 @@ impl Archive {
         limit: usize,
         f: &mut dyn FnMut(&BatchView<'_>, usize, usize) -> ControlFlow<()>,
     ) -> Result<(usize, ControlFlow<()>)> {
-        let positions = self.positions();
+        let positions = self.positions()?;
         let k = positions.partition_point(|p| p.get().position <= from).saturating_sub(1);
         if positions.get(k..).is_none_or(|p| p.iter().all(|p| p.get().position >= end)) {
             return Ok((0, ControlFlow::Continue(())));
         }
-        let data = self.data()?;
+        let blocks = self.blocks()?;
+        let mut held: Vec<Option<Block>> = vec![None; blocks.len()];
         let mut taken = 0usize;
-        let mut known = batch::Known::default();
         for p in positions.get(k..).unwrap_or(&[]) {
             let p = p.get();
             if p.position >= end || taken >= limit {
                 break;
             }
-            let b = self.batch_at(&data, p.offset, known)?;
-            known = b.known();
+            let i = self.block_of(p.offset)?;
+            let start = blocks.get(i).map_or(0, |b| b.get().data_start);
+            let block = match held.get(i).and_then(Option::as_ref) {
+                Some(b) => b.clone(),
+                None => {
+                    let b = self.block(i)?;
+                    if let Some(slot) = held.get_mut(i) {
+                        *slot = Some(b.clone());
+                    }
+                    b
+                }
+            };
+            let b = self.batch_at(&block, p.offset - start, p.offset)?;
             if b.base_position != p.position {
                 return Err(self.mismatch(p.offset, "position"));
             }
@@ -206,11 +279,11 @@ impl Archive {
         Ok((taken, ControlFlow::Continue(())))
     }
 
-    /// The checked batch at `offset` of the decompressed `data`, given strings already checked
-    /// in it ([`batch::Known`]).
-    fn batch_at<'a>(&self, data: &'a [u8], offset: u64, known: batch::Known<'a>) -> Result<BatchView<'a>> {
-        let bytes = data.get(offset as usize..).unwrap_or(&[]);
-        batch::decode_with(bytes, known)
+    /// The checked batch at `at` of the decompressed `block`, which is at uncompressed offset
+    /// `offset` (for errors).
+    fn batch_at<'a>(&self, block: &'a [u8], at: u64, offset: u64) -> Result<BatchView<'a>> {
+        let bytes = block.get(at as usize..).unwrap_or(&[]);
+        batch::decode(bytes)
             .map_err(|bad| Error::corruption(&self.path, 0, format!("batch at uncompressed offset {offset}: {bad}")))
     }
 
@@ -222,21 +295,27 @@ impl Archive {
         )
     }
 
-    /// Checks everything: every block decompresses to whole batches whose CRCs check, and
-    /// every index entry names the batch it points at. Returns the problems found.
+    /// Checks everything: the meta section, every block decompresses to whole batches whose
+    /// CRCs check, and every index entry names the batch it points at. Returns the problems
+    /// found. The blocks are decompressed here, not through the cache (a verify would evict
+    /// what readers use).
     pub fn verify(&self) -> Vec<Error> {
         let mut problems = Vec::new();
-        let data = match self.data() {
-            Ok(d) => d,
+        let (map, blocks) = match self.checked().and_then(|m| Ok((m, self.blocks()?))) {
+            Ok(b) => b,
             Err(e) => return vec![e],
         };
-        // Every block must hold whole batches.
-        for (i, b) in self.blocks().iter().enumerate() {
+        let mut data = Vec::with_capacity(blocks.len());
+        for (i, b) in blocks.iter().enumerate() {
             let b = b.get();
-            let mut at = b.data_start;
-            let end = b.data_start + u64::from(b.data_len);
-            while at < end {
-                match self.batch_at(data.get(..end as usize).unwrap_or(&[]), at, batch::Known::default()) {
+            let block = match format::decompress_block(map, &self.ends.layout, i) {
+                Ok(d) => d,
+                Err((offset, why)) => return vec![Error::corruption(&self.path, offset, why)],
+            };
+            // Every block must hold whole batches.
+            let mut at = 0u64;
+            while at < block.len() as u64 {
+                match self.batch_at(&block, at, b.data_start + at) {
                     Ok(batch) => at += batch.length as u64,
                     Err(e) => {
                         problems.push(Error::corruption(&self.path, b.file_offset, format!("block {i}: {e}")));
@@ -244,25 +323,29 @@ impl Archive {
                     }
                 }
             }
+            data.push((b.data_start, block));
         }
+        let batch_at = |offset: u64| {
+            let k = data.partition_point(|(start, _)| *start <= offset).saturating_sub(1);
+            let (start, block) = data.get(k).map_or((0, &[][..]), |(s, b)| (*s, b.as_slice()));
+            self.batch_at(block, offset.saturating_sub(start), offset)
+        };
         // Each stream entry stands for batches of its stream inside one block (one in
         // version 1), their versions following on.
-        let blocks = self.blocks();
-        for e in self.streams() {
+        for e in self.streams().unwrap_or(&[]) {
             let e = e.get();
-            let i = blocks.partition_point(|b| b.get().data_start <= e.offset).saturating_sub(1);
-            let end = blocks.get(i).map(|b| b.get().data_start + u64::from(b.get().data_len)).unwrap_or(0);
-            let span = data.get(e.offset as usize..end as usize).unwrap_or(&[]);
-            let batches = match format::span_batches(span, &e) {
-                Ok(batches) => batches,
-                Err(_) => {
-                    problems.push(self.mismatch(e.offset, "stream"));
-                    continue;
-                }
+            let k = data.partition_point(|(start, _)| *start <= e.offset).saturating_sub(1);
+            let span = data
+                .get(k)
+                .and_then(|(start, block)| block.get(e.offset.saturating_sub(*start) as usize..))
+                .unwrap_or(&[]);
+            let Ok(batches) = format::span_batches(span, &e) else {
+                problems.push(self.mismatch(e.offset, "stream"));
+                continue;
             };
             let mut stream = None;
             for (rel, first_version, count) in batches {
-                match self.batch_at(&data, e.offset + rel as u64, batch::Known::default()) {
+                match batch_at(e.offset + rel as u64) {
                     Ok(b)
                         if b.first_version == first_version
                             && b.event_count == count
@@ -272,14 +355,24 @@ impl Archive {
                 }
             }
         }
-        for p in self.positions() {
+        for p in self.positions().unwrap_or(&[]) {
             let p = p.get();
-            match self.batch_at(&data, p.offset, batch::Known::default()) {
+            match batch_at(p.offset) {
                 Ok(b) if b.base_position == p.position => {}
                 Ok(_) => problems.push(self.mismatch(p.offset, "position")),
                 Err(err) => problems.push(err),
             }
         }
         problems
+    }
+}
+
+impl Drop for Archive {
+    /// Its blocks leave the cache with it (rolled back, rewritten, dropped with its store).
+    fn drop(&mut self) {
+        if let Some(Ok(map)) = self.meta.get() {
+            let blocks = format::cast::<BlockEntry>(map, &self.ends.layout.blocks).map_or(0, <[_]>::len);
+            self.cache.forget(self.id, blocks as u32);
+        }
     }
 }

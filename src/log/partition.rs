@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::format::segment as seg_format;
 use crate::io::Io;
 use crate::log::active::OpenSegment;
+use crate::log::block_cache::BlockCache;
 use crate::log::journal::Journal;
 use crate::log::recovery::{self, Files, Recovered};
 use crate::log::segment::{Segment, State, View};
@@ -53,9 +54,8 @@ pub(crate) struct Partition {
     pub tombstones: Tombstones,
     /// The partition's stream metadata (retention rules, soft deletes).
     pub metas: StreamMetas,
-    /// The archive slot whose decompressed data the last partition read kept (one per
-    /// partition, so that reads stepping through archives hold at most one in memory).
-    pub(crate) scan_pin: Mutex<Option<Arc<Vec<u8>>>>,
+    /// The store's cache of decompressed archive blocks, shared by every partition.
+    pub(crate) archive_cache: Arc<BlockCache>,
     /// Held by a compaction of this partition.
     pub compaction: Mutex<()>,
     /// Bytes of the active segment that open scanned: what its journal did not cover.
@@ -111,7 +111,10 @@ impl Partition {
     /// Opens partition `id` in `dir`: lists its files (removing temporary ones), finishes or
     /// rolls back interrupted compactions, checks that the files cover every position from
     /// 0, recovers the active segment's tail (truncating a torn last write), and leaves sealed
-    /// segments to be mapped on first use.
+    /// segments to be mapped on first use, archives (their headers and footers checked) to
+    /// have their meta sections checked on first use. Archive blocks are read through
+    /// `archive_cache`.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         dir: PathBuf,
         id: u32,
@@ -119,12 +122,13 @@ impl Partition {
         report: Report,
         signal: Arc<HeadSignal>,
         journal_interval: u64,
+        archive_cache: Arc<BlockCache>,
     ) -> Result<(Arc<Partition>, Tail)> {
         let Files { mut bases, indexes, archive_bases, journals } = recovery::list_files(&dir, id, &io, &report)?;
         let Some(&active_base) = bases.last() else {
             return Err(Error::corruption(&dir, 0, format!("partition {id} has no segment files")));
         };
-        let archives = recovery::reconcile_archives(&dir, id, &io, &report, &mut bases, archive_bases)?;
+        let archives = recovery::reconcile_archives(&dir, id, &io, &report, &mut bases, archive_bases, &archive_cache)?;
         let first = bases.iter().chain(archives.iter().map(|a| &a.0)).min().copied();
         if first != Some(0) {
             let first = first.unwrap_or(0);
@@ -164,7 +168,7 @@ impl Partition {
             stats: WriteCounters::default(),
             tombstones,
             metas,
-            scan_pin: Mutex::new(None),
+            archive_cache,
             compaction: Mutex::new(()),
             scanned_at_open: scanned,
         });

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use crate::clock::now_nanos;
 use crate::error::{Error, Result};
@@ -12,19 +13,77 @@ use crate::event::{EventView, RecordedEvent};
 use crate::format::batch::BatchView;
 use crate::log::events::{each_event, emit};
 use crate::log::partition::Partition;
-use crate::log::segment::View;
+use crate::log::segment::{Segment, View};
 use crate::log::stream_meta::{self, Visible};
 use crate::log::view::{Lend, Select};
 use crate::router::stream_hash;
 
+/// A partition's segments with where reads of each end ([`Partition::snapshot`]).
+type Snapshot = [(Arc<Segment>, u64)];
+
 impl Partition {
+    /// The view of segment `k` of `snap` for a read of `stream`, or `None` if it is an
+    /// archive that cannot be read (its header, footer or meta section damaged, or of a newer
+    /// version) and yet cannot hold any of the stream's events: the stream's versions are
+    /// numbered in position order without gaps, so if its last version before the archive's
+    /// range and its first after it follow each other (or it has none before and starts at
+    /// version 0 after), the range holds none of them. Otherwise the read fails with the
+    /// archive's error (it may hold some). A damaged block fails only the reads that need it
+    /// (the archive's index is readable then, and says which do).
+    fn stream_view(&self, snap: &Snapshot, k: usize, stream: &str, hash: u64) -> Result<Option<View>> {
+        let Some((seg, end)) = snap.get(k) else { return Ok(None) };
+        let err = match self.view(seg, *end) {
+            Ok(View::Archived(a)) => match a.streams() {
+                Ok(_) => return Ok(Some(View::Archived(a))),
+                Err(e) => e,
+            },
+            Ok(v) => return Ok(Some(v)),
+            Err(e) => e,
+        };
+        if !seg.is_archive() || !matches!(err, Error::Corruption { .. } | Error::UnsupportedVersion { .. }) {
+            return Err(err);
+        }
+        // Another unreadable file on either side: not known, the read fails.
+        let mut before = None;
+        for (seg, end) in snap.get(..k).unwrap_or(&[]).iter().rev() {
+            let Ok(view) = self.view(seg, *end) else { return Err(err) };
+            match view.last_version(seg, stream, hash, *end) {
+                Ok(Some(v)) => {
+                    before = Some(v);
+                    break;
+                }
+                Ok(None) => {}
+                Err(_) => return Err(err),
+            }
+        }
+        let mut after = None;
+        for (seg, end) in snap.get(k + 1..).unwrap_or(&[]) {
+            let Ok(view) = self.view(seg, *end) else { return Err(err) };
+            match view.first_version(seg, stream, hash, *end) {
+                Ok(Some(v)) => {
+                    after = Some(v);
+                    break;
+                }
+                Ok(None) => {}
+                Err(_) => return Err(err),
+            }
+        }
+        match (before, after) {
+            (Some(b), Some(a)) if b.checked_add(1) == Some(a) => Ok(None),
+            (None, Some(0)) => Ok(None),
+            _ => Err(err),
+        }
+    }
+
     /// The stream's last version in the segments before `before_base` (newest first).
     pub fn last_version_before(&self, stream: &str, hash: u64, before_base: u64) -> Result<Option<u64>> {
-        for (seg, end) in self.snapshot().into_iter().rev() {
+        let snap = self.snapshot();
+        for (k, (seg, end)) in snap.iter().enumerate().rev() {
             if seg.base >= before_base {
                 continue;
             }
-            if let Some(v) = self.view(&seg, end)?.last_version(&seg, stream, hash, end)? {
+            let Some(view) = self.stream_view(&snap, k, stream, hash)? else { continue };
+            if let Some(v) = view.last_version(seg, stream, hash, *end)? {
                 return Ok(Some(v));
             }
         }
@@ -35,12 +94,14 @@ impl Partition {
     /// head; in `Buffered` mode, what a crash now would keep).
     pub fn last_durable_version(&self, stream: &str, hash: u64) -> Result<Option<u64>> {
         let durable = self.durable_head.load(std::sync::atomic::Ordering::Acquire);
-        for (seg, end) in self.snapshot().into_iter().rev() {
+        let snap = self.snapshot();
+        for (k, (seg, end)) in snap.iter().enumerate().rev() {
             if seg.base >= durable {
                 continue;
             }
-            let end = end.min(durable);
-            if let Some(v) = self.view(&seg, end)?.last_version(&seg, stream, hash, end)? {
+            let end = (*end).min(durable);
+            let Some(view) = self.stream_view(&snap, k, stream, hash)? else { continue };
+            if let Some(v) = view.last_version(seg, stream, hash, end)? {
                 return Ok(Some(v));
             }
         }
@@ -149,20 +210,22 @@ impl Partition {
         let vis = self.visibility(stream, hash)?;
         let from = from.max(vis.from_version);
         let mut given = 0usize;
-        for (seg, end) in self.snapshot() {
+        let snap = self.snapshot();
+        for (k, (seg, end)) in snap.iter().enumerate() {
             if given >= limit {
                 break;
             }
-            let view = self.view(&seg, end)?;
+            let (seg, end) = (&**seg, *end);
+            let Some(view) = self.stream_view(&snap, k, stream, hash)? else { continue };
             let flow = if vis.min_time == 0 {
                 // Nothing hidden by age: every event from `from` on is shown.
-                let (n, flow) = view.visit_stream(&seg, stream, hash, from, end, limit - given, lend, f)?;
+                let (n, flow) = view.visit_stream(seg, stream, hash, from, end, limit - given, lend, f)?;
                 given += n;
                 flow
             } else {
                 // A batch's events share its timestamp: those hidden by age are whole batches
                 // (a prefix of the stream, but judged one by one all the same), not counted.
-                view.visit_stream(&seg, stream, hash, from, end, usize::MAX, lend, &mut |b, skip, take| {
+                view.visit_stream(seg, stream, hash, from, end, usize::MAX, lend, &mut |b, skip, take| {
                     if !vis.shows(b.first_version + skip as u64, b.timestamp) {
                         return ControlFlow::Continue(());
                     }
@@ -193,16 +256,13 @@ impl Partition {
         f: &mut dyn FnMut(&BatchView<'_>, usize, usize) -> ControlFlow<()>,
     ) -> Result<()> {
         self.live(stream)?;
-        for (seg, end) in self.snapshot() {
-            if end <= min_position {
+        let snap = self.snapshot();
+        for (k, (seg, end)) in snap.iter().enumerate() {
+            if *end <= min_position {
                 continue;
             }
-            if self
-                .view(&seg, end)?
-                .visit_stream(&seg, stream, hash, from, end, usize::MAX, Lend::User, f)?
-                .1
-                .is_break()
-            {
+            let Some(view) = self.stream_view(&snap, k, stream, hash)? else { continue };
+            if view.visit_stream(seg, stream, hash, from, *end, usize::MAX, Lend::User, f)?.1.is_break() {
                 break;
             }
         }
@@ -213,11 +273,13 @@ impl Partition {
         self.live(stream)?;
         let vis = self.visibility(stream, hash)?;
         let mut out = Vec::new();
-        for (seg, end) in self.snapshot().into_iter().rev() {
+        let snap = self.snapshot();
+        for (k, (seg, end)) in snap.iter().enumerate().rev() {
             if out.len() >= limit {
                 break;
             }
-            self.view(&seg, end)?.read_stream_back(&seg, stream, hash, from, end, limit, &mut out)?;
+            let Some(view) = self.stream_view(&snap, k, stream, hash)? else { continue };
+            view.read_stream_back(seg, stream, hash, from, *end, limit, &mut out)?;
             // What is hidden is a prefix of the stream: the newest-first read ends at it.
             if let Some(k) = out.iter().position(|e| !vis.shows(e.version, e.timestamp_nanos)) {
                 out.truncate(k);
@@ -238,7 +300,6 @@ impl Partition {
         let snap = self.snapshot();
         let start = snap.partition_point(|(s, _)| s.base <= from).saturating_sub(1);
         let mut taken = 0;
-        let mut archived = false;
         for (seg, end) in snap.get(start..).unwrap_or(&[]) {
             if taken >= limit {
                 break;
@@ -247,26 +308,14 @@ impl Partition {
                 continue;
             }
             let from = from.max(seg.base);
+            // An archive's blocks come from the store's block cache: the next step of the
+            // reader finds them there.
             let view = self.view(seg, *end)?;
-            // An archive is read from its decompressed data: hold it for this read, and keep
-            // it for the next step of the reader (releasing the one kept before).
-            let _hold = match &view {
-                View::Archived(a) => {
-                    let data = a.data()?;
-                    *self.scan_pin.lock() = Some(data.clone());
-                    Some(data)
-                }
-                _ => None,
-            };
-            archived = _hold.is_some();
             let (n, flow) = view.visit_positions(seg, from, *end, limit - taken, f)?;
             taken += n;
             if flow.is_break() {
                 break;
             }
-        }
-        if !archived {
-            self.unpin_scan();
         }
         Ok(taken)
     }
@@ -302,10 +351,6 @@ impl Partition {
             }
             let at = next.max(seg.base);
             let view = self.view(seg, seg_end)?;
-            let _hold = match &view {
-                View::Archived(a) => Some(a.data()?),
-                _ => None,
-            };
             let mut reached = at;
             let (n, flow) = view.visit_streams(seg, select, at, seg_end, limit - taken, &mut |b, skip, take| {
                 reached = b.base_position + (skip + take) as u64;
@@ -353,17 +398,14 @@ impl Partition {
     }
 
     /// Loads what is checked on first use rather than at open: every sealed segment with its
-    /// index (rebuilt if damaged). Repairs go to the report; damage that cannot be repaired
-    /// stays for the reads (and `verify`) to return.
+    /// index (rebuilt if damaged), every archive's meta section. Repairs go to the report;
+    /// damage that cannot be repaired stays for the reads (and `verify`) to return.
     pub fn load_lazily_checked(&self) {
         for (seg, end) in self.snapshot() {
-            let _ = self.view(&seg, end);
+            if let Ok(View::Archived(a)) = self.view(&seg, end) {
+                let _ = a.checked();
+            }
         }
-    }
-
-    /// Releases the decompressed archive data kept for partition reads, if any.
-    pub fn unpin_scan(&self) {
-        self.scan_pin.lock().take();
     }
 
     /// Hands `f` the events from position `from` on, borrowed, in position order, until

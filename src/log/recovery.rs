@@ -10,7 +10,7 @@
 //! (`PartitionStorage::unreadable_archives`).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -23,6 +23,7 @@ use crate::format::segment::{self as seg_format, End, Mode};
 use crate::io::{FileHandle, Io, mmap};
 use crate::log::active::{MemIndex, OpenSegment};
 use crate::log::archive::Archive;
+use crate::log::block_cache::BlockCache;
 use crate::log::journal::Journal;
 use crate::log::segment::{Segment, State};
 use crate::report::{RecoveryAction, Report};
@@ -402,8 +403,10 @@ pub(crate) fn reconcile_archives(
     report: &Report,
     bases: &mut Vec<u64>,
     archive_bases: Vec<u64>,
+    cache: &Arc<BlockCache>,
 ) -> Result<Vec<OpenedArchive>> {
-    let mut archives = open_archives(dir, id, io, archive_bases)?;
+    let mut archives = open_archives(dir, id, io, archive_bases, cache)?;
+    check_where_interrupted(&mut archives, bases)?;
     let mut finished = Vec::new();
     let mut rolled_back = Vec::new();
     let mut drop_archives = Vec::new();
@@ -469,24 +472,97 @@ pub(crate) fn reconcile_archives(
     Ok(archives)
 }
 
-/// Opens the partition's archives, by first position. An I/O error (too many open files, no
-/// memory for a mapping) says nothing about an archive: it fails the open rather than have
-/// reconciliation decide on partial knowledge. Damage is kept, as the archive's error.
-fn open_archives(dir: &Path, id: u32, io: &Io, archive_bases: Vec<u64>) -> Result<Vec<OpenedArchive>> {
+/// Opens the partition's archives, by first position, reading each one's header and footer
+/// only. An I/O error (too many open files) says nothing about an archive: it fails the open
+/// rather than have reconciliation decide on partial knowledge. Damage is kept, as the
+/// archive's error.
+fn open_archives(
+    dir: &Path,
+    id: u32,
+    io: &Io,
+    archive_bases: Vec<u64>,
+    cache: &Arc<BlockCache>,
+) -> Result<Vec<OpenedArchive>> {
     let mut archives: Vec<OpenedArchive> = archive_bases
         .into_iter()
         .map(|b| {
             let path = dir.join(arc_format::file_name(b));
-            (b, Archive::open(&path, io, id, b).map(Arc::new))
+            (b, Archive::open(&path, io, id, b, cache).map(Arc::new))
         })
         .collect();
     archives.sort_by_key(|a| a.0);
-    if let Some((_, Err(e))) =
-        archives.iter().find(|(_, a)| matches!(a, Err(Error::Io { .. } | Error::StorageFull { .. })))
-    {
-        return Err(e.clone());
-    }
+    fail_on_io(&archives)?;
     Ok(archives)
+}
+
+fn fail_on_io(archives: &[OpenedArchive]) -> Result<()> {
+    match archives.iter().find(|(_, a)| matches!(a, Err(Error::Io { .. } | Error::StorageFull { .. }))) {
+        Some((_, Err(e))) => Err(e.clone()),
+        _ => Ok(()),
+    }
+}
+
+/// Checks the meta section (FORMAT.md §14.5 steps 10–14) of each archive that may belong to
+/// an interrupted compaction, as every archive's was before its sources were read: one that
+/// does not check out becomes unreadable (its error kept), as if it had not opened. The
+/// others keep theirs for their first use.
+///
+/// Which ones may: a compaction's archives share its `job_end` (a header field), and its
+/// range `[first source's base, job_end)` holds nothing but its sources and its archives
+/// (it was a run of consecutive segments). So if one of its sources is still there, it is
+/// reached from each of its archives, in the files sorted by first position, through that
+/// compaction's archives only: a segment below `job_end` found that way, stepping over
+/// archives with the same `job_end` (or unreadable ones, which might be its), marks the
+/// archives stepped over. That finds every archive that `interrupted_jobs` would group,
+/// and, after a clean close, only those beside a segment left unarchived (a damaged one,
+/// say): open reads 128 bytes of the others.
+fn check_where_interrupted(archives: &mut [OpenedArchive], bases: &[u64]) -> Result<()> {
+    // Every file by first position: `Some(k)` the archive `archives[k]`, `None` a segment.
+    let mut files: Vec<(u64, Option<usize>)> = bases.iter().map(|&b| (b, None)).collect();
+    files.extend(archives.iter().enumerate().map(|(k, (b, _))| (*b, Some(k))));
+    files.sort_unstable();
+    let job_end = |k: usize| archives.get(k).and_then(|(_, a)| a.as_ref().ok()).map(|a| a.header.job_end);
+    let mut check = vec![false; archives.len()];
+    let mut i = 0;
+    while i < files.len() {
+        let Some((_, Some(k))) = files.get(i).copied() else {
+            i += 1;
+            continue;
+        };
+        let Some(end) = job_end(k) else {
+            i += 1;
+            continue;
+        };
+        // The run of files around `i` that may be this compaction's archives.
+        let same = |f: Option<&(u64, Option<usize>)>| match f {
+            Some((_, Some(j))) => job_end(*j).is_none_or(|e| e == end),
+            _ => false,
+        };
+        let (mut lo, mut hi) = (i, i + 1);
+        while lo > 0 && same(files.get(lo - 1)) {
+            lo -= 1;
+        }
+        while same(files.get(hi)) {
+            hi += 1;
+        }
+        let segment_below = |f: Option<&(u64, Option<usize>)>| matches!(f, Some((b, None)) if *b < end);
+        if (lo > 0 && segment_below(files.get(lo - 1))) || segment_below(files.get(hi)) {
+            for (_, k) in files.get(lo..hi).unwrap_or(&[]) {
+                if let Some(c) = k.and_then(|k| check.get_mut(k)) {
+                    *c = true;
+                }
+            }
+        }
+        i = hi;
+    }
+    for ((_, a), _) in archives.iter_mut().zip(&check).filter(|(_, c)| **c) {
+        if let Ok(archive) = a
+            && let Err(e) = archive.checked()
+        {
+            *a = Err(e);
+        }
+    }
+    fail_on_io(archives)
 }
 
 /// The compactions with a source segment still present, by (first source, job end): each
@@ -497,7 +573,11 @@ fn interrupted_jobs(archives: &[OpenedArchive], bases: &[u64]) -> Jobs {
     let mut jobs = Jobs::new();
     for (k, (_, a)) in archives.iter().enumerate() {
         let Ok(a) = a else { continue };
-        let sources: Vec<u64> = a.sources().iter().map(|s| s.base_position).collect();
+        // Only archives `check_where_interrupted` checked can have a source present.
+        if !a.is_checked() {
+            continue;
+        }
+        let sources: Vec<u64> = a.sources().unwrap_or_default().iter().map(|s| s.base_position).collect();
         let Some(&first) = sources.first() else { continue };
         if sources.iter().any(|s| bases.contains(s)) {
             let job = jobs.entry((first, a.header.job_end)).or_insert_with(|| (sources.clone(), Vec::new()));
@@ -510,16 +590,132 @@ fn interrupted_jobs(archives: &[OpenedArchive], bases: &[u64]) -> Jobs {
 /// What remains after reconciliation must not overlap: archives among themselves, or a
 /// segment.
 fn check_no_overlap(archives: &[OpenedArchive], bases: &[u64]) -> Result<()> {
-    let ranges: Vec<(u64, u64, PathBuf)> = archives
+    // By first position (the archives come sorted so, and have distinct names): one
+    // overlapping another overlaps the next one after it, or the one before reaches into it.
+    let ranges: Vec<(u64, u64, &Path)> = archives
         .iter()
-        .filter_map(|(b, a)| a.as_ref().ok().map(|a| (*b, a.header.end_position, a.path.clone())))
+        .filter_map(|(b, a)| a.as_ref().ok().map(|a| (*b, a.header.end_position, a.path.as_path())))
         .collect();
-    for (lo, hi, path) in &ranges {
-        let clash = ranges.iter().any(|(l, h, _)| (l, h) != (lo, hi) && l < hi && h > lo)
-            || bases.iter().any(|b| b >= lo && b < hi);
-        if clash {
+    let mut sorted_bases = bases.to_vec();
+    sorted_bases.sort_unstable();
+    let mut reach = 0u64;
+    for (i, (lo, hi, path)) in ranges.iter().enumerate() {
+        let next_inside = ranges.get(i + 1).is_some_and(|(l, _, _)| l < hi);
+        let segment_inside = sorted_bases.get(sorted_bases.partition_point(|b| b < lo)).is_some_and(|b| b < hi);
+        if next_inside || reach > *lo || segment_inside {
             return Err(Error::corruption(path, 16, format!("archive range {lo}..{hi} overlaps another file's")));
         }
+        reach = reach.max(*hi);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::format::archive::{Header, Parts, Reason, Source};
+    use crate::log::partition::{self, Partition};
+    use crate::sync::HeadSignal;
+
+    /// A partition of `n` archives, each standing for one position and holding no batch (as
+    /// if its events were erased), then the active segment at `n`.
+    fn partition_of_archives(dir: &Path, n: u64) {
+        let io = Io::default();
+        io.create_dir(dir).unwrap();
+        for base in 0..n {
+            let h = Header {
+                version: arc_format::ARCHIVE_VERSION,
+                partition: 0,
+                base_position: base,
+                end_position: base + 1,
+                created: 0,
+                job_end: base + 1,
+                reason: Reason::Forced,
+                dict_len: 0,
+                block_bytes: 0,
+            };
+            let sources = [Source { base_position: base, bytes: 4096 }];
+            let parts =
+                Parts { dictionary: &[], blocks: &[], streams: &[], positions: &[], sources: &sources, audit: &[] };
+            std::fs::write(dir.join(arc_format::file_name(base)), arc_format::encode(&h, &parts)).unwrap();
+        }
+        partition::write_segment_file(dir, 0, n, &io).unwrap();
+    }
+
+    fn open(dir: &Path) -> (Duration, Arc<Partition>, Arc<BlockCache>) {
+        let cache = BlockCache::new(1 << 20);
+        let started = Instant::now();
+        let (p, _tail) = Partition::open(
+            dir.to_path_buf(),
+            0,
+            Io::default(),
+            Report::default(),
+            Arc::new(HeadSignal::default()),
+            8 << 20,
+            cache.clone(),
+        )
+        .unwrap();
+        (started.elapsed(), p, cache)
+    }
+
+    #[test]
+    fn open_reads_no_archive_meta_section_and_stays_flat_with_10_000_archives() {
+        let root = tempfile::tempdir().unwrap();
+        let (small, large) = (root.path().join("small"), root.path().join("large"));
+        partition_of_archives(&small, 100);
+        partition_of_archives(&large, 10_000);
+        let (t_small, p, cache) = open(&small);
+        assert_eq!(p.head(), 100);
+        assert_eq!(cache.stats().metas_loaded, 0);
+        let (t_large, p, cache) = open(&large);
+        assert_eq!((p.head(), p.segments.read().len()), (10_000, 10_001));
+        assert_eq!(cache.stats().metas_loaded, 0, "open read only headers and footers");
+        // Per archive, opening 10,000 costs about what opening 100 does (no step looks at
+        // every pair of files); generous, for a loaded machine.
+        let per = |t: Duration, n: u32| t / n;
+        eprintln!("open: 100 archives {t_small:?}, 10,000 archives {t_large:?}");
+        assert!(
+            per(t_large, 10_000) < per(t_small, 100) * 5 + Duration::from_micros(200),
+            "100 archives: {t_small:?}, 10,000: {t_large:?}"
+        );
+        // The meta sections are checked on first use: a read of the last position's archive.
+        assert_eq!(p.read_from(9_999, 10).unwrap().len(), 0);
+        assert_eq!(cache.stats().metas_loaded, 1);
+    }
+
+    #[test]
+    fn an_interrupted_compaction_is_still_found_among_many_archives() {
+        // Archives 0..50 of finished jobs, then a job whose single source (at 50) is still
+        // there beside its two pieces: finished at open, its source removed.
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("p");
+        partition_of_archives(&dir, 50);
+        let io = Io::default();
+        for (base, end) in [(50u64, 53u64), (53, 60)] {
+            let h = Header {
+                version: arc_format::ARCHIVE_VERSION,
+                partition: 0,
+                base_position: base,
+                end_position: end,
+                created: 0,
+                job_end: 60,
+                reason: Reason::Forced,
+                dict_len: 0,
+                block_bytes: 0,
+            };
+            let sources = [Source { base_position: 50, bytes: 4096 }];
+            let parts =
+                Parts { dictionary: &[], blocks: &[], streams: &[], positions: &[], sources: &sources, audit: &[] };
+            std::fs::write(dir.join(arc_format::file_name(base)), arc_format::encode(&h, &parts)).unwrap();
+        }
+        // The segment at 50 (written as the active one) is the source; the active one is at 60.
+        partition::write_segment_file(&dir, 0, 60, &io).unwrap();
+        let (_, p, cache) = open(&dir);
+        assert!(!dir.join(seg_format::file_name(50)).exists(), "the source of the finished job is gone");
+        assert_eq!(p.head(), 60);
+        assert_eq!(cache.stats().metas_loaded, 2, "only the interrupted job's archives were checked at open");
+        assert!(p.report.all().iter().any(|a| matches!(a, RecoveryAction::CompactionFinished { .. })));
+    }
 }

@@ -189,13 +189,24 @@ impl View {
                 }))
             }
             View::Archived(a) => {
-                let entries = self.find_stream(seg, a.streams(), None, stream, hash)?;
+                let entries = self.find_stream(seg, a.streams()?, None, stream, hash)?;
                 Ok(entries.last().map(|e| {
                     let e = e.get();
                     e.first_version + u64::from(e.event_count) - 1
                 }))
             }
         }
+    }
+
+    /// The first version of `stream` in this segment before position `end`, if it has events
+    /// there.
+    pub fn first_version(&self, seg: &Segment, stream: &str, hash: u64, end: u64) -> Result<Option<u64>> {
+        let entries = match self {
+            View::Open(o) => return Ok(o.index.read().visible(stream, end).first().map(|e| e.first_version)),
+            View::Sealed(s) => self.sealed_entries(seg, s, stream, hash)?,
+            View::Archived(a) => self.find_stream(seg, a.streams()?, None, stream, hash)?,
+        };
+        Ok(entries.first().map(|e| e.get().first_version))
     }
 
     /// One past the last version of `stream`'s first batch in this sealed segment or
@@ -206,7 +217,7 @@ impl View {
             View::Sealed(s) => self.sealed_entries(seg, s, stream, hash)?,
             View::Archived(a) => {
                 // An archive's entry may stand for several batches: the first is read.
-                let entries = self.find_stream(seg, a.streams(), None, stream, hash)?;
+                let entries = self.find_stream(seg, a.streams()?, None, stream, hash)?;
                 let Some(first) = entries.first() else { return Ok(None) };
                 let batches = archived_batches(seg, a, first.get())?;
                 return Ok(batches.first().map(|w| w.first_version + u64::from(w.count)));
@@ -238,7 +249,7 @@ impl View {
                 }
             }
             View::Archived(a) => {
-                for first in index::stream_runs(a.streams()).filter_map(|run| run.first().map(StreamEntry::get)) {
+                for first in index::stream_runs(a.streams()?).filter_map(|run| run.first().map(StreamEntry::get)) {
                     let (block, at) = a.at(first.offset)?;
                     let name = block.get(at..).and_then(batch::peek_stream_id).ok_or_else(|| {
                         Error::corruption(&seg.path, 0, format!("no stream id at uncompressed offset {}", first.offset))
@@ -292,7 +303,7 @@ impl View {
             }
             View::Archived(a) => {
                 // `limit` entries stand for at least `limit` batches: those are picked again.
-                let all = self.find_stream(seg, a.streams(), None, stream, hash)?;
+                let all = self.find_stream(seg, a.streams()?, None, stream, hash)?;
                 let mut batches = Vec::new();
                 for e in pick(all, |e| e.get().first_version, from, limit) {
                     batches.extend(archived_batches(seg, a, e.get())?);
@@ -368,7 +379,7 @@ impl View {
             View::Sealed(_) | View::Archived(_) => {
                 let all = match self {
                     View::Sealed(s) => self.sealed_entries(seg, s, stream, hash)?,
-                    View::Archived(a) => self.find_stream(seg, a.streams(), None, stream, hash)?,
+                    View::Archived(a) => self.find_stream(seg, a.streams()?, None, stream, hash)?,
                     View::Open(_) => &[],
                 };
                 let start = all.partition_point(|e| {

@@ -6,7 +6,7 @@ use crate::cache::CacheStats;
 use crate::compaction::CompactionStats;
 use crate::projection::{ProjectionEngine, ProjectionStatus};
 use crate::snapshot::SnapshotStats;
-use crate::store::Store;
+use crate::store::{ArchiveCacheStats, Store};
 
 mod prometheus;
 
@@ -29,6 +29,8 @@ pub struct Metrics {
     pub snapshots: SnapshotStats,
     /// Compactions since the store was opened.
     pub compaction: CompactionStats,
+    /// The archive block cache (hits, misses, bytes held).
+    pub archive_cache: ArchiveCacheStats,
     /// Projections (lag, dead letters, health).
     pub projections: Vec<ProjectionStatus>,
     /// The command bus.
@@ -53,6 +55,7 @@ impl Metrics {
             partitions: store.partition_metrics(),
             snapshots: store.snapshot_stats(),
             compaction: store.compaction_stats(),
+            archive_cache: store.archive_cache_stats(),
             projections: engine.map_or_else(Vec::new, |e| e.names().iter().filter_map(|n| e.status(n).ok()).collect()),
             bus: bus.map(CommandBus::stats),
             caches: caches.iter().map(|(n, s)| ((*n).to_owned(), *s)).collect(),

@@ -97,6 +97,11 @@ fn snapshots_and_compaction(t: &mut Text, m: &Metrics) {
     t.counter("compaction_bytes_in_total", "Segment bytes compacted.", c.bytes_in);
     t.counter("compaction_bytes_out_total", "Archive bytes written.", c.bytes_out);
     t.counter("compaction_events_erased_total", "Events of deleted streams erased.", c.events_erased);
+    let a = &m.archive_cache;
+    t.counter("archive_cache_hits_total", "Archive block reads served from memory.", a.hits);
+    t.counter("archive_cache_misses_total", "Archive block reads that decompressed the block.", a.misses);
+    t.family("archive_cache_bytes", "Decompressed archive bytes held in memory.", "gauge");
+    t.sample("archive_cache_bytes", "", a.bytes);
 }
 
 fn projections(t: &mut Text, m: &Metrics) {

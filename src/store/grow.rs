@@ -294,6 +294,7 @@ impl Store {
                 self.shared.report.clone(),
                 self.shared.signal.clone(),
                 self.shared.writer_cfg.journal_interval,
+                self.shared.archive_cache.clone(),
             )?;
             self.add_partition(p, tail)?;
         }

@@ -12,6 +12,7 @@
 use crate::clock::now_nanos;
 use crate::compaction::{self, CompactionProgress, CompactionReport, CompactionStats, PartitionStorage, SnapshotIndex};
 use crate::error::{Error, Result};
+use crate::log::block_cache::ArchiveCacheStats;
 use crate::log::writer::{AppendRequest, Queued};
 use crate::report::RecoveryAction;
 use crate::router;
@@ -106,6 +107,13 @@ impl Store {
     /// (whose errors surface only here and in [`Metrics`](crate::Metrics)).
     pub fn compaction_stats(&self) -> CompactionStats {
         self.shared.compactions.stats()
+    }
+
+    /// The archive block cache's counters: block reads served from memory and decompressed,
+    /// bytes held, and how many archives have had their meta sections checked since open
+    /// (see [`Options::archive_cache_bytes`](crate::Options::archive_cache_bytes)).
+    pub fn archive_cache_stats(&self) -> ArchiveCacheStats {
+        self.shared.archive_cache.stats()
     }
 
     /// What each partition keeps on disk: segments, archives, their sizes, erased events.

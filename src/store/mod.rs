@@ -38,11 +38,13 @@ mod stats;
 pub use append::AppendFuture;
 pub use grow::GrowReport;
 pub use options::{
-    DEFAULT_MAX_APPEND_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_PARTITIONS, DEFAULT_SEGMENT_BYTES, Options,
+    DEFAULT_ARCHIVE_CACHE_BYTES, DEFAULT_MAX_APPEND_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_PARTITIONS,
+    DEFAULT_SEGMENT_BYTES, Options,
 };
 pub use read::{PartitionEvents, StreamEvents, Streams};
 pub use stats::{Histogram, LATENCY_BOUNDS_MICROS, PartitionMetrics, WriteStats};
 
+pub use crate::log::block_cache::ArchiveCacheStats;
 pub use crate::snapshot::SnapshotStats;
 
 /// What the store's parts share with its background threads.
@@ -77,6 +79,8 @@ pub(crate) struct Shared {
     hash_id: u32,
     /// Released by `close` (or when the last owner drops the store).
     lock: Mutex<Option<DirLock>>,
+    /// The cache of decompressed archive blocks that every partition reads through.
+    archive_cache: Arc<crate::log::BlockCache>,
 }
 
 impl Shared {

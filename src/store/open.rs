@@ -28,7 +28,7 @@ use crate::format::segment as seg_format;
 use crate::io::Io;
 use crate::io::lock::{self, DirLock};
 use crate::log::prealloc;
-use crate::log::{Partition, Tail, Writer, WriterConfig, dir_name, partition, sealer};
+use crate::log::{BlockCache, Partition, Tail, Writer, WriterConfig, dir_name, partition, sealer};
 use crate::report::Report;
 use crate::router;
 use crate::snapshot::{self, Job, Sidecar, Snapshots};
@@ -70,8 +70,9 @@ impl Store {
         options.check_against(manifest.partition_count, created_with, manifest.segment_bytes)?;
         let report = Report::default();
         let signal = Arc::new(HeadSignal::default());
+        let archive_cache = BlockCache::new(options.archive_cache_bytes);
         let (partitions, tails) =
-            recover_partitions(&dir, &manifest, &io, &report, &signal, options.recovery_scan_bytes)?;
+            recover_partitions(&dir, &manifest, &io, &report, &signal, options.recovery_scan_bytes, &archive_cache)?;
         check_epochs(&dir, &manifest, &partitions)?;
         let sidecars = partitions.iter().map(|p| Arc::new(Sidecar::new(&p.dir, p.id, io.clone(), report.clone())));
         let (snapshots, snapshot_jobs) = Snapshots::new(sidecars.collect());
@@ -106,6 +107,7 @@ impl Store {
             writer_cfg,
             hash_id,
             lock: Mutex::new(Some(lock)),
+            archive_cache,
         });
         // The store exists before its threads do: if spawning one fails, dropping it stops and
         // joins those already running before the lock is released.
@@ -343,6 +345,7 @@ fn recover_partitions(
     report: &Report,
     signal: &Arc<HeadSignal>,
     journal_interval: u64,
+    archive_cache: &Arc<BlockCache>,
 ) -> Result<(Vec<Arc<Partition>>, Vec<Tail>)> {
     let ids: Vec<u32> = (0..manifest.partition_count.max(manifest.growing_to)).collect();
     let opened: Vec<Result<(Arc<Partition>, Tail)>> = std::thread::scope(|s| {
@@ -353,9 +356,10 @@ fn recover_partitions(
                 .map(|&id| {
                     let pdir = dir.join(dir_name(id));
                     let (io, report, signal) = (io.clone(), report.clone(), signal.clone());
+                    let cache = archive_cache.clone();
                     std::thread::Builder::new()
                         .name(format!("strata-open-{id}"))
-                        .spawn_scoped(s, move || Partition::open(pdir, id, io, report, signal, journal_interval))
+                        .spawn_scoped(s, move || Partition::open(pdir, id, io, report, signal, journal_interval, cache))
                         .map_err(|e| Error::io("spawn recovery thread", dir, e))
                 })
                 .collect();

@@ -23,6 +23,8 @@ pub const DEFAULT_IDEMPOTENCY_MAX_IDS: usize = 1_000_000;
 pub const DEFAULT_MAX_EVENT_BYTES: u64 = 16 << 20;
 /// Default largest append (one batch, encoded): 64 MiB.
 pub const DEFAULT_MAX_APPEND_BYTES: u64 = 64 << 20;
+/// Default [`Options::archive_cache_bytes`]: 64 MiB of decompressed archive blocks.
+pub const DEFAULT_ARCHIVE_CACHE_BYTES: u64 = 64 << 20;
 
 /// Options for [`Store::open`](crate::Store::open). Creation-only settings (partition count,
 /// segment size) are recorded in the manifest; set when opening an existing store, they must
@@ -56,6 +58,7 @@ pub struct Options {
     pub(crate) idempotency_appends: usize,
     pub(crate) idempotency_max_ids: usize,
     pub(crate) compaction: CompactionOptions,
+    pub(crate) archive_cache_bytes: u64,
     pub(crate) faults: Option<Arc<FaultPlan>>,
     pub(crate) sim: Option<Arc<SimDisk>>,
 }
@@ -80,6 +83,7 @@ impl Default for Options {
             idempotency_appends: DEFAULT_IDEMPOTENCY_APPENDS,
             idempotency_max_ids: DEFAULT_IDEMPOTENCY_MAX_IDS,
             compaction: CompactionOptions::default(),
+            archive_cache_bytes: DEFAULT_ARCHIVE_CACHE_BYTES,
             faults: None,
             sim: None,
         }
@@ -87,6 +91,20 @@ impl Default for Options {
 }
 
 impl Options {
+    /// Bytes of decompressed archive blocks the store keeps in memory (default 64 MiB; 0:
+    /// none kept, every archive read decompresses what it needs). One cache serves every
+    /// partition and archive, so readers of different archives share it rather than evict
+    /// each other; a block is decompressed once however many readers want it at a time. A
+    /// partition read through an archive holds the blocks it has used until it returns, so
+    /// readers stepping through archives in parallel read best with room here for one
+    /// archive each (compaction's `max_archive_bytes`, 16 MiB by default).
+    /// [`Store::archive_cache_stats`](crate::Store::archive_cache_stats) counts its hits and
+    /// misses.
+    pub fn archive_cache_bytes(mut self, bytes: u64) -> Options {
+        self.archive_cache_bytes = bytes;
+        self
+    }
+
     /// Create the store if the directory holds none (default `false`: opening a path that is
     /// not a store is an error, so a typo never creates an empty store).
     pub fn create_if_missing(mut self, yes: bool) -> Options {
