@@ -168,11 +168,22 @@ fn archived_reads_equal_the_reads_before() {
 /// they gave from the segments.
 #[test]
 fn archived_stream_reads_from_any_version_equal_the_reads_before() {
+    archived_reads_from_any_version(eager(), false);
+}
+
+/// The same with a zstd dictionary trained per archive, each column's frame compressed with it
+/// (archives large enough to train one).
+#[test]
+fn archived_reads_with_a_dictionary_equal_the_reads_before() {
+    archived_reads_from_any_version(eager().max_archive_bytes(4 << 20).dictionary(true), true);
+}
+
+fn archived_reads_from_any_version(c: CompactionOptions, dictionary: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), store_opts(eager())).unwrap();
+    let store = Store::open(dir.path(), store_opts(c.clone())).unwrap();
     load(&store, 40, 100);
     drop(store);
-    let store = Store::open(dir.path(), store_opts(eager())).unwrap();
+    let store = Store::open(dir.path(), store_opts(c)).unwrap();
     let reads = |store: &Store| {
         let mut all = Vec::new();
         for s in 0..40 {
@@ -196,6 +207,12 @@ fn archived_stream_reads_from_any_version_equal_the_reads_before() {
     assert!(storage.iter().map(|p| p.archived_events).sum::<u64>() > 2000, "{storage:?}");
     let problems = store.verify();
     assert!(problems.is_empty(), "{problems:?}");
+    // The header's dict_len (FORMAT.md §14.1).
+    let dict_lens: Vec<u32> = files(dir.path(), "arc")
+        .iter()
+        .map(|p| u32::from_le_bytes(std::fs::read(p).unwrap()[52..56].try_into().unwrap()))
+        .collect();
+    assert_eq!(dict_lens.iter().any(|&n| n > 0), dictionary, "{dict_lens:?}");
 }
 
 /// The position ranges of a partition's archives, and why each was made (read from the files).
