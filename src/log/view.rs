@@ -392,10 +392,15 @@ impl View {
                     }
                     let e = e.get();
                     let one = Wanted { first_version: e.first_version, offset: e.offset, len: 0, count: e.event_count };
-                    // An archive's entry may stand for several batches of its block.
-                    let batches = match self {
-                        View::Archived(a) => archived_batches(seg, a, e)?,
-                        _ => vec![one],
+                    // An archive's entry may stand for several batches of its block (a sealed
+                    // segment's, one: nothing is allocated for it).
+                    let spanned;
+                    let batches: &[Wanted] = match self {
+                        View::Archived(a) => {
+                            spanned = archived_batches(seg, a, e)?;
+                            &spanned
+                        }
+                        _ => std::slice::from_ref(&one),
                     };
                     for w in batches.iter().filter(|w| w.first_version + u64::from(w.count) > from) {
                         if taken >= limit {
