@@ -76,7 +76,8 @@ pub enum Error {
         path: PathBuf,
         /// The version found in the file.
         found: u32,
-        /// The newest version this build reads.
+        /// The newest version of the file's kind this build reads (FORMAT.md §1.1: 2 for
+        /// archives, 1 for the other kinds).
         supported: u32,
     },
     /// The store is already open, in this process or another one.

@@ -41,7 +41,8 @@ const RECORD_FIXED: usize = 56;
 /// Shortest valid batch (FORMAT.md §7.4).
 const MIN_BATCH: u64 = 64;
 
-const FRAME: Frame = Frame { magic: MAGIC, what: "active index", reserved: 24..CRC_OFFSET };
+const FRAME: Frame =
+    Frame { magic: MAGIC, what: "active index", reserved: 24..CRC_OFFSET, newest: super::BASE_VERSION };
 
 /// The journal's file name beside the segment starting at `base`.
 pub(crate) fn file_name(base: u64) -> String {

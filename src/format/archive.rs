@@ -322,7 +322,7 @@ fn corrupt<T>(offset: usize, why: impl Into<String>) -> Result<T, Malformed> {
 }
 
 /// The archive header's frame (every byte of it is a field).
-const FRAME: Frame = Frame { magic: MAGIC, what: "archive", reserved: 60..60 };
+const FRAME: Frame = Frame { magic: MAGIC, what: "archive", reserved: 60..60, newest: ARCHIVE_VERSION };
 
 /// Checks and decodes the header.
 pub(crate) fn decode_header(bytes: &[u8]) -> Result<Header, Malformed> {
@@ -403,7 +403,7 @@ pub(crate) fn decode_ends(head: &[u8], foot: &[u8], len: u64) -> Result<Ends, Ma
     }
     // The footer's version, covered by the footer's CRC, follows the one rule too.
     let footer_version = le_u32(footer, 48).unwrap_or(0);
-    header::check_version(footer_version, "archive footer")
+    header::check_version(footer_version, ARCHIVE_VERSION, "archive footer")
         .map_err(|m| Malformed { offset: (f_at + 48) as u64, ..m })?;
     if footer_version != header.version {
         return corrupt(

@@ -61,7 +61,8 @@ pub(crate) fn file_len(partitions: u32) -> usize {
 }
 
 /// The checkpoint file's header frame.
-const FRAME: Frame = Frame { magic: MAGIC, what: "checkpoint file", reserved: 24..CRC_OFFSET };
+const FRAME: Frame =
+    Frame { magic: MAGIC, what: "checkpoint file", reserved: 24..CRC_OFFSET, newest: super::BASE_VERSION };
 
 /// The header of a file covering `partitions`.
 pub(crate) fn encode_header(partitions: u32, created: u64) -> [u8; HEADER_LEN] {

@@ -78,7 +78,8 @@ pub(crate) enum Record {
 }
 
 /// The dead-letter queue's header frame.
-const FRAME: Frame = Frame { magic: MAGIC, what: "dead-letter queue", reserved: 12..CRC_OFFSET };
+const FRAME: Frame =
+    Frame { magic: MAGIC, what: "dead-letter queue", reserved: 12..CRC_OFFSET, newest: super::BASE_VERSION };
 
 pub(crate) fn encode_header() -> [u8; HEADER_LEN] {
     let mut h = header::begin(MAGIC);

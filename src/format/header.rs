@@ -11,7 +11,10 @@
 //!
 //! The check is the same for every kind: the magic (bytes without it are foreign), then the
 //! CRC (so a damaged version field reads as damage, not as a newer format), then the version
-//! (0 is damage; above [`FORMAT_VERSION`] a newer format), then the kind's reserved bytes.
+//! (0 is damage; above the kind's newest, a newer format), then the kind's reserved bytes. A
+//! kind's newest version is the format version at which its layout last changed (FORMAT.md
+//! §1.1): 2 for archives, 1 for every other kind, so what a kind's decoder accepts is exactly
+//! what some build wrote.
 //! What a reader does with the answer is the kind's policy (FORMAT.md, version policy): a
 //! derived file is rebuilt or replaced, a file of acknowledged data is refused.
 #![deny(clippy::indexing_slicing)]
@@ -35,8 +38,8 @@ pub(crate) const CRC_OFFSET: usize = 60;
 pub(crate) enum Cause {
     /// Not a file of this kind at all (no magic, or too short to hold one).
     Foreign,
-    /// A newer format version than this build reads.
-    Newer(u32),
+    /// A newer format version than this build reads: the one found, and the newest read.
+    Newer(u32, u32),
     /// Damage: a checksum mismatch, an impossible field, a broken sequence.
     Damaged,
 }
@@ -58,8 +61,8 @@ impl Malformed {
         Malformed { offset, cause: Cause::Damaged, what: what.into() }
     }
 
-    pub fn newer(found: u32, what: impl Into<String>) -> Malformed {
-        Malformed { offset: VERSION_OFFSET as u64, cause: Cause::Newer(found), what: what.into() }
+    pub fn newer(found: u32, supported: u32, what: impl Into<String>) -> Malformed {
+        Malformed { offset: VERSION_OFFSET as u64, cause: Cause::Newer(found, supported), what: what.into() }
     }
 
     /// The error, for a file of a format this build may meet in a newer version (segments,
@@ -68,9 +71,7 @@ impl Malformed {
     /// is damage to the store).
     pub fn into_error(self, path: &Path) -> Error {
         match self.cause {
-            Cause::Newer(found) => {
-                Error::UnsupportedVersion { path: path.to_path_buf(), found, supported: FORMAT_VERSION }
-            }
+            Cause::Newer(found, supported) => Error::UnsupportedVersion { path: path.to_path_buf(), found, supported },
             Cause::Foreign | Cause::Damaged => Error::corruption(path, self.offset, self.what),
         }
     }
@@ -96,6 +97,8 @@ pub(crate) struct Frame {
     pub what: &'static str,
     /// Bytes of the header that version 1 writes as zeros.
     pub reserved: Range<usize>,
+    /// The newest version of the kind this build reads (and writes).
+    pub newest: u32,
 }
 
 /// Checks the header at the start of `bytes` by the one rule (module docs); returns it.
@@ -110,7 +113,7 @@ pub(crate) fn check<'a>(bytes: &'a [u8], frame: &Frame) -> Result<&'a [u8], Malf
     if h.get(..CRC_OFFSET).map(crc) != le_u32(h, CRC_OFFSET) {
         return Err(Malformed::damaged(0, format!("{what} header checksum mismatch")));
     }
-    check_version(le_u32(h, VERSION_OFFSET).unwrap_or(0), what)?;
+    check_version(le_u32(h, VERSION_OFFSET).unwrap_or(0), frame.newest, what)?;
     if h.get(frame.reserved.clone()).is_none_or(|r| r.iter().any(|&b| b != 0)) {
         return Err(Malformed::damaged(
             frame.reserved.start as u64,
@@ -120,13 +123,19 @@ pub(crate) fn check<'a>(bytes: &'a [u8], frame: &Frame) -> Result<&'a [u8], Malf
     Ok(h)
 }
 
-/// The version rule: 0 is damage, above [`FORMAT_VERSION`] a newer format.
-pub(crate) fn check_version(version: u32, what: &str) -> Result<(), Malformed> {
+/// The version rule: 0 is damage, above `newest` (the kind's newest, at most
+/// [`FORMAT_VERSION`]) a newer format.
+pub(crate) fn check_version(version: u32, newest: u32, what: &str) -> Result<(), Malformed> {
+    debug_assert!(newest <= FORMAT_VERSION);
     if version == 0 {
         return Err(Malformed::damaged(VERSION_OFFSET as u64, format!("{what} format version 0")));
     }
-    if version > FORMAT_VERSION {
-        return Err(Malformed::newer(version, format!("{what} format version {version} is newer than this build's")));
+    if version > newest {
+        return Err(Malformed::newer(
+            version,
+            newest,
+            format!("{what} format version {version} is newer than this build reads ({newest})"),
+        ));
     }
     Ok(())
 }

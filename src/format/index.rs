@@ -129,7 +129,7 @@ pub(crate) fn encode(header: &Header, streams: &[StreamEntry], positions: &[Posi
 }
 
 /// The index header's frame (every byte of it is a field).
-const FRAME: Frame = Frame { magic: MAGIC, what: "index", reserved: 60..60 };
+const FRAME: Frame = Frame { magic: MAGIC, what: "index", reserved: 60..60, newest: super::BASE_VERSION };
 
 /// Checks and decodes the 64-byte header at the start of `bytes` (magic, CRC, version).
 pub(crate) fn decode_header(bytes: &[u8]) -> Result<Header, Malformed> {

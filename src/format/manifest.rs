@@ -113,7 +113,7 @@ impl Manifest {
         if bytes.get(..body).map(crc) != le_u32(bytes, body) {
             return Err(Malformed::damaged(body as u64, "manifest checksum mismatch"));
         }
-        header::check_version(le_u32(bytes, 8).unwrap_or(0), "manifest")?;
+        header::check_version(le_u32(bytes, 8).unwrap_or(0), BASE_VERSION, "manifest")?;
         let m = Manifest {
             partition_count: le_u32(bytes, 16).unwrap_or(0),
             hash_id: le_u32(bytes, 20).unwrap_or(0),

@@ -25,12 +25,14 @@ pub(crate) mod snapshot;
 pub(crate) mod stream_meta;
 pub(crate) mod tombstone;
 
-/// The newest format version this build reads, one number for every file kind (FORMAT.md
-/// §1.1). Version 2 changed archives only (their blocks and stream entries): every other kind
-/// reads the same at 1 and 2 and is still written at 1, so that builds of version 1 read it.
+/// The format version of this build, one number for every file kind (FORMAT.md §1.1).
+/// Version 2 changed archives only (their blocks and stream entries), so every other kind is
+/// still at version 1: written at 1, and a header saying 2 is from a newer build. Builds of
+/// version 1 read everything this one writes but archives.
 pub const FORMAT_VERSION: u32 = 2;
 
-/// The version written for every file kind but archives (`archive::ARCHIVE_VERSION`).
+/// The newest version of every file kind but archives (`archive::ARCHIVE_VERSION`): the one
+/// they are written and read at.
 pub(crate) const BASE_VERSION: u32 = 1;
 
 /// Reads a little-endian `u16` at `off`, or `None` past the end.

@@ -19,7 +19,8 @@ use super::{le_u32, le_u64, put_u32, put_u64};
 
 pub(crate) const MAGIC: &[u8; 8] = b"STRATPSN";
 pub(crate) const FILE_NAME: &str = "POISON";
-const FRAME: Frame = Frame { magic: MAGIC, what: "poison marker", reserved: 32..CRC_OFFSET };
+const FRAME: Frame =
+    Frame { magic: MAGIC, what: "poison marker", reserved: 32..CRC_OFFSET, newest: super::BASE_VERSION };
 
 /// A decoded poison marker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

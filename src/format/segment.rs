@@ -32,7 +32,7 @@ pub(crate) fn file_name(base: u64) -> String {
 }
 
 /// The segment header's frame.
-const FRAME: Frame = Frame { magic: MAGIC, what: "segment", reserved: 32..CRC_OFFSET };
+const FRAME: Frame = Frame { magic: MAGIC, what: "segment", reserved: 32..CRC_OFFSET, newest: super::BASE_VERSION };
 
 /// Encodes a segment header.
 pub(crate) fn encode_header(partition: u32, base_position: u64, created: u64) -> [u8; HEADER_LEN] {

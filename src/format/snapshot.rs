@@ -70,7 +70,8 @@ pub(crate) struct Header {
 }
 
 /// The sidecar header's frame.
-const FRAME: Frame = Frame { magic: MAGIC, what: "snapshot sidecar", reserved: 32..CRC_OFFSET };
+const FRAME: Frame =
+    Frame { magic: MAGIC, what: "snapshot sidecar", reserved: 32..CRC_OFFSET, newest: super::BASE_VERSION };
 
 pub(crate) fn encode_header(h: &Header) -> [u8; HEADER_LEN] {
     let mut b = header::begin(MAGIC);

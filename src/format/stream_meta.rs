@@ -74,7 +74,8 @@ impl MetaRecord {
 }
 
 /// The file's header frame.
-const FRAME: Frame = Frame { magic: MAGIC, what: "stream metadata file", reserved: 16..CRC_OFFSET };
+const FRAME: Frame =
+    Frame { magic: MAGIC, what: "stream metadata file", reserved: 16..CRC_OFFSET, newest: super::BASE_VERSION };
 
 pub(crate) fn encode_header(partition: u32) -> [u8; HEADER_LEN] {
     let mut h = header::begin(MAGIC);
