@@ -242,8 +242,10 @@ impl<'a> Cursor<'a> {
 }
 
 /// Puts back the batches of a block in layout 2 (`bytes`: the block decompressed, the layout
-/// byte first), which must come to exactly `data_len` bytes. Never allocates or writes more
-/// than `data_len` bytes of batches; whatever does not fit the layout is an error, described.
+/// byte first), which must come to exactly `data_len` bytes. Never writes more than
+/// `data_len` bytes of batches, nor reserves room for more than it has read (a count in the
+/// bytes reserves at most a small fixed amount); whatever does not fit the layout is an
+/// error, described.
 pub(crate) fn join(bytes: &[u8], data_len: usize) -> Result<Vec<u8>, String> {
     let mut head = Cursor { bytes, what: "head" };
     let layout = head.byte()?;
@@ -252,7 +254,7 @@ pub(crate) fn join(bytes: &[u8], data_len: usize) -> Result<Vec<u8>, String> {
     }
     let count = head.bounded((data_len / MIN_BATCH) as u64, "batch count")?;
     let type_count = head.bounded(head.bytes.len() as u64, "event type count")?;
-    let mut types = Vec::with_capacity(type_count as usize);
+    let mut types = Vec::with_capacity((type_count as usize).min(1024));
     for _ in 0..type_count {
         let len = head.bounded(MAX_EVENT_TYPE_LEN as u64, "event type length")?;
         types.push(head.take(len as usize)?);

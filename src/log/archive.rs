@@ -153,7 +153,8 @@ impl Archive {
         self.section(&self.ends.layout.blocks)
     }
 
-    /// One entry per batch of each stream, in the archive's (stream) order.
+    /// One entry per span of each stream's batches in a block (version 1: per batch), in the
+    /// archive's (stream) order (FORMAT.md §14.3).
     pub fn streams(&self) -> Result<&[StreamEntry]> {
         self.section(&self.ends.layout.streams)
     }

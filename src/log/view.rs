@@ -192,7 +192,7 @@ impl View {
                 let entries = self.find_stream(seg, a.streams()?, None, stream, hash)?;
                 Ok(entries.last().map(|e| {
                     let e = e.get();
-                    e.first_version + u64::from(e.event_count) - 1
+                    e.first_version.saturating_add(u64::from(e.event_count)).saturating_sub(1)
                 }))
             }
         }
@@ -220,12 +220,12 @@ impl View {
                 let entries = self.find_stream(seg, a.streams()?, None, stream, hash)?;
                 let Some(first) = entries.first() else { return Ok(None) };
                 let batches = archived_batches(seg, a, first.get())?;
-                return Ok(batches.first().map(|w| w.first_version + u64::from(w.count)));
+                return Ok(batches.first().map(|w| w.first_version.saturating_add(u64::from(w.count))));
             }
         };
         Ok(entries.first().map(|e| {
             let e = e.get();
-            e.first_version + u64::from(e.event_count)
+            e.first_version.saturating_add(u64::from(e.event_count))
         }))
     }
 
@@ -318,8 +318,9 @@ impl View {
     /// `skip..skip + take` are the ones wanted, until `limit` events are taken or `f` breaks.
     /// Returns how many were taken, and whether `f` broke.
     ///
-    /// Nothing is allocated: a sealed segment's or an archive's index entries are read in
-    /// place; the open segment's are copied out of its in-memory index a few at a time (its
+    /// Nothing is allocated for a sealed segment: its index entries are read in place (an
+    /// archive's entry is expanded into the batches of its span, a small `Vec` per entry);
+    /// the open segment's are copied out of its in-memory index a few at a time (its
     /// lock is not held while `f` runs: `f` may be user code, and the writer takes that lock).
     #[allow(clippy::too_many_arguments)]
     pub fn visit_stream(
@@ -384,7 +385,7 @@ impl View {
                 };
                 let start = all.partition_point(|e| {
                     let e = e.get();
-                    e.first_version + u64::from(e.event_count) <= from
+                    e.first_version.saturating_add(u64::from(e.event_count)) <= from
                 });
                 for e in all.get(start..).unwrap_or(&[]) {
                     if taken >= limit {
@@ -402,7 +403,7 @@ impl View {
                         }
                         _ => std::slice::from_ref(&one),
                     };
-                    for w in batches.iter().filter(|w| w.first_version + u64::from(w.count) > from) {
+                    for w in batches.iter().filter(|w| w.first_version.saturating_add(u64::from(w.count)) > from) {
                         if taken >= limit {
                             break;
                         }
