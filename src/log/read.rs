@@ -43,31 +43,24 @@ impl Partition {
         if !seg.is_archive() || !matches!(err, Error::Corruption { .. } | Error::UnsupportedVersion { .. }) {
             return Err(err);
         }
-        // Another unreadable file on either side: not known, the read fails.
-        let mut before = None;
-        for (seg, end) in snap.get(..k).unwrap_or(&[]).iter().rev() {
-            let Ok(view) = self.view(seg, *end) else { return Err(err) };
-            match view.last_version(seg, stream, hash, *end) {
-                Ok(Some(v)) => {
-                    before = Some(v);
-                    break;
+        // The stream's nearest version found walking `segs`; `Err` if a file on the way is
+        // unreadable (then nothing is known, and the read fails).
+        let nearest = |segs: &mut dyn Iterator<Item = &(Arc<Segment>, u64)>, last: bool| -> Option<Option<u64>> {
+            for (seg, end) in segs {
+                let view = self.view(seg, *end).ok()?;
+                let found = if last {
+                    view.last_version(seg, stream, hash, *end)
+                } else {
+                    view.first_version(seg, stream, hash, *end)
+                };
+                if let Some(v) = found.ok()? {
+                    return Some(Some(v));
                 }
-                Ok(None) => {}
-                Err(_) => return Err(err),
             }
-        }
-        let mut after = None;
-        for (seg, end) in snap.get(k + 1..).unwrap_or(&[]) {
-            let Ok(view) = self.view(seg, *end) else { return Err(err) };
-            match view.first_version(seg, stream, hash, *end) {
-                Ok(Some(v)) => {
-                    after = Some(v);
-                    break;
-                }
-                Ok(None) => {}
-                Err(_) => return Err(err),
-            }
-        }
+            Some(None)
+        };
+        let Some(before) = nearest(&mut snap.get(..k).unwrap_or(&[]).iter().rev(), true) else { return Err(err) };
+        let Some(after) = nearest(&mut snap.get(k + 1..).unwrap_or(&[]).iter(), false) else { return Err(err) };
         match (before, after) {
             (Some(b), Some(a)) if b.checked_add(1) == Some(a) => Ok(None),
             (None, Some(0)) => Ok(None),
