@@ -198,8 +198,12 @@ fn the_cache_never_serves_a_view_older_than_one_handled() {
         assert!(engine.wait_caught_up("versions", Duration::from_secs(30)).unwrap());
         done.store(true, Ordering::Release);
     });
-    for k in &keys {
-        assert_eq!(cache.get_or_load(k, |k| model.model.read().unwrap()[k]), 74, "{k}");
+    // Twice each: the second read of a key nothing invalidates any more is a hit, however
+    // the readers above raced the invalidations (on a loaded machine they may never hit).
+    for _ in 0..2 {
+        for k in &keys {
+            assert_eq!(cache.get_or_load(k, |k| model.model.read().unwrap()[k]), 74, "{k}");
+        }
     }
     let stats: CacheStats = cache.stats();
     assert!(stats.hits > 0 && stats.misses > 0 && checked.load(Ordering::Relaxed) > 0, "{stats:?}");
