@@ -296,6 +296,39 @@ pub enum Error {
     /// The store has been closed.
     #[error("the store is closed")]
     Closed,
+    /// The store's backend cannot do this: compaction, growing the partition count,
+    /// deletion and stream metadata are the embedded store's (a JetStream store refuses them).
+    #[error("{operation} is not supported by the {backend} backend")]
+    Unsupported {
+        /// What was asked.
+        operation: &'static str,
+        /// The backend that refused it.
+        backend: &'static str,
+    },
+    /// No server of the cluster could be reached at connect.
+    #[error("no server could be reached ({servers}): {cause}")]
+    Unreachable {
+        /// The servers tried.
+        servers: String,
+        /// The last failure.
+        cause: String,
+    },
+    /// The server, or the store's streams on it, lack something the backend relies on (too
+    /// old a server, JetStream off, a stream setting that was not echoed back): refused at
+    /// connect rather than lose atomicity or events later.
+    #[error("{server}: {reason}")]
+    IncompatibleServer {
+        /// The server's version, or the stream concerned.
+        server: String,
+        /// What is missing.
+        reason: String,
+    },
+    /// A request to the cluster failed, after the retries its options allow.
+    #[error("the cluster did not serve the request: {cause}")]
+    Remote {
+        /// What failed, and how.
+        cause: String,
+    },
 }
 
 /// What kind of error an [`Error`] is: a stable, fieldless name to branch on (and to count
@@ -377,6 +410,14 @@ pub enum ErrorKind {
     NoSuchProjection,
     /// [`Error::Closed`].
     Closed,
+    /// [`Error::Unsupported`].
+    Unsupported,
+    /// [`Error::Unreachable`].
+    Unreachable,
+    /// [`Error::IncompatibleServer`].
+    IncompatibleServer,
+    /// [`Error::Remote`].
+    Remote,
 }
 
 impl ErrorKind {
@@ -416,6 +457,10 @@ impl ErrorKind {
             ErrorKind::ProjectionStopped => "projection_stopped",
             ErrorKind::NoSuchProjection => "no_such_projection",
             ErrorKind::Closed => "closed",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::IncompatibleServer => "incompatible_server",
+            ErrorKind::Remote => "remote",
         }
     }
 
@@ -484,6 +529,10 @@ impl Error {
             Error::ProjectionStopped { .. } => ErrorKind::ProjectionStopped,
             Error::NoSuchProjection { .. } => ErrorKind::NoSuchProjection,
             Error::Closed => ErrorKind::Closed,
+            Error::Unsupported { .. } => ErrorKind::Unsupported,
+            Error::Unreachable { .. } => ErrorKind::Unreachable,
+            Error::IncompatibleServer { .. } => ErrorKind::IncompatibleServer,
+            Error::Remote { .. } => ErrorKind::Remote,
         }
     }
 

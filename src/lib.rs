@@ -139,6 +139,8 @@ pub use log::writer::Durability;
 pub use metrics::Metrics;
 pub use projection::{Projection, ProjectionEngine};
 pub use report::RecoveryAction;
+#[cfg(feature = "jetstream")]
+pub use store::JetStreamOptions;
 pub use store::{AppendFuture, Options, Store};
 pub use subscription::{Cursor, Filter, Subscription};
 

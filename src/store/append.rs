@@ -14,9 +14,9 @@ use crate::log::reply::{Replies, ReplyTo};
 use crate::log::{AppendRequest, BatchBytes, Queued, Reply, StreamName};
 use crate::router::{self, stream_hash};
 
-use super::Store;
+use super::{Local, Store};
 
-impl Store {
+impl Local {
     /// An append request for the writers: the events encoded and checked against the limits.
     fn request(&self, stream: &str, expected: ExpectedVersion, events: &[EventData]) -> Result<(AppendRequest, Reply)> {
         let batch = batch::encode(stream, events, self.shared.limits)?;
@@ -36,41 +36,7 @@ impl Store {
         Ok(rx)
     }
 
-    /// Appends `events` to `stream` atomically (all or none), if the stream's version
-    /// satisfies `expected`; returns once the events are durable under the configured
-    /// [`Durability`](crate::Durability).
-    ///
-    /// Errors: [`Error::WrongExpectedVersion`] (nothing written), [`Error::InvalidStreamId`],
-    /// [`Error::EventTooLarge`], [`Error::AppendTooLarge`], [`Error::EmptyAppend`],
-    /// [`Error::StorageFull`], [`Error::Poisoned`] after a failed fsync.
-    ///
-    /// The validation and concurrency errors mean nothing was written. After an I/O error
-    /// ([`Error::Io`], [`Error::StorageFull`], [`Error::Poisoned`]), or a crash before the
-    /// answer came, the outcome is unknown in general (the bytes may or may not be on disk).
-    ///
-    /// **Retries.** Give every event an id ([`EventData::with_id`]) and a retry is idempotent:
-    /// if the append was committed, the retry returns its [`AppendResult`] with `duplicate` set
-    /// and writes nothing, whatever its expected version; if not, it is appended. This holds
-    /// across restarts, within [`Options::idempotency_window`](crate::Options::idempotency_window)
-    /// (by default the partition's last 10,000 appends). A retry that repeats only some of the
-    /// ids is [`Error::IdempotencyConflict`]. Without ids, or outside the window, retry with an
-    /// `Exact` expected version, never with `Any`, so a retry cannot append twice.
-    ///
-    /// ```
-    /// # use strata::{EventData, EventId, ExpectedVersion, Options, Store};
-    /// # let dir = tempfile::tempdir()?;
-    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
-    /// let command = EventId::from_u128(0x5eed);
-    /// let events = [EventData::new("Deposited", "10").with_id(EventId::derive(command, "account-1", 0))];
-    /// let first = store.append("account-1", ExpectedVersion::NoStream, &events)?;
-    /// // The answer was lost; the client retries with the same ids.
-    /// let retry = store.append("account-1", ExpectedVersion::NoStream, &events)?;
-    /// assert!(retry.duplicate && !first.duplicate);
-    /// assert_eq!(retry.first_position, first.first_position);
-    /// assert_eq!(store.stream_version("account-1")?, Some(0));
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn append(&self, stream: &str, expected: ExpectedVersion, events: &[EventData]) -> Result<AppendResult> {
+    pub(crate) fn append(&self, stream: &str, expected: ExpectedVersion, events: &[EventData]) -> Result<AppendResult> {
         let started = std::time::Instant::now();
         let rx = self.submit(stream, expected, events)?;
         let r = rx.recv().map_err(|_| Error::Closed)?;
@@ -80,31 +46,7 @@ impl Store {
         r
     }
 
-    /// Submits several appends at once, each to its own stream with its own expected version,
-    /// and returns one future per append, in order. Appends bound for the same partition
-    /// reach its writer together, so they share one group commit (one write, one
-    /// `fdatasync`): committing the events of a thousand aggregates this way costs one sync per
-    /// partition, where a thousand [`Store::append_async`] calls may each wake a writer.
-    ///
-    /// Each append is atomic and checked on its own, exactly as [`Store::append`]: some may
-    /// fail (say, a wrong expected version) while others succeed. The set is not a transaction.
-    /// The events of each may be borrowed (`&[EventData]`) or owned (`Vec<EventData>`, an
-    /// array).
-    ///
-    /// ```
-    /// # use strata::{EventData, ExpectedVersion, Options, Store};
-    /// # let dir = tempfile::tempdir()?;
-    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
-    /// let pending = store.append_many((0..100).map(|i| {
-    ///     let deposit = EventData::new("Deposited", format!("{{\"amount\":{i}}}"));
-    ///     (format!("account-{i}"), ExpectedVersion::NoStream, vec![deposit])
-    /// }));
-    /// for p in pending {
-    ///     assert_eq!(p.wait()?.first_version, 0);
-    /// }
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn append_many<S: AsRef<str>, E: AsRef<[EventData]>>(
+    pub(crate) fn append_many<S: AsRef<str>, E: AsRef<[EventData]>>(
         &self,
         appends: impl IntoIterator<Item = (S, ExpectedVersion, E)>,
     ) -> Vec<AppendFuture> {
@@ -207,39 +149,7 @@ impl Store {
         futures
     }
 
-    /// Appends to several streams of one partition as one atomic unit: every append is written,
-    /// or none is. Each has its own expected version; one that does not match fails the whole
-    /// call with its [`Error::WrongExpectedVersion`] (naming its stream), and nothing is
-    /// written. On success the results come back in order, and the events lie in one
-    /// contiguous run of positions, so projections and partition reads see them together.
-    ///
-    /// The streams must live in one partition: give their ids a shared co-location key,
-    /// `{key}rest` (`{order-17}/payments`, `{order-17}/shipping`): streams with the same key
-    /// share a partition at every partition count, grows included. Streams of different
-    /// partitions, or one stream named twice, are refused with [`Error::NotColocated`], never
-    /// split. The whole unit is limited like one append (`Options::max_append_bytes`).
-    /// Recovery keeps a unit whole or drops it whole (FORMAT.md §7.6). If every event of every
-    /// part carries an id, a retry of a committed unit returns its results, each marked
-    /// `duplicate`; a unit that repeats only some parts is [`Error::IdempotencyConflict`].
-    ///
-    /// ```
-    /// # use strata::{EventData, ExpectedVersion, Options, Store};
-    /// # let dir = tempfile::tempdir()?;
-    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
-    /// let done = store.append_atomic([
-    ///     ("{order-17}/payments", ExpectedVersion::NoStream, vec![EventData::new("Paid", "42")]),
-    ///     ("{order-17}/shipping", ExpectedVersion::NoStream, vec![EventData::new("Requested", "{}")]),
-    /// ])?;
-    /// assert_eq!(done[1].first_position, done[0].first_position + 1);
-    /// let clash = store.append_atomic([
-    ///     ("{order-17}/payments", ExpectedVersion::Exact(0), vec![EventData::new("Refunded", "42")]),
-    ///     ("{order-17}/shipping", ExpectedVersion::NoStream, vec![EventData::new("Requested", "{}")]),
-    /// ]);
-    /// assert!(clash.is_err());
-    /// assert_eq!(store.stream_version("{order-17}/payments")?, Some(0));
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn append_atomic<S: AsRef<str>, E: AsRef<[EventData]>>(
+    pub(crate) fn append_atomic<S: AsRef<str>, E: AsRef<[EventData]>>(
         &self,
         appends: impl IntoIterator<Item = (S, ExpectedVersion, E)>,
     ) -> Result<Vec<AppendResult>> {
@@ -301,21 +211,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Like [`Store::append`], without blocking: the returned future completes when the append
-    /// is durable. It works with any executor (strata depends on none). The append is submitted
-    /// when this is called: dropping the future does not cancel it.
-    ///
-    /// ```
-    /// # use strata::{EventData, ExpectedVersion, Options, Store};
-    /// # let dir = tempfile::tempdir()?;
-    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
-    /// let pending = store.append_async("cart-9", ExpectedVersion::Any, &[EventData::new("Added", b"x".to_vec())]);
-    /// // ... in async code: `pending.await?`; here, block on it:
-    /// let r = pending.wait()?;
-    /// assert_eq!(r.first_version, 0);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn append_async(&self, stream: &str, expected: ExpectedVersion, events: &[EventData]) -> AppendFuture {
+    pub(crate) fn append_async(&self, stream: &str, expected: ExpectedVersion, events: &[EventData]) -> AppendFuture {
         match self.submit(stream, expected, events) {
             Ok(rx) => AppendFuture { state: FutureState::Waiting(rx) },
             Err(e) => AppendFuture { state: FutureState::Failed(Some(e)) },
@@ -344,6 +240,19 @@ impl std::fmt::Debug for AppendFuture {
 }
 
 impl AppendFuture {
+    /// A future that is already answered.
+    #[cfg(feature = "jetstream")]
+    pub(crate) fn ready(r: Result<AppendResult>) -> AppendFuture {
+        match r {
+            Ok(r) => {
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(Ok(r));
+                AppendFuture { state: FutureState::Waiting(rx) }
+            }
+            Err(e) => AppendFuture { state: FutureState::Failed(Some(e)) },
+        }
+    }
+
     /// Blocks the current thread until the append completes.
     pub fn wait(self) -> Result<AppendResult> {
         match self.state {
@@ -381,4 +290,132 @@ fn ids_of(events: &[EventData]) -> Option<Box<[EventId]>> {
         return None;
     }
     events.iter().map(|e| e.id).collect()
+}
+
+impl Store {
+    /// Appends `events` to `stream` atomically (all or none), if the stream's version
+    /// satisfies `expected`; returns once the events are durable under the configured
+    /// [`Durability`](crate::Durability).
+    ///
+    /// Errors: [`Error::WrongExpectedVersion`] (nothing written), [`Error::InvalidStreamId`],
+    /// [`Error::EventTooLarge`], [`Error::AppendTooLarge`], [`Error::EmptyAppend`],
+    /// [`Error::StorageFull`], [`Error::Poisoned`] after a failed fsync.
+    ///
+    /// The validation and concurrency errors mean nothing was written. After an I/O error
+    /// ([`Error::Io`], [`Error::StorageFull`], [`Error::Poisoned`]), or a crash before the
+    /// answer came, the outcome is unknown in general (the bytes may or may not be on disk).
+    ///
+    /// **Retries.** Give every event an id ([`EventData::with_id`]) and a retry is idempotent:
+    /// if the append was committed, the retry returns its [`AppendResult`] with `duplicate` set
+    /// and writes nothing, whatever its expected version; if not, it is appended. This holds
+    /// across restarts, within [`Options::idempotency_window`](crate::Options::idempotency_window)
+    /// (by default the partition's last 10,000 appends). A retry that repeats only some of the
+    /// ids is [`Error::IdempotencyConflict`]. Without ids, or outside the window, retry with an
+    /// `Exact` expected version, never with `Any`, so a retry cannot append twice.
+    ///
+    /// ```
+    /// # use strata::{EventData, EventId, ExpectedVersion, Options, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+    /// let command = EventId::from_u128(0x5eed);
+    /// let events = [EventData::new("Deposited", "10").with_id(EventId::derive(command, "account-1", 0))];
+    /// let first = store.append("account-1", ExpectedVersion::NoStream, &events)?;
+    /// // The answer was lost; the client retries with the same ids.
+    /// let retry = store.append("account-1", ExpectedVersion::NoStream, &events)?;
+    /// assert!(retry.duplicate && !first.duplicate);
+    /// assert_eq!(retry.first_position, first.first_position);
+    /// assert_eq!(store.stream_version("account-1")?, Some(0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn append(&self, stream: &str, expected: ExpectedVersion, events: &[EventData]) -> Result<AppendResult> {
+        dispatch!(self, append(stream, expected, events))
+    }
+
+    /// Submits several appends at once, each to its own stream with its own expected version,
+    /// and returns one future per append, in order. Appends bound for the same partition
+    /// reach its writer together, so they share one group commit (one write, one
+    /// `fdatasync`): committing the events of a thousand aggregates this way costs one sync per
+    /// partition, where a thousand [`Store::append_async`] calls may each wake a writer.
+    ///
+    /// Each append is atomic and checked on its own, exactly as [`Store::append`]: some may
+    /// fail (say, a wrong expected version) while others succeed. The set is not a transaction.
+    /// The events of each may be borrowed (`&[EventData]`) or owned (`Vec<EventData>`, an
+    /// array).
+    ///
+    /// ```
+    /// # use strata::{EventData, ExpectedVersion, Options, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+    /// let pending = store.append_many((0..100).map(|i| {
+    ///     let deposit = EventData::new("Deposited", format!("{{\"amount\":{i}}}"));
+    ///     (format!("account-{i}"), ExpectedVersion::NoStream, vec![deposit])
+    /// }));
+    /// for p in pending {
+    ///     assert_eq!(p.wait()?.first_version, 0);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn append_many<S: AsRef<str>, E: AsRef<[EventData]>>(
+        &self,
+        appends: impl IntoIterator<Item = (S, ExpectedVersion, E)>,
+    ) -> Vec<AppendFuture> {
+        dispatch!(self, append_many(appends))
+    }
+
+    /// Appends to several streams of one partition as one atomic unit: every append is written,
+    /// or none is. Each has its own expected version; one that does not match fails the whole
+    /// call with its [`Error::WrongExpectedVersion`] (naming its stream), and nothing is
+    /// written. On success the results come back in order, and the events lie in one
+    /// contiguous run of positions, so projections and partition reads see them together.
+    ///
+    /// The streams must live in one partition: give their ids a shared co-location key,
+    /// `{key}rest` (`{order-17}/payments`, `{order-17}/shipping`): streams with the same key
+    /// share a partition at every partition count, grows included. Streams of different
+    /// partitions, or one stream named twice, are refused with [`Error::NotColocated`], never
+    /// split. The whole unit is limited like one append (`Options::max_append_bytes`).
+    /// Recovery keeps a unit whole or drops it whole (FORMAT.md §7.6). If every event of every
+    /// part carries an id, a retry of a committed unit returns its results, each marked
+    /// `duplicate`; a unit that repeats only some parts is [`Error::IdempotencyConflict`].
+    ///
+    /// ```
+    /// # use strata::{EventData, ExpectedVersion, Options, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+    /// let done = store.append_atomic([
+    ///     ("{order-17}/payments", ExpectedVersion::NoStream, vec![EventData::new("Paid", "42")]),
+    ///     ("{order-17}/shipping", ExpectedVersion::NoStream, vec![EventData::new("Requested", "{}")]),
+    /// ])?;
+    /// assert_eq!(done[1].first_position, done[0].first_position + 1);
+    /// let clash = store.append_atomic([
+    ///     ("{order-17}/payments", ExpectedVersion::Exact(0), vec![EventData::new("Refunded", "42")]),
+    ///     ("{order-17}/shipping", ExpectedVersion::NoStream, vec![EventData::new("Requested", "{}")]),
+    /// ]);
+    /// assert!(clash.is_err());
+    /// assert_eq!(store.stream_version("{order-17}/payments")?, Some(0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn append_atomic<S: AsRef<str>, E: AsRef<[EventData]>>(
+        &self,
+        appends: impl IntoIterator<Item = (S, ExpectedVersion, E)>,
+    ) -> Result<Vec<AppendResult>> {
+        dispatch!(self, append_atomic(appends))
+    }
+
+    /// Like [`Store::append`], without blocking: the returned future completes when the append
+    /// is durable. It works with any executor (strata depends on none). The append is submitted
+    /// when this is called: dropping the future does not cancel it.
+    ///
+    /// ```
+    /// # use strata::{EventData, ExpectedVersion, Options, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+    /// let pending = store.append_async("cart-9", ExpectedVersion::Any, &[EventData::new("Added", b"x".to_vec())]);
+    /// // ... in async code: `pending.await?`; here, block on it:
+    /// let r = pending.wait()?;
+    /// assert_eq!(r.first_version, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn append_async(&self, stream: &str, expected: ExpectedVersion, events: &[EventData]) -> AppendFuture {
+        dispatch!(self, append_async(stream, expected, events))
+    }
 }

@@ -58,7 +58,7 @@ use crate::format::manifest::{self, Epoch};
 use crate::log::{AppendRequest, Partition, Queued, Reply, dir_name, partition};
 use crate::router::{jump_consistent_hash, route_hash, stream_hash};
 
-use super::Store;
+use super::{Local, Store};
 
 /// What a grow did (see [`Store::grow_partitions`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -96,41 +96,8 @@ const CHUNK: usize = 8192;
 /// Bytes of copies queued before waiting for them to be committed.
 const CHUNK_BYTES: usize = 64 << 20;
 
-impl Store {
-    /// Grows the store to `new_count` partitions, online: appends, reads and projections go
-    /// on throughout, except for a short cutover while the last copies are made. Only the
-    /// streams whose partition changes under jump consistent hash move (about
-    /// `1 - old/new` of them); each keeps its stream versions, and its history stays readable
-    /// at its old positions in partition reads. Expected-version checks hold across the
-    /// cutover: no append is lost or applied twice.
-    ///
-    /// Projections run by a [`ProjectionEngine`](crate::ProjectionEngine) see each event once:
-    /// a moved stream's copied history is never delivered again, and a new partition's own
-    /// events are held back until the projection has passed every old partition's cutover
-    /// point, so each stream's events arrive in order.
-    ///
-    /// A crash during a grow leaves a store that opens in the old layout (with the grow to be
-    /// resumed by calling this again with the same count) or in the new one. Growing to the
-    /// current count does nothing. Errors: [`Error::InvalidOptions`] to shrink, past 65,536
-    /// partitions, or with another grow interrupted; I/O errors (the grow can be resumed).
-    ///
-    /// Snapshots of moved streams stay in their old partition's sidecar: the first loads of a
-    /// moved aggregate replay its events, and new snapshots are taken in the new partition.
-    ///
-    /// ```
-    /// # use strata::{EventData, ExpectedVersion, Options, Store};
-    /// # let dir = tempfile::tempdir()?;
-    /// let store = Store::open(dir.path(), Options::default().create_if_missing(true).partitions(2))?;
-    /// for i in 0..20 {
-    ///     store.append(&format!("order-{i}"), ExpectedVersion::NoStream, &[EventData::new("Placed", b"{}".to_vec())])?;
-    /// }
-    /// let report = store.grow_partitions(4)?;
-    /// assert_eq!((store.partition_count(), report.epoch), (4, 1));
-    /// // Every stream reads as before, wherever it lives now.
-    /// assert_eq!(store.read_stream("order-7", 0, 10)?.len(), 1);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn grow_partitions(&self, new_count: u32) -> Result<GrowReport> {
+impl Local {
+    pub(crate) fn grow_partitions(&self, new_count: u32) -> Result<GrowReport> {
         let _one = self.growing.lock();
         self.check_open()?;
         // After a commit whose directory sync failed twice, only a reopen knows the layout.
@@ -451,4 +418,43 @@ fn barrier(senders: &[Sender<Queued>], ids: std::ops::Range<u32>) -> Result<()> 
         rx.recv().map_err(|_| Error::Closed)??;
     }
     Ok(())
+}
+
+impl Store {
+    /// Grows the store to `new_count` partitions, online: appends, reads and projections go
+    /// on throughout, except for a short cutover while the last copies are made. Only the
+    /// streams whose partition changes under jump consistent hash move (about
+    /// `1 - old/new` of them); each keeps its stream versions, and its history stays readable
+    /// at its old positions in partition reads. Expected-version checks hold across the
+    /// cutover: no append is lost or applied twice.
+    ///
+    /// Projections run by a [`ProjectionEngine`](crate::ProjectionEngine) see each event once:
+    /// a moved stream's copied history is never delivered again, and a new partition's own
+    /// events are held back until the projection has passed every old partition's cutover
+    /// point, so each stream's events arrive in order.
+    ///
+    /// A crash during a grow leaves a store that opens in the old layout (with the grow to be
+    /// resumed by calling this again with the same count) or in the new one. Growing to the
+    /// current count does nothing. Errors: [`Error::InvalidOptions`] to shrink, past 65,536
+    /// partitions, or with another grow interrupted; I/O errors (the grow can be resumed).
+    ///
+    /// Snapshots of moved streams stay in their old partition's sidecar: the first loads of a
+    /// moved aggregate replay its events, and new snapshots are taken in the new partition.
+    ///
+    /// ```
+    /// # use strata::{EventData, ExpectedVersion, Options, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = Store::open(dir.path(), Options::default().create_if_missing(true).partitions(2))?;
+    /// for i in 0..20 {
+    ///     store.append(&format!("order-{i}"), ExpectedVersion::NoStream, &[EventData::new("Placed", b"{}".to_vec())])?;
+    /// }
+    /// let report = store.grow_partitions(4)?;
+    /// assert_eq!((store.partition_count(), report.epoch), (4, 1));
+    /// // Every stream reads as before, wherever it lives now.
+    /// assert_eq!(store.read_stream("order-7", 0, 10)?.len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn grow_partitions(&self, new_count: u32) -> Result<GrowReport> {
+        self.local("growing the partition count")?.grow_partitions(new_count)
+    }
 }

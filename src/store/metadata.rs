@@ -14,32 +14,10 @@ use crate::format::stream_meta::{MAX_CUSTOM, MetaRecord};
 use crate::log::stream_meta::Visible;
 use crate::router;
 
-use super::Store;
+use super::{Local, Store};
 
-impl Store {
-    /// Sets the retention rules and custom metadata of `stream`, if its metadata version
-    /// satisfies `expected` (`NoStream`: it has none yet; `Exact(v)`: it is at version `v`;
-    /// `Any`), durably before this returns. Returns the new record; its `version` is what the
-    /// next change expects. The stream need not have events. From the moment this returns,
-    /// every read of the stream shows only what the rules keep (see [`StreamMetadata`]); a
-    /// soft delete is kept, and so is what it hid (the new `truncate_before` is at least the
-    /// delete's). `max_count: Some(0)` is refused ([`Error::InvalidMetadata`], as are custom
-    /// bytes over the limit).
-    ///
-    /// ```
-    /// use strata::{EventData, ExpectedVersion, Options, Store, StreamMetadata};
-    /// # let dir = tempfile::tempdir()?;
-    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
-    /// let ticks: Vec<_> = (0..10).map(|i| EventData::new("Tick", i.to_string())).collect();
-    /// store.append("sensor-1", ExpectedVersion::NoStream, &ticks)?;
-    /// let meta = StreamMetadata { max_count: Some(3), ..Default::default() };
-    /// let rec = store.set_stream_metadata("sensor-1", ExpectedVersion::NoStream, meta)?;
-    /// assert_eq!(rec.version, 0);
-    /// let left: Vec<u64> = store.read_stream("sensor-1", 0, 100)?.iter().map(|e| e.version).collect();
-    /// assert_eq!(left, [7, 8, 9]);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn set_stream_metadata(
+impl Local {
+    pub(crate) fn set_stream_metadata(
         &self,
         stream: &str,
         expected: ExpectedVersion,
@@ -72,34 +50,12 @@ impl Store {
         })
     }
 
-    /// The metadata of `stream`, if any was set.
-    pub fn stream_metadata(&self, stream: &str) -> Result<Option<StreamMetaRecord>> {
+    pub(crate) fn stream_metadata(&self, stream: &str) -> Result<Option<StreamMetaRecord>> {
         let (_, p) = self.route(stream)?;
         Ok(p.metas.get(stream).as_ref().map(MetaRecord::public))
     }
 
-    /// Soft-deletes `stream`, if its last version satisfies `expected` (as an append's does):
-    /// from the moment this returns it reads as empty everywhere (stream reads, loads,
-    /// subscriptions, [`Store::streams`]) and compaction may reclaim its events, but it can be
-    /// recreated: an append continues its versions (expect its last version, or `Any`), and
-    /// reads then show the events from that append on, as in KurrentDB. It is recorded as
-    /// stream metadata (`truncate_before` raised to one past its last version), which keeps
-    /// its other rules. [`Store::delete_stream`] is the hard delete, for good.
-    ///
-    /// ```
-    /// # use strata::{EventData, ExpectedVersion, Options, Store};
-    /// # let dir = tempfile::tempdir()?;
-    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
-    /// store.append("cart-9", ExpectedVersion::NoStream, &[EventData::new("Added", "x")])?;
-    /// store.soft_delete("cart-9", ExpectedVersion::Exact(0))?;
-    /// assert!(store.read_stream("cart-9", 0, 10)?.is_empty());
-    /// assert!(store.is_soft_deleted("cart-9")?);
-    /// let r = store.append("cart-9", ExpectedVersion::Exact(0), &[EventData::new("Added", "y")])?;
-    /// assert_eq!(r.first_version, 1);
-    /// assert_eq!(store.read_stream("cart-9", 0, 10)?.len(), 1);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn soft_delete(&self, stream: &str, expected: ExpectedVersion) -> Result<StreamMetaRecord> {
+    pub(crate) fn soft_delete(&self, stream: &str, expected: ExpectedVersion) -> Result<StreamMetaRecord> {
         let last = self.stream_version(stream)?;
         if !expected.matches(last) {
             return Err(Error::WrongExpectedVersion { stream: stream.to_owned(), expected, actual: last });
@@ -112,8 +68,7 @@ impl Store {
         })
     }
 
-    /// Whether `stream` is soft-deleted and has not been appended to since.
-    pub fn is_soft_deleted(&self, stream: &str) -> Result<bool> {
+    pub(crate) fn is_soft_deleted(&self, stream: &str) -> Result<bool> {
         let (hash, p) = self.route(stream)?;
         let Some(tb) = p.metas.with(stream, |m| (m.deleted_at > 0).then_some(m.truncate_before)).flatten() else {
             return Ok(false);
@@ -168,5 +123,77 @@ impl Store {
             self.partition(id)?.metas.put(&rec)?;
         }
         Ok(rec.public())
+    }
+}
+
+impl Store {
+    /// Sets the retention rules and custom metadata of `stream`, if its metadata version
+    /// satisfies `expected` (`NoStream`: it has none yet; `Exact(v)`: it is at version `v`;
+    /// `Any`), durably before this returns. Returns the new record; its `version` is what the
+    /// next change expects. The stream need not have events. From the moment this returns,
+    /// every read of the stream shows only what the rules keep (see [`StreamMetadata`]); a
+    /// soft delete is kept, and so is what it hid (the new `truncate_before` is at least the
+    /// delete's). `max_count: Some(0)` is refused ([`Error::InvalidMetadata`], as are custom
+    /// bytes over the limit).
+    ///
+    /// ```
+    /// use strata::{EventData, ExpectedVersion, Options, Store, StreamMetadata};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+    /// let ticks: Vec<_> = (0..10).map(|i| EventData::new("Tick", i.to_string())).collect();
+    /// store.append("sensor-1", ExpectedVersion::NoStream, &ticks)?;
+    /// let meta = StreamMetadata { max_count: Some(3), ..Default::default() };
+    /// let rec = store.set_stream_metadata("sensor-1", ExpectedVersion::NoStream, meta)?;
+    /// assert_eq!(rec.version, 0);
+    /// let left: Vec<u64> = store.read_stream("sensor-1", 0, 100)?.iter().map(|e| e.version).collect();
+    /// assert_eq!(left, [7, 8, 9]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_stream_metadata(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        metadata: StreamMetadata,
+    ) -> Result<StreamMetaRecord> {
+        self.local("stream metadata")?.set_stream_metadata(stream, expected, metadata)
+    }
+
+    /// The metadata of `stream`, if any was set.
+    pub fn stream_metadata(&self, stream: &str) -> Result<Option<StreamMetaRecord>> {
+        self.local("stream metadata")?.stream_metadata(stream)
+    }
+
+    /// Soft-deletes `stream`, if its last version satisfies `expected` (as an append's does):
+    /// from the moment this returns it reads as empty everywhere (stream reads, loads,
+    /// subscriptions, [`Store::streams`]) and compaction may reclaim its events, but it can be
+    /// recreated: an append continues its versions (expect its last version, or `Any`), and
+    /// reads then show the events from that append on, as in KurrentDB. It is recorded as
+    /// stream metadata (`truncate_before` raised to one past its last version), which keeps
+    /// its other rules. [`Store::delete_stream`] is the hard delete, for good.
+    ///
+    /// ```
+    /// # use strata::{EventData, ExpectedVersion, Options, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+    /// store.append("cart-9", ExpectedVersion::NoStream, &[EventData::new("Added", "x")])?;
+    /// store.soft_delete("cart-9", ExpectedVersion::Exact(0))?;
+    /// assert!(store.read_stream("cart-9", 0, 10)?.is_empty());
+    /// assert!(store.is_soft_deleted("cart-9")?);
+    /// let r = store.append("cart-9", ExpectedVersion::Exact(0), &[EventData::new("Added", "y")])?;
+    /// assert_eq!(r.first_version, 1);
+    /// assert_eq!(store.read_stream("cart-9", 0, 10)?.len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn soft_delete(&self, stream: &str, expected: ExpectedVersion) -> Result<StreamMetaRecord> {
+        self.local("soft_delete")?.soft_delete(stream, expected)
+    }
+
+    /// Whether `stream` is soft-deleted and has not been appended to since.
+    pub fn is_soft_deleted(&self, stream: &str) -> Result<bool> {
+        match self.local_opt() {
+            Some(l) => l.is_soft_deleted(stream),
+            // Nothing can be soft-deleted without stream metadata.
+            None => Ok(false),
+        }
     }
 }

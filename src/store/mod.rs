@@ -25,8 +25,21 @@ use crate::router;
 use crate::snapshot::Snapshots;
 use crate::sync::HeadSignal;
 
+/// Calls the method of the same name on whichever backend the store has.
+macro_rules! dispatch {
+    ($store:expr, $method:ident($($arg:expr),*)) => {
+        match &$store.backend {
+            $crate::store::Backend::Local(b) => b.$method($($arg),*),
+            #[cfg(feature = "jetstream")]
+            $crate::store::Backend::JetStream(b) => b.$method($($arg),*),
+        }
+    };
+}
+
 mod append;
 mod grow;
+#[cfg(feature = "jetstream")]
+pub(crate) mod jetstream;
 mod maintenance;
 mod metadata;
 mod open;
@@ -37,6 +50,8 @@ mod stats;
 
 pub use append::AppendFuture;
 pub use grow::GrowReport;
+#[cfg(feature = "jetstream")]
+pub use jetstream::{JetStreamOptions, MAX_BATCH_EVENTS, MIN_SERVER_VERSION};
 pub use options::{
     DEFAULT_ARCHIVE_CACHE_BYTES, DEFAULT_MAX_APPEND_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_PARTITIONS,
     DEFAULT_SEGMENT_BYTES, Options,
@@ -105,7 +120,29 @@ impl Shared {
     }
 }
 
-/// An open event store: one directory, exclusively locked while open.
+/// The embedded backend: one directory, exclusively locked while open, its partitions and
+/// the threads that serve them.
+pub(crate) struct Local {
+    shared: Arc<Shared>,
+    /// The partition writers' queues, one per open partition. An append holds this for
+    /// reading while it routes and queues; a grow's cutover holds it for writing, so that no
+    /// append is routed by the old partition map once the cutover has begun.
+    senders: RwLock<Vec<Sender<Queued>>>,
+    /// The sealer's queue, for the writers of partitions a grow adds.
+    seal_tx: Mutex<Option<Sender<SealJob>>>,
+    /// Dropped to stop the background compactor.
+    compactor_stop: Mutex<Option<Sender<()>>>,
+    threads: Mutex<Vec<JoinHandle<Result<()>>>>,
+    /// Held by a grow: one at a time.
+    growing: Mutex<()>,
+}
+
+/// An open event store: either one directory on this machine, exclusively locked while open
+/// ([`Store::open`]), or a NATS JetStream cluster (`Store::connect`, feature `jetstream`).
+/// The same methods serve both, and the features on top (aggregates, projections, the
+/// command bus, subscriptions) run unchanged on either; what only the embedded store can do
+/// (compaction, growing the partition count, deletion and stream metadata, its file-level
+/// counters) is [`Error::Unsupported`] on the other.
 ///
 /// `Store` is `Send + Sync`: share it between threads with an `Arc` (or by reference), and
 /// append from as many threads as you like; appends to one partition are group-committed.
@@ -122,21 +159,68 @@ impl Shared {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Store {
-    shared: Arc<Shared>,
-    /// The partition writers' queues, one per open partition. An append holds this for
-    /// reading while it routes and queues; a grow's cutover holds it for writing, so that no
-    /// append is routed by the old partition map once the cutover has begun.
-    senders: RwLock<Vec<Sender<Queued>>>,
-    /// The sealer's queue, for the writers of partitions a grow adds.
-    seal_tx: Mutex<Option<Sender<SealJob>>>,
-    /// Dropped to stop the background compactor.
-    compactor_stop: Mutex<Option<Sender<()>>>,
-    threads: Mutex<Vec<JoinHandle<Result<()>>>>,
-    /// Held by a grow: one at a time.
-    growing: Mutex<()>,
+    backend: Backend,
+}
+
+/// Where a [`Store`]'s events live.
+pub(crate) enum Backend {
+    /// Files in a directory on this machine.
+    Local(Local),
+    /// A NATS JetStream cluster.
+    #[cfg(feature = "jetstream")]
+    JetStream(Box<jetstream::Remote>),
 }
 
 impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.backend {
+            Backend::Local(b) => b.fmt(f),
+            #[cfg(feature = "jetstream")]
+            Backend::JetStream(b) => b.fmt(f),
+        }
+    }
+}
+
+impl Store {
+    /// The embedded backend, or `Error::Unsupported` naming `operation` on another.
+    fn local(&self, operation: &'static str) -> Result<&Local> {
+        match &self.backend {
+            Backend::Local(b) => {
+                let _ = operation;
+                Ok(b)
+            }
+            #[cfg(feature = "jetstream")]
+            Backend::JetStream(_) => Err(Error::Unsupported { operation, backend: "jetstream" }),
+        }
+    }
+
+    /// Connects to the store named by `options` on a NATS JetStream cluster (feature
+    /// `jetstream`), creating its streams if they are missing (and allowed). The returned
+    /// store serves the same methods as an embedded one; see `docs/jetstream.md` for how
+    /// partitions, streams, versions and snapshots map onto JetStream.
+    ///
+    /// Errors: [`Error::Unreachable`] if no server answers; [`Error::IncompatibleServer`] for a
+    /// server older than [`MIN_SERVER_VERSION`], without JetStream, or a partition's stream
+    /// whose configuration (as the server echoes it) lacks what the backend relies on
+    /// (`allow_atomic`, `allow_direct`, no limits, deletes denied, strata's metadata);
+    /// [`Error::NotAStore`] for a stream of that name that is not a strata partition, or a
+    /// missing store with `create_if_missing(false)`.
+    #[cfg(feature = "jetstream")]
+    pub fn connect(options: JetStreamOptions) -> Result<Store> {
+        Ok(Store { backend: Backend::JetStream(Box::new(jetstream::Remote::connect(options)?)) })
+    }
+
+    /// The embedded backend, if the store has it.
+    fn local_opt(&self) -> Option<&Local> {
+        match &self.backend {
+            Backend::Local(b) => Some(b),
+            #[cfg(feature = "jetstream")]
+            Backend::JetStream(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Local {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("dir", &self.shared.dir)
@@ -145,21 +229,16 @@ impl std::fmt::Debug for Store {
     }
 }
 
-impl Store {
-    /// The store's directory.
-    pub fn path(&self) -> &Path {
+impl Local {
+    pub(crate) fn path(&self) -> &Path {
         &self.shared.dir
     }
 
-    /// Number of partitions streams are routed to: set at creation, raised by
-    /// [`Store::grow_partitions`].
-    pub fn partition_count(&self) -> u32 {
+    pub(crate) fn partition_count(&self) -> u32 {
         self.shared.routed.load(Ordering::Acquire)
     }
 
-    /// The partition that holds `stream_id`. Streams whose ids share a co-location key
-    /// (`{order-17}/payments`, `{order-17}/shipping`: the part in braces) always share one.
-    pub fn partition_of(&self, stream_id: &str) -> u32 {
+    pub(crate) fn partition_of(&self, stream_id: &str) -> u32 {
         self.partition_given(stream_id, router::stream_hash(stream_id))
     }
 
@@ -208,28 +287,7 @@ impl Store {
         self.shared.routed.store(count, Ordering::Release);
     }
 
-    /// Closes the store: stops the writers after they finish what is queued, syncs what is
-    /// unsynced (Buffered mode), stops the background threads, and releases the lock (another
-    /// process may open the store from then on). Returns the first failure of that final
-    /// sync (a poisoned partition).
-    ///
-    /// It works through a shared reference, so a store shared with an `Arc` (by a
-    /// [`ProjectionEngine`](crate::ProjectionEngine), say) can be closed without unwrapping
-    /// it: every later call on it fails with [`Error::Closed`] (closing again does nothing and
-    /// returns `Ok`). Dropping the last owner closes it too, ignoring the result.
-    ///
-    /// ```
-    /// # use std::sync::Arc;
-    /// # use strata::{Error, EventData, ExpectedVersion, Options, ProjectionEngine, Store};
-    /// # let dir = tempfile::tempdir()?;
-    /// let store = Arc::new(Store::open(dir.path(), Options::default().create_if_missing(true))?);
-    /// let engine = ProjectionEngine::new(store.clone(), 1);
-    /// store.close()?;
-    /// assert!(matches!(store.append("a", ExpectedVersion::Any, &[EventData::new("E", "")]), Err(Error::Closed)));
-    /// engine.stop()?;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn close(&self) -> Result<()> {
+    pub(crate) fn close(&self) -> Result<()> {
         self.shutdown()
     }
 
@@ -258,8 +316,52 @@ impl Store {
     }
 }
 
-impl Drop for Store {
+impl Drop for Local {
     fn drop(&mut self) {
         let _ = self.shutdown();
+    }
+}
+
+impl Store {
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        dispatch!(self, path())
+    }
+
+    /// Number of partitions streams are routed to: set at creation, raised by
+    /// [`Store::grow_partitions`].
+    pub fn partition_count(&self) -> u32 {
+        dispatch!(self, partition_count())
+    }
+
+    /// The partition that holds `stream_id`. Streams whose ids share a co-location key
+    /// (`{order-17}/payments`, `{order-17}/shipping`: the part in braces) always share one.
+    pub fn partition_of(&self, stream_id: &str) -> u32 {
+        dispatch!(self, partition_of(stream_id))
+    }
+
+    /// Closes the store: stops the writers after they finish what is queued, syncs what is
+    /// unsynced (Buffered mode), stops the background threads, and releases the lock (another
+    /// process may open the store from then on). Returns the first failure of that final
+    /// sync (a poisoned partition).
+    ///
+    /// It works through a shared reference, so a store shared with an `Arc` (by a
+    /// [`ProjectionEngine`](crate::ProjectionEngine), say) can be closed without unwrapping
+    /// it: every later call on it fails with [`Error::Closed`] (closing again does nothing and
+    /// returns `Ok`). Dropping the last owner closes it too, ignoring the result.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use strata::{Error, EventData, ExpectedVersion, Options, ProjectionEngine, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// let store = Arc::new(Store::open(dir.path(), Options::default().create_if_missing(true))?);
+    /// let engine = ProjectionEngine::new(store.clone(), 1);
+    /// store.close()?;
+    /// assert!(matches!(store.append("a", ExpectedVersion::Any, &[EventData::new("E", "")]), Err(Error::Closed)));
+    /// engine.stop()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn close(&self) -> Result<()> {
+        dispatch!(self, close())
     }
 }

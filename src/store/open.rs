@@ -34,7 +34,7 @@ use crate::router;
 use crate::snapshot::{self, Job, Sidecar, Snapshots};
 use crate::sync::HeadSignal;
 
-use super::{Options, Shared, Store};
+use super::{Backend, Local, Options, Shared, Store};
 
 /// The body of a background thread.
 type Thread = Box<dyn FnOnce() -> Result<()> + Send>;
@@ -47,19 +47,8 @@ fn spawn(dir: &Path, name: String, f: Thread) -> Result<JoinHandle<Result<()>>> 
 /// How many partitions recover at once.
 const RECOVERY_THREADS: usize = 16;
 
-impl Store {
-    /// Opens the store in `dir`, or creates it if [`Options::create_if_missing`] is set.
-    ///
-    /// Opening recovers from a crash: the tail of each partition's active segment is scanned,
-    /// an incomplete last write is cut off (see [`Store::recovery_report`]), and damage
-    /// anywhere else is an [`Error::Corruption`] naming the file and offset. Sealed segments
-    /// are not read at open; they are mapped and checked on first use.
-    ///
-    /// Errors: [`Error::NotAStore`] for a directory without a store (or a foreign manifest),
-    /// [`Error::UnsupportedVersion`] for a store of a newer format, [`Error::Locked`] if the
-    /// store is open elsewhere, [`Error::AlreadyExists`] with `error_if_exists`,
-    /// [`Error::InvalidOptions`] for creation settings the store does not have.
-    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
+impl Local {
+    pub(crate) fn open(dir: impl AsRef<Path>, options: Options) -> Result<Local> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
         crate::trace::span!(_open, INFO, "strata::recovery", "open", dir = %dir.display());
@@ -111,7 +100,7 @@ impl Store {
         });
         // The store exists before its threads do: if spawning one fails, dropping it stops and
         // joins those already running before the lock is released.
-        let store = Store {
+        let store = Local {
             shared,
             senders: RwLock::new(Vec::new()),
             seal_tx: Mutex::new(None),
@@ -324,7 +313,7 @@ fn manifest_and_lock(dir: &Path, options: &Options, io: &Io) -> Result<(Manifest
                 let reason = if dir.is_dir() { "no MANIFEST file" } else { "no such directory" };
                 return Err(Error::NotAStore { path: dir.to_path_buf(), reason: reason.into() });
             }
-            Store::create(dir, options, io)
+            Local::create(dir, options, io)
         }
         Err(e) if e.kind() == ErrorKind::NotADirectory => {
             Err(Error::NotAStore { path: dir.to_path_buf(), reason: "not a directory".into() })
@@ -453,4 +442,21 @@ fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     file.take(limit + 1).read_to_end(&mut bytes)?;
     Ok(bytes)
+}
+
+impl Store {
+    /// Opens the store in `dir`, or creates it if [`Options::create_if_missing`] is set.
+    ///
+    /// Opening recovers from a crash: the tail of each partition's active segment is scanned,
+    /// an incomplete last write is cut off (see [`Store::recovery_report`]), and damage
+    /// anywhere else is an [`Error::Corruption`] naming the file and offset. Sealed segments
+    /// are not read at open; they are mapped and checked on first use.
+    ///
+    /// Errors: [`Error::NotAStore`] for a directory without a store (or a foreign manifest),
+    /// [`Error::UnsupportedVersion`] for a store of a newer format, [`Error::Locked`] if the
+    /// store is open elsewhere, [`Error::AlreadyExists`] with `error_if_exists`,
+    /// [`Error::InvalidOptions`] for creation settings the store does not have.
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Store> {
+        Ok(Store { backend: Backend::Local(Local::open(dir, options)?) })
+    }
 }

@@ -14,41 +14,15 @@ use std::ops::ControlFlow;
 use crate::error::{Error, Result};
 use crate::event::{EventView, RecordedEvent};
 
-use super::Store;
+use super::{Local, Store};
 
-impl Store {
-    /// Up to `max_count` events of `stream` from version `from_version` on, oldest first.
-    /// Events the stream's metadata hides ([`Store::set_stream_metadata`],
-    /// [`Store::soft_delete`]) are left out.
-    pub fn read_stream(&self, stream: &str, from_version: u64, max_count: usize) -> Result<Vec<RecordedEvent>> {
+impl Local {
+    pub(crate) fn read_stream(&self, stream: &str, from_version: u64, max_count: usize) -> Result<Vec<RecordedEvent>> {
         let (hash, p) = self.route(stream)?;
         p.read_stream(stream, hash, from_version, max_count)
     }
 
-    /// Hands `f` the events of `stream` from version `from_version` on, oldest first, borrowed
-    /// from the log instead of copied out: what [`Store::read_stream`] returns, with nothing
-    /// allocated per event. The same events are left out (a deleted stream is an error; what
-    /// the stream's metadata or a soft delete hides is not shown), and an event is shown only
-    /// once its partition's head covers it. `f` stops the read by returning
-    /// `ControlFlow::Break(())`. Returns how many events `f` was given.
-    ///
-    /// ```
-    /// # use std::ops::ControlFlow;
-    /// # use strata::{EventData, ExpectedVersion, Options, Store};
-    /// # let dir = tempfile::tempdir()?;
-    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
-    /// let events: Vec<_> = (1..=5).map(|i| EventData::new("Deposited", i.to_string())).collect();
-    /// store.append("account-9", ExpectedVersion::NoStream, &events)?;
-    /// // The balance from version 1 on, stopping after three events.
-    /// let mut balance = 0;
-    /// let seen = store.visit_stream("account-9", 1, |e| {
-    ///     balance += std::str::from_utf8(e.payload).unwrap().parse::<u64>().unwrap();
-    ///     if e.version == 3 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
-    /// })?;
-    /// assert_eq!((seen, balance), (3, 2 + 3 + 4));
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn visit_stream(
+    pub(crate) fn visit_stream(
         &self,
         stream: &str,
         from_version: u64,
@@ -58,41 +32,7 @@ impl Store {
         p.visit_visible_events(stream, hash, from_version, usize::MAX, &mut f)
     }
 
-    /// Up to `max_count` events of `stream` from version `from_version` on that were appended
-    /// at or before `until`, oldest first: the stream as it was then (a stream's timestamps
-    /// never decrease, so this is a prefix of what [`Store::read_stream`] returns).
-    ///
-    /// ```
-    /// # use std::time::SystemTime;
-    /// # use strata::{EventData, ExpectedVersion, Options, Store};
-    /// # let dir = tempfile::tempdir()?;
-    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
-    /// store.append("doc-1", ExpectedVersion::NoStream, &[EventData::new("Drafted", "")])?;
-    /// let then = SystemTime::now();
-    /// # std::thread::sleep(std::time::Duration::from_millis(2));
-    /// store.append("doc-1", ExpectedVersion::Exact(0), &[EventData::new("Published", "")])?;
-    /// assert_eq!(store.read_stream_until("doc-1", 0, then, 10)?.len(), 1);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn read_stream_until(
-        &self,
-        stream: &str,
-        from_version: u64,
-        until: std::time::SystemTime,
-        max_count: usize,
-    ) -> Result<Vec<RecordedEvent>> {
-        let ns = until.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let until = u64::try_from(ns).unwrap_or(u64::MAX);
-        let mut events = self.read_stream(stream, from_version, max_count)?;
-        if let Some(k) = events.iter().position(|e| e.timestamp_nanos > until) {
-            events.truncate(k);
-        }
-        Ok(events)
-    }
-
-    /// Up to `max_count` events of `stream` from version `from_version` (`None`: the last
-    /// event) back towards version 0, newest first.
-    pub fn read_stream_backward(
+    pub(crate) fn read_stream_backward(
         &self,
         stream: &str,
         from_version: Option<u64>,
@@ -102,40 +42,21 @@ impl Store {
         p.read_stream_back(stream, hash, from_version.unwrap_or(u64::MAX), max_count)
     }
 
-    /// The version of the last durable event of `stream`, or `None` if it has none.
-    pub fn stream_version(&self, stream: &str) -> Result<Option<u64>> {
+    pub(crate) fn stream_version(&self, stream: &str) -> Result<Option<u64>> {
         let (hash, p) = self.route(stream)?;
         p.last_version(stream, hash)
     }
 
-    /// Up to `max_count` events of partition `partition` from position `from_position` on, in
-    /// position order: the basis of subscriptions and projections. In a partition that
-    /// [`Store::grow_partitions`] added, the positions below [`Store::copied_until`] hold copies
-    /// of moved streams' history, which a reader following every partition has already seen
-    /// in the partitions they came from.
-    pub fn read_partition(&self, partition: u32, from_position: u64, max_count: usize) -> Result<Vec<RecordedEvent>> {
+    pub(crate) fn read_partition(
+        &self,
+        partition: u32,
+        from_position: u64,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>> {
         self.partition(partition)?.read_from(from_position, max_count)
     }
 
-    /// Like [`Store::read_partition`], but hands each event to `f` borrowed from the log
-    /// instead of copying it out, so a scan allocates nothing per event. `f` stops the scan by
-    /// returning `ControlFlow::Break(())`. Returns how many events `f` was given.
-    ///
-    /// ```
-    /// # use std::ops::ControlFlow;
-    /// # use strata::{EventData, ExpectedVersion, Options, Store};
-    /// # let dir = tempfile::tempdir()?;
-    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true).partitions(1))?;
-    /// # store.append("cart-1", ExpectedVersion::Any, &[EventData::new("Added", b"12".to_vec())])?;
-    /// let mut bytes = 0;
-    /// let seen = store.scan_partition(0, 0, usize::MAX, |e| {
-    ///     bytes += e.payload.len();
-    ///     ControlFlow::Continue(())
-    /// })?;
-    /// assert_eq!((seen, bytes), (1, 2));
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn scan_partition(
+    pub(crate) fn scan_partition(
         &self,
         partition: u32,
         from_position: u64,
@@ -145,30 +66,7 @@ impl Store {
         self.partition(partition)?.visit_events(from_position, max_count, &mut f)
     }
 
-    /// Every stream that has events and is not deleted, each once: partition by partition,
-    /// and by id within a partition. The iterator holds one partition's ids at a time; it
-    /// reads every segment's index (and decompresses the archive blocks where streams begin),
-    /// so it costs about a full read of the indexes, not of the events.
-    ///
-    /// ```
-    /// # use strata::{EventData, ExpectedVersion, Options, Store};
-    /// # let dir = tempfile::tempdir()?;
-    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
-    /// for id in ["order-1", "order-2", "order-1"] {
-    ///     store.append(id, ExpectedVersion::Any, &[EventData::new("Touched", "")])?;
-    /// }
-    /// let mut ids = store.streams().collect::<Result<Vec<_>, _>>()?;
-    /// ids.sort();
-    /// assert_eq!(ids, ["order-1", "order-2"]);
-    /// assert_eq!(store.stream_count()?, 2);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn streams(&self) -> Streams<'_> {
-        Streams { store: self, next_partition: 0, ids: Vec::new().into_iter(), failed: false }
-    }
-
-    /// How many streams [`Store::streams`] lists.
-    pub fn stream_count(&self) -> Result<u64> {
+    pub(crate) fn stream_count(&self) -> Result<u64> {
         let mut n = 0;
         for p in 0..self.partition_count() {
             n += self.partition_streams(p)?.len() as u64;
@@ -178,62 +76,25 @@ impl Store {
 
     /// The streams listed in partition `p`: those living there now (a stream a grow moved
     /// away left history here, listed where it lives).
-    fn partition_streams(&self, p: u32) -> Result<Vec<String>> {
+    pub(crate) fn partition_streams(&self, p: u32) -> Result<Vec<String>> {
         self.partition(p)?.stream_ids(&|s| self.partition_of(s) == p)
     }
 
-    /// The events of `stream` from version `from_version` up to its last event as of this
-    /// call, oldest first, read a page at a time. An error ends the iteration (after being
-    /// returned once).
-    ///
-    /// ```
-    /// # use strata::{EventData, ExpectedVersion, Options, Store};
-    /// # let dir = tempfile::tempdir()?;
-    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
-    /// let events: Vec<_> = (0..1000).map(|i| EventData::new("Tick", i.to_string())).collect();
-    /// store.append("clock", ExpectedVersion::NoStream, &events)?;
-    /// let total: usize = store.iter_stream("clock", 10).map(|e| e.map(|e| e.payload.len())).sum::<Result<_, _>>()?;
-    /// assert_eq!(total, (10..1000).map(|i: i32| i.to_string().len()).sum::<usize>());
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn iter_stream(&self, stream: &str, from_version: u64) -> StreamEvents<'_> {
-        let end = self.stream_version(stream).map(|last| last.map_or(0, |v| v + 1));
-        StreamEvents { store: self, stream: stream.to_owned(), pages: Pages::new(from_version, end) }
-    }
-
-    /// The events of `partition` from position `from_position` up to its head as of this call,
-    /// in position order, read a page at a time (see [`Store::read_partition`] for the
-    /// positions a grow's copies and a compaction's erasures leave). An error ends the
-    /// iteration (after being returned once).
-    pub fn iter_partition(&self, partition: u32, from_position: u64) -> PartitionEvents<'_> {
-        PartitionEvents { store: self, partition, pages: Pages::new(from_position, self.head(partition)) }
-    }
-
-    /// The first position of `partition` that is not a copy: 0, except in a partition that
-    /// [`Store::grow_partitions`] added, which begins with copies of the history of the
-    /// streams moved into it. A subscriber that reads every partition itself (rather than
-    /// through a [`ProjectionEngine`](crate::ProjectionEngine)) starts such a partition here,
-    /// and, to keep each stream in order, reads its own events only once it has read every
-    /// older partition up to [`Store::cutover_heads`].
-    pub fn copied_until(&self, partition: u32) -> Result<u64> {
+    pub(crate) fn copied_until(&self, partition: u32) -> Result<u64> {
         self.partition(partition)?;
         Ok(self.partition_origin(partition).map_or(0, |(live_from, _)| live_from))
     }
 
-    /// For a partition [`Store::grow_partitions`] added: the heads the partitions before it
-    /// had when the grow cut over (empty for a partition the store was created with).
-    pub fn cutover_heads(&self, partition: u32) -> Result<Vec<u64>> {
+    pub(crate) fn cutover_heads(&self, partition: u32) -> Result<Vec<u64>> {
         self.partition(partition)?;
         Ok(self.partition_origin(partition).map(|(_, cut)| cut).unwrap_or_default())
     }
 
-    /// One past the last durable position of `partition` (its number of events).
-    pub fn head(&self, partition: u32) -> Result<u64> {
+    pub(crate) fn head(&self, partition: u32) -> Result<u64> {
         Ok(self.partition(partition)?.head())
     }
 
-    /// Why `partition` stopped accepting appends, if it has (see [`Error::Poisoned`]).
-    pub fn poisoned(&self, partition: u32) -> Result<Option<String>> {
+    pub(crate) fn poisoned(&self, partition: u32) -> Result<Option<String>> {
         Ok(self.partition(partition)?.poison.lock().clone())
     }
 }
@@ -366,5 +227,216 @@ impl Iterator for PartitionEvents<'_> {
     fn next(&mut self) -> Option<Result<RecordedEvent>> {
         let (store, partition) = (self.store, self.partition);
         self.pages.next(|next, _| store.read_partition(partition, next, PAGE), |e| e.position)
+    }
+}
+
+impl Store {
+    /// Up to `max_count` events of `stream` from version `from_version` on, oldest first.
+    /// Events the stream's metadata hides ([`Store::set_stream_metadata`],
+    /// [`Store::soft_delete`]) are left out.
+    pub fn read_stream(&self, stream: &str, from_version: u64, max_count: usize) -> Result<Vec<RecordedEvent>> {
+        dispatch!(self, read_stream(stream, from_version, max_count))
+    }
+
+    /// Hands `f` the events of `stream` from version `from_version` on, oldest first, borrowed
+    /// from the log instead of copied out: what [`Store::read_stream`] returns, with nothing
+    /// allocated per event. The same events are left out (a deleted stream is an error; what
+    /// the stream's metadata or a soft delete hides is not shown), and an event is shown only
+    /// once its partition's head covers it. `f` stops the read by returning
+    /// `ControlFlow::Break(())`. Returns how many events `f` was given.
+    ///
+    /// ```
+    /// # use std::ops::ControlFlow;
+    /// # use strata::{EventData, ExpectedVersion, Options, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+    /// let events: Vec<_> = (1..=5).map(|i| EventData::new("Deposited", i.to_string())).collect();
+    /// store.append("account-9", ExpectedVersion::NoStream, &events)?;
+    /// // The balance from version 1 on, stopping after three events.
+    /// let mut balance = 0;
+    /// let seen = store.visit_stream("account-9", 1, |e| {
+    ///     balance += std::str::from_utf8(e.payload).unwrap().parse::<u64>().unwrap();
+    ///     if e.version == 3 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    /// })?;
+    /// assert_eq!((seen, balance), (3, 2 + 3 + 4));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn visit_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        f: impl FnMut(&EventView<'_>) -> ControlFlow<()>,
+    ) -> Result<usize> {
+        dispatch!(self, visit_stream(stream, from_version, f))
+    }
+
+    /// Up to `max_count` events of `stream` from version `from_version` on that were appended
+    /// at or before `until`, oldest first: the stream as it was then (a stream's timestamps
+    /// never decrease, so this is a prefix of what [`Store::read_stream`] returns).
+    ///
+    /// ```
+    /// # use std::time::SystemTime;
+    /// # use strata::{EventData, ExpectedVersion, Options, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+    /// store.append("doc-1", ExpectedVersion::NoStream, &[EventData::new("Drafted", "")])?;
+    /// let then = SystemTime::now();
+    /// # std::thread::sleep(std::time::Duration::from_millis(2));
+    /// store.append("doc-1", ExpectedVersion::Exact(0), &[EventData::new("Published", "")])?;
+    /// assert_eq!(store.read_stream_until("doc-1", 0, then, 10)?.len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn read_stream_until(
+        &self,
+        stream: &str,
+        from_version: u64,
+        until: std::time::SystemTime,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        let ns = until.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let until = u64::try_from(ns).unwrap_or(u64::MAX);
+        let mut events = self.read_stream(stream, from_version, max_count)?;
+        if let Some(k) = events.iter().position(|e| e.timestamp_nanos > until) {
+            events.truncate(k);
+        }
+        Ok(events)
+    }
+
+    /// Up to `max_count` events of `stream` from version `from_version` (`None`: the last
+    /// event) back towards version 0, newest first.
+    pub fn read_stream_backward(
+        &self,
+        stream: &str,
+        from_version: Option<u64>,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        dispatch!(self, read_stream_backward(stream, from_version, max_count))
+    }
+
+    /// The version of the last durable event of `stream`, or `None` if it has none.
+    pub fn stream_version(&self, stream: &str) -> Result<Option<u64>> {
+        dispatch!(self, stream_version(stream))
+    }
+
+    /// Up to `max_count` events of partition `partition` from position `from_position` on, in
+    /// position order: the basis of subscriptions and projections. In a partition that
+    /// [`Store::grow_partitions`] added, the positions below [`Store::copied_until`] hold copies
+    /// of moved streams' history, which a reader following every partition has already seen
+    /// in the partitions they came from.
+    pub fn read_partition(&self, partition: u32, from_position: u64, max_count: usize) -> Result<Vec<RecordedEvent>> {
+        dispatch!(self, read_partition(partition, from_position, max_count))
+    }
+
+    /// Like [`Store::read_partition`], but hands each event to `f` borrowed from the log
+    /// instead of copying it out, so a scan allocates nothing per event. `f` stops the scan by
+    /// returning `ControlFlow::Break(())`. Returns how many events `f` was given.
+    ///
+    /// ```
+    /// # use std::ops::ControlFlow;
+    /// # use strata::{EventData, ExpectedVersion, Options, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true).partitions(1))?;
+    /// # store.append("cart-1", ExpectedVersion::Any, &[EventData::new("Added", b"12".to_vec())])?;
+    /// let mut bytes = 0;
+    /// let seen = store.scan_partition(0, 0, usize::MAX, |e| {
+    ///     bytes += e.payload.len();
+    ///     ControlFlow::Continue(())
+    /// })?;
+    /// assert_eq!((seen, bytes), (1, 2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn scan_partition(
+        &self,
+        partition: u32,
+        from_position: u64,
+        max_count: usize,
+        f: impl FnMut(&EventView<'_>) -> ControlFlow<()>,
+    ) -> Result<usize> {
+        dispatch!(self, scan_partition(partition, from_position, max_count, f))
+    }
+
+    /// Every stream that has events and is not deleted, each once: partition by partition,
+    /// and by id within a partition. The iterator holds one partition's ids at a time; it
+    /// reads every segment's index (and decompresses the archive blocks where streams begin),
+    /// so it costs about a full read of the indexes, not of the events.
+    ///
+    /// ```
+    /// # use strata::{EventData, ExpectedVersion, Options, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+    /// for id in ["order-1", "order-2", "order-1"] {
+    ///     store.append(id, ExpectedVersion::Any, &[EventData::new("Touched", "")])?;
+    /// }
+    /// let mut ids = store.streams().collect::<Result<Vec<_>, _>>()?;
+    /// ids.sort();
+    /// assert_eq!(ids, ["order-1", "order-2"]);
+    /// assert_eq!(store.stream_count()?, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn streams(&self) -> Streams<'_> {
+        Streams { store: self, next_partition: 0, ids: Vec::new().into_iter(), failed: false }
+    }
+
+    /// How many streams [`Store::streams`] lists.
+    pub fn stream_count(&self) -> Result<u64> {
+        dispatch!(self, stream_count())
+    }
+
+    /// The events of `stream` from version `from_version` up to its last event as of this
+    /// call, oldest first, read a page at a time. An error ends the iteration (after being
+    /// returned once).
+    ///
+    /// ```
+    /// # use strata::{EventData, ExpectedVersion, Options, Store};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let store = Store::open(dir.path(), Options::default().create_if_missing(true))?;
+    /// let events: Vec<_> = (0..1000).map(|i| EventData::new("Tick", i.to_string())).collect();
+    /// store.append("clock", ExpectedVersion::NoStream, &events)?;
+    /// let total: usize = store.iter_stream("clock", 10).map(|e| e.map(|e| e.payload.len())).sum::<Result<_, _>>()?;
+    /// assert_eq!(total, (10..1000).map(|i: i32| i.to_string().len()).sum::<usize>());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn iter_stream(&self, stream: &str, from_version: u64) -> StreamEvents<'_> {
+        let end = self.stream_version(stream).map(|last| last.map_or(0, |v| v + 1));
+        StreamEvents { store: self, stream: stream.to_owned(), pages: Pages::new(from_version, end) }
+    }
+
+    /// The events of `partition` from position `from_position` up to its head as of this call,
+    /// in position order, read a page at a time (see [`Store::read_partition`] for the
+    /// positions a grow's copies and a compaction's erasures leave). An error ends the
+    /// iteration (after being returned once).
+    pub fn iter_partition(&self, partition: u32, from_position: u64) -> PartitionEvents<'_> {
+        PartitionEvents { store: self, partition, pages: Pages::new(from_position, self.head(partition)) }
+    }
+
+    /// The first position of `partition` that is not a copy: 0, except in a partition that
+    /// [`Store::grow_partitions`] added, which begins with copies of the history of the
+    /// streams moved into it. A subscriber that reads every partition itself (rather than
+    /// through a [`ProjectionEngine`](crate::ProjectionEngine)) starts such a partition here,
+    /// and, to keep each stream in order, reads its own events only once it has read every
+    /// older partition up to [`Store::cutover_heads`].
+    pub fn copied_until(&self, partition: u32) -> Result<u64> {
+        dispatch!(self, copied_until(partition))
+    }
+
+    /// For a partition [`Store::grow_partitions`] added: the heads the partitions before it
+    /// had when the grow cut over (empty for a partition the store was created with).
+    pub fn cutover_heads(&self, partition: u32) -> Result<Vec<u64>> {
+        dispatch!(self, cutover_heads(partition))
+    }
+
+    /// One past the last durable position of `partition` (its number of events).
+    pub fn head(&self, partition: u32) -> Result<u64> {
+        dispatch!(self, head(partition))
+    }
+
+    /// Why `partition` stopped accepting appends, if it has (see [`Error::Poisoned`]).
+    pub fn poisoned(&self, partition: u32) -> Result<Option<String>> {
+        dispatch!(self, poisoned(partition))
+    }
+
+    /// The streams listed in partition `p`.
+    fn partition_streams(&self, p: u32) -> Result<Vec<String>> {
+        dispatch!(self, partition_streams(p))
     }
 }

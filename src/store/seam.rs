@@ -21,7 +21,7 @@ use crate::report::Report;
 use crate::snapshot::{Counters, Job, Pending, Stored};
 use crate::sync::HeadSignal;
 
-use super::Store;
+use super::{Backend, Local, Store};
 
 /// Where a partition stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,17 +142,131 @@ pub(crate) trait Log: Send + Sync {
     fn report(&self) -> &Report;
 }
 
+impl Store {
+    /// The backend, as the log the features above the store read and write.
+    pub(crate) fn log(&self) -> &dyn Log {
+        match &self.backend {
+            Backend::Local(b) => b,
+            #[cfg(feature = "jetstream")]
+            Backend::JetStream(b) => &**b,
+        }
+    }
+}
+
+/// A store is the log of its backend.
 impl Log for Store {
     fn partition_count(&self) -> u32 {
-        Store::partition_count(self)
+        self.log().partition_count()
     }
 
     fn partition_of(&self, stream: &str) -> u32 {
-        Store::partition_of(self, stream)
+        self.log().partition_of(stream)
     }
 
     fn append(&self, stream: &str, expected: ExpectedVersion, events: &[EventData]) -> Result<AppendResult> {
-        Store::append(self, stream, expected, events)
+        self.log().append(stream, expected, events)
+    }
+
+    fn visit_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        min_position: u64,
+        f: &mut dyn FnMut(&EventView<'_>) -> ControlFlow<()>,
+    ) -> Result<()> {
+        self.log().visit_stream(stream, from_version, min_position, f)
+    }
+
+    fn scan_partition(
+        &self,
+        partition: u32,
+        from: u64,
+        max: usize,
+        f: &mut dyn FnMut(&EventView<'_>) -> ControlFlow<()>,
+    ) -> Result<usize> {
+        self.log().scan_partition(partition, from, max, f)
+    }
+
+    fn scan_streams(
+        &self,
+        partition: u32,
+        from: u64,
+        end: u64,
+        max: usize,
+        select: Select<'_>,
+        f: &mut dyn FnMut(&EventView<'_>) -> ControlFlow<()>,
+    ) -> Result<(usize, u64)> {
+        self.log().scan_streams(partition, from, end, max, select, f)
+    }
+
+    fn read_partition(&self, partition: u32, from: u64, max: usize) -> Result<Vec<RecordedEvent>> {
+        self.log().read_partition(partition, from, max)
+    }
+
+    fn heads(&self, partition: u32) -> Result<Heads> {
+        self.log().heads(partition)
+    }
+
+    fn head_signal(&self) -> &HeadSignal {
+        self.log().head_signal()
+    }
+
+    fn origin(&self, partition: u32) -> Option<Origin> {
+        self.log().origin(partition)
+    }
+
+    fn is_deleted(&self, stream: &str) -> bool {
+        self.log().is_deleted(stream)
+    }
+
+    fn visibility(&self, stream: &str) -> Result<Visible> {
+        self.log().visibility(stream)
+    }
+
+    fn durable_visibility(&self, stream: &str) -> Result<Visible> {
+        self.log().durable_visibility(stream)
+    }
+
+    fn hides_any(&self) -> bool {
+        self.log().hides_any()
+    }
+
+    fn latest_snapshot(&self, stream: &str) -> std::result::Result<Option<Stored>, String> {
+        self.log().latest_snapshot(stream)
+    }
+
+    fn queue_snapshot(&self, snapshot: Pending, wait: bool) -> Result<bool> {
+        self.log().queue_snapshot(snapshot, wait)
+    }
+
+    fn snapshot_counters(&self) -> &Counters {
+        self.log().snapshot_counters()
+    }
+
+    fn dir(&self) -> &Path {
+        self.log().dir()
+    }
+
+    fn io(&self) -> &Io {
+        self.log().io()
+    }
+
+    fn report(&self) -> &Report {
+        self.log().report()
+    }
+}
+
+impl Log for Local {
+    fn partition_count(&self) -> u32 {
+        Local::partition_count(self)
+    }
+
+    fn partition_of(&self, stream: &str) -> u32 {
+        Local::partition_of(self, stream)
+    }
+
+    fn append(&self, stream: &str, expected: ExpectedVersion, events: &[EventData]) -> Result<AppendResult> {
+        Local::append(self, stream, expected, events)
     }
 
     fn visit_stream(
@@ -211,15 +325,15 @@ impl Log for Store {
     }
 
     fn visibility(&self, stream: &str) -> Result<Visible> {
-        Store::visibility(self, stream)
+        Local::visibility(self, stream)
     }
 
     fn durable_visibility(&self, stream: &str) -> Result<Visible> {
-        Store::durable_visibility(self, stream)
+        Local::durable_visibility(self, stream)
     }
 
     fn hides_any(&self) -> bool {
-        Store::hides_any(self)
+        Local::hides_any(self)
     }
 
     fn latest_snapshot(&self, stream: &str) -> std::result::Result<Option<Stored>, String> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::log::partition::GROUP_SIZE_BUCKETS;
 
-use super::Store;
+use super::{Local, Store};
 
 /// Counters of the write path (see [`Store::write_stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -114,9 +114,8 @@ pub struct PartitionMetrics {
     pub recovery_scanned_bytes: u64,
 }
 
-impl Store {
-    /// Counters of the write path since open, summed over all partitions.
-    pub fn write_stats(&self) -> WriteStats {
+impl Local {
+    pub(crate) fn write_stats(&self) -> WriteStats {
         let mut s = WriteStats::default();
         for p in self.shared.parts().iter() {
             let c = &p.stats;
@@ -129,14 +128,11 @@ impl Store {
         s
     }
 
-    /// Latency of acknowledged [`Store::append`] calls since open.
-    pub fn append_latency(&self) -> Histogram {
+    pub(crate) fn append_latency(&self) -> Histogram {
         self.shared.append_latency.snapshot()
     }
 
-    /// Group commits by size, summed over partitions: element `i` counts groups of at most
-    /// `2^i` appends (the last, more).
-    pub fn group_sizes(&self) -> Vec<u64> {
+    pub(crate) fn group_sizes(&self) -> Vec<u64> {
         let mut out = vec![0; GROUP_SIZE_BUCKETS];
         for p in self.shared.parts().iter() {
             for (o, b) in out.iter_mut().zip(&p.stats.group_sizes) {
@@ -146,8 +142,7 @@ impl Store {
         out
     }
 
-    /// Per-partition counts: events held, appended and bytes written since open.
-    pub fn partition_metrics(&self) -> Vec<PartitionMetrics> {
+    pub(crate) fn partition_metrics(&self) -> Vec<PartitionMetrics> {
         self.shared
             .parts()
             .iter()
@@ -159,5 +154,28 @@ impl Store {
                 recovery_scanned_bytes: p.scanned_at_open,
             })
             .collect()
+    }
+}
+
+impl Store {
+    /// Counters of the write path since open, summed over all partitions.
+    pub fn write_stats(&self) -> WriteStats {
+        self.local_opt().map(|l| l.write_stats()).unwrap_or_default()
+    }
+
+    /// Latency of acknowledged [`Store::append`] calls since open.
+    pub fn append_latency(&self) -> Histogram {
+        self.local_opt().map(|l| l.append_latency()).unwrap_or_default()
+    }
+
+    /// Group commits by size, summed over partitions: element `i` counts groups of at most
+    /// `2^i` appends (the last, more).
+    pub fn group_sizes(&self) -> Vec<u64> {
+        self.local_opt().map(|l| l.group_sizes()).unwrap_or_default()
+    }
+
+    /// Per-partition counts: events held, appended and bytes written since open.
+    pub fn partition_metrics(&self) -> Vec<PartitionMetrics> {
+        self.local_opt().map(|l| l.partition_metrics()).unwrap_or_default()
     }
 }

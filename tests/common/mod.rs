@@ -174,3 +174,4 @@ impl strata::Projection for AlwaysFails {
         Err("always".into())
     }
 }
+pub mod nats;
