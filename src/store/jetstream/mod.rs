@@ -94,7 +94,7 @@ impl JetStreamOptions {
     /// A store named `prefix` (1 to 32 ASCII letters, digits, `-` or `_`) on the cluster whose
     /// servers are `servers` (`nats://host:port`; any of them will do, the client finds the
     /// others). Defaults: 3 replicas, 8 partitions (both used only when the store is created),
-    /// created if missing, a 10 s request timeout, and retries for 30 s through a failover.
+    /// created if missing, a 3 s request timeout, and retries for 30 s through a failover.
     pub fn new<S: Into<String>>(servers: impl IntoIterator<Item = S>, prefix: impl Into<String>) -> JetStreamOptions {
         JetStreamOptions {
             servers: servers.into_iter().map(Into::into).collect(),
@@ -103,7 +103,7 @@ impl JetStreamOptions {
             partitions: super::DEFAULT_PARTITIONS,
             create_if_missing: true,
             state_dir: None,
-            timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(3),
             retry_for: Duration::from_secs(30),
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             max_append_bytes: DEFAULT_MAX_APPEND_BYTES,
@@ -137,7 +137,10 @@ impl JetStreamOptions {
         self
     }
 
-    /// How long one request to the cluster may take before it is retried (default 10 s).
+    /// How long one request to the cluster may take before it is retried (default 3 s). A
+    /// request to a server that died, or to a leader that lost its quorum, is retried after
+    /// this, so it bounds how long an append stalls past a leader election; a retry that was
+    /// not needed is safe (it carries the same message ids).
     pub fn timeout(mut self, t: Duration) -> JetStreamOptions {
         self.timeout = t;
         self
