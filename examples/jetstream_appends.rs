@@ -19,7 +19,8 @@ const APPENDS: usize = 200;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let servers: Vec<String> = args.next().unwrap_or("nats://127.0.0.1:4222".into()).split(',').map(String::from).collect();
+    let servers: Vec<String> =
+        args.next().unwrap_or("nats://127.0.0.1:4222".into()).split(',').map(String::from).collect();
     let replicas: usize = args.next().map_or(Ok(3), |a| a.parse())?;
     let writers: usize = args.next().map_or(Ok(64), |a| a.parse())?;
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();

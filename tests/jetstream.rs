@@ -517,3 +517,21 @@ fn strata_load_runs_end_to_end_on_a_cluster() {
     // rebuilt projection counted them all.
     assert_eq!(report["events"], 4000, "{report}");
 }
+
+#[test]
+fn async_callers_are_served() {
+    let _s = serial();
+    let c = Cluster::start(1);
+    let urls = c.urls();
+    // Connecting, the blocking calls, an awaited append and dropping the store, all on a
+    // thread of the caller's own tokio runtime.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let store = Store::connect(JetStreamOptions::new(urls, "async").replicas(1)).unwrap();
+        store.append("a", ExpectedVersion::NoStream, &[ev("E", "1")]).unwrap();
+        let r = store.append_async("a", ExpectedVersion::Exact(0), &[ev("E", "2")]).await.unwrap();
+        assert_eq!(r.last_version, 1);
+        assert_eq!(store.read_stream("a", 0, 10).unwrap().len(), 2);
+        drop(store);
+    });
+}

@@ -187,7 +187,8 @@ struct InFlight {
 
 /// A store on a JetStream cluster.
 pub(crate) struct Remote {
-    rt: tokio::runtime::Runtime,
+    /// `None` only while dropping.
+    rt: Option<tokio::runtime::Runtime>,
     client: async_nats::Client,
     js: jetstream::Context,
     prefix: String,
@@ -275,6 +276,18 @@ impl Remote {
     /// Connects, checks the server and the store's streams (creating them if allowed), and
     /// starts the head watcher.
     pub(crate) fn connect(options: JetStreamOptions) -> Result<Remote> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Called from a thread of the caller's own tokio runtime, where blocking on (or
+            // dropping) another runtime panics: connect from a plain thread.
+            return std::thread::scope(|s| match s.spawn(|| Self::connect_here(options)).join() {
+                Ok(r) => r,
+                Err(panic) => std::panic::resume_unwind(panic),
+            });
+        }
+        Self::connect_here(options)
+    }
+
+    fn connect_here(options: JetStreamOptions) -> Result<Remote> {
         let o = options;
         if !subject::valid_prefix(&o.prefix) {
             return Err(Error::InvalidOptions(format!(
@@ -335,7 +348,7 @@ impl Remote {
         // leave room for them and the server's own headers under `max_payload`.
         let max_event_bytes = o.max_event_bytes.min(max_payload.saturating_sub(4096) / 4 * 3);
         let remote = Remote {
-            rt,
+            rt: Some(rt),
             client,
             js,
             prefix: o.prefix.clone(),
@@ -490,7 +503,7 @@ impl Remote {
         let signal = self.signal.clone();
         let closed = self.closed.clone();
         let seen: Vec<u64> = self.known.iter().map(|k| k.load(Ordering::Acquire)).collect();
-        self.rt.spawn(async move {
+        self.runtime().spawn(async move {
             let mut last = seen;
             while !closed.load(Ordering::Acquire) {
                 tokio::time::sleep(WATCH_EVERY).await;
@@ -519,13 +532,17 @@ impl Remote {
         F::Output: Send,
     {
         if tokio::runtime::Handle::try_current().is_ok() {
-            std::thread::scope(|s| match s.spawn(|| self.rt.block_on(f)).join() {
+            std::thread::scope(|s| match s.spawn(|| self.runtime().block_on(f)).join() {
                 Ok(v) => v,
                 Err(panic) => std::panic::resume_unwind(panic),
             })
         } else {
-            self.rt.block_on(f)
+            self.runtime().block_on(f)
         }
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.rt.as_ref().expect("the runtime lives as long as the store")
     }
 
     /// Sleeps on the calling thread.
@@ -1149,6 +1166,18 @@ impl Remote {
     }
 }
 
+impl Drop for Remote {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
+        // Without waiting: a store may be dropped on a thread of the caller's own runtime,
+        // where blocking on ours would panic. What was queued is already acknowledged or
+        // failed; snapshot writes still in flight are dropped (`close` waits for them).
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// The name of partition `n`'s JetStream stream.
 fn stream_name(prefix: &str, n: u32) -> String {
     format!("{prefix}_P{n}")
@@ -1271,7 +1300,7 @@ impl Log for Remote {
         let in_flight = self.snapshot_writes.clone();
         *in_flight.n.lock() += 1;
         let timeout = self.timeout;
-        self.rt.spawn(async move {
+        self.runtime().spawn(async move {
             let ok =
                 tokio::time::timeout(timeout * 3, write_snapshot(&store, &snapshot)).await.is_ok_and(|r| r.is_ok());
             let counter = if ok { &counters.written } else { &counters.failed };
