@@ -2,10 +2,7 @@
 //! routed under the routing lock (a grow's cutover takes it for writing), and queued for its
 //! partition's writer, which group-commits it (`log::writer`).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use crate::error::{Error, Result};
 use crate::event::{AppendResult, EventData, EventId, ExpectedVersion};
@@ -14,6 +11,7 @@ use crate::log::reply::{Replies, ReplyTo};
 use crate::log::{AppendRequest, BatchBytes, Queued, Reply, StreamName};
 use crate::router::{self, stream_hash};
 
+use super::future::AppendFuture;
 use super::{Local, Store};
 
 impl Local {
@@ -97,8 +95,8 @@ impl Local {
         let futures = outcomes
             .into_iter()
             .map(|o| match o {
-                Ok(i) => AppendFuture { state: FutureState::Shared(replies.clone(), i) },
-                Err(e) => AppendFuture { state: FutureState::Failed(Some(e)) },
+                Ok(i) => AppendFuture::shared(replies.clone(), i),
+                Err(e) => AppendFuture::failed(e),
             })
             .collect();
         let (buf, names): (_, Arc<str>) = (Arc::new(buf), names.into());
@@ -213,74 +211,9 @@ impl Local {
 
     pub(crate) fn append_async(&self, stream: &str, expected: ExpectedVersion, events: &[EventData]) -> AppendFuture {
         match self.submit(stream, expected, events) {
-            Ok(rx) => AppendFuture { state: FutureState::Waiting(rx) },
-            Err(e) => AppendFuture { state: FutureState::Failed(Some(e)) },
+            Ok(rx) => AppendFuture::waiting(rx),
+            Err(e) => AppendFuture::failed(e),
         }
-    }
-}
-
-enum FutureState {
-    Waiting(oneshot::Receiver<Result<AppendResult>>),
-    /// Answer `.1` of an `append_many`'s shared replies.
-    Shared(Arc<Replies>, usize),
-    Failed(Option<Error>),
-}
-
-/// A pending append from [`Store::append_async`] or [`Store::append_many`]; resolves when the
-/// append is durable.
-#[must_use = "an append future does nothing visible unless awaited or waited on"]
-pub struct AppendFuture {
-    state: FutureState,
-}
-
-impl std::fmt::Debug for AppendFuture {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppendFuture").finish_non_exhaustive()
-    }
-}
-
-impl AppendFuture {
-    /// A future that is already answered.
-    #[cfg(feature = "jetstream")]
-    pub(crate) fn ready(r: Result<AppendResult>) -> AppendFuture {
-        match r {
-            Ok(r) => {
-                let (tx, rx) = oneshot::channel();
-                let _ = tx.send(Ok(r));
-                AppendFuture { state: FutureState::Waiting(rx) }
-            }
-            Err(e) => AppendFuture { state: FutureState::Failed(Some(e)) },
-        }
-    }
-
-    /// Blocks the current thread until the append completes.
-    pub fn wait(self) -> Result<AppendResult> {
-        match self.state {
-            FutureState::Waiting(rx) => rx.recv().map_err(|_| Error::Closed)?,
-            FutureState::Shared(replies, i) => replies.wait(i),
-            FutureState::Failed(e) => Err(e.unwrap_or(Error::Closed)),
-        }
-    }
-}
-
-impl Future for AppendFuture {
-    type Output = Result<AppendResult>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let poll = match &mut self.state {
-            FutureState::Failed(e) => Poll::Ready(Err(e.take().unwrap_or(Error::Closed))),
-            FutureState::Shared(replies, i) => replies.poll(*i, cx),
-            FutureState::Waiting(rx) => match Pin::new(rx).poll(cx) {
-                Poll::Ready(Ok(r)) => Poll::Ready(r),
-                Poll::Ready(Err(_)) => Poll::Ready(Err(Error::Closed)),
-                Poll::Pending => Poll::Pending,
-            },
-        };
-        if poll.is_ready() {
-            // Polled again after its answer, a future says `Closed` rather than wait forever.
-            self.state = FutureState::Failed(None);
-        }
-        poll
     }
 }
 

@@ -1,8 +1,13 @@
-//! The store: one directory, its partitions and the threads that serve them, behind one
-//! facade ([`Store`]), and what its methods return besides events. Its children add to it: opening (`open`), appending (`append`), reading (`read`),
-//! growing the partition count (`grow`), maintenance (`maintenance`: deletion, compaction,
-//! verification, reports), counters (`stats`) and the log seam (`seam`), through which the
-//! features above the store reach the log.
+//! The store: one facade ([`Store`]) over a backend, and what its methods return besides
+//! events. The embedded backend (`Local`) is one directory, its partitions and the threads
+//! that serve them; with the `jetstream` feature, `jetstream/` is a NATS JetStream cluster.
+//! Each public method is documented once, on `Store`, and dispatches to the backend's method
+//! of the same name (`dispatch!`); what only the embedded store does is `Error::Unsupported`
+//! elsewhere. Its children add to it: opening (`open`), appending (`append`, and `future` for
+//! what an asynchronous append returns), reading (`read`), growing the partition count
+//! (`grow`), maintenance (`maintenance`: deletion, compaction, verification, reports),
+//! counters (`stats`), the log seam (`seam`), through which the features above the store
+//! reach the log, and the backends' implementations of it (`logs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,9 +42,11 @@ macro_rules! dispatch {
 }
 
 mod append;
+mod future;
 mod grow;
 #[cfg(feature = "jetstream")]
 pub(crate) mod jetstream;
+mod logs;
 mod maintenance;
 mod metadata;
 mod open;
@@ -48,7 +55,7 @@ mod read;
 pub(crate) mod seam;
 mod stats;
 
-pub use append::AppendFuture;
+pub use future::AppendFuture;
 pub use grow::GrowReport;
 #[cfg(feature = "jetstream")]
 pub use jetstream::{JetStreamOptions, MAX_BATCH_EVENTS, MIN_SERVER_VERSION};

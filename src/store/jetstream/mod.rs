@@ -47,8 +47,9 @@ use crate::router;
 use crate::snapshot::{Counters, Pending, SnapshotStats, Stored};
 use crate::sync::HeadSignal;
 
+use super::future::AppendFuture;
+use super::options::{DEFAULT_MAX_APPEND_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_PARTITIONS};
 use super::seam::{Heads, Log, Origin, Select, Visible};
-use super::{AppendFuture, DEFAULT_MAX_APPEND_BYTES, DEFAULT_MAX_EVENT_BYTES};
 use wire::Decoded;
 
 /// The oldest server the backend works with: atomic batch publish came in 2.12.
@@ -100,7 +101,7 @@ impl JetStreamOptions {
             servers: servers.into_iter().map(Into::into).collect(),
             prefix: prefix.into(),
             replicas: 3,
-            partitions: super::DEFAULT_PARTITIONS,
+            partitions: DEFAULT_PARTITIONS,
             create_if_missing: true,
             state_dir: None,
             timeout: Duration::from_secs(3),
