@@ -17,7 +17,7 @@ enum FutureState {
     Failed(Option<Error>),
 }
 
-/// A pending append from [`Store::append_async`] or [`Store::append_many`]; resolves when the
+/// A pending append from [`Store::append_async`](crate::Store::append_async) or [`Store::append_many`](crate::Store::append_many); resolves when the
 /// append is durable.
 #[must_use = "an append future does nothing visible unless awaited or waited on"]
 pub struct AppendFuture {
