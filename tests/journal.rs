@@ -339,3 +339,37 @@ fn reads_after_a_clean_close_equal_the_reads_before() {
     assert!(store.recovery_report().is_empty(), "{:?}", store.recovery_report());
     store.close().unwrap();
 }
+
+/// kill -9 after a clean close and more appends: open maps the frozen section, applies the
+/// records written since, and scans at most `recovery_scan_bytes` plus the last group
+/// (FORMAT.md §8.4, §9.1 step 4): never the part the section covers.
+#[test]
+fn after_a_crash_following_a_clean_close_open_scans_only_past_the_section_and_records() {
+    let interval = 64 << 10;
+    for appends in [10, 300, 1_000, 3_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), opts(1, 1 << 30).recovery_scan_bytes(interval)).unwrap();
+        append_some(&store, 2_000, 0);
+        store.close().unwrap();
+        let frozen_len = std::fs::metadata(journal(dir.path())).unwrap().len();
+        let store = Store::open(dir.path(), Options::default().recovery_scan_bytes(interval)).unwrap();
+        assert_eq!(scanned(&store), 0);
+        append_some(&store, appends, 1);
+        let before = everything(&store);
+        let crashed = tempfile::tempdir().unwrap();
+        copy_dir(dir.path(), crashed.path());
+        store.close().unwrap();
+        let journal_len = std::fs::metadata(journal(crashed.path())).unwrap().len();
+        assert!(journal_len >= frozen_len, "records go after the section");
+        let store = Store::open(crashed.path(), Options::default()).unwrap();
+        let data = std::fs::metadata(segments(crashed.path(), 0).pop().unwrap()).unwrap().len();
+        assert!(scanned(&store) <= interval + 4096, "{appends} appends: scanned {} of {data}", scanned(&store));
+        assert!(store.recovery_report().is_empty(), "{:?}", store.recovery_report());
+        assert_eq!(everything(&store), before, "{appends} appends");
+        // Versions continue across the section, the records and the scan.
+        let v = store.stream_version("s-3").unwrap().unwrap();
+        store.append("s-3", ExpectedVersion::Exact(v), &[ev("T", "more")]).unwrap();
+        assert!(store.append("s-3", ExpectedVersion::Exact(v), &[ev("T", "stale")]).is_err());
+        store.close().unwrap();
+    }
+}
