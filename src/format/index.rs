@@ -200,7 +200,27 @@ pub(crate) fn check_entries(
     base_position: u64,
     end_position: u64,
 ) -> Result<(), String> {
-    let mut prev: Option<StreamEntry> = None;
+    check_stream_entries(None, streams, segment_len)?;
+    let mut prev: Option<PositionEntry> = None;
+    for p in positions.iter().map(PositionEntry::get) {
+        if p.offset >= segment_len || p.position < base_position || p.position >= end_position {
+            return Err(format!("position entry {} -> {} out of range", p.position, p.offset));
+        }
+        if prev.is_some_and(|q| q.position >= p.position || q.offset >= p.offset) {
+            return Err("position entries out of order".into());
+        }
+        prev = Some(p);
+    }
+    Ok(())
+}
+
+/// The stream entry half of [`check_entries`], for entries checked a piece at a time: `prev`
+/// is the entry before `streams` (if any); returns the last one.
+pub(crate) fn check_stream_entries(
+    mut prev: Option<StreamEntry>,
+    streams: &[StreamEntry],
+    segment_len: u64,
+) -> Result<Option<StreamEntry>, String> {
     for e in streams.iter().map(StreamEntry::get) {
         if e.event_count == 0
             || e.offset >= segment_len
@@ -215,17 +235,7 @@ pub(crate) fn check_entries(
         }
         prev = Some(e);
     }
-    let mut prev: Option<PositionEntry> = None;
-    for p in positions.iter().map(PositionEntry::get) {
-        if p.offset >= segment_len || p.position < base_position || p.position >= end_position {
-            return Err(format!("position entry {} -> {} out of range", p.position, p.offset));
-        }
-        if prev.is_some_and(|q| q.position >= p.position || q.offset >= p.offset) {
-            return Err("position entries out of order".into());
-        }
-        prev = Some(p);
-    }
-    Ok(())
+    Ok(prev)
 }
 
 /// File name of the index of the segment whose first position is `base`.
