@@ -12,6 +12,8 @@
 //! `stream_meta_scan` target also opens its bytes as a partition's `stream-meta` (FORMAT.md §19):
 //! a torn tail is cut and reported, anything else refused, and each stream's newest record is in
 //! force; `cursor_decode` checks that a cursor (§20) decodes only from exactly its own encoding.
+//! `active_index_scan` also checks that a frozen section (format version 3) re-encodes to its
+//! own bytes, and its template journal holds a section and a record after it (2026-12-03).
 //! An input whose first byte is odd is taken without it, its checksums fixed up (`fixed_up`);
 //! every file's magic starts with `S`, an odd byte, so a seed of a real file is a byte 1, then
 //! the file. Until 2026-12-03 most seeds were the bare files, so their first byte was cut and

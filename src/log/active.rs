@@ -8,6 +8,12 @@
 //! of the same stream earlier in the segment: the scan reports it as corruption at the batch's
 //! offset (FORMAT.md §9.2).
 //!
+//! After a clean close, the index of what the segment held then is the journal's frozen
+//! section (`Frozen`, FORMAT.md §8.4), mapped and searched in place as a sealed segment's index
+//! is (by stream hash, collisions told apart by the stream id of a run's first batch); the
+//! `MemIndex` then holds only what is appended after open, and reads, version checks, the
+//! sealer and the next checkpoint merge the two.
+//!
 //! Reading (`OpenSegment::read`). The first read maps the file as long as it is then
 //! (preallocated zeros included). Reads ask only for bytes of published batches, which the
 //! writer has written. A read the map does not cover uses `pread`, unless it ends more than

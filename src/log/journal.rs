@@ -10,10 +10,16 @@
 //! journal (what it would cover next may be cut). A failed write stops it too, until reopen:
 //! its bytes may be half there, and nothing may follow them.
 //!
-//! Reading happens at open (`log::recovery`): records are applied to the in-memory index as a
-//! scan would have indexed the batches, the last batch covered is decoded from the segment and
-//! must agree, and the scan goes on from where the journal ends. A journal that does not check
-//! out is dropped from the first bad record on (reported), and open scans from there.
+//! Checkpoint. At a clean close, [`Journal::checkpoint`] replaces the file, atomically, with
+//! one holding only a frozen section: the whole index, sorted, in the index file's layout
+//! (format version 3). Records written after the next open follow the section.
+//!
+//! Reading happens at open (`log::recovery`): a frozen section is mapped and checked, and then
+//! used in place (`log::active::Frozen`), not rebuilt; records are applied to the in-memory
+//! index as a scan would have indexed the batches, the last batch covered is decoded from the
+//! segment and must agree, and the scan goes on from where the journal ends. A journal that
+//! does not check out is dropped from the first bad record on (reported), or whole if its
+//! section fails, and open scans from there.
 
 use std::path::PathBuf;
 use std::sync::Arc;
