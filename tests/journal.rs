@@ -373,3 +373,62 @@ fn after_a_crash_following_a_clean_close_open_scans_only_past_the_section_and_re
         store.close().unwrap();
     }
 }
+
+/// Found by the fuzzer: a frozen section consistent with itself and with its last batch, but
+/// not with the batches after it (a stream's versions there crafted one higher, the CRCs
+/// fixed). The scan after it refused the next batch of that stream and open failed; now the
+/// segment wins: the journal is dropped, the segment scanned from its start, nothing lost.
+#[test]
+fn a_section_that_the_batches_after_it_do_not_follow_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), opts(1, 1 << 30)).unwrap();
+    for i in 0..20 {
+        let s = if i % 2 == 0 { "b" } else { "a" };
+        store.append(s, ExpectedVersion::Any, &[ev("T", format!("{i}"))]).unwrap();
+    }
+    store.close().unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    store.append("b", ExpectedVersion::Exact(9), &[ev("T", "after")]).unwrap();
+    let before = everything(&store);
+    let crashed = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), crashed.path());
+    store.close().unwrap();
+    // Every entry of "b" (the last batch is "a"'s) one version higher.
+    let path = journal(crashed.path());
+    let mut j = std::fs::read(&path).unwrap();
+    assert_eq!(j[8], 3);
+    let s = u32::from_le_bytes(j[24..28].try_into().unwrap()) as usize;
+    let p = u32::from_le_bytes(j[28..32].try_into().unwrap()) as usize;
+    let b_hash = {
+        // The 10 entries of one hash that are not the last batch's stream: find by count.
+        let hashes: Vec<u64> =
+            (0..s).map(|k| u64::from_le_bytes(j[64 + 32 * k..72 + 32 * k].try_into().unwrap())).collect();
+        let last_offset = u64::from_le_bytes(j[48..56].try_into().unwrap());
+        let last_hash = (0..s)
+            .find(|&k| u64::from_le_bytes(j[80 + 32 * k..88 + 32 * k].try_into().unwrap()) == last_offset)
+            .map(|k| hashes[k])
+            .unwrap();
+        *hashes.iter().find(|&&h| h != last_hash).unwrap()
+    };
+    for k in 0..s {
+        let e = 64 + 32 * k;
+        if u64::from_le_bytes(j[e..e + 8].try_into().unwrap()) == b_hash {
+            let v = u64::from_le_bytes(j[e + 8..e + 16].try_into().unwrap()) + 1;
+            j[e + 8..e + 16].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    let sum = crc32fast::hash(&j[64..64 + 32 * s + 16 * p]);
+    j[56..60].copy_from_slice(&sum.to_le_bytes());
+    let sum = crc32fast::hash(&j[..60]);
+    j[60..64].copy_from_slice(&sum.to_le_bytes());
+    std::fs::write(&path, &j).unwrap();
+    let store = Store::open(crashed.path(), Options::default()).unwrap();
+    assert_eq!(everything(&store), before);
+    assert_eq!(store.stream_version("b").unwrap(), Some(10));
+    let report = store.recovery_report();
+    assert!(matches!(report[..], [RecoveryAction::DroppedActiveIndex { .. }]), "{report:?}");
+    store.close().unwrap();
+    let store = Store::open(crashed.path(), Options::default()).unwrap();
+    assert_eq!(scanned(&store), 0);
+    assert_eq!(everything(&store), before);
+}

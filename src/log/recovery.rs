@@ -227,30 +227,53 @@ pub(crate) fn recover_active(
                 format!("segment header says partition {} base {}", header.partition, header.base_position),
             ));
         }
-        let journaled = read_journal(dir, id, base, &map, &mut mem, &mut frozen, io, report);
-        let (start, next, mut last_timestamp) = journaled
-            .as_ref()
-            .map_or((seg_format::HEADER_LEN as u64, base, 0), |j| (j.covered.0, j.covered.1, j.last_timestamp));
-        let mut refused = None;
-        let start_at = usize::try_from(start).unwrap_or(usize::MAX);
-        let mut frozen_last = |stream: &str| match &frozen {
-            Some(f) => frozen_last_version(f.streams(), &map, stream)
-                .ok_or_else(|| "an indexed batch has no readable stream id".to_owned()),
-            None => Ok(None),
-        };
-        let end = seg_format::scan_from(&map, start_at, next, Mode::Active, |off, b| {
-            last_timestamp = b.timestamp;
-            match (&refused, mem.scanned_after(off, b, &mut frozen_last)) {
-                (None, Err(why)) => refused = Some((off, why)),
-                (_, Ok(key)) => found.push((key, b.first_version, b.event_count, b.length as u32)),
-                _ => {}
+        let mut journaled = read_journal(dir, id, base, &map, &mut mem, &mut frozen, io, report);
+        loop {
+            let (start, next, mut last_timestamp) = journaled
+                .as_ref()
+                .map_or((seg_format::HEADER_LEN as u64, base, 0), |j| (j.covered.0, j.covered.1, j.last_timestamp));
+            let mut refused = None;
+            let start_at = usize::try_from(start).unwrap_or(usize::MAX);
+            let scanned = {
+                let mut frozen_last = |stream: &str| match &frozen {
+                    Some(f) => frozen_last_version(f.streams(), &map, stream)
+                        .ok_or_else(|| "an indexed batch has no readable stream id".to_owned()),
+                    None => Ok(None),
+                };
+                seg_format::scan_from(&map, start_at, next, Mode::Active, |off, b| {
+                    last_timestamp = b.timestamp;
+                    match (&refused, mem.scanned_after(off, b, &mut frozen_last)) {
+                        (None, Err(why)) => refused = Some((off, why)),
+                        (_, Ok(key)) => found.push((key, b.first_version, b.event_count, b.length as u32)),
+                        _ => {}
+                    }
+                })
+            };
+            let failed = match (scanned, refused) {
+                (Err(e), _) => Err(Error::corruption(&path, e.offset, e.reason)),
+                (Ok(_), Some((offset, why))) => Err(Error::corruption(&path, offset, why)),
+                (Ok(end), None) => Ok(end),
+            };
+            match failed {
+                Ok(end) => break ((end, last_timestamp), journaled, start),
+                // The journal may be what disagrees with the segment (a section or record
+                // consistent with itself but not with the batches after it): the segment
+                // wins. The journal is dropped whole and the segment scanned from its start,
+                // which fails open only if the segment itself is damaged.
+                Err(e) if journaled.is_some() => {
+                    report.push(RecoveryAction::DroppedActiveIndex {
+                        path: dir.join(aix::file_name(base)),
+                        offset: 0,
+                        reason: format!("the segment after it does not follow it: {e}"),
+                    });
+                    journaled = None;
+                    frozen = None;
+                    mem = MemIndex::new(base);
+                    found.clear();
+                }
+                Err(e) => return Err(e),
             }
-        })
-        .map_err(|e| Error::corruption(&path, e.offset, e.reason))?;
-        if let Some((offset, why)) = refused {
-            return Err(Error::corruption(&path, offset, why));
         }
-        ((end, last_timestamp), journaled, start)
     };
     let (end, last_timestamp) = end;
     let data_end = end.data_end();
