@@ -12,6 +12,8 @@
 //! `stream_meta_scan` target also opens its bytes as a partition's `stream-meta` (FORMAT.md §19):
 //! a torn tail is cut and reported, anything else refused, and each stream's newest record is in
 //! force; `cursor_decode` checks that a cursor (§20) decodes only from exactly its own encoding.
+//! `active_index_scan` also checks that a frozen section (format version 3) re-encodes to its
+//! own bytes, and its template journal holds a section and a record after it (2026-12-03).
 //! An input whose first byte is odd is taken without it, its checksums fixed up (`fixed_up`);
 //! every file's magic starts with `S`, an odd byte, so a seed of a real file is a byte 1, then
 //! the file. Until 2026-12-03 most seeds were the bare files, so their first byte was cut and
@@ -579,16 +581,24 @@ pub fn cursor_decode(data: &[u8]) {
 /// segment, must never fail open, lose an event or invent one.
 pub fn active_index_scan(data: &[u8]) {
     use crate::format::active_index::{self as aix, Entry};
-    let data = &*fixed_up(data, |v| {
-        put_crc(v, 60, 0..60);
-        fix_record_crcs(v, aix::HEADER_LEN);
-    });
+    let data = &*fixed_up(data, |v| fix_journal(v));
+    let aligned = Aligned::new(data);
+    let data = aligned.bytes();
     if let Ok((partition, base)) = aix::check_header(data)
-        && let Ok((records, end, damage)) = aix::scan(data, partition, base)
+        && let Ok(sc) = aix::scan(data, partition, base)
     {
+        let (records, end, damage) = (&sc.records, sc.valid_end, &sc.damage);
         assert!(end <= data.len());
         assert_eq!(damage.is_none(), end == data.len());
-        for r in &records {
+        if let Some(f) = &sc.frozen {
+            // A frozen section re-encodes to exactly its own bytes.
+            let streams: Vec<_> = f.streams.iter().map(index::StreamEntry::get).collect();
+            let positions: Vec<_> = f.positions.iter().map(index::PositionEntry::get).collect();
+            let again = aix::encode_frozen(&f.header, &streams, &positions);
+            assert_eq!(Some(&again[..]), data.get(..f.end), "frozen section: decode and encode disagree");
+            assert!(f.end <= end);
+        }
+        for r in records {
             let stream = |b: &aix::Batch| r.streams.get(b.stream as usize).copied().expect("stream in the table");
             let entries: Vec<Entry<'_>> = r
                 .batches()
@@ -627,8 +637,7 @@ pub fn active_index_scan(data: &[u8]) {
         }
     }
     if data.first().is_some_and(|b| b & 1 == 1) {
-        put_crc(&mut mutated, 60, 0..60);
-        fix_record_crcs(&mut mutated, aix::HEADER_LEN);
+        fix_journal(&mut mutated);
     }
     let pdir = dir.join("p00000");
     for entry in std::fs::read_dir(&pdir).expect("list") {
@@ -648,9 +657,28 @@ pub fn active_index_scan(data: &[u8]) {
     store.close().expect("close");
 }
 
-/// A store with one segment of a few batches on three streams, closed and reopened once (so
-/// its journal has two records): its directory, the segment's and the journal's bytes, and its
-/// events (stream, version, payload).
+/// Fixes a journal's checksums: a version 3 header's frozen section CRC (over the entries its
+/// counts claim, as far as the bytes go), the header's, and the records' after the section.
+fn fix_journal(v: &mut [u8]) {
+    use crate::format::active_index as aix;
+    let le32 = |v: &[u8], at: usize| v.get(at..at + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let mut records = aix::HEADER_LEN;
+    if le32(v, 8) == aix::FROZEN_VERSION {
+        let (s, p) = (le32(v, 24) as usize, le32(v, 28) as usize);
+        let end = aix::HEADER_LEN.saturating_add(s.saturating_mul(32)).saturating_add(p.saturating_mul(16));
+        if end <= v.len() {
+            put_crc(v, 56, aix::HEADER_LEN..end);
+            records = end;
+        }
+    }
+    put_crc(v, 60, 0..60);
+    fix_record_crcs(v, records);
+}
+
+/// A store with one segment of a few batches on three streams, closed and reopened once, then
+/// reopened and copied while open after more appends (as kill -9 leaves it), so that its
+/// journal has a frozen section and a record after it: its directory, the segment's and the
+/// journal's bytes, and its events (stream, version, payload).
 type JournalTemplate = (PathBuf, Vec<u8>, Vec<u8>, Vec<(String, u64, Vec<u8>)>);
 
 fn journal_template() -> &'static JournalTemplate {
@@ -661,8 +689,9 @@ fn journal_template() -> &'static JournalTemplate {
         let opts = Options::default().create_if_missing(true).partitions(1).preallocate(false);
         let mut store = Store::open(&dir, opts.clone()).expect("create the fuzz store");
         let mut events = Vec::new();
-        for i in 0..12u64 {
-            if i == 6 {
+        let crashed = tempfile::Builder::new().prefix("strata-fuzz-aix").tempdir_in(base).expect("temp dir").keep();
+        for i in 0..15u64 {
+            if i == 6 || i == 12 {
                 store.close().expect("close");
                 store = Store::open(&dir, opts.clone()).expect("reopen the fuzz store");
             }
@@ -674,10 +703,23 @@ fn journal_template() -> &'static JournalTemplate {
                 events.push((s.to_owned(), r.first_version + k as u64, e.payload));
             }
         }
+        // The files as kill -9 leaves them: a frozen section of 12 batches, 3 batches after it.
+        let copy = |from: &std::path::Path, to: &std::path::Path| {
+            std::fs::create_dir_all(to.join("p00000")).expect("mkdir");
+            std::fs::copy(from.join("MANIFEST"), to.join("MANIFEST")).expect("copy manifest");
+            for name in [segment::file_name(0), crate::format::active_index::file_name(0)] {
+                std::fs::copy(from.join("p00000").join(&name), to.join("p00000").join(&name)).expect("copy");
+            }
+        };
+        copy(&dir, &crashed);
         store.close().expect("close");
-        let seg = std::fs::read(dir.join("p00000").join(segment::file_name(0))).expect("read segment");
-        let journal = dir.join("p00000").join(crate::format::active_index::file_name(0));
+        // Open scans the 3 and journals them as a record after the section: taken while open.
+        let reopened = Store::open(&crashed, opts).expect("reopen the copy");
+        let seg = std::fs::read(crashed.join("p00000").join(segment::file_name(0))).expect("read segment");
+        let journal = crashed.join("p00000").join(crate::format::active_index::file_name(0));
         let journal = std::fs::read(journal).expect("read journal");
+        drop(reopened);
+        let _ = std::fs::remove_dir_all(&crashed);
         (dir, seg, journal, events)
     })
 }

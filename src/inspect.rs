@@ -333,6 +333,9 @@ pub enum Dump {
         partition: u32,
         /// The segment it journals.
         base_position: u64,
+        /// Its frozen section (format version 3), if it has one: the segment offsets
+        /// `[64, to)` and positions it covers, its stream entries (one per batch) and streams.
+        frozen: Option<JournalRecordInfo>,
         /// Each valid record: segment offsets `[from, to)`, positions `[from, to)`, batches,
         /// streams.
         records: Vec<JournalRecordInfo>,
@@ -417,9 +420,19 @@ pub fn dump(path: &Path, filter: &Filter) -> Result<Dump> {
         FileKind::ActiveIndex => {
             let (partition, base_position) =
                 crate::format::active_index::check_header(&bytes).map_err(|m| m.into_corruption(path))?;
-            let (records, end, damage) = crate::format::active_index::scan(&bytes, partition, base_position)
+            // Aligned, so that a frozen section's entries are read in place.
+            let aligned = crate::format::Aligned::new(&bytes);
+            let scanned = crate::format::active_index::scan(aligned.bytes(), partition, base_position)
                 .map_err(|m| m.into_corruption(path))?;
-            let records = records
+            let frozen = scanned.frozen.map(|f| JournalRecordInfo {
+                offsets: (crate::format::active_index::HEADER_LEN as u64, f.header.to_offset),
+                positions: (base_position, f.header.to_position),
+                batches: f.streams.len() as u64,
+                streams: crate::format::index::stream_runs(f.streams).count() as u64,
+            });
+            let (end, damage) = (scanned.valid_end, scanned.damage);
+            let records = scanned
+                .records
                 .iter()
                 .map(|r| JournalRecordInfo {
                     offsets: (r.from_offset, r.to_offset),
@@ -428,7 +441,13 @@ pub fn dump(path: &Path, filter: &Filter) -> Result<Dump> {
                     streams: r.streams.len() as u64,
                 })
                 .collect();
-            Ok(Dump::ActiveIndex { partition, base_position, records, damage: damage.map(|why| (end as u64, why)) })
+            Ok(Dump::ActiveIndex {
+                partition,
+                base_position,
+                frozen,
+                records,
+                damage: damage.map(|why| (end as u64, why)),
+            })
         }
         FileKind::Archive => dump_archive(path, &bytes, filter),
         FileKind::Snapshots => dump_snapshots(path, &bytes, filter),

@@ -303,3 +303,91 @@ fn the_report_covers_files_not_read_yet() {
     assert_eq!(payloads(&store.read_stream("a", 0, 1000).unwrap()), a);
     assert_eq!(store.recovery_report().len(), 1, "reported once");
 }
+
+/// The active index journal's frozen section (FORMAT.md §8.4) torn, cut short, flipped, left
+/// half-written under its temporary name, stale (from a later state of the segment than the
+/// one beside it), or of another segment: open never fails and never loses or invents an event,
+/// says it dropped the journal, scans, and the next clean close writes the section again.
+#[test]
+fn a_torn_truncated_flipped_or_stale_frozen_section_costs_only_a_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), opts(1, 1 << 20)).unwrap();
+    let early_written = fill(&store, "s", 20);
+    store.close().unwrap();
+    let early_segment = std::fs::read(segments(dir.path(), 0).pop().unwrap()).unwrap();
+    let store = Store::open(dir.path(), Options::default()).unwrap();
+    let mut written = early_written.clone();
+    written.extend(fill(&store, "s", 10));
+    store.close().unwrap();
+    let seg = segments(dir.path(), 0).pop().unwrap();
+    let aix = seg.with_extension("aix");
+    let segment = std::fs::read(&seg).unwrap();
+    let journal = std::fs::read(&aix).unwrap();
+    assert_eq!(journal[8], 3, "a clean close leaves a frozen section");
+    let check = |case: &str, seg_bytes: &[u8], journal: Option<&[u8]>, want: &[Vec<u8>], dropped: bool| {
+        let work = tempfile::tempdir().unwrap();
+        copy_dir(dir.path(), work.path());
+        let wseg = segments(work.path(), 0).pop().unwrap();
+        std::fs::write(&wseg, seg_bytes).unwrap();
+        match journal {
+            Some(j) => std::fs::write(wseg.with_extension("aix"), j).unwrap(),
+            None => std::fs::remove_file(wseg.with_extension("aix")).unwrap(),
+        }
+        let store = Store::open(work.path(), Options::default()).unwrap();
+        let got = payloads(&store.read_stream("s", 0, usize::MAX).unwrap());
+        assert_eq!(got, want, "{case}");
+        assert_eq!(store.stream_version("s").unwrap(), Some(want.len() as u64 - 1), "{case}");
+        let report = store.recovery_report();
+        let was_dropped = report.iter().any(|a| matches!(a, RecoveryAction::DroppedActiveIndex { .. }));
+        assert_eq!(was_dropped, dropped, "{case}: {report:?}");
+        let scanned = store.partition_metrics()[0].recovery_scanned_bytes;
+        assert_eq!(scanned == 0, case == "intact", "{case}: scanned {scanned}");
+        assert!(scanned <= seg_bytes.len() as u64, "{case}");
+        store.close().unwrap();
+        let store = Store::open(work.path(), Options::default()).unwrap();
+        assert_eq!(store.partition_metrics()[0].recovery_scanned_bytes, 0, "{case}: written again");
+        assert_eq!(payloads(&store.read_stream("s", 0, usize::MAX).unwrap()), want, "{case}");
+        store.close().unwrap();
+    };
+    check("intact", &segment, Some(&journal), &written, false);
+    // Cut short anywhere: in the header, in the entries, by one byte.
+    for len in (0..journal.len()).step_by(7).chain([journal.len() - 1, 64, 63]) {
+        check(&format!("cut to {len}"), &segment, Some(&journal[..len]), &written, true);
+    }
+    // Flipped bits in the header and the entries.
+    for bit in (0..journal.len() * 8).step_by(53) {
+        let mut j = journal.clone();
+        j[bit / 8] ^= 1 << (bit % 8);
+        check(&format!("bit {bit}"), &segment, Some(&j), &written, true);
+    }
+    // Torn: zeros from some byte on (a file system that extended the file but lost the data).
+    for at in [64, 100, journal.len() / 2] {
+        let mut j = journal.clone();
+        j[at..].fill(0);
+        check(&format!("zeros from {at}"), &segment, Some(&j), &written, true);
+    }
+    // Stale: the section of 30 batches beside the segment as it was at 20 (the section
+    // describes more than the segment holds): the segment wins.
+    check("stale, ahead of the segment", &early_segment, Some(&journal), &early_written, true);
+    // A half-written replacement under its temporary name, the old journal gone: the
+    // temporary file is removed, the segment scanned.
+    {
+        let work = tempfile::tempdir().unwrap();
+        copy_dir(dir.path(), work.path());
+        let wseg = segments(work.path(), 0).pop().unwrap();
+        std::fs::remove_file(wseg.with_extension("aix")).unwrap();
+        std::fs::write(wseg.with_extension("aix.tmp"), &journal[..journal.len() / 2]).unwrap();
+        let store = Store::open(work.path(), Options::default()).unwrap();
+        assert_eq!(payloads(&store.read_stream("s", 0, usize::MAX).unwrap()), written);
+        assert!(!wseg.with_extension("aix.tmp").exists());
+        store.close().unwrap();
+    }
+    // Of another segment or partition: the header names them, and the journal is dropped.
+    let mut other = journal.clone();
+    other[12] = 1;
+    let sum = crc32fast::hash(&other[..60]);
+    other[60..64].copy_from_slice(&sum.to_le_bytes());
+    check("another partition's", &segment, Some(&other), &written, true);
+    // No journal at all: a scan, and a journal written at the close.
+    check("none", &segment, None, &written, false);
+}

@@ -241,9 +241,10 @@ fn newer_format_and_foreign_manifest_are_refused() {
         m[60..].copy_from_slice(&sum.to_le_bytes());
         m
     };
-    // Format version 2 changed archives only: a manifest is written at 1, the newest version
-    // of a manifest there is (FORMAT.md §1.1); one saying 2 is of a newer build.
-    assert_eq!(strata::limits::FORMAT_VERSION, 2);
+    // Format version 2 changed archives only, version 3 the active index journal only: a
+    // manifest is written at 1, the newest version of a manifest there is (FORMAT.md §1.1);
+    // one saying 2 is of a newer build.
+    assert_eq!(strata::limits::FORMAT_VERSION, 3);
     assert_eq!(good[8..12], 1u32.to_le_bytes());
     std::fs::write(&manifest, at_version(2)).unwrap();
     assert!(matches!(

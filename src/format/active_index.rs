@@ -33,16 +33,24 @@ use hashbrown::HashMap;
 
 use super::batch::MAX_STREAM_ID_LEN;
 use super::header::{self, CRC_OFFSET, Frame, Malformed};
+use super::index::{PositionEntry, StreamEntry};
 use super::{align8, crc, le_u32, le_u64, put_u32, put_u64};
 
 pub(crate) const MAGIC: &[u8; 8] = b"STRATAIX";
 pub(crate) use super::header::HEADER_LEN;
 const RECORD_FIXED: usize = 56;
+/// Stream entries checked at a time in a frozen section (32 KiB: in L1/L2 for both passes).
+const PIECE: usize = 1024;
 /// Shortest valid batch (FORMAT.md §7.4).
 const MIN_BATCH: u64 = 64;
 
+/// The version of a journal that starts with a frozen section (FORMAT.md §8.4); one without
+/// is written at version 1, the lowest that describes it.
+pub(crate) const FROZEN_VERSION: u32 = 3;
+
+/// The header frame; the reserved bytes depend on the version (checked in [`check_header`]).
 const FRAME: Frame =
-    Frame { magic: MAGIC, what: "active index", reserved: 24..CRC_OFFSET, newest: super::BASE_VERSION };
+    Frame { magic: MAGIC, what: "active index", reserved: CRC_OFFSET..CRC_OFFSET, newest: FROZEN_VERSION };
 
 /// The journal's file name beside the segment starting at `base`.
 pub(crate) fn file_name(base: u64) -> String {
@@ -60,7 +68,131 @@ pub(crate) fn encode_header(partition: u32, base_position: u64) -> [u8; HEADER_L
 /// Checks the header; returns the partition and base position it names.
 pub(crate) fn check_header(bytes: &[u8]) -> Result<(u32, u64), Malformed> {
     let h = header::check(bytes, &FRAME)?;
+    match le_u32(h, 8).unwrap_or(0) {
+        1 if h.get(24..CRC_OFFSET).is_some_and(|r| r.iter().all(|&b| b == 0)) => {}
+        1 => return Err(Malformed::damaged(24, "reserved active index header bytes are not zero")),
+        FROZEN_VERSION => {}
+        v => return Err(Malformed::damaged(8, format!("active index format version {v} was never written"))),
+    }
     Ok((le_u32(h, 12).unwrap_or(0), le_u64(h, 16).unwrap_or(0)))
+}
+
+/// A frozen section's header fields (FORMAT.md §8.4, version 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FrozenHeader {
+    pub partition: u32,
+    pub base_position: u64,
+    /// One past the last segment byte and position the section covers.
+    pub to_offset: u64,
+    pub to_position: u64,
+    /// Segment offset of the last batch covered.
+    pub last_offset: u64,
+}
+
+/// A checked frozen section over borrowed (usually mapped) bytes: its entries, and where the
+/// records after it begin.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FrozenView<'a> {
+    pub header: FrozenHeader,
+    pub streams: &'a [StreamEntry],
+    pub positions: &'a [PositionEntry],
+    /// File offset of the first record after the section.
+    pub end: usize,
+}
+
+/// Encodes a version 3 journal holding only its frozen section: `streams` (sorted, as in an
+/// index file, §8.1) and `positions` (§8.2) cover the segment up to `to_offset` and
+/// `to_position`, its last batch at `last_offset`.
+pub(crate) fn encode_frozen(h: &FrozenHeader, streams: &[StreamEntry], positions: &[PositionEntry]) -> Vec<u8> {
+    let mut out = vec![0u8; HEADER_LEN];
+    out.reserve(streams.len() * 32 + positions.len() * 16);
+    for e in streams {
+        out.extend_from_slice(bytemuck::bytes_of(&e.to_le()));
+    }
+    for p in positions {
+        let le = PositionEntry { position: p.position.to_le(), offset: p.offset.to_le() };
+        out.extend_from_slice(bytemuck::bytes_of(&le));
+    }
+    let mut head = header::begin_version(MAGIC, FROZEN_VERSION);
+    put_u32(&mut head, 12, h.partition);
+    put_u64(&mut head, 16, h.base_position);
+    put_u32(&mut head, 24, streams.len() as u32);
+    put_u32(&mut head, 28, positions.len() as u32);
+    put_u64(&mut head, 32, h.to_offset);
+    put_u64(&mut head, 40, h.to_position);
+    put_u64(&mut head, 48, h.last_offset);
+    put_u32(&mut head, 56, out.get(HEADER_LEN..).map(crc).unwrap_or(0));
+    header::seal(&mut head);
+    if let Some(at) = out.get_mut(..HEADER_LEN) {
+        at.copy_from_slice(&head);
+    }
+    out
+}
+
+/// Checks the frozen section of a journal whose header checked out, if it has one (version
+/// 3): its length, CRC and entries (as an index's, §8.3 items 5 and 6, over the covered
+/// range), and that its last batch and first position entry lie where the range says.
+/// `bytes` must be 8-byte aligned for the entries to be read in place.
+pub(crate) fn decode_frozen(bytes: &[u8]) -> Result<Option<FrozenView<'_>>, Malformed> {
+    let h = bytes.get(..HEADER_LEN).unwrap_or(&[]);
+    if le_u32(h, 8) != Some(FROZEN_VERSION) {
+        return Ok(None);
+    }
+    let field = |off| le_u64(h, off).unwrap_or(0);
+    let header = FrozenHeader {
+        partition: le_u32(h, 12).unwrap_or(0),
+        base_position: field(16),
+        to_offset: field(32),
+        to_position: field(40),
+        last_offset: field(48),
+    };
+    let (s, p) = (le_u32(h, 24).unwrap_or(0) as usize, le_u32(h, 28).unwrap_or(0) as usize);
+    let end = HEADER_LEN + s * 32 + p * 16;
+    let body = bytes
+        .get(HEADER_LEN..end)
+        .ok_or_else(|| Malformed::damaged(24, format!("frozen section of {s} + {p} entries runs past the file")))?;
+    let split = s * 32;
+    let streams: &[StreamEntry] = bytemuck::try_cast_slice(body.get(..split).unwrap_or(&[]))
+        .map_err(|e| Malformed::damaged(HEADER_LEN as u64, format!("stream entries: {e}")))?;
+    let positions: &[PositionEntry] = bytemuck::try_cast_slice(body.get(split..).unwrap_or(&[]))
+        .map_err(|e| Malformed::damaged(HEADER_LEN as u64, format!("position entries: {e}")))?;
+    // One pass over the stream entries, a piece at a time, for both the CRC and the checks
+    // of their fields and order (each piece is in cache for the second): open's main cost
+    // after a clean close. The CRC is judged first: damage is reported as damage, not as
+    // disorder.
+    let mut sum = crc32fast::Hasher::new();
+    let mut order: Result<Option<StreamEntry>, String> = Ok(None);
+    for piece in streams.chunks(PIECE) {
+        sum.update(bytemuck::cast_slice(piece));
+        if let Ok(prev) = order {
+            order = super::index::check_stream_entries(prev, piece, header.to_offset);
+        }
+    }
+    sum.update(bytemuck::cast_slice(positions));
+    if Some(sum.finalize()) != le_u32(h, 56) {
+        return Err(Malformed::damaged(HEADER_LEN as u64, "frozen section checksum mismatch"));
+    }
+    order.map_err(|why| Malformed::damaged(HEADER_LEN as u64, why))?;
+    let first_data = HEADER_LEN as u64;
+    if s == 0
+        || header.to_offset < first_data + MIN_BATCH
+        || header.to_position <= header.base_position
+        || header.last_offset < first_data
+        || header.last_offset.checked_add(MIN_BATCH).is_none_or(|e| e > header.to_offset)
+    {
+        return Err(Malformed::damaged(24, "frozen section covers an impossible range"));
+    }
+    super::index::check_entries(&[], positions, header.to_offset, header.base_position, header.to_position)
+        .map_err(|why| Malformed::damaged(HEADER_LEN as u64, why))?;
+    if positions.first().map(PositionEntry::get)
+        != Some(PositionEntry { position: header.base_position, offset: first_data })
+    {
+        return Err(Malformed::damaged(
+            HEADER_LEN as u64 + split as u64,
+            "frozen section's first position entry is not the segment's first batch",
+        ));
+    }
+    Ok(Some(FrozenView { header, streams, positions, end }))
 }
 
 /// One batch as a record lists it, with what the record implies about it.
@@ -293,35 +425,47 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Record<'_>, usize), String> {
     Ok((record, len))
 }
 
-/// Scans a whole journal of the segment at `base_position` in `partition`: its records,
-/// chained from offset 64 and position `base_position`, and where the valid ones end (with
-/// why, if before the end of the file).
-pub(crate) fn scan(
-    bytes: &[u8],
-    partition: u32,
-    base_position: u64,
-) -> Result<super::records::Scanned<Record<'_>>, Malformed> {
+/// A scanned journal: its frozen section, if any, its valid records after it, where those end,
+/// and why they end there, if before the end of the file.
+#[derive(Debug)]
+pub(crate) struct Scan<'a> {
+    pub frozen: Option<FrozenView<'a>>,
+    pub records: Vec<Record<'a>>,
+    pub valid_end: usize,
+    pub damage: Option<String>,
+}
+
+/// Scans a whole journal of the segment at `base_position` in `partition`: its header, its
+/// frozen section if it has one (a section that does not check out fails the whole journal),
+/// and its records, chained from the section's end (without one, from offset 64 and position
+/// `base_position`), and where the valid ones end (with why, if before the end of the file).
+/// `bytes` must be 8-byte aligned (a map, or [`super::Aligned`]) for a frozen section.
+pub(crate) fn scan(bytes: &[u8], partition: u32, base_position: u64) -> Result<Scan<'_>, Malformed> {
     let (p, b) = check_header(bytes)?;
     if (p, b) != (partition, base_position) {
         return Err(Malformed::damaged(12, format!("active index of partition {p} segment {b}")));
     }
-    let mut at = HEADER_LEN;
-    let (mut offset, mut position) = (HEADER_LEN as u64, base_position);
-    let mut out = Vec::new();
+    let frozen = decode_frozen(bytes)?;
+    let (mut at, mut offset, mut position) = match &frozen {
+        Some(f) => (f.end, f.header.to_offset, f.header.to_position),
+        None => (HEADER_LEN, HEADER_LEN as u64, base_position),
+    };
+    let mut records = Vec::new();
     while at < bytes.len() {
         match decode(bytes.get(at..).unwrap_or(&[])) {
             Ok((r, _)) if (r.from_offset, r.from_position) != (offset, position) => {
-                return Ok((out, at, Some("record does not continue the one before".into())));
+                let damage = Some("record does not continue the one before".into());
+                return Ok(Scan { frozen, records, valid_end: at, damage });
             }
             Ok((r, len)) => {
                 (offset, position) = (r.to_offset, r.to_position);
-                out.push(r);
+                records.push(r);
                 at += len;
             }
-            Err(why) => return Ok((out, at, Some(why))),
+            Err(why) => return Ok(Scan { frozen, records, valid_end: at, damage: Some(why) }),
         }
     }
-    Ok((out, at, None))
+    Ok(Scan { frozen, records, valid_end: at, damage: None })
 }
 
 #[cfg(test)]
@@ -350,16 +494,16 @@ mod tests {
         let mut file = encode_header(3, 10).to_vec();
         file.extend_from_slice(&r1);
         file.extend_from_slice(&r2);
-        let (records, end, why) = scan(&file, 3, 10).unwrap();
-        assert_eq!((records.len(), end, why), (2, file.len(), None));
+        let sc = scan(&file, 3, 10).unwrap();
+        assert_eq!((sc.records.len(), sc.valid_end, sc.damage), (2, file.len(), None));
         assert!(scan(&file, 3, 11).is_err(), "another segment's journal");
         // A record that does not continue the previous one ends the journal there.
         let mut gap = encode_header(3, 10).to_vec();
         gap.extend_from_slice(&r1);
         gap.extend_from_slice(&encode(680, 16, 6, &entries()[..1]));
-        let (records, end, why) = scan(&gap, 3, 10).unwrap();
-        assert_eq!((records.len(), end), (1, HEADER_LEN + r1.len()));
-        assert!(why.is_some());
+        let sc = scan(&gap, 3, 10).unwrap();
+        assert_eq!((sc.records.len(), sc.valid_end), (1, HEADER_LEN + r1.len()));
+        assert!(sc.damage.is_some());
     }
 
     /// Found by the fuzzer: a table naming a stream twice was accepted, and a stream's

@@ -184,10 +184,46 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<IndexView<'_>, String> {
     if header.end_position < header.base_position {
         return Err("index end position before its base position".into());
     }
-    let mut prev: Option<StreamEntry> = None;
+    check_entries(streams, positions, header.segment_len, header.base_position, header.end_position)?;
+    Ok(IndexView { header, streams, positions })
+}
+
+/// Checks sorted index entries (FORMAT.md §8.3 items 5 and 6) for a segment of `segment_len`
+/// bytes holding positions `[base_position, end_position)`: stream entries with events,
+/// offsets inside the data, versions that do not overflow, strictly increasing by
+/// `(stream_hash, tag, first_version)`; position entries inside the range, strictly increasing
+/// in both fields. Shared with the active index's frozen section (§8.4).
+pub(crate) fn check_entries(
+    streams: &[StreamEntry],
+    positions: &[PositionEntry],
+    segment_len: u64,
+    base_position: u64,
+    end_position: u64,
+) -> Result<(), String> {
+    check_stream_entries(None, streams, segment_len)?;
+    let mut prev: Option<PositionEntry> = None;
+    for p in positions.iter().map(PositionEntry::get) {
+        if p.offset >= segment_len || p.position < base_position || p.position >= end_position {
+            return Err(format!("position entry {} -> {} out of range", p.position, p.offset));
+        }
+        if prev.is_some_and(|q| q.position >= p.position || q.offset >= p.offset) {
+            return Err("position entries out of order".into());
+        }
+        prev = Some(p);
+    }
+    Ok(())
+}
+
+/// The stream entry half of [`check_entries`], for entries checked a piece at a time: `prev`
+/// is the entry before `streams` (if any); returns the last one.
+pub(crate) fn check_stream_entries(
+    mut prev: Option<StreamEntry>,
+    streams: &[StreamEntry],
+    segment_len: u64,
+) -> Result<Option<StreamEntry>, String> {
     for e in streams.iter().map(StreamEntry::get) {
         if e.event_count == 0
-            || e.offset >= header.segment_len
+            || e.offset >= segment_len
             || e.first_version.checked_add(u64::from(e.event_count)).is_none()
         {
             return Err(format!("stream entry with offset {} and {} events", e.offset, e.event_count));
@@ -199,17 +235,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<IndexView<'_>, String> {
         }
         prev = Some(e);
     }
-    let mut prev: Option<PositionEntry> = None;
-    for p in positions.iter().map(PositionEntry::get) {
-        if p.offset >= header.segment_len || p.position < header.base_position || p.position >= header.end_position {
-            return Err(format!("position entry {} -> {} out of range", p.position, p.offset));
-        }
-        if prev.is_some_and(|q| q.position >= p.position || q.offset >= p.offset) {
-            return Err("position entries out of order".into());
-        }
-        prev = Some(p);
-    }
-    Ok(IndexView { header, streams, positions })
+    Ok(prev)
 }
 
 /// File name of the index of the segment whose first position is `base`.

@@ -29,7 +29,7 @@ pub(crate) mod tombstone;
 /// Version 2 changed archives only (their blocks and stream entries), so every other kind is
 /// still at version 1: written at 1, and a header saying 2 is from a newer build. Builds of
 /// version 1 read everything this one writes but archives.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The newest version of every file kind but archives (`archive::ARCHIVE_VERSION`): the one
 /// they are written and read at.

@@ -657,13 +657,63 @@ fn active_index_bytes_are_pinned() {
     bytes.extend(aix::encode(432, 1004, 1_764_115_200_000_000_001, &second));
     let pinned = fixture("active-index.bin", &bytes);
     assert_eq!(bytes, pinned, "the active index journal encoder's output changed");
-    let (records, end, damage) = aix::scan(&pinned, 2, 1000).unwrap();
-    assert_eq!((records.len(), end, damage), (2, pinned.len(), None));
+    let sc = aix::scan(&pinned, 2, 1000).unwrap();
+    let records = sc.records;
+    assert!(sc.frozen.is_none());
+    assert_eq!((records.len(), sc.valid_end, sc.damage), (2, pinned.len(), None));
     assert_eq!(records[0].streams, vec!["order-7", "cart-1"]);
     let last = records[1].batches().next().unwrap();
     assert_eq!(last, records[1].last);
     assert_eq!((last.first_version, last.position, last.offset), (8, 1004, 432));
     assert_eq!((records[1].to_offset, records[1].to_position), (632, 1007));
+}
+
+/// Version 3 of the journal (FORMAT.md §8.4): the batches of the version 1 fixture (segment
+/// 1000 of partition 2) as a frozen section, then a record of one more `cart-1` batch.
+#[test]
+fn active_index_frozen_bytes_are_pinned() {
+    use super::active_index::{self as aix, Entry, FrozenHeader};
+    use super::index::{PositionEntry, StreamEntry};
+    use crate::router::stream_hash;
+    let (order, cart) = (stream_hash("order-7"), stream_hash("cart-1"));
+    let e = |stream_hash, first_version, offset, event_count| StreamEntry {
+        stream_hash,
+        first_version,
+        offset,
+        event_count,
+        tag: 0,
+    };
+    let mut streams = vec![e(order, 5, 64, 2), e(cart, 40, 248, 1), e(order, 7, 344, 1), e(order, 8, 432, 3)];
+    streams.sort_unstable_by_key(|e| (e.stream_hash, e.tag, e.first_version));
+    let positions = [PositionEntry { position: 1000, offset: 64 }];
+    let header =
+        FrozenHeader { partition: 2, base_position: 1000, to_offset: 632, to_position: 1007, last_offset: 432 };
+    let mut bytes = aix::encode_frozen(&header, &streams, &positions);
+    assert_eq!(bytes.len(), 64 + 4 * 32 + 16);
+    let more = [Entry { stream: "cart-1", first_version: 41, event_count: 1, len: 96 }];
+    bytes.extend(aix::encode(632, 1007, 1_764_115_200_000_000_002, &more));
+    let pinned = fixture_at("v3", "active-index.bin", &bytes);
+    assert_eq!(bytes, pinned, "the version 3 active index journal encoder's output changed");
+    let image = super::Aligned::new(&pinned);
+    let sc = aix::scan(image.bytes(), 2, 1000).unwrap();
+    let f = sc.frozen.unwrap();
+    assert_eq!(f.header, header);
+    assert_eq!(f.streams.iter().map(StreamEntry::get).collect::<Vec<_>>(), streams);
+    assert_eq!(f.end, 64 + 4 * 32 + 16);
+    assert_eq!((sc.records.len(), sc.valid_end, sc.damage), (1, pinned.len(), None));
+    assert_eq!((sc.records[0].from_offset, sc.records[0].to_position), (632, 1008));
+    // Every bit of the section matters: a flip fails the whole journal.
+    for bit in 0..f.end * 8 {
+        let mut c = pinned.clone();
+        c[bit / 8] ^= 1 << (bit % 8);
+        let image = super::Aligned::new(&c);
+        assert!(aix::scan(image.bytes(), 2, 1000).is_err(), "flip of bit {bit} not detected");
+    }
+    // Unsorted entries under a valid CRC are refused too.
+    let mut swapped = streams.clone();
+    swapped.swap(0, 1);
+    let bad = aix::encode_frozen(&header, &swapped, &positions);
+    assert!(aix::scan(super::Aligned::new(&bad).bytes(), 2, 1000).is_err());
 }
 
 /// A zstd bomb: a block whose frame (with a valid CRC) decompresses to far more than the block

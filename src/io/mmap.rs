@@ -37,6 +37,21 @@ pub(crate) fn recovering(file: &FileHandle) -> Result<Mmap> {
     unsafe { Mmap::map(file.std()) }.map_err(|e| Error::io("mmap", file.path(), e))
 }
 
+/// Maps the active segment's index journal at open, for its frozen section (FORMAT.md §8.4),
+/// which is then read in place for as long as the segment is open.
+///
+/// Callers: strata changes a journal file only by appending records after what it read, by
+/// cutting it at open to the end of its valid records (never into the frozen section, the
+/// only bytes read through the map once the records are decoded), and by replacing or removing
+/// it (a rename over it, an unlink), which leaves this mapping's inode intact.
+pub(crate) fn active_index(file: &FileHandle) -> Result<Mmap> {
+    // SAFETY: no truncation removes a page that is read through the map after it: the records
+    // are decoded before open cuts the file, and the cut keeps every byte up to them; the
+    // frozen section lies below. Appends, renames and unlinks leave mapped pages valid. The
+    // store lock keeps other strata processes out.
+    unsafe { Mmap::map(file.std()) }.map_err(|e| Error::io("mmap", file.path(), e))
+}
+
 /// Maps an archive.
 ///
 /// Callers: archives are written whole under a temporary name and renamed into place.

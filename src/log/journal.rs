@@ -10,16 +10,24 @@
 //! journal (what it would cover next may be cut). A failed write stops it too, until reopen:
 //! its bytes may be half there, and nothing may follow them.
 //!
-//! Reading happens at open (`log::recovery`): records are applied to the in-memory index as a
-//! scan would have indexed the batches, the last batch covered is decoded from the segment and
-//! must agree, and the scan goes on from where the journal ends. A journal that does not check
-//! out is dropped from the first bad record on (reported), and open scans from there.
+//! Checkpoint. At a clean close, [`Journal::checkpoint`] replaces the file, atomically, with
+//! one holding only a frozen section: the whole index, sorted, in the index file's layout
+//! (format version 3). Records written after the next open follow the section.
+//!
+//! Reading happens at open (`log::recovery`): a frozen section is mapped and checked, and then
+//! used in place (`log::active::Frozen`), not rebuilt; records are applied to the in-memory
+//! index as a scan would have indexed the batches, the last batch covered is decoded from the
+//! segment and must agree, and the scan goes on from where the journal ends. A journal that
+//! does not check out is dropped from the first bad record on (reported), or whole if its
+//! section fails, and open scans from there.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::format::active_index::{self as aix, Entry};
 use crate::io::{FileHandle, Io};
+use crate::log::active::OpenSegment;
+use crate::router::stream_hash;
 
 /// A batch published but not journaled yet.
 struct Pending {
@@ -47,6 +55,9 @@ pub(crate) struct Journal {
     interval: u64,
     /// Set after a failed write or a poisoning: no more records for this segment.
     stopped: bool,
+    /// The file holds a frozen section covering `covered` and no record: a checkpoint with
+    /// nothing pending would write it again.
+    frozen_only: bool,
 }
 
 impl Journal {
@@ -76,7 +87,13 @@ impl Journal {
             last_timestamp: 0,
             interval,
             stopped: false,
+            frozen_only: false,
         }
+    }
+
+    /// Notes that the file holds only a frozen section, covering everything so far.
+    pub fn set_frozen_only(&mut self) {
+        self.frozen_only = true;
     }
 
     /// Notes a published batch (in offset order).
@@ -117,10 +134,56 @@ impl Journal {
             return;
         }
         self.file_end += record.len() as u64;
+        self.frozen_only = false;
         let count: u64 = self.pending.iter().map(|p| u64::from(p.count)).sum();
         self.covered = (self.covered.0 + self.pending_bytes, self.covered.1 + count);
         self.pending.clear();
         self.pending_bytes = 0;
+    }
+
+    /// At a clean close, every batch durable: replaces the journal, atomically, with one
+    /// holding only a frozen section of the segment's whole index (FORMAT.md §8.4), which the
+    /// next open maps instead of rebuilding the index. Nothing is written if the file already
+    /// is that. If the new file cannot be put in place, the batches pending go as a record
+    /// (as without a checkpoint); if it was put in place but not made durable, it stands (it
+    /// is as true as the old one).
+    pub fn checkpoint(&mut self, io: &Io, open: &OpenSegment) {
+        if self.frozen_only && self.pending.is_empty() {
+            return;
+        }
+        let Ok((entries, positions, end)) = open.sorted_entries(stream_hash) else {
+            self.write(io);
+            return;
+        };
+        if entries.is_empty() {
+            return;
+        }
+        let header = aix::FrozenHeader {
+            partition: self.partition,
+            base_position: self.base,
+            to_offset: end.end_offset,
+            to_position: end.end_position,
+            last_offset: end.last_offset,
+        };
+        let bytes = aix::encode_frozen(&header, &entries, &positions);
+        drop((entries, positions));
+        let name = aix::file_name(self.base);
+        match io.write_atomic_noting(&self.dir, &name, &bytes) {
+            Ok(()) => {}
+            Err((_, false)) => {
+                self.write(io);
+                return;
+            }
+            Err((_, true)) => {}
+        }
+        self.file = io.open_rw(&self.dir.join(&name)).ok();
+        self.file_end = bytes.len() as u64;
+        self.covered = (end.end_offset, end.end_position);
+        self.pending.clear();
+        self.pending_bytes = 0;
+        // A new record would follow the section: without the file open, none may.
+        self.stopped = self.file.is_none();
+        self.frozen_only = true;
     }
 
     /// A new journal file holding its header and `record` (atomically: a crash leaves no

@@ -18,15 +18,17 @@ use crate::format::active_index as aix;
 use crate::format::archive as arc_format;
 use crate::format::batch;
 use crate::format::index;
+use crate::format::index::StreamEntry;
 use crate::format::poison;
 use crate::format::segment::{self as seg_format, End, Mode};
 use crate::io::{FileHandle, Io, mmap};
-use crate::log::active::{MemIndex, OpenSegment};
+use crate::log::active::{self, Frozen, MemIndex, OpenSegment, run_last_version};
 use crate::log::archive::Archive;
 use crate::log::block_cache::BlockCache;
 use crate::log::journal::Journal;
 use crate::log::segment::{Segment, State};
 use crate::report::{RecoveryAction, Report};
+use crate::router::stream_hash;
 
 /// The files of a partition directory, by kind: first positions of its segments (sorted),
 /// of its index files and of its archives.
@@ -213,6 +215,7 @@ pub(crate) fn recover_active(
     let file_len = file.len()?;
     let mut mem = MemIndex::new(base);
     let mut found: Vec<(Arc<str>, u64, u32, u32)> = Vec::new();
+    let mut frozen: Option<Frozen> = None;
     let (end, journaled, start) = {
         // Dropped before any truncation (see `mmap::recovering`).
         let map = mmap::recovering(&file)?;
@@ -224,25 +227,53 @@ pub(crate) fn recover_active(
                 format!("segment header says partition {} base {}", header.partition, header.base_position),
             ));
         }
-        let journaled = read_journal(dir, id, base, &map, &mut mem, io, report);
-        let (start, next, mut last_timestamp) = journaled
-            .as_ref()
-            .map_or((seg_format::HEADER_LEN as u64, base, 0), |j| (j.covered.0, j.covered.1, j.last_timestamp));
-        let mut refused = None;
-        let start_at = usize::try_from(start).unwrap_or(usize::MAX);
-        let end = seg_format::scan_from(&map, start_at, next, Mode::Active, |off, b| {
-            last_timestamp = b.timestamp;
-            match (&refused, mem.scanned(off, b)) {
-                (None, Err(why)) => refused = Some((off, why)),
-                (_, Ok(key)) => found.push((key, b.first_version, b.event_count, b.length as u32)),
-                _ => {}
+        let mut journaled = read_journal(dir, id, base, &map, &mut mem, &mut frozen, io, report);
+        loop {
+            let (start, next, mut last_timestamp) = journaled
+                .as_ref()
+                .map_or((seg_format::HEADER_LEN as u64, base, 0), |j| (j.covered.0, j.covered.1, j.last_timestamp));
+            let mut refused = None;
+            let start_at = usize::try_from(start).unwrap_or(usize::MAX);
+            let scanned = {
+                let mut frozen_last = |stream: &str| match &frozen {
+                    Some(f) => frozen_last_version(f.streams(), &map, stream)
+                        .ok_or_else(|| "an indexed batch has no readable stream id".to_owned()),
+                    None => Ok(None),
+                };
+                seg_format::scan_from(&map, start_at, next, Mode::Active, |off, b| {
+                    last_timestamp = b.timestamp;
+                    match (&refused, mem.scanned_after(off, b, &mut frozen_last)) {
+                        (None, Err(why)) => refused = Some((off, why)),
+                        (_, Ok(key)) => found.push((key, b.first_version, b.event_count, b.length as u32)),
+                        _ => {}
+                    }
+                })
+            };
+            let failed = match (scanned, refused) {
+                (Err(e), _) => Err(Error::corruption(&path, e.offset, e.reason)),
+                (Ok(_), Some((offset, why))) => Err(Error::corruption(&path, offset, why)),
+                (Ok(end), None) => Ok(end),
+            };
+            match failed {
+                Ok(end) => break ((end, last_timestamp), journaled, start),
+                // The journal may be what disagrees with the segment (a section or record
+                // consistent with itself but not with the batches after it): the segment
+                // wins. The journal is dropped whole and the segment scanned from its start,
+                // which fails open only if the segment itself is damaged.
+                Err(e) if journaled.is_some() => {
+                    report.push(RecoveryAction::DroppedActiveIndex {
+                        path: dir.join(aix::file_name(base)),
+                        offset: 0,
+                        reason: format!("the segment after it does not follow it: {e}"),
+                    });
+                    journaled = None;
+                    frozen = None;
+                    mem = MemIndex::new(base);
+                    found.clear();
+                }
+                Err(e) => return Err(e),
             }
-        })
-        .map_err(|e| Error::corruption(&path, e.offset, e.reason))?;
-        if let Some((offset, why)) = refused {
-            return Err(Error::corruption(&path, offset, why));
         }
-        ((end, last_timestamp), journaled, start)
     };
     let (end, last_timestamp) = end;
     let data_end = end.data_end();
@@ -271,8 +302,12 @@ pub(crate) fn recover_active(
         io.remove_file(&journal_path)?;
     }
     let covered = journaled.as_ref().map_or((seg_format::HEADER_LEN as u64, base), |j| j.covered);
+    let frozen_only = journaled.as_ref().is_some_and(|j| j.frozen_only);
     let journal_file = journaled.and_then(|j| j.file);
     let mut journal = Journal::new(dir.to_path_buf(), id, base, journal_file, covered, journal_interval);
+    if frozen_only && found.is_empty() {
+        journal.set_frozen_only();
+    }
     for (key, first_version, count, len) in found {
         journal.push(key, first_version, count, len, last_timestamp);
     }
@@ -290,7 +325,8 @@ pub(crate) fn recover_active(
         duration_us = started.us(),
         "active segment recovered"
     );
-    Ok(Recovered { open: OpenSegment::new(Arc::new(file), mem), data_end, last_timestamp, file_len, journal, scanned })
+    let open = OpenSegment::with_frozen(Arc::new(file), frozen, mem);
+    Ok(Recovered { open, data_end, last_timestamp, file_len, journal, scanned })
 }
 
 /// A usable journal of the active segment.
@@ -300,32 +336,48 @@ struct Journaled {
     last_timestamp: u64,
     /// The file, open for appending after its valid records, if it is to be appended to.
     file: Option<(FileHandle, u64)>,
+    /// It holds a frozen section and no record.
+    frozen_only: bool,
+}
+
+/// The last version of `stream` in a frozen section's sorted `entries`, its ids read from the
+/// segment `map`; `None` (outer) if an id there cannot be read.
+fn frozen_last_version(entries: &[StreamEntry], map: &[u8], stream: &str) -> Option<Option<u64>> {
+    let run = active::find_run(entries, stream_hash(stream), |offset| {
+        let id = usize::try_from(offset).ok().and_then(|o| map.get(o..)).and_then(batch::peek_stream_id);
+        id.map(|id| id == stream).ok_or(())
+    })
+    .ok()?;
+    Some(run_last_version(run))
 }
 
 /// Rebuilds `mem` from the active segment's journal, if there is one that checks out: its
-/// records chain from the segment's start, each continues the stream versions of the ones
-/// before, and the last batch it covers is in the segment as described. A journal that fails
-/// is dropped from its first bad record on (reported; `mem` keeps what came before); one
-/// whose contents do not match the segment is dropped whole, and `mem` is emptied again.
+/// frozen section (mapped, into `frozen`, not rebuilt: `mem` then holds what follows it), and
+/// its records, which chain from the section's end or the segment's start, each continuing the
+/// stream versions of the ones before; the last batch covered must be in the segment as
+/// described. A journal that fails is dropped from its first bad record on (reported; `mem`
+/// keeps what came before); one whose frozen section does not check out, or whose contents do
+/// not match the segment, is dropped whole, and `mem` is emptied again.
+#[allow(clippy::too_many_arguments)]
 fn read_journal(
     dir: &Path,
     id: u32,
     base: u64,
     map: &[u8],
     mem: &mut MemIndex,
+    frozen: &mut Option<Frozen>,
     io: &Io,
     report: &Report,
 ) -> Option<Journaled> {
     let path = dir.join(aix::file_name(base));
     // Through `Io`, like every other file open reads (fault plans see it). Unreadable: none.
     let file = io.open_read(&path).ok()?;
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut file.std(), &mut bytes).ok()?;
+    let jmap = mmap::active_index(&file).ok()?;
     drop(file);
     let dropped = |offset: u64, reason: String| {
         report.push(RecoveryAction::DroppedActiveIndex { path: path.clone(), offset, reason });
     };
-    let (records, valid_end, why) = match aix::scan(&bytes, id, base) {
+    let scanned = match aix::scan(&jmap, id, base) {
         Ok(s) => s,
         Err(m) => {
             dropped(0, m.what);
@@ -335,8 +387,40 @@ fn read_journal(
     let mut covered = (seg_format::HEADER_LEN as u64, base);
     let mut last = None;
     let mut last_timestamp = 0;
-    for r in &records {
-        if let Err(stream) = mem.extend_journaled(r) {
+    let frozen_entries = scanned.frozen.as_ref().map_or(&[][..], |f| f.streams);
+    if let Some(fv) = &scanned.frozen {
+        // The section must describe this segment: its last batch is there, whole, where the
+        // section ends, and listed.
+        let h = fv.header;
+        let b =
+            usize::try_from(h.last_offset).ok().and_then(|o| map.get(o..)).and_then(|rest| batch::decode(rest).ok());
+        let listed = |v: &batch::BatchView<'_>| {
+            let hash = stream_hash(v.stream_id);
+            let lo = fv.streams.partition_point(|e| e.get().stream_hash < hash);
+            fv.streams.get(lo..).unwrap_or(&[]).iter().map(|e| e.get()).take_while(|e| e.stream_hash == hash).any(|e| {
+                e.offset == h.last_offset && e.first_version == v.first_version && e.event_count == v.event_count
+            })
+        };
+        match b {
+            Some(v)
+                if h.last_offset + v.length as u64 == h.to_offset
+                    && v.base_position + u64::from(v.event_count) == h.to_position
+                    && listed(&v) =>
+            {
+                covered = (h.to_offset, h.to_position);
+                last_timestamp = v.timestamp;
+            }
+            _ => {
+                let at = h.last_offset;
+                dropped(0, format!("its frozen section's last batch (at byte {at}) is not in the segment as listed"));
+                return None;
+            }
+        }
+        *mem = MemIndex::after_section(fv);
+    }
+    for r in &scanned.records {
+        let mut frozen_last = |stream: &str| frozen_last_version(frozen_entries, map, stream).ok_or(());
+        if let Err(stream) = mem.extend_journaled(r, &mut frozen_last) {
             *mem = MemIndex::new(base);
             dropped(0, format!("stream {stream:?} does not continue its versions"));
             return None;
@@ -345,6 +429,10 @@ fn read_journal(
         covered = (r.to_offset, r.to_position);
         last_timestamp = r.last_timestamp;
     }
+    let frozen_only = scanned.frozen.is_some() && scanned.records.is_empty() && scanned.damage.is_none();
+    let (valid_end, why) = (scanned.valid_end, scanned.damage.clone());
+    let section = scanned.frozen.map(|f| (f.header, f.streams.len(), f.end));
+    drop(scanned);
     // The journal must describe this segment: its last batch is there, whole and as listed.
     if let Some((stream, b)) = last {
         let matches = usize::try_from(b.offset)
@@ -382,7 +470,8 @@ fn read_journal(
     if let Some(why) = why {
         dropped(valid_end, why);
     }
-    Some(Journaled { covered, last_timestamp, file: Some((file, valid_end)) })
+    *frozen = section.map(|(header, streams, end)| Frozen::new(jmap, header, streams, end));
+    Some(Journaled { covered, last_timestamp, file: Some((file, valid_end)), frozen_only })
 }
 
 /// An archive file, opened, or the error that kept it from opening.

@@ -170,7 +170,7 @@ impl Segment {
         }
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let name = index::file_name(self.base);
-        let image = mem.to_index_file(self.partition, self.base, stream_hash);
+        let image = mem.to_index_file(self.partition, self.base, stream_hash, &[], &[]);
         if let Err(e) = io.write_atomic(dir, &name, &image) {
             if !matches!(e, Error::StorageFull { .. }) {
                 return Err(e);
@@ -211,10 +211,17 @@ impl Segment {
     }
 
     pub(crate) fn seal_with(&self, open: &OpenSegment, io: &Io, hash: fn(&str) -> u64) -> Result<()> {
-        let (image, data_end, end_position) = {
-            let mem = open.index.read();
-            (mem.to_index_file(self.partition, self.base, hash), mem.end_offset, mem.end_position)
+        let (entries, positions, end) = open.sorted_entries(hash)?;
+        let (data_end, end_position) = (end.end_offset, end.end_position);
+        let header = index::Header {
+            partition: self.partition,
+            base_position: self.base,
+            end_position,
+            segment_len: data_end,
+            stream_entries: entries.len() as u64,
+            position_entries: positions.len() as u64,
         };
+        let image = index::encode(&header, &entries, &positions);
         if open.file.len()? > data_end {
             open.unmap();
             open.file.set_len(data_end)?;

@@ -13,7 +13,7 @@ use crate::format::archive as arc_format;
 use crate::format::batch::{self, BatchView};
 use crate::format::index::{self, StreamEntry};
 use crate::format::segment as seg_format;
-use crate::log::active::{MemEntry, OpenSegment};
+use crate::log::active::{MemEntry, OpenSegment, run_last_version};
 use crate::log::archive::Archive;
 use crate::log::events::{emit, offer};
 use crate::log::sealed::SealedSegment;
@@ -128,6 +128,11 @@ impl View {
                 Err(bad) => Err(Error::corruption(&seg.path, offset, format!("indexed batch: {bad}"))),
             }
         };
+        // A frozen entry of the open segment does not store its batch's length.
+        let len = match self {
+            View::Open(o) if len == 0 => o.batch_len(offset)?,
+            _ => len,
+        };
         match (self, lend) {
             (View::Open(o), Lend::Internal) => o.with_bytes(offset, len, check)?,
             _ => check(self.bytes(seg, offset, len)?.get()),
@@ -180,7 +185,10 @@ impl View {
     /// there.
     pub fn last_version(&self, seg: &Segment, stream: &str, hash: u64, end: u64) -> Result<Option<u64>> {
         match self {
-            View::Open(o) => Ok(o.index.read().visible(stream, end).last().map(MemEntry::last_version)),
+            View::Open(o) => match o.index.read().visible(stream, end).last().map(MemEntry::last_version) {
+                Some(v) => Ok(Some(v)),
+                None => Ok(run_last_version(o.frozen_run(stream, hash)?)),
+            },
             View::Sealed(s) => {
                 let entries = self.sealed_entries(seg, s, stream, hash)?;
                 Ok(entries.last().map(|e| {
@@ -202,7 +210,10 @@ impl View {
     /// there.
     pub fn first_version(&self, seg: &Segment, stream: &str, hash: u64, end: u64) -> Result<Option<u64>> {
         let entries = match self {
-            View::Open(o) => return Ok(o.index.read().visible(stream, end).first().map(|e| e.first_version)),
+            View::Open(o) => match o.frozen_run(stream, hash)?.first() {
+                Some(e) => return Ok(Some(e.get().first_version)),
+                None => return Ok(o.index.read().visible(stream, end).first().map(|e| e.first_version)),
+            },
             View::Sealed(s) => self.sealed_entries(seg, s, stream, hash)?,
             View::Archived(a) => self.find_stream(seg, a.streams()?, None, stream, hash)?,
         };
@@ -234,6 +245,9 @@ impl View {
     pub fn stream_ids(&self, seg: &Segment, end: u64, out: &mut BTreeSet<String>) -> Result<()> {
         match self {
             View::Open(o) => {
+                for (name, _) in o.frozen_streams()? {
+                    out.insert(name);
+                }
                 let mem = o.index.read();
                 for name in mem.streams.keys() {
                     if !mem.visible(name, end).is_empty() && !out.contains(&**name) {
@@ -284,12 +298,25 @@ impl View {
         }
         match self {
             View::Open(o) => {
+                let frozen = o.frozen_run(stream, hash)?;
                 let mem = o.index.read();
                 let picked = pick(mem.visible(stream, end), |e| e.first_version, from, limit);
-                Ok(picked
-                    .iter()
-                    .map(|e| Wanted { first_version: e.first_version, offset: e.offset, len: e.len, count: e.count })
-                    .collect())
+                let mut out: Vec<Wanted> = Vec::new();
+                if picked.len() < limit {
+                    // The rest from the frozen part, whose entries all come before.
+                    let older = pick(frozen, |e| e.get().first_version, from, limit - picked.len());
+                    out.extend(older.iter().map(|e| {
+                        let e = e.get();
+                        Wanted { first_version: e.first_version, offset: e.offset, len: 0, count: e.event_count }
+                    }));
+                }
+                out.extend(picked.iter().map(|e| Wanted {
+                    first_version: e.first_version,
+                    offset: e.offset,
+                    len: e.len,
+                    count: e.count,
+                }));
+                Ok(out)
             }
             View::Sealed(s) => {
                 let all = self.sealed_entries(seg, s, stream, hash)?;
@@ -345,7 +372,24 @@ impl View {
         };
         match self {
             View::Open(o) => {
-                // Copied out a chunk at a time, from the first batch not yet visited.
+                // The frozen part first, walked in place, as a sealed segment's index is.
+                let frozen = o.frozen_run(stream, hash)?;
+                let start = frozen.partition_point(|e| {
+                    let e = e.get();
+                    e.first_version.saturating_add(u64::from(e.event_count)) <= from
+                });
+                for e in frozen.get(start..).unwrap_or(&[]) {
+                    if taken >= limit {
+                        return Ok((taken, ControlFlow::Continue(())));
+                    }
+                    let e = e.get();
+                    let w = Wanted { first_version: e.first_version, offset: e.offset, len: 0, count: e.event_count };
+                    if visit(&w, &mut taken)?.is_break() {
+                        return Ok((taken, ControlFlow::Break(())));
+                    }
+                }
+                // Then the in-memory index's, copied out a chunk at a time, from the first
+                // batch not yet visited.
                 const CHUNK: usize = 32;
                 let blank = Wanted { first_version: 0, offset: 0, len: 0, count: 0 };
                 let mut chunk = [blank; CHUNK];
@@ -507,8 +551,18 @@ impl View {
                     (None, Select::Streams(keep)) => keep(name),
                     (None, Select::Types(_)) => true,
                 };
-                let mem = o.index.read();
+                // (offset, length if known): offsets follow positions within a segment.
                 let mut by_position: Vec<(u64, u64, u32)> = Vec::new();
+                if let Some(frozen) = &o.frozen {
+                    let start = frozen.offset_for(from);
+                    for (name, run) in o.frozen_streams()? {
+                        if keep(&name) {
+                            let at = run.iter().map(StreamEntry::get).filter(|e| e.offset >= start);
+                            by_position.extend(at.map(|e| (e.offset, e.offset, 0)));
+                        }
+                    }
+                }
+                let mem = o.index.read();
                 for (name, entries) in &mem.streams {
                     if !keep(name) {
                         continue;
@@ -518,7 +572,7 @@ impl View {
                         if e.position >= end {
                             break;
                         }
-                        by_position.push((e.position, e.offset, e.len));
+                        by_position.push((e.offset, e.offset, e.len));
                     }
                 }
                 by_position.sort_unstable();
@@ -568,7 +622,12 @@ impl View {
             if taken >= limit {
                 break;
             }
-            let bytes = self.bytes(seg, offset, len as usize)?;
+            // A frozen entry of the open segment does not store its batch's length.
+            let len = match self {
+                View::Open(o) if len == 0 => o.batch_len(offset)?,
+                _ => len as usize,
+            };
+            let bytes = self.bytes(seg, offset, len)?;
             let b = batch::decode(bytes.get()).map_err(|bad| Error::corruption(&seg.path, offset, bad.to_string()))?;
             if b.base_position >= end {
                 break;
@@ -630,10 +689,11 @@ impl View {
             View::Open(o) => {
                 let mem = o.index.read();
                 let k = mem.positions.partition_point(|p| p.position <= from);
-                let off = k
-                    .checked_sub(1)
-                    .and_then(|k| mem.positions.get(k))
-                    .map_or(seg_format::HEADER_LEN as u64, |p| p.offset);
+                let off = match (k.checked_sub(1).and_then(|k| mem.positions.get(k)), &o.frozen) {
+                    (Some(p), _) => p.offset,
+                    (None, Some(frozen)) => frozen.offset_for(from),
+                    (None, None) => seg_format::HEADER_LEN as u64,
+                };
                 (off, mem.end_offset)
             }
         };

@@ -39,7 +39,7 @@ use crate::event::{AppendResult, EventId, ExpectedVersion};
 use crate::format::batch;
 use crate::format::poison;
 use crate::format::segment as seg_format;
-use crate::log::active::{MemEntry, MemIndex, OpenSegment};
+use crate::log::active::{MemEntry, MemIndex, OpenSegment, run_last_version};
 use crate::log::dedup::{self, Dedup};
 use crate::log::journal::Journal;
 use crate::log::partition::{GROUP_SIZE_BUCKETS, Partition, Tail, write_segment_file};
@@ -365,7 +365,9 @@ impl Writer {
             self.sync_now();
         }
         if self.poisoned.is_none() && self.synced_offset == self.write_offset {
-            self.journal.write(&self.part.io);
+            // Everything is durable: the whole index goes into a frozen section, which the
+            // next open maps instead of rebuilding (FORMAT.md §8.4).
+            self.journal.checkpoint(&self.part.io, &self.open);
         }
         self.trim_at_close();
         // A poisoned partition may hold acknowledged appends (Buffered mode) that are not on
@@ -467,7 +469,7 @@ impl Writer {
         if let Some(&v) = pending.get(stream) {
             return Ok(Some(v));
         }
-        if let Some(v) = self.open.index.read().last_version(stream) {
+        if let Some(v) = self.open.last_version(stream, req.hash)? {
             return Ok(Some(v));
         }
         if let Some(&v) = self.lookups.get(stream) {
@@ -957,6 +959,13 @@ impl Writer {
         // to just before the roll must not cost a search of the sealed segments.
         if self.lookups.len() >= MAX_LOOKUP_CACHE {
             self.lookups.clear();
+        }
+        // Streams of its frozen part too (their ids peeked from the segment), those the
+        // in-memory index has after them overriding them.
+        if let Ok(frozen) = old_open.frozen_streams() {
+            for (stream, run) in frozen {
+                self.lookups.insert(Arc::from(stream), run_last_version(run));
+            }
         }
         for (stream, entries) in &old_open.index.read().streams {
             self.lookups.insert(stream.clone(), entries.last().map(MemEntry::last_version));

@@ -180,8 +180,19 @@ fn dump_one(path: &Path, d: Dump, headers: bool, json: bool) {
                 out!("  end: invalid bytes at byte {at}: {why}");
             }
         }
-        Dump::ActiveIndex { partition, base_position, records, damage } => {
+        Dump::ActiveIndex { partition, base_position, frozen, records, damage } => {
             out!("== {name}: index journal of partition {partition}, segment {base_position}");
+            if let Some(f) = frozen {
+                out!(
+                    "  frozen: bytes {}..{}, positions {}..{}: {} batches of {} streams",
+                    f.offsets.0,
+                    f.offsets.1,
+                    f.positions.0,
+                    f.positions.1,
+                    f.batches,
+                    f.streams
+                );
+            }
             for r in records {
                 out!(
                     "  bytes {}..{}, positions {}..{}: {} batches of {} streams",

@@ -199,10 +199,16 @@ pub fn dump(d: &Dump, headers_only: bool) -> Value {
                 "damage": damage(dmg),
             }))
         }
-        Dump::ActiveIndex { partition, base_position, records, damage: dmg } => object(json!({
+        Dump::ActiveIndex { partition, base_position, frozen, records, damage: dmg } => object(json!({
             "kind": "index_journal",
             "partition": partition,
             "base_position": base_position,
+            "frozen": frozen.as_ref().map(|r| json!({
+                "offsets": [r.offsets.0, r.offsets.1],
+                "positions": [r.positions.0, r.positions.1],
+                "batches": r.batches,
+                "streams": r.streams,
+            })),
             "records": records.iter().map(|r| json!({
                 "offsets": [r.offsets.0, r.offsets.1],
                 "positions": [r.positions.0, r.positions.1],
