@@ -70,6 +70,41 @@ fn appends_and_reads(store: &Store) {
     let back = store.read_stream_backward("order-1", None, 2).unwrap();
     assert_eq!(back.iter().map(|e| e.version).collect::<Vec<_>>(), [4, 3]);
 
+    // Several co-located streams, all or nothing, contiguous.
+    let done = store
+        .append_atomic([
+            ("{order-17}/payments", ExpectedVersion::NoStream, vec![ev("Paid", "42"), ev("Fee", "1")]),
+            ("{order-17}/shipping", ExpectedVersion::NoStream, vec![ev("Requested", "{}")]),
+        ])
+        .unwrap();
+    assert_eq!(done[1].first_position, done[0].first_position + 2);
+    assert_eq!((done[0].last_version, done[1].last_version), (1, 0));
+    let clash = store.append_atomic([
+        ("{order-17}/payments", ExpectedVersion::Exact(1), vec![ev("Refunded", "42")]),
+        ("{order-17}/shipping", ExpectedVersion::NoStream, vec![ev("Requested", "{}")]),
+    ]);
+    assert!(
+        matches!(&clash, Err(Error::WrongExpectedVersion { stream, .. }) if stream == "{order-17}/shipping"),
+        "{clash:?}"
+    );
+    assert_eq!(store.stream_version("{order-17}/payments").unwrap(), Some(1));
+    let ok = store
+        .append_atomic([
+            ("{order-17}/payments", ExpectedVersion::Exact(1), vec![ev("Refunded", "42")]),
+            ("{order-17}/shipping", ExpectedVersion::Exact(0), vec![ev("Cancelled", "")]),
+        ])
+        .unwrap();
+    assert_eq!((ok[0].last_version, ok[1].last_version), (2, 1));
+    let apart = (0..100)
+        .map(|i| format!("apart-{i}"))
+        .find(|s| store.partition_of(s) != store.partition_of("order-1"))
+        .unwrap();
+    let split = store.append_atomic([
+        ("order-1", ExpectedVersion::Any, vec![ev("X", "")]),
+        (apart.as_str(), ExpectedVersion::Any, vec![ev("X", "")]),
+    ]);
+    assert!(matches!(split, Err(Error::NotColocated { .. })), "{split:?}");
+
     // Ids, metadata and event types that are not plain ASCII come back as they went in.
     let id = EventId::from_bytes([7; 16]);
     let fancy = EventData::new("Prix fixé ✓", vec![0u8, 255, 10]).with_metadata(b"\r\nmeta\0".to_vec()).with_id(id);

@@ -176,6 +176,16 @@ struct Last {
     seq: u64,
 }
 
+/// One stream's part of an append being published.
+struct Part<'a> {
+    stream: &'a str,
+    /// Its last event when the append was checked (`None`: it has none).
+    last: Option<Last>,
+    events: &'a [EventData],
+    /// The base of its events' message ids.
+    id: String,
+}
+
 /// Streams whose last event this process remembers, at most.
 const MAX_REMEMBERED: usize = 100_000;
 
@@ -743,41 +753,46 @@ impl Remote {
         Ok(())
     }
 
-    /// One attempt to publish `events` after `last` (`None`: the stream is empty); `Ok(None)`
-    /// when the stream's last event was not `last` any more.
+    /// One attempt to publish the parts of an append, each after its `last`: one message, or
+    /// one atomic batch; `Ok(None)` when a stream's last event was not its `last` any more.
     async fn publish(
         &self,
         partition: u32,
-        stream: &str,
-        last: Option<Last>,
-        events: &[EventData],
+        parts: &[Part<'_>],
         append_id: &str,
         time: u64,
     ) -> std::result::Result<Option<wire::Ack>, String> {
-        let subject = self.subject(partition, stream);
-        let first_version = last.map_or(0, |l| l.version + 1);
-        let expected = last.map_or(0, |l| l.seq);
-        let n = events.len();
+        let total: usize = parts.iter().map(|p| p.events.len()).sum();
+        let mut k = 0;
         let mut reply = None;
-        for (i, e) in events.iter().enumerate() {
-            let mut h: HeaderMap = wire::headers(e, first_version + i as u64, time, &wire::msg_id(e, append_id, i));
-            if i == 0 {
-                h.insert("Nats-Expected-Last-Subject-Sequence", expected.to_string().as_str());
-            }
-            if n > 1 {
-                h.insert("Nats-Batch-Id", append_id);
-                h.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
-            }
-            let payload = bytes::Bytes::copy_from_slice(&e.payload);
-            if i + 1 == n {
-                if n > 1 {
-                    h.insert("Nats-Batch-Commit", "1");
+        for part in parts {
+            let subject = self.subject(partition, part.stream);
+            let first_version = part.last.map_or(0, |l| l.version + 1);
+            for (i, e) in part.events.iter().enumerate() {
+                let mut h: HeaderMap = wire::headers(e, first_version + i as u64, time, &wire::msg_id(e, &part.id, i));
+                if i == 0 {
+                    let expected = part.last.map_or(0, |l| l.seq);
+                    h.insert("Nats-Expected-Last-Subject-Sequence", expected.to_string().as_str());
                 }
-                let r =
-                    self.client.request_with_headers(subject.clone(), h, payload).await.map_err(|e| e.to_string())?;
-                reply = Some(r);
-            } else {
-                self.client.publish_with_headers(subject.clone(), h, payload).await.map_err(|e| e.to_string())?;
+                k += 1;
+                if total > 1 {
+                    h.insert("Nats-Batch-Id", append_id);
+                    h.insert("Nats-Batch-Sequence", k.to_string().as_str());
+                }
+                let payload = bytes::Bytes::copy_from_slice(&e.payload);
+                if k == total {
+                    if total > 1 {
+                        h.insert("Nats-Batch-Commit", "1");
+                    }
+                    let r = self
+                        .client
+                        .request_with_headers(subject.clone(), h, payload)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    reply = Some(r);
+                } else {
+                    self.client.publish_with_headers(subject.clone(), h, payload).await.map_err(|e| e.to_string())?;
+                }
             }
         }
         let r = reply.ok_or("nothing to publish")?;
@@ -788,91 +803,152 @@ impl Remote {
     }
 
     fn do_append(&self, stream: &str, expected: ExpectedVersion, events: &[EventData]) -> Result<AppendResult> {
+        let mut r = self.do_append_parts(&[(stream, expected, events)])?;
+        r.pop().ok_or(Error::EmptyAppend)
+    }
+
+    /// Appends each part to its stream if every part's condition holds, all or nothing: one
+    /// message or one atomic batch, the parts' events in order and contiguous.
+    fn do_append_parts(&self, appends: &[(&str, ExpectedVersion, &[EventData])]) -> Result<Vec<AppendResult>> {
         self.check_open()?;
-        self.check_append(stream, events)?;
-        let partition = self.partition_of(stream);
-        let n = events.len() as u64;
+        let Some(&(first_stream, _, _)) = appends.first() else { return Ok(Vec::new()) };
+        let partition = self.partition_of(first_stream);
+        let mut all = Vec::new();
+        for (j, &(stream, _, events)) in appends.iter().enumerate() {
+            self.check_append(stream, events)?;
+            if self.partition_of(stream) != partition || appends[..j].iter().any(|a| a.0 == stream) {
+                return Err(Error::NotColocated {
+                    reason: format!(
+                        "{stream:?} lives in partition {} and {first_stream:?} in {partition}, or is named twice: give the streams one co-location key",
+                        self.partition_of(stream)
+                    ),
+                });
+            }
+            all.extend_from_slice(events);
+        }
+        if appends.len() > 1 {
+            // The unit is limited like one append.
+            self.check_append(first_stream, &all)?;
+        }
+        let total = all.len() as u64;
         let append_id = wire::append_id();
         let time = wire::now_nanos();
         let deadline = Instant::now() + self.retry_for;
-        // The stream's last event as far as this process knows; checked by the server.
-        let remembered = self.last.lock().get(stream).copied();
-        let mut fresh = false;
-        let mut last = match (expected, remembered) {
-            (ExpectedVersion::NoStream, _) => None,
-            (_, Some(l)) => Some(l),
-            (_, None) => {
-                fresh = true;
-                self.last_of(partition, stream)?
-            }
+        let id_of = |j: usize| if appends.len() == 1 { append_id.clone() } else { format!("{append_id}/{j}") };
+        // Each stream's last event as far as this process knows; checked by the server.
+        let mut lasts = Vec::with_capacity(appends.len());
+        let mut fresh = Vec::with_capacity(appends.len());
+        for &(stream, expected, _) in appends {
+            let remembered = self.last.lock().get(stream).copied();
+            let (last, is_fresh) = match (expected, remembered) {
+                (ExpectedVersion::NoStream, _) => (None, false),
+                (_, Some(l)) => (Some(l), false),
+                (_, None) => (self.last_of(partition, stream)?, true),
+            };
+            lasts.push(last);
+            fresh.push(is_fresh);
+        }
+        let landed = |lasts: &[Option<Last>]| -> Option<Vec<AppendResult>> {
+            appends
+                .iter()
+                .enumerate()
+                .map(|(j, &(stream, _, events))| self.already_appended(partition, stream, lasts[j], events, &id_of(j)))
+                .collect()
         };
         loop {
-            let actual = last.map(|l| l.version);
-            let ok = match expected {
-                ExpectedVersion::Any => true,
-                ExpectedVersion::NoStream => actual.is_none(),
-                ExpectedVersion::StreamExists => actual.is_some(),
-                ExpectedVersion::Exact(v) => actual == Some(v),
-            };
-            if !ok {
-                if !fresh {
+            let mut refused = None;
+            for (j, &(stream, expected, _)) in appends.iter().enumerate() {
+                let actual = lasts[j].map(|l| l.version);
+                let ok = match expected {
+                    ExpectedVersion::Any => true,
+                    ExpectedVersion::NoStream => actual.is_none(),
+                    ExpectedVersion::StreamExists => actual.is_some(),
+                    ExpectedVersion::Exact(v) => actual == Some(v),
+                };
+                if !ok {
+                    refused = Some((j, stream, expected, actual));
+                    break;
+                }
+            }
+            if let Some((j, stream, expected, actual)) = refused {
+                if !fresh[j] {
                     // What this process remembered may be stale: ask the leader first.
-                    last = self.last_of(partition, stream)?;
-                    fresh = true;
+                    lasts[j] = self.last_of(partition, stream)?;
+                    fresh[j] = true;
                     continue;
                 }
-                if let Some(r) = self.already_appended(partition, stream, last, events, &append_id) {
+                if let Some(r) = landed(&lasts) {
                     return Ok(r);
                 }
                 return Err(Error::WrongExpectedVersion { stream: stream.to_owned(), expected, actual });
             }
-            let publish = self.publish(partition, stream, last, events, &append_id, time);
+            let parts: Vec<Part<'_>> = appends
+                .iter()
+                .enumerate()
+                .map(|(j, &(stream, _, events))| Part { stream, last: lasts[j], events, id: id_of(j) })
+                .collect();
+            let publish = self.publish(partition, &parts, &append_id, time);
             let attempt = self.block(async { tokio::time::timeout(self.timeout, publish).await });
             match attempt {
                 Ok(Ok(Some(ack))) if ack.duplicate => {
                     // The server had these messages already (an earlier attempt of this
                     // append, or a retry of one with the same event ids).
-                    let at = self.last_of(partition, stream)?;
-                    if let Some(r) = self.already_appended(partition, stream, at, events, &append_id) {
+                    for (j, &(stream, _, _)) in appends.iter().enumerate() {
+                        lasts[j] = self.last_of(partition, stream)?;
+                    }
+                    if let Some(r) = landed(&lasts) {
                         return Ok(r);
                     }
                     return Err(Error::IdempotencyConflict {
-                        stream: stream.to_owned(),
-                        reason: "the server holds these event ids, but not as the stream's last events".into(),
+                        stream: first_stream.to_owned(),
+                        reason: "the server holds these event ids, but not as the streams' last events".into(),
                     });
                 }
                 Ok(Ok(Some(ack))) => {
-                    let first_version = last.map_or(0, |l| l.version + 1);
-                    let r = AppendResult {
-                        partition,
-                        first_position: ack.seq - n,
-                        first_version,
-                        last_version: first_version + n - 1,
-                        timestamp_nanos: time,
-                        duplicate: false,
-                    };
-                    self.remember(stream, Last { version: r.last_version, seq: ack.seq });
+                    let mut position = ack.seq - total;
+                    let mut out = Vec::with_capacity(appends.len());
+                    for (j, &(stream, _, events)) in appends.iter().enumerate() {
+                        let n = events.len() as u64;
+                        let first_version = lasts[j].map_or(0, |l| l.version + 1);
+                        out.push(AppendResult {
+                            partition,
+                            first_position: position,
+                            first_version,
+                            last_version: first_version + n - 1,
+                            timestamp_nanos: time,
+                            duplicate: false,
+                        });
+                        position += n;
+                        // Position p is sequence p + 1.
+                        self.remember(stream, Last { version: first_version + n - 1, seq: position });
+                    }
                     self.note_known(partition, ack.seq);
                     self.signal.bump();
-                    return Ok(r);
+                    return Ok(out);
                 }
                 Ok(Ok(None)) => {
-                    // Someone appended after `last`: read what the stream holds now.
-                    last = self.last_of(partition, stream)?;
-                    fresh = true;
+                    // Someone appended after a `last`: read what the streams hold now.
+                    for (j, &(stream, _, _)) in appends.iter().enumerate() {
+                        lasts[j] = self.last_of(partition, stream)?;
+                        fresh[j] = true;
+                    }
                 }
-                Ok(Err(e)) if Instant::now() >= deadline => return Err(remote(format!("appending to {stream:?}"), e)),
+                Ok(Err(e)) if Instant::now() >= deadline => {
+                    return Err(remote(format!("appending to {first_stream:?}"), e));
+                }
                 Err(_) if Instant::now() >= deadline => {
-                    return Err(remote(format!("appending to {stream:?}"), "timed out"));
+                    return Err(remote(format!("appending to {first_stream:?}"), "timed out"));
                 }
                 Ok(Err(_)) | Err(_) => {
                     // A timeout or a lost connection: the append may have landed. The retry
-                    // carries the same batch and message ids; if the stream moved, the check
+                    // carries the same batch and message ids; if a stream moved, the check
                     // against what it holds now tells a landed retry from a conflict.
                     self.pause(Duration::from_millis(100));
-                    last = self.last_of(partition, stream)?;
-                    fresh = true;
-                    if let Some(r) = self.already_appended(partition, stream, last, events, &append_id) {
+                    for (j, &(stream, _, _)) in appends.iter().enumerate() {
+                        lasts[j] = self.last_of(partition, stream)?;
+                        fresh[j] = true;
+                    }
+                    if let Some(r) = landed(&lasts) {
                         return Ok(r);
                     }
                 }
@@ -968,11 +1044,9 @@ impl Remote {
         appends: impl IntoIterator<Item = (S, ExpectedVersion, E)>,
     ) -> Result<Vec<AppendResult>> {
         let appends: Vec<_> = appends.into_iter().collect();
-        match appends.as_slice() {
-            [] => Ok(Vec::new()),
-            [(s, x, e)] => Ok(vec![self.do_append(s.as_ref(), *x, e.as_ref())?]),
-            _ => Err(Error::Unsupported { operation: "append_atomic across streams", backend: "jetstream" }),
-        }
+        let parts: Vec<(&str, ExpectedVersion, &[EventData])> =
+            appends.iter().map(|(s, x, e)| (s.as_ref(), *x, e.as_ref())).collect();
+        self.do_append_parts(&parts)
     }
 
     pub(crate) fn append_async(&self, stream: &str, expected: ExpectedVersion, events: &[EventData]) -> AppendFuture {

@@ -9,7 +9,7 @@
 //! | `Strata-Meta` | the metadata, base64, if there is any |
 //! | `Strata-Time` | when the append was made, nanoseconds since the Unix epoch, decimal |
 //! | `Strata-Correlation`, `Strata-Causation` | the ids, as UUIDs, if given |
-//! | `Nats-Msg-Id` | the event's id as a UUID if it has one, else `{append id}-{index}` |
+//! | `Nats-Msg-Id` | the event's id as a UUID if it has one, else `{append id}-{index}` (`{append id}/{part}-{index}` in an atomic append of several streams) |
 //!
 //! The message id makes the server drop a retried publish within its duplicate window, and
 //! lets a retry tell whether its first attempt landed.
