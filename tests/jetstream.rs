@@ -70,6 +70,14 @@ fn appends_and_reads(store: &Store) {
     let back = store.read_stream_backward("order-1", None, 2).unwrap();
     assert_eq!(back.iter().map(|e| e.version).collect::<Vec<_>>(), [4, 3]);
 
+    // Many appends at once, each answered on its own.
+    let many: Vec<_> =
+        (0..70).map(|i| (format!("many-{i}"), ExpectedVersion::NoStream, vec![ev("A", i.to_string())])).collect();
+    let answers: Vec<_> = store.append_many(many).into_iter().map(|f| f.wait().unwrap()).collect();
+    assert_eq!(answers.len(), 70);
+    assert!(answers.iter().all(|r| r.first_version == 0 && !r.duplicate));
+    assert_eq!(store.read_stream("many-69", 0, 10).unwrap()[0].payload, b"69");
+
     // Several co-located streams, all or nothing, contiguous.
     let done = store
         .append_atomic([

@@ -905,7 +905,7 @@ impl Remote {
                     });
                 }
                 Ok(Ok(Some(ack))) => {
-                    let mut position = ack.seq - total;
+                    let mut position = ack.seq.saturating_sub(total);
                     let mut out = Vec::with_capacity(appends.len());
                     for (j, &(stream, _, events)) in appends.iter().enumerate() {
                         let n = events.len() as u64;
@@ -1024,19 +1024,20 @@ impl Remote {
     ) -> Vec<AppendFuture> {
         let appends: Vec<(String, ExpectedVersion, Vec<EventData>)> =
             appends.into_iter().map(|(s, x, e)| (s.as_ref().to_owned(), x, e.as_ref().to_vec())).collect();
-        // Each append is checked and published on its own thread of the caller's: they wait
-        // on the network together.
-        std::thread::scope(|s| {
-            let handles: Vec<_> = appends.iter().map(|(st, x, e)| s.spawn(move || self.do_append(st, *x, e))).collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    AppendFuture::ready(
-                        h.join().unwrap_or_else(|_| Err(Error::Remote { cause: "append panicked".into() })),
-                    )
-                })
-                .collect()
-        })
+        // The appends are published from up to 64 scoped threads at a time, so that they wait
+        // on the network together; each is answered on its own.
+        let mut out = Vec::with_capacity(appends.len());
+        for chunk in appends.chunks(64) {
+            std::thread::scope(|s| {
+                let handles: Vec<_> =
+                    chunk.iter().map(|(st, x, e)| s.spawn(move || self.do_append(st, *x, e))).collect();
+                for h in handles {
+                    let r = h.join().unwrap_or_else(|_| Err(Error::Remote { cause: "an append panicked".into() }));
+                    out.push(AppendFuture::ready(r));
+                }
+            });
+        }
+        out
     }
 
     pub(crate) fn append_atomic<S: AsRef<str>, E: AsRef<[EventData]>>(
