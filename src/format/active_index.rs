@@ -104,15 +104,7 @@ pub(crate) struct FrozenView<'a> {
 /// index file, §8.1) and `positions` (§8.2) cover the segment up to `to_offset` and
 /// `to_position`, its last batch at `last_offset`.
 pub(crate) fn encode_frozen(h: &FrozenHeader, streams: &[StreamEntry], positions: &[PositionEntry]) -> Vec<u8> {
-    let mut out = vec![0u8; HEADER_LEN];
-    out.reserve(streams.len() * 32 + positions.len() * 16);
-    for e in streams {
-        out.extend_from_slice(bytemuck::bytes_of(&e.to_le()));
-    }
-    for p in positions {
-        let le = PositionEntry { position: p.position.to_le(), offset: p.offset.to_le() };
-        out.extend_from_slice(bytemuck::bytes_of(&le));
-    }
+    let mut out = super::index::encode_entries(streams, positions);
     let mut head = header::begin_version(MAGIC, FROZEN_VERSION);
     put_u32(&mut head, 12, h.partition);
     put_u64(&mut head, 16, h.base_position);

@@ -94,20 +94,14 @@ pub(crate) fn encode(stream: &str, events: &[EventData], limits: Limits) -> Resu
     Ok(buf)
 }
 
-/// [`encode`] onto the end of `out` (which may hold other batches: the appends of one
-/// `append_many` share one buffer); returns where in `out` the batch lies. On error `out` is
-/// left as it was.
-pub(crate) fn encode_into(
-    out: &mut Vec<u8>,
-    stream: &str,
-    events: &[EventData],
-    limits: Limits,
-) -> Result<std::ops::Range<usize>> {
+/// Checks an append against the format's rules and `limits`, as [`encode`] does before it
+/// writes anything; returns the length its batch would have (padding included).
+pub(crate) fn checked_len(stream: &str, events: &[EventData], limits: Limits) -> Result<usize> {
     check_stream_id(stream)?;
     if events.is_empty() {
         return Err(Error::EmptyAppend);
     }
-    let count = u32::try_from(events.len())
+    u32::try_from(events.len())
         .map_err(|_| Error::AppendTooLarge { size: events.len() as u64, limit: u64::from(u32::MAX) })?;
     let mut total = (HEADER_LEN + stream.len()) as u64;
     for (index, e) in events.iter().enumerate() {
@@ -130,12 +124,25 @@ pub(crate) fn encode_into(
     if padded > limits.max_append_bytes || padded > u64::from(u32::MAX) {
         return Err(Error::AppendTooLarge { size: padded, limit: limits.max_append_bytes });
     }
-    let padded = padded as usize;
+    Ok(padded as usize)
+}
+
+/// [`encode`] onto the end of `out` (which may hold other batches: the appends of one
+/// `append_many` share one buffer); returns where in `out` the batch lies. On error `out` is
+/// left as it was.
+pub(crate) fn encode_into(
+    out: &mut Vec<u8>,
+    stream: &str,
+    events: &[EventData],
+    limits: Limits,
+) -> Result<std::ops::Range<usize>> {
+    let padded = checked_len(stream, events, limits)?;
     let start = out.len();
     out.resize(start + padded, 0);
     let Some(buf) = out.get_mut(start..) else { return Err(Error::Closed) };
     put_u32(buf, LENGTH_OFFSET, padded as u32);
-    put_u32(buf, EVENT_COUNT_OFFSET, count);
+    // `checked_len` refused a count that does not fit.
+    put_u32(buf, EVENT_COUNT_OFFSET, events.len() as u32);
     put_u16(buf, STREAM_ID_LEN_OFFSET, stream.len() as u16);
     if let Some(b) = buf.get_mut(KIND_OFFSET) {
         *b = KIND_EVENTS;

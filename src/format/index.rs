@@ -102,8 +102,9 @@ pub(crate) struct Header {
     pub position_entries: u64,
 }
 
-/// Encodes a complete index file. `streams` must already be sorted.
-pub(crate) fn encode(header: &Header, streams: &[StreamEntry], positions: &[PositionEntry]) -> Vec<u8> {
+/// `HEADER_LEN` zero bytes (for the caller's header), then `streams` (§8.1) and `positions`
+/// (§8.2) in their little-endian layout: an index file's body, and a journal's frozen section.
+pub(crate) fn encode_entries(streams: &[StreamEntry], positions: &[PositionEntry]) -> Vec<u8> {
     let mut out = vec![0u8; HEADER_LEN];
     out.reserve(streams.len() * 32 + positions.len() * 16);
     for e in streams {
@@ -113,6 +114,12 @@ pub(crate) fn encode(header: &Header, streams: &[StreamEntry], positions: &[Posi
         let le = PositionEntry { position: p.position.to_le(), offset: p.offset.to_le() };
         out.extend_from_slice(bytemuck::bytes_of(&le));
     }
+    out
+}
+
+/// Encodes a complete index file. `streams` must already be sorted.
+pub(crate) fn encode(header: &Header, streams: &[StreamEntry], positions: &[PositionEntry]) -> Vec<u8> {
+    let mut out = encode_entries(streams, positions);
     let mut h = header::begin(MAGIC);
     put_u32(&mut h, 12, header.partition);
     put_u64(&mut h, 16, header.base_position);

@@ -13,7 +13,7 @@ use crate::format::archive as arc_format;
 use crate::format::batch::{self, BatchView};
 use crate::format::index::{self, StreamEntry};
 use crate::format::segment as seg_format;
-use crate::log::active::{MemEntry, OpenSegment, run_last_version};
+use crate::log::active::{MemEntry, OpenSegment, find_run, run_last_version};
 use crate::log::archive::Archive;
 use crate::log::events::{emit, offer};
 use crate::log::sealed::SealedSegment;
@@ -160,25 +160,14 @@ impl View {
         stream: &str,
         hash: u64,
     ) -> Result<&'a [StreamEntry]> {
-        let lo = entries.partition_point(|e| e.get().stream_hash < hash);
-        let hi = entries.partition_point(|e| e.get().stream_hash <= hash);
-        let mut i = lo;
-        while i < hi {
-            let Some(first) = entries.get(i).map(StreamEntry::get) else { break };
-            let block = entries.get(i..hi).unwrap_or(&[]);
-            let j = i + block.partition_point(|e| e.get().tag <= first.tag);
+        find_run(entries, hash, |offset| {
             // A match needs no checksum here: the batches are checked when they are read. A
             // mismatch must be a checked one, or damage to the id would hide the stream's
             // events instead of being reported.
-            let start = usize::try_from(first.offset).unwrap_or(usize::MAX);
-            let same = data.and_then(|d| d.get(start..)).and_then(batch::peek_stream_id) == Some(stream)
-                || self.with_batch(seg, first.offset, 0, stream, Lend::User, |b| b.stream_id == stream)?;
-            if same {
-                return Ok(entries.get(i..j).unwrap_or(&[]));
-            }
-            i = j;
-        }
-        Ok(&[])
+            let start = usize::try_from(offset).unwrap_or(usize::MAX);
+            Ok(data.and_then(|d| d.get(start..)).and_then(batch::peek_stream_id) == Some(stream)
+                || self.with_batch(seg, offset, 0, stream, Lend::User, |b| b.stream_id == stream)?)
+        })
     }
 
     /// The last version of `stream` in this segment before position `end`, if it has events
@@ -189,13 +178,7 @@ impl View {
                 Some(v) => Ok(Some(v)),
                 None => Ok(run_last_version(o.frozen_run(stream, hash)?)),
             },
-            View::Sealed(s) => {
-                let entries = self.sealed_entries(seg, s, stream, hash)?;
-                Ok(entries.last().map(|e| {
-                    let e = e.get();
-                    e.first_version + u64::from(e.event_count) - 1
-                }))
-            }
+            View::Sealed(s) => Ok(run_last_version(self.sealed_entries(seg, s, stream, hash)?)),
             View::Archived(a) => {
                 let entries = self.find_stream(seg, a.streams()?, None, stream, hash)?;
                 Ok(entries.last().map(|e| {

@@ -382,7 +382,7 @@ impl Remote {
         };
         for p in 0..partitions {
             let h = remote.fetch_heads(p)?;
-            remote.note_head(p, h);
+            remote.note_known(p, h.head);
         }
         remote.start_watcher();
         Ok(remote)
@@ -584,10 +584,6 @@ impl Remote {
         }
     }
 
-    fn note_head(&self, partition: u32, h: Heads) {
-        self.note_known(partition, h.head);
-    }
-
     fn remember(&self, stream: &str, last: Last) {
         let mut m = self.last.lock();
         if m.len() >= MAX_REMEMBERED && !m.contains_key(stream) {
@@ -746,7 +742,7 @@ impl Remote {
 
     /// Checks an append against the limits (the same rules as the embedded store).
     fn check_append(&self, stream: &str, events: &[EventData]) -> Result<()> {
-        batch::encode(stream, events, self.limits)?;
+        batch::checked_len(stream, events, self.limits)?;
         if events.len() > MAX_BATCH_EVENTS {
             return Err(Error::AppendTooLarge { size: events.len() as u64, limit: MAX_BATCH_EVENTS as u64 });
         }
@@ -1128,12 +1124,7 @@ impl Remote {
         from_position: u64,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>> {
-        let mut out = Vec::new();
-        self.scan(partition, from_position, max_count, &mut |e| {
-            out.push(e.to_recorded());
-            ControlFlow::Continue(())
-        })?;
-        Ok(out)
+        Log::read_partition(self, partition, from_position, max_count)
     }
 
     pub(crate) fn scan_partition(
@@ -1324,7 +1315,7 @@ impl Log for Remote {
     fn heads(&self, partition: u32) -> Result<Heads> {
         self.check_partition(partition)?;
         let h = self.fetch_heads(partition)?;
-        self.note_head(partition, h);
+        self.note_known(partition, h.head);
         Ok(h)
     }
 
