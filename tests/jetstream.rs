@@ -437,6 +437,269 @@ fn two_processes_race_on_one_stream() {
     println!("two processes, 200 appends: {lost} stale expected versions refused");
 }
 
+/// Run by `killing_one_of_two_projection_processes_loses_nothing` in a child process: runs the
+/// shared projection "audit", which writes a line per event it handles to `{name}.events`
+/// (one `write` each, so a kill -9 leaves whole lines), and every 50 ms writes the partitions
+/// it runs to `{name}.held`, until `stop` appears.
+#[test]
+#[ignore = "run as a child process by killing_one_of_two_projection_processes_loses_nothing"]
+fn child_projector() {
+    use std::io::Write;
+    let Ok(urls) = std::env::var("STRATA_PROJ_URLS") else { return };
+    let dir = std::path::PathBuf::from(std::env::var("STRATA_PROJ_DIR").unwrap());
+    let me = std::env::var("STRATA_PROJ_NAME").unwrap();
+    let options = JetStreamOptions::new(urls.split(','), "proj")
+        .lease(Duration::from_secs(2))
+        .state_dir(dir.join(format!("state-{me}")));
+    let store = Arc::new(Store::connect(options).unwrap());
+    struct Audit(Mutex<std::fs::File>);
+    impl Projection for Audit {
+        fn handle(&self, e: &RecordedEvent) -> Result<(), HandlerError> {
+            let line = format!("{} {} {} {}\n", e.partition, e.position, e.stream_id, e.version);
+            self.0.lock().unwrap().write_all(line.as_bytes())?;
+            std::thread::sleep(Duration::from_millis(3));
+            Ok(())
+        }
+    }
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{me}.events"))).unwrap();
+    // One worker, 3 ms an event: a is still busy when it is killed.
+    let engine = ProjectionEngine::new(store.clone(), 1);
+    engine.register("audit", Arc::new(Audit(Mutex::new(out))), ProjectionOptions::default().batch(50)).unwrap();
+    while !dir.join("stop").exists() {
+        let s = engine.status("audit").unwrap();
+        let held: Vec<String> = s.partitions.iter().filter(|p| p.here).map(|p| p.partition.to_string()).collect();
+        std::fs::write(dir.join(format!("{me}.held.tmp")), held.join(" ")).unwrap();
+        std::fs::rename(dir.join(format!("{me}.held.tmp")), dir.join(format!("{me}.held"))).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    engine.stop().unwrap();
+    println!("DONE {me}");
+}
+
+#[test]
+fn killing_one_of_two_projection_processes_loses_nothing() {
+    let _s = serial();
+    let c = Cluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(
+        JetStreamOptions::new(c.urls(), "proj")
+            .partitions(8)
+            .lease(Duration::from_secs(2))
+            .state_dir(dir.path().join("parent")),
+    )
+    .unwrap();
+    let mut appended: BTreeMap<String, u64> = BTreeMap::new();
+    let mut append = |n: usize, from: usize| {
+        for chunk in (from..from + n).collect::<Vec<_>>().chunks(100) {
+            let appends: Vec<(String, ExpectedVersion, Vec<EventData>)> = chunk
+                .iter()
+                .map(|i| (format!("acct-{}", i % 40), ExpectedVersion::Any, vec![ev("Moved", i.to_string())]))
+                .collect();
+            let many = appends.iter().map(|(s, e, evs)| (s.as_str(), *e, evs.as_slice()));
+            for (r, (s, _, _)) in store.append_many(many).into_iter().zip(&appends) {
+                let r = r.wait().unwrap();
+                appended.insert(s.clone(), r.last_version + 1);
+            }
+        }
+    };
+    append(200, 0);
+    let exe = std::env::current_exe().unwrap();
+    let spawn = |name: &str| {
+        std::process::Command::new(&exe)
+            .args(["--exact", "child_projector", "--ignored", "--nocapture", "--test-threads=1"])
+            .env("STRATA_PROJ_URLS", c.urls().join(","))
+            .env("STRATA_PROJ_DIR", dir.path())
+            .env("STRATA_PROJ_NAME", name)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let held = |name: &str| -> Vec<u32> {
+        std::fs::read_to_string(dir.path().join(format!("{name}.held")))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect()
+    };
+    let lines = |name: &str| -> Vec<(u32, u64, String, u64)> {
+        std::fs::read_to_string(dir.path().join(format!("{name}.events")))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].to_string(), f[3].parse().unwrap())
+            })
+            .collect()
+    };
+    let wait = |what: &str, secs: u64, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}{}", c.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut a = spawn("a");
+    let b = spawn("b");
+    // The two share the partitions: four each.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(held("a").len() == 4 && held("b").len() == 4) {
+        assert!(
+            Instant::now() < deadline,
+            "the processes did not share the partitions: a {:?}, b {:?}",
+            held("a"),
+            held("b")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    append(3000, 200);
+    wait("process a has handled 300 events", 60, &|| lines("a").len() >= 300);
+    // a stalls (SIGSTOP) past its leases: b takes its partitions. When a resumes, the batch it
+    // was in finishes, its checkpoint writes are refused, and it gives the partitions up; then
+    // the two share again.
+    let signal = |sig: &str, pid: u32| {
+        assert!(std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+    };
+    signal("-STOP", a.id());
+    let stalled = Instant::now();
+    let before_stall = lines("a").len();
+    append(1000, 3200);
+    wait("process b runs a's partitions while a is stopped", 60, &|| held("b").len() == 8);
+    let stall_takeover = stalled.elapsed();
+    signal("-CONT", a.id());
+    wait("the two share again", 60, &|| held("a").len() == 4 && held("b").len() == 4);
+    let after = lines("a").len();
+    append(1000, 4200);
+    wait("process a handles again", 60, &|| lines("a").len() >= after + 300);
+    let handled_before_kill = lines("a").len();
+    a.kill().unwrap(); // SIGKILL
+    a.wait().unwrap();
+    let killed = Instant::now();
+    let orphaned = held("a");
+    append(2000, 5200);
+    wait("process b runs every partition", 60, &|| held("b").len() == 8);
+    let takeover = killed.elapsed();
+    let total: u64 = appended.values().sum();
+    let handled = || {
+        let mut seen: HashSet<(u32, u64)> = HashSet::new();
+        for name in ["a", "b"] {
+            seen.extend(lines(name).into_iter().map(|(p, pos, _, _)| (p, pos)));
+        }
+        seen.len() as u64
+    };
+    wait("every event is handled", 120, &|| handled() >= total);
+    std::fs::write(dir.path().join("stop"), b"").unwrap();
+    let out = b.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    // Each process handled each stream in version order, and between them every version of
+    // every stream, nothing else.
+    let (mut union, mut twice) = (BTreeMap::<String, HashSet<u64>>::new(), 0usize);
+    for name in ["a", "b"] {
+        let mut last: BTreeMap<String, u64> = BTreeMap::new();
+        for (k, (_, _, s, v)) in lines(name).into_iter().enumerate() {
+            // b in order throughout; a up to its stall (what it handles after it resumes starts
+            // again from b's checkpoints, and may repeat the batch it was in).
+            if let Some(&l) = last.get(&s)
+                && (name == "b" || k < before_stall)
+            {
+                assert!(v > l, "process {name} handled {s} v{v} after v{l}");
+            }
+            last.insert(s.clone(), v);
+            if !union.entry(s).or_default().insert(v) {
+                twice += 1;
+            }
+        }
+    }
+    for (s, n) in &appended {
+        let got = union.get(s).cloned().unwrap_or_default();
+        assert_eq!(got, (0..*n).collect::<HashSet<u64>>(), "{s}");
+    }
+    assert_eq!(union.len(), appended.len());
+    println!(
+        "two projection processes, one killed: {total} events, all handled, in order per stream; \
+         a had handled {handled_before_kill} and ran partitions {orphaned:?}; b ran all 8 {takeover:?} after the kill \
+         and {stall_takeover:?} after a stalled (lease 2 s); {twice} events handled twice (past a's last stored \
+         checkpoints, at the stall and at the kill)"
+    );
+}
+
+/// Fails on events whose payload is "bad", unless it accepts them.
+#[derive(Default)]
+struct Fussy {
+    accept_bad: bool,
+    seen: Mutex<Vec<u64>>,
+}
+
+impl Projection for Fussy {
+    fn handle(&self, e: &RecordedEvent) -> Result<(), HandlerError> {
+        if e.payload == b"bad" && !self.accept_bad {
+            return Err("bad".into());
+        }
+        self.seen.lock().unwrap().push(e.version);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_shared_projections_dead_letters_move_with_its_partitions() {
+    let _s = serial();
+    let c = Cluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let open = |tag: &str| {
+        let o = JetStreamOptions::new(c.urls(), "dlq").partitions(2).lease(Duration::from_secs(2));
+        Arc::new(Store::connect(o.state_dir(dir.path().join(tag))).unwrap())
+    };
+    let options =
+        ProjectionOptions::default().on_failure(strata::projection::OnFailure::Park).retry(1, Duration::from_millis(1));
+    // The first process: v1 fails and is dead-lettered, which parks the stream, so v2 follows it.
+    let first = open("first");
+    let engine = ProjectionEngine::new(first.clone(), 1);
+    let fussy = Arc::new(Fussy::default());
+    engine.register("fussy", fussy.clone(), options.clone()).unwrap();
+    for p in ["ok", "bad", "ok"] {
+        first.append("acct-1", ExpectedVersion::Any, &[ev("E", p)]).unwrap();
+    }
+    assert!(engine.wait_caught_up("fussy", Duration::from_secs(30)).unwrap());
+    let letters = engine.dead_letters("fussy").unwrap();
+    assert_eq!(letters.iter().map(|l| (l.version, l.attempts)).collect::<Vec<_>>(), [(1, 1), (2, 0)]);
+    assert_eq!(*fussy.seen.lock().unwrap(), [0]);
+    // Stopping gives the leases up: the second process takes the partitions at once.
+    engine.stop().unwrap();
+    let second = open("second");
+    let engine = ProjectionEngine::new(second.clone(), 1);
+    let fussy = Arc::new(Fussy { accept_bad: true, ..Default::default() });
+    let registered = Instant::now();
+    engine.register("fussy", fussy.clone(), options).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !engine.status("fussy").unwrap().partitions.iter().all(|p| p.here) {
+        assert!(Instant::now() < deadline, "the second process did not take the partitions");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = registered.elapsed();
+    // It has the letters, and the stream is still parked: v3 joins them, unhandled.
+    assert_eq!(engine.dead_letters("fussy").unwrap().len(), 2);
+    second.append("acct-1", ExpectedVersion::Any, &[ev("E", "ok")]).unwrap();
+    assert!(engine.wait_caught_up("fussy", Duration::from_secs(30)).unwrap());
+    let letters = engine.dead_letters("fussy").unwrap();
+    assert_eq!(letters.iter().map(|l| l.version).collect::<Vec<_>>(), [1, 2, 3]);
+    assert!(fussy.seen.lock().unwrap().is_empty());
+    // Replayed in order, they unpark the stream: v4 is handled as it comes.
+    let report = engine.replay_dead_letters("fussy", None).unwrap();
+    assert_eq!((report.replayed, report.failed.len()), (3, 0));
+    second.append("acct-1", ExpectedVersion::Any, &[ev("E", "ok")]).unwrap();
+    assert!(engine.wait_caught_up("fussy", Duration::from_secs(30)).unwrap());
+    assert_eq!(*fussy.seen.lock().unwrap(), [1, 2, 3, 4]);
+    assert!(engine.dead_letters("fussy").unwrap().is_empty());
+    let status = engine.status("fussy").unwrap();
+    assert!(status.partitions.iter().all(|p| p.owner.is_some()));
+    engine.stop().unwrap();
+    // A third process reads an empty queue: the resolutions are on the cluster too.
+    let third = open("third");
+    let engine = ProjectionEngine::new(third, 1);
+    engine.register("fussy", Arc::new(Fussy::default()), ProjectionOptions::default()).unwrap();
+    assert!(engine.dead_letters("fussy").unwrap().is_empty());
+    println!("shared dead letters: the second process ran both partitions {took:?} after registering");
+}
+
 #[test]
 fn killing_the_stream_leader_loses_no_acknowledged_append() {
     let _s = serial();

@@ -115,6 +115,7 @@ pub(super) fn run_checkpointer(inner: Arc<Inner>) {
 const CHECKPOINT_GATHER: Duration = Duration::from_millis(5);
 
 fn checkpoint_round(inner: &Inner) {
+    shared_round(inner);
     let tasks = inner.tasks.read().clone();
     let mut projections: Vec<&Arc<Registered>> = Vec::new();
     for t in tasks.iter() {
@@ -167,6 +168,45 @@ fn checkpoint_round(inner: &Inner) {
                     stop_task(inner, t, format!("checkpoint write failed: {e}"));
                 }
             }
+        }
+    }
+}
+
+/// The checkpoints of shared projections that this process runs: each partition's stored on
+/// the cluster by compare-and-set. A write that fails because another process claimed the
+/// partition since (this one stalled past its lease) gives the partition up here; one that
+/// fails otherwise (the cluster unreachable) is tried again next round, and the lease's own
+/// deadline stops the partition if that goes on.
+fn shared_round(inner: &Inner) {
+    let Some(shared) = inner.log.shared() else { return };
+    let tasks = inner.tasks.read().clone();
+    for t in tasks.iter().filter(|t| t.projection.shared && t.projection.engine_checkpoints()) {
+        let next = t.next.load(Ordering::Acquire);
+        if next <= t.durable.load(Ordering::Acquire) {
+            continue;
+        }
+        let time = t.last_time.load(Ordering::Acquire);
+        // Not held across the write: the workers read the claim before each batch.
+        let Some(mut claim) = t.lease.lock().clone() else { continue };
+        match shared.store_checkpoint(&t.projection.name, t.partition, &mut claim, next, time) {
+            Ok(true) => {
+                if let Some(c) = t.lease.lock().as_mut() {
+                    c.checkpoint = c.checkpoint.max(claim.checkpoint);
+                }
+                t.durable.store(next, Ordering::Release);
+            }
+            Ok(false) => {
+                *t.lease.lock() = None;
+                t.held.store(false, Ordering::Release);
+                crate::trace::event!(
+                    WARN,
+                    "strata::projection",
+                    projection = %t.projection.name,
+                    partition = t.partition,
+                    "another process took the partition"
+                );
+            }
+            Err(_) => {}
         }
     }
 }

@@ -21,6 +21,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, RwLock};
@@ -32,10 +33,14 @@ use crate::format::dlq::{self as format, Letter, Outcome, Record};
 use crate::io::Io;
 use crate::log::records::{self, RecordLog};
 use crate::report::Report;
+use crate::store::seam::Log;
 
-#[derive(Debug)]
 struct State {
-    log: RecordLog,
+    /// The queue's file; `None` for a shared queue.
+    log: Option<RecordLog>,
+    /// A shared queue (on the log's cluster): the log, the projection's name, and the id of
+    /// the last record read back.
+    shared: Option<(Arc<dyn Log>, String, u64)>,
     /// Unresolved dead letters, oldest first.
     pending: Vec<Letter>,
     next_id: u64,
@@ -63,6 +68,15 @@ pub(crate) enum Added {
 /// cost per resolution stays constant.
 const REWRITE_AFTER: usize = 64;
 
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("pending", &self.pending.len())
+            .field("next_id", &self.next_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The dead-letter queue of one projection.
 #[derive(Debug)]
 pub(crate) struct DeadLetters {
@@ -74,6 +88,8 @@ pub(crate) struct DeadLetters {
     parked: RwLock<HashSet<String>>,
     /// `parked.len()`, read without the lock on the hot path.
     parked_len: AtomicUsize,
+    /// Streams with pending letters are parked.
+    park: bool,
 }
 
 impl DeadLetters {
@@ -108,11 +124,92 @@ impl DeadLetters {
         Ok(DeadLetters {
             parked_len: AtomicUsize::new(parked.len()),
             parked: RwLock::new(parked),
-            state: Mutex::new(State { log, pending, next_id, dead, broken: None }),
+            state: Mutex::new(State { log: Some(log), shared: None, pending, next_id, dead, broken: None }),
             dir: dir.to_path_buf(),
             io: io.clone(),
             max: max.max(1),
+            park,
         })
+    }
+
+    /// Opens the shared queue of projection `name` on `log`'s cluster (a log with
+    /// [`Log::shared`]), reading every record it holds.
+    pub fn open_shared(log: Arc<dyn Log>, name: &str, park: bool, max: usize) -> Result<DeadLetters> {
+        let queue = DeadLetters {
+            parked_len: AtomicUsize::new(0),
+            parked: RwLock::new(HashSet::new()),
+            state: Mutex::new(State {
+                log: None,
+                shared: Some((log, name.to_owned(), 0)),
+                pending: Vec::new(),
+                next_id: 1,
+                dead: 0,
+                broken: None,
+            }),
+            dir: std::path::PathBuf::new(),
+            io: Io::with_faults(None),
+            max: max.max(1),
+            park,
+        };
+        queue.refresh()?;
+        Ok(queue)
+    }
+
+    /// Reads the records of a shared queue that other processes (or this one) added since the
+    /// last read: their letters join the pending ones, their resolutions remove them, and the
+    /// parked streams follow. Nothing for a queue in a file (this process writes it alone).
+    pub fn refresh(&self) -> Result<()> {
+        let mut s = self.state.lock();
+        self.refresh_locked(&mut s)
+    }
+
+    fn refresh_locked(&self, s: &mut State) -> Result<()> {
+        let Some((log, name, seen)) = &mut s.shared else { return Ok(()) };
+        let Some(shared) = log.shared() else { return Ok(()) };
+        let records = shared.letters_after(name, *seen)?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut pending = std::mem::take(&mut s.pending);
+        for (id, record) in records {
+            *seen = id;
+            match record {
+                Record::Letter(l) => {
+                    if !pending.iter().any(|p| p.id == l.id) {
+                        pending.push(l);
+                    }
+                }
+                Record::Resolution { id, .. } => pending.retain(|l| l.id != id),
+            }
+        }
+        pending.sort_by_key(|l| l.id);
+        s.pending = pending;
+        if self.park {
+            let streams: HashSet<String> = s.pending.iter().map(|l| l.stream.clone()).collect();
+            let mut parked = self.parked.write();
+            *parked = streams;
+            self.parked_len.store(parked.len(), Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Appends one record: to the file, or to the shared queue (returning the id it got there).
+    fn write(s: &mut State, record: SharedRecord<'_>) -> Result<Option<u64>> {
+        if let Some((log, name, _)) = &s.shared {
+            let shared = log.shared().ok_or(crate::error::Error::Closed)?;
+            return match record {
+                SharedRecord::Letter(l) => shared.add_letter(name, l).map(Some),
+                SharedRecord::Resolution(id, outcome) => shared.resolve_letter(name, id, outcome).map(|()| None),
+            };
+        }
+        let bytes = match record {
+            SharedRecord::Letter(l) => format::encode_letter(l),
+            SharedRecord::Resolution(id, outcome) => format::encode_resolution(id, now_nanos(), outcome),
+        };
+        match &mut s.log {
+            Some(log) => log.append(&bytes).map(|()| None),
+            None => Err(crate::error::Error::Closed),
+        }
     }
 
     pub fn is_parked(&self, stream: &str) -> bool {
@@ -126,6 +223,8 @@ impl DeadLetters {
         if let Some(e) = &s.broken {
             return Err(e.clone());
         }
+        // Letters other processes added (this partition's last owner's).
+        self.refresh_locked(&mut s)?;
         // Handled again after a crash (the position had not moved past it yet): one letter.
         let known = s.pending.iter().any(|l| l.partition == e.partition && l.position == e.position);
         if known {
@@ -135,7 +234,7 @@ impl DeadLetters {
             return Ok(Added::Full(self.max));
         }
 
-        let letter = Letter {
+        let mut letter = Letter {
             id: s.next_id,
             time: now_nanos(),
             partition: e.partition,
@@ -145,8 +244,10 @@ impl DeadLetters {
             stream: e.stream_id.clone(),
             error: error.to_owned(),
         };
-        s.log.append(&format::encode_letter(&letter))?;
-        s.next_id += 1;
+        match Self::write(&mut s, SharedRecord::Letter(&letter))? {
+            Some(id) => letter.id = id,
+            None => s.next_id += 1,
+        }
         s.pending.push(letter);
         if park {
             let mut parked = self.parked.write();
@@ -171,14 +272,15 @@ impl DeadLetters {
         if let Some(e) = &s.broken {
             return Err(e.clone());
         }
+        self.refresh_locked(&mut s)?;
         let Some(k) = s.pending.iter().position(|l| l.id == id) else { return Ok(false) };
-        s.log.append(&format::encode_resolution(id, now_nanos(), outcome))?;
+        Self::write(&mut s, SharedRecord::Resolution(id, outcome))?;
         let letter = s.pending.remove(k);
         s.dead += 2;
-        if s.dead >= REWRITE_AFTER && s.dead > 2 * s.pending.len() {
+        if s.log.is_some() && s.dead >= REWRITE_AFTER && s.dead > 2 * s.pending.len() {
             match self.rewrite(&s) {
                 Ok(log) => {
-                    s.log = log;
+                    s.log = Some(log);
                     s.dead = 0;
                 }
                 // Failed before its rename (the old file, whole, is still `dlq`): go on with
@@ -214,6 +316,12 @@ impl DeadLetters {
         }
         RecordLog::replace(&self.dir, format::FILE_NAME, &bytes, &self.io)
     }
+}
+
+/// A record to append, to a file or a shared queue.
+enum SharedRecord<'a> {
+    Letter(&'a Letter),
+    Resolution(u64, Outcome),
 }
 
 /// How a dead-letter queue file reads.

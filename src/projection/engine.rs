@@ -34,6 +34,7 @@ use crate::sync::HeadSignal;
 
 use super::checkpoint::{extend_checkpoints, open_checkpoints, run_checkpointer};
 use super::dlq::DeadLetters;
+use super::shared::run_keeper;
 use super::state::{Inner, Registered, Task, dirs, new_task, start_of};
 use super::worker::{guarded, run};
 use super::{
@@ -77,6 +78,8 @@ pub struct ProjectionEngine {
     /// Names being rebuilt.
     pub(super) rebuilding: Mutex<Vec<String>>,
     pub(super) checkpointer: Mutex<Option<JoinHandle<()>>>,
+    /// For a shared log: the thread that holds, renews, takes and gives up leases.
+    pub(super) keeper: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for ProjectionEngine {
@@ -98,17 +101,24 @@ impl ProjectionEngine {
             desired: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             covered: AtomicU32::new(0),
+            keeper_stop: AtomicBool::new(false),
+            keeper_wake: HeadSignal::default(),
         });
         let checkpointer = {
             let inner = inner.clone();
             std::thread::Builder::new().name("strata-checkpointer".into()).spawn(move || run_checkpointer(inner)).ok()
         };
+        let keeper = inner.log.shared().is_some().then(|| {
+            let inner = inner.clone();
+            std::thread::Builder::new().name("strata-leases".into()).spawn(move || run_keeper(inner)).ok()
+        });
         let engine = ProjectionEngine {
             inner,
             workers: Mutex::new(Vec::new()),
             resizing: Mutex::new(()),
             rebuilding: Mutex::new(Vec::new()),
             checkpointer: Mutex::new(checkpointer),
+            keeper: Mutex::new(keeper.flatten()),
         };
         engine.set_workers(workers.max(1));
         engine
@@ -206,21 +216,25 @@ impl ProjectionEngine {
         options.batch = options.batch.max(1);
         options.attempts = options.attempts.max(1);
         let partitions = self.inner.log.partition_count();
+        let shared = !options.per_process && self.inner.log.shared().is_some();
+        if shared && shadow {
+            return Err(Error::Unsupported { operation: "rebuild of a shared projection", backend: "jetstream" });
+        }
         self.inner.io.create_dir_all(dir)?;
         if let Some(parent) = dir.parent() {
             self.inner.io.sync_dir(parent)?;
         }
+        let park = options.on_failure == OnFailure::Park;
         let dlq = match options.on_failure {
             OnFailure::Stop => None,
-            other => Some(DeadLetters::open(
-                dir,
-                &self.inner.io,
-                self.inner.log.report(),
-                other == OnFailure::Park,
-                options.max_dead_letters,
-            )?),
+            _ if shared => {
+                Some(DeadLetters::open_shared(self.inner.log.clone(), name, park, options.max_dead_letters)?)
+            }
+            _ => Some(DeadLetters::open(dir, &self.inner.io, self.inner.log.report(), park, options.max_dead_letters)?),
         };
         let (checkpoints, start) = match options.checkpoints {
+            // Held on the cluster, read when a lease is taken (`projection::shared`).
+            _ if shared => (None, (0..partitions).map(|_| Checkpoint::default()).collect()),
             Checkpoints::Engine => {
                 let (file, start) = open_checkpoints(&self.inner, dir, partitions)?;
                 (Some(file), start)
@@ -244,6 +258,7 @@ impl ProjectionEngine {
             rebuilt: Mutex::new(None),
             checkpoint_failed: AtomicBool::new(false),
             extending: Mutex::new(()),
+            shared,
         });
         let mut mine: Vec<Arc<Task>> = Vec::new();
         for (p, c) in start.into_iter().enumerate() {
@@ -270,6 +285,10 @@ impl ProjectionEngine {
         self.inner.covered.fetch_min(now, Ordering::AcqRel);
         drop(tasks);
         self.inner.log.head_signal().bump();
+        if shared {
+            // Take a share of the partitions now rather than at the next round.
+            self.inner.keeper_wake.bump();
+        }
         Ok(registered)
     }
 
@@ -329,6 +348,14 @@ impl ProjectionEngine {
                 Duration::from_nanos(now_nanos().saturating_sub(oldest))
             };
             let error = t.error.lock().clone();
+            let here = t.held.load(Ordering::Acquire);
+            let owner = if !t.projection.shared {
+                None
+            } else if here {
+                self.inner.log.shared().map(|s| s.owner().to_owned())
+            } else {
+                t.owner.lock().clone()
+            };
             status.healthy &= error.is_none() && lag <= sla;
             status.max_lag_events = status.max_lag_events.max(lag_events);
             status.max_lag = status.max_lag.max(lag);
@@ -341,6 +368,8 @@ impl ProjectionEngine {
                 lag,
                 last_handled: (last > 0).then(|| system_time(last)),
                 error,
+                owner,
+                here,
             });
         }
         Ok(status)
@@ -404,7 +433,9 @@ impl ProjectionEngine {
     /// The events waiting in the projection's dead-letter queue, oldest first.
     pub fn dead_letters(&self, name: &str) -> Result<Vec<DeadLetter>> {
         let (reg, _) = self.registered(name)?;
-        Ok(reg.dlq.as_ref().map_or_else(Vec::new, |d| d.pending().into_iter().map(DeadLetter::from).collect()))
+        let Some(d) = &reg.dlq else { return Ok(Vec::new()) };
+        d.refresh()?;
+        Ok(d.pending().into_iter().map(DeadLetter::from).collect())
     }
 
     /// Hands the dead letters (of `stream` only, if given) to the projection again, oldest
@@ -415,6 +446,7 @@ impl ProjectionEngine {
     pub fn replay_dead_letters(&self, name: &str, stream: Option<&str>) -> Result<ReplayReport> {
         let (reg, tasks) = self.registered(name)?;
         let Some(dlq) = &reg.dlq else { return Ok(ReplayReport::default()) };
+        dlq.refresh()?;
         let mut report = ReplayReport::default();
         // Across partitions: a stream a grow moved has letters in its old partition and its
         // new one, and the new one's come later.
@@ -427,6 +459,11 @@ impl ProjectionEngine {
             let result = (|| -> Result<()> {
                 if t.retired.load(Ordering::Acquire) {
                     return Ok(()); // replaced by a rebuild meanwhile
+                }
+                if !t.held.load(Ordering::Acquire) {
+                    // A shared projection's partition another process runs: its letters are
+                    // replayed there, in order with its events.
+                    return Ok(());
                 }
                 for l in dlq.pending().into_iter().filter(|l| l.partition == t.partition) {
                     if stream.is_some_and(|s| s != l.stream) || failed_streams.contains(&l.stream) {
@@ -467,6 +504,7 @@ impl ProjectionEngine {
     pub fn discard_dead_letters(&self, name: &str, ids: &[u64]) -> Result<usize> {
         let (reg, _) = self.registered(name)?;
         let Some(dlq) = &reg.dlq else { return Ok(0) };
+        dlq.refresh()?;
         let mut n = 0;
         for &id in ids {
             n += usize::from(dlq.resolve(id, Outcome::Discarded)?);
@@ -490,6 +528,13 @@ impl ProjectionEngine {
         self.inner.checkpointer_stop.store(true, Ordering::Release);
         self.inner.dirty.bump();
         if let Some(h) = self.checkpointer.lock().take() {
+            let _ = h.join();
+        }
+        // Last, with every checkpoint stored: give the leases up, so that the other
+        // processes take the partitions at once rather than when the leases expire.
+        self.inner.keeper_stop.store(true, Ordering::Release);
+        self.inner.keeper_wake.bump();
+        if let Some(h) = self.keeper.lock().take() {
             let _ = h.join();
         }
     }

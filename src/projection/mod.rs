@@ -19,6 +19,7 @@ mod checkpoint;
 mod dlq;
 mod engine;
 mod rebuild;
+mod shared;
 mod state;
 #[cfg(feature = "serde")]
 pub(crate) mod typed;
@@ -156,6 +157,9 @@ pub struct ProjectionOptions {
     /// Most pending dead letters (default 100,000), which the queue holds in memory: a
     /// partition whose next letter would pass it stops until letters are replayed or discarded.
     pub max_dead_letters: usize,
+    /// Run by every process for itself, even on a log that processes share (see
+    /// [`ProjectionOptions::per_process`]).
+    pub per_process: bool,
 }
 
 impl Default for ProjectionOptions {
@@ -168,6 +172,7 @@ impl Default for ProjectionOptions {
             checkpoints: Checkpoints::Engine,
             on_failure: OnFailure::DeadLetter,
             max_dead_letters: 100_000,
+            per_process: false,
         }
     }
 }
@@ -204,6 +209,24 @@ impl ProjectionOptions {
         self.max_dead_letters = n.max(1);
         self
     }
+
+    /// Has this process run the projection on its own, over every partition, with its
+    /// checkpoints and dead letters in the store's local directory, even where processes
+    /// share the log.
+    ///
+    /// On a store of the JetStream backend ([`Store::connect`](crate::Store::connect)) a
+    /// projection is otherwise **shared**: every process that registers it under the same
+    /// name takes a fair share of its partitions, by leases on the cluster, and when a
+    /// process dies the others take its partitions once its leases expire
+    /// ([`JetStreamOptions::lease`](crate::JetStreamOptions::lease)). Checkpoints and dead
+    /// letters then live on the cluster too (docs/jetstream.md, "Projections across
+    /// processes"). Make a projection per-process when each process needs every event: an
+    /// in-memory read model or cache in each process. On an embedded store, where one process
+    /// opens the log, the two are the same.
+    pub fn per_process(mut self) -> Self {
+        self.per_process = true;
+        self
+    }
 }
 
 /// Where a projection stands in one partition.
@@ -227,6 +250,12 @@ pub struct PartitionStatus {
     pub last_handled: Option<SystemTime>,
     /// Why the partition stopped, if it did (a handler that kept failing).
     pub error: Option<String>,
+    /// For a projection shared between processes: the process running the partition, as
+    /// its checkpoint names it (`None` for a per-process projection, or before any has run
+    /// it).
+    pub owner: Option<String>,
+    /// Whether this process runs the partition (always, unless the projection is shared).
+    pub here: bool,
 }
 
 /// Where a projection stands: per partition, and summed up against its SLA.

@@ -30,6 +30,11 @@ impl ProjectionEngine {
     /// one.
     pub fn rebuild<P: Projection>(&self, name: &str, fresh: Arc<P>) -> Result<RebuildReport> {
         let (live, _) = self.registered(name)?;
+        if live.shared {
+            // Its processes would have to swap their instances at one point of every
+            // partition: not built. A fresh name, registered in every process, rebuilds it.
+            return Err(Error::Unsupported { operation: "rebuild of a shared projection", backend: "jetstream" });
+        }
         {
             let mut rebuilding = self.rebuilding.lock();
             if rebuilding.iter().any(|n| n == name) {

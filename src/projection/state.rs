@@ -33,7 +33,7 @@ use crate::error::Result;
 use crate::event::RecordedEvent;
 use crate::format::checkpoint::Checkpoint;
 use crate::io::{FileHandle, Io};
-use crate::store::seam::Log;
+use crate::store::seam::{Claim, Log};
 use crate::sync::HeadSignal;
 
 use super::checkpoint::extend_checkpoints;
@@ -70,6 +70,14 @@ pub(super) struct Task {
     pub(super) gate: Option<Vec<u64>>,
     /// Set once the gate has been passed (it never closes again).
     pub(super) gate_open: AtomicBool,
+    /// Whether this process runs the partition: always for a projection of its own; for a
+    /// shared one, while it holds the partition's lease (`lease`).
+    pub(super) held: AtomicBool,
+    /// A shared projection's lease of the partition, while held.
+    pub(super) lease: Mutex<Option<Claim>>,
+    /// A shared projection's partition run by another process: that process, as its
+    /// checkpoint names it.
+    pub(super) owner: Mutex<Option<String>>,
 }
 
 impl Task {
@@ -81,6 +89,20 @@ impl Task {
     }
     pub(super) fn is_shadow(&self) -> bool {
         self.shadow.load(Ordering::Acquire)
+    }
+
+    /// Whether this process may start a batch of the task: it runs the partition and, for a
+    /// shared projection, its lease has a quarter of its time left at least (so the batch
+    /// starts well before another process could take the partition).
+    pub(super) fn runs_here(&self, inner: &Inner) -> bool {
+        if !self.held.load(Ordering::Acquire) {
+            return false;
+        }
+        if !self.projection.shared {
+            return true;
+        }
+        let ttl = inner.lease_ttl();
+        self.lease.lock().as_ref().is_some_and(|c| c.renewed.elapsed() < ttl - ttl / 4)
     }
 }
 
@@ -101,6 +123,17 @@ pub(super) struct Registered {
     pub(super) checkpoint_failed: AtomicBool,
     /// Held while the checkpoint file is extended for a grown store (one extension at a time).
     pub(super) extending: Mutex<()>,
+    /// Shared between the processes of a shared log: partitions by lease, checkpoints and
+    /// dead letters on the log's cluster (`projection::shared`).
+    pub(super) shared: bool,
+}
+
+impl Registered {
+    /// Whether the engine writes the projection's checkpoints (to its file, or for a shared
+    /// projection to the cluster).
+    pub(super) fn engine_checkpoints(&self) -> bool {
+        self.checkpoints.is_some() || (self.shared && self.options.checkpoints == Checkpoints::Engine)
+    }
 }
 
 pub(super) struct Inner {
@@ -118,6 +151,17 @@ pub(super) struct Inner {
     /// The partition count the tasks cover; below the store's after a grow, until the
     /// workers add the new partitions' tasks.
     pub(super) covered: AtomicU32,
+    /// Tells the lease keeper (shared logs only) to give its leases up and end.
+    pub(super) keeper_stop: AtomicBool,
+    /// Wakes the lease keeper early (a registration, a stop).
+    pub(super) keeper_wake: HeadSignal,
+}
+
+impl Inner {
+    /// The lease time of a shared log (irrelevant otherwise).
+    pub(super) fn lease_ttl(&self) -> Duration {
+        self.log.shared().map_or(Duration::MAX, |s| s.lease_ttl())
+    }
 }
 
 /// A task for `partition`, starting at checkpoint `c`.
@@ -153,6 +197,9 @@ pub(super) fn new_task(
         buffer: Mutex::new(Vec::new()),
         gate_open: AtomicBool::new(gate.is_none()),
         gate,
+        held: AtomicBool::new(!reg.shared),
+        lease: Mutex::new(None),
+        owner: Mutex::new(None),
     }))
 }
 

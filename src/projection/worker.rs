@@ -58,6 +58,9 @@ pub(super) fn run(inner: Arc<Inner>, id: usize) {
 }
 
 fn has_work(inner: &Inner, t: &Task) -> bool {
+    if !t.runs_here(inner) {
+        return false;
+    }
     let Ok(heads) = inner.log.heads(t.partition) else { return false };
     !t.retired.load(Ordering::Acquire)
         && t.next.load(Ordering::Acquire) < heads.head
@@ -75,14 +78,20 @@ fn handle(inner: &Inner, t: &Task) {
     let mut trace = BatchTrace::start(t, from);
     let head_before = inner.log.heads(t.partition).map_or(from, |h| h.head);
     let mut n = 0usize;
-    let read = inner.log.scan_partition(t.partition, from, reg.options.batch, &mut |e| {
+    let mut keep = |e: &crate::event::EventView<'_>| {
         match buffer.get_mut(n) {
             Some(slot) => e.copy_into(slot),
             None => buffer.push(e.to_recorded()),
         }
         n += 1;
         ControlFlow::Continue(())
-    });
+    };
+    let shared = inner.log.shared().filter(|_| reg.shared);
+    let read = match shared {
+        // Through the projection's own consumer of the partition.
+        Some(s) => s.consume(&reg.name, t.partition, from, reg.options.batch, &mut keep),
+        None => inner.log.scan_partition(t.partition, from, reg.options.batch, &mut keep),
+    };
     match read {
         // The store was closed under the engine: nothing to read any more, nothing wrong.
         Err(Error::Closed) => return,
@@ -96,12 +105,16 @@ fn handle(inner: &Inner, t: &Task) {
     {
         trace.read = n;
     }
+    if n == 0 && shared.is_some() {
+        // Not delivered yet (a consumer just made); a shared log has no gaps to skip.
+        return;
+    }
     if n == 0 && head_before > from {
         // Nothing at [from, head): compaction erased those positions (a deleted stream's
         // events). Move past the gap, or the task would look busy forever.
         t.next.store(head_before, Ordering::Release);
         inner.progress.bump();
-        if reg.checkpoints.is_some() {
+        if reg.engine_checkpoints() {
             inner.dirty.bump();
         }
         return;
@@ -152,6 +165,9 @@ fn handle(inner: &Inner, t: &Task) {
                 start += failed + 1;
             }
         }
+    }
+    if let Some(s) = shared {
+        s.acknowledge(&reg.name, t.partition, t.next.load(Ordering::Acquire));
     }
     #[cfg(feature = "tracing")]
     {
@@ -298,7 +314,7 @@ fn advance(inner: &Inner, t: &Task, done: &[RecordedEvent]) {
     t.last_time.store(last.timestamp_nanos, Ordering::Release);
     t.next.store(last.position + 1, Ordering::Release);
     inner.progress.bump();
-    if reg.checkpoints.is_some() {
+    if reg.engine_checkpoints() {
         inner.dirty.bump();
     }
 }

@@ -128,6 +128,10 @@ impl Log for Store {
     fn report(&self) -> &Report {
         self.log().report()
     }
+
+    fn shared(&self) -> Option<&dyn super::seam::Shared> {
+        self.log().shared()
+    }
 }
 
 impl Log for Local {

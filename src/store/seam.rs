@@ -10,6 +10,7 @@
 
 use std::ops::ControlFlow;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::event::{AppendResult, EventData, EventView, ExpectedVersion, RecordedEvent};
@@ -137,4 +138,101 @@ pub(crate) trait Log: Send + Sync {
     fn dir(&self) -> &Path;
     fn io(&self) -> &Io;
     fn report(&self) -> &Report;
+
+    /// Where processes sharing this log coordinate the projections they run together (the
+    /// JetStream backend); `None` for a log only this process opens.
+    fn shared(&self) -> Option<&dyn Shared> {
+        None
+    }
+}
+
+/// A partition lease this process holds for a projection, as [`Shared`] last wrote it.
+#[derive(Debug, Clone)]
+pub(crate) struct Claim {
+    /// The lease entry's revision this process last wrote.
+    pub lease: u64,
+    /// The checkpoint entry's revision this process last wrote (its fencing token).
+    pub checkpoint: u64,
+    /// When the last renewal that succeeded was sent: the lease is this process's until at
+    /// least `renewed + lease_ttl`.
+    pub renewed: Instant,
+}
+
+/// A checkpoint as the shared store holds it, with the process that wrote it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SharedCheckpoint {
+    /// The next position to handle.
+    pub position: u64,
+    /// Timestamp of the last handled event (0 if none).
+    pub time: u64,
+    /// The process that wrote it (empty if none has).
+    pub owner: String,
+}
+
+/// Projection coordination between processes that share one log: partition leases that expire
+/// unless renewed, checkpoints written by compare-and-set (a write by a process that lost
+/// the partition fails), a membership count for sharing partitions fairly, a per-(projection,
+/// partition) consumer to read events through, and a shared dead-letter queue.
+pub(crate) trait Shared: Send + Sync {
+    /// This process's name among the ones sharing the log.
+    fn owner(&self) -> &str;
+
+    /// How long a lease lasts without renewal.
+    fn lease_ttl(&self) -> Duration;
+
+    /// Announces (again) that this process runs `projection`, and returns how many processes
+    /// do, this one included.
+    fn join(&self, projection: &str) -> Result<usize>;
+
+    /// Withdraws this process from `projection` (best effort: the announcement expires too).
+    fn leave(&self, projection: &str);
+
+    /// Takes `partition`'s lease for `projection` if no process holds it, and claims its
+    /// checkpoint (rewrites it as this owner, so that an earlier owner's late write fails).
+    /// `Ok(None)`: another process holds it.
+    fn acquire(&self, projection: &str, partition: u32) -> Result<Option<(Claim, SharedCheckpoint)>>;
+
+    /// Renews a held lease; `Ok(false)`: it was lost (expired and taken, or removed).
+    fn renew(&self, projection: &str, partition: u32, claim: &mut Claim) -> Result<bool>;
+
+    /// Gives a held lease up (its checkpoint should be stored first).
+    fn release(&self, projection: &str, partition: u32, claim: &Claim) -> Result<()>;
+
+    /// Stores a checkpoint if `claim` is still the last writer of it; `Ok(false)`: another
+    /// process has claimed the partition since.
+    fn store_checkpoint(
+        &self,
+        projection: &str,
+        partition: u32,
+        claim: &mut Claim,
+        position: u64,
+        time: u64,
+    ) -> Result<bool>;
+
+    /// The checkpoint the shared store holds (`None` before the first).
+    fn checkpoint(&self, projection: &str, partition: u32) -> Result<Option<SharedCheckpoint>>;
+
+    /// Hands `f` up to `max` events of `partition` from position `from` on, through the
+    /// projection's own consumer of the partition; returns how many were given.
+    fn consume(
+        &self,
+        projection: &str,
+        partition: u32,
+        from: u64,
+        max: usize,
+        f: &mut dyn FnMut(&EventView<'_>) -> ControlFlow<()>,
+    ) -> Result<usize>;
+
+    /// Acknowledges to the projection's consumer of `partition` every event before `next`.
+    fn acknowledge(&self, projection: &str, partition: u32, next: u64);
+
+    /// Adds a letter to `projection`'s shared dead-letter queue; returns its id.
+    fn add_letter(&self, projection: &str, letter: &crate::format::dlq::Letter) -> Result<u64>;
+
+    /// Adds the resolution of letter `id` to the queue.
+    fn resolve_letter(&self, projection: &str, id: u64, outcome: crate::format::dlq::Outcome) -> Result<()>;
+
+    /// The queue's records after id `after` (0: from the start), oldest first, each with its
+    /// id (a letter's id is its own record's).
+    fn letters_after(&self, projection: &str, after: u64) -> Result<Vec<(u64, crate::format::dlq::Record)>>;
 }

@@ -472,8 +472,10 @@ fn start_projections(store: &Arc<Store>, streams: u64) -> Result<Projections, Er
     let cache = Arc::new(ViewCache::new(streams as usize / 4 + 1));
     let balances =
         Arc::new(Balances { shards: (0..64).map(|_| Mutex::new(HashMap::new())).collect(), cache: cache.clone() });
-    engine.register("balances", balances.clone(), ProjectionOptions::default().sla(BALANCES_SLA))?;
-    engine.register("activity", Arc::new(Activity::default()), ProjectionOptions::default())?;
+    // Both are in-memory read models this process serves from, so each process keeps its own
+    // over every partition (on JetStream too; the same on an embedded store).
+    engine.register("balances", balances.clone(), ProjectionOptions::default().sla(BALANCES_SLA).per_process())?;
+    engine.register("activity", Arc::new(Activity::default()), ProjectionOptions::default().per_process())?;
     Ok((engine, balances, cache))
 }
 

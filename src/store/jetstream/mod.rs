@@ -20,6 +20,7 @@
 //! knows was acknowledged (its own appends, and the heads it has seen) and asks again while
 //! the replica is behind: a process always reads its own writes.
 
+mod shared;
 mod subject;
 mod wire;
 
@@ -89,6 +90,7 @@ pub struct JetStreamOptions {
     retry_for: Duration,
     max_event_bytes: u64,
     max_append_bytes: u64,
+    lease: Duration,
 }
 
 impl JetStreamOptions {
@@ -108,6 +110,7 @@ impl JetStreamOptions {
             retry_for: Duration::from_secs(30),
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             max_append_bytes: DEFAULT_MAX_APPEND_BYTES,
+            lease: shared::DEFAULT_LEASE,
         }
     }
 
@@ -167,6 +170,16 @@ impl JetStreamOptions {
         self.max_append_bytes = n;
         self
     }
+
+    /// How long a process holds a projection's partition without renewing its lease (default
+    /// 10 s, at least 1 s), used when the store's lease bucket is created; an existing bucket
+    /// keeps its own. A process running a shared projection renews its leases every quarter
+    /// of this; when it dies, the others take its partitions within 1.25 times this (plus the
+    /// server's expiry sweep, under a second). See [`ProjectionOptions::per_process`](crate::ProjectionOptions::per_process).
+    pub fn lease(mut self, t: Duration) -> JetStreamOptions {
+        self.lease = t.max(Duration::from_secs(1));
+        self
+    }
 }
 
 /// What this process knows of a stream: its last version and that event's sequence.
@@ -220,6 +233,13 @@ pub(crate) struct Remote {
     report: Report,
     servers: Vec<String>,
     server_version: String,
+    replicas: usize,
+    /// Lease time for a lease bucket this process creates.
+    lease: Duration,
+    /// This process's name among those sharing projections.
+    owner: String,
+    /// Shared projections' buckets and dead-letter stream, made on first use.
+    coordination: Mutex<Option<Arc<shared::Coordination>>>,
 }
 
 impl fmt::Debug for Remote {
@@ -379,6 +399,10 @@ impl Remote {
             report: Report::default(),
             servers: o.servers.clone(),
             server_version: info.version.clone(),
+            replicas: o.replicas,
+            lease: o.lease,
+            owner: format!("{}-{:x}", std::process::id(), wire::now_nanos()),
+            coordination: Mutex::new(None),
         };
         for p in 0..partitions {
             let h = remote.fetch_heads(p)?;
@@ -667,7 +691,17 @@ impl Remote {
         max: usize,
         subject: &str,
     ) -> std::result::Result<(Vec<async_nats::Message>, u64), String> {
-        let name = stream_name(&self.prefix, partition);
+        self.direct_batch_of(&stream_name(&self.prefix, partition), seq, max, subject).await
+    }
+
+    /// Up to `max` messages of stream `name` from sequence `seq` on, as `direct_batch`.
+    async fn direct_batch_of(
+        &self,
+        name: &str,
+        seq: u64,
+        max: usize,
+        subject: &str,
+    ) -> std::result::Result<(Vec<async_nats::Message>, u64), String> {
         let inbox = self.client.new_inbox();
         let mut sub = self.client.subscribe(inbox.clone()).await.map_err(|e| e.to_string())?;
         let request = serde_json::json!({ "seq": seq.max(1), "batch": max.max(1), "next_by_subj": subject });
@@ -1393,6 +1427,10 @@ impl Log for Remote {
 
     fn report(&self) -> &Report {
         &self.report
+    }
+
+    fn shared(&self) -> Option<&dyn super::seam::Shared> {
+        Some(self)
     }
 }
 

@@ -110,7 +110,21 @@ pub(crate) fn decode(m: &async_nats::Message, partition: u32) -> Result<Decoded>
     let bad = |what: &str| Error::Remote { cause: format!("a message on {} {what}", m.subject) };
     let h = m.headers.as_ref().ok_or_else(|| bad("has no headers"))?;
     let seq = header_u64(h, "Nats-Sequence").filter(|&s| s > 0).ok_or_else(|| bad("has no sequence"))?;
-    let subject = header(h, "Nats-Subject").unwrap_or(m.subject.as_str()).to_owned();
+    let subject = header(h, "Nats-Subject").unwrap_or(m.subject.as_str());
+    decode_parts(subject, h, m.payload.clone(), seq, partition)
+}
+
+/// A message of stream sequence `seq` on `subject`, decoded (from a direct get or a
+/// consumer's delivery).
+pub(crate) fn decode_parts(
+    subject: &str,
+    h: &HeaderMap,
+    payload: bytes::Bytes,
+    seq: u64,
+    partition: u32,
+) -> Result<Decoded> {
+    let bad = |what: &str| Error::Remote { cause: format!("a message on {subject} {what}") };
+    let subject = subject.to_owned();
     let version = version_of(h).ok_or_else(|| bad("has no Strata-Version header"))?;
     let event_type = match (header(h, "Strata-Type"), header(h, "Strata-Type-B64")) {
         (Some(t), _) => t.to_owned(),
@@ -133,7 +147,7 @@ pub(crate) fn decode(m: &async_nats::Message, partition: u32) -> Result<Decoded>
         version,
         event_type,
         metadata,
-        payload: m.payload.clone(),
+        payload,
         time: header_u64(h, "Strata-Time").unwrap_or(0),
         id: msg_id.as_deref().and_then(|v| EventId::from_str(v).ok()),
         msg_id,
