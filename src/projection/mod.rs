@@ -5,8 +5,9 @@
 //! durable, through the log seam, and are woken by the writers' head signal.
 //!
 //! The public types are here; the engine's API in `engine`, its shared state in `state`, the
-//! worker loop in `worker`, checkpoints in `checkpoint`, rebuilds in `rebuild`, and the
-//! dead-letter queue in `dlq`.
+//! worker loop in `worker`, checkpoints in `checkpoint`, rebuilds in `rebuild`, the
+//! dead-letter queue in `dlq`, and the partition leases of projections shared between processes
+//! (on a log they all open: the JetStream backend) in `shared`.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -10,7 +10,9 @@
 //! - position `p` is the JetStream stream sequence `p + 1` (strata's positions start at 0);
 //! - an append is one message (one event) or one atomic batch, carrying its expected version
 //!   as `Nats-Expected-Last-Subject-Sequence`, which the stream's leader checks;
-//! - snapshots are KV entries of the bucket `{prefix}_SNAPSHOTS`, written by compare-and-set.
+//! - snapshots are KV entries of the bucket `{prefix}_SNAPSHOTS`, written by compare-and-set;
+//! - projections are shared between the processes that register them: partition leases,
+//!   checkpoints, consumers and dead letters on the cluster ([`shared`]).
 //!
 //! The backend runs its own tokio runtime (two worker threads); the blocking methods drive
 //! their futures on it from the caller's thread.
@@ -134,7 +136,8 @@ impl JetStreamOptions {
     }
 
     /// The local directory for what this process keeps of its own: the checkpoints and dead
-    /// letters of the projections it runs ([`Store::path`](crate::Store::path)). Default:
+    /// letters of its per-process projections ([`ProjectionOptions::per_process`](crate::projection::ProjectionOptions::per_process);
+    /// shared ones keep theirs on the cluster), [`Store::path`](crate::Store::path). Default:
     /// `strata-jetstream-{prefix}` in the system's temporary directory.
     pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> JetStreamOptions {
         self.state_dir = Some(dir.into());
@@ -175,7 +178,7 @@ impl JetStreamOptions {
     /// 10 s, at least 1 s), used when the store's lease bucket is created; an existing bucket
     /// keeps its own. A process running a shared projection renews its leases every quarter
     /// of this; when it dies, the others take its partitions within 1.25 times this (plus the
-    /// server's expiry sweep, under a second). See [`ProjectionOptions::per_process`](crate::ProjectionOptions::per_process).
+    /// server's expiry sweep, under a second). See [`ProjectionOptions::per_process`](crate::projection::ProjectionOptions::per_process).
     pub fn lease(mut self, t: Duration) -> JetStreamOptions {
         self.lease = t.max(Duration::from_secs(1));
         self
