@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use common::backends::on_each_backend;
 use common::*;
 use strata::bus::BusOptions;
 use strata::cache::CacheStats;
@@ -34,34 +35,35 @@ impl Command for Tick {
 
 #[test]
 fn an_overload_is_refused_and_nothing_accepted_is_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path(), opts(4, 1 << 20)).unwrap());
-    let bus =
-        CommandBus::new(store.clone(), None, BusOptions::default().max_in_flight(4).conflict_retries(100)).unwrap();
-    let (ok, overloaded) = (AtomicU64::new(0), AtomicU64::new(0));
-    std::thread::scope(|s| {
-        for t in 0..24 {
-            let (bus, ok, overloaded) = (&bus, &ok, &overloaded);
-            s.spawn(move || {
-                for _ in 0..10 {
-                    let cmd = Tick { stream: format!("s{}", t % 3), think: Duration::from_millis(3) };
-                    match bus.execute(&cmd) {
-                        Ok(Some(_)) => ok.fetch_add(1, Ordering::Relaxed),
-                        Err(Error::Overloaded { limit: 4, .. }) => overloaded.fetch_add(1, Ordering::Relaxed),
-                        other => panic!("{other:?}"),
-                    };
-                }
-            });
-        }
+    on_each_backend(4, 1 << 20, |store| {
+        let bus =
+            CommandBus::new(store.clone(), None, BusOptions::default().max_in_flight(4).conflict_retries(100)).unwrap();
+        let (ok, overloaded) = (AtomicU64::new(0), AtomicU64::new(0));
+        std::thread::scope(|s| {
+            for t in 0..24 {
+                let (bus, ok, overloaded) = (&bus, &ok, &overloaded);
+                s.spawn(move || {
+                    for _ in 0..10 {
+                        let cmd = Tick { stream: format!("s{}", t % 3), think: Duration::from_millis(3) };
+                        match bus.execute(&cmd) {
+                            Ok(Some(_)) => ok.fetch_add(1, Ordering::Relaxed),
+                            Err(Error::Overloaded { limit: 4, .. }) => overloaded.fetch_add(1, Ordering::Relaxed),
+                            other => panic!("{other:?}"),
+                        };
+                    }
+                });
+            }
+        });
+        let (ok, overloaded) = (ok.into_inner(), overloaded.into_inner());
+        assert!(overloaded > 0 && ok > 0, "{ok} {overloaded}");
+        assert_eq!(ok + overloaded, 240);
+        // Every accepted command's event is there, once.
+        let stored: u64 =
+            (0..3).map(|i| store.read_stream(&format!("s{i}"), 0, usize::MAX).unwrap().len() as u64).sum();
+        assert_eq!(stored, ok);
+        let stats = bus.stats();
+        assert_eq!((stats.accepted, stats.overloaded, stats.in_flight), (ok, overloaded, 0));
     });
-    let (ok, overloaded) = (ok.into_inner(), overloaded.into_inner());
-    assert!(overloaded > 0 && ok > 0, "{ok} {overloaded}");
-    assert_eq!(ok + overloaded, 240);
-    // Every accepted command's event is there, once.
-    let stored: u64 = (0..3).map(|i| store.read_stream(&format!("s{i}"), 0, usize::MAX).unwrap().len() as u64).sum();
-    assert_eq!(stored, ok);
-    let stats = bus.stats();
-    assert_eq!((stats.accepted, stats.overloaded, stats.in_flight), (ok, overloaded, 0));
 }
 
 #[test]
@@ -108,32 +110,32 @@ impl Projection for Held {
 
 #[test]
 fn commands_wait_while_a_critical_projection_lags_past_its_sla() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path(), opts(2, 1 << 20)).unwrap());
-    let engine = Arc::new(ProjectionEngine::new(store.clone(), 2));
-    let held = Arc::new(Held::default());
-    held.hold.store(true, Ordering::Release);
-    engine.register("critical", held.clone(), ProjectionOptions::default().sla(Duration::from_millis(30))).unwrap();
-    let options = BusOptions::default().gate_on("critical");
-    let bus = CommandBus::new(store.clone(), Some(engine.clone()), options).unwrap();
-    let cmd = Tick { stream: "g".into(), think: Duration::ZERO };
-    bus.execute(&cmd).unwrap();
-    std::thread::sleep(Duration::from_millis(60));
-    match bus.execute(&cmd) {
-        Err(Error::Lagging { projection, lag, retry_after }) => {
-            assert_eq!(projection, "critical");
-            assert!(lag >= Duration::from_millis(30), "{lag:?}");
-            assert!(retry_after > Duration::ZERO);
+    on_each_backend(2, 1 << 20, |store| {
+        let engine = Arc::new(ProjectionEngine::new(store.clone(), 2));
+        let held = Arc::new(Held::default());
+        held.hold.store(true, Ordering::Release);
+        engine.register("critical", held.clone(), ProjectionOptions::default().sla(Duration::from_millis(30))).unwrap();
+        let options = BusOptions::default().gate_on("critical");
+        let bus = CommandBus::new(store.clone(), Some(engine.clone()), options).unwrap();
+        let cmd = Tick { stream: "g".into(), think: Duration::ZERO };
+        bus.execute(&cmd).unwrap();
+        std::thread::sleep(Duration::from_millis(60));
+        match bus.execute(&cmd) {
+            Err(Error::Lagging { projection, lag, retry_after }) => {
+                assert_eq!(projection, "critical");
+                assert!(lag >= Duration::from_millis(30), "{lag:?}");
+                assert!(retry_after > Duration::ZERO);
+            }
+            other => panic!("{other:?}"),
         }
-        other => panic!("{other:?}"),
-    }
-    // Released: it drains, and commands are accepted again.
-    held.hold.store(false, Ordering::Release);
-    assert!(engine.wait_caught_up("critical", Duration::from_secs(10)).unwrap());
-    std::thread::sleep(Duration::from_millis(20));
-    bus.execute(&cmd).unwrap();
-    let stats = bus.stats();
-    assert_eq!((stats.accepted, stats.lagging), (2, 1));
+        // Released: it drains, and commands are accepted again.
+        held.hold.store(false, Ordering::Release);
+        assert!(engine.wait_caught_up("critical", Duration::from_secs(10)).unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+        bus.execute(&cmd).unwrap();
+        let stats = bus.stats();
+        assert_eq!((stats.accepted, stats.lagging), (2, 1));
+    });
 }
 
 /// A read model (key -> last version seen) that invalidates the cache after each update,
@@ -155,59 +157,59 @@ impl Projection for Versions {
 
 #[test]
 fn the_cache_never_serves_a_view_older_than_one_handled() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path(), opts(2, 1 << 20)).unwrap());
-    let cache = Arc::new(ViewCache::new(1000));
-    let model = Arc::new(Versions {
-        model: RwLock::new(Default::default()),
-        handled: RwLock::new(Default::default()),
-        cache: cache.clone(),
-    });
-    let engine = ProjectionEngine::new(store.clone(), 2);
-    engine.register("versions", model.clone(), ProjectionOptions::default().batch(1)).unwrap();
-    let keys: Vec<String> = (0..4).map(|i| format!("k{i}")).collect();
-    let done = AtomicBool::new(false);
-    let checked = AtomicU64::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..3 {
-            let (cache, model, keys, done, checked, engine) = (&cache, &model, &keys, &done, &checked, &engine);
-            s.spawn(move || {
-                while !done.load(Ordering::Acquire) {
-                    for k in keys {
-                        // What the projection has handled for k before this read starts...
-                        let handled = model.handled.read().unwrap().get(k).copied();
-                        let v = cache.get_or_load(k, |k| {
-                            let v = model.model.read().unwrap().get(k).copied().unwrap_or(0);
-                            // A slow read model: invalidations land while it loads.
-                            std::thread::sleep(Duration::from_micros(300));
-                            v
-                        });
-                        // ... is never newer than what the read returns.
-                        if let Some(h) = handled {
-                            assert!(v >= h, "{k}: read {v} after v{h} was handled");
+    on_each_backend(2, 1 << 20, |store| {
+        let cache = Arc::new(ViewCache::new(1000));
+        let model = Arc::new(Versions {
+            model: RwLock::new(Default::default()),
+            handled: RwLock::new(Default::default()),
+            cache: cache.clone(),
+        });
+        let engine = ProjectionEngine::new(store.clone(), 2);
+        engine.register("versions", model.clone(), ProjectionOptions::default().batch(1)).unwrap();
+        let keys: Vec<String> = (0..4).map(|i| format!("k{i}")).collect();
+        let done = AtomicBool::new(false);
+        let checked = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                let (cache, model, keys, done, checked, engine) = (&cache, &model, &keys, &done, &checked, &engine);
+                s.spawn(move || {
+                    while !done.load(Ordering::Acquire) {
+                        for k in keys {
+                            // What the projection has handled for k before this read starts...
+                            let handled = model.handled.read().unwrap().get(k).copied();
+                            let v = cache.get_or_load(k, |k| {
+                                let v = model.model.read().unwrap().get(k).copied().unwrap_or(0);
+                                // A slow read model: invalidations land while it loads.
+                                std::thread::sleep(Duration::from_micros(300));
+                                v
+                            });
+                            // ... is never newer than what the read returns.
+                            if let Some(h) = handled {
+                                assert!(v >= h, "{k}: read {v} after v{h} was handled");
+                            }
+                            checked.fetch_add(1, Ordering::Relaxed);
                         }
-                        checked.fetch_add(1, Ordering::Relaxed);
+                        let _ = engine.status("versions");
                     }
-                    let _ = engine.status("versions");
-                }
-            });
+                });
+            }
+            for i in 0..300 {
+                fill(&store, &keys[i % 4], 1);
+            }
+            assert!(engine.wait_caught_up("versions", Duration::from_secs(30)).unwrap());
+            done.store(true, Ordering::Release);
+        });
+        // Twice each: the second read of a key nothing invalidates any more is a hit, however
+        // the readers above raced the invalidations (on a loaded machine they may never hit).
+        for _ in 0..2 {
+            for k in &keys {
+                assert_eq!(cache.get_or_load(k, |k| model.model.read().unwrap()[k]), 74, "{k}");
+            }
         }
-        for i in 0..300 {
-            fill(&store, &keys[i % 4], 1);
-        }
-        assert!(engine.wait_caught_up("versions", Duration::from_secs(30)).unwrap());
-        done.store(true, Ordering::Release);
+        let stats: CacheStats = cache.stats();
+        assert!(stats.hits > 0 && stats.misses > 0 && checked.load(Ordering::Relaxed) > 0, "{stats:?}");
+        assert!(stats.hit_ratio() > 0.0 && stats.hit_ratio() < 1.0);
     });
-    // Twice each: the second read of a key nothing invalidates any more is a hit, however
-    // the readers above raced the invalidations (on a loaded machine they may never hit).
-    for _ in 0..2 {
-        for k in &keys {
-            assert_eq!(cache.get_or_load(k, |k| model.model.read().unwrap()[k]), 74, "{k}");
-        }
-    }
-    let stats: CacheStats = cache.stats();
-    assert!(stats.hits > 0 && stats.misses > 0 && checked.load(Ordering::Relaxed) > 0, "{stats:?}");
-    assert!(stats.hit_ratio() > 0.0 && stats.hit_ratio() < 1.0);
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::backends::on_each_backend;
 use common::*;
 use strata::projection::{Batch, BatchError, Checkpoints, HandlerError, OnFailure, ProjectionOptions};
 use strata::{ExpectedVersion, Options, Projection, ProjectionEngine, RecordedEvent, Store};
@@ -112,24 +113,24 @@ fn check(rec: &Recorder, counts: &HashMap<String, u64>) {
 
 #[test]
 fn per_stream_order_holds_under_many_workers() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path(), opts(8, 64 << 10)).unwrap());
-    let engine = ProjectionEngine::new(store.clone(), 6);
-    let rec = Arc::new(Recorder::default());
-    engine.register("order", rec.clone(), ProjectionOptions::default().batch(7)).unwrap();
-    let counts = append_load(&store, 4, 10, 1500, "a");
-    assert!(engine.wait_caught_up("order", WAIT).unwrap());
-    check(&rec, &counts);
-    assert_eq!(rec.count.load(Ordering::Relaxed), 6000);
-    assert_eq!(rec.duplicates(), 0);
-    let status = engine.status("order").unwrap();
-    assert!(status.healthy && status.caught_up() && status.handled == 6000, "{status:?}");
-    // The checkpointer follows, in the background.
-    let deadline = std::time::Instant::now() + WAIT;
-    while engine.status("order").unwrap().partitions.iter().any(|p| p.checkpointed != p.head) {
-        assert!(std::time::Instant::now() < deadline, "{:?}", engine.status("order"));
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    on_each_backend(8, 64 << 10, |store| {
+        let engine = ProjectionEngine::new(store.clone(), 6);
+        let rec = Arc::new(Recorder::default());
+        engine.register("order", rec.clone(), ProjectionOptions::default().batch(7)).unwrap();
+        let counts = append_load(&store, 4, 10, 1500, "a");
+        assert!(engine.wait_caught_up("order", WAIT).unwrap());
+        check(&rec, &counts);
+        assert_eq!(rec.count.load(Ordering::Relaxed), 6000);
+        assert_eq!(rec.duplicates(), 0);
+        let status = engine.status("order").unwrap();
+        assert!(status.healthy && status.caught_up() && status.handled == 6000, "{status:?}");
+        // The checkpointer follows, in the background.
+        let deadline = std::time::Instant::now() + WAIT;
+        while engine.status("order").unwrap().partitions.iter().any(|p| p.checkpointed != p.head) {
+            assert!(std::time::Instant::now() < deadline, "{:?}", engine.status("order"));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
 }
 
 #[test]
@@ -160,70 +161,70 @@ fn a_restart_resumes_from_the_durable_checkpoints() {
 
 #[test]
 fn workers_rebalance_live_while_appending() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path(), opts(8, 64 << 10)).unwrap());
-    let engine = ProjectionEngine::new(store.clone(), 1);
-    let rec = Arc::new(Recorder::default());
-    engine.register("live", rec.clone(), ProjectionOptions::default().batch(16)).unwrap();
-    let done = AtomicBool::new(false);
-    let counts = std::thread::scope(|s| {
-        let load = s.spawn(|| {
-            let c = append_load(&store, 4, 8, 1000, "l");
-            done.store(true, Ordering::Release);
-            c
-        });
-        for n in [4, 2, 3, 1, 5].iter().cycle() {
-            if done.load(Ordering::Acquire) {
-                break;
+    on_each_backend(8, 64 << 10, |store| {
+        let engine = ProjectionEngine::new(store.clone(), 1);
+        let rec = Arc::new(Recorder::default());
+        engine.register("live", rec.clone(), ProjectionOptions::default().batch(16)).unwrap();
+        let done = AtomicBool::new(false);
+        let counts = std::thread::scope(|s| {
+            let load = s.spawn(|| {
+                let c = append_load(&store, 4, 8, 1000, "l");
+                done.store(true, Ordering::Release);
+                c
+            });
+            for n in [4, 2, 3, 1, 5].iter().cycle() {
+                if done.load(Ordering::Acquire) {
+                    break;
+                }
+                engine.set_workers(*n);
+                assert_eq!(engine.workers(), *n);
+                std::thread::sleep(Duration::from_millis(20));
             }
-            engine.set_workers(*n);
-            assert_eq!(engine.workers(), *n);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        load.join().unwrap()
+            load.join().unwrap()
+        });
+        assert!(engine.wait_caught_up("live", WAIT).unwrap());
+        check(&rec, &counts);
+        assert_eq!((rec.count.load(Ordering::Relaxed), rec.duplicates()), (4000, 0));
     });
-    assert!(engine.wait_caught_up("live", WAIT).unwrap());
-    check(&rec, &counts);
-    assert_eq!((rec.count.load(Ordering::Relaxed), rec.duplicates()), (4000, 0));
 }
 
 #[test]
 fn a_failing_event_stops_only_its_partition() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path(), opts(4, 1 << 20)).unwrap());
-    fill(&store, "victim", 5);
-    let p = store.partition_of("victim");
-    let poison = store.read_stream("victim", 2, 1).unwrap()[0].position;
-    let rec = Arc::new(Recorder::default());
-    rec.poison.lock().unwrap().push((p, poison));
-    let engine = ProjectionEngine::new(store.clone(), 2);
-    let options = ProjectionOptions::default().retry(3, Duration::from_millis(1)).on_failure(OnFailure::Stop);
-    engine.register("fragile", rec.clone(), options).unwrap();
-    let others: Vec<String> = (0..40).map(|i| format!("other-{i}")).collect();
-    for s in &others {
-        fill(&store, s, 3);
-    }
-    let r = engine.wait_caught_up("fragile", WAIT);
-    assert!(r.is_err(), "{r:?}");
-    // Wait for the other partitions to finish.
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let st = engine.status("fragile").unwrap();
-        if st.partitions.iter().filter(|x| x.partition != p).all(|x| x.lag_events == 0) {
-            assert!(!st.healthy);
-            let mine = &st.partitions[p as usize];
-            assert_eq!(mine.next_position, poison, "stopped at the failing event");
-            assert!(mine.error.as_deref().is_some_and(|e| e.contains("failed 3 times")), "{mine:?}");
-            break;
+    on_each_backend(4, 1 << 20, |store| {
+        fill(&store, "victim", 5);
+        let p = store.partition_of("victim");
+        let poison = store.read_stream("victim", 2, 1).unwrap()[0].position;
+        let rec = Arc::new(Recorder::default());
+        rec.poison.lock().unwrap().push((p, poison));
+        let engine = ProjectionEngine::new(store.clone(), 2);
+        let options = ProjectionOptions::default().retry(3, Duration::from_millis(1)).on_failure(OnFailure::Stop);
+        engine.register("fragile", rec.clone(), options).unwrap();
+        let others: Vec<String> = (0..40).map(|i| format!("other-{i}")).collect();
+        for s in &others {
+            fill(&store, s, 3);
         }
-        assert!(std::time::Instant::now() < deadline, "{st:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let nv = rec.next_version.lock().unwrap();
-    assert_eq!(nv.get("victim"), Some(&2), "events before the failing one were handled");
-    for s in others.iter().filter(|s| store.partition_of(s) != p) {
-        assert_eq!(nv.get(s.as_str()), Some(&3), "{s}");
-    }
+        let r = engine.wait_caught_up("fragile", WAIT);
+        assert!(r.is_err(), "{r:?}");
+        // Wait for the other partitions to finish.
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let st = engine.status("fragile").unwrap();
+            if st.partitions.iter().filter(|x| x.partition != p).all(|x| x.lag_events == 0) {
+                assert!(!st.healthy);
+                let mine = &st.partitions[p as usize];
+                assert_eq!(mine.next_position, poison, "stopped at the failing event");
+                assert!(mine.error.as_deref().is_some_and(|e| e.contains("failed 3 times")), "{mine:?}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{st:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let nv = rec.next_version.lock().unwrap();
+        assert_eq!(nv.get("victim"), Some(&2), "events before the failing one were handled");
+        for s in others.iter().filter(|s| store.partition_of(s) != p) {
+            assert_eq!(nv.get(s.as_str()), Some(&3), "{s}");
+        }
+    });
 }
 
 /// Keeps its state and its checkpoints together, as a database transaction would.
@@ -288,37 +289,37 @@ fn projection_kept_checkpoints_give_exactly_once_effects() {
 
 #[test]
 fn lag_is_measured_and_appends_never_wait() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path(), opts(2, 1 << 20)).unwrap());
-    let rec = Arc::new(Recorder::default());
-    rec.gate.store(true, Ordering::Release);
-    let engine = ProjectionEngine::new(store.clone(), 2);
-    engine.register("slow", rec.clone(), ProjectionOptions::default().sla(Duration::from_millis(5))).unwrap();
-    // The projection is stuck; appends go on regardless.
-    fill(&store, "a", 1);
-    std::thread::sleep(Duration::from_millis(20));
-    let acked = fill(&store, "a", 200).len() + fill(&store, "b", 200).len();
-    assert_eq!(acked, 400);
-    let st = engine.status("slow").unwrap();
-    assert!(!st.healthy, "{st:?}");
-    assert!(st.max_lag_events >= 200 && st.max_lag >= Duration::from_millis(5), "{st:?}");
-    rec.gate.store(false, Ordering::Release);
-    assert!(engine.wait_caught_up("slow", WAIT).unwrap());
-    let st = engine.status("slow").unwrap();
-    assert!(st.healthy && st.max_lag_events == 0 && st.max_lag == Duration::ZERO, "{st:?}");
-    assert!(st.partitions.iter().all(|p| p.last_handled.is_some() || p.head == 0));
+    on_each_backend(2, 1 << 20, |store| {
+        let rec = Arc::new(Recorder::default());
+        rec.gate.store(true, Ordering::Release);
+        let engine = ProjectionEngine::new(store.clone(), 2);
+        engine.register("slow", rec.clone(), ProjectionOptions::default().sla(Duration::from_millis(5))).unwrap();
+        // The projection is stuck; appends go on regardless.
+        fill(&store, "a", 1);
+        std::thread::sleep(Duration::from_millis(20));
+        let acked = fill(&store, "a", 200).len() + fill(&store, "b", 200).len();
+        assert_eq!(acked, 400);
+        let st = engine.status("slow").unwrap();
+        assert!(!st.healthy, "{st:?}");
+        assert!(st.max_lag_events >= 200 && st.max_lag >= Duration::from_millis(5), "{st:?}");
+        rec.gate.store(false, Ordering::Release);
+        assert!(engine.wait_caught_up("slow", WAIT).unwrap());
+        let st = engine.status("slow").unwrap();
+        assert!(st.healthy && st.max_lag_events == 0 && st.max_lag == Duration::ZERO, "{st:?}");
+        assert!(st.partitions.iter().all(|p| p.last_handled.is_some() || p.head == 0));
+    });
 }
 
 #[test]
 fn names_are_checked() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path(), opts(1, 1 << 20)).unwrap());
-    let engine = ProjectionEngine::new(store, 1);
-    for bad in ["", ".hidden", "a/b", "a.rebuild", &"x".repeat(65)] {
-        assert!(engine.register(bad, Arc::new(Recorder::default()), Default::default()).is_err(), "{bad:?}");
-    }
-    engine.register("ok", Arc::new(Recorder::default()), Default::default()).unwrap();
-    assert!(engine.register("ok", Arc::new(Recorder::default()), Default::default()).is_err());
+    on_each_backend(1, 1 << 20, |store| {
+        let engine = ProjectionEngine::new(store, 1);
+        for bad in ["", ".hidden", "a/b", "a.rebuild", &"x".repeat(65)] {
+            assert!(engine.register(bad, Arc::new(Recorder::default()), Default::default()).is_err(), "{bad:?}");
+        }
+        engine.register("ok", Arc::new(Recorder::default()), Default::default()).unwrap();
+        assert!(engine.register("ok", Arc::new(Recorder::default()), Default::default()).is_err());
+    });
 }
 
 /// Waits until every partition has handled up to its head (dead letters count as handled).
@@ -328,89 +329,89 @@ fn settle(engine: &ProjectionEngine, name: &str) {
 
 #[test]
 fn a_poison_event_goes_to_the_dead_letter_queue_and_the_rest_goes_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path(), opts(4, 1 << 20)).unwrap());
-    fill(&store, "victim", 5);
-    let p = store.partition_of("victim");
-    let at = |v: u64| store.read_stream("victim", v, 1).unwrap()[0].position;
-    let rec = Arc::new(Recorder::default());
-    rec.poison.lock().unwrap().extend([(p, at(2)), (p, at(4))]);
-    let engine = ProjectionEngine::new(store.clone(), 2);
-    let options = ProjectionOptions::default().retry(3, Duration::from_millis(1));
-    engine.register("dlq", rec.clone(), options.clone()).unwrap();
-    for i in 0..20 {
-        fill(&store, &format!("other-{i}"), 3);
-    }
-    settle(&engine, "dlq");
-    let st = engine.status("dlq").unwrap();
-    assert!(st.healthy && st.dead_letters == 2, "{st:?}");
-    let letters = engine.dead_letters("dlq").unwrap();
-    assert_eq!(
-        letters.iter().map(|l| (l.stream.as_str(), l.version, l.attempts)).collect::<Vec<_>>(),
-        [("victim", 2, 3), ("victim", 4, 3)]
-    );
-    assert!(letters[0].error.contains("poison") && letters[0].position == at(2), "{letters:?}");
-    // Without parking, the stream went on past its dead letters.
-    assert_eq!(*rec.violations.lock().unwrap(), ["victim v3 after v2".to_string()]);
-    assert_eq!(rec.count.load(Ordering::Relaxed), 3 + 60);
-    // Fixed: replay one, discard the other; both leave the queue, durably.
-    rec.poison.lock().unwrap().clear();
-    rec.replaying.store(true, Ordering::Release);
-    let r = engine.replay_dead_letters("dlq", Some("victim")).unwrap();
-    rec.replaying.store(false, Ordering::Release);
-    assert_eq!((r.replayed, r.failed.len()), (2, 0));
-    assert_eq!(engine.discard_dead_letters("dlq", &[letters[1].id]).unwrap(), 0, "already replayed");
-    assert_eq!(rec.count.load(Ordering::Relaxed), 5 + 60);
-    engine.stop().unwrap();
-    let engine = ProjectionEngine::new(store.clone(), 1);
-    engine.register("dlq", rec.clone(), options).unwrap();
-    assert!(engine.dead_letters("dlq").unwrap().is_empty());
-    assert_eq!(engine.status("dlq").unwrap().dead_letters, 0);
+    on_each_backend(4, 1 << 20, |store| {
+        fill(&store, "victim", 5);
+        let p = store.partition_of("victim");
+        let at = |v: u64| store.read_stream("victim", v, 1).unwrap()[0].position;
+        let rec = Arc::new(Recorder::default());
+        rec.poison.lock().unwrap().extend([(p, at(2)), (p, at(4))]);
+        let engine = ProjectionEngine::new(store.clone(), 2);
+        let options = ProjectionOptions::default().retry(3, Duration::from_millis(1));
+        engine.register("dlq", rec.clone(), options.clone()).unwrap();
+        for i in 0..20 {
+            fill(&store, &format!("other-{i}"), 3);
+        }
+        settle(&engine, "dlq");
+        let st = engine.status("dlq").unwrap();
+        assert!(st.healthy && st.dead_letters == 2, "{st:?}");
+        let letters = engine.dead_letters("dlq").unwrap();
+        assert_eq!(
+            letters.iter().map(|l| (l.stream.as_str(), l.version, l.attempts)).collect::<Vec<_>>(),
+            [("victim", 2, 3), ("victim", 4, 3)]
+        );
+        assert!(letters[0].error.contains("poison") && letters[0].position == at(2), "{letters:?}");
+        // Without parking, the stream went on past its dead letters.
+        assert_eq!(*rec.violations.lock().unwrap(), ["victim v3 after v2".to_string()]);
+        assert_eq!(rec.count.load(Ordering::Relaxed), 3 + 60);
+        // Fixed: replay one, discard the other; both leave the queue, durably.
+        rec.poison.lock().unwrap().clear();
+        rec.replaying.store(true, Ordering::Release);
+        let r = engine.replay_dead_letters("dlq", Some("victim")).unwrap();
+        rec.replaying.store(false, Ordering::Release);
+        assert_eq!((r.replayed, r.failed.len()), (2, 0));
+        assert_eq!(engine.discard_dead_letters("dlq", &[letters[1].id]).unwrap(), 0, "already replayed");
+        assert_eq!(rec.count.load(Ordering::Relaxed), 5 + 60);
+        engine.stop().unwrap();
+        let engine = ProjectionEngine::new(store.clone(), 1);
+        engine.register("dlq", rec.clone(), options).unwrap();
+        assert!(engine.dead_letters("dlq").unwrap().is_empty());
+        assert_eq!(engine.status("dlq").unwrap().dead_letters, 0);
+    });
 }
 
 #[test]
 fn a_parked_stream_keeps_its_order_through_the_dead_letter_queue() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path(), opts(4, 1 << 20)).unwrap());
-    fill(&store, "victim", 6);
-    let p = store.partition_of("victim");
-    let poison = store.read_stream("victim", 2, 1).unwrap()[0].position;
-    let rec = Arc::new(Recorder::default());
-    rec.poison.lock().unwrap().push((p, poison));
-    let options = ProjectionOptions::default().retry(2, Duration::from_millis(1)).on_failure(OnFailure::Park);
-    let engine = ProjectionEngine::new(store.clone(), 2);
-    engine.register("park", rec.clone(), options.clone()).unwrap();
-    for i in 0..20 {
-        fill(&store, &format!("other-{i}"), 3);
-    }
-    settle(&engine, "park");
-    let versions = |engine: &ProjectionEngine| -> Vec<(u64, u32)> {
-        engine.dead_letters("park").unwrap().iter().map(|l| (l.version, l.attempts)).collect()
-    };
-    assert_eq!(versions(&engine), [(2, 2), (3, 0), (4, 0), (5, 0)]);
-    // A restart keeps the queue and the parking.
-    engine.stop().unwrap();
-    let engine = ProjectionEngine::new(store.clone(), 2);
-    engine.register("park", rec.clone(), options).unwrap();
-    fill(&store, "victim", 2);
-    settle(&engine, "park");
-    assert_eq!(versions(&engine), [(2, 2), (3, 0), (4, 0), (5, 0), (6, 0), (7, 0)]);
-    assert_eq!(rec.next_version.lock().unwrap().get("victim"), Some(&2));
-    // Still failing: the replay stops at the first letter and keeps them all.
-    let r = engine.replay_dead_letters("park", None).unwrap();
-    assert_eq!((r.replayed, r.failed.len()), (0, 1));
-    rec.poison.lock().unwrap().clear();
-    rec.replaying.store(true, Ordering::Release);
-    let r = engine.replay_dead_letters("park", None).unwrap();
-    rec.replaying.store(false, Ordering::Release);
-    assert_eq!((r.replayed, r.failed.len()), (6, 0));
-    // Unparked: the next event goes straight to the projection, after the replayed ones.
-    fill(&store, "victim", 1);
-    settle(&engine, "park");
-    assert!(engine.dead_letters("park").unwrap().is_empty());
-    assert_eq!(rec.next_version.lock().unwrap().get("victim"), Some(&9));
-    assert!(rec.violations.lock().unwrap().is_empty(), "{:?}", rec.violations.lock().unwrap());
-    assert_eq!(rec.duplicates(), 0);
+    on_each_backend(4, 1 << 20, |store| {
+        fill(&store, "victim", 6);
+        let p = store.partition_of("victim");
+        let poison = store.read_stream("victim", 2, 1).unwrap()[0].position;
+        let rec = Arc::new(Recorder::default());
+        rec.poison.lock().unwrap().push((p, poison));
+        let options = ProjectionOptions::default().retry(2, Duration::from_millis(1)).on_failure(OnFailure::Park);
+        let engine = ProjectionEngine::new(store.clone(), 2);
+        engine.register("park", rec.clone(), options.clone()).unwrap();
+        for i in 0..20 {
+            fill(&store, &format!("other-{i}"), 3);
+        }
+        settle(&engine, "park");
+        let versions = |engine: &ProjectionEngine| -> Vec<(u64, u32)> {
+            engine.dead_letters("park").unwrap().iter().map(|l| (l.version, l.attempts)).collect()
+        };
+        assert_eq!(versions(&engine), [(2, 2), (3, 0), (4, 0), (5, 0)]);
+        // A restart keeps the queue and the parking.
+        engine.stop().unwrap();
+        let engine = ProjectionEngine::new(store.clone(), 2);
+        engine.register("park", rec.clone(), options).unwrap();
+        fill(&store, "victim", 2);
+        settle(&engine, "park");
+        assert_eq!(versions(&engine), [(2, 2), (3, 0), (4, 0), (5, 0), (6, 0), (7, 0)]);
+        assert_eq!(rec.next_version.lock().unwrap().get("victim"), Some(&2));
+        // Still failing: the replay stops at the first letter and keeps them all.
+        let r = engine.replay_dead_letters("park", None).unwrap();
+        assert_eq!((r.replayed, r.failed.len()), (0, 1));
+        rec.poison.lock().unwrap().clear();
+        rec.replaying.store(true, Ordering::Release);
+        let r = engine.replay_dead_letters("park", None).unwrap();
+        rec.replaying.store(false, Ordering::Release);
+        assert_eq!((r.replayed, r.failed.len()), (6, 0));
+        // Unparked: the next event goes straight to the projection, after the replayed ones.
+        fill(&store, "victim", 1);
+        settle(&engine, "park");
+        assert!(engine.dead_letters("park").unwrap().is_empty());
+        assert_eq!(rec.next_version.lock().unwrap().get("victim"), Some(&9));
+        assert!(rec.violations.lock().unwrap().is_empty(), "{:?}", rec.violations.lock().unwrap());
+        assert_eq!(rec.duplicates(), 0);
+    });
 }
 
 #[test]
@@ -503,24 +504,24 @@ impl Projection for Panicky {
 
 #[test]
 fn a_panicking_handler_is_a_failing_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path(), opts(2, 1 << 20)).unwrap());
-    fill(&store, "s", 10);
-    let at = store.read_stream("s", 4, 1).unwrap()[0].position;
-    let p = Arc::new(Panicky { inner: Recorder::default(), at: (store.partition_of("s"), at) });
-    let engine = ProjectionEngine::new(store.clone(), 1);
-    engine.register("panicky", p.clone(), ProjectionOptions::default().retry(2, Duration::ZERO)).unwrap();
-    settle(&engine, "panicky");
-    let letters = engine.dead_letters("panicky").unwrap();
-    assert_eq!(letters.len(), 1);
-    assert!(letters[0].error.contains("panicked: boom"), "{letters:?}");
-    // The worker survived and the partition is not stuck.
-    fill(&store, "s", 3);
-    settle(&engine, "panicky");
-    // 13 events, one dead-lettered; the four before it in its batch were delivered again
-    // (one by one, to find the panicking event): at least once.
-    assert_eq!((p.inner.count.load(Ordering::Relaxed), p.inner.duplicates()), (16, 4));
-    assert_eq!(engine.workers(), 1);
+    on_each_backend(2, 1 << 20, |store| {
+        fill(&store, "s", 10);
+        let at = store.read_stream("s", 4, 1).unwrap()[0].position;
+        let p = Arc::new(Panicky { inner: Recorder::default(), at: (store.partition_of("s"), at) });
+        let engine = ProjectionEngine::new(store.clone(), 1);
+        engine.register("panicky", p.clone(), ProjectionOptions::default().retry(2, Duration::ZERO)).unwrap();
+        settle(&engine, "panicky");
+        let letters = engine.dead_letters("panicky").unwrap();
+        assert_eq!(letters.len(), 1);
+        assert!(letters[0].error.contains("panicked: boom"), "{letters:?}");
+        // The worker survived and the partition is not stuck.
+        fill(&store, "s", 3);
+        settle(&engine, "panicky");
+        // 13 events, one dead-lettered; the four before it in its batch were delivered again
+        // (one by one, to find the panicking event): at least once.
+        assert_eq!((p.inner.count.load(Ordering::Relaxed), p.inner.duplicates()), (16, 4));
+        assert_eq!(engine.workers(), 1);
+    });
 }
 
 /// The dead-letter queue is bounded: past `max_dead_letters` pending letters the partition

@@ -7,6 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
+use common::backends::on_each_backend;
 use common::*;
 use proptest::prelude::*;
 use strata::{ExpectedVersion, Options, RecoveryAction, SnapshotIgnored, SnapshotUse, Store};
@@ -85,40 +86,40 @@ fn load_starts_from_the_latest_snapshot() {
 
 #[test]
 fn a_load_that_replays_many_events_snapshots_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), opts(1, 1 << 20)).unwrap();
-    // Appended without the aggregate API: no snapshot yet.
-    fill(&store, "bulk", 35);
-    let a = store.load::<T10>("bulk").unwrap();
-    assert_eq!((a.snapshot().clone(), a.replayed()), (SnapshotUse::None, 35));
-    store.flush_snapshots().unwrap();
-    let b = store.load::<T10>("bulk").unwrap();
-    assert_eq!((b.snapshot().clone(), b.replayed()), (SnapshotUse::Used { version: 34 }, 0));
-    assert_eq!(*b.state(), *a.state());
-    // An explicit snapshot is taken whatever the policy.
-    let mut c = store.load::<Tally<0, 1>>("bulk").unwrap();
-    store.commit(&mut c, &[ev("Closed", "!")]).unwrap();
-    store.snapshot(&mut c).unwrap();
-    store.flush_snapshots().unwrap();
-    assert_eq!(store.load::<T10>("bulk").unwrap().snapshot().clone(), SnapshotUse::Used { version: 35 });
+    on_each_backend(1, 1 << 20, |store| {
+        // Appended without the aggregate API: no snapshot yet.
+        fill(&store, "bulk", 35);
+        let a = store.load::<T10>("bulk").unwrap();
+        assert_eq!((a.snapshot().clone(), a.replayed()), (SnapshotUse::None, 35));
+        store.flush_snapshots().unwrap();
+        let b = store.load::<T10>("bulk").unwrap();
+        assert_eq!((b.snapshot().clone(), b.replayed()), (SnapshotUse::Used { version: 34 }, 0));
+        assert_eq!(*b.state(), *a.state());
+        // An explicit snapshot is taken whatever the policy.
+        let mut c = store.load::<Tally<0, 1>>("bulk").unwrap();
+        store.commit(&mut c, &[ev("Closed", "!")]).unwrap();
+        store.snapshot(&mut c).unwrap();
+        store.flush_snapshots().unwrap();
+        assert_eq!(store.load::<T10>("bulk").unwrap().snapshot().clone(), SnapshotUse::Used { version: 35 });
+    });
 }
 
 #[test]
 fn a_schema_change_rebuilds_and_resnapshots() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), opts(2, 1 << 20)).unwrap();
-    commit_n::<5, 1>(&store, "order", 12);
-    store.flush_snapshots().unwrap();
-    let v2 = store.load::<Tally<5, 2>>("order").unwrap();
-    assert_eq!(
-        v2.snapshot().clone(),
-        SnapshotUse::Ignored { version: Some(9), reason: SnapshotIgnored::Rejected { schema: 1 } }
-    );
-    assert_eq!((v2.replayed(), *v2.state()), (12, Tally::replayed(&store, "order")));
-    store.flush_snapshots().unwrap();
-    let again = store.load::<Tally<5, 2>>("order").unwrap();
-    assert_eq!((again.snapshot().clone(), again.replayed()), (SnapshotUse::Used { version: 11 }, 0));
-    assert_eq!(store.snapshot_stats().ignored, 1);
+    on_each_backend(2, 1 << 20, |store| {
+        commit_n::<5, 1>(&store, "order", 12);
+        store.flush_snapshots().unwrap();
+        let v2 = store.load::<Tally<5, 2>>("order").unwrap();
+        assert_eq!(
+            v2.snapshot().clone(),
+            SnapshotUse::Ignored { version: Some(9), reason: SnapshotIgnored::Rejected { schema: 1 } }
+        );
+        assert_eq!((v2.replayed(), *v2.state()), (12, Tally::replayed(&store, "order")));
+        store.flush_snapshots().unwrap();
+        let again = store.load::<Tally<5, 2>>("order").unwrap();
+        assert_eq!((again.snapshot().clone(), again.replayed()), (SnapshotUse::Used { version: 11 }, 0));
+        assert_eq!(store.snapshot_stats().ignored, 1);
+    });
 }
 
 /// One partition, `n` streams of 9 events each snapshotted at versions 3 and 7, in stream

@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::backends::on_each_backend;
 use common::*;
 use strata::{Error, EventData, ExpectedVersion, Options, Store};
 
@@ -306,32 +307,33 @@ fn missing_partition_directory_and_foreign_segment_are_reported() {
 #[test]
 fn scan_partition_matches_read_partition() {
     use std::ops::ControlFlow;
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), opts(2, 64 << 10)).unwrap();
-    for i in 0..600 {
-        let events: Vec<_> = (0..1 + i % 3).map(|k| ev("T", format!("{i}-{k}")).with_metadata(vec![k as u8])).collect();
-        store.append(&format!("s-{}", i % 17), strata::ExpectedVersion::Any, &events).unwrap();
-    }
-    for p in 0..2 {
-        let read = store.read_partition(p, 5, usize::MAX).unwrap();
-        let mut scanned = Vec::new();
-        let n = store
-            .scan_partition(p, 5, usize::MAX, |e| {
-                scanned.push(e.to_recorded());
-                ControlFlow::Continue(())
-            })
-            .unwrap();
-        assert_eq!((n, &scanned), (read.len(), &read));
-        let mut first = Vec::new();
-        let n = store
-            .scan_partition(p, 5, usize::MAX, |e| {
-                first.push(e.position);
-                if first.len() == 10 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
-            })
-            .unwrap();
-        assert_eq!(n, 10);
-        assert_eq!(first, read[..10].iter().map(|e| e.position).collect::<Vec<_>>());
-    }
+    on_each_backend(2, 64 << 10, |store| {
+        for i in 0..600 {
+            let events: Vec<_> =
+                (0..1 + i % 3).map(|k| ev("T", format!("{i}-{k}")).with_metadata(vec![k as u8])).collect();
+            store.append(&format!("s-{}", i % 17), strata::ExpectedVersion::Any, &events).unwrap();
+        }
+        for p in 0..2 {
+            let read = store.read_partition(p, 5, usize::MAX).unwrap();
+            let mut scanned = Vec::new();
+            let n = store
+                .scan_partition(p, 5, usize::MAX, |e| {
+                    scanned.push(e.to_recorded());
+                    ControlFlow::Continue(())
+                })
+                .unwrap();
+            assert_eq!((n, &scanned), (read.len(), &read));
+            let mut first = Vec::new();
+            let n = store
+                .scan_partition(p, 5, usize::MAX, |e| {
+                    first.push(e.position);
+                    if first.len() == 10 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+                })
+                .unwrap();
+            assert_eq!(n, 10);
+            assert_eq!(first, read[..10].iter().map(|e| e.position).collect::<Vec<_>>());
+        }
+    });
 }
 
 /// A store shared through an `Arc` closes without being unwrapped: later calls fail with

@@ -174,4 +174,5 @@ impl strata::Projection for AlwaysFails {
         Err("always".into())
     }
 }
+pub mod backends;
 pub mod nats;
