@@ -12,12 +12,14 @@
 //!    next round, and a lease not renewed for its whole time is given up too.
 //! 2. It announces this process as a member and counts the members: each runs at most
 //!    `ceil(partitions / members)` partitions.
-//! 3. Above that share, it gives up its highest partitions: it waits for the partition's batch
-//!    in flight, stores the checkpoint, and deletes the lease, so another process takes it at
-//!    its next round.
+//! 3. Above that share, it gives up its highest partitions: one with no batch in flight (else
+//!    at a later round), its checkpoint stored, its lease deleted, so another process takes it
+//!    at its next round.
 //! 4. Below it, it tries to take free partitions, starting at an offset of its own. Taking one
-//!    claims its checkpoint on the cluster (see `store::jetstream::shared`), then sets the task's
-//!    position to it under the task's claim, and only then lets the workers run it.
+//!    holds the task's claim (a task with a batch in flight from an earlier hold waits for a
+//!    later round), claims its checkpoint on the cluster (see `store::jetstream::shared`), sets
+//!    the task's position to it, and only then lets the workers run it. The keeper never waits
+//!    for a handler, so a slow batch cannot keep it from renewing its other leases.
 //! 5. For the partitions other processes run, it reads their checkpoints, so `status` and
 //!    `wait_caught_up` see the whole projection, and it reads the dead-letter records it has
 //!    not seen.
@@ -90,7 +92,7 @@ fn round(inner: &Inner, shared: &dyn Shared) {
         let share = mine.len().div_ceil(members.max(1));
         let held: Vec<&Arc<Task>> = mine.iter().filter(|t| t.held.load(Ordering::Acquire)).collect();
         for t in held.iter().rev().take(held.len().saturating_sub(share)) {
-            give_up(inner, shared, t);
+            give_up(inner, shared, t, false);
         }
         let mut have = held.len().min(share);
         if have < share {
@@ -126,7 +128,15 @@ fn round(inner: &Inner, shared: &dyn Shared) {
 /// Takes `t`'s partition if no process holds it: its position becomes the checkpoint the
 /// cluster holds, and the workers may run it.
 fn take(inner: &Inner, shared: &dyn Shared, reg: &Registered, t: &Task) -> bool {
-    let Ok(Some((claim, found))) = shared.acquire(&reg.name, t.partition) else { return false };
+    // A batch of an earlier hold of this partition may still be running: not this round
+    // (the keeper never waits for a handler, or it could miss renewing its other leases).
+    if !t.claim() {
+        return false;
+    }
+    let Ok(Some((claim, found))) = shared.acquire(&reg.name, t.partition) else {
+        t.release();
+        return false;
+    };
     // The partition's dead letters and parked streams as its last owner left them.
     if let Some(d) = &reg.dlq {
         let _ = d.refresh();
@@ -138,10 +148,6 @@ fn take(inner: &Inner, shared: &dyn Shared, reg: &Registered, t: &Task) -> bool 
     // Never past the head (a checkpoint cannot be ahead of a log that loses nothing, but a
     // position past it would skip the events that fill it).
     let start = inner.log.heads(t.partition).map_or(start, |h| start.min(h.head));
-    // A batch of an earlier hold of this partition may still be running: wait for it.
-    while !t.claim() {
-        std::thread::sleep(Duration::from_millis(1));
-    }
     t.next.store(start, Ordering::Release);
     t.durable.store(start, Ordering::Release);
     t.last_time.store(found.time, Ordering::Release);
@@ -161,9 +167,14 @@ fn take(inner: &Inner, shared: &dyn Shared, reg: &Registered, t: &Task) -> bool 
     true
 }
 
-/// Gives `t`'s partition up: after its batch in flight, with its checkpoint stored.
-fn give_up(inner: &Inner, shared: &dyn Shared, t: &Task) {
+/// Gives `t`'s partition up, with its checkpoint stored; not while a batch of it is in flight
+/// (then the next round tries again), except at the engine's stop (`wait`), when the workers
+/// are gone.
+fn give_up(inner: &Inner, shared: &dyn Shared, t: &Task, wait: bool) {
     while !t.claim() {
+        if !wait {
+            return;
+        }
         std::thread::sleep(Duration::from_millis(1));
     }
     t.held.store(false, Ordering::Release);
@@ -214,7 +225,7 @@ fn lose(t: &Task, why: &str) {
 fn give_up_all(inner: &Inner, shared: &dyn Shared) {
     for (reg, mine) in shared_projections(inner) {
         for t in mine.iter().filter(|t| t.held.load(Ordering::Acquire)) {
-            give_up(inner, shared, t);
+            give_up(inner, shared, t, true);
         }
         shared.leave(&reg.name);
     }
